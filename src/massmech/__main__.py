@@ -1,0 +1,5 @@
+import sys
+
+from massmech.cli import main
+
+sys.exit(main())

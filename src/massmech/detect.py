@@ -1,0 +1,141 @@
+"""Massive-value detection on captured statistics.
+
+The paper's rule (Jin et al. 2025, eq. 2): dim ``d`` of head ``h`` is *massive* when its L2 norm
+over tokens ``M[h, d]`` exceeds ``lam`` times the mean of ``M[h, :]`` over the head's dims
+(``lam = 5``). Variants: the mean over the whole layer (all heads and dims) instead of the head
+(``mean="layer"``), and the official code's rule, the ``k`` largest dims of each head
+(``rule="topk"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import numpy as np
+import pandas as pd
+import torch
+
+from massmech.capture import QKVStats
+
+COLUMNS = [
+    "site", "stage", "layer", "head", "dim", "pair", "frequency", "wavelength", "M", "ratio",
+]
+
+
+def detect_massive(
+    stats: QKVStats,
+    *,
+    rule: str = "lambda",
+    lam: float = 5.0,
+    k: int = 4,
+    mean: str = "head",
+    sites: Sequence[str] | None = None,
+    stages: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Find massive dims in captured statistics.
+
+    Args:
+        stats: Output of :func:`massmech.capture_stats`.
+        rule: ``"lambda"`` (``M > lam * mean``) or ``"topk"`` (``k`` largest dims per head).
+        lam: Threshold factor of the lambda rule; must be > 0.
+        k: Dims per head of the top-k rule; ``1 <= k <= d_head``.
+        mean: Reference mean of the lambda rule and of the ``ratio`` column: per ``"head"``
+            (the paper) or over the whole ``"layer"``.
+        sites: Restrict to these sites (default: all captured).
+        stages: Restrict to these stages (default: all captured).
+
+    Returns:
+        Tidy table, one row per massive (site, stage, layer, head, dim) with columns
+        ``site, stage, layer, head, dim, pair, frequency, wavelength, M, ratio`` where ``pair``
+        is the RoPE pair (-1: not rotated, V, or no RoPE), ``frequency`` in rad/token (NaN without
+        RoPE), ``wavelength`` in tokens, and ``ratio = M / mean``.
+    """
+    if rule not in ("lambda", "topk"):
+        raise ValueError(f"rule must be 'lambda' or 'topk', got {rule!r}")
+    if mean not in ("head", "layer"):
+        raise ValueError(f"mean must be 'head' or 'layer', got {mean!r}")
+    if rule == "lambda" and not lam > 0:
+        raise ValueError(f"lam must be > 0, got {lam}")
+    keys = [
+        key
+        for key in stats.keys()
+        if (sites is None or key[0] in sites) and (stages is None or key[1] in stages)
+    ]
+    if not keys:
+        raise ValueError(f"no captured (site, stage) matches sites={sites}, stages={stages}: {stats.keys()}")
+    rope = stats.rope
+    dim_pair = rope.dim_to_pair() if rope is not None else None
+    rows = []
+    for site, stage in keys:
+        m = stats.norm(site, stage).double()  # [layer, head, d_head]
+        d_head = m.shape[-1]
+        if rule == "topk" and not 1 <= k <= d_head:
+            raise ValueError(f"k must be in [1, d_head={d_head}], got {k}")
+        ref = m.mean(-1, keepdim=True) if mean == "head" else m.mean((-2, -1), keepdim=True)
+        ref = ref.expand_as(m)
+        if rule == "lambda":
+            hit = m > lam * ref
+        else:
+            top = m.topk(k, dim=-1).indices
+            hit = torch.zeros_like(m, dtype=torch.bool).scatter_(-1, top, True)
+        li, hi, di = (t.numpy() for t in hit.nonzero(as_tuple=True))
+        layer = np.asarray(stats.layers)[li]
+        if rope is not None and site != "v":  # V is never rotated: no pair, no frequency
+            pair = dim_pair[di]
+            freq_table = np.stack([np.r_[rope.frequencies(layer_), np.nan] for layer_ in range(rope.n_layers)])
+            frequency = freq_table[layer, np.where(pair >= 0, pair, rope.n_pairs)]
+        else:
+            pair = np.full(len(di), -1)
+            frequency = np.full(len(di), np.nan)
+        with np.errstate(divide="ignore"):
+            wavelength = 2 * np.pi / frequency
+        rows.append(
+            pd.DataFrame(
+                {
+                    "site": site,
+                    "stage": stage,
+                    "layer": layer,
+                    "head": hi,
+                    "dim": di,
+                    "pair": pair,
+                    "frequency": frequency,
+                    "wavelength": wavelength,
+                    "M": m[li, hi, di].numpy(),
+                    "ratio": (m / ref)[li, hi, di].numpy(),
+                }
+            )
+        )
+    out = pd.concat(rows, ignore_index=True)[COLUMNS]
+    return out.sort_values(["site", "stage", "layer", "head", "dim"], ignore_index=True)
+
+
+def massive_by_layer(massive: pd.DataFrame, stats: QKVStats) -> pd.DataFrame:
+    """Massive dims per (site, stage, layer) and the share in the slower half of the RoPE pairs.
+
+    Args:
+        massive: Output of :func:`detect_massive`.
+        stats: The statistics it came from (for the layers and the RoPE spec).
+
+    Returns:
+        One row per (site, stage, layer): ``n_massive``, ``n_low_half`` (massive dims whose pair
+        index is ``>= n_pairs / 2``, i.e. the lowest-frequency half) and ``low_half_share``
+        (NaN where there is no massive dim, and for V and models without RoPE).
+    """
+    half = stats.rope.n_pairs / 2 if stats.rope is not None else None
+    rows = []
+    for site, stage in stats.keys():
+        sub = massive[(massive.site == site) & (massive.stage == stage)]
+        for layer in stats.layers:
+            hits = sub[sub.layer == layer]
+            rotated = half is not None and site != "v"
+            n_low = int((hits.pair >= half).sum()) if rotated else 0
+            rows.append(
+                {
+                    "site": site,
+                    "stage": stage,
+                    "layer": layer,
+                    "n_massive": len(hits),
+                    "n_low_half": n_low if rotated else np.nan,
+                    "low_half_share": n_low / len(hits) if rotated and len(hits) else np.nan,
+                }
+            )
+    return pd.DataFrame(rows)

@@ -1,0 +1,85 @@
+"""Self-check of a model: bridge == plain HF, RoPE spec == the model's rotation, hooks fire.
+
+``massmech doctor --model M --json`` prints the verdict of :func:`doctor`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict
+import os
+
+import torch
+
+from massmech.capture import capture_stats
+from massmech.models import DEFAULT_MODEL, LoadedModel, _boot, load_hf
+from massmech.rope import RopeError, verify_rope
+
+DOCTOR_TEXT = (
+    "The history of the city goes back more than two thousand years. Its old harbour, once the "
+    "busiest on the coast, now shelters fishing boats and a few ferries, while the new port lies "
+    "ten kilometres to the south."
+)
+
+
+def doctor(spec: str | os.PathLike = DEFAULT_MODEL, *, logit_tol: float = 1e-4) -> dict:
+    """Run the equivalence checks on a model spec and return a JSON-ready verdict.
+
+    Checks: ``logits_match`` (bridge vs a pristine copy of the HF model, fp32, eager attention,
+    max |diff| <= ``logit_tol``), ``hooks_fire`` (every Q/K/V site at every layer fires exactly
+    once per forward), ``rope_verified`` (RoPE spec matches the rotation applied to Q and K;
+    absent for models without RoPE).
+
+    Returns:
+        Dict with ``ok``, ``model``, ``max_abs_logit_diff``, ``rope_bases`` (one per layer;
+        empty without RoPE), ``rope_fitted_bases``, ``rope`` (layout, rotary_dim), ``checks``
+        (name -> passed) and ``errors`` (name -> message) for failed checks.
+    """
+    hf, tok, name, source = load_hf(spec, dtype=torch.float32)
+    reference = copy.deepcopy(hf)  # the bridge wraps `hf`; keep an untouched HF twin
+    model = LoadedModel(_boot(hf, tok, name), tok, name, source)
+    checks: dict[str, bool] = {}
+    errors: dict[str, str] = {}
+
+    ids = torch.tensor([model.tokenize(DOCTOR_TEXT)[0]])
+    with torch.inference_mode():
+        bridge_logits = model.bridge(ids, return_type="logits").float()
+        hf_logits = reference(ids).logits.float()
+    max_diff = float((bridge_logits - hf_logits).abs().max())
+    checks["logits_match"] = max_diff <= logit_tol
+    if not checks["logits_match"]:
+        errors["logits_match"] = f"max |bridge - HF| = {max_diff:.3e} > {logit_tol:.0e}"
+
+    try:
+        capture_stats(model, ids, progress=False)
+        checks["hooks_fire"] = True
+    except Exception as err:  # report, do not crash: the verdict is the product
+        checks["hooks_fire"] = False
+        errors["hooks_fire"] = str(err)
+
+    rope_bases: list[float] = []
+    fitted: list[float] = []
+    if model.has_rope:
+        try:
+            report = verify_rope(model, ids, raise_on_failure=False)
+            rope_bases, fitted = list(report.spec_bases), list(report.fitted_bases)
+            checks["rope_verified"] = report.ok
+            if not report.ok:
+                errors["rope_verified"] = "; ".join(
+                    f"layer {c.layer} {c.site}: angle {c.max_angle_error:.2e}, norm {c.max_norm_error:.2e}"
+                    for c in report.failures()[:5]
+                )
+        except RopeError as err:
+            checks["rope_verified"] = False
+            errors["rope_verified"] = str(err)
+    spec = model.rope_or_none
+    return {
+        "ok": all(checks.values()),
+        "model": asdict(model.info),
+        "max_abs_logit_diff": max_diff,
+        "rope_bases": rope_bases,
+        "rope_fitted_bases": fitted,
+        "rope": None if spec is None else {"layout": spec.layout, "rotary_dim": spec.rotary_dim, "n_pairs": spec.n_pairs},
+        "checks": checks,
+        "errors": errors,
+    }

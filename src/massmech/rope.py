@@ -1,0 +1,361 @@
+"""The rotary position embedding (RoPE) of a model, read from the model itself.
+
+A :class:`RopeSpec` says, for every layer, which dimensions of a head are rotated together
+(a *pair*), at which angular frequency each pair turns (radians per token), and therefore its
+wavelength in tokens. It is never built from ``cfg.rotary_base``: TransformerLens' config can be
+wrong (SmolLM2-135M says 10000, the model uses 100000). Instead it is read from the cos/sin
+tables the model really uses at run time (``blocks.{L}.attn.hook_cos/hook_sin``), which also
+gives per-layer bases (Gemma 3's local and global layers), partial rotary dims and the pairing
+layout for free.
+
+Conventions:
+    * pair ``i`` has frequency ``inv_freq[i]``; pair 0 turns fastest, the last pair slowest
+      ("low-frequency pairs" are the high pair indices);
+    * layout ``"half"`` (HF ``rotate_half``, Llama/Qwen/Gemma/NeoX) pairs dim ``i`` with
+      ``i + rotary_dim/2``; layout ``"adjacent"`` (GPT-J style) pairs ``2i`` with ``2i+1``;
+    * dims ``>= rotary_dim`` are not rotated (partial rotary) and belong to no pair (-1).
+
+:func:`verify_rope` checks a spec empirically against the rotation the model applies to Q and K.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from massmech.models import LoadedModel
+
+Layout = Literal["half", "adjacent"]
+
+
+class RopeError(ValueError):
+    """The model has no usable RoPE description, or it disagrees with the model's behaviour."""
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    """Per-layer rotary embedding of a model.
+
+    Attributes:
+        d_head: Head dimension.
+        rotary_dim: Number of rotated dims per head (``d_head`` unless partial rotary).
+        layout: ``"half"`` (rotate_half pairing) or ``"adjacent"`` (interleaved pairs).
+        inv_freq: Per layer, the angular frequency of each pair in radians per token,
+            shape ``[n_layers][rotary_dim // 2]``.
+        scaling: Per layer, the amplitude of the cos/sin tables (HF's ``attention_scaling``;
+            1.0 for plain RoPE).
+    """
+
+    d_head: int
+    rotary_dim: int
+    layout: Layout
+    inv_freq: tuple[tuple[float, ...], ...]
+    scaling: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("half", "adjacent"):
+            raise RopeError(f"layout must be 'half' or 'adjacent', got {self.layout!r}")
+        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.d_head:
+            raise RopeError(
+                f"rotary_dim must be even and in (0, d_head={self.d_head}], got {self.rotary_dim}"
+            )
+        if any(len(f) != self.n_pairs for f in self.inv_freq):
+            raise RopeError(f"every layer needs {self.n_pairs} frequencies")
+        if len(self.scaling) != len(self.inv_freq):
+            raise RopeError("scaling needs one entry per layer")
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.inv_freq)
+
+    @property
+    def n_pairs(self) -> int:
+        return self.rotary_dim // 2
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} out of range: the model has {self.n_layers} layers")
+
+    def frequencies(self, layer: int) -> np.ndarray:
+        """Angular frequency of each pair in radians per token, shape ``[n_pairs]``."""
+        self._check_layer(layer)
+        return np.asarray(self.inv_freq[layer], dtype=np.float64)
+
+    def wavelengths(self, layer: int) -> np.ndarray:
+        """Tokens per full turn (``2*pi / frequency``) of each pair, shape ``[n_pairs]``."""
+        return 2 * math.pi / self.frequencies(layer)
+
+    def base(self, layer: int) -> float:
+        """The base ``b`` of the geometric fit ``freq_i = b ** (-2i / rotary_dim)``.
+
+        Exact for plain RoPE; for scaled variants (NTK, YaRN, Llama-3) it is a summary only.
+        """
+        return fit_base(self.frequencies(layer), self.rotary_dim)
+
+    def bases(self) -> list[float]:
+        """:meth:`base` for every layer."""
+        return [self.base(layer) for layer in range(self.n_layers)]
+
+    def pair_dims(self, pair: int) -> tuple[int, int]:
+        """The two dims of a head rotated together as pair ``pair``."""
+        if not 0 <= pair < self.n_pairs:
+            raise IndexError(f"pair {pair} out of range [0, {self.n_pairs})")
+        if self.layout == "half":
+            return pair, pair + self.n_pairs
+        return 2 * pair, 2 * pair + 1
+
+    def dim_to_pair(self) -> np.ndarray:
+        """Pair index of every dim of a head (-1 for dims that are not rotated), ``[d_head]``."""
+        out = np.full(self.d_head, -1, dtype=np.int64)
+        for p in range(self.n_pairs):
+            out[list(self.pair_dims(p))] = p
+        return out
+
+    def pair_index(self) -> Tensor:
+        """Dim indices ``[n_pairs, 2]`` to gather a head's pairs: ``x[..., idx]`` -> ``[..., n_pairs, 2]``."""
+        return torch.tensor([self.pair_dims(p) for p in range(self.n_pairs)], dtype=torch.long)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (see :meth:`from_dict`)."""
+        return {
+            "d_head": self.d_head,
+            "rotary_dim": self.rotary_dim,
+            "layout": self.layout,
+            "inv_freq": [list(f) for f in self.inv_freq],
+            "scaling": list(self.scaling),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RopeSpec:
+        return cls(
+            d_head=int(d["d_head"]),
+            rotary_dim=int(d["rotary_dim"]),
+            layout=d["layout"],
+            inv_freq=tuple(tuple(float(v) for v in f) for f in d["inv_freq"]),
+            scaling=tuple(float(s) for s in d["scaling"]),
+        )
+
+
+def fit_base(freq: np.ndarray, rotary_dim: int) -> float:
+    """Least-squares base of ``log freq_i = a - (2i / rotary_dim) * log b``; NaN pairs are ignored.
+
+    Returns NaN when fewer than two usable (finite, positive) frequencies remain.
+    """
+    freq = np.asarray(freq, dtype=np.float64)
+    x = 2 * np.arange(len(freq)) / rotary_dim
+    ok = np.isfinite(freq) & (freq > 0)
+    if ok.sum() < 2:
+        return float("nan")
+    slope = np.polyfit(x[ok], np.log(freq[ok]), 1)[0]
+    return float(np.exp(-slope)) if slope < 0 else float("inf")
+
+
+def rope_spec_from_tables(
+    cos: Float[Tensor, "layer pos rot"],
+    sin: Float[Tensor, "layer pos rot"],
+    d_head: int,
+    *,
+    atol: float = 1e-4,
+) -> RopeSpec:
+    """Recover a :class:`RopeSpec` from the cos/sin tables a model uses at positions 0..pos-1.
+
+    The layout is read from the column pattern (``half`` repeats the frequencies as two blocks,
+    ``adjacent`` repeats each one twice in a row), each pair's frequency from the angle at
+    position 1 (exact, since every RoPE frequency is below pi), and the table is then checked
+    to be a rotation ``scale * (cos, sin)(p * freq)`` at every position.
+
+    Args:
+        cos: Cosine table per layer, positions 0, 1, ... (at least 2 positions).
+        sin: Sine table, same shape.
+        d_head: Head dimension (to tell partial rotary apart).
+        atol: Tolerance of the rotation check, relative to the table's amplitude.
+
+    Raises:
+        RopeError: The tables are not the tables of a rotary embedding.
+    """
+    if cos.shape != sin.shape or cos.ndim != 3 or cos.shape[1] < 2:
+        raise RopeError(f"need cos/sin tables [layer, pos>=2, rot], got {tuple(cos.shape)}")
+    cos64, sin64 = cos.double(), sin.double()
+    rot = cos.shape[-1]
+    half = rot // 2
+    if rot % 2:
+        raise RopeError(f"rotary dim {rot} is odd")
+
+    def _same(a: Tensor, b: Tensor) -> bool:
+        return bool(torch.allclose(a, b, atol=1e-7, rtol=0))
+
+    if _same(cos64[..., :half], cos64[..., half:]) and _same(sin64[..., :half], sin64[..., half:]):
+        layout: Layout = "half"
+        c, s = cos64[..., :half], sin64[..., :half]  # [layer, pos, n_pairs]
+    elif _same(cos64[..., 0::2], cos64[..., 1::2]) and _same(sin64[..., 0::2], sin64[..., 1::2]):
+        layout = "adjacent"
+        c, s = cos64[..., 0::2], sin64[..., 0::2]
+    else:
+        raise RopeError("cos table is neither rotate_half nor adjacent-pair layout")
+
+    scale = torch.hypot(c[:, 0], s[:, 0]).mean(-1)  # [layer]
+    freq = torch.atan2(s[:, 1], c[:, 1])  # [layer, n_pairs]
+    if (freq <= 0).any():
+        raise RopeError("a RoPE frequency at position 1 is not in (0, pi): positions must start at 0")
+    pos = torch.arange(c.shape[1], dtype=torch.float64)
+    angle = pos[None, :, None] * freq[:, None, :]  # [layer, pos, n_pairs]
+    err_c = (c - scale[:, None, None] * torch.cos(angle)).abs().max()
+    err_s = (s - scale[:, None, None] * torch.sin(angle)).abs().max()
+    if max(err_c, err_s) > atol * float(scale.max()):
+        raise RopeError(
+            f"cos/sin tables are not a rotation linear in position (max error {max(err_c, err_s):.2e})"
+        )
+    return RopeSpec(
+        d_head=d_head,
+        rotary_dim=rot,
+        layout=layout,
+        inv_freq=tuple(tuple(float(v) for v in row) for row in freq),
+        scaling=tuple(float(v) for v in scale),
+    )
+
+
+@dataclass(frozen=True)
+class RopeCheck:
+    """Result of :func:`verify_rope` for one layer and site (q or k)."""
+
+    layer: int
+    site: str
+    max_angle_error: float  # radians: applied rotation vs the spec, worst pair/position with energy
+    max_norm_error: float  # relative: per-pair norm after rotation vs scale * norm before
+    unrotated_max_diff: float  # max |post - pre| on dims outside rotary_dim (partial rotary)
+    fitted_freq: tuple[float, ...]  # fitted from the model's rotation, per pair (NaN: no energy)
+
+    def passed(self, angle_tol: float, norm_tol: float) -> bool:
+        return (
+            self.max_angle_error <= angle_tol
+            and self.max_norm_error <= norm_tol
+            and self.unrotated_max_diff <= norm_tol
+        )
+
+
+@dataclass(frozen=True)
+class RopeReport:
+    """Outcome of :func:`verify_rope`: per-layer checks and the recovered bases."""
+
+    ok: bool
+    checks: tuple[RopeCheck, ...]
+    spec_bases: tuple[float, ...]
+    fitted_bases: tuple[float, ...]
+    angle_tol: float
+    norm_tol: float
+
+    def failures(self) -> list[RopeCheck]:
+        return [c for c in self.checks if not c.passed(self.angle_tol, self.norm_tol)]
+
+
+def _pairs(x: Tensor, spec: RopeSpec) -> Tensor:
+    """``[..., d_head]`` -> complex ``[..., n_pairs]`` (first dim of a pair real, second imaginary)."""
+    idx = spec.pair_index().to(x.device)
+    xp = x[..., idx].double()  # [..., n_pairs, 2]
+    return torch.complex(xp[..., 0], xp[..., 1])
+
+
+def verify_rope(
+    model: LoadedModel,
+    tokens: Tensor | None = None,
+    *,
+    angle_tol: float = 1e-3,
+    norm_tol: float = 1e-4,
+    raise_on_failure: bool = True,
+) -> RopeReport:
+    """Check the model's RoPE spec against the rotation the model really applies to Q and K.
+
+    From the pre-RoPE site (``hook_q``/``hook_k``, or ``hook_q_normed``/``hook_k_normed`` with
+    QK-norm) and the post-RoPE site (``hook_rot_q``/``hook_rot_k``) on one prompt, it recovers
+    each pair's rotation angle at every position, fits its frequency by least squares, and
+    checks that (a) the angle is ``position * spec frequency`` at every position, (b) each pair's
+    norm is preserved (times the table amplitude), (c) unrotated dims are untouched.
+
+    Args:
+        model: A loaded RoPE model.
+        tokens: Token ids ``[1, pos]``; defaults to 64 fixed ids.
+        angle_tol: Largest allowed angle error in radians.
+        norm_tol: Largest allowed relative norm error.
+        raise_on_failure: Raise :class:`RopeError` when a check fails (default) instead of
+            only reporting it.
+
+    Returns:
+        A :class:`RopeReport`.
+    """
+    spec = model.rope  # raises on a model without RoPE
+    for site in ("q", "k"):
+        if "post" not in model.stages(site):
+            raise RopeError(
+                f"cannot verify RoPE on {model.info.name}: the bridge exposes no post-RoPE hook for "
+                f"{site!r} on this architecture"
+            )
+    if tokens is None:
+        tokens = model.probe_tokens(64)
+    acts = model.run_sites(tokens, [(s, st) for s in ("q", "k") for st in ("pre", "post")])
+    pos = torch.arange(tokens.shape[-1], dtype=torch.float64)
+    checks: list[RopeCheck] = []
+    fitted_bases: list[float] = []
+    for layer in range(model.info.n_layers):
+        freqs_layer: list[np.ndarray] = []
+        for site in ("q", "k"):
+            pre = acts[(site, "pre", layer)]  # [batch, pos, head, d_head]
+            post = acts[(site, "post", layer)]
+            zp, zq = _pairs(pre, spec), _pairs(post, spec)  # [batch, pos, head, n_pairs]
+            scale = spec.scaling[layer]
+            # Rotation angle per (pos, pair), pooled over batch and heads, weighted by |z|^2.
+            prod = (zq * zp.conj()).sum(dim=(0, 2))  # [pos, n_pairs]
+            # A pair with (near) zero energy has no defined angle (QK-norm can zero dims).
+            defined = prod.abs() > 1e-10 * prod.abs().max()
+            angle = torch.angle(prod)
+            unwrapped = torch.from_numpy(np.unwrap(angle.numpy(), axis=0))
+            fitted = (pos[:, None] * unwrapped).sum(0) / (pos * pos).sum()  # [n_pairs]
+            fitted[~defined.all(0)] = float("nan")
+            expected = pos[:, None] * torch.tensor(spec.frequencies(layer))[None, :]
+            diff = torch.remainder(angle - expected + math.pi, 2 * math.pi) - math.pi
+            diff = torch.where(defined, diff, torch.zeros_like(diff))
+            norm_pre, norm_post = zp.abs(), zq.abs()
+            denom = norm_pre.max().clamp_min(1e-30)
+            norm_err = ((norm_post - scale * norm_pre).abs().max() / (scale * denom)).item()
+            if spec.rotary_dim < spec.d_head:
+                unrot = (post[..., spec.rotary_dim :] - pre[..., spec.rotary_dim :]).abs().max()
+                unrot_err = (unrot / pre.abs().max().clamp_min(1e-30)).item()
+            else:
+                unrot_err = 0.0
+            checks.append(
+                RopeCheck(
+                    layer=layer,
+                    site=site,
+                    max_angle_error=float(diff.abs().max()),
+                    max_norm_error=norm_err,
+                    unrotated_max_diff=unrot_err,
+                    fitted_freq=tuple(float(v) for v in fitted),
+                )
+            )
+            freqs_layer.append(fitted.numpy())
+        q_fit, k_fit = freqs_layer  # average q and k where both are defined
+        both = np.where(np.isnan(q_fit), k_fit, np.where(np.isnan(k_fit), q_fit, (q_fit + k_fit) / 2))
+        fitted_bases.append(fit_base(both, spec.rotary_dim))
+    report = RopeReport(
+        ok=all(c.passed(angle_tol, norm_tol) for c in checks),
+        checks=tuple(checks),
+        spec_bases=tuple(spec.bases()),
+        fitted_bases=tuple(fitted_bases),
+        angle_tol=angle_tol,
+        norm_tol=norm_tol,
+    )
+    if raise_on_failure and not report.ok:
+        worst = report.failures()[:5]
+        lines = "; ".join(
+            f"layer {c.layer} {c.site}: angle err {c.max_angle_error:.2e} rad, "
+            f"norm err {c.max_norm_error:.2e}, unrotated diff {c.unrotated_max_diff:.2e}"
+            for c in worst
+        )
+        raise RopeError(f"RoPE spec disagrees with {model.info.name}'s rotation: {lines}")
+    return report

@@ -1,0 +1,78 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import massmech as mm
+from massmech.models import _tiny
+
+
+def test_tiny_models_metadata(tiny):
+    info = tiny.info
+    assert info.n_layers >= 2 and info.d_head == 16 and info.dtype == "float32"
+    assert info.has_rope == (info.name != "tiny-gpt2")
+    assert info.qk_norm == (info.name == "tiny-gemma3")
+    assert tiny.stages("v") == ("pre",)
+
+
+def test_tiny_init_is_seeded():
+    a, _ = _tiny("tiny-llama", seed=3)
+    b, _ = _tiny("tiny-llama", seed=3)
+    c, _ = _tiny("tiny-llama", seed=4)
+    wa, wb, wc = (m.model.layers[0].self_attn.q_proj.weight for m in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+
+
+def test_no_rope_model_has_no_bands(tiny_models):
+    gpt2 = tiny_models["tiny-gpt2"]
+    with pytest.raises(mm.RopeError, match="no rotary position embedding"):
+        gpt2.rope
+    assert gpt2.stages("q") == ("pre",)
+    with pytest.raises(ValueError, match="no stage 'post'"):
+        gpt2.hook_name("q", "post", 0)
+
+
+def test_qk_norm_pre_site_is_normed_and_heads_first(tiny_models):
+    g = tiny_models["tiny-gemma3"]
+    assert g.hook_name("q", "pre", 1) == ("blocks.1.attn.hook_q_normed", True)
+    assert g.hook_name("k", "post", 1) == ("blocks.1.attn.hook_rot_k", False)
+    assert g.hook_name("v", "pre", 0) == ("blocks.0.attn.hook_v", False)
+    acts = g.run_sites(g.probe_tokens(7), [("q", "pre"), ("k", "pre")], layers=[0])
+    assert acts[("q", "pre", 0)].shape == (1, 7, 4, 16)
+    assert acts[("k", "pre", 0)].shape == (1, 7, 1, 16)
+
+
+def test_unknown_spec_lists_options():
+    with pytest.raises(mm.ModelLoadError, match="smollm2-135m.*tiny-llama"):
+        mm.load_model("no-such-model")
+
+
+def test_missing_gguf_path():
+    with pytest.raises(mm.ModelLoadError, match="GGUF file not found"):
+        mm.load_model("/nonexistent/model.gguf")
+
+
+def test_hub_without_network_names_offline_options():
+    code = (
+        "import massmech as mm\n"
+        "try:\n    mm.load_model('some-org/some-model')\n"
+        "except mm.ModelLoadError as e:\n    print('ERR', e)\n"
+    )
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "ERR could not load hub model 'some-org/some-model'" in out.stdout
+    assert "smollm2-135m" in out.stdout
+
+
+def test_wrap_bridge_and_hf_model(tiny_models):
+    llama = tiny_models["tiny-llama"]
+    again = mm.wrap(llama.bridge, name="again")
+    assert again.rope == llama.rope and again.info.name == "again"
+    hf, tok = _tiny("tiny-qwen2", seed=0)
+    wrapped = mm.wrap(hf, tok)
+    assert wrapped.rope.bases()[0] == pytest.approx(20000.0, rel=1e-6)
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        mm.wrap(hf)
+    with pytest.raises(TypeError, match="TransformerBridge"):
+        mm.wrap(object())
