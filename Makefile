@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.massmech-installed
 
-.PHONY: setup demo doctor test test-fast lint bench clean
+.PHONY: setup demo doctor figures test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,7 +19,10 @@ setup: $(STAMP)
 
 demo: setup
 	$(PY) -m massmech doctor --model smollm2-135m
-	$(PY) -m massmech detect --model smollm2-135m --out runs/demo
+	$(PY) -m massmech analyze --model smollm2-135m --out runs/demo
+
+figures: setup
+	$(PY) paper_figures/make_all.py --out figures
 
 doctor: setup
 	$(PY) -m massmech doctor --model smollm2-135m --json
@@ -31,10 +34,10 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not integration"
 
 lint: setup
-	$(PY) -m ruff check src tests bench analyses
+	$(PY) -m ruff check src tests bench analyses paper_figures
 
 bench: setup
 	$(PY) bench/capture_overhead.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs figures .pytest_cache

@@ -5,7 +5,7 @@ import pytest
 
 import massmech as mm
 from massmech.cli import main
-from massmech.jobs import DetectConfig
+from massmech.jobs import AnalyzeConfig
 
 
 def test_doctor_json_on_tiny(capsys):
@@ -23,17 +23,23 @@ def test_doctor_no_rope_model(capsys):
     assert verdict["rope_bases"] == [] and "rope_verified" not in verdict["checks"]
 
 
-def test_detect_end_to_end(tmp_path, capsys):
+def test_analyze_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["detect", "--model", "tiny-llama", "--out", str(out), "--tokens", "300", "--seq-len", "64", "--json"]
+    args = ["analyze", "--model", "tiny-llama", "--out", str(out), "--tokens", "300", "--seq-len", "64", "--json"]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n_tokens"] == 300 and summary["out_dir"] == str(out.resolve())
-    assert set(summary["sites"]) == {"q.pre", "q.post", "k.pre", "k.post", "v.pre"}
-    for name in ("stats.npz", "stats.parquet", "massive.parquet", "by_layer.csv", "manifest.json", "summary.json"):
+    for site in ("q", "k", "v"):
+        assert {"massive_count", "low_band_energy_fraction", "massive_low_band_share", "emergence_layer"} <= set(summary[site])
+    assert set(summary["by_stage"]) == {"q.pre", "q.post", "k.pre", "k.post", "v.pre"}
+    for name in ("stats.npz", "stats.parquet", "massive.parquet", "pairs.parquet", "layers.parquet", "manifest.json", "summary.json"):
         assert (out / name).is_file(), name
+    for fig in ("heatmap", "bars3d", "emergence", "spectrum"):
+        for ext in ("pdf", "png"):
+            assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 1000, fig
     manifest = json.loads((out / "manifest.json").read_text())
-    assert DetectConfig(**manifest["config"]) == DetectConfig(model="tiny-llama", n_tokens=300, seq_len=64)
+    cfg = AnalyzeConfig(**(manifest["config"] | {"heatmap_layers": tuple(manifest["config"]["heatmap_layers"])}))
+    assert cfg == AnalyzeConfig(model="tiny-llama", n_tokens=300, seq_len=64)
     assert manifest["model"]["name"] == "tiny-llama" and manifest["versions"]["torch"]
     stats = mm.QKVStats.load(out / "stats.npz")
     assert stats.n_tokens == 300
@@ -41,17 +47,21 @@ def test_detect_end_to_end(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temp folders left behind
 
 
-def test_detect_bad_input_leaves_nothing(tmp_path, capsys):
+def test_analyze_bad_input_leaves_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["detect", "--model", "tiny-llama", "--out", str(out), "--lam", "-1"]) == 2
+    assert main(["analyze", "--model", "tiny-llama", "--out", str(out), "--lam", "-1"]) == 2
     assert "lam must be > 0" in capsys.readouterr().err
+    assert main(["analyze", "--model", "tiny-llama", "--out", str(out), "--layers", "7"]) == 2
+    assert "layer 7 out of range" in capsys.readouterr().err
+    assert main(["analyze", "--model", "tiny-gpt2", "--out", str(out)]) == 2
+    assert "no rotary position embedding" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_out_under_a_file(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert main(["detect", "--model", "tiny-llama", "--out", str(blocker / "run")]) == 2
+    assert main(["analyze", "--model", "tiny-llama", "--out", str(blocker / "run")]) == 2
     assert "cannot create" in capsys.readouterr().err
 
 
@@ -61,5 +71,5 @@ def test_unknown_model(capsys):
 
 
 def test_config_json_roundtrip():
-    cfg = DetectConfig(model="tiny-qwen2", lam=3.0)
-    assert DetectConfig.from_json(cfg.to_json()) == cfg
+    cfg = AnalyzeConfig(model="tiny-qwen2", lam=3.0, heatmap_layers=(0, 1))
+    assert AnalyzeConfig.from_json(cfg.to_json()) == cfg

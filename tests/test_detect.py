@@ -3,7 +3,6 @@ import pytest
 import torch
 
 import massmech as mm
-from massmech.detect import massive_by_layer
 from massmech.rope import RopeSpec
 
 D = 8  # d_head; 4 RoPE pairs, layout half: pair p = dims (p, p + 4)
@@ -72,16 +71,6 @@ def test_v_and_no_rope_have_no_pairs():
     assert v.pair == -1 and np.isnan(v.frequency)
     no_rope = mm.detect_massive(_stats(m, rope=False))
     assert no_rope.pair.tolist() == [-1] and no_rope.frequency.isna().all()
-
-
-def test_massive_by_layer_low_half_share():
-    m = torch.ones(2, 1, D)
-    m[0, 0, 7] = 50.0  # pair 3: low-frequency half
-    m[1, 0, 0] = 50.0  # pair 0: high-frequency half
-    stats = _stats(m)
-    table = massive_by_layer(mm.detect_massive(stats, lam=3), stats)
-    assert table.low_half_share.tolist() == [1.0, 0.0]
-    assert table.n_massive.tolist() == [1, 1]
 
 
 def test_bad_rule_arguments():

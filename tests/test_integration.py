@@ -8,7 +8,6 @@ import torch
 
 import massmech as mm
 from massmech.corpus import bbc_news, default_corpus
-from massmech.detect import massive_by_layer
 from massmech.doctor import doctor
 
 pytestmark = pytest.mark.integration
@@ -58,7 +57,7 @@ def test_gguf_dims_are_in_hf_rotate_half_order(smollm2):
         scrambled = _perplexity(smollm2, ids)
     finally:
         with torch.no_grad():
-            for a, (wq, wk) in zip(attn, saved):
+            for a, (wq, wk) in zip(attn, saved, strict=True):
                 a.self_attn.q_proj.weight.copy_(wq)
                 a.self_attn.k_proj.weight.copy_(wk)
     assert good < 40, good
@@ -70,16 +69,18 @@ def test_smollm2_massive_qk_in_low_frequency_half(smollm2):
     """Measured on 4,096 BBC tokens: 100% of massive Q and K dims (lambda=5) sit in the slower
     half of the pairs, from layer 0 on; V has 2 in all 30 layers. Margins below are loose."""
     stats = mm.capture_stats(smollm2, default_corpus(smollm2, n_tokens=2048, seq_len=512), progress=False)
-    table = massive_by_layer(mm.detect_massive(stats), stats)
-    pre = table[table.stage == "pre"]
+    fa = mm.frequency_analysis(stats, context_len=512)
+    pre = fa.layers[fa.layers.stage == "pre"]
     for site in ("q", "k"):
         rows = pre[pre.site == site]
-        share = rows.n_low_half.sum() / rows.n_massive.sum()
+        share = (rows.massive_low_half_share * rows.n_massive).sum() / rows.n_massive.sum()
         assert share >= 0.9, (site, share)
         assert rows[rows.n_massive > 0].layer.min() <= 1
+        assert fa.summary[f"{site}.pre"]["low_half_energy_fraction"] > 0.6
     n_q = pre[pre.site == "q"].n_massive.sum()
     n_v = pre[pre.site == "v"].n_massive.sum()
     assert n_v < 0.1 * n_q, (n_v, n_q)
+    assert fa.summary["v.pre"]["low_half_energy_fraction"] < fa.summary["k.pre"]["low_half_energy_fraction"]
     # Pair energy is rotation-invariant: pre and post RoPE agree per pair.
     idx = stats.rope.pair_index()
     for site in ("q", "k"):

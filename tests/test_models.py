@@ -27,7 +27,7 @@ def test_tiny_init_is_seeded():
 def test_no_rope_model_has_no_bands(tiny_models):
     gpt2 = tiny_models["tiny-gpt2"]
     with pytest.raises(mm.RopeError, match="no rotary position embedding"):
-        gpt2.rope
+        _ = gpt2.rope
     assert gpt2.stages("q") == ("pre",)
     with pytest.raises(ValueError, match="no stage 'post'"):
         gpt2.hook_name("q", "post", 0)

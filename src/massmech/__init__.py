@@ -1,7 +1,8 @@
 """massmech: massive values in the queries and keys of RoPE self-attention.
 
 Data flows one way: a model (:func:`load_model`) -> captured statistics (:func:`capture_stats`)
--> analysis tables (:func:`detect_massive`) -> figures.
+-> analysis tables (:func:`detect_massive`, :func:`frequency_analysis`) -> figures
+(:mod:`massmech.plotting`).
 
 Reference: Jin et al., "Massive Values in Self-Attention Modules are the Key to Contextual
 Knowledge Understanding", ICML 2025 (arXiv 2502.01563).
@@ -9,6 +10,7 @@ Knowledge Understanding", ICML 2025 (arXiv 2502.01563).
 
 from massmech.capture import CaptureError, QKVStats, capture_stats
 from massmech.detect import detect_massive
+from massmech.frequency import FrequencyAnalysis, frequency_analysis
 from massmech.models import (
     DEFAULT_MODEL,
     LoadedModel,
@@ -25,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL",
     "CaptureError",
+    "FrequencyAnalysis",
     "LoadedModel",
     "ModelInfo",
     "ModelLoadError",
@@ -35,6 +38,7 @@ __all__ = [
     "available_models",
     "capture_stats",
     "detect_massive",
+    "frequency_analysis",
     "load_model",
     "verify_rope",
     "wrap",

@@ -337,5 +337,10 @@ def capture_stats(
         max_abs=max_abs,
         rope=model.rope_or_none,
         exclude_first_token=exclude_first_token,
-        meta={"batch_size": batch_size, "sites": list(sites), "stages": None if stages is None else list(stages)},
+        meta={
+            "batch_size": batch_size,
+            "sites": list(sites),
+            "stages": None if stages is None else list(stages),
+            "max_len": max(len(s) for s in seqs),
+        },
     )

@@ -1,4 +1,4 @@
-"""Command line: ``massmech doctor | detect | models``. A thin layer over the library runners."""
+"""Command line: ``massmech doctor | analyze | models``. A thin layer over the library runners."""
 
 from __future__ import annotations
 
@@ -27,33 +27,33 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if verdict["ok"] else 1
 
 
-def _cmd_detect(args: argparse.Namespace) -> int:
-    from massmech.jobs import DetectConfig, run_detect
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from massmech.jobs import AnalyzeConfig, run_analyze
 
-    cfg = DetectConfig(
+    cfg = AnalyzeConfig(
         model=args.model,
         n_tokens=args.tokens,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
-        rule=args.rule,
         lam=args.lam,
-        k=args.k,
-        mean=args.mean,
+        heatmap_layers=tuple(args.layers or ()),
         exclude_first_token=args.exclude_first_token,
         seed=args.seed,
     )
-    summary = run_detect(cfg, args.out, progress=not args.json)
+    summary = run_analyze(cfg, args.out, progress=not args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{summary['model']}: {summary['n_tokens']} tokens -> {summary['out_dir']}")
-    for key, s in summary["sites"].items():
-        share = s["massive_low_half_share"]
-        share_s = "n/a" if share is None else f"{share:.0%}"
+    print(f"{summary['model']}: {summary['n_tokens']} tokens, context {summary['context_len']} -> {summary['out_dir']}")
+    print(f"  {'':7s} {'massive':>7s} {'low-band energy':>15s} {'low-half energy':>15s} {'massive in low band':>19s} {'emergence':>9s}")
+    for key, s in summary["by_stage"].items():
+        share = s["massive_low_band_share"]
         print(
-            f"  {key:7s} massive dims: {s['massive_count']:5d}   in low-frequency half: {share_s:>4s}"
-            f"   first layer: {s['first_layer_with_massive']}"
+            f"  {key:7s} {s['massive_count']:7d} {s['low_band_energy_fraction']:15.1%} "
+            f"{s['low_half_energy_fraction']:15.1%} {'n/a' if share is None else f'{share:.1%}':>19s} "
+            f"{'none' if s['emergence_layer'] is None else s['emergence_layer']:>9}"
         )
+    print("  (V is not rotated: its dims are grouped as Q/K pairs, the control)")
     return 0
 
 
@@ -66,20 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print a JSON verdict")
     d.set_defaults(func=_cmd_doctor)
 
-    c = sub.add_parser("detect", help="capture Q/K/V statistics on natural text, detect massive values")
+    c = sub.add_parser("analyze", help="the main job: Q/K/V statistics on natural text, frequency analysis, figures")
     c.add_argument("--model", default=DEFAULT_MODEL)
     c.add_argument("--out", required=True, help="run folder to write (replaced atomically)")
     c.add_argument("--tokens", type=int, default=4096, help="tokens of BBC news (default 4096)")
-    c.add_argument("--seq-len", type=int, default=512)
+    c.add_argument("--seq-len", type=int, default=512, help="window length = context of the bands")
     c.add_argument("--batch-size", type=int, default=4)
-    c.add_argument("--rule", choices=["lambda", "topk"], default="lambda")
     c.add_argument("--lam", type=float, default=5.0)
-    c.add_argument("--k", type=int, default=4)
-    c.add_argument("--mean", choices=["head", "layer"], default="head")
+    c.add_argument("--layers", type=int, nargs="*", help="heatmap/spectrum layers (default first, middle, last)")
     c.add_argument("--exclude-first-token", action="store_true")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true")
-    c.set_defaults(func=_cmd_detect)
+    c.set_defaults(func=_cmd_analyze)
 
     m = sub.add_parser("models", help="list the model specs available offline")
     m.set_defaults(func=lambda a: print("\n".join(available_models())) or 0)

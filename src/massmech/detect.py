@@ -10,6 +10,7 @@ over tokens ``M[h, d]`` exceeds ``lam`` times the mean of ``M[h, :]`` over the h
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
@@ -107,35 +108,3 @@ def detect_massive(
     out = pd.concat(rows, ignore_index=True)[COLUMNS]
     return out.sort_values(["site", "stage", "layer", "head", "dim"], ignore_index=True)
 
-
-def massive_by_layer(massive: pd.DataFrame, stats: QKVStats) -> pd.DataFrame:
-    """Massive dims per (site, stage, layer) and the share in the slower half of the RoPE pairs.
-
-    Args:
-        massive: Output of :func:`detect_massive`.
-        stats: The statistics it came from (for the layers and the RoPE spec).
-
-    Returns:
-        One row per (site, stage, layer): ``n_massive``, ``n_low_half`` (massive dims whose pair
-        index is ``>= n_pairs / 2``, i.e. the lowest-frequency half) and ``low_half_share``
-        (NaN where there is no massive dim, and for V and models without RoPE).
-    """
-    half = stats.rope.n_pairs / 2 if stats.rope is not None else None
-    rows = []
-    for site, stage in stats.keys():
-        sub = massive[(massive.site == site) & (massive.stage == stage)]
-        for layer in stats.layers:
-            hits = sub[sub.layer == layer]
-            rotated = half is not None and site != "v"
-            n_low = int((hits.pair >= half).sum()) if rotated else 0
-            rows.append(
-                {
-                    "site": site,
-                    "stage": stage,
-                    "layer": layer,
-                    "n_massive": len(hits),
-                    "n_low_half": n_low if rotated else np.nan,
-                    "low_half_share": n_low / len(hits) if rotated and len(hits) else np.nan,
-                }
-            )
-    return pd.DataFrame(rows)

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict
 import os
+from dataclasses import asdict
 
 import torch
 

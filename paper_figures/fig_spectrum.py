@@ -1,0 +1,21 @@
+"""Figure: per-pair energy share against wavelength (log axis), context length marked."""
+
+from pathlib import Path
+
+from _common import analysis, cli, layers_for
+
+from massmech import plotting
+
+
+def build(spec: str, out: Path) -> Path:
+    a = analysis(spec)
+    path = out / f"spectrum_{spec}"
+    plotting.spectrum(a.freq, layers_for(a.model), out=path)
+    plotting.plt.close("all")
+    return path
+
+
+if __name__ == "__main__":
+    args = cli(__doc__)
+    for spec in args.model:
+        print(build(spec, Path(args.out)))

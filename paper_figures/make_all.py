@@ -1,0 +1,18 @@
+"""Regenerate every paper figure into one folder: python paper_figures/make_all.py [--out figures]."""
+
+from pathlib import Path
+
+import fig_bars3d
+import fig_emergence
+import fig_heatmap
+import fig_spectrum
+from _common import cli
+
+FIGURES = (fig_heatmap, fig_bars3d, fig_emergence, fig_spectrum)
+
+if __name__ == "__main__":
+    args = cli(__doc__)
+    out = Path(args.out)
+    for spec in args.model:  # each model's analysis is computed once and shared by all figures
+        for fig in FIGURES:
+            print(fig.build(spec, out))

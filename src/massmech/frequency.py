@@ -1,0 +1,229 @@
+"""Frequency analysis: where in the RoPE spectrum Q/K energy sits, layer by layer.
+
+Energy here is the sum of squares over tokens (``M**2``). A *pair* is the two dims RoPE rotates
+together; its energy is invariant under the rotation, so pre- and post-RoPE agree per pair (not
+per dim). V is never rotated: it is grouped into the same dim pairs as Q/K and serves as the
+built-in control (no RoPE, so no reason to concentrate in any band).
+
+Two band schemes:
+
+* **context bands** (relative to the analysed context length ``C``): ``low`` = pairs whose
+  wavelength exceeds ``C`` (they never complete a turn inside the window, so they cannot tell
+  positions apart by phase and can carry content), ``high`` = pairs that turn at least
+  ``fast_turns`` times inside the window (wavelength <= ``C / fast_turns``), ``mid`` = between.
+* **equal-count bands**: the pairs split into ``n_bands`` groups of (nearly) equal size by
+  frequency (``high`` ... ``low``), comparable across models of different bases.
+
+Concentration metrics per (site, stage, layer): ``low_band_energy_fraction`` (context band),
+``low_half_energy_fraction`` (slowest half of the pairs), ``effective_pairs`` (participation
+ratio of the pair energies, averaged over heads; ``n_pairs`` = uniform, 1 = one pair), and the
+share of massive dims in the low band. The *emergence layer* is the first layer whose
+low-half energy fraction reaches ``emergence_threshold``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from massmech.capture import QKVStats
+from massmech.detect import detect_massive
+from massmech.rope import RopeError, RopeSpec
+
+_BAND_NAMES = {
+    2: ("high", "low"),
+    3: ("high", "mid", "low"),
+    4: ("high", "mid-high", "mid-low", "low"),
+}
+
+
+def context_bands(spec: RopeSpec, layer: int, context_len: int, fast_turns: float = 8.0) -> np.ndarray:
+    """Band of each pair relative to a context length: ``"high"``, ``"mid"`` or ``"low"``.
+
+    Args:
+        spec: RoPE spec.
+        layer: Layer (bases can differ per layer).
+        context_len: Tokens in the analysed context.
+        fast_turns: Pairs completing at least this many turns in the context are ``high``.
+    """
+    if context_len < 2:
+        raise ValueError(f"context_len must be >= 2, got {context_len}")
+    if fast_turns <= 1:
+        raise ValueError(f"fast_turns must be > 1, got {fast_turns}")
+    wl = spec.wavelengths(layer)
+    return np.where(wl > context_len, "low", np.where(wl <= context_len / fast_turns, "high", "mid"))
+
+
+def equal_count_bands(n_pairs: int, n_bands: int = 3) -> np.ndarray:
+    """Band of each pair when the pairs are split into ``n_bands`` equal-count groups (pair 0 fastest)."""
+    if not 2 <= n_bands <= n_pairs:
+        raise ValueError(f"n_bands must be in [2, n_pairs={n_pairs}], got {n_bands}")
+    names = _BAND_NAMES.get(n_bands, tuple(f"band{i}" for i in range(n_bands)))
+    idx = (np.arange(n_pairs) * n_bands) // n_pairs
+    return np.asarray(names, dtype=object)[idx]
+
+
+def pair_energy(stats: QKVStats) -> pd.DataFrame:
+    """Energy per RoPE pair: one row per (site, stage, layer, head, pair).
+
+    Columns: ``site, stage, layer, head, pair, energy, share`` (the pair's share of the head's
+    energy), ``frequency``, ``wavelength``. V is grouped into the same dim pairs (control).
+
+    Raises:
+        RopeError: The statistics come from a model without RoPE.
+    """
+    spec = _spec(stats)
+    idx = spec.pair_index()  # [n_pairs, 2]
+    frames = []
+    for site, stage in stats.keys():
+        e = stats.sumsq[(site, stage)][..., idx].sum(-1)  # [layer, head, n_pairs]
+        share = e / e.sum(-1, keepdim=True).clamp_min(1e-300)
+        n_l, n_h, n_p = e.shape
+        lay, head, pair = np.meshgrid(np.asarray(stats.layers), np.arange(n_h), np.arange(n_p), indexing="ij")
+        freq = np.stack([spec.frequencies(layer) for layer in stats.layers])[:, None, :].repeat(n_h, 1)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "site": site,
+                    "stage": stage,
+                    "layer": lay.ravel(),
+                    "head": head.ravel(),
+                    "pair": pair.ravel(),
+                    "energy": e.numpy().ravel(),
+                    "share": share.numpy().ravel(),
+                    "frequency": freq.ravel(),
+                    "wavelength": 2 * np.pi / freq.ravel(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def dim_energy(stats: QKVStats) -> pd.DataFrame:
+    """Energy per dim: one row per (site, stage, layer, head, dim), with the dim's pair."""
+    spec = _spec(stats)
+    frame = stats.to_frame()[["site", "stage", "layer", "head", "dim", "M"]]
+    frame = frame.assign(energy=frame.M**2, pair=spec.dim_to_pair()[frame.dim.to_numpy()])
+    return frame.drop(columns="M")
+
+
+def _spec(stats: QKVStats) -> RopeSpec:
+    if stats.rope is None:
+        raise RopeError(
+            f"{stats.model} has no RoPE: frequency bands are undefined. Per-dim statistics and "
+            "detect_massive still work."
+        )
+    if not stats.keys():
+        raise ValueError("empty statistics: nothing was captured")
+    return stats.rope
+
+
+@dataclass(frozen=True)
+class FrequencyAnalysis:
+    """Output of :func:`frequency_analysis`.
+
+    Attributes:
+        pairs: Per (site, stage, layer, head, pair): energy, share, frequency, wavelength,
+            ``context_band``, ``count_band``.
+        layers: Per (site, stage, layer): the concentration metrics (see module doc).
+        summary: Per ``"site.stage"``: headline numbers (JSON-ready).
+        params: The parameters used (context_len, fast_turns, n_bands, lam, threshold).
+    """
+
+    pairs: pd.DataFrame
+    layers: pd.DataFrame
+    summary: dict
+    params: dict = field(default_factory=dict)
+
+
+def frequency_analysis(
+    stats: QKVStats,
+    *,
+    context_len: int | None = None,
+    fast_turns: float = 8.0,
+    n_bands: int = 3,
+    lam: float = 5.0,
+    emergence_threshold: float = 0.75,
+) -> FrequencyAnalysis:
+    """Where Q/K energy sits in the RoPE spectrum, per layer, with V as the control.
+
+    Args:
+        stats: Statistics from :func:`massmech.capture_stats` on a RoPE model.
+        context_len: Context length the bands refer to; default the longest captured sequence.
+        fast_turns: Turns inside the context that make a pair ``high`` (context bands).
+        n_bands: Number of equal-count bands.
+        lam: Lambda of the massive-value rule used for the massive-dim shares.
+        emergence_threshold: Low-half energy fraction whose first crossing marks emergence
+            (0.75 = 1.5x the uniform 0.5).
+
+    Returns:
+        :class:`FrequencyAnalysis`.
+
+    Raises:
+        RopeError: No RoPE (GPT-2 etc.): bands are undefined.
+        ValueError: Empty statistics or bad parameters.
+    """
+    spec = _spec(stats)
+    if context_len is None:
+        context_len = int(stats.meta.get("max_len") or 0)
+        if context_len < 2:
+            raise ValueError("the statistics do not record a sequence length: pass context_len")
+    if not 0 < emergence_threshold <= 1:
+        raise ValueError(f"emergence_threshold must be in (0, 1], got {emergence_threshold}")
+    pairs = pair_energy(stats)
+    ctx = {layer: context_bands(spec, layer, context_len, fast_turns) for layer in stats.layers}
+    row_of = {layer: i for i, layer in enumerate(stats.layers)}
+    ctx_table = np.stack([ctx[layer] for layer in stats.layers])  # [layer, n_pairs]
+    pairs["context_band"] = ctx_table[pairs.layer.map(row_of).to_numpy(), pairs.pair.to_numpy()]
+    pairs["count_band"] = equal_count_bands(spec.n_pairs, n_bands)[pairs.pair.to_numpy()]
+    half = spec.n_pairs / 2
+
+    massive = detect_massive(stats, lam=lam)
+    dim_pair = spec.dim_to_pair()
+    massive = massive.assign(pair=dim_pair[massive.dim.to_numpy()])  # V grouped like Q/K
+    massive["context_band"] = ctx_table[massive.layer.map(row_of).to_numpy(), massive.pair.to_numpy()]
+    rows = []
+    for (site, stage, layer), grp in pairs.groupby(["site", "stage", "layer"], sort=False):
+        total = grp.energy.sum()
+        low = grp.context_band == "low"
+        per_head = grp.pivot(index="head", columns="pair", values="energy").to_numpy()
+        pr = (per_head.sum(1) ** 2 / np.maximum((per_head**2).sum(1), 1e-300)).mean()
+        hits = massive[(massive.site == site) & (massive.stage == stage) & (massive.layer == layer)]
+        rows.append(
+            {
+                "site": site,
+                "stage": stage,
+                "layer": layer,
+                "low_band_energy_fraction": grp.energy[low].sum() / total if total > 0 else np.nan,
+                "low_band_pair_fraction": float(np.mean(ctx[layer] == "low")),
+                "low_half_energy_fraction": grp.energy[grp.pair >= half].sum() / total if total > 0 else np.nan,
+                "effective_pairs": pr,
+                "n_massive": len(hits),
+                "massive_low_band_share": (hits.context_band == "low").mean() if len(hits) else np.nan,
+                "massive_low_half_share": (hits.pair >= half).mean() if len(hits) else np.nan,
+            }
+        )
+    layers = pd.DataFrame(rows)
+    summary = {}
+    for (site, stage), grp in layers.groupby(["site", "stage"], sort=False):
+        sub = pairs[(pairs.site == site) & (pairs.stage == stage)]
+        hits = massive[(massive.site == site) & (massive.stage == stage)]
+        crossed = grp.layer[grp.low_half_energy_fraction >= emergence_threshold]
+        summary[f"{site}.{stage}"] = {
+            "massive_count": len(hits),
+            "low_band_energy_fraction": float(sub.energy[sub.context_band == "low"].sum() / sub.energy.sum()),
+            "low_half_energy_fraction": float(sub.energy[sub.pair >= half].sum() / sub.energy.sum()),
+            "massive_low_band_share": float((hits.context_band == "low").mean()) if len(hits) else None,
+            "effective_pairs": float(grp.effective_pairs.mean()),
+            "emergence_layer": int(crossed.min()) if len(crossed) else None,
+        }
+    params = {
+        "context_len": context_len,
+        "fast_turns": fast_turns,
+        "n_bands": n_bands,
+        "lam": lam,
+        "emergence_threshold": emergence_threshold,
+    }
+    return FrequencyAnalysis(pairs=pairs, layers=layers, summary=summary, params=params)

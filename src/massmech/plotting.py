@@ -1,0 +1,184 @@
+"""Figures: seaborn ``context="paper"``, colorblind palette, vector PDF (Type 42 fonts) plus PNG.
+
+Every function takes analysis tables (or captured statistics), draws one figure and, given
+``out`` (a path without suffix), writes ``out.pdf`` and ``out.png``; it returns the figure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+from jaxtyping import Float  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from massmech.capture import QKVStats  # noqa: E402
+from massmech.frequency import FrequencyAnalysis, equal_count_bands  # noqa: E402
+
+SITE_LABEL = {"q": "Q", "k": "K", "v": "V"}
+MAGNITUDE_CMAP = "rocket_r"
+
+
+def use_style() -> None:
+    """The package's figure style (call before drawing your own figures)."""
+    sns.set_theme(context="paper", style="ticks", palette="colorblind", font_scale=1.1)
+    matplotlib.rcParams.update(
+        {"pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": 200, "savefig.bbox": "tight"}
+    )
+
+
+def save(fig: plt.Figure, out: str | os.PathLike | None) -> plt.Figure:
+    """Write ``out.pdf`` and ``out.png`` (no-op for ``out=None``)."""
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out.with_suffix(".pdf"))
+        fig.savefig(out.with_suffix(".png"))
+    return fig
+
+
+def _check_layers(stats: QKVStats, layers: Sequence[int]) -> list[int]:
+    for layer in layers:
+        if layer not in stats.layers:
+            raise IndexError(f"layer {layer} was not captured; captured layers: {list(stats.layers)}")
+    return list(layers)
+
+
+def massive_heatmap(
+    stats: QKVStats,
+    layers: Sequence[int],
+    *,
+    stage: str = "pre",
+    sites: Sequence[str] = ("q", "k"),
+    n_bands: int = 3,
+    out: str | os.PathLike | None = None,
+) -> plt.Figure:
+    """Heatmaps of ``M`` (head x dim) for Q and K at chosen layers, equal-count band edges drawn.
+
+    With the rotate_half layout, dims ``i`` and ``i + rotary_dim/2`` form pair ``i``, so every
+    band appears once in each half of the head; the band edges are drawn in both halves.
+    """
+    use_style()
+    layers = _check_layers(stats, layers)
+    fig, axes = plt.subplots(
+        len(sites), len(layers), figsize=(3.2 * len(layers), 1.9 * len(sites) + 0.4), squeeze=False
+    )
+    spec = stats.rope
+    for r, site in enumerate(sites):
+        m = stats.norm(site, stage)
+        for c, layer in enumerate(layers):
+            ax = axes[r, c]
+            data = m[stats.layers.index(layer)].numpy()  # [head, d_head]
+            im = ax.imshow(data, aspect="auto", cmap=MAGNITUDE_CMAP, interpolation="nearest")
+            fig.colorbar(im, ax=ax, pad=0.02, fraction=0.05)
+            ax.set_title(f"{SITE_LABEL[site]} ({stage}-RoPE), layer {layer}")
+            ax.set_ylabel("head")
+            ax.set_xlabel("dim")
+            if spec is not None and site != "v":
+                bands = equal_count_bands(spec.n_pairs, n_bands)
+                edges = [p for p in range(1, spec.n_pairs) if bands[p] != bands[p - 1]]
+                for p in edges:
+                    for d in spec.pair_dims(p):
+                        ax.axvline(d - 0.5, color="#0173b2", lw=1.0, ls="--")
+                if spec.layout == "half":  # second half of the head: the same pairs again
+                    ax.axvline(spec.n_pairs - 0.5, color="black", lw=1.4)
+    fig.suptitle(
+        f"{stats.model}: L2 norm M over {stats.n_tokens} tokens. Blue dashed: {n_bands} equal-count "
+        "RoPE bands, fast → slow, in each half of the head (black line)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def token_dim_bars(
+    acts: dict[str, Float[Tensor, "pos d_head"]],
+    *,
+    title: str = "",
+    out: str | os.PathLike | None = None,
+) -> plt.Figure:
+    """3D bars of |x| over token x dim for one head, one panel per entry of ``acts`` (e.g. Q, K)."""
+    use_style()
+    fig = plt.figure(figsize=(4.2 * len(acts), 3.6))
+    for i, (label, x) in enumerate(acts.items()):
+        ax = fig.add_subplot(1, len(acts), i + 1, projection="3d")
+        a = x.abs().float().numpy()  # [pos, d_head]
+        n_pos, n_dim = a.shape
+        pos, dim = np.meshgrid(np.arange(n_pos), np.arange(n_dim), indexing="ij")
+        colors = plt.get_cmap(MAGNITUDE_CMAP)(a.ravel() / max(a.max(), 1e-12))
+        ax.bar3d(dim.ravel(), pos.ravel(), 0, 0.8, 0.8, a.ravel(), color=colors, shade=True, linewidth=0)
+        ax.set_xlabel("dim")
+        ax.set_ylabel("token")
+        ax.set_zlabel("|value|")
+        ax.set_title(label)
+        ax.view_init(elev=28, azim=-58)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def emergence(analysis: FrequencyAnalysis, *, out: str | os.PathLike | None = None) -> plt.Figure:
+    """Low-band energy fraction and massive count per layer, for Q, K, V, pre and post RoPE."""
+    use_style()
+    df = analysis.layers.assign(
+        series=lambda d: d.site.map(SITE_LABEL) + " " + d.stage + "-RoPE"
+    )
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.4, 3.0))
+    sns.lineplot(data=df, x="layer", y="low_band_energy_fraction", hue="series", marker="o", ax=ax1, markersize=3)
+    chance = df.low_band_pair_fraction.iloc[0]
+    ax1.axhline(chance, color="grey", ls=":", lw=1)
+    ax1.text(df.layer.max(), chance - 0.02, "uniform ", ha="right", va="top", fontsize=7, color="grey")
+    ax1.set_ylabel("energy fraction in low band")
+    ax1.set_ylim(0, 1.02)
+    sns.lineplot(data=df, x="layer", y="n_massive", hue="series", marker="o", ax=ax2, markersize=3, legend=False)
+    ax2.set_ylabel(f"massive dims (λ = {analysis.params['lam']:g})")
+    ax2.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax1.legend(fontsize=7, frameon=False, loc="lower right", ncol=2)
+    fig.suptitle(
+        f"low band: wavelength > context ({analysis.params['context_len']} tokens); "
+        "pair energy is rotation-invariant, so pre- and post-RoPE overlap",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def spectrum(
+    analysis: FrequencyAnalysis,
+    layers: Sequence[int],
+    *,
+    stage: str = "pre",
+    out: str | os.PathLike | None = None,
+) -> plt.Figure:
+    """Per-pair energy share (mean over heads) against wavelength, log axis, context marked."""
+    use_style()
+    pairs = analysis.pairs
+    missing = set(layers) - set(pairs.layer)
+    if missing:
+        raise IndexError(f"layers {sorted(missing)} not in the analysis; it has {sorted(set(pairs.layer))}")
+    sites = [s for s in ("q", "k", "v") if ((pairs.site == s) & (pairs.stage == stage)).any()]
+    fig, axes = plt.subplots(1, len(sites), figsize=(3.0 * len(sites), 2.8), sharey=True, squeeze=False)
+    sub = pairs[(pairs.stage == stage) & pairs.layer.isin(layers)]
+    mean = sub.groupby(["site", "layer", "pair"], as_index=False).agg(
+        share=("share", "mean"), wavelength=("wavelength", "first")
+    )
+    for ax, site in zip(axes[0], sites, strict=True):
+        d = mean[mean.site == site]
+        sns.lineplot(data=d, x="wavelength", y="share", hue="layer", palette="viridis", ax=ax, marker=".", legend=ax is axes[0][-1])
+        ax.set_xscale("log")
+        ax.axvline(analysis.params["context_len"], color="black", ls="--", lw=1)
+        ax.set_title(f"{SITE_LABEL[site]} ({'grouped as Q/K pairs' if site == 'v' else stage + '-RoPE'})")
+        ax.set_xlabel("wavelength (tokens, log)")
+        ax.set_ylabel("share of head energy")
+    axes[0][0].text(analysis.params["context_len"], axes[0][0].get_ylim()[1] * 0.95, " context", fontsize=7)
+    fig.tight_layout()
+    return save(fig, out)
