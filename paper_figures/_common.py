@@ -6,6 +6,7 @@ import argparse
 import functools
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -48,6 +49,13 @@ def cli(description: str) -> argparse.Namespace:
     args = ap.parse_args()
     args.model = args.model or models_available()
     return args
+
+
+def main(build, description: str) -> None:
+    """Command line of a figure script: build the figure for every requested model."""
+    args = cli(description)
+    for spec in args.model:
+        print(build(spec, Path(args.out)))
 
 
 def layers_for(model: mm.LoadedModel) -> list[int]:

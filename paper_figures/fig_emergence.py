@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from _common import analysis, cli
+from _common import analysis, main
 
 from massmech import plotting
 
@@ -15,6 +15,4 @@ def build(spec: str, out: Path) -> Path:
 
 
 if __name__ == "__main__":
-    args = cli(__doc__)
-    for spec in args.model:
-        print(build(spec, Path(args.out)))
+    main(build, __doc__)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from _common import analysis, cli, layers_for
+from _common import analysis, layers_for, main
 
 from massmech import plotting
 
@@ -16,6 +16,4 @@ def build(spec: str, out: Path) -> Path:
 
 
 if __name__ == "__main__":
-    args = cli(__doc__)
-    for spec in args.model:
-        print(build(spec, Path(args.out)))
+    main(build, __doc__)

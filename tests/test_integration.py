@@ -104,3 +104,19 @@ def test_gemma3_capture(gemma3):
     assert stats.norm("q", "pre").shape == (18, 4, 256)
     assert stats.norm("k", "post").shape == (18, 1, 256)
     assert torch.isfinite(stats.norm("q", "post")).all()
+
+
+def test_analyze_json_on_smollm2(smollm2, tmp_path):
+    from massmech.jobs import AnalyzeConfig, run_analyze
+
+    summary = run_analyze(AnalyzeConfig(n_tokens=1024), tmp_path / "run", model=smollm2, progress=False)
+    # Measured at 4,096 tokens: low-band (wavelength > 512) energy Q 82%, K 81%, V 59% (= the
+    # band's share of pairs, i.e. uniform); effective pairs Q ~6, K ~7, V ~25 of 32.
+    for site in ("q", "k"):
+        assert summary[site]["low_band_energy_fraction"] > 0.7
+        assert summary[site]["effective_pairs"] < 12
+        assert summary[site]["massive_low_band_share"] > 0.9
+    assert summary["v"]["low_band_energy_fraction"] < 0.66
+    assert summary["v"]["effective_pairs"] > 18
+    assert summary["k"]["emergence_layer"] is not None and summary["k"]["emergence_layer"] <= 3
+    assert (tmp_path / "run" / "figures" / "heatmap.pdf").is_file()

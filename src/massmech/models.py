@@ -475,16 +475,15 @@ def _tiny(name: str, seed: int) -> tuple[Any, Any]:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if name == "tiny-llama":
-            cfg = tf.LlamaConfig(
+        if name in TINY_ROPE_THETA:
+            cfg_cls, model_cls = {
+                "tiny-llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+                "tiny-qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+            }[name]
+            cfg = cfg_cls(
                 num_hidden_layers=2, num_key_value_heads=2, rope_theta=TINY_ROPE_THETA[name], **common
             )
-            model = tf.LlamaForCausalLM(cfg)
-        elif name == "tiny-qwen2":
-            cfg = tf.Qwen2Config(
-                num_hidden_layers=2, num_key_value_heads=2, rope_theta=TINY_ROPE_THETA[name], **common
-            )
-            model = tf.Qwen2ForCausalLM(cfg)
+            model = model_cls(cfg)
         elif name == "tiny-gemma3":
             cfg = tf.Gemma3TextConfig(
                 num_hidden_layers=3,

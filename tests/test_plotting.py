@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+import massmech as mm
+from massmech import plotting
+
+
+@pytest.fixture(scope="module")
+def tiny_analysis(tiny_models):
+    model = tiny_models["tiny-qwen2"]
+    stats = mm.capture_stats(model, ["figures need some text to look at " * 4] * 3, progress=False)
+    return model, stats, mm.frequency_analysis(stats)
+
+
+def _written(out):
+    for ext in ("pdf", "png"):
+        path = out.with_suffix(f".{ext}")
+        assert path.stat().st_size > 1000, path
+    pdf = out.with_suffix(".pdf").read_bytes()
+    assert b"/Type3" not in pdf and b"/FontType 3" not in pdf  # Type 42 (TrueType) fonts only
+
+
+def test_heatmap(tiny_analysis, tmp_path):
+    _, stats, _ = tiny_analysis
+    fig = plotting.massive_heatmap(stats, [0, 1], out=tmp_path / "h")
+    _written(tmp_path / "h")
+    assert len(fig.axes) == 2 * 2 * 2  # 2 sites x 2 layers, each with a colorbar
+    assert fig.axes[0].get_xlabel() == "dim" and fig.axes[0].get_ylabel() == "head"
+    with pytest.raises(IndexError, match="not captured"):
+        plotting.massive_heatmap(stats, [5])
+
+
+def test_bars3d(tiny_analysis, tmp_path):
+    model, _, _ = tiny_analysis
+    acts = model.run_sites(model.probe_tokens(6), [("q", "pre")], layers=[0])
+    fig = plotting.token_dim_bars({"Q": acts[("q", "pre", 0)][0, :, 0]}, out=tmp_path / "b")
+    _written(tmp_path / "b")
+    assert fig.axes[0].get_zlabel() == "|value|"
+
+
+def test_emergence_and_spectrum(tiny_analysis, tmp_path):
+    _, _, fa = tiny_analysis
+    fig = plotting.emergence(fa, out=tmp_path / "e")
+    _written(tmp_path / "e")
+    assert fig.axes[0].get_ylabel() == "energy fraction in low band"
+    fig = plotting.spectrum(fa, [0, 1], out=tmp_path / "s")
+    _written(tmp_path / "s")
+    assert [ax.get_xscale() for ax in fig.axes] == ["log"] * 3
+    with pytest.raises(IndexError):
+        plotting.spectrum(fa, [9])
+
+
+def test_figures_without_out_write_nothing(tiny_analysis, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plotting.emergence(tiny_analysis[2])
+    assert list(tmp_path.iterdir()) == []
+    assert torch.is_tensor(tiny_analysis[1].norm("q"))
