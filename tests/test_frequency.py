@@ -96,3 +96,13 @@ def test_no_rope_and_empty(tiny_models):
     empty = mm.QKVStats(model="x", layers=(), n_tokens=0, n_sequences=0, sumsq={}, total={}, max_abs={}, rope=_spec(1))
     with pytest.raises(ValueError, match="empty statistics"):
         mm.frequency_analysis(empty)
+
+
+def test_dim_view_sums_to_pair_view():
+    e = np.arange(1, 1 + 2 * 3 * P, dtype=float).reshape(2, 3, P)
+    stats = _stats(e, sites=("q",))
+    dims = mm.frequency.dim_energy(stats)
+    pairs = pair_energy(stats)
+    summed = dims.groupby(["layer", "head", "pair"]).energy.sum().to_numpy()
+    np.testing.assert_allclose(summed, pairs.sort_values(["layer", "head", "pair"]).energy.to_numpy())
+    assert (dims.pair == dims.dim % P).all()

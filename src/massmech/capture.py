@@ -262,9 +262,9 @@ def capture_stats(
 
     heads = {"q": model.info.n_heads, "k": model.info.n_kv_heads, "v": model.info.n_kv_heads}
     shape = lambda k: (len(layer_list), heads[k[0]], model.info.d_head)  # noqa: E731
-    sumsq = {k: torch.zeros(shape(k), dtype=torch.float64) for k in keys}
-    total = {k: torch.zeros(shape(k), dtype=torch.float64) for k in keys}
-    max_abs = {k: torch.zeros(shape(k), dtype=torch.float64) for k in keys}
+    device = model.info.device  # accumulate where the model runs: no host sync per hook
+    zeros = lambda k: torch.zeros(shape(k), dtype=torch.float64, device=device)  # noqa: E731
+    sumsq, total, max_abs = ({k: zeros(k) for k in keys} for _ in range(3))
     fired: dict[tuple[Key, int], int] = {}
     state: dict[str, Tensor | None] = {"select": None}
 
@@ -275,10 +275,10 @@ def capture_stats(
                 x = x.transpose(1, 2)
             sel = state["select"]
             xs = x.flatten(0, 1) if sel is None else x[sel]  # [tokens, head, d]
-            xs = xs.float()
-            sumsq[key][li] += (xs * xs).sum(0).double().cpu()
-            total[key][li] += xs.sum(0).double().cpu()
-            torch.maximum(max_abs[key][li], xs.abs().amax(0).double().cpu(), out=max_abs[key][li])
+            xs = xs.float()  # fp32 per batch, fp64 across batches
+            sumsq[key][li] += (xs * xs).sum(0)
+            total[key][li] += xs.sum(0)
+            torch.maximum(max_abs[key][li], xs.abs().amax(0), out=max_abs[key][li])
 
         return hook
 
@@ -292,7 +292,6 @@ def capture_stats(
 
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    device = model.info.device
     n_tokens = 0
     with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd_hooks):
         for bi, batch in enumerate(tqdm(batches, desc="capture", unit="batch", disable=not progress)):
@@ -318,6 +317,7 @@ def capture_stats(
                 raise CaptureError(
                     f"hooks did not fire exactly once per forward on {model.info.name}: {bad[:6]}"
                 )
+    sumsq, total, max_abs = ({k: v.cpu() for k, v in d.items()} for d in (sumsq, total, max_abs))
     for key in keys:
         if not (torch.isfinite(sumsq[key]).all() and torch.isfinite(max_abs[key]).all()):
             bad_layers = sorted(

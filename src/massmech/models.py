@@ -82,15 +82,12 @@ class LoadedModel:
         n_layers = int(cfg.n_layers)
         # One probe forward tells which hooks really fire (some bridges register hooks that
         # never do, e.g. hook_rot_q on GPT-NeoX) and yields the cos/sin tables RoPE is read from.
-        wanted = {
-            name: name
-            for name in [f"blocks.0.attn.hook_{s}" for s in ("q_normed", "rot_q", "rot_k")]
-            + [f"blocks.{li}.attn.hook_{t}" for t in ("cos", "sin") for li in range(n_layers)]
-            if name in bridge.hook_dict
-        }
-        self.bridge, self.tokenizer = bridge, tokenizer
-        self._n_ctx = int(cfg.n_ctx)
-        fired = self.run_hooks(self.probe_tokens(min(64, self._n_ctx)), wanted, require_all=False)
+        candidates = [f"blocks.0.attn.hook_{s}" for s in ("q_normed", "rot_q", "rot_k")] + [
+            f"blocks.{li}.attn.hook_{t}" for t in ("cos", "sin") for li in range(n_layers)
+        ]
+        wanted = {hook: hook for hook in candidates if hook in bridge.hook_dict}
+        n_ctx = int(cfg.n_ctx)
+        fired = self.run_hooks(self.probe_tokens(min(64, n_ctx)), wanted, require_all=False)
         self._qk_norm = "blocks.0.attn.hook_q_normed" in fired
         self._has_post = {s: f"blocks.0.attn.hook_rot_{s}" in fired for s in ("q", "k")}
         param = next(bridge.parameters())
@@ -102,7 +99,7 @@ class LoadedModel:
             n_heads=int(cfg.n_heads),
             n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
             d_head=int(cfg.d_head),
-            n_ctx=self._n_ctx,
+            n_ctx=n_ctx,
             has_rope=has_rope,
             qk_norm=self._qk_norm,
             dtype=str(param.dtype).removeprefix("torch."),

@@ -80,6 +80,7 @@ def massive_heatmap(
             im = ax.imshow(data, aspect="auto", cmap=MAGNITUDE_CMAP, interpolation="nearest")
             fig.colorbar(im, ax=ax, pad=0.02, fraction=0.05)
             ax.set_title(f"{SITE_LABEL[site]} ({stage}-RoPE), layer {layer}")
+            ax.set_yticks(range(0, data.shape[0], max(1, data.shape[0] // 8)))
             ax.set_ylabel("head")
             ax.set_xlabel("dim")
             if spec is not None and site != "v":
@@ -134,13 +135,16 @@ def emergence(analysis: FrequencyAnalysis, *, out: str | os.PathLike | None = No
     )
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.4, 3.0))
     sns.lineplot(data=df, x="layer", y="low_band_energy_fraction", hue="series", marker="o", ax=ax1, markersize=3)
-    chance = df.low_band_pair_fraction.iloc[0]
-    ax1.axhline(chance, color="grey", ls=":", lw=1)
-    ax1.text(df.layer.max(), chance - 0.02, "uniform ", ha="right", va="top", fontsize=7, color="grey")
+    # Uniform energy would put the band's share of pairs in it (per layer: bases can differ).
+    chance = df.groupby("layer").low_band_pair_fraction.first()
+    ax1.step(chance.index, chance.to_numpy(), where="mid", color="grey", ls=":", lw=1)
+    ax1.text(chance.index[-1], chance.iloc[-1] - 0.02, "uniform ", ha="right", va="top", fontsize=7, color="grey")
     ax1.set_ylabel("energy fraction in low band")
     ax1.set_ylim(0, 1.02)
     sns.lineplot(data=df, x="layer", y="n_massive", hue="series", marker="o", ax=ax2, markersize=3, legend=False)
     ax2.set_ylabel(f"massive dims (λ = {analysis.params['lam']:g})")
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax2.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax1.legend(fontsize=7, frameon=False, loc="lower right", ncol=2)
     fig.suptitle(
@@ -173,7 +177,10 @@ def spectrum(
     )
     for ax, site in zip(axes[0], sites, strict=True):
         d = mean[mean.site == site]
-        sns.lineplot(data=d, x="wavelength", y="share", hue="layer", palette="viridis", ax=ax, marker=".", legend=ax is axes[0][-1])
+        sns.lineplot(
+            data=d, x="wavelength", y="share", hue="layer", palette="viridis", ax=ax, lw=1,
+            legend=ax is axes[0][-1],
+        )
         ax.set_xscale("log")
         ax.axvline(analysis.params["context_len"], color="black", ls="--", lw=1)
         ax.set_title(f"{SITE_LABEL[site]} ({'grouped as Q/K pairs' if site == 'v' else stage + '-RoPE'})")
