@@ -12,6 +12,7 @@ import torch
 
 import massmech as mm
 from massmech.corpus import default_corpus
+from massmech.jobs import default_layers
 
 N_TOKENS, SEQ_LEN = 4096, 512
 
@@ -60,5 +61,4 @@ def main(build, description: str) -> None:
 
 def layers_for(model: mm.LoadedModel) -> list[int]:
     """First, middle and last layer."""
-    n = model.info.n_layers
-    return sorted({0, n // 2, n - 1})
+    return default_layers(model.info.n_layers)

@@ -38,7 +38,7 @@ def test_analyze_end_to_end(tmp_path, capsys):
         for ext in ("pdf", "png"):
             assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 1000, fig
     manifest = json.loads((out / "manifest.json").read_text())
-    cfg = AnalyzeConfig(**(manifest["config"] | {"heatmap_layers": tuple(manifest["config"]["heatmap_layers"])}))
+    cfg = AnalyzeConfig.from_json(json.dumps(manifest["config"]))
     assert cfg == AnalyzeConfig(model="tiny-llama", n_tokens=300, seq_len=64)
     assert manifest["model"]["name"] == "tiny-llama" and manifest["versions"]["torch"]
     stats = mm.QKVStats.load(out / "stats.npz")
@@ -48,13 +48,19 @@ def test_analyze_end_to_end(tmp_path, capsys):
 
 
 def test_analyze_bad_input_leaves_nothing(tmp_path, capsys):
-    out = tmp_path / "run"
+    out = tmp_path / "new" / "sub" / "run"  # not even the parents may appear
     assert main(["analyze", "--model", "tiny-llama", "--out", str(out), "--lam", "-1"]) == 2
     assert "lam must be > 0" in capsys.readouterr().err
     assert main(["analyze", "--model", "tiny-llama", "--out", str(out), "--layers", "7"]) == 2
     assert "layer 7 out of range" in capsys.readouterr().err
     assert main(["analyze", "--model", "tiny-gpt2", "--out", str(out)]) == 2
     assert "no rotary position embedding" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    # parameters of the frequency analysis are checked before the capture, too
+    from massmech.jobs import run_analyze
+
+    with pytest.raises(ValueError, match="n_bands"):
+        run_analyze(AnalyzeConfig(model="tiny-llama", n_bands=99), out)
     assert list(tmp_path.iterdir()) == []
 
 

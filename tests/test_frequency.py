@@ -106,3 +106,19 @@ def test_dim_view_sums_to_pair_view():
     summed = dims.groupby(["layer", "head", "pair"]).energy.sum().to_numpy()
     np.testing.assert_allclose(summed, pairs.sort_values(["layer", "head", "pair"]).energy.to_numpy())
     assert (dims.pair == dims.dim % P).all()
+
+
+def test_partial_rotary_dims_are_in_no_band():
+    """With partial rotary, dims outside rotary_dim have no pair: never counted as low band."""
+    spec = RopeSpec(d_head=D + 4, rotary_dim=D, layout="half", inv_freq=(_spec(1).inv_freq[0],), scaling=(1.0,))
+    m2 = torch.ones(1, 1, D + 4, dtype=torch.float64)
+    m2[0, 0, D + 2] = 900.0  # an unrotated dim: massive, but in no band
+    zeros = torch.zeros_like(m2)
+    stats = mm.QKVStats(
+        model="partial", layers=(0,), n_tokens=10, n_sequences=1, sumsq={("q", "pre"): m2},
+        total={("q", "pre"): zeros}, max_abs={("q", "pre"): zeros}, rope=spec, meta={"max_len": 100},
+    )
+    fa = mm.frequency_analysis(stats)
+    assert fa.summary["q.pre"]["massive_count"] == 1
+    assert fa.summary["q.pre"]["massive_low_band_share"] == 0.0
+    assert len(fa.pairs) == P  # only rotated dims form pairs

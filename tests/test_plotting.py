@@ -55,3 +55,15 @@ def test_figures_without_out_write_nothing(tiny_analysis, tmp_path, monkeypatch)
     plotting.emergence(tiny_analysis[2])
     assert list(tmp_path.iterdir()) == []
     assert torch.is_tensor(tiny_analysis[1].norm("q"))
+
+
+def test_heatmap_band_edges_adjacent_layout(tmp_path):
+    from massmech.rope import RopeSpec
+
+    spec = RopeSpec(d_head=12, rotary_dim=12, layout="adjacent", inv_freq=(tuple(10.0 ** -i for i in range(6)),), scaling=(1.0,))
+    m = torch.ones(1, 2, 12, dtype=torch.float64)
+    stats = mm.QKVStats(model="adj", layers=(0,), n_tokens=1, n_sequences=1, sumsq={("q", "pre"): m},
+                        total={("q", "pre"): m}, max_abs={("q", "pre"): m}, rope=spec)
+    fig = plotting.massive_heatmap(stats, [0], sites=("q",), n_bands=3)
+    xs = sorted(line.get_xdata()[0] for line in fig.axes[0].get_lines())
+    assert xs == [3.5, 7.5]  # pairs (4,5) and (8,9) start the mid and low bands

@@ -96,7 +96,7 @@ def test_base_recovered_from_tables(base, n_pairs, layout):
     freqs = [base ** (-2 * i / rot) for i in range(n_pairs)]
     cos, sin = _tables(freqs, 8, layout)
     spec = rope_spec_from_tables(cos, sin, d_head=rot)
-    assert spec.layout == layout or n_pairs == 1
+    assert spec.layout == layout
     assert spec.base(0) == pytest.approx(base, rel=1e-3)
     assert spec.wavelengths(0)[-1] == pytest.approx(2 * math.pi / freqs[-1], rel=1e-3)
 
@@ -135,3 +135,10 @@ def test_spec_json_roundtrip(tiny_models):
 def test_layer_out_of_range(tiny_models):
     with pytest.raises(IndexError, match="out of range"):
         tiny_models["tiny-llama"].rope.frequencies(5)
+
+
+def test_low_precision_model_still_reads_its_rope():
+    model = mm.load_model("tiny-llama", dtype=torch.bfloat16)
+    assert model.info.dtype == "bfloat16"
+    assert model.rope.bases() == pytest.approx([TINY_ROPE_THETA["tiny-llama"]] * 2, rel=0.05)
+    assert mm.verify_rope(model).ok  # with the bf16 tolerances

@@ -164,7 +164,7 @@ def _as_token_lists(model: LoadedModel, data: Sequence | Tensor) -> list[list[in
     if isinstance(data, Tensor):
         if data.ndim != 2:
             raise CaptureError(f"a token tensor must be [batch, pos], got {tuple(data.shape)}")
-        return [row.tolist() for row in data]
+        data = list(data)  # rows: 1-D tensors, checked below like any other input
     data = list(data)
     if not data:
         raise CaptureError("empty corpus: pass at least one text or token sequence")

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, RuntimeError, OSError, TypeError, IndexError) as err:
+    except (ValueError, RuntimeError, OSError, TypeError, IndexError, KeyError, ImportError) as err:
         print(f"massmech {args.command}: error: {err}", file=sys.stderr)
         return 2
 

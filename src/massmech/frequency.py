@@ -15,9 +15,10 @@ Two band schemes:
   frequency (``high`` ... ``low``), comparable across models of different bases.
 
 Concentration metrics per (site, stage, layer): ``low_band_energy_fraction`` (context band),
-``low_half_energy_fraction`` (slowest half of the pairs), ``effective_pairs`` (participation
-ratio of the pair energies, averaged over heads; ``n_pairs`` = uniform, 1 = one pair), and the
-share of massive dims in the low band. The *emergence layer* is the first layer whose
+``low_half_energy_fraction`` (slowest half of the pairs: ``pair >= n_pairs // 2``),
+``effective_pairs`` (participation ratio of the pair energies, averaged over heads; ``n_pairs``
+= uniform, 1 = one pair), and the share of massive dims in the low band (dims outside the
+rotary part, with partial rotary, are in no band). The *emergence layer* is the first layer whose
 low-half energy fraction reaches ``emergence_threshold``.
 """
 
@@ -65,11 +66,24 @@ def equal_count_bands(n_pairs: int, n_bands: int = 3) -> np.ndarray:
     return np.asarray(names, dtype=object)[idx]
 
 
+def check_params(
+    n_pairs: int, *, n_bands: int = 3, fast_turns: float = 8.0, emergence_threshold: float = 0.75
+) -> None:
+    """Validate frequency-analysis parameters (cheap; call before any expensive work)."""
+    if not 2 <= n_bands <= n_pairs:
+        raise ValueError(f"n_bands must be in [2, n_pairs={n_pairs}], got {n_bands}")
+    if fast_turns <= 1:
+        raise ValueError(f"fast_turns must be > 1, got {fast_turns}")
+    if not 0 < emergence_threshold <= 1:
+        raise ValueError(f"emergence_threshold must be in (0, 1], got {emergence_threshold}")
+
+
 def pair_energy(stats: QKVStats) -> pd.DataFrame:
     """Energy per RoPE pair: one row per (site, stage, layer, head, pair).
 
     Columns: ``site, stage, layer, head, pair, energy, share`` (the pair's share of the head's
-    energy), ``frequency``, ``wavelength``. V is grouped into the same dim pairs (control).
+    rotary energy, i.e. of its rotated dims), ``frequency``, ``wavelength``. V is grouped into
+    the same dim pairs (control).
 
     Raises:
         RopeError: The statistics come from a model without RoPE.
@@ -128,12 +142,14 @@ class FrequencyAnalysis:
         pairs: Per (site, stage, layer, head, pair): energy, share, frequency, wavelength,
             ``context_band``, ``count_band``.
         layers: Per (site, stage, layer): the concentration metrics (see module doc).
+        massive: The massive dims (:func:`~massmech.detect_massive` at ``lam``).
         summary: Per ``"site.stage"``: headline numbers (JSON-ready).
         params: The parameters used (context_len, fast_turns, n_bands, lam, threshold).
     """
 
     pairs: pd.DataFrame
     layers: pd.DataFrame
+    massive: pd.DataFrame
     summary: dict
     params: dict = field(default_factory=dict)
 
@@ -170,34 +186,36 @@ def frequency_analysis(
         context_len = int(stats.meta.get("max_len") or 0)
         if context_len < 2:
             raise ValueError("the statistics do not record a sequence length: pass context_len")
-    if not 0 < emergence_threshold <= 1:
-        raise ValueError(f"emergence_threshold must be in (0, 1], got {emergence_threshold}")
+    check_params(spec.n_pairs, n_bands=n_bands, fast_turns=fast_turns, emergence_threshold=emergence_threshold)
     pairs = pair_energy(stats)
-    ctx = {layer: context_bands(spec, layer, context_len, fast_turns) for layer in stats.layers}
     row_of = {layer: i for i, layer in enumerate(stats.layers)}
-    ctx_table = np.stack([ctx[layer] for layer in stats.layers])  # [layer, n_pairs]
+    # Context band per (layer, pair); a last column "none" for dims outside the rotary part.
+    ctx_table = np.stack(
+        [np.append(context_bands(spec, layer, context_len, fast_turns), "none") for layer in stats.layers]
+    ).astype(object)
     pairs["context_band"] = ctx_table[pairs.layer.map(row_of).to_numpy(), pairs.pair.to_numpy()]
     pairs["count_band"] = equal_count_bands(spec.n_pairs, n_bands)[pairs.pair.to_numpy()]
-    half = spec.n_pairs / 2
+    half = spec.n_pairs // 2
 
     massive = detect_massive(stats, lam=lam)
-    dim_pair = spec.dim_to_pair()
-    massive = massive.assign(pair=dim_pair[massive.dim.to_numpy()])  # V grouped like Q/K
-    massive["context_band"] = ctx_table[massive.layer.map(row_of).to_numpy(), massive.pair.to_numpy()]
+    pair = spec.dim_to_pair()[massive.dim.to_numpy()]  # V grouped like Q/K; -1 outside rotary dims
+    hit_band = ctx_table[massive.layer.map(row_of).to_numpy(), np.where(pair >= 0, pair, spec.n_pairs)]
+    hits_all = massive.assign(pair=pair, context_band=hit_band)
     rows = []
     for (site, stage, layer), grp in pairs.groupby(["site", "stage", "layer"], sort=False):
         total = grp.energy.sum()
         low = grp.context_band == "low"
         per_head = grp.pivot(index="head", columns="pair", values="energy").to_numpy()
-        pr = (per_head.sum(1) ** 2 / np.maximum((per_head**2).sum(1), 1e-300)).mean()
-        hits = massive[(massive.site == site) & (massive.stage == stage) & (massive.layer == layer)]
+        with np.errstate(invalid="ignore", divide="ignore"):  # a head with no energy: NaN
+            pr = np.nanmean(per_head.sum(1) ** 2 / (per_head**2).sum(1)) if per_head.any() else np.nan
+        hits = hits_all[(hits_all.site == site) & (hits_all.stage == stage) & (hits_all.layer == layer)]
         rows.append(
             {
                 "site": site,
                 "stage": stage,
                 "layer": layer,
                 "low_band_energy_fraction": grp.energy[low].sum() / total if total > 0 else np.nan,
-                "low_band_pair_fraction": float(np.mean(ctx[layer] == "low")),
+                "low_band_pair_fraction": float(np.mean(ctx_table[row_of[layer], :-1] == "low")),
                 "low_half_energy_fraction": grp.energy[grp.pair >= half].sum() / total if total > 0 else np.nan,
                 "effective_pairs": pr,
                 "n_massive": len(hits),
@@ -209,7 +227,7 @@ def frequency_analysis(
     summary = {}
     for (site, stage), grp in layers.groupby(["site", "stage"], sort=False):
         sub = pairs[(pairs.site == site) & (pairs.stage == stage)]
-        hits = massive[(massive.site == site) & (massive.stage == stage)]
+        hits = hits_all[(hits_all.site == site) & (hits_all.stage == stage)]
         crossed = grp.layer[grp.low_half_energy_fraction >= emergence_threshold]
         summary[f"{site}.{stage}"] = {
             "massive_count": len(hits),
@@ -226,4 +244,4 @@ def frequency_analysis(
         "lam": lam,
         "emergence_threshold": emergence_threshold,
     }
-    return FrequencyAnalysis(pairs=pairs, layers=layers, summary=summary, params=params)
+    return FrequencyAnalysis(pairs=pairs, layers=layers, massive=massive, summary=summary, params=params)

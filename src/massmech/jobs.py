@@ -16,8 +16,7 @@ import torch
 from massmech import plotting
 from massmech.capture import capture_stats
 from massmech.corpus import default_corpus
-from massmech.detect import detect_massive
-from massmech.frequency import frequency_analysis
+from massmech.frequency import check_params, frequency_analysis
 from massmech.models import DEFAULT_MODEL, LoadedModel, load_model
 from massmech.runs import atomic_run_dir, check_writable, manifest, write_json
 
@@ -65,9 +64,15 @@ class AnalyzeConfig:
         return cls(**(d | {"heatmap_layers": tuple(d.get("heatmap_layers", ()))}))
 
 
+def default_layers(n_layers: int) -> list[int]:
+    """First, middle and last layer: the layers figures show by default."""
+    return sorted({0, n_layers // 2, n_layers - 1})
+
+
 def _check_config(cfg: AnalyzeConfig, model: LoadedModel) -> list[int]:
+    """Validate the config against the model before any expensive work; returns heatmap layers."""
     n = model.info.n_layers
-    layers = list(cfg.heatmap_layers) or sorted({0, n // 2, n - 1})
+    layers = list(cfg.heatmap_layers) or default_layers(n)
     for layer in [*layers, cfg.bars_layer]:
         if not 0 <= layer < n:
             raise IndexError(f"layer {layer} out of range: {model.info.name} has {n} layers")
@@ -77,6 +82,10 @@ def _check_config(cfg: AnalyzeConfig, model: LoadedModel) -> list[int]:
         raise ValueError(f"bars_tokens must be >= 2, got {cfg.bars_tokens}")
     if not cfg.lam > 0:
         raise ValueError(f"lam must be > 0, got {cfg.lam}")
+    check_params(
+        model.rope.n_pairs, n_bands=cfg.n_bands, fast_turns=cfg.fast_turns,
+        emergence_threshold=cfg.emergence_threshold,
+    )
     return layers
 
 
@@ -105,8 +114,7 @@ def run_analyze(
     out = check_writable(out)
     torch.manual_seed(config.seed)
     model = model or load_model(config.model)
-    _ = model.rope  # a clear error for models without RoPE, before any work
-    heat_layers = _check_config(config, model)
+    heat_layers = _check_config(config, model)  # also: a clear error for models without RoPE
     windows = default_corpus(model, n_tokens=config.n_tokens, seq_len=config.seq_len, seed=config.seed)
     stats = capture_stats(
         model, windows, batch_size=config.batch_size,
@@ -116,14 +124,6 @@ def run_analyze(
         stats, context_len=config.seq_len, fast_turns=config.fast_turns, n_bands=config.n_bands,
         lam=config.lam, emergence_threshold=config.emergence_threshold,
     )
-    massive = detect_massive(stats, lam=config.lam)
-    bars_ids = torch.tensor([windows[0][: config.bars_tokens]])
-    acts = model.run_sites(bars_ids, [("q", "pre"), ("k", "pre")], layers=[config.bars_layer])
-    kv_group = model.info.n_heads // model.info.n_kv_heads
-    bars = {  # a query head and the key head it reads
-        f"Q head {config.bars_head * kv_group}": acts[("q", "pre", config.bars_layer)][0, :, config.bars_head * kv_group],
-        f"K head {config.bars_head}": acts[("k", "pre", config.bars_layer)][0, :, config.bars_head],
-    }
     summary = {
         "model": model.info.name,
         "n_tokens": stats.n_tokens,
@@ -134,14 +134,14 @@ def run_analyze(
     with atomic_run_dir(out) as tmp:
         stats.save(tmp / "stats.npz")
         stats.to_frame().to_parquet(tmp / "stats.parquet", index=False)
-        massive.to_parquet(tmp / "massive.parquet", index=False)
+        fa.massive.to_parquet(tmp / "massive.parquet", index=False)
         fa.pairs.to_parquet(tmp / "pairs.parquet", index=False)
         fa.layers.to_parquet(tmp / "layers.parquet", index=False)
         fig_dir = tmp / "figures"
         plotting.massive_heatmap(stats, heat_layers, n_bands=config.n_bands, out=fig_dir / "heatmap")
-        plotting.token_dim_bars(
-            bars, title=f"{model.info.name}, layer {config.bars_layer}, pre-RoPE, first window",
-            out=fig_dir / "bars3d",
+        plotting.qk_head_bars(
+            model, torch.tensor([windows[0][: config.bars_tokens]]), layer=config.bars_layer,
+            kv_head=config.bars_head, out=fig_dir / "bars3d",
         )
         plotting.emergence(fa, out=fig_dir / "emergence")
         plotting.spectrum(fa, heat_layers, out=fig_dir / "spectrum")

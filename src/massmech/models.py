@@ -116,8 +116,8 @@ class LoadedModel:
                 )
             else:
                 # hook_cos is [batch or 1, pos, rotary_dim]; positions 0..n-1 of one sequence.
-                cos = torch.stack([t[0] for t in tables[:n_layers]]).float()
-                sin = torch.stack([t[0] for t in tables[n_layers:]]).float()
+                cos = torch.stack([t[0] for t in tables[:n_layers]]).cpu()
+                sin = torch.stack([t[0] for t in tables[n_layers:]]).cpu()
                 self._rope = rope_spec_from_tables(cos, sin, int(cfg.d_head))
 
     # ----------------------------------------------------------------- RoPE
@@ -224,9 +224,9 @@ class LoadedModel:
         layers: Iterable[int] | None = None,
         attention_mask: Int[Tensor, "batch pos"] | None = None,
     ) -> dict[tuple[str, str, int], Float[Tensor, "batch pos head d_head"]]:
-        """Activations of ``(site, stage)`` pairs at every layer, as ``[batch, pos, head, d_head]``.
+        """Activations of ``(site, stage)`` pairs at every layer, as fp32 CPU ``[batch, pos, head, d_head]``.
 
-        For small inputs (checks, tests); use :func:`massmech.capture_stats` for corpora.
+        For small inputs (checks, tests, figures); use :func:`massmech.capture_stats` for corpora.
         """
         layers = range(self.info.n_layers) if layers is None else list(layers)
         names = {}
@@ -236,8 +236,10 @@ class LoadedModel:
                 names[(site, stage, layer)], heads_first[(site, stage, layer)] = self.hook_name(
                     site, stage, layer
                 )
-        acts = self.run_hooks(tokens, names, attention_mask)
-        return {k: (v.transpose(1, 2) if heads_first[k] else v).float() for k, v in acts.items()}
+        device = next(self.bridge.parameters()).device
+        mask = None if attention_mask is None else attention_mask.to(device)
+        acts = self.run_hooks(tokens.to(device), names, mask)
+        return {k: (v.transpose(1, 2) if heads_first[k] else v).float().cpu() for k, v in acts.items()}
 
     def __repr__(self) -> str:
         i = self.info

@@ -17,11 +17,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
-from jaxtyping import Float  # noqa: E402
+from jaxtyping import Float, Int  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from massmech.capture import QKVStats  # noqa: E402
 from massmech.frequency import FrequencyAnalysis, equal_count_bands  # noqa: E402
+from massmech.models import LoadedModel  # noqa: E402
 
 SITE_LABEL = {"q": "Q", "k": "K", "v": "V"}
 MAGNITUDE_CMAP = "rocket_r"
@@ -86,14 +87,16 @@ def massive_heatmap(
             if spec is not None and site != "v":
                 bands = equal_count_bands(spec.n_pairs, n_bands)
                 edges = [p for p in range(1, spec.n_pairs) if bands[p] != bands[p - 1]]
-                for p in edges:
-                    for d in spec.pair_dims(p):
+                for p in edges:  # left edge of the first pair of each new band
+                    dims = spec.pair_dims(p) if spec.layout == "half" else spec.pair_dims(p)[:1]
+                    for d in dims:
                         ax.axvline(d - 0.5, color="#0173b2", lw=1.0, ls="--")
                 if spec.layout == "half":  # second half of the head: the same pairs again
                     ax.axvline(spec.n_pairs - 0.5, color="black", lw=1.4)
     fig.suptitle(
         f"{stats.model}: L2 norm M over {stats.n_tokens} tokens. Blue dashed: {n_bands} equal-count "
-        "RoPE bands, fast → slow, in each half of the head (black line)",
+        "RoPE bands, fast → slow"
+        + (", in each half of the head (black line)" if spec is not None and spec.layout == "half" else ""),
         fontsize=9,
     )
     fig.tight_layout()
@@ -111,7 +114,7 @@ def token_dim_bars(
     fig = plt.figure(figsize=(4.2 * len(acts), 3.6))
     for i, (label, x) in enumerate(acts.items()):
         ax = fig.add_subplot(1, len(acts), i + 1, projection="3d")
-        a = x.abs().float().numpy()  # [pos, d_head]
+        a = x.detach().abs().float().cpu().numpy()  # [pos, d_head]
         n_pos, n_dim = a.shape
         pos, dim = np.meshgrid(np.arange(n_pos), np.arange(n_dim), indexing="ij")
         colors = plt.get_cmap(MAGNITUDE_CMAP)(a.ravel() / max(a.max(), 1e-12))
@@ -125,6 +128,26 @@ def token_dim_bars(
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save(fig, out)
+
+
+def qk_head_bars(
+    model: LoadedModel,
+    tokens: Int[Tensor, "1 pos"],
+    *,
+    layer: int = 1,
+    kv_head: int = 0,
+    out: str | os.PathLike | None = None,
+) -> plt.Figure:
+    """:func:`token_dim_bars` of pre-RoPE K head ``kv_head`` and the first query head reading it."""
+    if not 0 <= kv_head < model.info.n_kv_heads:
+        raise IndexError(f"kv_head {kv_head} out of range [0, {model.info.n_kv_heads})")
+    acts = model.run_sites(tokens, [("q", "pre"), ("k", "pre")], layers=[layer])
+    q_head = kv_head * (model.info.n_heads // model.info.n_kv_heads)
+    panels = {
+        f"Q head {q_head}": acts[("q", "pre", layer)][0, :, q_head],
+        f"K head {kv_head}": acts[("k", "pre", layer)][0, :, kv_head],
+    }
+    return token_dim_bars(panels, title=f"{model.info.name}, layer {layer}, pre-RoPE", out=out)
 
 
 def emergence(analysis: FrequencyAnalysis, *, out: str | os.PathLike | None = None) -> plt.Figure:

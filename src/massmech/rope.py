@@ -162,26 +162,33 @@ def rope_spec_from_tables(
     sin: Float[Tensor, "layer pos rot"],
     d_head: int,
     *,
-    atol: float = 1e-4,
+    atol: float | None = None,
 ) -> RopeSpec:
     """Recover a :class:`RopeSpec` from the cos/sin tables a model uses at positions 0..pos-1.
 
     The layout is read from the column pattern (``half`` repeats the frequencies as two blocks,
-    ``adjacent`` repeats each one twice in a row), each pair's frequency from the angle at
-    position 1 (exact, since every RoPE frequency is below pi), and the table is then checked
-    to be a rotation ``scale * (cos, sin)(p * freq)`` at every position.
+    ``adjacent`` repeats each one twice in a row), each pair's frequency is the least-squares
+    slope of its unwrapped angle over the positions (every RoPE frequency is below pi rad/token,
+    so unwrapping is exact), and the table is then checked to be a rotation
+    ``scale * (cos, sin)(p * freq)`` at every position.
 
     Args:
         cos: Cosine table per layer, positions 0, 1, ... (at least 2 positions).
         sin: Sine table, same shape.
         d_head: Head dimension (to tell partial rotary apart).
-        atol: Tolerance of the rotation check, relative to the table's amplitude.
+        atol: Tolerance of the rotation check, relative to the table's amplitude; default
+            ``1e-4`` for fp32/fp64 tables and 4 ulps of the tables' dtype for fp16/bf16 (whose
+            frequencies are then only as precise as that dtype: load in fp32 for exact bands).
 
     Raises:
         RopeError: The tables are not the tables of a rotary embedding.
     """
     if cos.shape != sin.shape or cos.ndim != 3 or cos.shape[1] < 2:
         raise RopeError(f"need cos/sin tables [layer, pos>=2, rot], got {tuple(cos.shape)}")
+    eps = torch.finfo(cos.dtype).eps
+    if atol is None:
+        atol = max(1e-4, 4 * eps)
+    same_tol = max(1e-7, eps)  # the two copies of a frequency are computed identically
     cos64, sin64 = cos.double(), sin.double()
     rot = cos.shape[-1]
     half = rot // 2
@@ -189,7 +196,7 @@ def rope_spec_from_tables(
         raise RopeError(f"rotary dim {rot} is odd")
 
     def _same(a: Tensor, b: Tensor) -> bool:
-        return bool(torch.allclose(a, b, atol=1e-7, rtol=0))
+        return bool(torch.allclose(a, b, atol=same_tol, rtol=0))
 
     if _same(cos64[..., :half], cos64[..., half:]) and _same(sin64[..., :half], sin64[..., half:]):
         layout: Layout = "half"
@@ -201,10 +208,12 @@ def rope_spec_from_tables(
         raise RopeError("cos table is neither rotate_half nor adjacent-pair layout")
 
     scale = torch.hypot(c[:, 0], s[:, 0]).mean(-1)  # [layer]
-    freq = torch.atan2(s[:, 1], c[:, 1])  # [layer, n_pairs]
-    if (freq <= 0).any():
+    if (torch.atan2(s[:, 1], c[:, 1]) <= 0).any():
         raise RopeError("a RoPE frequency at position 1 is not in (0, pi): positions must start at 0")
+    # Least-squares slope of the unwrapped angle over all positions (steps < pi per token).
     pos = torch.arange(c.shape[1], dtype=torch.float64)
+    unwrapped = torch.from_numpy(np.unwrap(torch.atan2(s, c).numpy(), axis=1))  # [layer, pos, n_pairs]
+    freq = (pos[None, :, None] * unwrapped).sum(1) / (pos * pos).sum()  # [layer, n_pairs]
     angle = pos[None, :, None] * freq[:, None, :]  # [layer, pos, n_pairs]
     err_c = (c - scale[:, None, None] * torch.cos(angle)).abs().max()
     err_s = (s - scale[:, None, None] * torch.sin(angle)).abs().max()
@@ -266,8 +275,8 @@ def verify_rope(
     model: LoadedModel,
     tokens: Tensor | None = None,
     *,
-    angle_tol: float = 1e-3,
-    norm_tol: float = 1e-4,
+    angle_tol: float | None = None,
+    norm_tol: float | None = None,
     raise_on_failure: bool = True,
 ) -> RopeReport:
     """Check the model's RoPE spec against the rotation the model really applies to Q and K.
@@ -281,8 +290,10 @@ def verify_rope(
     Args:
         model: A loaded RoPE model.
         tokens: Token ids ``[1, pos]``; defaults to 64 fixed ids.
-        angle_tol: Largest allowed angle error in radians.
-        norm_tol: Largest allowed relative norm error.
+        angle_tol: Largest allowed angle error in radians (default 1e-3 for fp32 models,
+            0.05 for fp16/bf16).
+        norm_tol: Largest allowed relative norm error (default 1e-4 for fp32, 0.02 for
+            fp16/bf16).
         raise_on_failure: Raise :class:`RopeError` when a check fails (default) instead of
             only reporting it.
 
@@ -296,6 +307,9 @@ def verify_rope(
                 f"cannot verify RoPE on {model.info.name}: the bridge exposes no post-RoPE hook for "
                 f"{site!r} on this architecture"
             )
+    low_precision = model.info.dtype in ("float16", "bfloat16")
+    angle_tol = angle_tol if angle_tol is not None else (0.05 if low_precision else 1e-3)
+    norm_tol = norm_tol if norm_tol is not None else (0.02 if low_precision else 1e-4)
     if tokens is None:
         tokens = model.probe_tokens(64)
     acts = model.run_sites(tokens, [(s, st) for s in ("q", "k") for st in ("pre", "post")])

@@ -75,17 +75,17 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def check_writable(out: str | os.PathLike) -> Path:
-    """Fail early, with a clear message, if ``out`` cannot be created."""
+    """Fail early, with a clear message, if ``out`` cannot be created; creates nothing."""
     out = Path(out)
-    parent = out.parent if out.parent != Path("") else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunDirError(f"cannot create the output folder's parent {parent}: {err}") from err
-    if not os.access(parent, os.W_OK):
-        raise RunDirError(f"output folder parent {parent} is not writable; choose another --out")
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out} exists and is not a folder")
+    parent = out.absolute().parent
+    while not parent.exists():  # nearest existing ancestor
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunDirError(f"cannot create the output folder {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot create the output folder {out}: {parent} is not writable")
     return out
 
 
@@ -100,6 +100,7 @@ def atomic_run_dir(out: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     out = check_writable(out)
     if out.exists() and not overwrite:
         raise RunDirError(f"{out} exists; pass overwrite or choose another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
