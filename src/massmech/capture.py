@@ -87,28 +87,18 @@ class QKVStats:
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy table: one row per (site, stage, layer, head, dim) with M, mean, rms, max_abs."""
-        frames = []
-        for site, stage in self.keys():
-            m = self.norm(site, stage)
-            n_l, n_h, n_d = m.shape
-            lay, head, dim = np.meshgrid(
-                np.asarray(self.layers), np.arange(n_h), np.arange(n_d), indexing="ij"
+        frames = [
+            grid_frame(
+                site, stage, self.layers, "dim",
+                {
+                    "M": self.norm(site, stage),
+                    "mean": self.mean(site, stage),
+                    "rms": self.rms(site, stage),
+                    "max_abs": self.maxabs(site, stage),
+                },
             )
-            frames.append(
-                pd.DataFrame(
-                    {
-                        "site": site,
-                        "stage": stage,
-                        "layer": lay.ravel(),
-                        "head": head.ravel(),
-                        "dim": dim.ravel(),
-                        "M": m.numpy().ravel(),
-                        "mean": self.mean(site, stage).numpy().ravel(),
-                        "rms": self.rms(site, stage).numpy().ravel(),
-                        "max_abs": self.maxabs(site, stage).numpy().ravel(),
-                    }
-                )
-            )
+            for site, stage in self.keys()
+        ]
         return pd.concat(frames, ignore_index=True)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -156,6 +146,17 @@ class QKVStats:
             exclude_first_token=header["exclude_first_token"],
             meta=header.get("meta", {}),
         )
+
+
+def grid_frame(
+    site: str, stage: str, layers: Sequence[int], last: str, columns: dict[str, Tensor | np.ndarray]
+) -> pd.DataFrame:
+    """Tidy rows for one (site, stage) from ``[layer, head, X]`` arrays (X indexed by ``last``)."""
+    first = np.asarray(next(iter(columns.values())))
+    n_l, n_h, n_x = first.shape
+    lay, head, x = np.meshgrid(np.asarray(layers), np.arange(n_h), np.arange(n_x), indexing="ij")
+    index = {"site": site, "stage": stage, "layer": lay.ravel(), "head": head.ravel(), last: x.ravel()}
+    return pd.DataFrame(index | {k: np.asarray(v).ravel() for k, v in columns.items()})
 
 
 def _as_token_lists(model: LoadedModel, data: Sequence | Tensor) -> list[list[int]]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from massmech.capture import QKVStats
+from massmech.capture import QKVStats, grid_frame
 from massmech.detect import detect_massive
 from massmech.rope import RopeError, RopeSpec
 
@@ -94,22 +94,12 @@ def pair_energy(stats: QKVStats) -> pd.DataFrame:
     for site, stage in stats.keys():
         e = stats.sumsq[(site, stage)][..., idx].sum(-1)  # [layer, head, n_pairs]
         share = e / e.sum(-1, keepdim=True).clamp_min(1e-300)
-        n_l, n_h, n_p = e.shape
-        lay, head, pair = np.meshgrid(np.asarray(stats.layers), np.arange(n_h), np.arange(n_p), indexing="ij")
-        freq = np.stack([spec.frequencies(layer) for layer in stats.layers])[:, None, :].repeat(n_h, 1)
+        freq = np.stack([spec.frequencies(layer) for layer in stats.layers])[:, None, :]
+        freq = freq.repeat(e.shape[1], 1)  # [layer, head, n_pairs]
         frames.append(
-            pd.DataFrame(
-                {
-                    "site": site,
-                    "stage": stage,
-                    "layer": lay.ravel(),
-                    "head": head.ravel(),
-                    "pair": pair.ravel(),
-                    "energy": e.numpy().ravel(),
-                    "share": share.numpy().ravel(),
-                    "frequency": freq.ravel(),
-                    "wavelength": 2 * np.pi / freq.ravel(),
-                }
+            grid_frame(
+                site, stage, stats.layers, "pair",
+                {"energy": e, "share": share, "frequency": freq, "wavelength": 2 * np.pi / freq},
             )
         )
     return pd.concat(frames, ignore_index=True)
