@@ -165,8 +165,7 @@ def _as_token_lists(model: LoadedModel, data: Sequence | Tensor) -> list[list[in
     if isinstance(data, Tensor):
         if data.ndim != 2:
             raise CaptureError(f"a token tensor must be [batch, pos], got {tuple(data.shape)}")
-        data = list(data)  # rows: 1-D tensors, checked below like any other input
-    data = list(data)
+    data = list(data)  # a tensor becomes its 1-D rows, checked below like any other input
     if not data:
         raise CaptureError("empty corpus: pass at least one text or token sequence")
     if all(isinstance(x, str) for x in data):
