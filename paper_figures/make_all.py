@@ -2,13 +2,16 @@
 
 from pathlib import Path
 
+import fig_ablation
+import fig_ablation_k
+import fig_ablation_layers
 import fig_bars3d
 import fig_emergence
 import fig_heatmap
 import fig_spectrum
 from _common import cli
 
-FIGURES = (fig_heatmap, fig_bars3d, fig_emergence, fig_spectrum)
+FIGURES = (fig_heatmap, fig_bars3d, fig_emergence, fig_spectrum, fig_ablation, fig_ablation_k, fig_ablation_layers)
 
 if __name__ == "__main__":
     args = cli(__doc__)

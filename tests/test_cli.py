@@ -14,7 +14,7 @@ def test_doctor_json_on_tiny(capsys):
     assert verdict["ok"] is True
     assert verdict["max_abs_logit_diff"] <= 1e-4
     assert verdict["rope_bases"] == pytest.approx([1e4, 1e4, 1e6], rel=1e-5)
-    assert verdict["checks"] == {"logits_match": True, "hooks_fire": True, "rope_verified": True}
+    assert verdict["checks"] == {"logits_match": True, "kv_cache": True, "hooks_fire": True, "rope_verified": True}
 
 
 def test_doctor_no_rope_model(capsys):
@@ -79,3 +79,33 @@ def test_unknown_model(capsys):
 def test_config_json_roundtrip():
     cfg = AnalyzeConfig(model="tiny-qwen2", lam=3.0, heatmap_layers=(0, 1))
     assert AnalyzeConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_ablate_json(tmp_path, capsys):
+    out = tmp_path / "abl"
+    args = ["ablate", "--model", "tiny-llama", "--task", "kv_lookup", "--n", "8", "--rule", "topk", "--k", "2",
+            "--control", "random", "--out", str(out), "--json"]
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    for name in ("baseline", "massive", "control"):
+        assert {"accuracy", "ci_low", "ci_high", "n"} <= set(res[name]) and res[name]["n"] == 8
+        assert res[name]["ci_low"] <= res[name]["accuracy"] <= res[name]["ci_high"]
+    assert res["massive"]["n_dims"] == res["control"]["n_dims"] > 0 == res["baseline"]["n_dims"]
+    assert json.loads((out / "ablate.json").read_text()) == res and (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--task", "capitals"], "unknown task"),
+        (["--task", "nba_team_city", "--n", "500"], "at most"),
+        (["--task", "kv_lookup", "--rule", "topk", "--k", "17"], "larger than d_head"),
+        (["--task", "kv_lookup", "--stage", "post", "--model", "tiny-gpt2"], "no 'post' stage"),
+        (["--task", "kv_lookup", "--layers", "0-9"], "out of range"),
+    ],
+)
+def test_ablate_bad_input(extra, message, capsys, tmp_path):
+    args = ["ablate", "--model", "tiny-llama", "--n", "4", "--out", str(tmp_path / "x"), *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -123,3 +123,25 @@ def test_analyze_json_on_smollm2(smollm2, tmp_path):
     assert summary["k"]["emergence_layer"] is not None and summary["k"]["emergence_layer"] <= 10
     assert summary["q"]["emergence_layer"] is not None and summary["q"]["emergence_layer"] <= 10
     assert (tmp_path / "run" / "figures" / "heatmap.pdf").is_file()
+
+
+def test_smollm2_teacher_forced_agrees_with_generation(smollm2):
+    conds = {"baseline": None, "massive": mm.Disruption(lam=5), "every_step": mm.Disruption(lam=5, kv_cache="every_step")}
+    exs = mm.get_task("country_capital").examples(12) + mm.get_task("kv_lookup").examples(12)
+    tf = mm.evaluate(smollm2, exs, conds, progress=False)
+    gen = mm.generate_exact(smollm2, exs, conds, progress=False)
+    assert (tf.condition.to_numpy() == gen.condition.to_numpy()).all() and (tf.uid.to_numpy() == gen.uid.to_numpy()).all()
+    agree = (tf.correct.to_numpy() == gen.correct.to_numpy()).mean()
+    assert agree >= 0.95, agree
+    assert tf[tf.condition == "baseline"].correct.mean() > 0.3  # the tasks are not at floor for this model
+
+
+def test_smollm2_ablate_controls_replace_as_many_dims(smollm2):
+    res = mm.ablate(smollm2, "kv_lookup", n=12, control="random")
+    assert res["baseline"]["n_dims"] == 0
+    # hundreds of (layer, head, dim) cells per prompt. The control replaces, per head, as many
+    # dims as the rule selects there *in its own forward pass*, whose earlier layers carry the
+    # control's (not the massive) disruption, so the totals agree closely but not exactly.
+    m, c = res["massive"]["n_dims"], res["control"]["n_dims"]
+    assert m > 100 and abs(c - m) / m < 0.05
+    assert res["massive"]["n"] == res["control"]["n"] == 12

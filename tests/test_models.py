@@ -76,3 +76,12 @@ def test_wrap_bridge_and_hf_model(tiny_models):
         mm.wrap(hf)
     with pytest.raises(TypeError, match="TransformerBridge"):
         mm.wrap(object())
+
+
+def test_cached_decoding_matches_a_full_forward(tiny):
+    # transformers 5.2x passes the KV cache as `cache=`; without massmech's shim the bridge's
+    # attention ignores it and every decode step attends to itself alone
+    from massmech.doctor import kv_cache_error
+
+    ids = tiny.probe_tokens(20)
+    assert kv_cache_error(tiny, ids) < 1e-4

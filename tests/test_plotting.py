@@ -67,3 +67,24 @@ def test_heatmap_band_edges_adjacent_layout(tmp_path):
     fig = plotting.massive_heatmap(stats, [0], sites=("q",), n_bands=3)
     xs = sorted(line.get_xdata()[0] for line in fig.axes[0].get_lines())
     assert xs == [3.5, 7.5]  # pairs (4,5) and (8,9) start the mid and low bands
+
+
+def test_ablation_figures(tmp_path):
+    from massmech import plotting
+    from massmech.sweeps import SweepConfig, run_sweep
+
+    cfg = SweepConfig(models=("tiny-llama",), tasks=("country_capital", "kv_lookup"), n=4, rules=("topk",),
+                      ks=(1, 2), layer_ranges=("all", "early", "late"), controls=("lowest",))
+    table = run_sweep(cfg, tmp_path / "sweep", progress=False)
+    main = table[(table.layer_range == "all") & (table.k == 1) | (table.role == "baseline")]
+    plotting.ablation_bars(main, out=tmp_path / "bars")
+    plotting.ablation_curve(table[(table.layer_range == "all") | (table.role == "baseline")], out=tmp_path / "curve")
+    fig = plotting.ablation_layers(table[(table.k == 2) | (table.role == "baseline")], out=tmp_path / "layers")
+    for name in ("bars", "curve", "layers"):
+        assert (tmp_path / f"{name}.pdf").stat().st_size > 1000 and (tmp_path / f"{name}.png").exists()
+    assert len(fig.axes) == 2
+    import pytest
+
+    with pytest.raises(ValueError, match="not in the table"):
+        plotting.ablation_bars(main, model="other")
+    plotting.plt.close("all")

@@ -2,7 +2,9 @@
 
 Data flows one way: a model (:func:`load_model`) -> captured statistics (:func:`capture_stats`)
 -> analysis tables (:func:`detect_massive`, :func:`frequency_analysis`) -> figures
-(:mod:`massmech.plotting`).
+(:mod:`massmech.plotting`). Causal tests: a :class:`Disruption` (massive Q/K values replaced by
+their mean, or a control) scored on the task suite (:func:`get_task`, :func:`evaluate`),
+swept over grids by :func:`run_sweep`.
 
 Reference: Jin et al., "Massive Values in Self-Attention Modules are the Key to Contextual
 Knowledge Understanding", ICML 2025 (arXiv 2502.01563).
@@ -10,7 +12,15 @@ Knowledge Understanding", ICML 2025 (arXiv 2502.01563).
 
 from massmech.capture import CaptureError, QKVStats, capture_stats
 from massmech.detect import detect_massive
+from massmech.evaluate import evaluate, generate_exact, summarize
 from massmech.frequency import FrequencyAnalysis, frequency_analysis
+from massmech.interventions import (
+    Disruption,
+    DisruptionError,
+    Intervention,
+    NoOpDisruptionError,
+    disrupt,
+)
 from massmech.models import (
     DEFAULT_MODEL,
     LoadedModel,
@@ -21,12 +31,29 @@ from massmech.models import (
     wrap,
 )
 from massmech.rope import RopeError, RopeReport, RopeSpec, verify_rope
+from massmech.sweeps import SweepConfig, ablate, run_sweep
+from massmech.tasks import Example, Task, TaskError, get_task
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
     "CaptureError",
+    "Disruption",
+    "DisruptionError",
+    "Example",
+    "Intervention",
+    "NoOpDisruptionError",
+    "SweepConfig",
+    "Task",
+    "TaskError",
+    "ablate",
+    "disrupt",
+    "evaluate",
+    "generate_exact",
+    "get_task",
+    "run_sweep",
+    "summarize",
     "FrequencyAnalysis",
     "LoadedModel",
     "ModelInfo",

@@ -1,4 +1,4 @@
-"""Command line: ``massmech doctor | analyze | models``. A thin layer over the library runners."""
+"""Command line: ``massmech doctor | analyze | ablate | models``. A thin layer over the library runners."""
 
 from __future__ import annotations
 
@@ -57,6 +57,42 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from massmech.interventions import Disruption
+    from massmech.runs import atomic_run_dir, check_writable, manifest, write_json
+    from massmech.sweeps import ablate, layer_range
+
+    if args.out:
+        check_writable(args.out)
+    layers = None
+    if args.layers != "all":
+        from massmech.models import load_model
+
+        model = load_model(args.model)
+        layers = layer_range(args.layers, model.info.n_layers)
+    else:
+        model = args.model
+    d = Disruption(
+        target=args.target, stage=args.stage, rule=args.rule, lam=args.lam, k=args.k,
+        layers=layers, kv_cache=args.kv_cache, seed=args.seed,
+    )
+    res = ablate(model, args.task, n=args.n, disruption=d, control=args.control, seed=args.seed,
+                 batch_size=args.batch_size, progress=not args.json)
+    if args.out:
+        with atomic_run_dir(args.out) as tmp:
+            write_json(tmp / "ablate.json", res)
+            write_json(tmp / "manifest.json", manifest(vars(args) | {"func": None}, seed=args.seed))
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"{res['model']} / {res['task']} ({res['kind']}), disruption {res['condition']}, control {res['control_kind']}")
+    for name in ("baseline", "massive", "control"):
+        r = res[name]
+        delta = "" if name == "baseline" else f"  delta {r['delta']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]"
+        print(f"  {name:9s} {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  n={r['n']}  dims/example={r['n_dims']:.0f}{delta}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="massmech", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -78,6 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=_cmd_analyze)
+
+    a = sub.add_parser("ablate", help="baseline vs massive-disrupted vs control accuracy on one task")
+    a.add_argument("--model", default=DEFAULT_MODEL)
+    a.add_argument("--task", required=True, help="task name (see massmech.tasks)")
+    a.add_argument("--n", type=int, default=100, help="examples (default 100)")
+    a.add_argument("--target", default="qk", choices=["q", "k", "qk"])
+    a.add_argument("--stage", default="pre", choices=["pre", "post"])
+    a.add_argument("--rule", default="lambda", choices=["lambda", "topk"])
+    a.add_argument("--lam", type=float, default=5.0)
+    a.add_argument("--k", type=int, default=4)
+    a.add_argument("--layers", default="all", help="all, early, middle, late or 'a-b'")
+    a.add_argument("--control", default="lowest", choices=["lowest", "random", "band-low", "band-mid", "band-high"])
+    a.add_argument("--kv-cache", default="prefill", choices=["prefill", "every_step"])
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", help="also write ablate.json + manifest.json to this run folder")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=_cmd_ablate)
 
     m = sub.add_parser("models", help="list the model specs available offline")
     m.set_defaults(func=lambda a: print("\n".join(available_models())) or 0)

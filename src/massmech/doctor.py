@@ -22,11 +22,26 @@ DOCTOR_TEXT = (
 )
 
 
+def kv_cache_error(model: LoadedModel, ids: torch.Tensor) -> float:
+    """Max |logit| difference between decoding the last token with a KV cache and a full forward.
+
+    Runs the Hugging Face model inside the bridge (every bridge component is in the path).
+    """
+    hf = model.bridge.original_model
+    with torch.inference_mode():
+        full = hf(ids).logits[:, -1].float()
+        prefix = hf(ids[:, :-1], use_cache=True)
+        cache = getattr(prefix, "cache", None) or prefix.past_key_values
+        step = hf(ids[:, -1:], past_key_values=cache, use_cache=True).logits[:, -1].float()
+    return float((step - full).abs().max())
+
+
 def doctor(spec: str | os.PathLike = DEFAULT_MODEL, *, logit_tol: float = 1e-4) -> dict:
     """Run the equivalence checks on a model spec and return a JSON-ready verdict.
 
     Checks: ``logits_match`` (bridge vs a pristine copy of the HF model, fp32, eager attention,
-    max |diff| <= ``logit_tol``), ``hooks_fire`` (every Q/K/V site at every layer fires exactly
+    max |diff| <= ``logit_tol``), ``kv_cache`` (the last token decoded with the KV cache of the
+    others gives the full forward's logits), ``hooks_fire`` (every Q/K/V site at every layer fires exactly
     once per forward), ``rope_verified`` (RoPE spec matches the rotation applied to Q and K;
     absent for models without RoPE).
 
@@ -49,6 +64,14 @@ def doctor(spec: str | os.PathLike = DEFAULT_MODEL, *, logit_tol: float = 1e-4) 
     checks["logits_match"] = max_diff <= logit_tol
     if not checks["logits_match"]:
         errors["logits_match"] = f"max |bridge - HF| = {max_diff:.3e} > {logit_tol:.0e}"
+
+    cache_diff = kv_cache_error(model, ids)
+    checks["kv_cache"] = cache_diff <= max(logit_tol, 1e-3)
+    if not checks["kv_cache"]:
+        errors["kv_cache"] = (
+            f"a cached decode step differs from the full forward by {cache_diff:.3e}: "
+            "generation through the bridge would ignore or garble earlier tokens"
+        )
 
     try:
         capture_stats(model, ids, progress=False)
@@ -77,6 +100,7 @@ def doctor(spec: str | os.PathLike = DEFAULT_MODEL, *, logit_tol: float = 1e-4) 
         "ok": all(checks.values()),
         "model": asdict(model.info),
         "max_abs_logit_diff": max_diff,
+        "kv_cache_logit_diff": cache_diff,
         "rope_bases": rope_bases,
         "rope_fitted_bases": fitted,
         "rope": None if spec is None else {"layout": spec.layout, "rotary_dim": spec.rotary_dim, "n_pairs": spec.n_pairs},

@@ -255,9 +255,34 @@ class LoadedModel:
 
 
 # --------------------------------------------------------------------------- loading
+def _kv_cache_compat() -> None:
+    """Let TransformerLens' bridge attention see transformers' KV cache (idempotent).
+
+    transformers >= 5.2x hands the cache to attention modules as ``cache=``; TransformerLens
+    4.3's attention bridges look only for ``past_key_values``/``layer_past``, find nothing and
+    skip the cache update, so every cached decode step attends to itself alone (generation
+    through the bridge silently ignores the prompt). This forwards ``cache`` under the name
+    the bridge reads. ``tests/test_models.py`` checks cached decoding against a full forward.
+    """
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    original = AttentionBridge._update_kv_cache
+    if getattr(original, "_massmech_compat", False):
+        return
+
+    def _update_kv_cache(self, k, v, **kwargs):
+        if kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None and kwargs.get("cache") is not None:
+            kwargs["past_key_values"] = kwargs["cache"]
+        return original(self, k, v, **kwargs)
+
+    _update_kv_cache._massmech_compat = True  # type: ignore[attr-defined]
+    AttentionBridge._update_kv_cache = _update_kv_cache
+
+
 def _boot(hf_model: Any, tokenizer: Any, name: str) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
+    _kv_cache_compat()
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
     hf_model.eval()
@@ -277,6 +302,7 @@ def wrap(model: Any, tokenizer: Any = None, *, name: str | None = None) -> Loade
     """
     from transformer_lens.model_bridge import TransformerBridge
 
+    _kv_cache_compat()
     if isinstance(model, TransformerBridge):
         nm = name or str(getattr(model.cfg, "model_name", "bridge"))
         return LoadedModel(model, tokenizer or model.tokenizer, nm, "wrapped bridge")

@@ -1,0 +1,36 @@
+"""Ablation curves on one model: accuracy against k, or against the disrupted layer range.
+
+``--preset k``: the top-k dims per head (k = 1, 4, 16) replaced by their prompt mean, against
+the lowest-norm control with the same count. ``--preset layers``: the lambda = 5 massive dims
+disrupted in all layers, or only the early, middle or late third. Three tasks (country_capital,
+kv_lookup, passkey), n = 100 each. Resumable; finished cells are shared with the other
+ablation scripts and with paper_figures/fig_ablation_k.py / fig_ablation_layers.py.
+
+    python analyses/ablation_grid.py --preset k [--model smollm2-135m] [--n 100]
+    python analyses/ablation_grid.py --preset layers
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from massmech.sweeps import preset, run_sweep
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", required=True, choices=["k", "layers"])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--cells", default="runs/sweeps/cells", help="cell store shared by all sweeps")
+    ap.add_argument("--out", help="results folder (default runs/sweeps/<preset>)")
+    args = ap.parse_args()
+    t = run_sweep(preset(args.preset, (args.model,), n=args.n), args.out or f"runs/sweeps/{args.preset}", cells=args.cells)
+    t = t.assign(what=t.role.where(t.control.isna(), "ctrl-" + t.control.fillna("")))
+    index = ["task", "k" if args.preset == "k" else "layer_range"]
+    print(t[t.role != "baseline"].pivot_table(index=index, columns="what", values="accuracy").round(3))
+    print(t[t.role == "baseline"][["task", "accuracy", "ci_low", "ci_high", "n"]].to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Evaluation speed: teacher-forced exact match vs generation, folded conditions vs sequential passes.
+
+Both comparisons run on the same examples in one process (SmolLM2-135M by default):
+
+1. **Teacher-forced vs generate.** Greedy exact match decided by one teacher-forced forward
+   pass per batch (:func:`massmech.evaluate.evaluate`) against token-by-token greedy
+   generation with a KV cache (:func:`massmech.evaluate.generate_exact`), both batched the same
+   way, under the baseline and a massive-value disruption. Budgets: ``0`` generates only as
+   many new tokens as the longest gold answer of its batch, the cheapest generation that can
+   decide the verdict (the reported one); ``N`` runs a fixed budget, as generate-then-parse
+   evaluators do. Reports the speedup and the share of (example, condition) verdicts on which
+   both paths agree. On a CPU the prompt's forward pass dominates both paths, so the speedup is
+   small; it grows with the budget and on accelerators, where decode steps are latency-bound.
+2. **Folded vs sequential conditions.** k conditions (baseline, massive, two controls) of B
+   examples in one pass of k x B rows, against k passes of B rows. Reported for several B.
+
+Timings are medians of ``--repeats`` rounds on a warm model. The machine may be shared: run
+it alone. The last line is one JSON object with ``teacher_forced_speedup``,
+``verdict_agreement`` and ``batched_conditions_ratio`` (at ``--fold-examples``).
+
+    python bench/eval_speed.py [--model smollm2-135m] [--n 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import massmech as mm
+from massmech.evaluate import evaluate, generate_exact
+from massmech.interventions import Disruption
+from massmech.tasks import get_task
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--tasks", nargs="+", default=["country_capital", "kv_lookup", "passkey"])
+    ap.add_argument("--n", type=int, default=40, help="examples per task")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--gen-tokens", type=int, nargs="+", default=[0, 32],
+                    help="generation budgets; 0: the longest gold answer per batch (the first is reported)")
+    ap.add_argument("--fold-examples", type=int, nargs="+", default=[4, 1, 16], help="B values; the first is reported")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--topk", type=int, default=0, help="disrupt the top-k dims per head instead of lambda=5")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    model = mm.load_model(args.model)
+    massive = Disruption(target="qk", stage="pre", rule="topk", k=args.topk) if args.topk else Disruption(lam=5)
+    conds = {"baseline": None, "massive": massive}
+    examples = [e for t in args.tasks for e in get_task(t).examples(args.n, seed=0)]
+    print(f"{model.info.name}: {len(examples)} exact-match examples from {args.tasks}, conditions {list(conds)}")
+
+    evaluate(model, examples[:4], conds, progress=False)  # warm-up
+    t_tf, tf = timed(lambda: evaluate(model, examples, conds, batch_size=args.batch_size, progress=False), args.repeats)
+    budgets = {}
+    for budget in args.gen_tokens:
+        t_gen, gen = timed(
+            lambda budget=budget: generate_exact(model, examples, conds, batch_size=args.batch_size,
+                                                 max_new_tokens=budget or None, progress=False),
+            1,  # generation is the slow path: one round
+        )
+        key = ["condition", "uid"]
+        merged = tf.merge(gen, on=key, suffixes=("_tf", "_gen"))
+        assert len(merged) == len(tf) == len(gen)
+        agreement = float((merged.correct_tf == merged.correct_gen).mean())
+        for name in conds:
+            m = merged[merged.condition == name]
+            print(f"  {name:9s} accuracy teacher-forced {m.correct_tf.mean():.3f}  generate {m.correct_gen.mean():.3f}  "
+                  f"agree {(m.correct_tf == m.correct_gen).mean():.3f}")
+        label = budget or "gold length"
+        print(f"budget {label}: teacher-forced {t_tf:.1f} s  generate {t_gen:.1f} s  speedup {t_gen / t_tf:.1f}x  "
+              f"agreement {agreement:.4f}")
+        budgets[str(label)] = {"speedup": round(t_gen / t_tf, 2), "agreement": round(agreement, 4),
+                               "generate_s": round(t_gen, 2), "n_verdicts": len(merged)}
+
+    four = {"baseline": None, "massive": massive, "lowest": massive.as_control("lowest"),
+            "random": massive.as_control("random")}
+    k = len(four)
+    ratios = {}
+    pool = get_task("country_capital").examples(64, seed=1)
+    for b in args.fold_examples:
+        exs = pool[: max(b, 1) * 4]  # 4 batches of B examples
+
+        def folded(exs=exs, b=b):
+            return evaluate(model, exs, four, batch_size=k * b, progress=False)
+
+        def sequential(exs=exs, b=b):
+            return evaluate(model, exs, four, batch_size=b, fold=False, progress=False)
+
+        folded()
+        t_f, a = timed(folded, args.repeats)
+        t_s, s = timed(sequential, args.repeats)
+        assert a.equals(s), "folded and sequential passes disagree"
+        ratios[b] = t_f / t_s
+        print(f"  B={b:2d}: {k} conditions folded into passes of {k * b} rows {t_f:.2f} s, "
+              f"{k} sequential passes of {b} rows {t_s:.2f} s, ratio {ratios[b]:.3f}")
+    first = budgets[next(iter(budgets))]
+    print(json.dumps({
+        "teacher_forced_speedup": first["speedup"],
+        "verdict_agreement": first["agreement"],
+        "batched_conditions_ratio": round(ratios[args.fold_examples[0]], 3),
+        "batched_conditions_ratio_by_B": {str(b): round(r, 3) for b, r in ratios.items()},
+        "generate_by_budget": budgets,
+        "teacher_forced_s": round(t_tf, 2),
+        "model": model.info.name,
+        "threads": torch.get_num_threads(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,514 @@
+"""Disruptions of massive Q/K values, as TransformerLens hooks.
+
+A :class:`Disruption` is a frozen value object that says *what* to replace:
+
+* **target** ``q``, ``k`` or ``qk``; **stage** ``pre`` (the input of RoPE; ``hook_q`` or
+  ``hook_q_normed`` on QK-norm models) or ``post`` (``hook_rot_q``: what the paper's code did);
+* **selection rule**: the paper's lambda rule (``M[h, d] > lam * mean_d M[h, :]``), the
+  official code's top-k per head, or explicit dims; ``M`` is the L2 norm over tokens, computed
+  either per prompt from the prompt's own Q/K (``selection="prompt"``, the paper) or once from
+  a calibration corpus (``selection="calibration"``, a :class:`~massmech.capture.QKVStats`);
+* **replacement**: the per-dim mean over the prompt's tokens (default), zero, or the
+  calibration mean;
+* **layers** and **heads** (default all);
+* a **control** that replaces, in every head, the same number of dims as the rule selected
+  there, drawn from the lowest-norm dims (``"lowest"``, the paper's control), uniformly at random
+  among the non-massive dims (``"random"``, seeded) or at random among the non-massive dims of
+  one third of the RoPE pairs (``"band-low"``, ``"band-mid"``, ``"band-high"``);
+* **kv_cache**: what happens to tokens generated after the prompt. ``"prefill"`` (default):
+  only the prompt's tokens are disrupted; the prompt's disrupted K sits in the KV cache and is
+  attended to by every later token, whose own Q/K stay untouched. ``"every_step"``: each new
+  token's Q/K dims selected on the prompt are also replaced, by the prompt's replacement values.
+  Teacher-forced scoring reproduces both exactly (answer positions are left alone or replaced
+  the same way).
+
+Statistics (``M`` and the mean) always come from the *prompt* tokens only — never from padding
+or from the answer being scored — and are applied at every prompt position, as in the paper.
+
+An :class:`Intervention` turns disruptions into hooks for a batch whose rows may each carry a
+different condition (conditions folded into one batched forward pass). After every forward
+pass it checks that each disrupted row changed at least one activation: a disruption that
+changes nothing raises :class:`NoOpDisruptionError` instead of passing silently (the bug of the
+paper's public code, whose per-step mean during cached generation equals the value itself).
+
+Example::
+
+    d = Disruption(target="qk", stage="pre", rule="lambda", lam=5)
+    with disrupt(model, d):
+        logits = model.bridge(tokens)            # tokens: [batch, pos], no padding
+    hooks = d.to_hooks(model)                    # or: plain TransformerLens hooks
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from massmech.capture import QKVStats
+from massmech.frequency import equal_count_bands
+from massmech.models import LoadedModel
+
+TARGETS = {"q": ("q",), "k": ("k",), "qk": ("q", "k")}
+RULES = ("lambda", "topk", "dims")
+SELECTIONS = ("prompt", "calibration")
+REPLACEMENTS = ("mean", "zero", "calib_mean")
+CONTROLS = (None, "lowest", "random", "band-low", "band-mid", "band-high")
+KV_CACHE = ("prefill", "every_step")
+
+# The end-of-forward marker: fires after every attention hook, on every architecture.
+_END_HOOK = "ln_final.hook_in"
+
+
+class DisruptionError(ValueError):
+    """A disruption that cannot be applied to this model (bad parameter, missing site, ...)."""
+
+
+class NoOpDisruptionError(RuntimeError):
+    """A disruption changed no activation of a row it was meant to disrupt."""
+
+
+@dataclass(frozen=True)
+class Disruption:
+    """What to replace in Q/K, and with what (see the module docstring).
+
+    Attributes:
+        target: ``"q"``, ``"k"`` or ``"qk"``.
+        stage: ``"pre"`` or ``"post"`` RoPE.
+        rule: ``"lambda"``, ``"topk"`` or ``"dims"``.
+        lam: Threshold of the lambda rule (per-head mean).
+        k: Dims per head of the top-k rule.
+        dims: Explicit dims (``rule="dims"``), applied in every selected head.
+        selection: ``"prompt"`` (each prompt's own M) or ``"calibration"`` (fixed, from a corpus).
+        replace: ``"mean"`` over the prompt's tokens, ``"zero"``, or ``"calib_mean"``.
+        layers: Layers to disrupt (``None`` = all).
+        heads: Heads to disrupt (``None`` = all; K heads are the KV heads).
+        control: ``None`` (disrupt the selected dims) or a control (see module docstring).
+        kv_cache: ``"prefill"`` or ``"every_step"``.
+        seed: Seed of the random controls.
+    """
+
+    target: str = "qk"
+    stage: str = "pre"
+    rule: str = "lambda"
+    lam: float = 5.0
+    k: int = 4
+    dims: Sequence[int] = ()
+    selection: str = "prompt"
+    replace: str = "mean"
+    layers: Sequence[int] | None = None
+    heads: Sequence[int] | None = None
+    control: str | None = None
+    kv_cache: str = "prefill"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("target", self.target, tuple(TARGETS)),
+            ("stage", self.stage, ("pre", "post")),
+            ("rule", self.rule, RULES),
+            ("selection", self.selection, SELECTIONS),
+            ("replace", self.replace, REPLACEMENTS),
+            ("control", self.control, CONTROLS),
+            ("kv_cache", self.kv_cache, KV_CACHE),
+        ):
+            if value not in allowed:
+                raise DisruptionError(f"{name} must be one of {allowed}, got {value!r}")
+        for name in ("dims", "layers", "heads"):  # any sequence in, tuples stored (hashable)
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, tuple):
+                object.__setattr__(self, name, tuple(int(x) for x in v))
+        if self.rule == "lambda" and not self.lam > 0:
+            raise DisruptionError(f"lam must be > 0, got {self.lam}")
+        if self.rule == "topk" and self.k < 1:
+            raise DisruptionError(f"k must be >= 1, got {self.k}")
+        if self.rule == "dims":
+            if not self.dims:
+                raise DisruptionError("rule='dims' needs dims=(...)")
+            if len(set(self.dims)) != len(self.dims) or min(self.dims) < 0:
+                raise DisruptionError(f"dims must be distinct and >= 0, got {self.dims}")
+        elif self.dims:
+            raise DisruptionError(f"dims={self.dims} is only used with rule='dims' (rule is {self.rule!r})")
+        for name in ("layers", "heads"):
+            v = getattr(self, name)
+            if v is not None and not v:
+                raise DisruptionError(f"{name}=() selects nothing; use None for all")
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return TARGETS[self.target]
+
+    def as_control(self, control: str = "lowest") -> Disruption:
+        """The same disruption with a control instead of the selected dims."""
+        return replace(self, control=control)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Disruption:
+        """Inverse of :meth:`to_dict` (also after a JSON round trip, which turns tuples into lists)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def label(self) -> str:
+        """Short, stable, human-readable name (used as a condition id in sweeps)."""
+        sel = {"lambda": f"lam{self.lam:g}", "topk": f"top{self.k}", "dims": "dims" + "-".join(map(str, self.dims))}[self.rule]
+        parts = [self.target, self.stage, sel]
+        if self.layers is not None:
+            parts.append(f"L{min(self.layers)}-{max(self.layers)}" if _is_range(self.layers) else "L" + ",".join(map(str, self.layers)))
+        if self.heads is not None:
+            parts.append("H" + ",".join(map(str, self.heads)))
+        if self.selection != "prompt":
+            parts.append(self.selection)
+        if self.replace != "mean":
+            parts.append(self.replace)
+        if self.kv_cache != "prefill":
+            parts.append(self.kv_cache)
+        if self.control:
+            parts.append(f"ctrl-{self.control}" + (f"-s{self.seed}" if self.control != "lowest" else ""))
+        return ".".join(parts)
+
+    def validate(self, model: LoadedModel, calibration: QKVStats | None = None) -> None:
+        """Check the disruption against a model (and its calibration statistics).
+
+        Raises:
+            DisruptionError: A site/stage the model lacks, k or dims beyond ``d_head``, layers
+                or heads out of range, a band control on a model without RoPE, or a missing or
+                mismatched calibration.
+        """
+        info = model.info
+        for site in self.sites:
+            if self.stage not in model.stages(site):
+                raise DisruptionError(
+                    f"{info.name} has no {self.stage!r} stage for {site!r} (it has "
+                    f"{model.stages(site)}): use stage='pre'"
+                    + ("" if info.has_rope else "; the model has no RoPE, so no post-RoPE site")
+                )
+        if self.rule == "topk" and self.k > info.d_head:
+            raise DisruptionError(f"k={self.k} is larger than d_head={info.d_head} of {info.name}")
+        if self.rule == "dims" and max(self.dims) >= info.d_head:
+            raise DisruptionError(f"dims {self.dims} out of range: d_head={info.d_head} of {info.name}")
+        if self.layers is not None and not all(0 <= x < info.n_layers for x in self.layers):
+            raise DisruptionError(f"layers {self.layers} out of range: {info.name} has {info.n_layers}")
+        if self.heads is not None:
+            n = min(info.n_heads if s == "q" else info.n_kv_heads for s in self.sites)
+            if not all(0 <= h < n for h in self.heads):
+                raise DisruptionError(f"heads {self.heads} out of range [0, {n}) for target {self.target!r}")
+        if self.control and self.control.startswith("band") and model.rope_or_none is None:
+            raise DisruptionError(f"control {self.control!r} needs RoPE pairs; {info.name} has no RoPE")
+        if self.selection == "calibration" or self.replace == "calib_mean":
+            if calibration is None:
+                raise DisruptionError(
+                    f"selection={self.selection!r}, replace={self.replace!r} need calibration "
+                    "statistics: pass calibration=capture_stats(model, corpus)"
+                )
+            missing = [s for s in self.sites if (s, self.stage) not in calibration.keys()]
+            if missing:
+                raise DisruptionError(
+                    f"the calibration statistics lack {[(s, self.stage) for s in missing]}; "
+                    f"they hold {calibration.keys()}"
+                )
+            if calibration.model != info.name:
+                raise DisruptionError(f"calibration is from {calibration.model!r}, not {info.name!r}")
+            layers = self.layers if self.layers is not None else range(info.n_layers)
+            absent = [x for x in layers if x not in calibration.layers]
+            if absent:
+                raise DisruptionError(f"the calibration statistics lack layers {absent}")
+
+    def to_hooks(self, model: LoadedModel, calibration: QKVStats | None = None) -> list[tuple[str, Any]]:
+        """TransformerLens ``fwd_hooks`` applying this disruption to every row and token.
+
+        For inputs without padding; use :class:`Intervention` with masks otherwise. The list
+        ends with a guard hook that raises :class:`NoOpDisruptionError` after a forward pass
+        in which a row changed nothing.
+        """
+        return Intervention(model, [self], calibration=calibration).fwd_hooks
+
+
+def _is_range(xs: Sequence[int]) -> bool:
+    return len(xs) > 1 and list(xs) == list(range(min(xs), max(xs) + 1))
+
+
+def _uniform(seed: int, row: Tensor, layer: int, site: str, shape: tuple[int, int]) -> Tensor:
+    """Deterministic uniform draws ``[rows, head, dim]`` from (seed, row id, layer, site, head, dim).
+
+    Counter-based, so a row's draws do not depend on how rows are batched.
+    """
+    salt = zlib.crc32(f"{seed}/{layer}/{site}".encode())
+    h, d = shape
+    cell = torch.arange(h * d, dtype=torch.int64).view(1, h, d)
+    x = (row.to(torch.int64).view(-1, 1, 1) * 1_000_003 + cell * 7_919 + salt) & 0xFFFFFFFF
+    for _ in range(3):  # 32-bit integer mixing (a variant of the murmur3 finaliser)
+        x = ((x >> 16) ^ x) * 0x45D9F3B & 0xFFFFFFFF
+    x = (x >> 16) ^ x
+    return x.double() / 2**32
+
+
+class Intervention:
+    """Hooks that apply one condition per batch row (``None`` = undisturbed row).
+
+    Args:
+        model: The model.
+        conditions: The distinct disruptions (``None`` allowed: baseline rows).
+        calibration: Statistics for ``selection="calibration"`` / ``replace="calib_mean"``.
+
+    Use: ``set_batch`` before each batch (which condition each row carries, which positions are
+    the prompt), then run the model inside ``model.bridge.hooks(fwd_hooks=iv.fwd_hooks)``
+    (:meth:`active` does both). ``changed`` and ``n_selected`` report per row how many
+    activations changed and how many (layer, head, dim) cells were replaced in the last pass.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        conditions: Sequence[Disruption | None],
+        calibration: QKVStats | None = None,
+    ) -> None:
+        self.model = model
+        self.conditions = list(conditions)
+        self.calibration = calibration
+        for c in self.conditions:
+            if c is not None:
+                c.validate(model, calibration)
+        info = model.info
+        self._pair = None
+        if model.rope_or_none is not None:
+            self._pair = torch.as_tensor(model.rope.dim_to_pair())
+        # (site, stage, layer) -> condition indices acting there
+        self._where: dict[tuple[str, str, int], list[int]] = {}
+        for ci, c in enumerate(self.conditions):
+            if c is None:
+                continue
+            for site in c.sites:
+                for layer in c.layers if c.layers is not None else range(info.n_layers):
+                    self._where.setdefault((site, c.stage, layer), []).append(ci)
+        self.fwd_hooks: list[tuple[str, Any]] = []
+        for (site, stage, layer), cis in self._where.items():
+            name, heads_first = model.hook_name(site, stage, layer)
+            self.fwd_hooks.append((name, self._make_hook(site, stage, layer, heads_first, cis)))
+        self.fwd_hooks.append((_END_HOOK, self._end_of_forward))
+        # one condition: ready for plain forward passes; several: set_batch must say which row has which
+        self.set_batch(None if len(self.conditions) == 1 else torch.zeros(0, dtype=torch.long))
+
+    # ------------------------------------------------------------------ batch state
+    def set_batch(
+        self,
+        row_condition: Int[Tensor, " batch"] | None,
+        prompt_mask: Bool[Tensor, "batch pos"] | None = None,
+        full_mask: Bool[Tensor, "batch pos"] | None = None,
+        row_ids: Int[Tensor, " batch"] | None = None,
+    ) -> None:
+        """Describe the next batch.
+
+        Args:
+            row_condition: Index into ``conditions`` per row; -1 for an undisturbed row.
+                ``None``: every row carries the only condition, every position is the
+                prompt, and every forward pass is a fresh prompt (the :func:`disrupt` mode).
+            prompt_mask: True at the prompt's tokens, where statistics are taken and the
+                disruption applies (``None``: every position).
+            full_mask: True at every real token (prompt + scored answer). Answer positions
+                are disrupted only under ``kv_cache="every_step"``. ``None``: ``prompt_mask``.
+            row_ids: Stable id per row (the example's id) seeding the random controls, so
+                results do not depend on batching; default ``0..batch-1``.
+
+        After ``set_batch`` with a ``row_condition``, the first forward pass is the prompt
+        (prefill) and later ones are cached decode steps of a generation: rows under
+        ``"every_step"`` get the prompt's replacement there, other rows are left alone.
+        """
+        if row_condition is None:
+            if len(self.conditions) != 1 or prompt_mask is not None or full_mask is not None:
+                raise ValueError("row_condition=None needs exactly one condition and no masks")
+            self.row_condition = None
+        else:
+            self.row_condition = row_condition.long().cpu()
+            b = len(self.row_condition)
+            for name, t in (("prompt_mask", prompt_mask), ("full_mask", full_mask), ("row_ids", row_ids)):
+                if t is not None and len(t) != b:
+                    raise ValueError(f"{name} has {len(t)} rows, row_condition {b}")
+            for ci in self.row_condition.unique().tolist():
+                if not -1 <= ci < len(self.conditions):
+                    raise ValueError(f"row condition {ci} out of range for {len(self.conditions)} conditions")
+        self.prompt_mask = None if prompt_mask is None else prompt_mask.bool()
+        self.full_mask = self.prompt_mask if full_mask is None else full_mask.bool()
+        self._row_ids = None if row_ids is None else row_ids.long().cpu()
+        self._prefill = True
+        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self.changed = torch.zeros(0, dtype=torch.long)
+        self.n_selected = torch.zeros(0, dtype=torch.long)
+
+    def _rows(self, ci: int, b: int, device: torch.device) -> Tensor:
+        """Rows of a ``b``-row forward pass that carry condition ``ci``."""
+        if len(self.changed) != b:  # first hook of a pass: per-row counters, kept on the device
+            if self.row_condition is not None and len(self.row_condition) != b:
+                raise ValueError(
+                    f"set_batch described {len(self.row_condition)} rows, the forward pass has {b}: "
+                    "call set_batch(row_condition, ...) before each batch"
+                )
+            self.changed = torch.zeros(b, dtype=torch.long, device=device)
+            self.n_selected = torch.zeros(b, dtype=torch.long, device=device)
+        return self._condition_rows(ci, b).to(device)
+
+    def _condition_rows(self, ci: int, b: int) -> Tensor:
+        if self.row_condition is None:
+            return torch.arange(b)
+        return (self.row_condition == ci).nonzero().flatten()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[Intervention]:
+        """Context in which the model's forward passes carry these hooks."""
+        with self.model.bridge.hooks(fwd_hooks=self.fwd_hooks):
+            yield self
+
+    # ----------------------------------------------------------------- selection
+    def _select(
+        self, c: Disruption, site: str, stage: str, layer: int, x: Tensor, mask: Tensor, rows: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Dims to replace ``[r, head, d]`` and their replacement values ``[r, head, d]``."""
+        r, _, n_heads, d_head = x.shape
+        w = mask[..., None, None].float()  # [r, pos, 1, 1]
+        count = w.sum(1).clamp_min(1.0)  # [r, 1, 1]
+        xf = x.float() * w
+        if c.selection == "prompt":
+            m = (xf * xf).sum(1).sqrt()  # [r, head, d]: the paper's M over the prompt
+        else:
+            li = self.calibration.layers.index(layer)
+            m = self.calibration.norm(site, stage)[li].float().to(x.device).expand(r, n_heads, d_head)
+        if c.rule == "lambda":
+            sel = m > c.lam * m.mean(-1, keepdim=True)
+        elif c.rule == "topk":
+            sel = torch.zeros_like(m, dtype=torch.bool).scatter_(-1, m.topk(c.k, dim=-1).indices, True)
+        else:
+            sel = torch.zeros_like(m, dtype=torch.bool)
+            sel[..., list(c.dims)] = True
+        if c.heads is not None:
+            keep = torch.zeros(n_heads, dtype=torch.bool)
+            keep[list(c.heads)] = True
+            sel &= keep.view(1, -1, 1).to(sel.device)
+        if c.control is not None:
+            sel = self._control(c, site, layer, m, sel, rows)
+        if c.replace == "mean":
+            value = xf.sum(1) / count
+        elif c.replace == "zero":
+            value = torch.zeros_like(m)
+        else:
+            li = self.calibration.layers.index(layer)
+            value = self.calibration.mean(site, stage)[li].float().to(x.device).expand(r, n_heads, d_head)
+        return sel, value
+
+    def _control(self, c: Disruption, site: str, layer: int, m: Tensor, sel: Tensor, rows: Tensor) -> Tensor:
+        """Same count per head as ``sel``, drawn among the dims the control allows."""
+        n = sel.sum(-1, keepdim=True)  # [r, head, 1]
+        if c.control == "lowest":
+            key = m.double()
+        else:
+            ids = rows.cpu() if self._row_ids is None else self._row_ids[rows.cpu()]
+            key = _uniform(c.seed, ids, layer, site, tuple(m.shape[1:])).to(m.device)
+        allowed = ~sel
+        if c.control.startswith("band"):
+            band = equal_count_bands(int(self._pair.max()) + 1, 3)
+            in_band = torch.as_tensor(
+                [p >= 0 and band[p] == c.control.removeprefix("band-") for p in self._pair.tolist()]
+            )
+            allowed &= in_band.to(m.device).view(1, 1, -1)
+        key = key.masked_fill(~allowed, float("inf"))
+        rank = key.argsort(-1).argsort(-1)
+        return (rank < n) & allowed
+
+    # --------------------------------------------------------------------- hooks
+    def _make_hook(self, site: str, stage: str, layer: int, heads_first: bool, cis: list[int]):
+        def hook(x: Tensor, hook: Any) -> Tensor:
+            y = x.transpose(1, 2) if heads_first else x  # [b, pos, head, d]
+            out = y.clone()
+            for ci in cis:
+                rows = self._rows(ci, y.shape[0], y.device)
+                if len(rows) == 0:
+                    continue
+                c = self.conditions[ci]
+                key = (ci, site, stage, layer)
+                yr = y[rows]  # [r, pos, head, d]
+                if self._prefill:
+                    if self.prompt_mask is None:
+                        stat = torch.ones(yr.shape[:2], dtype=torch.bool, device=y.device)
+                        apply = stat
+                    else:
+                        if self.prompt_mask.shape[1] != y.shape[1]:
+                            raise ValueError(
+                                f"prompt_mask has {self.prompt_mask.shape[1]} positions, the "
+                                f"forward pass {y.shape[1]}: call set_batch for this batch"
+                            )
+                        stat = self.prompt_mask.to(y.device)[rows]
+                        full = self.full_mask.to(y.device)[rows]
+                        apply = full if c.kv_cache == "every_step" else stat
+                    sel, value = self._select(c, site, stage, layer, yr, stat, rows)
+                    self._cache[key] = (sel, value)
+                    self.n_selected[rows] += sel.flatten(1).sum(1)
+                elif c.kv_cache == "every_step":  # cached decode step: new tokens only
+                    sel, value = self._cache[key]
+                    apply = torch.ones(yr.shape[:2], dtype=torch.bool, device=y.device)
+                else:
+                    continue
+                where = apply[:, :, None, None] & sel[:, None]  # [r, pos, head, d]
+                new = torch.where(where, value[:, None].to(y.dtype), yr)
+                self.changed[rows] += (new != yr).flatten(1).sum(1)
+                out[rows] = new
+            return out.transpose(1, 2) if heads_first else out
+
+        return hook
+
+    def _end_of_forward(self, x: Tensor, hook: Any) -> None:
+        expected = [
+            ci for ci, c in enumerate(self.conditions)
+            if c is not None and (self._prefill or c.kv_cache == "every_step")
+        ]
+        b = x.shape[0]
+        ran = len(self.changed) == b  # False if no disruption hook ran in this pass
+        changed = self.changed.cpu() if ran else torch.zeros(b, dtype=torch.long)
+        selected = self.n_selected.cpu() if ran else torch.zeros(b, dtype=torch.long)
+        for ci in expected:
+            rows = self._condition_rows(ci, b)
+            idle = rows[changed[rows] == 0]
+            if len(idle):
+                c = self.conditions[ci]
+                raise NoOpDisruptionError(
+                    f"disruption {c.label()} changed no activation of rows {idle.tolist()[:8]} "
+                    f"in this {'forward pass' if self._prefill else 'decode step'}"
+                    + (
+                        f": the {c.rule} rule selected no dim (lower lam, or use rule='topk')"
+                        if selected[idle].sum() == 0
+                        else ": every replaced value equalled the original (a mean over a single "
+                        "token?)"
+                    )
+                )
+        # After set_batch(row_condition=...), later passes are cached decode steps; in the
+        # unmasked mode every pass is a fresh prompt (a one-token decode step then changes
+        # nothing, and the check above says so).
+        self._prefill = self.row_condition is None
+        self.last_changed, self.last_selected = changed, selected
+        self.changed = torch.zeros(0, dtype=torch.long)
+        self.n_selected = torch.zeros(0, dtype=torch.long)
+
+
+@contextlib.contextmanager
+def disrupt(
+    model: LoadedModel, disruption: Disruption, calibration: QKVStats | None = None
+) -> Iterator[Intervention]:
+    """Apply ``disruption`` to every row and token of the forward passes inside the block.
+
+    For inputs without padding; for padded batches call ``set_batch`` on the yielded
+    :class:`Intervention` with the masks.
+    """
+    iv = Intervention(model, [disruption], calibration=calibration)
+    with iv.active():
+        yield iv
+
+
+def condition_key(d: Disruption | None) -> str:
+    """Canonical JSON of a condition (``"null"`` for the baseline)."""
+    return json.dumps(None if d is None else d.to_dict(), sort_keys=True)

@@ -1,0 +1,83 @@
+"""Sweeps: one tidy table, resumable after an interruption, atomic, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from massmech import sweeps
+from massmech.runs import RunDirError
+from massmech.sweeps import SweepConfig, layer_range, run_sweep
+
+CFG = SweepConfig(
+    models=("tiny-llama",), tasks=("kv_lookup", "sentiment"), n=6, rules=("topk",), ks=(1, 3),
+    layer_ranges=("all", "late"), controls=("lowest", "random"),
+)
+
+
+def test_sweep_table_and_resume_after_interrupt(tmp_path, monkeypatch):
+    full = run_sweep(CFG, tmp_path / "a", progress=False)
+    n_cells = 2 * (1 + 2 * 2 * 3)  # tasks x (baseline + ks x ranges x (massive + 2 controls))
+    assert len(full) == n_cells == len(list((tmp_path / "a" / "cells").glob("*.json")))
+    assert set(full.role) == {"baseline", "massive", "control"} and (full.n == 6).all()
+    assert not full.duplicated(["task", "condition"]).any()
+    assert (tmp_path / "a" / "manifest.json").exists()
+
+    calls = {"n": 0}
+    real = sweeps.evaluate
+
+    def dying(*a, **k):  # the second (model, task) group is killed midway
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweeps, "evaluate", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(CFG, tmp_path / "b", progress=False)
+    partial = list((tmp_path / "b" / "cells").glob("*.json"))
+    assert len(partial) == n_cells // 2  # the finished group survived, nothing half-written
+    assert not list((tmp_path / "b" / "cells").glob(".*tmp*"))
+    monkeypatch.setattr(sweeps, "evaluate", real)
+    calls["n"] = 0
+    resumed = run_sweep(CFG, tmp_path / "b", progress=False)
+    key = ["task", "condition"]
+    a = full.sort_values(key).reset_index(drop=True)
+    b = resumed.sort_values(key).reset_index(drop=True)
+    assert a.equals(b)
+
+    # a rerun finds everything done: nothing is evaluated again
+    monkeypatch.setattr(sweeps, "evaluate", lambda *a, **k: pytest.fail("recomputed a finished cell"))
+    again = run_sweep(CFG, tmp_path / "b", progress=False)
+    assert again.sort_values(key).reset_index(drop=True).equals(a)
+
+
+def test_cells_record_verdicts_and_controls_match_counts(tmp_path):
+    cfg = SweepConfig(models=("tiny-qwen2",), tasks=("kv_lookup",), n=5, rules=("topk",), ks=(2,), controls=("band-low",))
+    t = run_sweep(cfg, tmp_path, progress=False).set_index("role")
+    assert t.loc["massive", "n_dims"] == t.loc["control", "n_dims"] > 0
+    cell = json.loads((tmp_path / "cells" / f"{t.loc['massive', 'key']}.json").read_text())
+    assert len(cell["verdicts"]) == 5 and cell["disruption"]["k"] == 2
+
+
+def test_layer_ranges():
+    assert layer_range("all", 30) is None
+    assert layer_range("early", 30) == tuple(range(10)) and layer_range("late", 30) == tuple(range(20, 30))
+    assert layer_range("middle", 2) == (1,) and layer_range("3-5", 30) == (3, 4, 5)
+    with pytest.raises(ValueError, match="out of range"):
+        layer_range("3-40", 30)
+
+
+def test_bad_sweeps(tmp_path):
+    with pytest.raises(ValueError, match="unknown task"):
+        SweepConfig(tasks=("nope",))
+    with pytest.raises(ValueError, match="unknown control"):
+        SweepConfig(controls=("highest",))
+    with pytest.raises(ValueError, match="layer range"):
+        SweepConfig(layer_ranges=("first",))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RunDirError):
+        run_sweep(CFG, blocker / "out", progress=False)
+    assert SweepConfig.from_json(CFG.to_json()) == CFG
