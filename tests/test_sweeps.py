@@ -61,6 +61,16 @@ def test_cells_record_verdicts_and_controls_match_counts(tmp_path):
     assert len(cell["verdicts"]) == 5 and cell["disruption"]["k"] == 2
 
 
+def test_shared_cell_store_reuses_common_cells(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    a = run_sweep(CFG, tmp_path / "a" / "nested", cells=store, progress=False)  # out is created
+    assert (tmp_path / "a" / "nested" / "results.parquet").exists()
+    small = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=6, rules=("topk",), ks=(3,), controls=("random",))
+    monkeypatch.setattr(sweeps, "evaluate", lambda *a, **k: pytest.fail("recomputed a cell the store holds"))
+    b = run_sweep(small, tmp_path / "b", cells=store, progress=False)
+    assert len(b) == 3 and set(b.key) <= set(a.key)
+
+
 def test_layer_ranges():
     assert layer_range("all", 30) is None
     assert layer_range("early", 30) == tuple(range(10)) and layer_range("late", 30) == tuple(range(20, 30))

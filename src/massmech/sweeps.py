@@ -197,6 +197,7 @@ def run_sweep(
     """
     out = check_writable(out)
     cells_dir = check_writable(cells) if cells is not None else out / "cells"
+    out.mkdir(parents=True, exist_ok=True)
     cells_dir.mkdir(parents=True, exist_ok=True)
     wanted: list[str] = []
     plan = []  # (model spec, task name, [(key, role, cond, layer range)])
