@@ -169,11 +169,40 @@ def test_noop_guard(tiny_models):
     with pytest.raises(NoOpDisruptionError, match="selected no dim"):
         with torch.inference_mode(), disrupt(model, Disruption(lam=1000.0)):
             model.bridge(tokens)
-    # the paper's generation bug: a per-step mean over one decode token is the token itself
+    # the paper's generation bug: each cached decode step treated as a prompt of one token,
+    # whose per-step mean is the token itself
     d = Disruption(rule="topk", k=2)
-    with pytest.raises(NoOpDisruptionError, match="single token"):
+    with pytest.raises(DisruptionError, match="one-token forward pass"):
         with torch.inference_mode(), disrupt(model, d):
             model.bridge.original_model.generate(tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=2, do_sample=False)
+    # with prompt masks, a mean over a single prompt token changes nothing: the guard says so
+    iv = Intervention(model, [d])
+    iv.set_batch(torch.zeros(1, dtype=torch.long), torch.ones(1, 1, dtype=torch.bool))
+    with pytest.raises(NoOpDisruptionError, match="single token"), torch.inference_mode(), iv.active():
+        model.bridge(tokens[:, :1])
+    # after the error the state is clean: a good pass of the same shape counts only itself
+    iv.set_batch(torch.zeros(1, dtype=torch.long), torch.ones(1, 10, dtype=torch.bool))
+    with torch.inference_mode(), iv.active():
+        model.bridge(tokens)
+    assert int(iv.last_selected[0]) == 2 * 2 * (4 + 2)  # k x layers x (q heads + kv heads)
+
+
+def test_controls_that_cannot_match_the_count_raise(tiny_models):
+    model = tiny_models["tiny-llama"]
+    d = Disruption(rule="topk", k=6, control="band-low")  # 16 dims: 4 per third, fewer than 6
+    with pytest.raises(DisruptionError, match="can pick only"), torch.inference_mode(), disrupt(model, d):
+        model.bridge(model.probe_tokens(8))
+
+
+def test_set_batch_checks_its_masks(tiny_models):
+    iv = Intervention(tiny_models["tiny-llama"], [Disruption(rule="topk", k=2)])
+    full = torch.ones(2, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="no prompt token"):
+        iv.set_batch(torch.zeros(2, dtype=torch.long), torch.zeros(2, 5, dtype=torch.bool), full)
+    with pytest.raises(ValueError, match="full_mask does not"):
+        iv.set_batch(torch.zeros(2, dtype=torch.long), full, full & torch.tensor([True] * 4 + [False]))
+    with pytest.raises(ValueError, match="out of range"):
+        iv.set_batch(torch.tensor([0, 3]), full)
 
 
 def test_bad_disruptions(tiny_models):
@@ -196,6 +225,7 @@ def test_bad_disruptions(tiny_models):
 def test_disruption_serialises():
     d = Disruption(target="k", stage="post", rule="topk", k=3, layers=[0, 1, 2], control="random", seed=2)
     assert Disruption.from_dict(d.to_dict()) == d
+    assert Disruption(lam=5) == Disruption(lam=5.0) and Disruption(layers=range(2)).layers == (0, 1)
     import json
 
     assert Disruption.from_dict(json.loads(json.dumps(d.to_dict()))) == d

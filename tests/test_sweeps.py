@@ -71,6 +71,14 @@ def test_shared_cell_store_reuses_common_cells(tmp_path, monkeypatch):
     assert len(b) == 3 and set(b.key) <= set(a.key)
 
 
+def test_coinciding_grid_points_are_one_cell(tmp_path):
+    # on a 2-layer model "middle" and "late" are both layer 1: one cell, not two
+    cfg = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=4, rules=("topk",), ks=(2, 2),
+                      layer_ranges=("middle", "late"), controls=("lowest",))
+    t = run_sweep(cfg, tmp_path, progress=False)
+    assert len(t) == 3 and t.key.is_unique
+
+
 def test_layer_ranges():
     assert layer_range("all", 30) is None
     assert layer_range("early", 30) == tuple(range(10)) and layer_range("late", 30) == tuple(range(20, 30))
@@ -86,6 +94,8 @@ def test_bad_sweeps(tmp_path):
         SweepConfig(controls=("highest",))
     with pytest.raises(ValueError, match="layer range"):
         SweepConfig(layer_ranges=("first",))
+    with pytest.raises(ValueError, match="needs lams"):
+        SweepConfig(lams=())
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(RunDirError):

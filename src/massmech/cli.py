@@ -61,9 +61,11 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from massmech.interventions import Disruption
     from massmech.runs import atomic_run_dir, check_writable, manifest, write_json
     from massmech.sweeps import ablate, layer_range
+    from massmech.tasks import get_task
 
     if args.out:
         check_writable(args.out)
+    get_task(args.task).examples(args.n, args.seed)  # bad task or n: fail before loading a model
     layers = None
     if args.layers != "all":
         from massmech.models import load_model

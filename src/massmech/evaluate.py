@@ -3,7 +3,9 @@
 * **Exact match** (greedy): the model's greedy continuation equals the gold answer tokens. This
   is decided in *one* teacher-forced forward pass over ``prompt + answer``: the verdict is true
   iff the argmax at every answer position equals the gold token (if all earlier argmaxes equal
-  the gold tokens, greedy decoding would have fed exactly those tokens). :func:`generate_exact`
+  the gold tokens, greedy decoding would have fed exactly those tokens). The match is on
+  tokens: an answer the model spells with other token boundaries counts as wrong (in both
+  paths alike). :func:`generate_exact`
   is the token-by-token generation path (KV cache) kept to prove that both agree.
 * **Multiple choice**: the option with the highest summed log-probability of its tokens.
 
@@ -151,12 +153,14 @@ def evaluate(
             # scored positions: the logits at t predict token t + 1
             where = [(k, t) for k, r in enumerate(brows) for t in range(r.n_prompt - 1, len(r.ids) - 1)]
             logits = _final_logits(model, ids.to(device), full.long().to(device), where)
+            if iv.passes != 1:
+                raise RuntimeError(f"the intervention's end-of-forward hook fired {iv.passes} times, not once")
             at = 0
             for k, r in enumerate(brows):
                 m = len(r.ids) - r.n_prompt
                 lg, gold = logits[at : at + m], torch.tensor(r.ids[r.n_prompt :], device=logits.device)
                 at += m
-                dims[(r.ex, r.cond)] = int(iv.last_selected[k]) if len(iv.last_selected) else 0
+                dims[(r.ex, r.cond)] = int(iv.last_selected[k])
                 if scoring == "exact":
                     arg = lg.argmax(-1)
                     scores[(r.ex, r.cond)] = [bool((arg == gold).all()), model.tokenizer.decode(arg.tolist())]

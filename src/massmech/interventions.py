@@ -121,10 +121,13 @@ class Disruption:
         ):
             if value not in allowed:
                 raise DisruptionError(f"{name} must be one of {allowed}, got {value!r}")
-        for name in ("dims", "layers", "heads"):  # any sequence in, tuples stored (hashable)
+        for name in ("dims", "layers", "heads"):  # any sequence in, tuples of int stored (hashable, JSON)
             v = getattr(self, name)
-            if v is not None and not isinstance(v, tuple):
+            if v is not None:
                 object.__setattr__(self, name, tuple(int(x) for x in v))
+        object.__setattr__(self, "lam", float(self.lam))  # 5 and 5.0 are one disruption
+        object.__setattr__(self, "k", int(self.k))
+        object.__setattr__(self, "seed", int(self.seed))
         if self.rule == "lambda" and not self.lam > 0:
             raise DisruptionError(f"lam must be > 0, got {self.lam}")
         if self.rule == "topk" and self.k < 1:
@@ -337,15 +340,30 @@ class Intervention:
                     raise ValueError(f"row condition {ci} out of range for {len(self.conditions)} conditions")
         self.prompt_mask = None if prompt_mask is None else prompt_mask.bool()
         self.full_mask = self.prompt_mask if full_mask is None else full_mask.bool()
+        if self.prompt_mask is not None:
+            if self.full_mask.shape != self.prompt_mask.shape:
+                raise ValueError(f"full_mask {tuple(self.full_mask.shape)} and prompt_mask {tuple(self.prompt_mask.shape)} differ in shape")
+            if (self.prompt_mask & ~self.full_mask).any():
+                raise ValueError("prompt_mask marks positions that full_mask does not: the prompt must be part of the sequence")
+            empty = (~self.prompt_mask.any(1)).nonzero().flatten()
+            if len(empty):
+                raise ValueError(f"rows {empty.tolist()[:8]} have no prompt token: statistics need at least one")
         self._row_ids = None if row_ids is None else row_ids.long().cpu()
         self._prefill = True
         self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._new_pass()
+        self.passes = 0  # forward passes completed (end hook reached) since set_batch
+        self.last_changed = self.last_selected = torch.zeros(0, dtype=torch.long)
+
+    def _new_pass(self) -> None:
+        """Reset the per-pass state (counters are allocated by the first hook of the pass)."""
+        self._seen: set[tuple] = set()
         self.changed = torch.zeros(0, dtype=torch.long)
         self.n_selected = torch.zeros(0, dtype=torch.long)
 
     def _rows(self, ci: int, b: int, device: torch.device) -> Tensor:
         """Rows of a ``b``-row forward pass that carry condition ``ci``."""
-        if len(self.changed) != b:  # first hook of a pass: per-row counters, kept on the device
+        if len(self.changed) == 0:  # first hook of a pass: per-row counters, kept on its device
             if self.row_condition is not None and len(self.row_condition) != b:
                 raise ValueError(
                     f"set_batch described {len(self.row_condition)} rows, the forward pass has {b}: "
@@ -417,14 +435,37 @@ class Intervention:
                 [p >= 0 and band[p] == c.control.removeprefix("band-") for p in self._pair.tolist()]
             )
             allowed &= in_band.to(m.device).view(1, 1, -1)
+        short = allowed.sum(-1, keepdim=True) < n  # [r, head, 1]
+        if short.any():
+            r, h, _ = short.nonzero()[0].tolist()
+            raise DisruptionError(
+                f"control {c.control!r} can pick only {int(allowed[r, h].sum())} dims in layer {layer} "
+                f"{site}-head {h}, where the rule selected {int(n[r, h, 0])}: use another control or "
+                "select fewer dims (smaller k, larger lam)"
+            )
         key = key.masked_fill(~allowed, float("inf"))
-        rank = key.argsort(-1).argsort(-1)
-        return (rank < n) & allowed
+        rank = torch.argsort(torch.argsort(key, dim=-1, stable=True), dim=-1, stable=True)
+        return rank < n
 
     # --------------------------------------------------------------------- hooks
     def _make_hook(self, site: str, stage: str, layer: int, heads_first: bool, cis: list[int]):
         def hook(x: Tensor, hook: Any) -> Tensor:
             y = x.transpose(1, 2) if heads_first else x  # [b, pos, head, d]
+            here = (site, stage, layer)
+            if here in self._seen:
+                raise RuntimeError(
+                    f"hook {here} fired twice without reaching {_END_HOOK}: a forward pass stopped "
+                    "early (stop_at_layer?), so the no-op check could not run; Intervention needs "
+                    "complete forward passes"
+                )
+            self._seen.add(here)
+            if self.row_condition is None and y.shape[1] == 1:
+                raise DisruptionError(
+                    "a one-token forward pass in disrupt()/to_hooks() mode: per-prompt statistics of "
+                    "one token are meaningless, and during cached generation each decode step would "
+                    "be disrupted as a new prompt. To generate, describe the prompt with "
+                    "Intervention.set_batch(row_condition, prompt_mask) (see evaluate.generate_exact)"
+                )
             out = y.clone()
             for ci in cis:
                 rows = self._rows(ci, y.shape[0], y.device)
@@ -448,7 +489,7 @@ class Intervention:
                         apply = full if c.kv_cache == "every_step" else stat
                     sel, value = self._select(c, site, stage, layer, yr, stat, rows)
                     self._cache[key] = (sel, value)
-                    self.n_selected[rows] += sel.flatten(1).sum(1)
+                    self.n_selected[rows.to(self.n_selected.device)] += sel.flatten(1).sum(1).to(self.n_selected.device)
                 elif c.kv_cache == "every_step":  # cached decode step: new tokens only
                     sel, value = self._cache[key]
                     apply = torch.ones(yr.shape[:2], dtype=torch.bool, device=y.device)
@@ -456,7 +497,7 @@ class Intervention:
                     continue
                 where = apply[:, :, None, None] & sel[:, None]  # [r, pos, head, d]
                 new = torch.where(where, value[:, None].to(y.dtype), yr)
-                self.changed[rows] += (new != yr).flatten(1).sum(1)
+                self.changed[rows.to(self.changed.device)] += (new != yr).flatten(1).sum(1).to(self.changed.device)
                 out[rows] = new
             return out.transpose(1, 2) if heads_first else out
 
@@ -471,6 +512,12 @@ class Intervention:
         ran = len(self.changed) == b  # False if no disruption hook ran in this pass
         changed = self.changed.cpu() if ran else torch.zeros(b, dtype=torch.long)
         selected = self.n_selected.cpu() if ran else torch.zeros(b, dtype=torch.long)
+        self.last_changed, self.last_selected = changed, selected
+        self.passes += 1
+        # After set_batch(row_condition=...), later passes are cached decode steps; in the
+        # unmasked mode every pass is a fresh prompt.
+        was_prefill, self._prefill = self._prefill, self.row_condition is None
+        self._new_pass()  # before any raise: the next pass starts clean
         for ci in expected:
             rows = self._condition_rows(ci, b)
             idle = rows[changed[rows] == 0]
@@ -478,7 +525,7 @@ class Intervention:
                 c = self.conditions[ci]
                 raise NoOpDisruptionError(
                     f"disruption {c.label()} changed no activation of rows {idle.tolist()[:8]} "
-                    f"in this {'forward pass' if self._prefill else 'decode step'}"
+                    f"in this {'forward pass' if was_prefill else 'decode step'}"
                     + (
                         f": the {c.rule} rule selected no dim (lower lam, or use rule='topk')"
                         if selected[idle].sum() == 0
@@ -486,13 +533,6 @@ class Intervention:
                         "token?)"
                     )
                 )
-        # After set_batch(row_condition=...), later passes are cached decode steps; in the
-        # unmasked mode every pass is a fresh prompt (a one-token decode step then changes
-        # nothing, and the check above says so).
-        self._prefill = self.row_condition is None
-        self.last_changed, self.last_selected = changed, selected
-        self.changed = torch.zeros(0, dtype=torch.long)
-        self.n_selected = torch.zeros(0, dtype=torch.long)
 
 
 @contextlib.contextmanager

@@ -244,6 +244,7 @@ def ablation_bars(table, *, model: str | None = None, out: str | os.PathLike | N
     use_style()
     t = _one_model(table, model)
     t = t.assign(what=_condition_label(t))
+    _check_single(t, ["task", "what"])
     order = ["baseline", "massive"] + sorted(w for w in t.what.unique() if w.startswith("control"))
     colors = dict(zip(order, sns.color_palette("colorblind", len(order)), strict=True))
     kinds = [k for k in ("parametric", "contextual") if (t.kind == k).any()]
@@ -270,6 +271,7 @@ def ablation_curve(table, *, model: str | None = None, out: str | os.PathLike | 
     """Accuracy against k (top-k rule) or lambda, massive vs control, one panel per task."""
     t, tasks, fig, axes = _task_panels(table, model)
     x = "k" if (t.rule == "topk").any() else "lam"
+    _check_single(t, ["task", "what", x])
     palette = dict(zip(["massive", *sorted({w for w in t.what if w.startswith("control")})], sns.color_palette("colorblind")[1:], strict=False))
     for ax, task in zip(axes[0], tasks, strict=True):
         d = t[t.task == task]
@@ -297,6 +299,7 @@ def ablation_curve(table, *, model: str | None = None, out: str | os.PathLike | 
 def ablation_layers(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
     """Accuracy when only a range of layers is disrupted (early / middle / late / all)."""
     t, tasks, fig, axes = _task_panels(table, model)
+    _check_single(t, ["task", "what", "layer_range"])
     ranges = [r for r in ("early", "middle", "late", "all") if (t.layer_range == r).any()]
     whats = ["massive", *sorted({w for w in t.what if w.startswith("control")})]
     colors = dict(zip(whats, sns.color_palette("colorblind")[1:], strict=False))
@@ -324,6 +327,17 @@ def _task_panels(table, model: str | None):
     tasks = list(dict.fromkeys(t.task))
     fig, axes = plt.subplots(1, len(tasks), figsize=(2.3 * len(tasks), 2.6), sharey=True, squeeze=False)
     return t, tasks, fig, axes
+
+
+def _check_single(t, keys: list[str]) -> None:
+    """One row per ``keys``: else name the grid columns the caller must fix to one value."""
+    if t.duplicated(keys).any():
+        grid = ["rule", "lam", "k", "target", "stage", "layer_range"]
+        varying = [c for c in grid if c not in keys and t[t.role != "baseline"][c].nunique() > 1]
+        raise ValueError(
+            f"several rows per {keys}: select one value of {varying or grid} first "
+            "(e.g. table[table.layer_range == 'all'])"
+        )
 
 
 def _one_model(table, model: str | None):

@@ -110,6 +110,8 @@ class SweepConfig:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if any(r not in ("lambda", "topk") for r in self.rules):
             raise ValueError(f"rules must be 'lambda' and/or 'topk', got {self.rules}")
+        if ("lambda" in self.rules and not self.lams) or ("topk" in self.rules and not self.ks):
+            raise ValueError("rule 'lambda' needs lams and rule 'topk' needs ks")
         for r in self.layer_ranges:
             if r not in LAYER_RANGES and "-" not in r:
                 raise ValueError(f"layer range must be one of {LAYER_RANGES} or 'a-b', got {r!r}")
@@ -163,12 +165,12 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
     return SweepConfig(**(base[name] | {"models": tuple(models), "n": n} | overrides))
 
 
-def _cell_key(model: str, task: dict, data: str, seed: int, cond: Disruption | None) -> str:
-    blob = json.dumps(
-        {"model": model, "task": task, "data": data, "seed": seed,
-         "condition": None if cond is None else cond.to_dict()},
-        sort_keys=True,
-    )
+def _cell_key(model: str, task: dict, data: str, seed: int, cond: Disruption | None, calib: dict | None = None) -> str:
+    content = {"model": model, "task": task, "data": data, "seed": seed,
+               "condition": None if cond is None else cond.to_dict()}
+    if calib is not None:  # only calibration-based cells depend on the calibration corpus
+        content["calibration"] = calib
+    blob = json.dumps(content, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -213,8 +215,12 @@ def run_sweep(
             data = hashlib.sha1(repr(task.examples(n, config.seed)).encode()).hexdigest()
             entries = [(BASELINE, None, "all")] + [(_role(d), d, lr) for d, lr in conds]
             group = []
+            calib = _calibration_id(config)
             for role, d, lr in entries:
-                key = _cell_key(spec, task.config(), data, config.seed, d)
+                needs = d is not None and (d.selection == "calibration" or d.replace == "calib_mean")
+                key = _cell_key(spec, task.config(), data, config.seed, d, calib if needs else None)
+                if key in wanted:  # the same cell twice in the grid (e.g. ranges that coincide)
+                    continue
                 wanted.append(key)
                 group.append((key, role, d, lr))
             plan.append((spec, tname, n, group))
@@ -266,8 +272,16 @@ def _needs_calibration(config: SweepConfig) -> bool:
     return config.selection == "calibration" or config.replace == "calib_mean"
 
 
+_CALIB_SEQ_LEN = 256
+
+
+def _calibration_id(config: SweepConfig) -> dict:
+    """What the calibration statistics depend on (part of the key of calibration-based cells)."""
+    return {"corpus": "bbc_news", "tokens": config.calib_tokens, "seq_len": _CALIB_SEQ_LEN, "seed": config.seed}
+
+
 def _calibration(model: LoadedModel, config: SweepConfig):
-    windows = default_corpus(model, n_tokens=config.calib_tokens, seq_len=256, seed=config.seed)
+    windows = default_corpus(model, n_tokens=config.calib_tokens, seq_len=_CALIB_SEQ_LEN, seed=config.seed)
     return capture_stats(model, windows, sites=("q", "k"), progress=False)
 
 
