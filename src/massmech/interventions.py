@@ -42,7 +42,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import json
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -547,8 +546,3 @@ def disrupt(
     iv = Intervention(model, [disruption], calibration=calibration)
     with iv.active():
         yield iv
-
-
-def condition_key(d: Disruption | None) -> str:
-    """Canonical JSON of a condition (``"null"`` for the baseline)."""
-    return json.dumps(None if d is None else d.to_dict(), sort_keys=True)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from massmech.capture import capture_stats
 from massmech.corpus import default_corpus
-from massmech.evaluate import BASELINE, bootstrap_ci, evaluate
+from massmech.evaluate import BASELINE, bootstrap_ci, evaluate, summarize
 from massmech.interventions import CONTROLS, Disruption, DisruptionError
 from massmech.models import DEFAULT_MODEL, LoadedModel, load_model
 from massmech.runs import check_writable, manifest, write_json
@@ -358,8 +358,6 @@ def ablate(
         raise DisruptionError(f"unknown control {control!r}; controls are {CONTROLS[1:]}")
     lm = load_model(model) if isinstance(model, str) else model
     disruption.validate(lm)
-    from massmech.evaluate import summarize
-
     conds = {BASELINE: None, "massive": disruption, "control": replace(disruption, control=control)}
     torch.manual_seed(seed)
     df = evaluate(lm, t, conds, n=n, seed=seed, batch_size=batch_size, progress=progress)
