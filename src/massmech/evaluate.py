@@ -99,8 +99,8 @@ def evaluate(
         model: The model.
         examples: Examples, or a :class:`~massmech.tasks.Task` (then ``n`` and ``seed`` apply).
         conditions: Name -> disruption; ``None`` is the undisturbed baseline.
-        scoring: ``"exact"`` or ``"choice"``; defaults to the task's (required for bare examples
-            that mix both is an error).
+        scoring: ``"exact"`` or ``"choice"``; defaults to the task's, or for bare examples to
+            ``"choice"`` when they carry options. Examples that mix both are an error.
         batch_size: Sequences per forward pass (an example under C conditions with O options
             takes C x O sequences).
         calibration: Statistics for calibration-based disruptions.
@@ -115,6 +115,8 @@ def evaluate(
 
     Raises:
         NoOpDisruptionError: A disruption changed nothing for some example.
+        ValueError: No conditions, an example longer than the model's context, or examples
+            that do not fit the scoring.
     """
     examples, scoring = _resolve(examples, scoring, n, seed)
     if not conditions:
