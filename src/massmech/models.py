@@ -90,6 +90,26 @@ class LoadedModel:
         fired = self.run_hooks(self.probe_tokens(min(64, n_ctx)), wanted, require_all=False)
         self._qk_norm = "blocks.0.attn.hook_q_normed" in fired
         self._has_post = {s: f"blocks.0.attn.hook_rot_{s}" in fired for s in ("q", "k")}
+        self._rope: RopeSpec | None = None
+        self._rope_problem = f"{name} has no rotary position embedding (it is not a RoPE model)"
+        if has_rope:
+            tables = [fired.get(f"blocks.{li}.attn.hook_{t}") for t in ("cos", "sin") for li in range(n_layers)]
+            if any(t is None for t in tables):
+                self._rope_problem = (
+                    f"{name} uses RoPE but its TransformerLens bridge exposes no firing "
+                    "hook_cos/hook_sin, so its frequencies cannot be read"
+                )
+            else:
+                # hook_cos is [batch or 1, pos, rotary_dim]; positions 0..n-1 of one sequence.
+                cos = torch.stack([t[0] for t in tables[:n_layers]]).cpu()
+                sin = torch.stack([t[0] for t in tables[n_layers:]]).cpu()
+                if not sin.any() and bool((cos == cos[:, :1, :1]).all()):
+                    # The rotary module rotates by angle 0 everywhere (e.g. the NoPE and
+                    # absolute-position twins of massmech.twins): there is no RoPE.
+                    has_rope = False
+                    self._rope_problem = f"{name}'s rotary tables are the identity (no rotation at any position)"
+                else:
+                    self._rope = rope_spec_from_tables(cos, sin, int(cfg.d_head))
         param = next(bridge.parameters())
         self.info = ModelInfo(
             name=name,
@@ -105,20 +125,6 @@ class LoadedModel:
             dtype=str(param.dtype).removeprefix("torch."),
             device=str(param.device),
         )
-        self._rope: RopeSpec | None = None
-        self._rope_problem = f"{name} has no rotary position embedding (it is not a RoPE model)"
-        if has_rope:
-            tables = [fired.get(f"blocks.{li}.attn.hook_{t}") for t in ("cos", "sin") for li in range(n_layers)]
-            if any(t is None for t in tables):
-                self._rope_problem = (
-                    f"{name} uses RoPE but its TransformerLens bridge exposes no firing "
-                    "hook_cos/hook_sin, so its frequencies cannot be read"
-                )
-            else:
-                # hook_cos is [batch or 1, pos, rotary_dim]; positions 0..n-1 of one sequence.
-                cos = torch.stack([t[0] for t in tables[:n_layers]]).cpu()
-                sin = torch.stack([t[0] for t in tables[n_layers:]]).cpu()
-                self._rope = rope_spec_from_tables(cos, sin, int(cfg.d_head))
 
     # ----------------------------------------------------------------- RoPE
     @property

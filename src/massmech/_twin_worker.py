@@ -1,0 +1,13 @@
+"""Worker process of :func:`massmech.twin_train.train_all`: ``python -m massmech._twin_worker OUT VARIANT [DEVICE]``."""
+
+import json
+import sys
+from pathlib import Path
+
+from massmech.twin_train import TwinsConfig, train_variant
+
+if __name__ == "__main__":
+    out, name = sys.argv[1], sys.argv[2]
+    device = sys.argv[3] if len(sys.argv) > 3 else None
+    cfg = TwinsConfig.from_dict(json.loads((Path(out) / "config.json").read_text()))
+    train_variant(cfg, name, out, device=device, progress=False)
