@@ -161,6 +161,9 @@ def test_parallel_workers_train_like_one_process(tmp_path):
     seq = train_all(cfg, tmp_path / "seq", workers=1, variants=["rope", "absolute"], progress=False)
     assert par == seq and len(par["absolute"]) == 4
     assert (tmp_path / "par" / "checkpoints" / "rope.log").is_file()
+    loaded = load_twin(tmp_path / "par" / "checkpoints" / "absolute" / "step_000004")
+    assert loaded.config.position == "absolute" and loaded.model.embed_positions is not None
+    assert load_twin(tmp_path / "par" / "checkpoints" / "rope" / "step_000004").config.position == "rope"
 
 
 def test_bad_input(tmp_path):
