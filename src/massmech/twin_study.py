@@ -189,7 +189,8 @@ def checkpoint_tables(
     traj, bands, scores, finals = [], [], [], {}
     ref_spec: RopeSpec | None = None
     order = sorted(cfg.variants, key=lambda v: v.mechanism != "rope")  # a RoPE spec first
-    jobs = [(v, s, d) for v in order for s, d in sorted(checkpoint_dirs(out, v).items())]
+    found = {v: checkpoint_dirs(out, v) for v in order}
+    jobs = [(v, s, d) for v in order for s, d in sorted(found[v].items())]
     sets_by_ctx: dict[int, dict] = {}
     for v, step, d in tqdm(jobs, desc="analyse checkpoints", disable=not progress):
         ctx = cfg.context_of(v)
@@ -212,7 +213,7 @@ def checkpoint_tables(
         traj.append(lt.assign(**keys))
         bands.append(pt.assign(**keys))
         scores.append(score(row_values(_hf_forward(model), sets), seed=cfg.seed).assign(**keys))
-        if step == max(checkpoint_dirs(out, v)):
+        if step == max(found[v]):
             finals[v.name] = lm
     return (pd.concat(traj, ignore_index=True), pd.concat(bands, ignore_index=True),
             pd.concat(scores, ignore_index=True), finals)
