@@ -203,6 +203,9 @@ def test_tiny_preset_shows_the_rope_contrast(tmp_path, capsys):
         assert (analysis / f"{name}.parquet").is_file()
     for fig in ("twins_trajectory", "twins_bands", "twins_disruption"):
         assert (analysis / f"{fig}.pdf").is_file() and (analysis / f"{fig}.png").is_file()
+    index = json.loads((analysis / "checkpoints.json").read_text())
+    assert set(index) == set(MECHANISMS) and set(index["rope"]) == {"0", "100", "300"}
+    assert (tmp_path / "t" / index["nope"]["300"] / "manifest.json").is_file()
     tables = load_tables(tmp_path / "t")
     assert set(tables["trajectory"].step) == {0, 100, 300}
     assert set(tables["disruption"].condition) == {"baseline", "massive", "random"}

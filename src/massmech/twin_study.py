@@ -11,7 +11,9 @@ For every variant and checkpoint, on held-out BBC text (:func:`checkpoint_tables
 At the final checkpoint of the RoPE twin (:func:`disruption_table`): the same metrics with its
 top-``k`` Q/K dims per head replaced by their mean over the sequence, and with ``k`` random
 non-selected dims per head (the control). :func:`run_twins` writes it all, plus figures and a
-summary, to ``OUT/analysis`` (replaced atomically); the checkpoints stay in ``OUT/checkpoints``.
+summary and ``checkpoints.json`` (variant -> step -> checkpoint folder, each with its own
+``manifest.json``), to ``OUT/analysis`` (replaced atomically); the checkpoints stay in
+``OUT/checkpoints``.
 """
 
 from __future__ import annotations
@@ -315,6 +317,9 @@ def run_twins(
             plotting.twins_bands(bands, out=tmp / "twins_bands")
             plotting.twins_disruption(disruption, out=tmp / "twins_disruption")
         write_json(tmp / "manifest.json", manifest(cfg, seed=cfg.seed))
+        index = {v.name: {str(step): str(d.relative_to(out)) for step, d in sorted(checkpoint_dirs(out, v).items())}
+                 for v in cfg.variants}  # variant -> step -> folder (each holds its own manifest.json)
+        write_json(tmp / "checkpoints.json", index)
         write_json(tmp / "summary.json", summary | {"out": str(out)})
     return summary
 
