@@ -1,0 +1,326 @@
+"""Fake quantization of a loaded model: quantize, then dequantize (weights and caches stay float).
+
+Fake-quant is the right form for analysis: the model runs, and its hooks fire, exactly as before,
+with the quantization error in place. Weight methods edit the decoder's linear layers in place
+(attention and MLP projections; embeddings, norms and the LM head are kept), so the bridge sees
+them at once:
+
+* ``rtn``: symmetric round-to-nearest, ``bits`` in {4, 8}; per output channel (``group_size=None``)
+  or per group of ``group_size`` input weights, one scale per group;
+* ``gguf-q8_0``, ``gguf-q5_0``, ``gguf-q4_1``, ``gguf-q4_0``: llama.cpp's block formats (32 weights
+  per block) through the ``gguf`` package's own ``quants.quantize``/``dequantize``.
+
+KV-cache quantization acts on the cached site, post-RoPE K and V (:func:`fake_quant_kv`,
+:func:`kv_hooks`): asymmetric min-max quantization per token (over each head's dims) or per
+channel (over the tokens, KIVI-style), and a massive-aware variant that keeps chosen K dims in
+full precision and quantizes the rest.
+
+:func:`massive_preservation` measures what a variant did to the massive values: recall of the
+clean model's massive set and the relative error of M on massive vs other dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from massmech.capture import QKVStats
+from massmech.detect import detect_massive
+from massmech.models import LoadedModel
+
+GGUF_FORMATS = {"gguf-q8_0": "Q8_0", "gguf-q5_0": "Q5_0", "gguf-q4_1": "Q4_1", "gguf-q4_0": "Q4_0"}
+WEIGHT_METHODS = ("rtn", *GGUF_FORMATS)
+RTN_BITS = (4, 8)
+KV_AXES = ("token", "channel")
+KV_BITS = (2, 4, 8)
+SCALE_BITS = 16  # scales (and zero points) are stored in fp16
+
+
+class QuantError(ValueError):
+    """Unknown method, unsupported bits, or a group size that does not fit."""
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(2, n + 1) if n % d == 0]
+
+
+# --------------------------------------------------------------------------- weights
+def rtn(w: Float[Tensor, "out inp"], bits: int, group_size: int | None = None) -> Float[Tensor, "out inp"]:
+    """Symmetric round-to-nearest fake-quant of a weight matrix.
+
+    Each output row (or each group of ``group_size`` consecutive input weights in a row) gets
+    ``scale = max|w| / (2**(bits-1) - 1)``; values become ``clamp(round(w / scale)) * scale``.
+
+    Raises:
+        QuantError: ``bits`` not in (4, 8), or ``group_size`` does not divide the input width
+            (the message lists the sizes that do).
+    """
+    if bits not in RTN_BITS:
+        raise QuantError(f"rtn supports bits {RTN_BITS}, got {bits}")
+    out_f, in_f = w.shape
+    g = in_f if group_size is None else group_size
+    if g < 1 or in_f % g:
+        raise QuantError(f"group_size {group_size} does not divide the input width {in_f}; sizes that do: {_divisors(in_f)}")
+    qmax = 2 ** (bits - 1) - 1
+    x = w.detach().float().reshape(out_f, in_f // g, g)  # [out, groups, g]
+    scale = x.abs().amax(-1, keepdim=True) / qmax
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.clamp(torch.round(x / safe), -qmax, qmax)
+    return (q * scale).reshape(out_f, in_f).to(w.dtype)
+
+
+def gguf_round_trip(w: Float[Tensor, "out inp"], fmt: str) -> Float[Tensor, "out inp"]:
+    """Quantize to a llama.cpp format (``Q8_0``, ``Q5_0``, ``Q4_1``, ``Q4_0``) and back, with ``gguf``."""
+    from gguf import GGMLQuantizationType, quants
+    from gguf.constants import GGML_QUANT_SIZES
+
+    qtype = GGMLQuantizationType[fmt]
+    block = GGML_QUANT_SIZES[qtype][0]
+    if w.shape[-1] % block:
+        raise QuantError(f"{fmt} needs rows that are a multiple of {block} weights, got {w.shape[-1]}")
+    arr = w.detach().float().cpu().numpy()
+    back = quants.dequantize(quants.quantize(arr, qtype), qtype)
+    return torch.from_numpy(np.ascontiguousarray(back, dtype=np.float32)).reshape(w.shape).to(w.dtype).to(w.device)
+
+
+def bits_per_weight(method: str, bits: int | None = None, group_size: int | None = None, in_features: int | None = None) -> float:
+    """Storage cost of one weight, scales included (fp16 scales; GGUF's own block layouts)."""
+    if method in GGUF_FORMATS:
+        from gguf import GGMLQuantizationType
+        from gguf.constants import GGML_QUANT_SIZES
+
+        block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType[GGUF_FORMATS[method]]]
+        return 8 * nbytes / block
+    if method == "rtn":
+        per = group_size or in_features
+        if bits is None or per is None:
+            raise QuantError("rtn bits per weight need bits and a group size (or the input width)")
+        return bits + SCALE_BITS / per
+    raise QuantError(f"unknown weight method {method!r}; choose from {WEIGHT_METHODS}")
+
+
+def _clean(name: str) -> str:
+    return name.replace("._original_component", "")
+
+
+def target_layers(model: LoadedModel) -> dict[str, nn.Module]:
+    """The linear layers weight quantization edits: every ``nn.Linear`` (or GPT-2 ``Conv1D``) of the
+    decoder blocks, by their Hugging Face name; embeddings, norms and the LM head are kept."""
+    from transformers.pytorch_utils import Conv1D
+
+    hf = model.bridge.original_model
+    found = {}
+    for name, mod in hf.named_modules():
+        if isinstance(mod, (nn.Linear, Conv1D)) and not isinstance(getattr(mod, "_original_component", None), nn.Module):
+            clean = _clean(name)
+            if ".layers." in f".{clean}" or ".h." in f".{clean}":
+                found[clean] = mod
+    if not found:
+        raise QuantError(f"found no decoder linear layers in {model.info.name}")
+    return found
+
+
+@dataclass(frozen=True)
+class WeightReport:
+    """What :func:`quantize_weights` changed.
+
+    Attributes:
+        method, bits, group_size: The method.
+        layers: Hugging Face names of the edited layers.
+        bits_per_weight: Average over the edited weights.
+        rel_error: ``||W_q - W|| / ||W||`` over all edited weights.
+    """
+
+    method: str
+    bits: int | None
+    group_size: int | None
+    layers: tuple[str, ...]
+    bits_per_weight: float
+    rel_error: float
+
+
+def quantize_weights(model: LoadedModel, method: str, *, bits: int | None = None, group_size: int | None = None) -> WeightReport:
+    """Fake-quantize the decoder's linear weights of ``model`` in place.
+
+    Args:
+        model: The model (its bridge sees the new weights at once).
+        method: ``"rtn"`` or a ``"gguf-*"`` format (see the module doc).
+        bits: For ``rtn``: 4 or 8. GGUF formats fix their own bits (pass ``None``).
+        group_size: For ``rtn``: input weights per scale (``None``: one scale per output row).
+
+    Raises:
+        QuantError: Unknown method, bits the method does not support, a group size that does not
+            divide a layer's input width; checked for every layer before any weight changes.
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    if method not in WEIGHT_METHODS:
+        raise QuantError(f"unknown weight method {method!r}; choose from {WEIGHT_METHODS}")
+    if method in GGUF_FORMATS and bits is not None:
+        raise QuantError(f"{method} has a fixed number of bits; pass bits=None")
+    if method in GGUF_FORMATS and group_size is not None:
+        raise QuantError(f"{method} has fixed 32-weight blocks; pass group_size=None")
+    layers = target_layers(model)
+
+    def as_matrix(mod: nn.Module) -> Tensor:  # [out, in]
+        return mod.weight.T if isinstance(mod, Conv1D) else mod.weight
+
+    def quant(w: Tensor) -> Tensor:
+        return rtn(w, bits, group_size) if method == "rtn" else gguf_round_trip(w, GGUF_FORMATS[method])
+
+    for name, mod in layers.items():  # validate everything first: no half-quantized model
+        w = as_matrix(mod)
+        try:
+            quant(w[:1])
+        except QuantError as err:
+            raise QuantError(f"{name}: {err}") from None
+    err2 = ref2 = bits_sum = 0.0
+    n = 0
+    with torch.no_grad():
+        for mod in layers.values():
+            w = as_matrix(mod)
+            q = quant(w)
+            err2 += float((q.double() - w.double()).pow(2).sum())
+            ref2 += float(w.double().pow(2).sum())
+            bits_sum += bits_per_weight(method, bits, group_size, w.shape[1]) * w.numel()
+            n += w.numel()
+            mod.weight.copy_(q.T if isinstance(mod, Conv1D) else q)
+    return WeightReport(method, bits, group_size, tuple(layers), bits_sum / n, (err2 / ref2) ** 0.5 if ref2 else 0.0)
+
+
+# --------------------------------------------------------------------------- KV cache
+def fake_quant_kv(
+    x: Float[Tensor, "batch pos head d_head"],
+    bits: int,
+    axis: str,
+    keep: Bool[Tensor, "head d_head"] | None = None,
+) -> Float[Tensor, "batch pos head d_head"]:
+    """Asymmetric min-max fake-quant of cached keys or values.
+
+    Args:
+        x: Post-RoPE K or V, ``[batch, pos, head, d_head]``.
+        bits: 2, 4 or 8.
+        axis: ``"token"``: one scale and zero point per (token, head) over its dims;
+            ``"channel"``: one per (head, dim) over the tokens (KIVI's keys).
+        keep: Dims kept in full precision (massive-aware): returned bit-exact and left out of the
+            min/max of the rest.
+
+    Returns:
+        ``(clamp(round(x / s) + z, 0, 2**bits - 1) - z) * s`` with ``s = (max - min) / (2**bits - 1)``
+        and ``z = round(-min / s)``; kept dims unchanged.
+    """
+    if bits not in KV_BITS:
+        raise QuantError(f"KV-cache quantization supports bits {KV_BITS}, got {bits}")
+    if axis not in KV_AXES:
+        raise QuantError(f"axis must be one of {KV_AXES}, got {axis!r}")
+    xf = x.float()
+    dims = (-1,) if axis == "token" else (1,)  # reduce over d_head, or over positions
+    if keep is None:
+        lo, hi = xf.amin(dims, keepdim=True), xf.amax(dims, keepdim=True)
+    else:
+        mask = keep.to(x.device)[None, None]  # [1, 1, head, d]
+        lo = xf.masked_fill(mask, float("inf")).amin(dims, keepdim=True)
+        hi = xf.masked_fill(mask, float("-inf")).amax(dims, keepdim=True)
+        lo, hi = torch.nan_to_num(lo, posinf=0.0), torch.nan_to_num(hi, neginf=0.0)  # all kept
+    levels = 2**bits - 1
+    scale = (hi - lo) / levels
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero = torch.round(-lo / safe)
+    q = torch.clamp(torch.round(xf / safe) + zero, 0, levels)
+    out = torch.where(scale > 0, (q - zero) * safe, xf)  # a constant slice is exact
+    if keep is not None:
+        out = torch.where(keep.to(x.device)[None, None], xf, out)
+    return out.to(x.dtype)
+
+
+def kv_hooks(
+    model: LoadedModel,
+    bits: int,
+    *,
+    key_axis: str = "channel",
+    value_axis: str = "token",
+    keep_k: Bool[Tensor, "layer head d_head"] | None = None,
+) -> list[tuple[str, Any]]:
+    """Forward hooks that fake-quantize K (post-RoPE) and V at every layer, as if cached.
+
+    Args:
+        model: The model.
+        bits: 2, 4 or 8.
+        key_axis, value_axis: ``"token"`` or ``"channel"`` (KIVI: keys per channel, values per token).
+        keep_k: Per layer, the K dims kept in full precision (massive-aware), e.g. the massive set
+            of :func:`massmech.detect_massive` on K post-RoPE.
+
+    Returns:
+        ``[(hook name, fn)]`` for ``model.bridge.hooks(fwd_hooks=...)``.
+    """
+    info = model.info
+    if keep_k is not None and tuple(keep_k.shape) != (info.n_layers, info.n_kv_heads, info.d_head):
+        raise QuantError(f"keep_k must be [layer, kv_head, d_head] = {(info.n_layers, info.n_kv_heads, info.d_head)}, got {tuple(keep_k.shape)}")
+    hooks = []
+    for layer in range(info.n_layers):
+        for site, axis in (("k", key_axis), ("v", value_axis)):
+            name, heads_first = model.hook_name(site, model.stages(site)[-1], layer)
+            keep = keep_k[layer] if (site == "k" and keep_k is not None) else None
+
+            def fn(x: Tensor, hook: Any, axis: str = axis, keep: Tensor | None = keep, heads_first: bool = heads_first) -> Tensor:
+                if heads_first:  # [b, head, pos, d] -> [b, pos, head, d] and back
+                    return fake_quant_kv(x.transpose(1, 2), bits, axis, keep).transpose(1, 2)
+                return fake_quant_kv(x, bits, axis, keep)
+
+            hooks.append((name, fn))
+    return hooks
+
+
+# --------------------------------------------------------------------------- measures
+def massive_preservation(clean: QKVStats, quantized: QKVStats, *, lam: float = 5.0) -> pd.DataFrame:
+    """How well a quantized model keeps the clean model's massive values, per (site, stage).
+
+    Args:
+        clean: Statistics of the clean model.
+        quantized: Statistics of the quantized model on the same tokens.
+        lam: Lambda of the massive rule (per-head mean), applied to both.
+
+    Returns:
+        One row per (site, stage) captured in both: ``n_massive`` (clean), ``recall`` (share of the
+        clean massive (layer, head, dim) cells that are massive in the quantized model; NaN when the
+        clean model has none), ``rel_error_massive`` and ``rel_error_other`` (``|M_q - M| / M``
+        averaged over the massive cells and over the rest).
+
+    Raises:
+        QuantError: The statistics do not cover the same layers, shapes or token count.
+    """
+    if clean.layers != quantized.layers or clean.n_tokens != quantized.n_tokens:
+        raise QuantError(
+            "clean and quantized statistics must come from the same tokens and layers: "
+            f"layers {clean.layers} vs {quantized.layers}, tokens {clean.n_tokens} vs {quantized.n_tokens}"
+        )
+    hits = {
+        name: set(map(tuple, t[["site", "stage", "layer", "head", "dim"]].itertuples(index=False, name=None)))
+        for name, t in (("clean", detect_massive(clean, lam=lam)), ("quant", detect_massive(quantized, lam=lam)))
+    }
+    rows = []
+    for site, stage in clean.keys():
+        if (site, stage) not in quantized.keys():
+            continue
+        m, mq = clean.norm(site, stage), quantized.norm(site, stage)  # [layer, head, d_head]
+        if m.shape != mq.shape:
+            raise QuantError(f"({site}, {stage}): shapes {tuple(m.shape)} vs {tuple(mq.shape)}")
+        massive = m > lam * m.mean(-1, keepdim=True)
+        rel = (mq - m).abs() / m.clamp_min(torch.finfo(m.dtype).tiny)
+        mine = {h for h in hits["clean"] if h[:2] == (site, stage)}
+        kept = mine & hits["quant"]
+        rows.append({
+            "site": site,
+            "stage": stage,
+            "n_massive": len(mine),
+            "recall": len(kept) / len(mine) if mine else float("nan"),
+            "rel_error_massive": float(rel[massive].mean()) if massive.any() else float("nan"),
+            "rel_error_other": float(rel[~massive].mean()),
+        })
+    return pd.DataFrame(rows)
