@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from massmech.quantize import (
     gguf_round_trip,
     kv_hooks,
     massive_preservation,
+    quantize_cache,
     quantize_weights,
     rtn,
     target_layers,
@@ -141,3 +143,38 @@ def test_massive_preservation_against_hand_counts():
     other = dataclasses.replace(clean, n_tokens=5)
     with pytest.raises(QuantError, match="same tokens"):
         massive_preservation(clean, other)
+
+
+@pytest.mark.parametrize(("bits", "key_axis", "axis_key"), [(4, "token", 0), (2, "token", 0), (4, "channel", -1), (2, "channel", -1)])
+def test_quantize_cache_matches_quantized_cache_quanto(bits, key_axis, axis_key, tiny_models):
+    """Greedy generation with our fake-quantized prompt cache == transformers' QuantizedCache (quanto).
+
+    quanto groups ``q_group_size`` consecutive values: with groups of d_head (16) axis 0 is per
+    token and head, and with a 16-token prompt axis -1 is per channel over the whole prompt.
+    """
+    if importlib.util.find_spec("optimum.quanto") is None:
+        pytest.fail("optimum-quanto is not installed: `make setup` installs it (extra [dev])")
+    from transformers import DynamicCache, QuantizedCache
+
+    hf = tiny_models["tiny-llama"].bridge.original_model  # the HF model: the caches are HF's
+    prompt = torch.randint(3, 250, (2, 16), generator=torch.Generator().manual_seed(bits))
+
+    def generate(cache, after_prefill=None):
+        logits = []
+        with torch.no_grad():
+            out = hf(prompt, past_key_values=cache, use_cache=True)
+            if after_prefill is not None:
+                after_prefill(cache)
+            for _ in range(6):
+                nxt = out.logits[:, -1:].argmax(-1)
+                out = hf(nxt, past_key_values=cache, use_cache=True)
+                logits.append(out.logits[:, -1])
+        return torch.stack(logits, 1)  # [batch, step, vocab]
+
+    ref = generate(QuantizedCache(backend="quanto", config=hf.config, nbits=bits, axis_key=axis_key,
+                                  axis_value=0, q_group_size=16, residual_length=64))
+    ours = generate(DynamicCache(config=hf.config),
+                    lambda c: quantize_cache(c, bits, key_axis=key_axis, value_axis="token"))
+    exact = generate(DynamicCache(config=hf.config))
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert not torch.allclose(exact, ref, atol=1e-3)  # the quantization is visible

@@ -10,10 +10,12 @@ them at once:
 * ``gguf-q8_0``, ``gguf-q5_0``, ``gguf-q4_1``, ``gguf-q4_0``: llama.cpp's block formats (32 weights
   per block) through the ``gguf`` package's own ``quants.quantize``/``dequantize``.
 
-KV-cache quantization acts on the cached site, post-RoPE K and V (:func:`fake_quant_kv`,
-:func:`kv_hooks`): asymmetric min-max quantization per token (over each head's dims) or per
-channel (over the tokens, KIVI-style), and a massive-aware variant that keeps chosen K dims in
-full precision and quantizes the rest.
+KV-cache quantization acts on the cached site, post-RoPE K and V (:func:`fake_quant_kv`): asymmetric
+min-max quantization per token (over each head's dims) or per channel (over the tokens,
+KIVI-style), and a massive-aware variant that keeps chosen K dims in full precision and
+quantizes the rest. :func:`kv_hooks` applies it to every position in one forward pass (K/V as
+the later layers' queries would read them back); :func:`quantize_cache` applies it to a
+generation's cache after the prefill, which is what transformers' ``QuantizedCache`` does.
 
 :func:`massive_preservation` measures what a variant did to the massive values: recall of the
 clean model's massive set and the relative error of M on massive vs other dims.
@@ -201,19 +203,19 @@ def fake_quant_kv(
     axis: str,
     keep: Bool[Tensor, "head d_head"] | None = None,
 ) -> Float[Tensor, "batch pos head d_head"]:
-    """Asymmetric min-max fake-quant of cached keys or values.
+    """Asymmetric min-max fake-quant of cached keys or values (KIVI's, and quanto's, form).
 
     Args:
         x: Post-RoPE K or V, ``[batch, pos, head, d_head]``.
         bits: 2, 4 or 8.
-        axis: ``"token"``: one scale and zero point per (token, head) over its dims;
+        axis: ``"token"``: one scale and offset per (token, head) over its dims;
             ``"channel"``: one per (head, dim) over the tokens (KIVI's keys).
         keep: Dims kept in full precision (massive-aware): returned bit-exact and left out of the
             min/max of the rest.
 
     Returns:
-        ``(clamp(round(x / s) + z, 0, 2**bits - 1) - z) * s`` with ``s = (max - min) / (2**bits - 1)``
-        and ``z = round(-min / s)``; kept dims unchanged.
+        ``lo + s * clamp(round((x - lo) / s), 0, 2**bits - 1)`` with ``s = (hi - lo) / (2**bits - 1)``,
+        ``lo``/``hi`` the min/max of each group; kept dims unchanged.
     """
     if bits not in KV_BITS:
         raise QuantError(f"KV-cache quantization supports bits {KV_BITS}, got {bits}")
@@ -231,12 +233,40 @@ def fake_quant_kv(
     levels = 2**bits - 1
     scale = (hi - lo) / levels
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    zero = torch.round(-lo / safe)
-    q = torch.clamp(torch.round(xf / safe) + zero, 0, levels)
-    out = torch.where(scale > 0, (q - zero) * safe, xf)  # a constant slice is exact
+    q = torch.clamp(torch.round((xf - lo) / safe), 0, levels)
+    out = torch.where(scale > 0, lo + q * safe, xf)  # a constant group is exact
     if keep is not None:
         out = torch.where(keep.to(x.device)[None, None], xf, out)
     return out.to(x.dtype)
+
+
+def quantize_cache(
+    cache: Any,
+    bits: int,
+    *,
+    key_axis: str = "channel",
+    value_axis: str = "token",
+    keep_k: Bool[Tensor, "layer head d_head"] | None = None,
+) -> None:
+    """Fake-quantize, in place, the keys and values held by a transformers ``DynamicCache``.
+
+    Called after the prefill, this is what ``QuantizedCache`` does to the prompt: the prefill
+    itself attends to exact K/V, and every later step reads the quantized prompt cache (plus the
+    exact states of the new tokens). ``tests/test_quantize.py`` checks generations against
+    ``QuantizedCache(backend="quanto")``.
+
+    Args:
+        cache: A ``DynamicCache`` after the prefill (layers hold ``[batch, head, pos, d_head]``).
+        bits, key_axis, value_axis, keep_k: As :func:`kv_hooks`.
+    """
+    layers = cache.layers
+    if keep_k is not None and len(keep_k) != len(layers):
+        raise QuantError(f"keep_k has {len(keep_k)} layers, the cache {len(layers)}")
+    for i, layer in enumerate(layers):
+        keep = None if keep_k is None else keep_k[i]
+        # [b, head, pos, d] -> [b, pos, head, d] and back
+        layer.keys = fake_quant_kv(layer.keys.transpose(1, 2), bits, key_axis, keep).transpose(1, 2).contiguous()
+        layer.values = fake_quant_kv(layer.values.transpose(1, 2), bits, value_axis).transpose(1, 2).contiguous()
 
 
 def kv_hooks(
