@@ -13,9 +13,11 @@ from massmech.quantize import (
     QuantError,
     bits_per_weight,
     fake_quant_kv,
+    fake_quant_per_tensor,
     gguf_round_trip,
     kv_hooks,
     massive_preservation,
+    quantize_activations,
     quantize_cache,
     quantize_weights,
     rtn,
@@ -178,3 +180,23 @@ def test_quantize_cache_matches_quantized_cache_quanto(bits, key_axis, axis_key,
     exact = generate(DynamicCache(config=hf.config))
     assert torch.allclose(ours, ref, atol=1e-5)
     assert not torch.allclose(exact, ref, atol=1e-3)  # the quantization is visible
+
+
+def test_naive_activation_quantization():
+    # one scale for the whole tensor: 127 / 127 = 1 -> the small values round to 0 or 1
+    x = torch.tensor([[127.0, 0.4, -0.6, 2.2]])
+    assert torch.equal(fake_quant_per_tensor(x), torch.tensor([[127.0, 0.0, -1.0, 2.0]]))
+    assert torch.equal(fake_quant_per_tensor(torch.zeros(3)), torch.zeros(3))
+    model = load_model("tiny-llama")
+    tokens = model.probe_tokens(16)
+    with torch.no_grad():
+        clean = model.bridge(tokens)
+        handles = quantize_activations(model)
+        assert len(handles) == len(target_layers(model))
+        noisy = model.bridge(tokens)
+        for h in handles:
+            h.remove()
+        again = model.bridge(tokens)
+    assert not torch.equal(clean, noisy) and torch.equal(clean, again)
+    with pytest.raises(QuantError, match="8 bits"):
+        quantize_activations(model, bits=4)

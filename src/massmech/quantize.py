@@ -10,6 +10,9 @@ them at once:
 * ``gguf-q8_0``, ``gguf-q5_0``, ``gguf-q4_1``, ``gguf-q4_0``: llama.cpp's block formats (32 weights
   per block) through the ``gguf`` package's own ``quants.quantize``/``dequantize``.
 
+:func:`quantize_activations` adds the activation half of naive W8A8: the input of every edited
+layer is fake-quantized per tensor (one dynamic int8 scale, blind to outlier channels).
+
 KV-cache quantization acts on the cached site, post-RoPE K and V (:func:`fake_quant_kv`): asymmetric
 min-max quantization per token (over each head's dims) or per channel (over the tokens,
 KIVI-style), and a massive-aware variant that keeps chosen K dims in full precision and
@@ -194,6 +197,31 @@ def quantize_weights(model: LoadedModel, method: str, *, bits: int | None = None
             n += w.numel()
             mod.weight.copy_(q.T if isinstance(mod, Conv1D) else q)
     return WeightReport(method, bits, group_size, tuple(layers), bits_sum / n, (err2 / ref2) ** 0.5 if ref2 else 0.0)
+
+
+def fake_quant_per_tensor(x: Float[Tensor, ...], bits: int = 8) -> Float[Tensor, ...]:
+    """Symmetric per-tensor fake-quant: one scale ``max|x| / (2**(bits-1) - 1)`` for the whole tensor."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = x.detach().abs().amax().float() / qmax
+    if scale == 0:
+        return x
+    return (torch.clamp(torch.round(x.float() / scale), -qmax, qmax) * scale).to(x.dtype)
+
+
+def quantize_activations(model: LoadedModel, bits: int = 8) -> list[Any]:
+    """Fake-quantize the input of every decoder linear layer, per tensor and dynamically (one scale
+    per forward pass from its max): the outlier-blind activation half of naive W8A8.
+
+    Returns:
+        The hook handles (``handle.remove()`` undoes it).
+    """
+    if bits != 8:
+        raise QuantError(f"activation quantization supports 8 bits, got {bits}")
+
+    def pre_hook(module: nn.Module, args: tuple) -> tuple:
+        return (fake_quant_per_tensor(args[0], bits), *args[1:])
+
+    return [mod.register_forward_pre_hook(pre_hook) for mod in target_layers(model).values()]
 
 
 # --------------------------------------------------------------------------- KV cache
