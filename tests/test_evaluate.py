@@ -151,3 +151,28 @@ def test_bad_inputs(tiny_models):
         evaluate(model, get_task("passkey", filler_repeats=40), {"b": None}, n=1, progress=False)
     with pytest.raises(ValueError, match="needs answers"):
         evaluate(model, get_task("sentiment"), {"b": None}, n=2, scoring="exact", progress=False)
+
+
+def test_perplexity_against_a_hand_computation():
+    from massmech import load_model
+    from massmech.evaluate import perplexity
+
+    model = load_model("tiny-llama")  # a fresh copy: its LM head is zeroed below
+    windows = [[5, 9, 12, 7, 3], [8, 2, 4]]  # unequal lengths: padding must not count
+    hf = model.bridge.original_model
+    with torch.no_grad():
+        nll = []
+        for w in windows:
+            logp = torch.log_softmax(hf(torch.tensor([w])).logits[0, :-1].float(), -1)
+            nll += [-logp[i, t].item() for i, t in enumerate(w[1:])]
+    got = perplexity(model, windows, batch_size=2)
+    assert got["n_tokens"] == 6
+    assert got["nll"] == pytest.approx(sum(nll) / 6, rel=1e-5)
+    assert got["perplexity"] == pytest.approx(np.exp(sum(nll) / 6), rel=1e-5)
+    head = next(p for n, p in hf.named_parameters() if n.startswith("lm_head"))
+    with torch.no_grad():  # all-zero logits: every token has probability 1/vocab
+        head.zero_()
+    vocab = head.shape[0]
+    assert perplexity(model, windows)["perplexity"] == pytest.approx(vocab, rel=1e-5)
+    with pytest.raises(ValueError, match="two or more tokens"):
+        perplexity(model, [[1]])

@@ -15,7 +15,7 @@ row's own condition. Logits are computed only at the scored positions (the final
 are gathered before the unembedding), so memory does not scale with ``pos x vocab``.
 
 Accuracy comes with a percentile bootstrap confidence interval over examples; differences to
-the baseline with a paired bootstrap interval.
+the baseline with a paired bootstrap interval. :func:`perplexity` scores natural text.
 """
 
 from __future__ import annotations
@@ -277,6 +277,49 @@ def _pad_id(model: LoadedModel) -> int:
         if t is not None:
             return int(t)
     return 0  # pragma: no cover
+
+
+def perplexity(
+    model: LoadedModel,
+    windows: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Perplexity of ``model`` on token windows (e.g. :func:`massmech.corpus.default_corpus`).
+
+    Every token after a window's first is predicted from the ones before it; the mean negative
+    log-likelihood is taken over all predicted tokens of all windows (fp32 log-softmax).
+
+    Returns:
+        ``{"perplexity", "nll", "n_tokens"}``.
+
+    Raises:
+        ValueError: No window has two tokens.
+    """
+    windows = [list(w) for w in windows if len(w) >= 2]
+    if not windows:
+        raise ValueError("perplexity needs at least one window of two or more tokens")
+    device = next(model.bridge.parameters()).device
+    total, count = 0.0, 0
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))  # equal lengths batch together
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), batch_size), desc="perplexity", disable=not progress):
+            rows = [windows[i] for i in order[start : start + batch_size]]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), _pad_id(model), dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, w in enumerate(rows):  # right padding: positions stay 0..len-1
+                ids[r, : len(w)] = torch.tensor(w)
+                mask[r, : len(w)] = 1
+            logits = model.bridge(ids.to(device), attention_mask=mask.to(device), return_type="logits")
+            logp = torch.log_softmax(logits[:, :-1].float(), -1)  # [b, pos-1, vocab]
+            nll = -logp.gather(-1, ids[:, 1:, None].to(device))[..., 0]  # [b, pos-1]
+            keep = mask[:, 1:].bool().to(device)
+            total += float(nll[keep].double().sum())
+            count += int(keep.sum())
+    nll_mean = total / count
+    return {"perplexity": float(np.exp(nll_mean)), "nll": nll_mean, "n_tokens": count}
 
 
 # ------------------------------------------------------------------------ statistics
