@@ -320,7 +320,7 @@ def run_twins(
         index = {v.name: {str(step): str(d.relative_to(out)) for step, d in sorted(checkpoint_dirs(out, v).items())}
                  for v in cfg.variants}  # variant -> step -> folder (each holds its own manifest.json)
         write_json(tmp / "checkpoints.json", index)
-        write_json(tmp / "summary.json", summary | {"out": str(out)})
+        write_json(tmp / "summary.json", summary)
     return summary
 
 
