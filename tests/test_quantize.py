@@ -122,7 +122,7 @@ def test_kv_hooks_quantize_the_cached_sites(tiny_models):
     assert torch.equal(got[("k", "post", 0)], kept[("k", "post", 0)])
     assert not torch.equal(got[("v", "pre", 0)], kept[("v", "pre", 0)])
     with pytest.raises(QuantError, match="keep_k must be"):
-        kv_hooks(model, 4, keep_k=keep_all[0])
+        kv_hooks(model, 4, keep_k=keep_all[:, :1])
 
 
 def _stats(k_sumsq: list[float], q_sumsq: list[float]) -> QKVStats:

@@ -6,7 +6,8 @@ Data flows one way: a model (:func:`load_model`) -> captured statistics (:func:`
 their mean, or a control) scored on the task suite (:func:`get_task`, :func:`evaluate`),
 swept over grids by :func:`run_sweep`. Controlled twins (:func:`run_twins`, :mod:`massmech.twins`):
 small models trained from the same weights on the same data, differing only in RoPE / learned
-absolute positions / NoPE.
+absolute positions / NoPE. Quantization (:func:`run_quant_study`, :class:`QuantSpec`): which
+quantizers keep the massive values, and what that does to contextual vs parametric tasks.
 
 Reference: Jin et al., "Massive Values in Self-Attention Modules are the Key to Contextual
 Knowledge Understanding", ICML 2025 (arXiv 2502.01563).
@@ -32,6 +33,7 @@ from massmech.models import (
     load_model,
     wrap,
 )
+from massmech.quant_study import QuantSpec, QuantStudyConfig, run_quant_study
 from massmech.rope import RopeError, RopeReport, RopeSpec, verify_rope
 from massmech.sweeps import SweepConfig, ablate, run_sweep
 from massmech.tasks import Example, Task, TaskError, get_task
@@ -48,6 +50,8 @@ __all__ = [
     "Example",
     "Intervention",
     "NoOpDisruptionError",
+    "QuantSpec",
+    "QuantStudyConfig",
     "SweepConfig",
     "Task",
     "TaskError",
@@ -57,6 +61,7 @@ __all__ = [
     "evaluate",
     "generate_exact",
     "get_task",
+    "run_quant_study",
     "run_sweep",
     "run_twins",
     "summarize",

@@ -1,4 +1,4 @@
-"""Command line: ``massmech doctor | analyze | ablate | twins | models``. A thin layer over the library runners."""
+"""Command line: ``massmech doctor | analyze | ablate | twins | quantize | models``. A thin layer over the library runners."""
 
 from __future__ import annotations
 
@@ -124,6 +124,47 @@ def _cmd_twins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _group_size(text: str) -> int | None | str:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"group size must be an integer, 'none' or 'auto', got {text!r}") from None
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from massmech.quant_study import (
+        DEFAULT_TASKS,
+        QuantSpec,
+        QuantStudyConfig,
+        run_quant_study,
+        summary_json,
+    )
+
+    spec = QuantSpec.of(args.method, args.bits, args.group_size, args.alpha)
+    tasks = tuple(t for t in (args.tasks.split(",") if args.tasks else DEFAULT_TASKS) if t)
+    cfg = QuantStudyConfig(model=args.model, variants=(spec,), tasks=tasks, n=args.n, seed=args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        table = run_quant_study(cfg, args.out or tmp, progress=not args.json)
+    result = summary_json(table, spec.label) | {"reference": summary_json(table, "none")}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    ref = result["reference"]
+    print(f"{result['model']} {spec.label} (base: {result['base']}; same as base: {result['same_as_base']})")
+    print(f"  massive recall (Q/K pre/post mean): {result['massive_recall']}")
+    for site, p in result["preservation"].items():
+        print(f"    {site:7s} recall {p['recall']}  rel. error massive {p['rel_error_massive']}  other {p['rel_error_other']}")
+    print(f"  perplexity {result['perplexity']:.2f} (reference {ref['perplexity']:.2f}); bits {result['bits_per_value']}")
+    for name, t in result["tasks"].items():
+        print(f"  {name:20s} {t['accuracy']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}] n={t['n']}"
+              f"  (reference {ref['tasks'][name]['accuracy']:.3f})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="massmech", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,6 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="override the preset's seed")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_cmd_twins)
+
+    q = sub.add_parser("quantize", help="one quantized variant: massive-value preservation, task accuracy, perplexity")
+    q.add_argument("--model", default=DEFAULT_MODEL)
+    q.add_argument("--method", required=True, help="rtn, gptq, awq, smoothquant, w8a8-naive, gguf-q8_0|q5_0|q4_1|q4_0, "
+                   "kv-per-token, kv-per-channel, kv-massive-aware")
+    q.add_argument("--bits", type=int, help="bits (default: 4 weight-only, 8 for W8A8, 4 for KV)")
+    q.add_argument("--group-size", type=_group_size, default="auto", help="input weights per scale for rtn/gptq/awq; 'none' = per row "
+                   "(default: 64 at 4 bits, per row at 8)")
+    q.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength (default 0.5)")
+    q.add_argument("--tasks", help="comma-separated task names (default: country_capital, city_country, "
+                   "passkey, kv_lookup, knowledge_conflict)")
+    q.add_argument("--n", type=int, default=40, help="examples per task (default 40)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", help="also keep the study folder (results.parquet, manifest.json) here")
+    q.add_argument("--json", action="store_true", help="print JSON: massive_recall, perplexity, tasks, preservation, ...")
+    q.set_defaults(func=_cmd_quantize)
 
     m = sub.add_parser("models", help="list the model specs available offline")
     m.set_defaults(func=lambda a: print("\n".join(available_models())) or 0)

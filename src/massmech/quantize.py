@@ -26,6 +26,7 @@ clean model's massive set and the relative error of M on massive vs other dims.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,21 +115,32 @@ def _clean(name: str) -> str:
     return name.replace("._original_component", "")
 
 
-def target_layers(model: LoadedModel) -> dict[str, nn.Module]:
-    """The linear layers weight quantization edits: every ``nn.Linear`` (or GPT-2 ``Conv1D``) of the
-    decoder blocks, by their Hugging Face name; embeddings, norms and the LM head are kept."""
+def decoder_linears(hf_model: nn.Module) -> dict[str, nn.Module]:
+    """Every ``nn.Linear`` (or GPT-2 ``Conv1D``) of a Hugging Face model's decoder blocks, by clean
+    Hugging Face name (bridge wrappers left out); embeddings, norms and the LM head are not."""
     from transformers.pytorch_utils import Conv1D
 
-    hf = model.bridge.original_model
     found = {}
-    for name, mod in hf.named_modules():
+    for name, mod in hf_model.named_modules():
         if isinstance(mod, (nn.Linear, Conv1D)) and not isinstance(getattr(mod, "_original_component", None), nn.Module):
             clean = _clean(name)
             if ".layers." in f".{clean}" or ".h." in f".{clean}":
                 found[clean] = mod
     if not found:
-        raise QuantError(f"found no decoder linear layers in {model.info.name}")
+        raise QuantError(f"found no decoder linear layers in {type(hf_model).__name__}")
     return found
+
+
+def weight_matrix(mod: nn.Module) -> Tensor:
+    """A linear layer's weight as ``[out, in]`` (GPT-2's ``Conv1D`` stores it transposed)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return mod.weight.T if isinstance(mod, Conv1D) else mod.weight
+
+
+def target_layers(model: LoadedModel) -> dict[str, nn.Module]:
+    """The linear layers weight quantization edits (:func:`decoder_linears` of the bridged model)."""
+    return decoder_linears(model.bridge.original_model)
 
 
 @dataclass(frozen=True)
@@ -150,11 +162,11 @@ class WeightReport:
     rel_error: float
 
 
-def quantize_weights(model: LoadedModel, method: str, *, bits: int | None = None, group_size: int | None = None) -> WeightReport:
+def quantize_weights(model: LoadedModel | nn.Module, method: str, *, bits: int | None = None, group_size: int | None = None) -> WeightReport:
     """Fake-quantize the decoder's linear weights of ``model`` in place.
 
     Args:
-        model: The model (its bridge sees the new weights at once).
+        model: The model (its bridge sees the new weights at once), or a plain Hugging Face model.
         method: ``"rtn"`` or a ``"gguf-*"`` format (see the module doc).
         bits: For ``rtn``: 4 or 8. GGUF formats fix their own bits (pass ``None``).
         group_size: For ``rtn``: input weights per scale (``None``: one scale per output row).
@@ -171,16 +183,13 @@ def quantize_weights(model: LoadedModel, method: str, *, bits: int | None = None
         raise QuantError(f"{method} has a fixed number of bits; pass bits=None")
     if method in GGUF_FORMATS and group_size is not None:
         raise QuantError(f"{method} has fixed 32-weight blocks; pass group_size=None")
-    layers = target_layers(model)
-
-    def as_matrix(mod: nn.Module) -> Tensor:  # [out, in]
-        return mod.weight.T if isinstance(mod, Conv1D) else mod.weight
+    layers = target_layers(model) if isinstance(model, LoadedModel) else decoder_linears(model)
 
     def quant(w: Tensor) -> Tensor:
         return rtn(w, bits, group_size) if method == "rtn" else gguf_round_trip(w, GGUF_FORMATS[method])
 
     for name, mod in layers.items():  # validate everything first: no half-quantized model
-        w = as_matrix(mod)
+        w = weight_matrix(mod)
         try:
             quant(w[:1])
         except QuantError as err:
@@ -189,7 +198,7 @@ def quantize_weights(model: LoadedModel, method: str, *, bits: int | None = None
     n = 0
     with torch.no_grad():
         for mod in layers.values():
-            w = as_matrix(mod)
+            w = weight_matrix(mod)
             q = quant(w)
             err2 += float((q.double() - w.double()).pow(2).sum())
             ref2 += float(w.double().pow(2).sum())
@@ -197,6 +206,71 @@ def quantize_weights(model: LoadedModel, method: str, *, bits: int | None = None
             n += w.numel()
             mod.weight.copy_(q.T if isinstance(mod, Conv1D) else q)
     return WeightReport(method, bits, group_size, tuple(layers), bits_sum / n, (err2 / ref2) ** 0.5 if ref2 else 0.0)
+
+
+def _llmcompressor() -> Any:
+    try:
+        import llmcompressor
+    except ImportError as err:
+        raise QuantError(
+            "gptq runs through llmcompressor, which is not installed: pip install 'massmech[quant]' && "
+            "pip install --no-deps llmcompressor==0.14.0.1 (without its transformers<=5.17 pin, "
+            "which garbles the GGUF Gemma-3 tokenizer)"
+        ) from err
+    return llmcompressor
+
+
+def gptq(hf_model: nn.Module, tokenizer: Any, windows: Sequence[Sequence[int]], *, bits: int = 4, group_size: int | None = 64) -> None:
+    """GPTQ (Frantar et al., 2023) of the decoder's linear layers through llmcompressor, in place.
+
+    Symmetric integer weights, one scale per ``group_size`` input weights (``None``: per output
+    row), the LM head kept. llmcompressor leaves fake-quant modules behind; their ``weight``
+    tensors are overwritten with the dequantized weights, which is all that massmech reads back
+    (:mod:`massmech.quant_study` copies them into a clean model).
+
+    Raises:
+        QuantError: llmcompressor is missing (names the extra), bits not 4/8, or a group size that
+            does not divide a layer's width.
+    """
+    _llmcompressor()
+    import tempfile
+
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.lifecycle.forward import fake_quantize
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import GPTQModifier
+
+    if bits not in RTN_BITS:
+        raise QuantError(f"gptq supports bits {RTN_BITS}, got {bits}")
+    for name, mod in decoder_linears(hf_model).items():
+        if group_size is not None and mod.in_features % group_size:
+            raise QuantError(f"{name}: group_size {group_size} does not divide the input width "
+                             f"{mod.in_features}; sizes that do: {_divisors(mod.in_features)}")
+    args = QuantizationArgs(num_bits=bits, type="int", symmetric=True,
+                            strategy="channel" if group_size is None else "group", group_size=group_size)
+    recipe = GPTQModifier(config_groups={"g": QuantizationScheme(targets=["Linear"], weights=args)}, ignore=["lm_head"])
+    data = Dataset.from_dict({"input_ids": [list(w) for w in windows], "attention_mask": [[1] * len(w) for w in windows]})
+    config = hf_model.config
+    old_path, old_qc = config._name_or_path, config.__dict__.pop("quantization_config", None)
+    with tempfile.TemporaryDirectory() as tmp:  # oneshot re-reads the config from name_or_path
+        # a model dequantized from GGUF still says quant_method "gguf", which oneshot refuses
+        config.save_pretrained(tmp)
+        config._name_or_path = tmp
+        try:
+            oneshot(model=hf_model, processor=tokenizer, dataset=data, recipe=recipe,
+                    num_calibration_samples=len(windows), max_seq_length=max(map(len, windows)))
+        finally:
+            config._name_or_path = old_path
+            if old_qc is not None:
+                config.quantization_config = old_qc
+    with torch.no_grad():
+        for mod in hf_model.modules():
+            scheme = getattr(mod, "quantization_scheme", None)
+            if scheme is None or scheme.weights is None:
+                continue
+            w = fake_quantize(mod.weight, mod.weight_scale, mod.weight_zero_point, scheme.weights)
+            mod.weight.copy_(w)
 
 
 def fake_quant_per_tensor(x: Float[Tensor, ...], bits: int = 8) -> Float[Tensor, ...]:
@@ -208,7 +282,7 @@ def fake_quant_per_tensor(x: Float[Tensor, ...], bits: int = 8) -> Float[Tensor,
     return (torch.clamp(torch.round(x.float() / scale), -qmax, qmax) * scale).to(x.dtype)
 
 
-def quantize_activations(model: LoadedModel, bits: int = 8) -> list[Any]:
+def quantize_activations(model: LoadedModel | nn.Module, bits: int = 8) -> list[Any]:
     """Fake-quantize the input of every decoder linear layer, per tensor and dynamically (one scale
     per forward pass from its max): the outlier-blind activation half of naive W8A8.
 
@@ -221,7 +295,8 @@ def quantize_activations(model: LoadedModel, bits: int = 8) -> list[Any]:
     def pre_hook(module: nn.Module, args: tuple) -> tuple:
         return (fake_quant_per_tensor(args[0], bits), *args[1:])
 
-    return [mod.register_forward_pre_hook(pre_hook) for mod in target_layers(model).values()]
+    layers = target_layers(model) if isinstance(model, LoadedModel) else decoder_linears(model)
+    return [mod.register_forward_pre_hook(pre_hook) for mod in layers.values()]
 
 
 # --------------------------------------------------------------------------- KV cache
