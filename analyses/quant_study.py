@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40, help="examples per task (default 40)")
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     ap.add_argument("--out", help="default runs/quant/<model>")
+    ap.add_argument("--markdown", action="store_true", help="print the README's tables instead")
     args = ap.parse_args()
     grid = args.grid or STUDY_GRID.get(args.model, "full")
     cfg = study_config(args.model, grid, tasks=tuple(args.tasks.split(",")), n=args.n)
@@ -38,10 +39,30 @@ def main() -> None:
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)
     w = wide(table)
+    if args.markdown:
+        print(markdown(table, w))
+        return
     print(f"\n{args.model} (base: {w.base.iloc[0]})\n")
     cols = ["variant", "bits_per_value", "weight_rel_error", "perplexity", *[c for c in w if c.startswith(("recall_", "rel_error_"))],
             *cfg.tasks, "parametric_mean", "contextual_mean"]
     print(w[[c for c in cols if c in w]].round(3).T.to_string(header=False))
+
+
+def markdown(table: pd.DataFrame, w: pd.DataFrame) -> str:
+    """One markdown row per variant: bits, perplexity, Q/K massive recall, K post-RoPE relative
+    errors (massive / other), and each task's accuracy with its 95% CI."""
+    acc = table[table.measure == "accuracy"]
+    tasks = list(dict.fromkeys(acc.task))
+    head = ["variant", "bits", "ppl", "recall Q pre/post, K pre/post", "K post err. massive / other", *tasks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in w.itertuples():
+        a = acc[acc.variant == r.variant].set_index("task")
+        cells = [r.variant, "-" if pd.isna(r.bits_per_value) else f"{r.bits_per_value:.2f}", f"{r.perplexity:.1f}",
+                 " / ".join(f"{getattr(r, f'recall_{s}'):.2f}" for s in ("q_pre", "q_post", "k_pre", "k_post")),
+                 f"{r.rel_error_massive_k_post:.3f} / {r.rel_error_other_k_post:.3f}",
+                 *(f"{a.value[t]:.2f} [{a.ci_low[t]:.2f}, {a.ci_high[t]:.2f}]" for t in tasks)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
