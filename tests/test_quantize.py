@@ -140,6 +140,9 @@ def test_massive_preservation_against_hand_counts():
     assert t.loc["k", "n_massive"] == 1 and t.loc["k", "recall"] == 0
     assert t.loc["k", "rel_error_massive"] == pytest.approx(0.8) and t.loc["k", "rel_error_other"] == 0
     assert t.loc["q", "recall"] == 1 and t.loc["q", "rel_error_massive"] == 0
+    # a dim with no energy in the clean model (M = 0, as in Gemma-3's zeroed pairs) has no relative error
+    dead = massive_preservation(_stats([100, 0, 1, 1], [1, 1, 1, 1]), _stats([100, 1, 4, 1], [1, 1, 1, 1]), lam=2)
+    assert dead.set_index("site").loc["k", "rel_error_other"] == pytest.approx(0.5)  # dims 2 and 3: (1 + 0) / 2
     none = massive_preservation(_stats([1, 1, 1, 1], [1, 1, 1, 1]), _stats([1, 1, 1, 1], [1, 1, 1, 1]))
     assert none.recall.isna().all() and none.rel_error_massive.isna().all()
     other = dataclasses.replace(clean, n_tokens=5)

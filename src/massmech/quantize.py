@@ -445,6 +445,7 @@ def massive_preservation(clean: QKVStats, quantized: QKVStats, *, lam: float = 5
         if m.shape != mq.shape:
             raise QuantError(f"({site}, {stage}): shapes {tuple(m.shape)} vs {tuple(mq.shape)}")
         massive = m > lam * m.mean(-1, keepdim=True)
+        live = m > 0  # dims that carry no energy at all (e.g. Gemma-3's zeroed pairs) have no relative error
         rel = (mq - m).abs() / m.clamp_min(torch.finfo(m.dtype).tiny)
         mine = {h for h in hits["clean"] if h[:2] == (site, stage)}
         kept = mine & hits["quant"]
@@ -454,6 +455,6 @@ def massive_preservation(clean: QKVStats, quantized: QKVStats, *, lam: float = 5
             "n_massive": len(mine),
             "recall": len(kept) / len(mine) if mine else float("nan"),
             "rel_error_massive": float(rel[massive].mean()) if massive.any() else float("nan"),
-            "rel_error_other": float(rel[~massive].mean()),
+            "rel_error_other": float(rel[~massive & live].mean()) if (~massive & live).any() else float("nan"),
         })
     return pd.DataFrame(rows)
