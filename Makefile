@@ -24,7 +24,7 @@ setup: $(STAMP)
 
 demo: setup
 	$(PY) -m massmech doctor --model smollm2-135m
-	$(PY) -m massmech analyze --model smollm2-135m --out runs/demo
+	$(PY) -m massmech analyze --model smollm2-135m --out runs/demo --overwrite
 
 ablate: setup
 	$(PY) analyses/ablation_main.py

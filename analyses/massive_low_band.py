@@ -35,4 +35,4 @@ for layer, r in pre.iterrows():
         f" | {r[('n_massive', 'v')]:9.0f}"
     )
 for site in ("q", "k", "v"):
-    print(site, {k: v for k, v in summary[site].items()})
+    print(f"{site}.pre", summary["by_stage"][f"{site}.pre"])

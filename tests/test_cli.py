@@ -29,9 +29,10 @@ def test_analyze_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n_tokens"] == 300 and summary["out_dir"] == str(out.resolve())
-    for site in ("q", "k", "v"):
-        assert {"massive_count", "low_band_energy_fraction", "massive_low_band_share", "emergence_layer"} <= set(summary[site])
     assert set(summary["by_stage"]) == {"q.pre", "q.post", "k.pre", "k.post", "v.pre"}
+    assert not {"q", "k", "v"} & set(summary)  # every number is labelled with its stage
+    for s in summary["by_stage"].values():
+        assert {"massive_count", "low_band_energy_fraction", "massive_low_band_share", "emergence_layer"} <= set(s)
     for name in ("stats.npz", "stats.parquet", "massive.parquet", "pairs.parquet", "layers.parquet", "manifest.json", "summary.json"):
         assert (out / name).is_file(), name
     for fig in ("heatmap", "bars3d", "emergence", "spectrum"):
@@ -51,7 +52,7 @@ def test_analyze_bad_input_leaves_nothing(tmp_path, capsys):
     out = tmp_path / "new" / "sub" / "run"  # not even the parents may appear
     assert main(["analyze", "--model", "tiny-llama", "--out", str(out), "--lam", "-1"]) == 2
     assert "lam must be > 0" in capsys.readouterr().err
-    assert main(["analyze", "--model", "tiny-llama", "--out", str(out), "--layers", "7"]) == 2
+    assert main(["analyze", "--model", "tiny-llama", "--out", str(out), "--plot-layers", "7"]) == 2
     assert "layer 7 out of range" in capsys.readouterr().err
     assert main(["analyze", "--model", "tiny-gpt2", "--out", str(out)]) == 2
     assert "no rotary position embedding" in capsys.readouterr().err
@@ -68,7 +69,7 @@ def test_unwritable_out_under_a_file(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["analyze", "--model", "tiny-llama", "--out", str(blocker / "run")]) == 2
-    assert "cannot create" in capsys.readouterr().err
+    assert "is not a folder" in capsys.readouterr().err
 
 
 def test_unknown_model(capsys):
@@ -92,6 +93,85 @@ def test_ablate_json(tmp_path, capsys):
         assert res[name]["ci_low"] <= res[name]["accuracy"] <= res[name]["ci_high"]
     assert res["massive"]["n_dims"] == res["control"]["n_dims"] > 0 == res["baseline"]["n_dims"]
     assert json.loads((out / "ablate.json").read_text()) == res and (out / "manifest.json").exists()
+    rows = pd.read_parquet(out / "examples.parquet")  # the per-example verdicts, not only aggregates
+    assert len(rows) == 3 * 8 and set(rows.condition) == {"baseline", "massive", "control"}
+    assert {"uid", "group", "correct", "pred", "n_dims"} <= set(rows.columns)
+    assert rows.groupby("condition").correct.mean()["massive"] == res["massive"]["accuracy"]
+
+
+def test_task_params_fit_a_small_context(capsys):
+    """Passkey's default context does not fit tiny-llama; --task-param shortens it."""
+    args = ["ablate", "--model", "tiny-llama", "--task", "passkey", "--n", "5", "--json"]
+    assert main(args) == 2 and "context" in capsys.readouterr().err
+    params = ["--task-param", "filler_repeats=1", "--task-param", "depths=(0.0, 1.0)"]
+    # a random tiny model has no lambda-massive dims: the no-op guard names the examples by uid
+    assert main([*args, *params, "--lam", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "changed no activation of examples (uid) [" in err and "selected no dim" in err
+    assert main([*args, *params, "--rule", "topk", "--k", "2"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["task_config"]["filler_repeats"] == 1 and res["task_config"]["depths"] == [0.0, 1.0]
+
+
+def test_analyze_own_text_and_dataset(tmp_path, capsys):
+    import datasets
+
+    text = tmp_path / "book.txt"
+    text.write_text(" ".join(f"Sentence number {i} of my own corpus." for i in range(200)))
+    base = ["analyze", "--model", "tiny-llama", "--tokens", "256", "--seq-len", "64", "--json"]
+    assert main([*base, "--text", str(text), "--out", str(tmp_path / "a")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_tokens"] == 256 and summary["corpus"] == f"text: {text}"
+    ds = tmp_path / "ds"
+    datasets.Dataset.from_dict({"body": [f"Document {i}: " + "words " * 80 for i in range(4)]}).save_to_disk(str(ds))
+    assert main([*base, "--dataset", str(ds), "--text-field", "body", "--out", str(tmp_path / "b")]) == 0
+    assert json.loads(capsys.readouterr().out)["corpus"].startswith("dataset: ")
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": "A line of my data set. " * 30}) + "\n" for _ in range(4)))
+    assert main([*base, "--dataset", str(jsonl), "--out", str(tmp_path / "e")]) == 0
+    capsys.readouterr()
+    assert main([*base, "--dataset", str(ds), "--out", str(tmp_path / "c")]) == 2
+    assert "no column 'text'" in capsys.readouterr().err
+    assert main([*base, "--text", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "d")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_every_flag_has_help_and_version(capsys):
+    import argparse
+
+    from massmech.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in [("massmech", parser), *subs.items()]:
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    assert "(default: 5.0)" in subs["ablate"].format_help() and "--disrupt-layers" in subs["ablate"].format_help()
+    assert "--plot-layers" in subs["analyze"].format_help() and "--device" in subs["doctor"].format_help()
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("massmech ")
+
+
+def test_models_json(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["gemma3-270m"]["extra"] == "gemma" and rows["tiny-llama"]["random_init"] is True
+    for r in rows.values():
+        assert {"installed", "parameters", "kind", "install"} <= set(r)
+
+
+def test_doctor_flags_and_no_leaked_warnings(capsys):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a FutureWarning from transformers would fail here
+        assert main(["doctor", "--model", "tiny-llama", "--dtype", "bfloat16", "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["model"]["dtype"] == "bfloat16" and verdict["logit_tol"] == 5e-2 and verdict["ok"]
 
 
 @pytest.mark.parametrize(
@@ -101,7 +181,10 @@ def test_ablate_json(tmp_path, capsys):
         (["--task", "nba_team_city", "--n", "500"], "at most"),
         (["--task", "kv_lookup", "--rule", "topk", "--k", "17"], "larger than d_head"),
         (["--task", "kv_lookup", "--stage", "post", "--model", "tiny-gpt2"], "no 'post' stage"),
-        (["--task", "kv_lookup", "--layers", "0-9"], "out of range"),
+        (["--task", "kv_lookup", "--disrupt-layers", "0-9"], "out of range"),
+        (["--task", "passkey"], "context"),
+        (["--task", "kv_lookup", "--task-param", "n_pairs=99"], "n_pairs"),
+        (["--task", "kv_lookup", "--task-param", "nonsense"], "NAME=VALUE"),
     ],
 )
 def test_ablate_bad_input(extra, message, capsys, tmp_path):

@@ -112,16 +112,17 @@ def test_analyze_json_on_smollm2(smollm2, tmp_path):
     summary = run_analyze(AnalyzeConfig(n_tokens=1024), tmp_path / "run", model=smollm2, progress=False)
     # Measured at 4,096 tokens: low-band (wavelength > 512) energy Q 82%, K 81%, V 59% (= the
     # band's share of pairs, i.e. uniform); effective pairs Q ~6, K ~7, V ~25 of 32.
+    pre = {site: summary["by_stage"][f"{site}.pre"] for site in ("q", "k", "v")}
     for site in ("q", "k"):
-        assert summary[site]["low_band_energy_fraction"] > 0.7
-        assert summary[site]["effective_pairs"] < 12
-        assert summary[site]["massive_low_band_share"] > 0.9
-    assert summary["v"]["low_band_energy_fraction"] < 0.66
-    assert summary["v"]["effective_pairs"] > 18
+        assert pre[site]["low_band_energy_fraction"] > 0.7
+        assert pre[site]["effective_pairs"] < 12
+        assert pre[site]["massive_low_band_share"] > 0.9
+    assert pre["v"]["low_band_energy_fraction"] < 0.66
+    assert pre["v"]["effective_pairs"] > 18
     # K's slow-half energy hovers near the 0.75 threshold in layers 1-11, so its emergence layer
     # depends on the corpus size: 1 at 4,096 tokens, 6 at 1,024. Q: 6 at both.
-    assert summary["k"]["emergence_layer"] is not None and summary["k"]["emergence_layer"] <= 10
-    assert summary["q"]["emergence_layer"] is not None and summary["q"]["emergence_layer"] <= 10
+    assert pre["k"]["emergence_layer"] is not None and pre["k"]["emergence_layer"] <= 10
+    assert pre["q"]["emergence_layer"] is not None and pre["q"]["emergence_layer"] <= 10
     assert (tmp_path / "run" / "figures" / "heatmap.pdf").is_file()
 
 
@@ -162,3 +163,32 @@ def test_gemma3_gguf_tokenizer_is_not_garbled(gemma3):
     """transformers 5.17 converts the GGUF tokenizer into near character-level pieces without BOS
     (perplexity ~600, capitals 0.00): pyproject asks for >= 5.24."""
     assert gemma3.tokenizer("The capital of France is Paris.").input_ids == [2, 818, 5279, 529, 7001, 563, 9079, 236761]
+
+
+def test_gguf_conversion_cache_is_exact_and_reused(tmp_path, monkeypatch):
+    """The first load converts the GGUF file once; later loads read the cache; nothing differs."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from massmech import models
+
+    monkeypatch.setenv("MASSMECH_CACHE", str(tmp_path))
+    models.load_hf("smollm2-135m")  # cold: converts
+    (folder,) = (tmp_path / "converted").glob("SmolLM2-135M-Instruct*")
+    assert f"tf{transformers.__version__}" in folder.name and (folder / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "converted").iterdir()) == sorted([folder.name, "file-hashes.json"])
+
+    def no_second_conversion(*a, **k):
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(models, "_convert_gguf", no_second_conversion)
+    hf, tok, _, source = models.load_hf("smollm2-135m")  # warm
+    assert source.endswith(".gguf")  # provenance names the file, not the cache
+    path = models._smollm2_gguf()
+    ref = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    ref_sd = ref.state_dict()
+    assert all(torch.equal(ref_sd[k], v) for k, v in hf.state_dict().items())
+    ref_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    texts = ["The capital of France is", "  odd   spacing\nüñí 漢字 <|im_start|>user"]
+    assert ref_tok(texts).input_ids == tok(texts).input_ids
+    assert ref_tok.chat_template == tok.chat_template

@@ -61,8 +61,68 @@ def test_hub_without_network_names_offline_options():
     )
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert "ERR could not load hub model 'some-org/some-model'" in out.stdout
-    assert "smollm2-135m" in out.stdout
+    assert "ERR hub model 'some-org/some-model' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set" in out.stdout
+    assert "smollm2-135m" in out.stdout and out.stdout.rstrip().endswith("and pass its folder.")  # not cut
+
+
+def test_hub_unreachable_fails_at_once(monkeypatch):
+    """No network: one short connection probe, then a clear error; no download is attempted."""
+    from huggingface_hub import constants
+
+    import massmech.models as models
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused
+    calls = []
+    real = models._from_pretrained
+
+    def spy(where, dtype, **kw):
+        calls.append(kw.get("local_files_only", False))
+        return real(where, dtype, **kw)
+
+    monkeypatch.setattr(models, "_from_pretrained", spy)
+    with pytest.raises(mm.ModelLoadError, match=r"cannot be reached \(127.0.0.1:9"):
+        mm.load_model("some-org/some-model")
+    assert calls == [True]  # the local cache was asked, the network never
+
+
+def test_wrap_in_memory_tokenizer_and_doctor_inputs(tiny_models):
+    """A tokenizer built in memory has no folder: wrap copes; doctor takes every kind of model."""
+    import copy
+
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from massmech.doctor import doctor
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)} | {"<pad>": 256, "<bos>": 257, "<eos>": 258}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok = tf.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+    assert "name_or_path" not in tok.init_kwargs or not tok.init_kwargs["name_or_path"]
+    hf, _ = _tiny("tiny-llama", seed=0)
+    pristine = copy.deepcopy(hf.state_dict())
+    verdict = doctor(hf, tok)  # the user's HF model is the reference and stays a plain HF model
+    assert verdict["ok"] and verdict["checks"]["logits_match"] and verdict["skipped"] == {}
+    assert all(torch.equal(v, hf.state_dict()[k]) for k, v in pristine.items())
+    assert not any("Bridge" in type(m).__name__ for m in hf.modules())
+    wrapped = mm.wrap(hf, tok)
+    assert wrapped.tokenize("abc") == [list(tok("abc").input_ids)]
+    verdict = doctor(wrapped)  # no pristine copy of a wrapped model: said, not silently passed
+    assert "logits_match" not in verdict["checks"] and "pristine" in verdict["skipped"]["logits_match"]
+    assert verdict["ok"] and verdict["max_abs_logit_diff"] is None
+    verdict = doctor(tiny_models["tiny-qwen2"])  # a loaded model: reloaded from its spec as the reference
+    assert verdict["checks"]["logits_match"] and verdict["max_abs_logit_diff"] <= 1e-4
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        doctor(hf)
+
+
+def test_dtype_names():
+    m = mm.load_model("tiny-llama", dtype="bfloat16")
+    assert m.info.dtype == "bfloat16" and m.load_kwargs["dtype"] == "bfloat16"
+    with pytest.raises(mm.ModelLoadError, match="unknown dtype"):
+        mm.load_model("tiny-llama", dtype="float8")
 
 
 def test_wrap_bridge_and_hf_model(tiny_models):

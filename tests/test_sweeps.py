@@ -23,6 +23,8 @@ def test_sweep_table_and_resume_after_interrupt(tmp_path, monkeypatch):
     assert set(full.role) == {"baseline", "massive", "control"} and (full.n == 6).all()
     assert not full.duplicated(["task", "condition"]).any()
     assert (tmp_path / "a" / "manifest.json").exists()
+    disrupted = full[full.role != "baseline"]
+    assert disrupted.lam.isna().all() and disrupted.k.notna().all()  # top-k rows carry no lambda
 
     calls = {"n": 0}
     real = sweeps.evaluate

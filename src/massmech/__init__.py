@@ -14,6 +14,7 @@ Knowledge Understanding", ICML 2025 (arXiv 2502.01563).
 """
 
 from massmech.capture import CaptureError, QKVStats, capture_stats
+from massmech.compare import Comparison, compare
 from massmech.detect import detect_massive
 from massmech.evaluate import evaluate, generate_exact, summarize
 from massmech.frequency import FrequencyAnalysis, frequency_analysis
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL",
     "CaptureError",
+    "Comparison",
     "Disruption",
     "DisruptionError",
     "Example",
@@ -57,6 +59,7 @@ __all__ = [
     "TaskError",
     "TwinsConfig",
     "ablate",
+    "compare",
     "disrupt",
     "evaluate",
     "generate_exact",

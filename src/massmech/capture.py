@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from massmech._notebook import html_table, span
 from massmech.models import SITES, STAGES, LoadedModel
 from massmech.rope import RopeSpec
 
@@ -35,7 +36,7 @@ class CaptureError(ValueError):
     """Bad capture input, or activations that cannot be summarised (NaN/inf)."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class QKVStats:
     """Token-summed statistics of Q/K/V per (site, stage) -> ``[layer, head, d_head]``.
 
@@ -63,6 +64,30 @@ class QKVStats:
     def keys(self) -> list[Key]:
         """The captured ``(site, stage)`` pairs."""
         return list(self.sumsq)
+
+    def __repr__(self) -> str:
+        d_head = next((t.shape[-1] for t in self.sumsq.values()), None)
+        return (
+            f"QKVStats({self.model!r}, layers={span(self.layers)}, "
+            f"sites={','.join(f'{s}.{st}' for s, st in self.keys())}, tokens={self.n_tokens}, "
+            f"sequences={self.n_sequences}, d_head={d_head})"
+        )
+
+    def _repr_html_(self) -> str:
+        heads = {s: t.shape[1] for (s, _), t in self.sumsq.items()}
+        return html_table(
+            f"QKVStats: {self.model}",
+            {
+                "layers": span(self.layers),
+                "sites": ", ".join(f"{s}.{st}" for s, st in self.keys()),
+                "heads (q / kv)": f"{heads.get('q', '-')} / {heads.get('k', heads.get('v', '-'))}",
+                "d_head": next((t.shape[-1] for t in self.sumsq.values()), "-"),
+                "tokens": self.n_tokens,
+                "sequences": self.n_sequences,
+                "first token excluded": self.exclude_first_token,
+                "RoPE": repr(self.rope) if self.rope else "none",
+            },
+        )
 
     def _get(self, table: dict[Key, Tensor], site: str, stage: str) -> Tensor:
         if (site, stage) not in table:

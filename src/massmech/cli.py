@@ -1,28 +1,38 @@
-"""Command line: ``massmech doctor | analyze | ablate | twins | quantize | models``. A thin layer over the library runners."""
+"""Command line: ``massmech doctor | analyze | compare | ablate | twins | quantize | models``.
+
+A thin layer over the library runners. Every flag has help text and shows its default.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.metadata
 import json
 import sys
+import warnings
 
-from massmech.models import DEFAULT_MODEL, available_models
+from massmech.models import DEFAULT_MODEL, DTYPES, model_catalog
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from massmech.doctor import doctor
 
-    verdict = doctor(args.model)
+    verdict = doctor(args.model, dtype=args.dtype, device=args.device)
     if args.json:
         print(json.dumps(verdict, indent=2))
     else:
-        print(f"model: {verdict['model']['name']} ({verdict['model']['source']})")
-        print(f"max |bridge - HF| logit diff: {verdict['max_abs_logit_diff']:.3e}")
+        print(f"model: {verdict['model']['name']} ({verdict['model']['source']}), "
+              f"{verdict['model']['dtype']} on {verdict['model']['device']}")
+        if verdict["max_abs_logit_diff"] is not None:
+            print(f"max |bridge - HF| logit diff: {verdict['max_abs_logit_diff']:.3e} (tolerance {verdict['logit_tol']:.0e})")
         if verdict["rope_bases"]:
             bases = sorted({round(b, 1) for b in verdict["rope_bases"]})
             print(f"RoPE bases (per-layer, distinct): {bases}  layout: {verdict['rope']['layout']}")
         for name, ok in verdict["checks"].items():
             print(f"  [{'ok' if ok else 'FAIL'}] {name}" + (f": {verdict['errors'][name]}" if not ok else ""))
+        for name, why in verdict["skipped"].items():
+            print(f"  [skipped] {name}: {why}")
         print("OK" if verdict["ok"] else "FAILED")
     return 0 if verdict["ok"] else 1
 
@@ -36,15 +46,22 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         lam=args.lam,
-        heatmap_layers=tuple(args.layers or ()),
+        heatmap_layers=tuple(args.plot_layers or ()),
         exclude_first_token=args.exclude_first_token,
         seed=args.seed,
+        text=args.text,
+        dataset=args.dataset,
+        dataset_split=args.dataset_split,
+        text_field=args.text_field,
+        dtype=args.dtype,
+        device=args.device,
     )
-    summary = run_analyze(cfg, args.out, progress=not args.json)
+    summary = run_analyze(cfg, args.out, overwrite=args.overwrite, progress=not args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{summary['model']}: {summary['n_tokens']} tokens, context {summary['context_len']} -> {summary['out_dir']}")
+    print(f"{summary['model']}: {summary['n_tokens']} tokens of {summary['corpus']}, context "
+          f"{summary['context_len']} -> {summary['out_dir']}")
     print(f"  {'':7s} {'massive':>7s} {'low-band energy':>15s} {'low-half energy':>15s} {'massive in low band':>19s} {'emergence':>9s}")
     for key, s in summary["by_stage"].items():
         share = s["massive_low_band_share"]
@@ -57,33 +74,41 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_params(items: list[str] | None) -> dict:
+    """``["filler_repeats=2", "depths=(0.5,)"]`` -> ``{"filler_repeats": 2, "depths": (0.5,)}``."""
+    params = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--task-param takes NAME=VALUE, got {item!r}")
+        try:
+            params[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            params[key] = value  # a plain string
+    return params
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from massmech.interventions import Disruption
-    from massmech.runs import atomic_run_dir, check_writable, manifest, write_json
+    from massmech.runs import check_out
     from massmech.sweeps import ablate, layer_range
     from massmech.tasks import get_task
 
+    params = _task_params(args.task_param)
+    get_task(args.task, **params).examples(args.n, args.seed)  # bad task or n: fail before loading a model
     if args.out:
-        check_writable(args.out)
-    get_task(args.task).examples(args.n, args.seed)  # bad task or n: fail before loading a model
-    layers = None
-    if args.layers != "all":
-        from massmech.models import load_model
+        check_out(args.out, "ablate", overwrite=args.overwrite)
+    from massmech.models import load_model
 
-        model = load_model(args.model)
-        layers = layer_range(args.layers, model.info.n_layers)
-    else:
-        model = args.model
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    layers = layer_range(args.disrupt_layers, model.info.n_layers)
     d = Disruption(
         target=args.target, stage=args.stage, rule=args.rule, lam=args.lam, k=args.k,
         layers=layers, kv_cache=args.kv_cache, seed=args.seed,
     )
     res = ablate(model, args.task, n=args.n, disruption=d, control=args.control, seed=args.seed,
-                 batch_size=args.batch_size, progress=not args.json)
-    if args.out:
-        with atomic_run_dir(args.out) as tmp:
-            write_json(tmp / "ablate.json", res)
-            write_json(tmp / "manifest.json", manifest(vars(args) | {"func": None}, seed=args.seed))
+                 batch_size=args.batch_size, task_params=params, out=args.out, overwrite=args.overwrite,
+                 progress=not args.json)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -165,82 +190,170 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from massmech.compare import compare
+
+    labels = args.labels.split(",") if args.labels else None
+    result = compare(*args.runs, labels=labels, out=args.out, overwrite=args.overwrite)
+    table = result.table
+    if args.json:
+        print(table.to_json(orient="records", indent=2))
+        return 0
+    print(table.to_string(index=False))
+    if args.out:
+        print(f"-> {args.out}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    rows = model_catalog()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        state = "installed" if r["installed"] else f"not installed: {r['install']}"
+        kind = "random init, for tests" if r["random_init"] else "pretrained"
+        print(f"{r['name']:14s} {r['parameters']:>5s}  {kind:22s} {state}")
+    print("Also: a .gguf path, a local Hugging Face model folder, or a hub id 'org/name' (needs a network).")
+    return 0
+
+
+class _HELP(argparse.HelpFormatter):
+    """Help that shows every real default (not the None/False of optional flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" not in text and action.option_strings and not any(
+            action.default is x for x in (None, False, argparse.SUPPRESS)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
+                   help="embedded name (see `massmech models`), .gguf path, local folder or hub id")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weight dtype")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+
+
+def _out_flags(p: argparse.ArgumentParser, what: str, required: bool) -> None:
+    p.add_argument("--out", required=required, metavar="DIR",
+                   help=f"{what}; must be new, empty, or a previous run of this command (never another folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run of this command in --out")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="massmech", description=__doc__)
+    p = argparse.ArgumentParser(prog="massmech", description=__doc__, formatter_class=_HELP)
+    p.add_argument("--version", action="version", version=f"massmech {importlib.metadata.version('massmech')}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("doctor", help="check bridge == HF, RoPE spec == model, hooks fire")
-    d.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL})")
-    d.add_argument("--json", action="store_true", help="print a JSON verdict")
+    d = sub.add_parser("doctor", help="check bridge == HF, RoPE spec == model, hooks fire", formatter_class=_HELP)
+    _model_flags(d)
+    d.add_argument("--json", action="store_true", help="print the verdict as JSON")
     d.set_defaults(func=_cmd_doctor)
 
-    c = sub.add_parser("analyze", help="the main job: Q/K/V statistics on natural text, frequency analysis, figures")
-    c.add_argument("--model", default=DEFAULT_MODEL)
-    c.add_argument("--out", required=True, help="run folder to write (replaced atomically)")
-    c.add_argument("--tokens", type=int, default=4096, help="tokens of BBC news (default 4096)")
-    c.add_argument("--seq-len", type=int, default=512, help="window length = context of the bands")
-    c.add_argument("--batch-size", type=int, default=4)
-    c.add_argument("--lam", type=float, default=5.0)
-    c.add_argument("--layers", type=int, nargs="*", help="heatmap/spectrum layers (default first, middle, last)")
-    c.add_argument("--exclude-first-token", action="store_true")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--json", action="store_true")
+    c = sub.add_parser("analyze", help="the main job: Q/K/V statistics on natural text, frequency analysis, figures",
+                       formatter_class=_HELP)
+    _model_flags(c)
+    _out_flags(c, "run folder to write (atomically)", required=True)
+    c.add_argument("--text", metavar="FILE", help="your own corpus: .txt/.md file, .jsonl (--text-field) or a folder "
+                   "of .txt files (default: BBC news)")
+    c.add_argument("--dataset", metavar="NAME", help="your own corpus from `datasets`: a save_to_disk folder or a hub id")
+    c.add_argument("--dataset-split", default="train", help="split of --dataset")
+    c.add_argument("--text-field", default="text", help="text column of --dataset / field of --text .jsonl")
+    c.add_argument("--tokens", type=int, default=4096, help="tokens to capture over")
+    c.add_argument("--seq-len", type=int, default=512, help="window length = the context the bands refer to")
+    c.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    c.add_argument("--lam", type=float, default=5.0, help="massive rule: M > lam x the head's mean M")
+    c.add_argument("--plot-layers", type=int, nargs="*", metavar="L",
+                   help="layers shown in the heatmap/spectrum figures (default: first, middle, last)")
+    c.add_argument("--layers", type=int, nargs="*", dest="plot_layers", help=argparse.SUPPRESS)  # old name
+    c.add_argument("--exclude-first-token", action="store_true", help="leave each window's first token out")
+    c.add_argument("--seed", type=int, default=0, help="order of the corpus texts")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON (per site.stage)")
     c.set_defaults(func=_cmd_analyze)
 
-    a = sub.add_parser("ablate", help="baseline vs massive-disrupted vs control accuracy on one task")
-    a.add_argument("--model", default=DEFAULT_MODEL)
-    a.add_argument("--task", required=True, help="task name (see massmech.tasks)")
-    a.add_argument("--n", type=int, default=100, help="examples (default 100)")
-    a.add_argument("--target", default="qk", choices=["q", "k", "qk"])
-    a.add_argument("--stage", default="pre", choices=["pre", "post"])
-    a.add_argument("--rule", default="lambda", choices=["lambda", "topk"])
-    a.add_argument("--lam", type=float, default=5.0)
-    a.add_argument("--k", type=int, default=4)
-    a.add_argument("--layers", default="all", help="all, early, middle, late or 'a-b'")
-    a.add_argument("--control", default="lowest", choices=["lowest", "random", "band-low", "band-mid", "band-high"])
-    a.add_argument("--kv-cache", default="prefill", choices=["prefill", "every_step"])
-    a.add_argument("--batch-size", type=int, default=16)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--out", help="also write ablate.json + manifest.json to this run folder")
-    a.add_argument("--json", action="store_true")
+    r = sub.add_parser("compare", help="compare analyze runs: one table, overlaid spectrum and emergence figures",
+                       formatter_class=_HELP)
+    r.add_argument("runs", nargs="+", metavar="RUN", help="analyze run folders")
+    r.add_argument("--labels", help="comma-separated labels, one per run (default: folder names)")
+    _out_flags(r, "folder for compare.csv/.parquet and figures/", required=False)
+    r.add_argument("--json", action="store_true", help="print the table as JSON records")
+    r.set_defaults(func=_cmd_compare)
+
+    a = sub.add_parser("ablate", help="baseline vs massive-disrupted vs control accuracy on one task",
+                       formatter_class=_HELP)
+    _model_flags(a)
+    a.add_argument("--task", required=True, help="task name (see massmech.tasks.TASKS)")
+    a.add_argument("--task-param", action="append", metavar="NAME=VALUE",
+                   help="task parameter, repeatable, e.g. --task-param filler_repeats=2")
+    a.add_argument("--n", type=int, default=100, help="examples")
+    a.add_argument("--target", default="qk", choices=["q", "k", "qk"], help="what is disrupted")
+    a.add_argument("--stage", default="pre", choices=["pre", "post"], help="before or after RoPE")
+    a.add_argument("--rule", default="lambda", choices=["lambda", "topk"], help="how massive dims are selected")
+    a.add_argument("--lam", type=float, default=5.0, help="lambda of --rule lambda (M > lam x head mean)")
+    a.add_argument("--k", type=int, default=4, help="dims per head of --rule topk")
+    a.add_argument("--disrupt-layers", default="all", metavar="RANGE",
+                   help="layers to disrupt: all, early, middle, late or 'a-b'")
+    a.add_argument("--layers", dest="disrupt_layers", help=argparse.SUPPRESS)  # old name
+    a.add_argument("--control", default="lowest", choices=["lowest", "random", "band-low", "band-mid", "band-high"],
+                   help="control dims replaced instead, same count")
+    a.add_argument("--kv-cache", default="prefill", choices=["prefill", "every_step"],
+                   help="disrupt the prompt only, or every decode step too")
+    a.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (results do not depend on it)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the examples and of random controls")
+    _out_flags(a, "also write ablate.json, examples.parquet/.csv (per example) and manifest.json", required=False)
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
     a.set_defaults(func=_cmd_ablate)
 
-    t = sub.add_parser("twins", help="train RoPE / absolute / NoPE twins and trace where massive values come from")
+    t = sub.add_parser("twins", help="train RoPE / absolute / NoPE twins and trace where massive values come from",
+                       formatter_class=_HELP)
     t.add_argument("--preset", default="demo", help="tiny, demo (about 15 min on 2 cores) or paper (one GPU)")
-    t.add_argument("--out", required=True, help="twins folder (checkpoints; resumed if present; analysis/ replaced)")
+    t.add_argument("--out", required=True, help="twins folder (new, or a previous twins run: resumed; analysis/ replaced)")
     t.add_argument("--workers", type=int, help="variants trained in parallel (default: one per CPU core)")
     t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     t.add_argument("--steps", type=int, help="override the preset's training steps")
     t.add_argument("--seed", type=int, help="override the preset's seed")
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--json", action="store_true", help="print the summary as JSON")
     t.set_defaults(func=_cmd_twins)
 
-    q = sub.add_parser("quantize", help="one quantized variant: massive-value preservation, task accuracy, perplexity")
-    q.add_argument("--model", default=DEFAULT_MODEL)
+    q = sub.add_parser("quantize", help="one quantized variant: massive-value preservation, task accuracy, perplexity",
+                       formatter_class=_HELP)
+    q.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC", help="model spec (see `massmech models`)")
     q.add_argument("--method", required=True, help="rtn, gptq, awq, smoothquant, w8a8-naive, gguf-q8_0|q5_0|q4_1|q4_0, "
                    "kv-per-token, kv-per-channel, kv-massive-aware")
     q.add_argument("--bits", type=int, help="bits (default: 4 weight-only, 8 for W8A8, 4 for KV)")
-    q.add_argument("--group-size", type=_group_size, default="auto", help="input weights per scale for rtn/gptq/awq; 'none' = per row "
-                   "(default: 64 at 4 bits, per row at 8)")
-    q.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength (default 0.5)")
+    q.add_argument("--group-size", type=_group_size, default="auto", help="input weights per scale for rtn/gptq/awq; "
+                   "'none' = per row; auto = 64 at 4 bits, per row at 8")
+    q.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
     q.add_argument("--tasks", help="comma-separated task names (default: country_capital, city_country, "
                    "passkey, kv_lookup, knowledge_conflict)")
-    q.add_argument("--n", type=int, default=40, help="examples per task (default 40)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", help="also keep the study folder (results.parquet, manifest.json) here")
+    q.add_argument("--n", type=int, default=40, help="examples per task")
+    q.add_argument("--seed", type=int, default=0, help="seed of the examples and calibration")
+    q.add_argument("--out", help="also keep the study folder here (new, or a previous quant study: resumed)")
     q.add_argument("--json", action="store_true", help="print JSON: massive_recall, perplexity, tasks, preservation, ...")
     q.set_defaults(func=_cmd_quantize)
 
-    m = sub.add_parser("models", help="list the model specs available offline")
-    m.set_defaults(func=lambda a: print("\n".join(available_models())) or 0)
+    m = sub.add_parser("models", help="the models known by name: installed, extra, random init, size",
+                       formatter_class=_HELP)
+    m.add_argument("--json", action="store_true", help="print JSON records")
+    m.set_defaults(func=_cmd_models)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            if not args.debug:  # library deprecation chatter is not the user's business
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+            return int(args.func(args) or 0)
     except (ValueError, RuntimeError, OSError, TypeError, IndexError, KeyError, ImportError) as err:
+        if args.debug:
+            raise
         print(f"massmech {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -9,6 +9,8 @@ beginning (with the tokenizer's own special tokens), until ``n_tokens`` tokens a
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,10 +46,93 @@ def bbc_news(*, seed: int = 0, categories: Sequence[str] | None = None) -> list[
     return [f.read_text(encoding="utf-8", errors="replace").strip() for f in files]
 
 
+def text_file(path: str | os.PathLike, *, field: str = "text") -> list[str]:
+    """Texts of a file or folder: the user's own corpus for ``analyze --text``.
+
+    ``.txt``/``.md``: the whole file is one text; ``.jsonl``: one JSON object per line, text in
+    ``field``; a folder: every ``.txt`` and ``.md`` file below it, in name order.
+
+    Raises:
+        CorpusError: Missing path, unknown suffix, a line without ``field``, or no text at all.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.jsonl"
+    >>> _ = p.write_text('{"text": "one"}\\n{"text": "two"}\\n')
+    >>> text_file(p)
+    ['one', 'two']
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.suffix in (".txt", ".md") and f.is_file())
+        texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    elif not path.is_file():
+        raise CorpusError(f"text file not found: {path}")
+    elif path.suffix == ".jsonl":
+        texts = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            if not line.strip():
+                continue
+            try:
+                texts.append(str(json.loads(line)[field]))
+            except (ValueError, KeyError, TypeError):
+                raise CorpusError(f"{path} line {i + 1}: not a JSON object with a {field!r} field") from None
+    elif path.suffix in (".txt", ".md", ""):
+        texts = [path.read_text(encoding="utf-8", errors="replace")]
+    else:
+        raise CorpusError(f"{path}: use a .txt, .md or .jsonl file or a folder of .txt files")
+    texts = [t.strip() for t in texts if t.strip()]
+    if not texts:
+        raise CorpusError(f"no text found in {path}")
+    return texts
+
+
+def hf_dataset_texts(name: str, *, split: str = "train", field: str = "text") -> list[str]:
+    """Texts of a Hugging Face ``datasets`` dataset: a folder saved with ``save_to_disk``, a
+    local data folder/file, or a hub id (needs a network; fails at once without one).
+
+    Raises:
+        CorpusError: The dataset cannot be found or has no ``field`` column.
+    """
+    import datasets
+
+    path = Path(name).expanduser()
+    try:
+        if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+            ds = datasets.load_from_disk(str(path))
+            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+        elif path.is_file():  # one data file: its builder by suffix
+            builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+            if path.suffix not in builder:
+                raise CorpusError(f"{path}: a dataset file must be one of {', '.join(builder)}")
+            ds = datasets.load_dataset(builder[path.suffix], data_files=str(path), split="train")
+        elif path.exists():
+            ds = datasets.load_dataset(str(path), split=split)
+        else:
+            from huggingface_hub import constants
+
+            from massmech.models import _unreachable
+
+            why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _unreachable(constants.ENDPOINT)
+            if why:
+                raise CorpusError(
+                    f"dataset {name!r} is not a local folder and the hub cannot be reached ({why}): "
+                    "pass a local file with --text, or a folder saved with Dataset.save_to_disk"
+                )
+            ds = datasets.load_dataset(name, split=split)
+    except (OSError, ValueError, KeyError) as err:
+        raise CorpusError(f"cannot load dataset {name!r} (split {split!r}): {err}") from err
+    if field not in ds.column_names:
+        raise CorpusError(f"dataset {name!r} has no column {field!r}; columns: {ds.column_names}")
+    return [str(t) for t in ds[field] if str(t).strip()]
+
+
 def token_windows(
-    model: LoadedModel, texts: Sequence[str], *, n_tokens: int, seq_len: int
+    model: LoadedModel, texts: Sequence[str], *, n_tokens: int, seq_len: int, chunk: bool = False
 ) -> list[list[int]]:
     """One window of at most ``seq_len`` tokens per text until ``n_tokens`` are collected.
+
+    With ``chunk``, each text is cut into consecutive windows instead (a long document gives
+    many; every window but a text's first lacks the tokenizer's leading special tokens).
 
     Raises:
         CorpusError: The texts hold fewer than ``n_tokens`` tokens in such windows, or
@@ -62,11 +147,12 @@ def token_windows(
     step = 64
     for start in range(0, len(texts), step):
         for ids in model.tokenize(list(texts[start : start + step])):
-            window = ids[: min(seq_len, n_tokens - have)]
-            out.append(window)
-            have += len(window)
-            if have >= n_tokens:
-                return out
+            for lo in range(0, len(ids) if chunk else 1, seq_len):
+                window = ids[lo : lo + min(seq_len, n_tokens - have)]
+                out.append(window)
+                have += len(window)
+                if have >= n_tokens:
+                    return out
     raise CorpusError(
         f"the corpus yields only {have} tokens in windows of {seq_len}; asked for {n_tokens}"
     )

@@ -24,14 +24,19 @@ low-half energy fraction reaches ``emergence_threshold``.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from massmech._notebook import html_table
 from massmech.capture import QKVStats, grid_frame
 from massmech.detect import detect_massive
 from massmech.rope import RopeError, RopeSpec
+from massmech.runs import atomic_run_dir, write_json
 
 _BAND_NAMES = {
     2: ("high", "low"),
@@ -124,7 +129,11 @@ def _spec(stats: QKVStats) -> RopeSpec:
     return stats.rope
 
 
-@dataclass(frozen=True)
+FORMAT_VERSION = 1
+_TABLES = ("pairs", "layers", "massive")
+
+
+@dataclass(frozen=True, repr=False)
 class FrequencyAnalysis:
     """Output of :func:`frequency_analysis`.
 
@@ -142,6 +151,117 @@ class FrequencyAnalysis:
     massive: pd.DataFrame
     summary: dict
     params: dict = field(default_factory=dict)
+
+    def _fields(self) -> dict[str, object]:
+        keys = list(self.summary)
+        p = self.params
+        return {
+            "sites": ",".join(keys[:6]) + (",..." if len(keys) > 6 else ""),
+            "layers": self.layers.layer.nunique() if "layer" in self.layers else 0,
+            "pairs": self.pairs.pair.nunique() if "pair" in self.pairs else 0,
+            "context_len": p.get("context_len"),
+            "lam": f"{p['lam']:g}" if "lam" in p else None,
+            "massive": len(self.massive),
+        }
+
+    def __repr__(self) -> str:
+        return "FrequencyAnalysis(" + ", ".join(f"{k}={v}" for k, v in self._fields().items()) + ")"
+
+    def _repr_html_(self) -> str:
+        table = pd.DataFrame(self.summary).T.to_html(float_format=lambda x: f"{x:.3g}", na_rep="-")
+        return html_table("FrequencyAnalysis", self._fields(), extra=table)
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write to a folder: ``pairs``, ``layers``, ``massive`` (parquet) and ``frequency.json``.
+
+        The folder is built in a temporary sibling and moved into place whole.
+
+        Args:
+            path: The folder; new, empty, or (with ``overwrite``) a previous save.
+            overwrite: Replace a previous save (a folder with ``frequency.json`` holding nothing
+                else massmech did not write).
+
+        Returns:
+            ``path``.
+
+        Raises:
+            RunDirError: ``path`` is a file, a non-empty folder that is not a previous save,
+                or a previous save while ``overwrite`` is off.
+
+        Example:
+            >>> import tempfile, massmech as mm
+            >>> model = mm.load_model("tiny-llama")
+            >>> fa = mm.frequency_analysis(mm.capture_stats(model, ["some text"], progress=False), context_len=64)
+            >>> folder = fa.save(tempfile.mkdtemp() + "/fa")
+            >>> sorted(p.name for p in folder.iterdir())
+            ['frequency.json', 'layers.parquet', 'manifest.json', 'massive.parquet', 'pairs.parquet']
+            >>> mm.FrequencyAnalysis.load(folder).summary == fa.summary
+            True
+        """
+        with atomic_run_dir(path, "frequency-analysis", overwrite=overwrite) as tmp:
+            for t in _TABLES:
+                getattr(self, t).to_parquet(tmp / f"{t}.parquet", index=False)
+            meta = {"format": "massmech.FrequencyAnalysis", "version": FORMAT_VERSION,
+                    "summary": self.summary, "params": self.params}
+            write_json(tmp / "frequency.json", meta)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FrequencyAnalysis:
+        """Read a folder written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: ``path`` holds no ``frequency.json`` (for an ``analyze`` run
+                folder use :meth:`from_run`).
+            ValueError: A save of a newer, unknown format version.
+
+        Example:
+            >>> import tempfile, massmech as mm
+            >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), ["some text"], progress=False)
+            >>> folder = mm.frequency_analysis(stats, context_len=64).save(tempfile.mkdtemp() + "/fa")
+            >>> mm.FrequencyAnalysis.load(folder).params["context_len"]
+            64
+        """
+        path = Path(path)
+        if not (path / "frequency.json").is_file():
+            hint = " (an analyze run folder: use FrequencyAnalysis.from_run)" if (path / "summary.json").is_file() else ""
+            raise FileNotFoundError(f"{path} holds no frequency.json: not a FrequencyAnalysis save{hint}")
+        meta = json.loads((path / "frequency.json").read_text())
+        if meta.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path} has format version {meta['version']}; this massmech reads <= {FORMAT_VERSION}")
+        return cls(**_read_tables(path), summary=meta["summary"], params=meta["params"])
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike) -> FrequencyAnalysis:
+        """Rebuild the analysis of an ``analyze`` run folder (``massmech analyze --out``).
+
+        Raises:
+            FileNotFoundError: A table or ``summary.json`` is missing.
+
+        Example:
+            >>> import tempfile, massmech as mm
+            >>> from massmech.jobs import AnalyzeConfig, run_analyze
+            >>> run = tempfile.mkdtemp() + "/run"
+            >>> cfg = AnalyzeConfig(model="tiny-llama", n_tokens=128, seq_len=64, batch_size=2, bars_layer=0)
+            >>> _ = run_analyze(cfg, run, progress=False)
+            >>> mm.FrequencyAnalysis.from_run(run).params["context_len"]
+            64
+        """
+        run_dir = Path(run_dir)
+        if not (run_dir / "summary.json").is_file():
+            raise FileNotFoundError(f"{run_dir} holds no summary.json: not an analyze run folder")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if "by_stage" not in summary:
+            raise ValueError(f"{run_dir}/summary.json has no 'by_stage': not an analyze run")
+        params = summary.get("params") or {"context_len": summary.get("context_len")}
+        return cls(**_read_tables(run_dir), summary=summary["by_stage"], params=params)
+
+
+def _read_tables(folder: Path) -> dict[str, pd.DataFrame]:
+    missing = [f"{t}.parquet" for t in _TABLES if not (folder / f"{t}.parquet").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}")
+    return {t: pd.read_parquet(folder / f"{t}.parquet") for t in _TABLES}
 
 
 def frequency_analysis(

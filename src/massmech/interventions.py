@@ -522,8 +522,12 @@ class Intervention:
             idle = rows[changed[rows] == 0]
             if len(idle):
                 c = self.conditions[ci]
+                where = (
+                    f"rows {idle.tolist()[:8]} of this batch" if self._row_ids is None
+                    else f"examples (uid) {self._row_ids[idle].tolist()[:8]}"
+                )
                 raise NoOpDisruptionError(
-                    f"disruption {c.label()} changed no activation of rows {idle.tolist()[:8]} "
+                    f"disruption {c.label()} changed no activation of {where} "
                     f"in this {'forward pass' if was_prefill else 'decode step'}"
                     + (
                         f": the {c.rule} rule selected no dim (lower lam, or use rule='topk')"

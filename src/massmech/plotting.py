@@ -215,6 +215,107 @@ def spectrum(
     return save(fig, out)
 
 
+# ------------------------------------------------------------------------ comparisons
+def _check_key(analyses: dict[str, FrequencyAnalysis], site: str, stage: str) -> None:
+    if not analyses:
+        raise ValueError("nothing to compare: pass at least one analysis")
+    for label, fa in analyses.items():
+        if f"{site}.{stage}" not in fa.summary:
+            raise KeyError(f"run {label!r} has no {site}.{stage}; it has {list(fa.summary)}")
+
+
+def compare_spectrum(
+    analyses: dict[str, FrequencyAnalysis],
+    *,
+    site: str = "k",
+    stage: str = "pre",
+    out: str | os.PathLike | None = None,
+) -> plt.Figure:
+    """Overlaid spectra: pair energy share (mean over layers and heads) against wavelength / context.
+
+    The x axis is each pair's wavelength divided by the run's context length (log), so runs with
+    different bases, pair counts or contexts line up (right of 1: the low band). The y axis is the
+    share times ``n_pairs`` (1 = uniform), so head sizes compare too. Layers with different bases
+    (Gemma 3) sit at their median wavelength.
+
+    Args:
+        analyses: Run label -> :class:`~massmech.FrequencyAnalysis`, one line each.
+        site: ``"q"``, ``"k"`` or ``"v"`` (V grouped as Q/K pairs).
+        stage: ``"pre"`` or ``"post"`` RoPE.
+        out: Path without suffix: writes ``out.pdf`` and ``out.png``.
+
+    Example:
+        >>> import massmech as mm
+        >>> from massmech.plotting import compare_spectrum
+        >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), ["some text"], progress=False)
+        >>> fig = compare_spectrum({"tiny": mm.frequency_analysis(stats, context_len=64)})
+        >>> fig.axes[0].get_xlabel()
+        'wavelength / context (log)'
+    """
+    use_style()
+    _check_key(analyses, site, stage)
+    fig, ax = plt.subplots(figsize=(4.2, 3.0))
+    for label, fa in analyses.items():
+        d = fa.pairs[(fa.pairs.site == site) & (fa.pairs.stage == stage)]
+        n_pairs = d.pair.nunique()
+        g = d.groupby("pair").agg(share=("share", "mean"), wavelength=("wavelength", "median"))
+        ax.plot(g.wavelength / fa.params["context_len"], g.share * n_pairs, marker="o", ms=2.5, lw=1.2,
+                label=f"{label} ({n_pairs} pairs)")
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", ls="--", lw=1)
+    ax.axhline(1.0, color="grey", ls=":", lw=1)
+    ax.set_xlabel("wavelength / context (log)")
+    ax.set_ylabel("pair energy share × n_pairs\n(1 = uniform)")
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(f"{SITE_LABEL[site]} {stage}-RoPE, mean over layers and heads; right of dashed: low band", fontsize=8)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def compare_emergence(
+    analyses: dict[str, FrequencyAnalysis],
+    *,
+    stage: str = "pre",
+    out: str | os.PathLike | None = None,
+) -> plt.Figure:
+    """Overlaid low-half energy fraction against relative depth, one panel per site (Q, K, V).
+
+    Relative depth is ``layer / last captured layer`` (0 = first, 1 = last), so models of
+    different depth line up; the dotted line is the uniform 0.5.
+
+    Args:
+        analyses: Run label -> :class:`~massmech.FrequencyAnalysis`, one line each.
+        stage: ``"pre"`` or ``"post"`` RoPE for Q and K (V has only ``"pre"``).
+        out: Path without suffix: writes ``out.pdf`` and ``out.png``.
+
+    Example:
+        >>> import massmech as mm
+        >>> from massmech.plotting import compare_emergence
+        >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), ["some text"], progress=False)
+        >>> fig = compare_emergence({"tiny": mm.frequency_analysis(stats, context_len=64)})
+        >>> [ax.get_title() for ax in fig.axes]
+        ['Q', 'K', 'V']
+    """
+    use_style()
+    _check_key(analyses, "k", stage)
+    fig, axes = plt.subplots(1, 3, figsize=(8.4, 2.8), sharey=True)
+    for label, fa in analyses.items():
+        for ax, site in zip(axes, ("q", "k", "v"), strict=True):
+            d = fa.layers[(fa.layers.site == site) & (fa.layers.stage == ("pre" if site == "v" else stage))]
+            depth = d.layer / max(int(fa.layers.layer.max()), 1)
+            ax.plot(depth, d.low_half_energy_fraction, marker="o", ms=2.5, lw=1.2, label=label)
+    for ax, site in zip(axes, ("q", "k", "v"), strict=True):
+        ax.axhline(0.5, color="grey", ls=":", lw=1)
+        ax.set_title(SITE_LABEL[site])
+        ax.set_xlabel("relative depth (layer / last layer)")
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel("low-half energy fraction")
+    axes[-1].legend(fontsize=7, frameon=False)
+    fig.suptitle(f"energy in the slowest half of the RoPE pairs, {stage}-RoPE (V grouped as Q/K pairs)", fontsize=9)
+    fig.tight_layout()
+    return save(fig, out)
+
+
 # ------------------------------------------------------------------------ ablations
 def _condition_label(table) -> object:
     """``baseline`` / ``massive`` / ``control: <kind>`` per row of a sweep table."""

@@ -75,7 +75,7 @@ from massmech.quantize import (
     rtn,
     weight_matrix,
 )
-from massmech.runs import check_writable, manifest, write_json
+from massmech.runs import atomic_write, check_out, finish_study_dir, manifest, open_study_dir
 from massmech.smoothing import awq, block_maps, decoder_blocks, smoothquant
 from massmech.tasks import TASKS, get_task
 
@@ -338,9 +338,7 @@ def variant_weights(model: str, spec: QuantSpec, cfg: QuantStudyConfig, calib: S
         return load_file(path)
     weights = compute_weights(model, spec, calib, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(weights, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: save_file(weights, p))
     return weights
 
 
@@ -403,7 +401,7 @@ def base_format(model: LoadedModel) -> str:
 
     from massmech.models import _gemma3_gguf, _smollm2_gguf
 
-    find = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}.get(model.info.name)
+    find = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": lambda: _gemma3_gguf(assemble=True)[0]}.get(model.info.name)
     path = find() if find else Path(source.split(": ", 1)[-1])
     sizes: dict[str, int] = {}
     qk: set[str] = set()
@@ -532,7 +530,7 @@ def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: Loa
     value, ci_low, ci_high, n``) and ``out/manifest.json``. Finished variants are not recomputed
     (a changed config starts a new cell, the file name hashes it).
     """
-    out = check_writable(out)
+    check_out(out, "quant-study", resume=True)  # before any work; created once the inputs pass
     variants = cfg.all_variants()  # validated by QuantSpec
     for name in cfg.tasks:
         get_task(name).examples(cfg.n, cfg.seed)  # n beyond the data: error before any work
@@ -543,6 +541,7 @@ def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: Loa
         if spec.method in ("awq", "smoothquant"):
             for block in decoder_blocks(lm.bridge.original_model):
                 block_maps(block, awq=spec.method == "awq")
+    out = open_study_dir(out, "quant-study")
     cells = out / "cells"
     data: StudyData | None = None
     frames = []
@@ -555,9 +554,7 @@ def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: Loa
         data = data or prepare(lm, cfg)
         table = measure(lm, spec, cfg, data, progress=progress)
         cells.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        atomic_write(path, lambda p, t=table: t.to_parquet(p, index=False))
         frames.append(table)
     results = pd.concat(frames, ignore_index=True)
     base = base_format(lm)  # a property of the model: set on every row here
@@ -565,10 +562,8 @@ def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: Loa
     results["same_as_base"] = results.method.map(lambda m: _same_as_base(m, base))
     for name, write in (("results.parquet", lambda p: results.to_parquet(p, index=False)),
                         ("results.csv", lambda p: results.to_csv(p, index=False))):
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        write(tmp)
-        os.replace(tmp, out / name)
-    write_json(out / "manifest.json", manifest(cfg, model_info=lm.info_dict(), seed=cfg.seed))
+        atomic_write(out / name, write)
+    finish_study_dir(out, "quant-study", manifest(cfg, model_info=lm.info_dict(), seed=cfg.seed))
     return results
 
 

@@ -29,6 +29,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from massmech._notebook import distinct, html_table
+
 if TYPE_CHECKING:  # pragma: no cover
     from massmech.models import LoadedModel
 
@@ -39,7 +41,7 @@ class RopeError(ValueError):
     """The model has no usable RoPE description, or it disagrees with the model's behaviour."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RopeSpec:
     """Per-layer rotary embedding of a model.
 
@@ -70,6 +72,30 @@ class RopeSpec:
             raise RopeError(f"every layer needs {self.n_pairs} frequencies")
         if len(self.scaling) != len(self.inv_freq):
             raise RopeError("scaling needs one entry per layer")
+
+    def _summary(self) -> dict[str, str]:
+        """Bases (one fit per distinct layer) and scaling, as short repr fields."""
+        bases = distinct(fit_base(np.asarray(f), self.rotary_dim) for f in dict.fromkeys(self.inv_freq))
+        out = {"bases": bases} if "," in bases else {"base": bases[1:-1]}
+        if any(x != 1.0 for x in self.scaling):
+            scaling = distinct(self.scaling)
+            out["scaling"] = scaling if "," in scaling else scaling[1:-1]
+        return out
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in self._summary().items())
+        return (
+            f"RopeSpec(d_head={self.d_head}, rotary_dim={self.rotary_dim}, layout={self.layout!r}, "
+            f"layers={self.n_layers}{extra})"
+        )
+
+    def _repr_html_(self) -> str:
+        wl = [2 * math.pi / f for f in (self.inv_freq[0][0], self.inv_freq[0][-1])] if self.n_layers else []
+        rows = {"d_head": self.d_head, "rotary_dim": self.rotary_dim, "pairs": self.n_pairs,
+                "layout": self.layout, "layers": self.n_layers, **self._summary()}
+        if wl:
+            rows["wavelengths (layer 0)"] = f"{wl[0]:.3g} .. {wl[1]:.3g} tokens"
+        return html_table("RopeSpec", rows)
 
     @property
     def n_layers(self) -> int:
@@ -249,7 +275,7 @@ class RopeCheck:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RopeReport:
     """Outcome of :func:`verify_rope`: per-layer checks and the recovered bases."""
 
@@ -262,6 +288,19 @@ class RopeReport:
 
     def failures(self) -> list[RopeCheck]:
         return [c for c in self.checks if not c.passed(self.angle_tol, self.norm_tol)]
+
+    def _fields(self) -> dict[str, object]:
+        worst = max((c.max_angle_error for c in self.checks), default=float("nan"))
+        return {"ok": self.ok, "checks": len(self.checks), "failures": len(self.failures()),
+                "max_angle_error": f"{worst:.2g}", "bases": distinct(self.spec_bases)}
+
+    def __repr__(self) -> str:
+        return "RopeReport(" + ", ".join(f"{k}={v}" for k, v in self._fields().items()) + ")"
+
+    def _repr_html_(self) -> str:
+        rows = self._fields() | {"fitted bases": distinct(self.fitted_bases),
+                                 "angle_tol": f"{self.angle_tol:g} rad", "norm_tol": f"{self.norm_tol:g}"}
+        return html_table("RopeReport: " + ("passed" if self.ok else "FAILED"), rows)
 
 
 def _pairs(x: Tensor, spec: RopeSpec) -> Tensor:

@@ -32,7 +32,15 @@ from massmech.corpus import default_corpus
 from massmech.evaluate import BASELINE, bootstrap_ci, evaluate, summarize
 from massmech.interventions import CONTROLS, Disruption, DisruptionError
 from massmech.models import DEFAULT_MODEL, LoadedModel, load_model
-from massmech.runs import check_writable, manifest, write_json
+from massmech.runs import (
+    atomic_run_dir,
+    atomic_write,
+    check_out,
+    finish_study_dir,
+    manifest,
+    open_study_dir,
+    write_json,
+)
 from massmech.tasks import TASKS, get_task
 
 LAYER_RANGES = ("all", "early", "middle", "late")
@@ -174,12 +182,6 @@ def _cell_key(model: str, task: dict, data: str, seed: int, cond: Disruption | N
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def run_sweep(
     config: SweepConfig,
     out: str | os.PathLike,
@@ -197,9 +199,11 @@ def run_sweep(
         cells: Folder of cell files (default ``out/cells``). Sweeps that share it share their
             common cells (e.g. the baseline), whatever their grids.
     """
-    out = check_writable(out)
-    cells_dir = check_writable(cells) if cells is not None else out / "cells"
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out, "sweep", resume=True)  # refuses a folder massmech did not write
+    if cells is not None:
+        check_out(cells, "cells", resume=True)
+    out = open_study_dir(out, "sweep")
+    cells_dir = open_study_dir(cells, "cells") if cells is not None else out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     wanted: list[str] = []
     plan = []  # (model spec, task name, [(key, role, cond, layer range)])
@@ -249,12 +253,12 @@ def run_sweep(
                 "n_dims": float(g.n_dims.mean()),
                 "verdicts": {str(u): bool(c) for u, c in zip(g.uid, g.correct, strict=True)},
             }
-            _write_atomic(cells_dir / f"{key}.json", lambda p, c=cell: p.write_text(json.dumps(c)))
+            atomic_write(cells_dir / f"{key}.json", lambda p, c=cell: p.write_text(json.dumps(c)))
             bar.update(1)
         _consolidate(out, cells_dir, wanted)
     bar.close()
     table = _consolidate(out, cells_dir, wanted)
-    write_json(out / "manifest.json", manifest(config, model_info={s: m.info_dict() for s, m in models.items()} or None, seed=config.seed))
+    finish_study_dir(out, "sweep", manifest(config, model_info={s: m.info_dict() for s, m in models.items()} or None, seed=config.seed))
     return table
 
 
@@ -308,7 +312,9 @@ def _consolidate(out: Path, cells_dir: Path, keys: list[str]) -> pd.DataFrame:
         row = {
             "model": c["model"], "task": c["task"], "kind": c["kind"], "scoring": c["scoring"],
             "condition": c["condition"], "role": c["role"], "control": d.get("control"),
-            "rule": d.get("rule"), "lam": d.get("lam"), "k": d.get("k"), "target": d.get("target"),
+            # a rule's parameter only where it applies: a top-k row has no lambda, and vice versa
+            "rule": d.get("rule"), "lam": d.get("lam") if d.get("rule") == "lambda" else None,
+            "k": d.get("k") if d.get("rule") == "topk" else None, "target": d.get("target"),
             "stage": d.get("stage"), "layer_range": c["layer_range"], "accuracy": float(v.mean()),
             "ci_low": lo, "ci_high": hi, "n": c["n"], "n_dims": c["n_dims"],
             "delta": None, "delta_ci_low": None, "delta_ci_high": None, "key": c["key"],
@@ -323,7 +329,7 @@ def _consolidate(out: Path, cells_dir: Path, keys: list[str]) -> pd.DataFrame:
     for col in ("lam", "delta", "delta_ci_low", "delta_ci_high"):
         table[col] = table[col].astype(float)
     table["k"] = table["k"].astype("Int64")
-    _write_atomic(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
     return table
 
 
@@ -337,9 +343,28 @@ def ablate(
     control: str = "lowest",
     seed: int = 0,
     batch_size: int = 16,
+    task_params: dict | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
     progress: bool = False,
 ) -> dict:
     """Baseline vs massive-disrupted vs control accuracy on one task (the ``ablate`` CLI).
+
+    Args:
+        model: A spec or a loaded model.
+        task: Task name (see :mod:`massmech.tasks`), built with ``task_params`` (e.g.
+            ``{"filler_repeats": 2}`` for a shorter passkey).
+        n: Examples.
+        disruption: The massive disruption (default: lambda rule, pre-RoPE Q and K, all layers).
+        control: Control kind replacing the same number of dims elsewhere.
+        seed: Seed of the examples and of random controls.
+        batch_size: Sequences per forward pass (results do not depend on it).
+        out: Also write a run folder: ``ablate.json`` (this result), ``examples.parquet`` and
+            ``.csv`` (one row per condition x example: ``condition, uid, group, correct, pred,
+            n_dims``) and ``manifest.json``. It must be new, empty or (with ``overwrite``) a
+            previous ablate run; checked before any work.
+        overwrite: Replace a previous ablate run in ``out``.
+        progress: Progress bar.
 
     Returns:
         ``{"baseline": {...}, "massive": {...}, "control": {...}, "model", "task", "condition",
@@ -351,11 +376,13 @@ def ablate(
         TaskError: Unknown task, missing data package, or ``n`` beyond the data.
         DisruptionError: A disruption the model cannot take (k > d_head, missing site, ...).
     """
-    t = get_task(task)
+    t = get_task(task, **(task_params or {}))
     t.examples(n, seed)  # n beyond the data: error before loading anything
     disruption = disruption or Disruption(seed=seed)
     if control not in CONTROLS[1:]:
         raise DisruptionError(f"unknown control {control!r}; controls are {CONTROLS[1:]}")
+    if out is not None:
+        check_out(out, "ablate", overwrite=overwrite)
     lm = load_model(model) if isinstance(model, str) else model
     disruption.validate(lm)
     conds = {BASELINE: None, "massive": disruption, "control": replace(disruption, control=control)}
@@ -367,7 +394,16 @@ def ablate(
         name: {k: (int(s.loc[name, k]) if k == "n" else float(s.loc[name, k])) for k in keep if k in s.columns}
         for name in conds
     }
-    return res | {
-        "model": lm.info.name, "task": task, "kind": t.kind, "condition": disruption.label(),
-        "control_kind": control, "seed": seed,
+    res |= {
+        "model": lm.info.name, "task": task, "task_config": t.config(), "kind": t.kind,
+        "condition": disruption.label(), "control_kind": control, "seed": seed,
     }
+    if out is not None:
+        config = {"model": lm.info.name, "task": task, "task_config": t.config(), "n": n, "seed": seed,
+                  "disruption": disruption.to_dict(), "control": control, "batch_size": batch_size}
+        with atomic_run_dir(out, "ablate", overwrite=overwrite) as tmp:
+            write_json(tmp / "ablate.json", res)
+            df.to_parquet(tmp / "examples.parquet", index=False)
+            df.to_csv(tmp / "examples.csv", index=False)
+            write_json(tmp / "manifest.json", manifest(config, model_info=lm.info_dict(), seed=seed))
+    return res

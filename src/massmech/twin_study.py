@@ -37,7 +37,7 @@ from massmech.frequency import pair_energy
 from massmech.interventions import Disruption, disrupt
 from massmech.models import LoadedModel, wrap
 from massmech.rope import RopeSpec
-from massmech.runs import atomic_run_dir, check_writable, manifest, write_json
+from massmech.runs import atomic_run_dir, check_out, manifest, write_json
 from massmech.twin_data import KINDS, TwinCorpus, eval_set
 from massmech.twin_train import (
     TWINS,
@@ -282,7 +282,7 @@ def run_twins(
         ``{"q", "k", "v"}`` ratios, per-variant final scores, the wavelength table and the
         disruption result.
     """
-    out = check_writable(out)
+    out = check_out(out, "twins", resume=True)
     device = resolve_device(device)
     tok, corpus = prepare(cfg, out)
     logs = train_all(cfg, out, workers=workers, device=device, progress=progress)
@@ -306,7 +306,7 @@ def run_twins(
     }
     tables = {"trajectory": traj, "bands": bands, "scores": scores, "disruption": disruption,
               "wavelength": waves, "train_log": log_table(logs)}
-    with atomic_run_dir(out / "analysis") as tmp:
+    with atomic_run_dir(out / "analysis", "twins-analysis", overwrite=True) as tmp:
         for name, t in tables.items():
             t.to_parquet(tmp / f"{name}.parquet", index=False)
             t.to_csv(tmp / f"{name}.csv", index=False)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from massmech.corpus import CorpusError
-from massmech.runs import check_writable, manifest, write_json
+from massmech.runs import check_out, manifest, open_study_dir, write_json
 from massmech.twin_data import KINDS, TwinCorpus, batch, check_kinds, load_corpus, train_tokenizer
 from massmech.twins import (
     MECHANISMS,
@@ -273,7 +273,7 @@ def prepare(cfg: TwinsConfig, out: str | os.PathLike) -> tuple[Any, TwinCorpus]:
     """
     from transformers import PreTrainedTokenizerFast
 
-    out = check_writable(out)
+    out = check_out(out, "twins", resume=True)  # never a folder massmech did not write
     saved = out / "config.json"
     if saved.is_file():
         old = TwinsConfig.from_dict(json.loads(saved.read_text()))
@@ -301,7 +301,7 @@ def prepare(cfg: TwinsConfig, out: str | os.PathLike) -> tuple[Any, TwinCorpus]:
             f"tokens, more than max_epochs={cfg.max_epochs:g} passes over the {len(corpus.train):,} training "
             "tokens: lower steps/batch_size or raise max_epochs"
         )
-    out.mkdir(parents=True, exist_ok=True)
+    open_study_dir(out, "twins")
     if fresh:
         shutil.copytree(tmp, tok_dir, dirs_exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
