@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from massmech._notebook import html_table, span
 from massmech.models import SITES, STAGES, LoadedModel
 from massmech.rope import RopeSpec
+from massmech.runs import atomic_write
 
 Key = tuple[str, str]  # (site, stage)
 
@@ -145,11 +146,11 @@ class QKVStats:
             "meta": self.meta,
         }
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-        return path
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+                np.savez(fh, **arrays)
+
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QKVStats:
