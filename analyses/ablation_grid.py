@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from massmech.sweeps import preset, run_sweep
+from massmech.studies.ablation import preset, run_sweep
 
 
 def main() -> None:

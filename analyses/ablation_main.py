@@ -18,8 +18,8 @@ import importlib.util
 
 import pandas as pd
 
-from massmech.sweeps import preset, run_sweep
-from massmech.tasks import TASKS
+from massmech.causal.tasks.builtin import TASKS
+from massmech.studies.ablation import preset, run_sweep
 
 
 def main() -> None:

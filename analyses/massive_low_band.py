@@ -12,7 +12,7 @@ import argparse
 
 import pandas as pd
 
-from massmech.jobs import AnalyzeConfig, run_analyze
+from massmech.studies.analyze import AnalyzeConfig, run_analyze
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--model", default="smollm2-135m")

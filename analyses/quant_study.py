@@ -1,8 +1,8 @@
 """The quantization study on one model: python analyses/quant_study.py [--model M] [--grid full|core|weights|kv] [--n N].
 
-Runs (or resumes) every variant of the grid (``massmech.quant_study.GRIDS``) into
+Runs (or resumes) every variant of the grid (``massmech.studies.quant.study.GRIDS``) into
 ``runs/quant/<model>`` (``results.parquet``: one row per variant x measure; see
-:func:`massmech.quant_study.run_quant_study`) and prints one row per variant: bits, perplexity,
+:func:`massmech.studies.quant.study.run_quant_study`) and prints one row per variant: bits, perplexity,
 massive-set recall and relative errors, task accuracies. Quantized weights are cached under
 ``~/.cache/massmech/quantized``, so a rerun pays no calibration. ``paper_figures/fig_quant_*.py``
 draw the figures from the same folder.
@@ -14,14 +14,8 @@ import argparse
 
 import pandas as pd
 
-from massmech.quant_study import (
-    DEFAULT_TASKS,
-    GRIDS,
-    STUDY_GRID,
-    run_quant_study,
-    study_config,
-    wide,
-)
+from massmech.studies.quant.config import DEFAULT_TASKS, GRIDS, STUDY_GRID, study_config
+from massmech.studies.quant.study import run_quant_study, wide
 
 
 def main() -> None:

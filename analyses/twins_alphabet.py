@@ -17,10 +17,11 @@ from pathlib import Path
 import pandas as pd
 from transformers import PreTrainedTokenizerFast
 
-from massmech.twin_data import load_corpus
-from massmech.twin_study import eval_sets, row_values, score
-from massmech.twin_train import TwinsConfig, Variant, checkpoint_dirs, preset, train_all
-from massmech.twins import load_twin
+from massmech.studies.twins.config import TwinsConfig, Variant, preset
+from massmech.studies.twins.data import load_corpus
+from massmech.studies.twins.model import load_twin
+from massmech.studies.twins.study import eval_sets, row_values, score
+from massmech.studies.twins.train import checkpoint_dirs, train_all
 
 
 def train_rope(cfg_json: str, out: str) -> None:

@@ -11,8 +11,8 @@ import os
 
 import pandas as pd
 
-from massmech.twin_study import load_tables, run_twins
-from massmech.twin_train import preset
+from massmech.studies.twins.config import preset
+from massmech.studies.twins.study import load_tables, run_twins
 
 
 def md(df: pd.DataFrame, floatfmt: str = ".2f") -> str:

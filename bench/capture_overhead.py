@@ -31,7 +31,8 @@ import time
 import torch  # noqa: E402
 
 import massmech as mm  # noqa: E402
-from massmech.corpus import bbc_news  # noqa: E402
+from massmech.core.corpus import bbc_news  # noqa: E402
+from massmech.core.sites import SITES  # noqa: E402
 
 
 def _status(field: str) -> int:
@@ -79,7 +80,7 @@ def main() -> None:
         if len(stream) >= need:
             break
     stream_t = torch.tensor(stream[:need])
-    keys = [(s, st) for s in mm.models.SITES for st in model.stages(s)]
+    keys = [(s, st) for s in SITES for st in model.stages(s)]
     names = {model.hook_name(s, st, li)[0] for s, st in keys for li in range(model.info.n_layers)}
 
     def bare(ids):

@@ -3,8 +3,8 @@
 Both comparisons run on the same examples in one process (SmolLM2-135M by default):
 
 1. **Teacher-forced vs generate.** Greedy exact match decided by one teacher-forced forward
-   pass per batch (:func:`massmech.evaluate.evaluate`) against token-by-token greedy
-   generation with a KV cache (:func:`massmech.evaluate.generate_exact`), both batched the same
+   pass per batch (:func:`massmech.causal.evaluate.evaluate`) against token-by-token greedy
+   generation with a KV cache (:func:`massmech.causal.evaluate.generate_exact`), both batched the same
    way, under the baseline and a massive-value disruption. Budgets: ``0`` generates only as
    many new tokens as the longest gold answer of its batch, the cheapest generation that can
    decide the verdict (the reported one); ``N`` runs a fixed budget, as generate-then-parse
@@ -31,9 +31,9 @@ import time
 import torch
 
 import massmech as mm
-from massmech.evaluate import evaluate, generate_exact
-from massmech.interventions import Disruption
-from massmech.tasks import get_task
+from massmech.causal.disruption import Disruption
+from massmech.causal.evaluate import evaluate, generate_exact
+from massmech.causal.tasks.builtin import get_task
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

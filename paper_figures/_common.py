@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 import massmech as mm
-from massmech.corpus import default_corpus
-from massmech.jobs import default_layers
+from massmech.core.corpus import default_corpus
+from massmech.studies.analyze import default_layers
 
 N_TOKENS, SEQ_LEN = 4096, 512
 
@@ -63,9 +63,9 @@ SWEEPS = Path("runs/sweeps")  # shared with analyses/ablation_*.py: finished cel
 
 
 def sweep_table(preset: str, spec: str):
-    """Results of a preset ablation sweep (massmech.sweeps.preset) on one model; resumable."""
-    from massmech.sweeps import preset as make
-    from massmech.sweeps import run_sweep
+    """Results of a preset ablation sweep (massmech.studies.ablation.preset) on one model; resumable."""
+    from massmech.studies.ablation import preset as make
+    from massmech.studies.ablation import run_sweep
 
     return run_sweep(make(preset, (spec,)), SWEEPS / preset, cells=SWEEPS / "cells")
 
@@ -82,8 +82,8 @@ def twins_tables():
     """Tables of the demo twins study; trains and analyses it first if absent (about 15 min on 2 cores)."""
     import os
 
-    from massmech.twin_study import load_tables, run_twins
-    from massmech.twin_train import preset
+    from massmech.studies.twins.config import preset
+    from massmech.studies.twins.study import load_tables, run_twins
 
     try:
         return load_tables(TWINS)
@@ -103,7 +103,8 @@ QUANT = Path("runs/quant")  # shared with analyses/quant_study.py: finished vari
 
 
 def quant_table(spec: str):
-    """The quantization study of one model (its grid in massmech.quant_study.STUDY_GRID); resumable."""
-    from massmech.quant_study import STUDY_GRID, run_quant_study, study_config
+    """The quantization study of one model (its grid in massmech.studies.quant.study.STUDY_GRID); resumable."""
+    from massmech.studies.quant.config import STUDY_GRID, study_config
+    from massmech.studies.quant.study import run_quant_study
 
     return run_quant_study(study_config(spec, STUDY_GRID.get(spec, "full")), QUANT / spec)

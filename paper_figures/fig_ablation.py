@@ -10,7 +10,7 @@ from massmech import plotting
 def build(spec: str, out: Path) -> Path:
     path = out / f"ablation_{spec}"
     plotting.ablation_bars(sweep_table("main", spec), out=path)
-    plotting.plt.close("all")
+    plotting.close_all()
     return path
 
 

@@ -10,7 +10,7 @@ from massmech import plotting
 def build(spec: str, out: Path) -> Path:
     path = out / f"ablation_layers_{spec}"
     plotting.ablation_layers(sweep_table("layers", spec), out=path)
-    plotting.plt.close("all")
+    plotting.close_all()
     return path
 
 

@@ -14,7 +14,7 @@ def build(spec: str, out: Path) -> Path:
     a = analysis(spec)
     path = out / f"bars3d_{spec}"
     plotting.qk_head_bars(a.model, torch.tensor([a.windows[0][:TOKENS]]), layer=LAYER, kv_head=KV_HEAD, out=path)
-    plotting.plt.close("all")
+    plotting.close_all()
     return path
 
 

@@ -10,7 +10,7 @@ from massmech import plotting
 def build(spec: str, out: Path) -> Path:
     path = out / f"emergence_{spec}"
     plotting.emergence(analysis(spec).freq, out=path)
-    plotting.plt.close("all")
+    plotting.close_all()
     return path
 
 

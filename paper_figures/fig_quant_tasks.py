@@ -10,7 +10,7 @@ from massmech import plotting
 def build(spec: str, out: Path) -> Path:
     path = out / f"quant_tasks_{spec}"
     plotting.quant_tasks(quant_table(spec), out=path)
-    plotting.plt.close("all")
+    plotting.close_all()
     return path
 
 

@@ -11,7 +11,7 @@ def build(spec: str, out: Path) -> Path:
     a = analysis(spec)
     path = out / f"spectrum_{spec}"
     plotting.spectrum(a.freq, layers_for(a.model), out=path)
-    plotting.plt.close("all")
+    plotting.close_all()
     return path
 
 

@@ -12,7 +12,7 @@ TABLE = "bands"
 def build(out: Path) -> Path:
     path = out / "twins_bands"
     plotting.twins_bands(twins_tables()[TABLE], out=path)
-    plotting.plt.close("all")
+    plotting.close_all()
     return path
 
 

@@ -12,7 +12,7 @@ TABLE = "disruption"
 def build(out: Path) -> Path:
     path = out / "twins_disruption"
     plotting.twins_disruption(twins_tables()[TABLE], out=path)
-    plotting.plt.close("all")
+    plotting.close_all()
     return path
 
 

@@ -12,7 +12,7 @@ TABLE = "trajectory"
 def build(out: Path) -> Path:
     path = out / "twins_trajectory"
     plotting.twins_trajectory(twins_tables()[TABLE], out=path)
-    plotting.plt.close("all")
+    plotting.close_all()
     return path
 
 

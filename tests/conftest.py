@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import pkgutil
 
 import pytest
 from jaxtyping import install_import_hook
@@ -11,7 +13,12 @@ from jaxtyping import install_import_hook
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 with install_import_hook("massmech", "_typecheck.typechecker"):
-    import massmech  # noqa: F401  (imported under the hook so annotations are enforced)
+    # massmech imports lazily: import every module here, under the hook, so annotations are enforced.
+    import massmech
+
+    for _mod in pkgutil.walk_packages(massmech.__path__, "massmech."):
+        if not _mod.name.endswith(("__main__", "_worker")):
+            importlib.import_module(_mod.name)
 
 from massmech import load_model  # noqa: E402
 

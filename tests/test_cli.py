@@ -5,7 +5,7 @@ import pytest
 
 import massmech as mm
 from massmech.cli import main
-from massmech.jobs import AnalyzeConfig
+from massmech.studies.analyze import AnalyzeConfig
 
 
 def test_doctor_json_on_tiny(capsys):
@@ -58,7 +58,7 @@ def test_analyze_bad_input_leaves_nothing(tmp_path, capsys):
     assert "no rotary position embedding" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
     # parameters of the frequency analysis are checked before the capture, too
-    from massmech.jobs import run_analyze
+    from massmech.studies.analyze import run_analyze
 
     with pytest.raises(ValueError, match="n_bands"):
         run_analyze(AnalyzeConfig(model="tiny-llama", n_bands=99), out)

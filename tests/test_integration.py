@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import massmech as mm
-from massmech.corpus import bbc_news, default_corpus
-from massmech.doctor import doctor
+from massmech.core.corpus import bbc_news, default_corpus
+from massmech.diagnostics.doctor import doctor
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +107,7 @@ def test_gemma3_capture(gemma3):
 
 
 def test_analyze_json_on_smollm2(smollm2, tmp_path):
-    from massmech.jobs import AnalyzeConfig, run_analyze
+    from massmech.studies.analyze import AnalyzeConfig, run_analyze
 
     summary = run_analyze(AnalyzeConfig(n_tokens=1024), tmp_path / "run", model=smollm2, progress=False)
     # Measured at 4,096 tokens: low-band (wavelength > 512) energy Q 82%, K 81%, V 59% (= the
@@ -150,7 +150,8 @@ def test_smollm2_ablate_controls_replace_as_many_dims(smollm2):
 
 def test_smollm2_base_is_q4_1_so_a_q4_1_round_trip_is_a_no_op(smollm2):
     """The embedded SmolLM2 is itself Q4_1: the study says so and flags the no-op round trip."""
-    from massmech.quant_study import QuantSpec, _same_as_base, base_format, compute_weights
+    from massmech.studies.quant.config import QuantSpec
+    from massmech.studies.quant.variants import _same_as_base, base_format, compute_weights
 
     base = base_format(smollm2)
     assert base == "GGUF Q4_1 100% (q/k: Q4_1)"
@@ -170,7 +171,7 @@ def test_gguf_conversion_cache_is_exact_and_reused(tmp_path, monkeypatch):
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from massmech import models
+    from massmech.core import loading as models
 
     monkeypatch.setenv("MASSMECH_CACHE", str(tmp_path))
     models.load_hf("smollm2-135m")  # cold: converts

@@ -1,86 +1,108 @@
 """massmech: massive values in the queries and keys of RoPE self-attention.
 
-Data flows one way: a model (:func:`load_model`) -> captured statistics (:func:`capture_stats`)
--> analysis tables (:func:`detect_massive`, :func:`frequency_analysis`) -> figures
-(:mod:`massmech.plotting`). Causal tests: a :class:`Disruption` (massive Q/K values replaced by
-their mean, or a control) scored on the task suite (:func:`get_task`, :func:`evaluate`),
-swept over grids by :func:`run_sweep`. Controlled twins (:func:`run_twins`, :mod:`massmech.twins`):
-small models trained from the same weights on the same data, differing only in RoPE / learned
-absolute positions / NoPE. Quantization (:func:`run_quant_study`, :class:`QuantSpec`): which
-quantizers keep the massive values, and what that does to contextual vs parametric tasks.
+Data flows one way, and the subpackages follow it (imports point down only):
+
+* :mod:`massmech.core` — measurement: loading (:func:`load_model`, :func:`wrap`), RoPE read from
+  the model (:class:`RopeSpec`), streaming capture (:func:`capture_stats`), detection
+  (:func:`detect_massive`), frequency analysis (:func:`frequency_analysis`), corpora.
+* :mod:`massmech.diagnostics` — :func:`verify_rope`, ``doctor``.
+* :mod:`massmech.causal` — disruptions (:class:`Disruption`, :func:`disrupt`), tasks
+  (:func:`get_task`), scoring (:func:`evaluate`).
+* :mod:`massmech.infra` — atomic writes, run folders and manifests, the cell store, the study
+  protocol, presets.
+* :mod:`massmech.studies` — analyze, ablation sweeps (:func:`run_sweep`), quantization
+  (:func:`run_quant_study`), controlled twins (:func:`run_twins`), comparisons (:func:`compare`).
+* :mod:`massmech.report` — figures (``massmech.plotting``) and tables.
+* :mod:`massmech.cli` — the ``massmech`` command.
+
+Every public name is imported lazily (PEP 562): ``import massmech`` costs almost nothing, and
+``from massmech import frequency_analysis`` loads only what that function needs.
 
 Reference: Jin et al., "Massive Values in Self-Attention Modules are the Key to Contextual
 Knowledge Understanding", ICML 2025 (arXiv 2502.01563).
+
+>>> import massmech
+>>> massmech.RopeSpec.__module__
+'massmech.core.rope'
 """
 
-from massmech.capture import CaptureError, QKVStats, capture_stats
-from massmech.compare import Comparison, compare
-from massmech.detect import detect_massive
-from massmech.evaluate import evaluate, generate_exact, summarize
-from massmech.frequency import FrequencyAnalysis, frequency_analysis
-from massmech.interventions import (
-    Disruption,
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from massmech import _compat
+from massmech.errors import (
+    CaptureError,
     DisruptionError,
-    Intervention,
-    NoOpDisruptionError,
-    disrupt,
-)
-from massmech.models import (
-    DEFAULT_MODEL,
-    LoadedModel,
-    ModelInfo,
+    MassmechError,
     ModelLoadError,
-    available_models,
-    load_model,
-    wrap,
+    NoOpDisruptionError,
+    RopeError,
+    RunDirError,
+    TaskError,
 )
-from massmech.quant_study import QuantSpec, QuantStudyConfig, run_quant_study
-from massmech.rope import RopeError, RopeReport, RopeSpec, verify_rope
-from massmech.sweeps import SweepConfig, ablate, run_sweep
-from massmech.tasks import Example, Task, TaskError, get_task
-from massmech.twin_study import run_twins
-from massmech.twin_train import TwinsConfig
 
 __version__ = "0.1.0"
 
+_LAZY = {  # public name -> module that defines it
+    "DEFAULT_MODEL": "massmech.core.catalog",
+    "available_models": "massmech.core.catalog",
+    "load_model": "massmech.core.loading",
+    "LoadedModel": "massmech.core.models",
+    "ModelInfo": "massmech.core.models",
+    "wrap": "massmech.core.models",
+    "RopeSpec": "massmech.core.rope",
+    "QKVStats": "massmech.core.capture",
+    "capture_stats": "massmech.core.capture",
+    "detect_massive": "massmech.core.detect",
+    "FrequencyAnalysis": "massmech.core.frequency",
+    "frequency_analysis": "massmech.core.frequency",
+    "RopeReport": "massmech.diagnostics.verify_rope",
+    "verify_rope": "massmech.diagnostics.verify_rope",
+    "Disruption": "massmech.causal.disruption",
+    "Intervention": "massmech.causal.intervention",
+    "disrupt": "massmech.causal.intervention",
+    "Example": "massmech.causal.tasks.base",
+    "Task": "massmech.causal.tasks.base",
+    "get_task": "massmech.causal.tasks.builtin",
+    "evaluate": "massmech.causal.evaluate",
+    "generate_exact": "massmech.causal.evaluate",
+    "summarize": "massmech.causal.evaluate",
+    "SweepConfig": "massmech.studies.ablation",
+    "ablate": "massmech.studies.ablation",
+    "run_sweep": "massmech.studies.ablation",
+    "QuantSpec": "massmech.studies.quant.config",
+    "QuantStudyConfig": "massmech.studies.quant.config",
+    "run_quant_study": "massmech.studies.quant.study",
+    "TwinsConfig": "massmech.studies.twins.config",
+    "run_twins": "massmech.studies.twins.study",
+    "Comparison": "massmech.studies.compare",
+    "compare": "massmech.studies.compare",
+}
+_SUBMODULES = {"plotting": "massmech.report.plotting"}
+
 __all__ = [
-    "DEFAULT_MODEL",
-    "CaptureError",
-    "Comparison",
-    "Disruption",
-    "DisruptionError",
-    "Example",
-    "Intervention",
-    "NoOpDisruptionError",
-    "QuantSpec",
-    "QuantStudyConfig",
-    "SweepConfig",
-    "Task",
-    "TaskError",
-    "TwinsConfig",
-    "ablate",
-    "compare",
-    "disrupt",
-    "evaluate",
-    "generate_exact",
-    "get_task",
-    "run_quant_study",
-    "run_sweep",
-    "run_twins",
-    "summarize",
-    "FrequencyAnalysis",
-    "LoadedModel",
-    "ModelInfo",
-    "ModelLoadError",
-    "QKVStats",
-    "RopeError",
-    "RopeReport",
-    "RopeSpec",
-    "available_models",
-    "capture_stats",
-    "detect_massive",
-    "frequency_analysis",
-    "load_model",
-    "verify_rope",
-    "wrap",
+    "CaptureError", "DisruptionError", "MassmechError", "ModelLoadError", "NoOpDisruptionError",
+    "RopeError", "RunDirError", "TaskError", *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(_SUBMODULES[name])
+    elif name in _compat.OLD_MODULES:
+        value = importlib.import_module(f"massmech.{name}")
+    else:
+        raise AttributeError(f"module 'massmech' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})
+
+
+_compat.install()

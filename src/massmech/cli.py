@@ -1,4 +1,4 @@
-"""Command line: ``massmech doctor | analyze | compare | ablate | twins | quantize | models``.
+"""Command line: ``massmech doctor | analyze | compare | ablate | twins | quantize | cells | models``.
 
 A thin layer over the library runners. Every flag has help text and shows its default.
 """
@@ -12,11 +12,12 @@ import json
 import sys
 import warnings
 
-from massmech.models import DEFAULT_MODEL, DTYPES, model_catalog
+from massmech.core.catalog import DEFAULT_MODEL, DTYPE_NAMES, model_catalog
+from massmech.errors import ConfigError, MassmechError
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from massmech.doctor import doctor
+    from massmech.diagnostics.doctor import doctor
 
     verdict = doctor(args.model, dtype=args.dtype, device=args.device)
     if args.json:
@@ -38,7 +39,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from massmech.jobs import AnalyzeConfig, run_analyze
+    from massmech.studies.analyze import AnalyzeConfig, run_analyze
 
     cfg = AnalyzeConfig(
         model=args.model,
@@ -80,7 +81,7 @@ def _task_params(items: list[str] | None) -> dict:
     for item in items or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--task-param takes NAME=VALUE, got {item!r}")
+            raise ConfigError(f"--task-param takes NAME=VALUE, got {item!r}")
         try:
             params[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -89,16 +90,16 @@ def _task_params(items: list[str] | None) -> dict:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from massmech.interventions import Disruption
-    from massmech.runs import check_out
-    from massmech.sweeps import ablate, layer_range
-    from massmech.tasks import get_task
+    from massmech.causal.disruption import Disruption
+    from massmech.causal.tasks.builtin import get_task
+    from massmech.infra.runs import check_out
+    from massmech.studies.ablation import ablate, layer_range
 
     params = _task_params(args.task_param)
     get_task(args.task, **params).examples(args.n, args.seed)  # bad task or n: fail before loading a model
     if args.out:
         check_out(args.out, "ablate", overwrite=args.overwrite)
-    from massmech.models import load_model
+    from massmech.core.loading import load_model
 
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     layers = layer_range(args.disrupt_layers, model.info.n_layers)
@@ -123,8 +124,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_twins(args: argparse.Namespace) -> int:
     import os
 
-    from massmech.twin_study import run_twins
-    from massmech.twin_train import preset
+    from massmech.studies.twins.config import preset
+    from massmech.studies.twins.study import run_twins
 
     cfg = preset(args.preset)
     if args.steps is not None:
@@ -161,13 +162,8 @@ def _group_size(text: str) -> int | None | str:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     import tempfile
 
-    from massmech.quant_study import (
-        DEFAULT_TASKS,
-        QuantSpec,
-        QuantStudyConfig,
-        run_quant_study,
-        summary_json,
-    )
+    from massmech.studies.quant.config import DEFAULT_TASKS, QuantSpec, QuantStudyConfig
+    from massmech.studies.quant.study import run_quant_study, summary_json
 
     spec = QuantSpec.of(args.method, args.bits, args.group_size, args.alpha)
     tasks = tuple(t for t in (args.tasks.split(",") if args.tasks else DEFAULT_TASKS) if t)
@@ -191,7 +187,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from massmech.compare import compare
+    from massmech.studies.compare import compare
 
     labels = args.labels.split(",") if args.labels else None
     result = compare(*args.runs, labels=labels, out=args.out, overwrite=args.overwrite)
@@ -202,6 +198,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(table.to_string(index=False))
     if args.out:
         print(f"-> {args.out}")
+    return 0
+
+
+def _cmd_cells(args: argparse.Namespace) -> int:
+    from massmech.infra.cells import gc, list_cells
+
+    if args.action == "ls":
+        table = list_cells(args.store)
+        if args.json:
+            print(table.to_json(orient="records"))
+        elif table.empty:
+            print(f"{args.store}: no cells")
+        else:
+            counts = table.groupby(["study", "version", "current"]).size().rename("cells").reset_index()
+            print(counts.to_string(index=False))
+        return 0
+    gone = gc(args.store, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(gone)} stale cell folders" + "".join(f"\n  {p}" for p in gone))
     return 0
 
 
@@ -233,7 +248,7 @@ class _HELP(argparse.HelpFormatter):
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
                    help="embedded name (see `massmech models`), .gguf path, local folder or hub id")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weight dtype")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPE_NAMES), help="weight dtype")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
 
 
@@ -286,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ablate", help="baseline vs massive-disrupted vs control accuracy on one task",
                        formatter_class=_HELP)
     _model_flags(a)
-    a.add_argument("--task", required=True, help="task name (see massmech.tasks.TASKS)")
+    a.add_argument("--task", required=True, help="task name (see massmech.causal.tasks.builtin.TASKS)")
     a.add_argument("--task-param", action="append", metavar="NAME=VALUE",
                    help="task parameter, repeatable, e.g. --task-param filler_repeats=2")
     a.add_argument("--n", type=int, default=100, help="examples")
@@ -336,6 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print JSON: massive_recall, perplexity, tasks, preservation, ...")
     q.set_defaults(func=_cmd_quantize)
 
+    s = sub.add_parser("cells", help="list a cell store, or remove its stale cells (older schema versions)",
+                       formatter_class=_HELP)
+    s.add_argument("action", choices=["ls", "gc"], help="ls: cells per study and version; gc: remove stale cells")
+    s.add_argument("store", metavar="DIR", help="a cell store, e.g. RUN/cells or a shared --cells folder")
+    s.add_argument("--dry-run", action="store_true", help="gc: only say what would be removed")
+    s.add_argument("--json", action="store_true", help="ls: one JSON record per cell")
+    s.set_defaults(func=_cmd_cells)
+
     m = sub.add_parser("models", help="the models known by name: installed, extra, random init, size",
                        formatter_class=_HELP)
     m.add_argument("--json", action="store_true", help="print JSON records")
@@ -351,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 warnings.filterwarnings("ignore", category=FutureWarning)
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
             return int(args.func(args) or 0)
-    except (ValueError, RuntimeError, OSError, TypeError, IndexError, KeyError, ImportError) as err:
+    except MassmechError as err:  # anything else is a bug: its traceback is shown
         if args.debug:
             raise
         print(f"massmech {args.command}: error: {err}", file=sys.stderr)

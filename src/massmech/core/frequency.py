@@ -1,0 +1,359 @@
+"""Frequency analysis: where in the RoPE spectrum Q/K energy sits, layer by layer.
+
+Energy here is the sum of squares over tokens (``M**2``). A *pair* is the two dims RoPE rotates
+together; its energy is invariant under the rotation, so pre- and post-RoPE agree per pair (not
+per dim). V is never rotated: it is grouped into the same dim pairs as Q/K and serves as the
+built-in control (no RoPE, so no reason to concentrate in any band).
+
+Two band schemes:
+
+* **context bands** (relative to the analysed context length ``C``): ``low`` = pairs whose
+  wavelength exceeds ``C`` (they never complete a turn inside the window, so they cannot tell
+  positions apart by phase and can carry content), ``high`` = pairs that turn at least
+  ``fast_turns`` times inside the window (wavelength <= ``C / fast_turns``), ``mid`` = between.
+* **equal-count bands**: the pairs split into ``n_bands`` groups of (nearly) equal size by
+  frequency (``high`` ... ``low``), comparable across models of different bases.
+
+Concentration metrics per (site, stage, layer): ``low_band_energy_fraction`` (context band),
+``low_half_energy_fraction`` (slowest half of the pairs: ``pair >= n_pairs // 2``),
+``effective_pairs`` (participation ratio of the pair energies, averaged over heads; ``n_pairs``
+= uniform, 1 = one pair), and the share of massive dims in the low band (dims outside the
+rotary part, with partial rotary, are in no band). The *emergence layer* is the first layer whose
+low-half energy fraction reaches ``emergence_threshold``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from massmech._notebook import html_table
+from massmech.core.capture import QKVStats, grid_frame
+from massmech.core.detect import detect_massive
+from massmech.core.rope import RopeSpec
+from massmech.errors import AnalysisError, RopeError, RunNotFoundError
+from massmech.infra.io import write_json
+from massmech.infra.runs import atomic_run_dir
+
+_BAND_NAMES = {
+    2: ("high", "low"),
+    3: ("high", "mid", "low"),
+    4: ("high", "mid-high", "mid-low", "low"),
+}
+
+
+def context_bands(spec: RopeSpec, layer: int, context_len: int, fast_turns: float = 8.0) -> np.ndarray:
+    """Band of each pair relative to a context length: ``"high"``, ``"mid"`` or ``"low"``.
+
+    Args:
+        spec: RoPE spec.
+        layer: Layer (bases can differ per layer).
+        context_len: Tokens in the analysed context.
+        fast_turns: Pairs completing at least this many turns in the context are ``high``.
+    """
+    if context_len < 2:
+        raise AnalysisError(f"context_len must be >= 2, got {context_len}")
+    if fast_turns <= 1:
+        raise AnalysisError(f"fast_turns must be > 1, got {fast_turns}")
+    wl = spec.wavelengths(layer)
+    return np.where(wl > context_len, "low", np.where(wl <= context_len / fast_turns, "high", "mid"))
+
+
+def equal_count_bands(n_pairs: int, n_bands: int = 3) -> np.ndarray:
+    """Band of each pair when the pairs are split into ``n_bands`` equal-count groups (pair 0 fastest)."""
+    if not 2 <= n_bands <= n_pairs:
+        raise AnalysisError(f"n_bands must be in [2, n_pairs={n_pairs}], got {n_bands}")
+    names = _BAND_NAMES.get(n_bands, tuple(f"band{i}" for i in range(n_bands)))
+    idx = (np.arange(n_pairs) * n_bands) // n_pairs
+    return np.asarray(names, dtype=object)[idx]
+
+
+def check_params(
+    n_pairs: int, *, n_bands: int = 3, fast_turns: float = 8.0, emergence_threshold: float = 0.75
+) -> None:
+    """Validate frequency-analysis parameters (cheap; call before any expensive work)."""
+    if not 2 <= n_bands <= n_pairs:
+        raise AnalysisError(f"n_bands must be in [2, n_pairs={n_pairs}], got {n_bands}")
+    if fast_turns <= 1:
+        raise AnalysisError(f"fast_turns must be > 1, got {fast_turns}")
+    if not 0 < emergence_threshold <= 1:
+        raise AnalysisError(f"emergence_threshold must be in (0, 1], got {emergence_threshold}")
+
+
+def pair_energy(stats: QKVStats) -> pd.DataFrame:
+    """Energy per RoPE pair: one row per (site, stage, layer, head, pair).
+
+    Columns: ``site, stage, layer, head, pair, energy, share`` (the pair's share of the head's
+    rotary energy, i.e. of its rotated dims), ``frequency``, ``wavelength``. V is grouped into
+    the same dim pairs (control).
+
+    Raises:
+        RopeError: The statistics come from a model without RoPE.
+    """
+    spec = _spec(stats)
+    idx = spec.pair_index()  # [n_pairs, 2]
+    frames = []
+    for site, stage in stats.keys():
+        e = stats.sumsq[(site, stage)][..., idx].sum(-1)  # [layer, head, n_pairs]
+        share = e / e.sum(-1, keepdim=True).clamp_min(1e-300)
+        freq = np.stack([spec.frequencies(layer) for layer in stats.layers])[:, None, :]
+        freq = freq.repeat(e.shape[1], 1)  # [layer, head, n_pairs]
+        frames.append(
+            grid_frame(
+                site, stage, stats.layers, "pair",
+                {"energy": e, "share": share, "frequency": freq, "wavelength": 2 * np.pi / freq},
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def dim_energy(stats: QKVStats) -> pd.DataFrame:
+    """Energy per dim: one row per (site, stage, layer, head, dim), with the dim's pair."""
+    spec = _spec(stats)
+    frame = stats.to_frame()[["site", "stage", "layer", "head", "dim", "M"]]
+    frame = frame.assign(energy=frame.M**2, pair=spec.dim_to_pair()[frame.dim.to_numpy()])
+    return frame.drop(columns="M")
+
+
+def _spec(stats: QKVStats) -> RopeSpec:
+    if stats.rope is None:
+        raise RopeError(
+            f"{stats.model} has no RoPE: frequency bands are undefined. Per-dim statistics and "
+            "detect_massive still work."
+        )
+    if not stats.keys():
+        raise AnalysisError("empty statistics: nothing was captured")
+    return stats.rope
+
+
+FORMAT_VERSION = 1
+_TABLES = ("pairs", "layers", "massive")
+
+
+@dataclass(frozen=True, repr=False)
+class FrequencyAnalysis:
+    """Output of :func:`frequency_analysis`.
+
+    Attributes:
+        pairs: Per (site, stage, layer, head, pair): energy, share, frequency, wavelength,
+            ``context_band``, ``count_band``.
+        layers: Per (site, stage, layer): the concentration metrics (see module doc).
+        massive: The massive dims (:func:`~massmech.detect_massive` at ``lam``).
+        summary: Per ``"site.stage"``: headline numbers (JSON-ready).
+        params: The parameters used (context_len, fast_turns, n_bands, lam, threshold).
+    """
+
+    pairs: pd.DataFrame
+    layers: pd.DataFrame
+    massive: pd.DataFrame
+    summary: dict
+    params: dict = field(default_factory=dict)
+
+    def _fields(self) -> dict[str, object]:
+        keys = list(self.summary)
+        p = self.params
+        return {
+            "sites": ",".join(keys[:6]) + (",..." if len(keys) > 6 else ""),
+            "layers": self.layers.layer.nunique() if "layer" in self.layers else 0,
+            "pairs": self.pairs.pair.nunique() if "pair" in self.pairs else 0,
+            "context_len": p.get("context_len"),
+            "lam": f"{p['lam']:g}" if "lam" in p else None,
+            "massive": len(self.massive),
+        }
+
+    def __repr__(self) -> str:
+        return "FrequencyAnalysis(" + ", ".join(f"{k}={v}" for k, v in self._fields().items()) + ")"
+
+    def _repr_html_(self) -> str:
+        table = pd.DataFrame(self.summary).T.to_html(float_format=lambda x: f"{x:.3g}", na_rep="-")
+        return html_table("FrequencyAnalysis", self._fields(), extra=table)
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write to a folder: ``pairs``, ``layers``, ``massive`` (parquet) and ``frequency.json``.
+
+        The folder is built in a temporary sibling and moved into place whole.
+
+        Args:
+            path: The folder; new, empty, or (with ``overwrite``) a previous save.
+            overwrite: Replace a previous save (a folder with ``frequency.json`` holding nothing
+                else massmech did not write).
+
+        Returns:
+            ``path``.
+
+        Raises:
+            RunDirError: ``path`` is a file, a non-empty folder that is not a previous save,
+                or a previous save while ``overwrite`` is off.
+
+        Example:
+            >>> import tempfile, massmech as mm
+            >>> model = mm.load_model("tiny-llama")
+            >>> fa = mm.frequency_analysis(mm.capture_stats(model, ["some text"], progress=False), context_len=64)
+            >>> folder = fa.save(tempfile.mkdtemp() + "/fa")
+            >>> sorted(p.name for p in folder.iterdir())
+            ['frequency.json', 'layers.parquet', 'manifest.json', 'massive.parquet', 'pairs.parquet']
+            >>> mm.FrequencyAnalysis.load(folder).summary == fa.summary
+            True
+        """
+        with atomic_run_dir(path, "frequency-analysis", overwrite=overwrite) as tmp:
+            for t in _TABLES:
+                getattr(self, t).to_parquet(tmp / f"{t}.parquet", index=False)
+            meta = {"format": "massmech.FrequencyAnalysis", "version": FORMAT_VERSION,
+                    "summary": self.summary, "params": self.params}
+            write_json(tmp / "frequency.json", meta)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> FrequencyAnalysis:
+        """Read a folder written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: ``path`` holds no ``frequency.json`` (for an ``analyze`` run
+                folder use :meth:`from_run`).
+            ValueError: A save of a newer, unknown format version.
+
+        Example:
+            >>> import tempfile, massmech as mm
+            >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), ["some text"], progress=False)
+            >>> folder = mm.frequency_analysis(stats, context_len=64).save(tempfile.mkdtemp() + "/fa")
+            >>> mm.FrequencyAnalysis.load(folder).params["context_len"]
+            64
+        """
+        path = Path(path)
+        if not (path / "frequency.json").is_file():
+            hint = " (an analyze run folder: use FrequencyAnalysis.from_run)" if (path / "summary.json").is_file() else ""
+            raise RunNotFoundError(f"{path} holds no frequency.json: not a FrequencyAnalysis save{hint}")
+        meta = json.loads((path / "frequency.json").read_text())
+        if meta.get("version", 0) > FORMAT_VERSION:
+            raise AnalysisError(f"{path} has format version {meta['version']}; this massmech reads <= {FORMAT_VERSION}")
+        return cls(**_read_tables(path), summary=meta["summary"], params=meta["params"])
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike) -> FrequencyAnalysis:
+        """Rebuild the analysis of an ``analyze`` run folder (``massmech analyze --out``).
+
+        Raises:
+            FileNotFoundError: A table or ``summary.json`` is missing.
+
+        Example:
+            >>> import tempfile, massmech as mm
+            >>> from massmech.studies.analyze import AnalyzeConfig, run_analyze
+            >>> run = tempfile.mkdtemp() + "/run"
+            >>> cfg = AnalyzeConfig(model="tiny-llama", n_tokens=128, seq_len=64, batch_size=2, bars_layer=0)
+            >>> _ = run_analyze(cfg, run, progress=False)
+            >>> mm.FrequencyAnalysis.from_run(run).params["context_len"]
+            64
+        """
+        run_dir = Path(run_dir)
+        if not (run_dir / "summary.json").is_file():
+            raise RunNotFoundError(f"{run_dir} holds no summary.json: not an analyze run folder")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if "by_stage" not in summary:
+            raise AnalysisError(f"{run_dir}/summary.json has no 'by_stage': not an analyze run")
+        params = summary.get("params") or {"context_len": summary.get("context_len")}
+        return cls(**_read_tables(run_dir), summary=summary["by_stage"], params=params)
+
+
+def _read_tables(folder: Path) -> dict[str, pd.DataFrame]:
+    missing = [f"{t}.parquet" for t in _TABLES if not (folder / f"{t}.parquet").is_file()]
+    if missing:
+        raise RunNotFoundError(f"{folder} lacks {', '.join(missing)}")
+    return {t: pd.read_parquet(folder / f"{t}.parquet") for t in _TABLES}
+
+
+def frequency_analysis(
+    stats: QKVStats,
+    *,
+    context_len: int | None = None,
+    fast_turns: float = 8.0,
+    n_bands: int = 3,
+    lam: float = 5.0,
+    emergence_threshold: float = 0.75,
+) -> FrequencyAnalysis:
+    """Where Q/K energy sits in the RoPE spectrum, per layer, with V as the control.
+
+    Args:
+        stats: Statistics from :func:`massmech.capture_stats` on a RoPE model.
+        context_len: Context length the bands refer to; default the longest captured sequence.
+        fast_turns: Turns inside the context that make a pair ``high`` (context bands).
+        n_bands: Number of equal-count bands.
+        lam: Lambda of the massive-value rule used for the massive-dim shares.
+        emergence_threshold: Low-half energy fraction whose first crossing marks emergence
+            (0.75 = 1.5x the uniform 0.5).
+
+    Returns:
+        :class:`FrequencyAnalysis`.
+
+    Raises:
+        RopeError: No RoPE (GPT-2 etc.): bands are undefined.
+        ValueError: Empty statistics or bad parameters.
+    """
+    spec = _spec(stats)
+    if context_len is None:
+        context_len = int(stats.meta.get("max_len") or 0)
+        if context_len < 2:
+            raise AnalysisError("the statistics do not record a sequence length: pass context_len")
+    check_params(spec.n_pairs, n_bands=n_bands, fast_turns=fast_turns, emergence_threshold=emergence_threshold)
+    pairs = pair_energy(stats)
+    row_of = {layer: i for i, layer in enumerate(stats.layers)}
+    # Context band per (layer, pair); a last column "none" for dims outside the rotary part.
+    ctx_table = np.stack(
+        [np.append(context_bands(spec, layer, context_len, fast_turns), "none") for layer in stats.layers]
+    ).astype(object)
+    pairs["context_band"] = ctx_table[pairs.layer.map(row_of).to_numpy(), pairs.pair.to_numpy()]
+    pairs["count_band"] = equal_count_bands(spec.n_pairs, n_bands)[pairs.pair.to_numpy()]
+    half = spec.n_pairs // 2
+
+    massive = detect_massive(stats, lam=lam)
+    pair = spec.dim_to_pair()[massive.dim.to_numpy()]  # V grouped like Q/K; -1 outside rotary dims
+    hit_band = ctx_table[massive.layer.map(row_of).to_numpy(), np.where(pair >= 0, pair, spec.n_pairs)]
+    hits_all = massive.assign(pair=pair, context_band=hit_band)
+    rows = []
+    for (site, stage, layer), grp in pairs.groupby(["site", "stage", "layer"], sort=False):
+        total = grp.energy.sum()
+        low = grp.context_band == "low"
+        per_head = grp.pivot(index="head", columns="pair", values="energy").to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):  # a head with no energy: NaN
+            pr = np.nanmean(per_head.sum(1) ** 2 / (per_head**2).sum(1)) if per_head.any() else np.nan
+        hits = hits_all[(hits_all.site == site) & (hits_all.stage == stage) & (hits_all.layer == layer)]
+        rows.append(
+            {
+                "site": site,
+                "stage": stage,
+                "layer": layer,
+                "low_band_energy_fraction": grp.energy[low].sum() / total if total > 0 else np.nan,
+                "low_band_pair_fraction": float(np.mean(ctx_table[row_of[layer], :-1] == "low")),
+                "low_half_energy_fraction": grp.energy[grp.pair >= half].sum() / total if total > 0 else np.nan,
+                "effective_pairs": pr,
+                "n_massive": len(hits),
+                "massive_low_band_share": (hits.context_band == "low").mean() if len(hits) else np.nan,
+                "massive_low_half_share": (hits.pair >= half).mean() if len(hits) else np.nan,
+            }
+        )
+    layers = pd.DataFrame(rows)
+    summary = {}
+    for (site, stage), grp in layers.groupby(["site", "stage"], sort=False):
+        sub = pairs[(pairs.site == site) & (pairs.stage == stage)]
+        hits = hits_all[(hits_all.site == site) & (hits_all.stage == stage)]
+        crossed = grp.layer[grp.low_half_energy_fraction >= emergence_threshold]
+        summary[f"{site}.{stage}"] = {
+            "massive_count": len(hits),
+            "low_band_energy_fraction": float(sub.energy[sub.context_band == "low"].sum() / sub.energy.sum()),
+            "low_half_energy_fraction": float(sub.energy[sub.pair >= half].sum() / sub.energy.sum()),
+            "massive_low_band_share": float((hits.context_band == "low").mean()) if len(hits) else None,
+            "effective_pairs": float(grp.effective_pairs.mean()),
+            "emergence_layer": int(crossed.min()) if len(crossed) else None,
+        }
+    params = {
+        "context_len": context_len,
+        "fast_turns": fast_turns,
+        "n_bands": n_bands,
+        "lam": lam,
+        "emergence_threshold": emergence_threshold,
+    }
+    return FrequencyAnalysis(pairs=pairs, layers=layers, massive=massive, summary=summary, params=params)

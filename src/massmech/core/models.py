@@ -1,0 +1,284 @@
+"""A loaded model: TransformerLens bridge + tokenizer + the model's true RoPE spec + metadata.
+
+:class:`LoadedModel` probes its bridge once (which hooks fire, the cos/sin tables RoPE is read
+from, see :mod:`massmech.core.rope`) and maps sites to hooks (:mod:`massmech.core.sites`).
+:func:`wrap` turns a model you built yourself into one; :func:`massmech.load_model` loads by spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from massmech.core.bridge import boot, is_bridge, kv_cache_compat
+from massmech.core.rope import RopeSpec, rope_spec_from_tables
+from massmech.core.sites import SITES, STAGES
+from massmech.errors import ConfigError, HookError, IndexRangeError, InputTypeError, RopeError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Metadata of a loaded model (serialisable with ``dataclasses.asdict``)."""
+
+    name: str
+    source: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    n_ctx: int
+    has_rope: bool
+    qk_norm: bool
+    dtype: str
+    device: str
+
+
+class LoadedModel:
+    """A model ready for capture: bridge + tokenizer + RoPE spec + metadata.
+
+    Build one with :func:`load_model` or :func:`wrap`.
+    """
+
+    def __init__(
+        self, bridge: Any, tokenizer: Any, name: str, source: str, *, spec: str | None = None,
+        load_kwargs: dict | None = None,
+    ) -> None:
+        self.bridge = bridge
+        self.tokenizer = tokenizer
+        self.spec = spec  # what load_model was given (None for wrapped models): doctor reloads it
+        self.load_kwargs = load_kwargs or {}
+        cfg = bridge.cfg
+        has_rope = getattr(cfg, "positional_embedding_type", "") == "rotary"
+        n_layers = int(cfg.n_layers)
+        # One probe forward tells which hooks really fire (some bridges register hooks that
+        # never do, e.g. hook_rot_q on GPT-NeoX) and yields the cos/sin tables RoPE is read from.
+        candidates = [f"blocks.0.attn.hook_{s}" for s in ("q_normed", "rot_q", "rot_k")] + [
+            f"blocks.{li}.attn.hook_{t}" for t in ("cos", "sin") for li in range(n_layers)
+        ]
+        wanted = {hook: hook for hook in candidates if hook in bridge.hook_dict}
+        n_ctx = int(cfg.n_ctx)
+        fired = self.run_hooks(self.probe_tokens(min(64, n_ctx)), wanted, require_all=False)
+        self._qk_norm = "blocks.0.attn.hook_q_normed" in fired
+        self._has_post = {s: f"blocks.0.attn.hook_rot_{s}" in fired for s in ("q", "k")}
+        self._rope: RopeSpec | None = None
+        self._rope_problem = f"{name} has no rotary position embedding (it is not a RoPE model)"
+        if has_rope:
+            tables = [fired.get(f"blocks.{li}.attn.hook_{t}") for t in ("cos", "sin") for li in range(n_layers)]
+            if any(t is None for t in tables):
+                self._rope_problem = (
+                    f"{name} uses RoPE but its TransformerLens bridge exposes no firing "
+                    "hook_cos/hook_sin, so its frequencies cannot be read"
+                )
+            else:
+                # hook_cos is [batch or 1, pos, rotary_dim]; positions 0..n-1 of one sequence.
+                cos = torch.stack([t[0] for t in tables[:n_layers]]).cpu()
+                sin = torch.stack([t[0] for t in tables[n_layers:]]).cpu()
+                if not sin.any() and bool((cos == cos[:, :1, :1]).all()):
+                    # The rotary module rotates by angle 0 everywhere (e.g. the NoPE and
+                    # absolute-position twins of massmech.studies.twins.model): there is no RoPE.
+                    has_rope = False
+                    self._rope_problem = f"{name}'s rotary tables are the identity (no rotation at any position)"
+                else:
+                    self._rope = rope_spec_from_tables(cos, sin, int(cfg.d_head))
+        param = next(bridge.parameters())
+        self.info = ModelInfo(
+            name=name,
+            source=source,
+            architecture=str(getattr(cfg, "architecture", None) or type(bridge).__name__),
+            n_layers=n_layers,
+            n_heads=int(cfg.n_heads),
+            n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+            d_head=int(cfg.d_head),
+            n_ctx=n_ctx,
+            has_rope=has_rope,
+            qk_norm=self._qk_norm,
+            dtype=str(param.dtype).removeprefix("torch."),
+            device=str(param.device),
+        )
+
+    # ----------------------------------------------------------------- RoPE
+    @property
+    def has_rope(self) -> bool:
+        return self.info.has_rope
+
+    @property
+    def rope(self) -> RopeSpec:
+        """The model's true RoPE spec; raises :class:`~massmech.core.rope.RopeError` if it has none."""
+        if self._rope is None:
+            raise RopeError(
+                f"{self._rope_problem}: RoPE pairs, frequencies and bands are undefined. "
+                "Per-dim statistics (capture_stats, detect_massive) still work."
+            )
+        return self._rope
+
+    @property
+    def rope_or_none(self) -> RopeSpec | None:
+        """The RoPE spec, or ``None`` where there is none."""
+        return self._rope
+
+    # ---------------------------------------------------------------- sites
+    def stages(self, site: str) -> tuple[str, ...]:
+        """Stages this model has for a site (``"v"`` has only ``"pre"``)."""
+        if site not in SITES:
+            raise ConfigError(f"unknown site {site!r}; sites are {SITES}")
+        if site == "v" or not self._has_post[site]:
+            return ("pre",)
+        return STAGES
+
+    def hook_name(self, site: str, stage: str, layer: int) -> tuple[str, bool]:
+        """TransformerLens hook for ``(site, stage, layer)`` and whether it is heads-first.
+
+        Returns:
+            ``(name, heads_first)``; ``heads_first`` means layout ``[b, head, pos, d]``.
+        """
+        if stage not in self.stages(site):
+            raise ConfigError(
+                f"{self.info.name} has no stage {stage!r} for site {site!r}; it has {self.stages(site)}"
+                + (" (V is not rotated)" if site == "v" else "")
+            )
+        if not 0 <= layer < self.info.n_layers:
+            raise IndexRangeError(f"layer {layer} out of range: {self.info.name} has {self.info.n_layers}")
+        if stage == "post":
+            return f"blocks.{layer}.attn.hook_rot_{site}", False
+        if site != "v" and self._qk_norm:
+            return f"blocks.{layer}.attn.hook_{site}_normed", True
+        return f"blocks.{layer}.attn.hook_{site}", False
+
+    # --------------------------------------------------------------- tokens
+    def tokenize(self, texts: str | Sequence[str]) -> list[list[int]]:
+        """Token ids per text, with the tokenizer's own special tokens (as plain HF would)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return [list(ids) for ids in self.tokenizer(list(texts), add_special_tokens=True).input_ids]
+
+    def probe_tokens(self, n: int) -> Int[Tensor, "1 n"]:
+        """``n`` fixed, content-free token ids ``[1, n]`` for structural probes."""
+        vocab = int(self.bridge.cfg.d_vocab)
+        ids = (torch.arange(n) * 7919 + 11) % max(vocab - 1, 1)
+        return ids[None].to(next(self.bridge.parameters()).device)
+
+    # -------------------------------------------------------------- forward
+    def run_hooks(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        hooks: dict[Any, str],
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+        *,
+        require_all: bool = True,
+    ) -> dict[Any, Tensor]:
+        """One forward pass that returns copies of the named hook activations.
+
+        Args:
+            tokens: Token ids.
+            hooks: ``key -> hook name``.
+            attention_mask: 1 for real tokens, 0 for padding.
+            require_all: Every hook must fire (default); else return those that did.
+
+        Raises:
+            RuntimeError: A required hook did not fire (names it).
+        """
+        out: dict[Any, Tensor] = {}
+
+        def make(key: Any):
+            def fn(x: Tensor, hook: Any) -> None:
+                out[key] = x.detach().clone()
+
+            return fn
+
+        fwd = [(name, make(key)) for key, name in hooks.items()]
+        with torch.inference_mode(), self.bridge.hooks(fwd_hooks=fwd):
+            self.bridge(tokens, attention_mask=attention_mask, return_type=None)
+        missing = [name for key, name in hooks.items() if key not in out]
+        if missing and require_all:
+            raise HookError(f"hooks did not fire on {self.info.name}: {missing[:8]}")
+        return out
+
+    def run_sites(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        keys: Iterable[tuple[str, str]],
+        layers: Iterable[int] | None = None,
+        attention_mask: Int[Tensor, "batch pos"] | None = None,
+    ) -> dict[tuple[str, str, int], Float[Tensor, "batch pos head d_head"]]:
+        """Activations of ``(site, stage)`` pairs at every layer, as fp32 CPU ``[batch, pos, head, d_head]``.
+
+        For small inputs (checks, tests, figures); use :func:`massmech.capture_stats` for corpora.
+        """
+        layers = range(self.info.n_layers) if layers is None else list(layers)
+        names = {}
+        heads_first = {}
+        for site, stage in keys:
+            for layer in layers:
+                names[(site, stage, layer)], heads_first[(site, stage, layer)] = self.hook_name(
+                    site, stage, layer
+                )
+        device = next(self.bridge.parameters()).device
+        mask = None if attention_mask is None else attention_mask.to(device)
+        acts = self.run_hooks(tokens.to(device), names, mask)
+        return {k: (v.transpose(1, 2) if heads_first[k] else v).float().cpu() for k, v in acts.items()}
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (
+            f"LoadedModel({i.name!r}, {i.architecture}, layers={i.n_layers}, heads={i.n_heads}/"
+            f"{i.n_kv_heads}, d_head={i.d_head}, rope={'yes' if self._rope else 'no'})"
+        )
+
+    def info_dict(self) -> dict:
+        d = asdict(self.info)
+        d["rope"] = self._rope.to_dict() if self._rope else None
+        return d
+
+
+def wrap(model: Any, tokenizer: Any = None, *, name: str | None = None) -> LoadedModel:
+    """Wrap an already-built model.
+
+    **A Hugging Face model is modified in place**: it is put in eval mode, its config gains
+    ``architectures`` if missing, and the TransformerLens bridge wraps its modules (the bridge
+    keeps it as its wrapped original model). Pass ``copy.deepcopy(hf_model)`` to keep the
+    original untouched. A tokenizer built in memory (no folder to re-open it from) works: an
+    equal copy is saved to a temporary folder for the bridge.
+
+    Args:
+        model: A TransformerLens ``TransformerBridge``, or a Hugging Face causal LM (booted into
+            a bridge here, with no hub call).
+        tokenizer: Required for a Hugging Face model; a bridge brings its own.
+        name: Display name (defaults to the model's own).
+
+    Returns:
+        A :class:`LoadedModel`.
+
+    >>> from massmech.core.loading import load_hf
+    >>> hf, tok, _, _ = load_hf("tiny-llama")
+    >>> wrap(hf, tok, name="mine")
+    LoadedModel('mine', LlamaForCausalLM, layers=2, heads=4/2, d_head=16, rope=yes)
+    """
+    kv_cache_compat()
+    if is_bridge(model):
+        nm = name or str(getattr(model.cfg, "model_name", "bridge"))
+        return LoadedModel(model, tokenizer or model.tokenizer, nm, "wrapped bridge")
+    if type(model).__name__ == "HookedTransformer":
+        raise InputTypeError(
+            "massmech needs a TransformerBridge (TransformerLens 4.x removed HookedTransformer): "
+            "boot one with TransformerBridge.boot_transformers(name, hf_model=..., tokenizer=...) "
+            "or pass the Hugging Face model to massmech.wrap(hf_model, tokenizer)"
+        )
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover
+        PreTrainedModel = ()  # type: ignore[assignment]
+    if isinstance(model, PreTrainedModel):
+        if tokenizer is None:
+            raise ConfigError("wrap(hf_model) needs the tokenizer: wrap(hf_model, tokenizer)")
+        nm = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+        return LoadedModel(boot(model, tokenizer, nm), tokenizer, nm, "wrapped HF model")
+    raise InputTypeError(
+        f"cannot wrap a {type(model).__name__}: pass a TransformerBridge or a Hugging Face "
+        "PreTrainedModel (with its tokenizer)"
+    )

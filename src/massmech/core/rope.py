@@ -1,0 +1,253 @@
+"""The rotary position embedding (RoPE) of a model, read from the model itself.
+
+A :class:`RopeSpec` says, for every layer, which dimensions of a head are rotated together
+(a *pair*), at which angular frequency each pair turns (radians per token), and therefore its
+wavelength in tokens. It is never built from ``cfg.rotary_base``: TransformerLens' config can be
+wrong (SmolLM2-135M says 10000, the model uses 100000). Instead it is read from the cos/sin
+tables the model really uses at run time (``blocks.{L}.attn.hook_cos/hook_sin``), which also
+gives per-layer bases (Gemma 3's local and global layers), partial rotary dims and the pairing
+layout for free.
+
+Conventions:
+    * pair ``i`` has frequency ``inv_freq[i]``; pair 0 turns fastest, the last pair slowest
+      ("low-frequency pairs" are the high pair indices);
+    * layout ``"half"`` (HF ``rotate_half``, Llama/Qwen/Gemma/NeoX) pairs dim ``i`` with
+      ``i + rotary_dim/2``; layout ``"adjacent"`` (GPT-J style) pairs ``2i`` with ``2i+1``;
+    * dims ``>= rotary_dim`` are not rotated (partial rotary) and belong to no pair (-1).
+
+:func:`massmech.diagnostics.verify_rope.verify_rope` checks a spec against the rotation the model applies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from massmech._notebook import distinct, html_table
+from massmech.errors import IndexRangeError, RopeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    pass
+
+Layout = Literal["half", "adjacent"]
+
+
+@dataclass(frozen=True, repr=False)
+class RopeSpec:
+    """Per-layer rotary embedding of a model.
+
+    Attributes:
+        d_head: Head dimension.
+        rotary_dim: Number of rotated dims per head (``d_head`` unless partial rotary).
+        layout: ``"half"`` (rotate_half pairing) or ``"adjacent"`` (interleaved pairs).
+        inv_freq: Per layer, the angular frequency of each pair in radians per token,
+            shape ``[n_layers][rotary_dim // 2]``.
+        scaling: Per layer, the amplitude of the cos/sin tables (HF's ``attention_scaling``;
+            1.0 for plain RoPE).
+    """
+
+    d_head: int
+    rotary_dim: int
+    layout: Layout
+    inv_freq: tuple[tuple[float, ...], ...]
+    scaling: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("half", "adjacent"):
+            raise RopeError(f"layout must be 'half' or 'adjacent', got {self.layout!r}")
+        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.d_head:
+            raise RopeError(
+                f"rotary_dim must be even and in (0, d_head={self.d_head}], got {self.rotary_dim}"
+            )
+        if any(len(f) != self.n_pairs for f in self.inv_freq):
+            raise RopeError(f"every layer needs {self.n_pairs} frequencies")
+        if len(self.scaling) != len(self.inv_freq):
+            raise RopeError("scaling needs one entry per layer")
+
+    def _summary(self) -> dict[str, str]:
+        """Bases (one fit per distinct layer) and scaling, as short repr fields."""
+        bases = distinct(fit_base(np.asarray(f), self.rotary_dim) for f in dict.fromkeys(self.inv_freq))
+        out = {"bases": bases} if "," in bases else {"base": bases[1:-1]}
+        if any(x != 1.0 for x in self.scaling):
+            scaling = distinct(self.scaling)
+            out["scaling"] = scaling if "," in scaling else scaling[1:-1]
+        return out
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in self._summary().items())
+        return (
+            f"RopeSpec(d_head={self.d_head}, rotary_dim={self.rotary_dim}, layout={self.layout!r}, "
+            f"layers={self.n_layers}{extra})"
+        )
+
+    def _repr_html_(self) -> str:
+        wl = [2 * math.pi / f for f in (self.inv_freq[0][0], self.inv_freq[0][-1])] if self.n_layers else []
+        rows = {"d_head": self.d_head, "rotary_dim": self.rotary_dim, "pairs": self.n_pairs,
+                "layout": self.layout, "layers": self.n_layers, **self._summary()}
+        if wl:
+            rows["wavelengths (layer 0)"] = f"{wl[0]:.3g} .. {wl[1]:.3g} tokens"
+        return html_table("RopeSpec", rows)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.inv_freq)
+
+    @property
+    def n_pairs(self) -> int:
+        return self.rotary_dim // 2
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise IndexRangeError(f"layer {layer} out of range: the model has {self.n_layers} layers")
+
+    def frequencies(self, layer: int) -> np.ndarray:
+        """Angular frequency of each pair in radians per token, shape ``[n_pairs]``."""
+        self._check_layer(layer)
+        return np.asarray(self.inv_freq[layer], dtype=np.float64)
+
+    def wavelengths(self, layer: int) -> np.ndarray:
+        """Tokens per full turn (``2*pi / frequency``) of each pair, shape ``[n_pairs]``."""
+        return 2 * math.pi / self.frequencies(layer)
+
+    def base(self, layer: int) -> float:
+        """The base ``b`` of the geometric fit ``freq_i = b ** (-2i / rotary_dim)``.
+
+        Exact for plain RoPE; for scaled variants (NTK, YaRN, Llama-3) it is a summary only.
+        """
+        return fit_base(self.frequencies(layer), self.rotary_dim)
+
+    def bases(self) -> list[float]:
+        """:meth:`base` for every layer."""
+        return [self.base(layer) for layer in range(self.n_layers)]
+
+    def pair_dims(self, pair: int) -> tuple[int, int]:
+        """The two dims of a head rotated together as pair ``pair``."""
+        if not 0 <= pair < self.n_pairs:
+            raise IndexRangeError(f"pair {pair} out of range [0, {self.n_pairs})")
+        if self.layout == "half":
+            return pair, pair + self.n_pairs
+        return 2 * pair, 2 * pair + 1
+
+    def dim_to_pair(self) -> np.ndarray:
+        """Pair index of every dim of a head (-1 for dims that are not rotated), ``[d_head]``."""
+        out = np.full(self.d_head, -1, dtype=np.int64)
+        for p in range(self.n_pairs):
+            out[list(self.pair_dims(p))] = p
+        return out
+
+    def pair_index(self) -> Tensor:
+        """Dim indices ``[n_pairs, 2]`` to gather a head's pairs: ``x[..., idx]`` -> ``[..., n_pairs, 2]``."""
+        return torch.tensor([self.pair_dims(p) for p in range(self.n_pairs)], dtype=torch.long)
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (see :meth:`from_dict`)."""
+        return {
+            "d_head": self.d_head,
+            "rotary_dim": self.rotary_dim,
+            "layout": self.layout,
+            "inv_freq": [list(f) for f in self.inv_freq],
+            "scaling": list(self.scaling),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RopeSpec:
+        return cls(
+            d_head=int(d["d_head"]),
+            rotary_dim=int(d["rotary_dim"]),
+            layout=d["layout"],
+            inv_freq=tuple(tuple(float(v) for v in f) for f in d["inv_freq"]),
+            scaling=tuple(float(s) for s in d["scaling"]),
+        )
+
+
+def fit_base(freq: np.ndarray, rotary_dim: int) -> float:
+    """Least-squares base of ``log freq_i = a - (2i / rotary_dim) * log b``; NaN pairs are ignored.
+
+    Returns NaN when fewer than two usable (finite, positive) frequencies remain.
+    """
+    freq = np.asarray(freq, dtype=np.float64)
+    x = 2 * np.arange(len(freq)) / rotary_dim
+    ok = np.isfinite(freq) & (freq > 0)
+    if ok.sum() < 2:
+        return float("nan")
+    slope = np.polyfit(x[ok], np.log(freq[ok]), 1)[0]
+    return float(np.exp(-slope)) if slope < 0 else float("inf")
+
+
+def rope_spec_from_tables(
+    cos: Float[Tensor, "layer pos rot"],
+    sin: Float[Tensor, "layer pos rot"],
+    d_head: int,
+    *,
+    atol: float | None = None,
+) -> RopeSpec:
+    """Recover a :class:`RopeSpec` from the cos/sin tables a model uses at positions 0..pos-1.
+
+    The layout is read from the column pattern (``half`` repeats the frequencies as two blocks,
+    ``adjacent`` repeats each one twice in a row), each pair's frequency is the least-squares
+    slope of its unwrapped angle over the positions (every RoPE frequency is below pi rad/token,
+    so unwrapping is exact), and the table is then checked to be a rotation
+    ``scale * (cos, sin)(p * freq)`` at every position.
+
+    Args:
+        cos: Cosine table per layer, positions 0, 1, ... (at least 2 positions).
+        sin: Sine table, same shape.
+        d_head: Head dimension (to tell partial rotary apart).
+        atol: Tolerance of the rotation check, relative to the table's amplitude; default
+            ``1e-4`` for fp32/fp64 tables and 4 ulps of the tables' dtype for fp16/bf16 (whose
+            frequencies are then only as precise as that dtype: load in fp32 for exact bands).
+
+    Raises:
+        RopeError: The tables are not the tables of a rotary embedding.
+    """
+    if cos.shape != sin.shape or cos.ndim != 3 or cos.shape[1] < 2:
+        raise RopeError(f"need cos/sin tables [layer, pos>=2, rot], got {tuple(cos.shape)}")
+    eps = torch.finfo(cos.dtype).eps
+    if atol is None:
+        atol = max(1e-4, 4 * eps)
+    same_tol = max(1e-7, eps)  # the two copies of a frequency are computed identically
+    cos64, sin64 = cos.double(), sin.double()
+    rot = cos.shape[-1]
+    half = rot // 2
+    if rot % 2:
+        raise RopeError(f"rotary dim {rot} is odd")
+
+    def _same(a: Tensor, b: Tensor) -> bool:
+        return bool(torch.allclose(a, b, atol=same_tol, rtol=0))
+
+    if _same(cos64[..., :half], cos64[..., half:]) and _same(sin64[..., :half], sin64[..., half:]):
+        layout: Layout = "half"
+        c, s = cos64[..., :half], sin64[..., :half]  # [layer, pos, n_pairs]
+    elif _same(cos64[..., 0::2], cos64[..., 1::2]) and _same(sin64[..., 0::2], sin64[..., 1::2]):
+        layout = "adjacent"
+        c, s = cos64[..., 0::2], sin64[..., 0::2]
+    else:
+        raise RopeError("cos table is neither rotate_half nor adjacent-pair layout")
+
+    scale = torch.hypot(c[:, 0], s[:, 0]).mean(-1)  # [layer]
+    if (torch.atan2(s[:, 1], c[:, 1]) <= 0).any():
+        raise RopeError("a RoPE frequency at position 1 is not in (0, pi): positions must start at 0")
+    # Least-squares slope of the unwrapped angle over all positions (steps < pi per token).
+    pos = torch.arange(c.shape[1], dtype=torch.float64)
+    unwrapped = torch.from_numpy(np.unwrap(torch.atan2(s, c).numpy(), axis=1))  # [layer, pos, n_pairs]
+    freq = (pos[None, :, None] * unwrapped).sum(1) / (pos * pos).sum()  # [layer, n_pairs]
+    angle = pos[None, :, None] * freq[:, None, :]  # [layer, pos, n_pairs]
+    err_c = (c - scale[:, None, None] * torch.cos(angle)).abs().max()
+    err_s = (s - scale[:, None, None] * torch.sin(angle)).abs().max()
+    if max(err_c, err_s) > atol * float(scale.max()):
+        raise RopeError(
+            f"cos/sin tables are not a rotation linear in position (max error {max(err_c, err_s):.2e})"
+        )
+    return RopeSpec(
+        d_head=d_head,
+        rotary_dim=rot,
+        layout=layout,
+        inv_freq=tuple(tuple(float(v) for v in row) for row in freq),
+        scaling=tuple(float(v) for v in scale),
+    )

@@ -1,0 +1,1 @@
+"""massmech.diagnostics."""

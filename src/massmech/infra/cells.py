@@ -1,0 +1,226 @@
+"""One resumable cell store for every study.
+
+A *cell* is the smallest unit of a study that is worth keeping: one (model, task, condition) of
+an ablation sweep, one quantized variant, one twin checkpoint's analysis. Its **key** hashes
+
+* the study's name and its **schema version** (:data:`CELL_VERSIONS`),
+* the cell's config parts (model, task config, condition, ...), and
+* a hash of its data (the examples themselves, the checkpoint's weights, ...),
+
+so a cell computed by older code, on other data or with another config is never found again:
+it is recomputed, never reused. Changing what a study's measure computes means bumping its
+version here (``tests/infra/test_cells.py`` pins each measure's output together with its version
+so the bump cannot be forgotten).
+
+Each cell is a folder ``STORE/<study>/<key>/`` holding ``cell.json`` (provenance: massmech
+version, git hash, package versions, time, study, version, key parts, and a small JSON payload)
+and any tables as parquet. It is built under a temporary name and renamed into place, so a killed
+run leaves only whole cells (and temp folders that :meth:`CellStore.gc` removes).
+
+>>> import tempfile, pandas as pd
+>>> store = CellStore(tempfile.mkdtemp() + "/cells", "ablation")
+>>> key = store.key({"model": "tiny-llama", "task": "kv_lookup"})
+>>> key in store
+False
+>>> _ = store.put(key, {"model": "tiny-llama", "task": "kv_lookup"}, data={"accuracy": 0.5},
+...               tables={"rows": pd.DataFrame({"uid": [1, 2], "correct": [True, False]})})
+>>> cell = store.get(key)
+>>> cell.data["accuracy"], len(cell.tables["rows"]), cell.meta["version"] == CELL_VERSIONS["ablation"]
+(0.5, 2, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from massmech.errors import StoreError
+from massmech.infra.io import write_json
+
+CELL_VERSIONS = {  # study -> schema version; bump when what a cell holds or how it is computed changes
+    "ablation": 2,  # 2: keys carry study + version (0.1 keys did not); same measure
+    "quant": 2,  # 2: massive_preservation leaves exact-zero dims out of the relative error of M
+    "twins": 1,  # one checkpoint's trajectory, bands and scores
+}
+CELL_FILE = "cell.json"
+_TMP = ".tmp-"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A stored cell: its key, provenance (``meta``), JSON payload and tables."""
+
+    key: str
+    meta: dict
+    data: Any
+    tables: dict
+
+    def __repr__(self) -> str:
+        return f"Cell({self.meta.get('study')}/{self.key}, v{self.meta.get('version')}, tables={sorted(self.tables)})"
+
+
+def canonical(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces) of a key part; tuples and lists hash alike."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_jsonable)
+
+
+def _jsonable(x: Any) -> Any:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.asdict(x)
+    if isinstance(x, (set, frozenset)):
+        return sorted(x)
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item"):  # numpy / torch scalars
+        return x.item()
+    raise TypeError(f"{type(x).__name__} cannot be part of a cell key")
+
+
+def data_hash(obj: Any) -> str:
+    """A stable hash of a cell's data (examples, token windows, ...) for its key parts."""
+    return hashlib.sha256(canonical(obj).encode()).hexdigest()[:20]
+
+
+class CellStore:
+    """The cells of one study in one folder (``root/<study>/``); see the module docstring.
+
+    Args:
+        root: The store folder. Studies may share one (``--cells DIR``); each has its own subfolder.
+        study: A name in :data:`CELL_VERSIONS`.
+        version: Override the study's schema version (tests only).
+    """
+
+    def __init__(self, root: str | os.PathLike, study: str, *, version: int | None = None) -> None:
+        if study not in CELL_VERSIONS:
+            raise StoreError(f"unknown study {study!r}; studies with cells: {', '.join(CELL_VERSIONS)}")
+        self.root = Path(root)
+        self.study = study
+        self.version = CELL_VERSIONS[study] if version is None else int(version)
+        self.folder = self.root / study
+
+    def __repr__(self) -> str:
+        return f"CellStore({str(self.root)!r}, study={self.study!r}, version={self.version})"
+
+    def key(self, parts: dict) -> str:
+        """The key of a cell: hash of study, schema version and its parts."""
+        blob = canonical({"study": self.study, "version": self.version, "parts": parts})
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def __contains__(self, key: str) -> bool:
+        meta = _read_meta(self.folder / key)
+        return meta is not None and meta.get("version") == self.version and meta.get("study") == self.study
+
+    def get(self, key: str) -> Cell | None:
+        """The cell, or ``None`` if absent or written under another schema version."""
+        folder = self.folder / key
+        if key not in self:
+            return None
+        import pandas as pd
+
+        meta = _read_meta(folder)
+        tables = {name: pd.read_parquet(folder / f"{name}.parquet") for name in meta.get("tables", [])}
+        return Cell(key, meta, meta.get("data"), tables)
+
+    def put(self, key: str, parts: dict, *, data: Any = None, tables: dict | None = None) -> Path:
+        """Write a cell atomically (a temp folder renamed into place) with its provenance."""
+        from massmech.infra.runs import git_hash, versions
+
+        if key != self.key(parts):
+            raise StoreError(f"key {key} does not match its parts for study {self.study!r} v{self.version}")
+        tables = tables or {}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f"{_TMP}{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            for name, table in tables.items():
+                table.to_parquet(tmp / f"{name}.parquet", index=False)
+            meta = {
+                "massmech_cell": 1, "study": self.study, "version": self.version, "key": key, "parts": parts,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "massmech": versions().get("massmech"), "git": git_hash(), "packages": versions(),
+                "tables": sorted(tables), "data": data,
+            }
+            write_json(tmp / CELL_FILE, json.loads(canonical(meta)))
+            final = self.folder / key
+            if final.exists():  # written meanwhile by another worker, or a stale version: replace ours in
+                if _read_meta(final) is None:
+                    raise StoreError(f"{final} exists and is not a massmech cell: not replacing it")
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def keys(self) -> list[str]:
+        """Keys of the current-version cells in the store."""
+        return sorted(k for k, meta in _cells(self.folder) if meta.get("version") == self.version)
+
+
+def _read_meta(folder: Path) -> dict | None:
+    try:
+        meta = json.loads((folder / CELL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("massmech_cell") == 1 else None
+
+
+def _cells(folder: Path) -> Iterator[tuple[str, dict]]:
+    if not folder.is_dir():
+        return
+    for sub in sorted(folder.iterdir()):
+        meta = _read_meta(sub) if sub.is_dir() and not sub.name.startswith(_TMP) else None
+        if meta is not None:
+            yield sub.name, meta
+
+
+def list_cells(root: str | os.PathLike):
+    """One row per cell in a store: study, key, version, current (schema up to date), created, massmech, git.
+
+    >>> import tempfile
+    >>> list_cells(tempfile.mkdtemp()).empty
+    True
+    """
+    import pandas as pd
+
+    rows = []
+    root = Path(root)
+    for study in sorted(CELL_VERSIONS):
+        for key, meta in _cells(root / study):
+            rows.append({"study": study, "key": key, "version": meta.get("version"),
+                         "current": meta.get("version") == CELL_VERSIONS[study], "created": meta.get("created"),
+                         "massmech": meta.get("massmech"), "git": meta.get("git"),
+                         "tables": ",".join(meta.get("tables", []))})
+    return pd.DataFrame(rows, columns=["study", "key", "version", "current", "created", "massmech", "git", "tables"])
+
+
+def gc(root: str | os.PathLike, *, dry_run: bool = False) -> list[Path]:
+    """Remove stale cells (older schema versions) and leftovers of killed writers; returns what went.
+
+    Only folders massmech wrote are touched: a cell folder with a massmech ``cell.json`` of an
+    older version, or a ``.tmp-`` folder of an interrupted write. Anything else stays.
+    """
+    root = Path(root)
+    gone = []
+    for study, current in CELL_VERSIONS.items():
+        folder = root / study
+        if not folder.is_dir():
+            continue
+        for sub in sorted(folder.iterdir()):
+            if not sub.is_dir():
+                continue
+            stale_tmp = sub.name.startswith(_TMP)
+            meta = None if stale_tmp else _read_meta(sub)
+            if stale_tmp or (meta is not None and meta.get("version") != current):
+                gone.append(sub)
+                if not dry_run:
+                    shutil.rmtree(sub)
+    return gone

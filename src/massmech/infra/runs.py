@@ -1,0 +1,238 @@
+"""Run folders: written whole or not at all, each with a manifest, never over a user's files.
+
+A run is built in a temporary sibling folder and moved into place only when complete, so a
+crash or bad input never leaves a half-written result folder. Every file is written through
+:func:`atomic_write` (temp sibling, then rename).
+
+Safety rules for an output folder ``out`` (:func:`check_out`, checked before any compute):
+
+* ``out`` may be new or an empty folder;
+* an existing folder is only ever replaced (``overwrite``) or continued (``resume``) if its
+  ``manifest.json`` says it is a massmech run of the same kind, and a replaced run may hold
+  nothing but the files massmech listed in that manifest: a user's own files are never
+  deleted, whatever the flags;
+* writability is tested by creating and removing a probe entry (``os.access`` says yes to root
+  on read-only file systems such as ``/sys``)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from massmech.errors import RunDirError
+from massmech.infra.io import MANIFEST, write_json
+
+_PACKAGES = ("massmech", "torch", "transformers", "transformer-lens", "numpy", "pandas", "gguf")
+
+
+def git_hash() -> str | None:
+    """Commit of the massmech source tree, or ``None`` outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages a result depends on."""
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def manifest(config: Any, *, model_info: dict | None = None, seed: int | None = None) -> dict:
+    """Manifest of a run: config, model, seed, package versions, git hash, platform, time."""
+    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return {
+        "config": cfg,
+        "model": model_info,
+        "seed": seed,
+        "versions": versions(),
+        "git_hash": git_hash(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _nearest_dir(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _probe(folder: Path, out: Path) -> None:
+    """Create and remove an entry in ``folder``: the only reliable writability test (root, /sys)."""
+    if not folder.is_dir():
+        raise RunDirError(f"cannot create the output folder {out}: {folder} is not a folder")
+    probe = folder / f".massmech-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        raise RunDirError(
+            f"cannot create the output folder {out}: {folder} is not writable "
+            f"({err.strerror or err}); choose another --out"
+        ) from None
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """The massmech manifest of a run folder, or ``None`` if it has none (or not a readable one)."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "run_kind" in data else None
+
+
+def _check_existing(out: Path, kind: str, *, overwrite: bool, resume: bool) -> None:
+    """Refuse an existing ``out`` unless it is a previous massmech run of ``kind`` (see module doc)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RunDirError(f"{out} exists and is not a folder; choose another --out")
+    entries = sorted(str(p.relative_to(out)) for p in out.rglob("*"))  # a user file in a subfolder counts too
+    if not entries:
+        return  # an empty folder: nothing to lose
+    found = read_manifest(out)
+    if found is None:
+        raise RunDirError(
+            f"{out} exists and is not a massmech run folder (no massmech {MANIFEST}); massmech "
+            "never replaces or writes into folders it did not create: choose a new --out"
+        )
+    if found["run_kind"] != kind:
+        raise RunDirError(
+            f"{out} holds a massmech {found['run_kind']!r} run, not a {kind!r} run; choose another --out"
+        )
+    if resume:
+        return
+    if not overwrite:
+        raise RunDirError(f"{out} holds a previous massmech {kind} run; pass --overwrite (overwrite=True) to replace it")
+    ours = set(found.get("files") or ())
+    foreign = [e for e in entries if e not in ours]
+    if foreign:
+        raise RunDirError(
+            f"{out} holds a previous {kind} run but also entries massmech did not write: "
+            f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; move them out first"
+        )
+
+
+def check_out(
+    out: str | os.PathLike, kind: str, *, overwrite: bool = False, resume: bool = False
+) -> Path:
+    """Check an output folder before any compute; creates nothing (a probe entry comes and goes).
+
+    Args:
+        out: The run folder.
+        kind: The run kind (``"analyze"``, ``"ablate"``, ``"sweep"``, ...).
+        overwrite: A previous run of the same kind may be replaced.
+        resume: A previous run of the same kind is continued in place (resumable studies).
+
+    Raises:
+        RunDirError: ``out`` is a file, not writable, a folder massmech did not write, a run of
+            another kind, or a previous run while neither ``overwrite`` nor ``resume`` is set.
+
+    >>> import tempfile, pathlib
+    >>> user = pathlib.Path(tempfile.mkdtemp()); _ = (user / "notes.txt").write_text("mine")
+    >>> check_out(user, "analyze", overwrite=True)
+    Traceback (most recent call last):
+    ...
+    massmech.errors.RunDirError: ... is not a massmech run folder ...
+    """
+    out = Path(out)
+    _check_existing(out, kind, overwrite=overwrite, resume=resume)
+    _probe(_nearest_dir(out if resume else out.absolute().parent), out)
+    return out
+
+
+def _stamp(folder: Path, kind: str, files: list[str] | None) -> None:
+    """Add the run kind (and the list of what massmech wrote) to the folder's manifest."""
+    found = {}
+    try:
+        found = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        found = {"versions": versions(), "git_hash": git_hash()}
+    found["run_kind"] = kind
+    if files is not None:
+        found["files"] = sorted(set(files) | {MANIFEST})
+    write_json(folder / MANIFEST, found)
+
+
+@contextlib.contextmanager
+def atomic_run_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``out`` only if the block finishes.
+
+    ``out`` may be new, empty, or a previous massmech run of the same ``kind`` holding nothing
+    else (with ``overwrite``); anything else is refused before the block runs (see
+    :func:`check_out`). The manifest in the folder is stamped with ``kind`` and the list of
+    files written, which is what lets a later run recognise it. The folder gets the user's
+    normal permissions (umask), like any folder they create.
+
+    Args:
+        out: Final folder.
+        kind: Run kind recorded in its manifest.
+        overwrite: Replace a previous run of the same kind.
+    """
+    out = check_out(out, kind, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()  # not mkdtemp: that would make the run folder private (0700)
+    try:
+        yield tmp
+        _stamp(tmp, kind, [str(p.relative_to(tmp)) for p in tmp.rglob("*")])
+        _check_existing(out, kind, overwrite=overwrite, resume=False)  # it may have changed meanwhile
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def open_study_dir(out: str | os.PathLike, kind: str) -> Path:
+    """Create (or reopen, to resume) the folder of a resumable study, marked with its kind.
+
+    A new or empty folder is created and stamped at once, so a study killed before its first
+    result is still recognised; an existing one must be a massmech study of the same kind.
+
+    Raises:
+        RunDirError: See :func:`check_out`.
+    """
+    out = check_out(out, kind, resume=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if read_manifest(out) is None:
+        _stamp(out, kind, None)
+    return out
+
+
+def finish_study_dir(out: Path, kind: str, manifest_data: dict) -> None:
+    """Write a resumable study's final manifest, keeping its run kind."""
+    write_json(out / MANIFEST, manifest_data | {"run_kind": kind})

@@ -1,0 +1,26 @@
+"""massmech figures: one module per study, one style (:mod:`.style`).
+
+Every function takes tables (or an analysis) and an optional ``out`` path, and returns the
+figure; ``out`` writes a PDF (fonts embedded as TrueType) and a PNG.
+"""
+
+from massmech.report.plotting.ablation import ablation_bars, ablation_curve, ablation_layers
+from massmech.report.plotting.analyze import (
+    compare_emergence,
+    compare_spectrum,
+    emergence,
+    massive_heatmap,
+    qk_head_bars,
+    spectrum,
+    token_dim_bars,
+)
+from massmech.report.plotting.quant import quant_kv, quant_preservation, quant_tasks
+from massmech.report.plotting.style import MAGNITUDE_CMAP, SITE_LABEL, close_all, save, use_style
+from massmech.report.plotting.twins import twins_bands, twins_disruption, twins_trajectory
+
+__all__ = [
+    "MAGNITUDE_CMAP", "SITE_LABEL", "ablation_bars", "ablation_curve", "ablation_layers", "compare_emergence",
+    "compare_spectrum", "emergence", "massive_heatmap", "qk_head_bars", "quant_kv", "quant_preservation",
+    "quant_tasks", "close_all", "save", "spectrum", "token_dim_bars", "twins_bands", "twins_disruption", "twins_trajectory",
+    "use_style",
+]

@@ -1,0 +1,148 @@
+"""Figures of ablation sweeps: accuracy per condition, curves over lambda/k, disrupted layer ranges."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import matplotlib.patches  # noqa: E402,F401
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from massmech.errors import AnalysisError
+from massmech.report.plotting.style import _select_model, save, use_style
+
+
+# ------------------------------------------------------------------------ ablations
+def _condition_label(table) -> object:
+    """``baseline`` / ``massive`` / ``control: <kind>`` per row of a sweep table."""
+    return table.role.where(table.control.isna(), "control: " + table.control.fillna(""))
+
+
+def _grouped_bars(ax, d, by: str, categories: list, whats: list[str], colors: dict) -> None:
+    """Bars of accuracy per category (x) and condition (colour), with 95% CI error bars."""
+    w = 0.8 / len(whats)
+    for j, what in enumerate(whats):
+        rows = d[d.what == what].set_index(by).reindex(categories)
+        x = np.arange(len(categories)) + (j - (len(whats) - 1) / 2) * w
+        ax.bar(x, rows.accuracy, w, color=colors[what], label=what)
+        ax.errorbar(x, rows.accuracy, yerr=[rows.accuracy - rows.ci_low, rows.ci_high - rows.accuracy],
+                    fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+    ax.set_xticks(np.arange(len(categories)))
+
+
+def ablation_bars(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+    """The main result: accuracy per task for baseline, massive-disrupted and controls, 95% CIs.
+
+    Parametric (memorised facts) and contextual tasks are drawn side by side.
+
+    Args:
+        table: A sweep results table (:func:`massmech.studies.ablation.run_sweep`) with one layer range.
+        model: The model to draw (default: the only one in the table).
+    """
+    use_style()
+    t = _one_model(table, model)
+    t = t.assign(what=_condition_label(t))
+    _check_single(t, ["task", "what"])
+    order = ["baseline", "massive"] + sorted(w for w in t.what.unique() if w.startswith("control"))
+    colors = dict(zip(order, sns.color_palette("colorblind", len(order)), strict=True))
+    kinds = [k for k in ("parametric", "contextual") if (t.kind == k).any()]
+    widths = [t[t.kind == k].task.nunique() for k in kinds]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(1.3 + 1.05 * sum(widths), 3.0), sharey=True,
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        d = t[t.kind == kind]
+        tasks = list(dict.fromkeys(d.task))
+        _grouped_bars(ax, d, "task", tasks, order, colors)
+        ax.set_xticklabels([f"{tk}\n(n={int(d[d.task == tk].n.iloc[0])})" for tk in tasks], rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{kind} tasks")
+        ax.set_ylim(0, 1.05)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    r = t[t.role == "massive"].iloc[0]
+    sel = f"λ = {r.lam:g}" if r.rule == "lambda" else f"top-{r.k}"
+    fig.suptitle(f"{t.model.iloc[0]}: massive Q/K values ({sel}, {r.target}, {r.stage}-RoPE) replaced by their mean", fontsize=9)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def ablation_curve(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+    """Accuracy against k (top-k rule) or lambda, massive vs control, one panel per task."""
+    t, tasks, fig, axes = _task_panels(table, model)
+    x = "k" if (t.rule == "topk").any() else "lam"
+    _check_single(t, ["task", "what", x])
+    palette = dict(zip(["massive", *sorted({w for w in t.what if w.startswith("control")})], sns.color_palette("colorblind")[1:], strict=False))
+    for ax, task in zip(axes[0], tasks, strict=True):
+        d = t[t.task == task]
+        base = d[d.role == "baseline"]
+        if len(base):
+            ax.axhspan(base.ci_low.iloc[0], base.ci_high.iloc[0], color="grey", alpha=0.2, lw=0)
+            ax.axhline(base.accuracy.iloc[0], color="grey", lw=1, label="baseline")
+        for what, g in d[d.role != "baseline"].groupby("what"):
+            g = g.sort_values(x)
+            ax.plot(g[x], g.accuracy, marker="o", ms=3, color=palette[what], label=what)
+            ax.fill_between(g[x].astype(float), g.ci_low, g.ci_high, color=palette[what], alpha=0.15, lw=0)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(d[d.role != "baseline"][x].dropna().astype(float).unique())
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("k (dims per head)" if x == "k" else "λ")
+        ax.set_title(task, fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def ablation_layers(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+    """Accuracy when only a range of layers is disrupted (early / middle / late / all)."""
+    t, tasks, fig, axes = _task_panels(table, model)
+    _check_single(t, ["task", "what", "layer_range"])
+    ranges = [r for r in ("early", "middle", "late", "all") if (t.layer_range == r).any()]
+    whats = ["massive", *sorted({w for w in t.what if w.startswith("control")})]
+    colors = dict(zip(whats, sns.color_palette("colorblind")[1:], strict=False))
+    for ax, task in zip(axes[0], tasks, strict=True):
+        d = t[t.task == task]
+        base = d[d.role == "baseline"]
+        if len(base):
+            ax.axhline(base.accuracy.iloc[0], color="grey", lw=1, label="baseline")
+        _grouped_bars(ax, d, "layer_range", ranges, whats, colors)
+        ax.set_xticklabels(ranges, fontsize=7)
+        ax.set_title(task, fontsize=8)
+        ax.set_ylim(0, 1.05)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    fig.suptitle("disrupted layers (thirds of the depth)", fontsize=9)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def _task_panels(table, model: str | None):
+    """One model's rows (with a ``what`` label), its tasks, and one panel per task."""
+    use_style()
+    t = _one_model(table, model)
+    t = t.assign(what=_condition_label(t))
+    tasks = list(dict.fromkeys(t.task))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.3 * len(tasks), 2.6), sharey=True, squeeze=False)
+    return t, tasks, fig, axes
+
+
+def _check_single(t, keys: list[str]) -> None:
+    """One row per ``keys``: else name the grid columns the caller must fix to one value."""
+    if t.duplicated(keys).any():
+        grid = ["rule", "lam", "k", "target", "stage", "layer_range"]
+        varying = [c for c in grid if c not in keys and t[t.role != "baseline"][c].nunique() > 1]
+        raise AnalysisError(
+            f"several rows per {keys}: select one value of {varying or grid} first "
+            "(e.g. table[table.layer_range == 'all'])"
+        )
+
+
+def _one_model(table, model: str | None):
+    t, model = _select_model(table, model)
+    if t.empty or not (t.role == "baseline").any():
+        raise AnalysisError(f"no baseline rows for {model!r}: is this a sweep results table?")
+    return t

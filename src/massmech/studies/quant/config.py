@@ -1,0 +1,182 @@
+"""The quantization study's configuration: methods, bit widths, grids, :class:`QuantSpec` and :class:`QuantStudyConfig`.
+
+=====================  ===========  ====================================================
+method                 bits         what it does
+=====================  ===========  ====================================================
+``none``               -            the model as loaded (the reference row)
+``rtn``                4, 8         symmetric round-to-nearest, per row or per group
+``gptq``               4, 8         GPTQ through llmcompressor (``massmech[quant]``)
+``awq``                4            activation-aware scales (:func:`massmech.studies.quant.smoothing.awq`) + RTN
+``smoothquant``        8            SmoothQuant scales, then int8 per-row weights and
+                                    per-tensor dynamic int8 activations
+``w8a8-naive``         8            the same W8A8 without smoothing (outlier-blind)
+``gguf-q8_0`` ...      fixed        llama.cpp Q8_0 / Q5_0 / Q4_1 / Q4_0 round trips
+``kv-per-token``       2, 4, 8      post-RoPE K and V min-max per token
+``kv-per-channel``     2, 4, 8      K per channel (KIVI), V per token
+``kv-massive-aware``   2, 4, 8      K per token with the massive K dims kept in fp16
+=====================  ===========  ====================================================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from massmech.causal.tasks.builtin import TASKS
+from massmech.errors import QuantError
+from massmech.studies.quant.kv import KV_BITS
+from massmech.studies.quant.methods import GGUF_FORMATS
+
+KV_METHODS = ("kv-per-token", "kv-per-channel", "kv-massive-aware")
+METHODS = ("none", "rtn", "gptq", "awq", "smoothquant", "w8a8-naive", *GGUF_FORMATS, *KV_METHODS)
+BITS = {"rtn": (4, 8), "gptq": (4, 8), "awq": (4,), "smoothquant": (8,), "w8a8-naive": (8,)} | dict.fromkeys(KV_METHODS, KV_BITS)
+DEFAULT_BITS = {"rtn": 4, "gptq": 4, "awq": 4, "smoothquant": 8, "w8a8-naive": 8} | dict.fromkeys(KV_METHODS, 4)
+GROUPED = ("rtn", "gptq", "awq")  # methods with a group size
+DEFAULT_GROUP = 64  # divides SmolLM2's 576/1536 and Gemma-3's 640/2048 widths
+DEFAULT_TASKS = ("country_capital", "city_country", "passkey", "kv_lookup", "knowledge_conflict")
+CACHE_VERSION = 1
+# The study's grids (analyses/quant_study.py, paper_figures/fig_quant_*.py): (method, bits, group size)
+WEIGHT_GRID = (("rtn", 8, None), ("rtn", 4, 64), ("gptq", 4, 64), ("awq", 4, 64), ("smoothquant", 8, None),
+               ("w8a8-naive", 8, None), ("gguf-q8_0", None, None), ("gguf-q5_0", None, None),
+               ("gguf-q4_1", None, None), ("gguf-q4_0", None, None))
+KV_GRID = tuple((m, b, None) for b in (4, 2) for m in KV_METHODS)
+# "core": the questions' variants, most telling first (outlier-aware vs blind at 4 and 8 bits, KV
+# at 4 then 2 bits); what 2 CPU cores could run on Gemma-3-270M in the time we had
+CORE_GRID = (("awq", 4, 64), ("rtn", 4, 64), ("smoothquant", 8, None), ("w8a8-naive", 8, None),
+             *((m, 4, None) for m in KV_METHODS), ("gptq", 4, 64), *((m, 2, None) for m in KV_METHODS),
+             ("rtn", 8, None), ("gguf-q4_0", None, None))
+GRIDS = {"full": WEIGHT_GRID + KV_GRID, "core": CORE_GRID, "weights": WEIGHT_GRID, "kv": KV_GRID}
+STUDY_GRID = {"smollm2-135m": "full", "gemma3-270m": "core"}  # the grid make quant / the figures run
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """One quantized variant.
+
+    Attributes:
+        method: One of :data:`METHODS`.
+        bits: Bits per weight (or per cached value); ``None`` for ``none`` and GGUF formats.
+        group_size: Input weights per scale for ``rtn``/``gptq``/``awq`` (``None``: per row).
+        alpha: SmoothQuant's migration strength.
+    """
+
+    method: str
+    bits: int | None = None
+    group_size: int | None = None
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise QuantError(f"unknown method {self.method!r}; methods are {', '.join(METHODS)}")
+        allowed = BITS.get(self.method)
+        if allowed is None and self.bits is not None:
+            raise QuantError(f"{self.method} has no bits setting (its format fixes them); leave bits unset")
+        if allowed is not None and self.bits not in allowed:
+            raise QuantError(f"{self.method} supports bits {allowed}, got {self.bits}")
+        if self.group_size is not None and self.method not in GROUPED:
+            raise QuantError(f"{self.method} takes no group size (only {', '.join(GROUPED)} do)")
+        if self.group_size is not None and self.group_size < 1:
+            raise QuantError(f"group_size must be >= 1, got {self.group_size}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise QuantError(f"alpha must be in [0, 1], got {self.alpha}")
+
+    @classmethod
+    def of(cls, method: str, bits: int | None = None, group_size: int | None | str = "auto", alpha: float = 0.5) -> QuantSpec:
+        """A spec with the method's defaults filled in: bits (4 for weight-only, 8 for W8A8, 4 for
+        KV) and, with ``group_size="auto"``, groups of 64 at 4 bits and per row at 8 bits."""
+        if method not in METHODS:
+            raise QuantError(f"unknown method {method!r}; methods are {', '.join(METHODS)}")
+        bits = DEFAULT_BITS.get(method) if bits is None else bits
+        if group_size == "auto":
+            group_size = DEFAULT_GROUP if (method in GROUPED and bits == 4) else None
+        return cls(method, bits, group_size, alpha)
+
+    @property
+    def label(self) -> str:
+        """Short unique name, e.g. ``rtn-w4-g64``, ``smoothquant-w8a8-a0.5``, ``kv-per-token-4b``."""
+        if self.method == "none" or self.method in GGUF_FORMATS:
+            return self.method
+        if self.method in KV_METHODS:
+            return f"{self.method}-{self.bits}b"
+        if self.method == "smoothquant":
+            return f"smoothquant-a{self.alpha:g}"
+        if self.method == "w8a8-naive":
+            return self.method
+        return f"{self.method}-w{self.bits}-" + (f"g{self.group_size}" if self.group_size else "pc")
+
+    @property
+    def family(self) -> str:
+        """``"reference"``, ``"weight"``, ``"w8a8"`` or ``"kv"``."""
+        if self.method == "none":
+            return "reference"
+        if self.method in KV_METHODS:
+            return "kv"
+        return "w8a8" if self.method in ("smoothquant", "w8a8-naive") else "weight"
+
+    @property
+    def outlier_aware(self) -> bool:
+        """Whether the method protects large activations or Q/K values (AWQ, SmoothQuant, GPTQ's
+        second-order error feedback does not count; massive-aware and per-channel KV do)."""
+        return self.method in ("awq", "smoothquant", "kv-massive-aware", "kv-per-channel")
+
+
+@dataclass(frozen=True)
+class QuantStudyConfig:
+    """A quantization study of one model (serialises to JSON).
+
+    Attributes:
+        model: Model spec (see :func:`massmech.load_model`).
+        variants: The variants; the reference ``none`` is always added first.
+        tasks: Task names.
+        n: Examples per task.
+        seed: Seed of the examples and of everything random.
+        calib_tokens, eval_tokens: Natural-text tokens (BBC news, in windows of ``seq_len``) for
+            calibration and for the held-out measures; the two sets of windows are disjoint.
+        seq_len: Window length.
+        lam: Lambda of the massive rule.
+        batch_size: Sequences per forward pass in the task evaluation.
+    """
+
+    model: str = "smollm2-135m"
+    variants: tuple[QuantSpec, ...] = ()
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    n: int = 40
+    seed: int = 0
+    calib_tokens: int = 8192
+    eval_tokens: int = 4096
+    seq_len: int = 512
+    lam: float = 5.0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise QuantError(f"unknown tasks {unknown}; tasks are {', '.join(TASKS)}")
+        if self.n < 1 or self.calib_tokens < self.seq_len or self.eval_tokens < 2:
+            raise QuantError("need n >= 1, calib_tokens >= seq_len and eval_tokens >= 2")
+
+    def all_variants(self) -> list[QuantSpec]:
+        """``none`` first, then the configured variants, without duplicates."""
+        out = [QuantSpec("none")]
+        for v in self.variants:
+            if v not in out:
+                out.append(v)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> QuantStudyConfig:
+        raw = json.loads(text)
+        raw["variants"] = tuple(QuantSpec(**v) for v in raw.get("variants", ()))
+        raw["tasks"] = tuple(raw.get("tasks", DEFAULT_TASKS))
+        return cls(**raw)
+
+
+def study_config(model: str, grid: str = "full", **overrides: Any) -> QuantStudyConfig:
+    """The study's config for ``model`` over a named grid (``full``, ``weights`` or ``kv``)."""
+    if grid not in GRIDS:
+        raise QuantError(f"unknown grid {grid!r}; grids are {', '.join(GRIDS)}")
+    return QuantStudyConfig(model=model, variants=tuple(QuantSpec(m, b, g) for m, b, g in GRIDS[grid]), **overrides)

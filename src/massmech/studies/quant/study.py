@@ -1,0 +1,199 @@
+"""The quantization study: which quantizers keep the massive values, and what that does to tasks.
+
+:func:`measure` scores one variant (:mod:`massmech.studies.quant.variants`):
+
+* massive-value preservation against the clean model, for Q and K pre and post RoPE
+  (:func:`massmech.studies.quant.preservation.massive_preservation`);
+* accuracy on parametric and contextual tasks, with bootstrap CIs;
+* perplexity on held-out natural text (windows disjoint from the calibration windows);
+* bits per weight, or per cached K value.
+
+:func:`run_quant_study` runs a grid of variants into one tidy table (``results.parquet``: one
+row per model x variant x measure), writing each finished variant at once so a rerun resumes.
+Methods and grids: :mod:`massmech.studies.quant.config`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from massmech.causal.evaluate import evaluate, perplexity, summarize
+from massmech.causal.tasks.builtin import get_task
+from massmech.core.bridge import hf_model
+from massmech.core.loading import load_model
+from massmech.core.models import LoadedModel
+from massmech.errors import QuantError
+from massmech.infra.cells import CellStore, data_hash
+from massmech.infra.io import atomic_write
+from massmech.infra.runs import check_out, finish_study_dir, manifest, open_study_dir
+from massmech.studies.quant.config import QuantSpec, QuantStudyConfig
+from massmech.studies.quant.data import StudyData, _stats, prepare
+from massmech.studies.quant.preservation import massive_preservation
+from massmech.studies.quant.smoothing import block_maps, decoder_blocks
+from massmech.studies.quant.variants import (
+    _bits,
+    _check_groups,
+    _params,
+    _same_as_base,
+    apply_variant,
+    base_format,
+    variant_weights,
+)
+
+SITES = (("q", "pre"), ("q", "post"), ("k", "pre"), ("k", "post"))
+
+
+def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: StudyData, *, progress: bool = False) -> pd.DataFrame:
+    """Every measure of one variant, as tidy rows (see :func:`run_quant_study`)."""
+    weights = variant_weights(cfg.model, spec, cfg, data.calib, progress=progress)
+    if "base" not in data.extra:
+        data.extra["base"] = base_format(model)
+    base = data.extra["base"]
+    common = {"model": model.info.name, "variant": spec.label, "method": spec.method, "family": spec.family,
+              "bits": spec.bits, "group_size": spec.group_size, "alpha": spec.alpha if spec.method == "smoothquant" else None,
+              "outlier_aware": spec.outlier_aware, "base": base, "same_as_base": _same_as_base(spec.method, base)}
+    rows = []
+    params = {k: p.detach() for k, p in _params(model).items()}
+    num = sum(float((v.double() - params[k].double()).pow(2).sum()) for k, v in weights.items())
+    den = sum(float(params[k].double().pow(2).sum()) for k in weights)
+    moved = spec.method in ("awq", "smoothquant")  # smoothing rescales weights by design
+    rows.append({"measure": "weight_rel_error", "value": float("nan") if moved else ((num / den) ** 0.5 if den else 0.0)})
+    rows.append({"measure": "bits_per_value", "value": _bits(model, spec, weights, data)})
+    torch.manual_seed(cfg.seed)
+    # KV fake-quant sees whole sequences: one per pass, so padding never enters a per-channel range
+    bs = 1 if spec.family == "kv" else cfg.batch_size
+    with apply_variant(model, spec, weights, data.keep_k):
+        stats = _stats(model, data.held, batch_size=bs)
+        pres = massive_preservation(data.clean, stats, lam=cfg.lam)
+        for r in pres.itertuples(index=False):
+            for meas in ("recall", "rel_error_massive", "rel_error_other"):
+                rows.append({"measure": meas, "site": r.site, "stage": r.stage, "value": float(getattr(r, meas)), "n": int(r.n_massive)})
+        ppl = perplexity(model, data.held, batch_size=bs)
+        rows.append({"measure": "perplexity", "value": ppl["perplexity"], "n": ppl["n_tokens"]})
+        rows.append({"measure": "nll", "value": ppl["nll"], "n": ppl["n_tokens"]})
+        for name in cfg.tasks:
+            task = get_task(name)
+            df = evaluate(model, task, {"baseline": None}, n=cfg.n, seed=cfg.seed, batch_size=bs, progress=False)
+            s = summarize(df, seed=cfg.seed).iloc[0]
+            rows.append({"measure": "accuracy", "task": name, "kind": task.kind, "value": float(s.accuracy),
+                         "ci_low": float(s.ci_low), "ci_high": float(s.ci_high), "n": int(s.n)})
+    out = pd.DataFrame([common | r for r in rows])
+    for col in ("site", "stage", "task", "kind"):
+        out[col] = out[col] if col in out else None
+    for col in ("ci_low", "ci_high", "n"):
+        out[col] = out[col] if col in out else np.nan
+    return out[[*common, "measure", "site", "stage", "task", "kind", "value", "ci_low", "ci_high", "n"]]
+
+
+def summary_json(table: pd.DataFrame, variant: str) -> dict:
+    """The CLI's JSON for one variant: ``massive_recall`` (mean over Q/K pre/post sites that have
+    massive values), ``preservation``, ``perplexity``, ``bits_per_value`` and
+    ``tasks -> name -> {accuracy, ci_low, ci_high, n, kind}``."""
+    t = table[table.variant == variant]
+    if t.empty:
+        raise QuantError(f"no rows for variant {variant!r}")
+    first = t.iloc[0]
+    rec = t[t.measure == "recall"]
+    get = lambda m: float(t[t.measure == m].value.iloc[0])  # noqa: E731
+    pres = {}
+    for (site, stage), g in t[t.measure.isin(["recall", "rel_error_massive", "rel_error_other"])].groupby(["site", "stage"], sort=False):
+        pres[f"{site}_{stage}"] = {r.measure: _num(r.value) for r in g.itertuples()} | {"n_massive": int(g.n.iloc[0])}
+    tasks = {r.task: {"accuracy": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": int(r.n), "kind": r.kind}
+             for r in t[t.measure == "accuracy"].itertuples()}
+    return {
+        "model": first.model, "variant": variant, "method": first.method, "bits": _num(first.bits),
+        "group_size": _num(first.group_size), "alpha": _num(first.alpha), "base": first.base,
+        "same_as_base": bool(first.same_as_base),
+        "massive_recall": _num(rec.value.dropna().mean()) if rec.value.notna().any() else None,
+        "preservation": pres, "perplexity": get("perplexity"), "bits_per_value": _num(get("bits_per_value")),
+        "weight_rel_error": _num(get("weight_rel_error")), "tasks": tasks,
+    }
+
+
+def _num(x: Any) -> Any:
+    """A JSON number: None for missing/NaN, int for whole numbers, else float."""
+    if x is None:
+        return None
+    f = float(x)
+    if np.isnan(f):
+        return None
+    return int(f) if f.is_integer() else f
+
+
+# ----------------------------------------------------------------------------- runner
+def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: LoadedModel | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run (or resume) a study into ``out/``; returns the results table.
+
+    Args:
+        cfg: The study.
+        out: Its folder.
+        model: ``load_model(cfg.model)`` if already loaded (saves a load).
+        progress: Progress bar over the variants.
+
+    Writes each variant into the study's cell store (``out/cells/quant/<key>/``) as it finishes, ``out/results.parquet`` and
+    ``.csv`` (one row per model x variant x measure; columns ``model, variant, method, family,
+    bits, group_size, alpha, outlier_aware, base, same_as_base, measure, site, stage, task, kind,
+    value, ci_low, ci_high, n``) and ``out/manifest.json``. Finished variants are not recomputed
+    (a changed config, task data or schema version starts a new cell: the key hashes them).
+    """
+    check_out(out, "quant-study", resume=True)  # before any work; created once the inputs pass
+    variants = cfg.all_variants()  # validated by QuantSpec
+    for name in cfg.tasks:
+        get_task(name).examples(cfg.n, cfg.seed)  # n beyond the data: error before any work
+    lm = model or load_model(cfg.model)  # the weights variant_weights starts from (tiny models: seed 0)
+    for spec in variants:  # a group size or layout that does not fit: error before any work
+        if spec.group_size is not None:
+            _check_groups(hf_model(lm), spec.group_size)
+        if spec.method in ("awq", "smoothquant"):
+            for block in decoder_blocks(hf_model(lm)):
+                block_maps(block, awq=spec.method == "awq")
+    out = open_study_dir(out, "quant-study")
+    store = CellStore(out / "cells", "quant")
+    examples = data_hash({name: repr(get_task(name).examples(cfg.n, cfg.seed)) for name in cfg.tasks})
+    data: StudyData | None = None
+    frames = []
+    for spec in tqdm(variants, desc=f"quant study {cfg.model}", disable=not progress):
+        parts = {"spec": asdict(spec), "cfg": asdict(replace(cfg, variants=())), "examples": examples}
+        key = store.key(parts)
+        cell = store.get(key)
+        if cell is not None:
+            frames.append(cell.tables["results"])
+            continue
+        data = data or prepare(lm, cfg)
+        table = measure(lm, spec, cfg, data, progress=progress)
+        store.put(key, parts, data={"variant": spec.label}, tables={"results": table})
+        frames.append(table)
+    results = pd.concat(frames, ignore_index=True)
+    base = base_format(lm)  # a property of the model: set on every row here
+    results["base"] = base
+    results["same_as_base"] = results.method.map(lambda m: _same_as_base(m, base))
+    for name, write in (("results.parquet", lambda p: results.to_parquet(p, index=False)),
+                        ("results.csv", lambda p: results.to_csv(p, index=False))):
+        atomic_write(out / name, write)
+    finish_study_dir(out, "quant-study", manifest(cfg, model_info=lm.info_dict(), seed=cfg.seed))
+    return results
+
+
+def wide(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant: perplexity, bits, mean K/Q recall, rel. errors and task accuracies."""
+    rows = []
+    for (model, variant), t in table.groupby(["model", "variant"], sort=False):
+        row: dict[str, Any] = {"model": model, "variant": variant, "base": t.base.iloc[0], "same_as_base": bool(t.same_as_base.iloc[0])}
+        for meas in ("bits_per_value", "weight_rel_error", "perplexity"):
+            row[meas] = float(t[t.measure == meas].value.iloc[0])
+        for r in t[t.measure.isin(["recall", "rel_error_massive", "rel_error_other"])].itertuples():
+            row[f"{r.measure}_{r.site}_{r.stage}"] = r.value
+        acc = t[t.measure == "accuracy"]
+        for r in acc.itertuples():
+            row[r.task] = r.value
+        for kind in ("parametric", "contextual"):
+            row[f"{kind}_mean"] = float(acc[acc.kind == kind].value.mean()) if (acc.kind == kind).any() else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)

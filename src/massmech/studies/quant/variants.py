@@ -1,0 +1,200 @@
+"""Quantized variants: compute the weights a :class:`~massmech.studies.quant.config.QuantSpec` changes, cache them, and apply them to a loaded model.
+
+:func:`variant_weights` computes the changed weights on a fresh copy of the model and caches them
+on disk (``cache_dir()/quantized``, keyed by everything that defines them), so a sweep pays each
+calibration once. :func:`apply_variant` puts them, and the runtime part of the method (activation
+or KV-cache fake-quant hooks), into a loaded model and takes everything out again on exit.
+
+Base-model honesty: the embedded models are themselves dequantized GGUF files. Every row names
+its base format (:func:`base_format`), and ``same_as_base`` flags a GGUF round trip into the
+format the weights already have (a no-op by construction).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from massmech.core.bridge import clean_name, hf_model
+from massmech.core.catalog import cache_dir
+from massmech.core.loading import load_hf
+from massmech.core.models import LoadedModel
+from massmech.errors import QuantError
+from massmech.infra.io import atomic_write
+from massmech.studies.quant.config import CACHE_VERSION, KV_METHODS, QuantSpec, QuantStudyConfig
+from massmech.studies.quant.data import StudyData
+from massmech.studies.quant.kv import kv_hooks, quantize_activations
+from massmech.studies.quant.methods import (
+    GGUF_FORMATS,
+    SCALE_BITS,
+    bits_per_weight,
+    decoder_linears,
+    gptq,
+    quantize_weights,
+    rtn,
+    weight_matrix,
+)
+from massmech.studies.quant.smoothing import awq, smoothquant
+
+
+# ------------------------------------------------------------------------- weights
+def _spec_key(model: str, spec: QuantSpec, cfg: QuantStudyConfig) -> str:
+    blob = json.dumps({"model": model, "spec": asdict(spec), "calib_tokens": cfg.calib_tokens,
+                       "seq_len": cfg.seq_len, "seed": cfg.seed, "v": CACHE_VERSION}, sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[-60:]
+
+
+def compute_weights(model: str, spec: QuantSpec, calib: Sequence[Sequence[int]], *, progress: bool = False) -> dict[str, torch.Tensor]:
+    """The parameters ``spec`` changes, computed on a fresh copy of ``model`` (HF names)."""
+    hf, tok, *_ = load_hf(model)
+    clean = {k: v.detach().clone() for k, v in hf.state_dict().items()}
+    m, bits, g = spec.method, spec.bits, spec.group_size
+    if m == "rtn":
+        quantize_weights(hf, "rtn", bits=bits, group_size=g)
+    elif m in GGUF_FORMATS:
+        quantize_weights(hf, m)
+    elif m == "gptq":
+        gptq(hf, tok, calib, bits=bits, group_size=g)
+    elif m == "awq":
+        _check_groups(hf, g)
+        awq(hf, calib, lambda w: rtn(w, bits, g), group_size=g, progress=progress)
+    elif m == "smoothquant":
+        smoothquant(hf, calib, alpha=spec.alpha)
+        quantize_weights(hf, "rtn", bits=8)
+    elif m == "w8a8-naive":
+        quantize_weights(hf, "rtn", bits=8)
+    state = hf.state_dict()
+    return {k: v.detach().clone().contiguous() for k, v in state.items() if k in clean and not torch.equal(v, clean[k])}
+
+
+def _check_groups(hf: Any, group_size: int | None) -> None:
+    if group_size is None:
+        return
+    for name, mod in decoder_linears(hf).items():
+        try:
+            rtn(weight_matrix(mod)[:1].detach(), 4, group_size)
+        except QuantError as err:  # names the sizes that divide
+            raise QuantError(f"{name}: {err}") from None
+
+
+def variant_weights(model: str, spec: QuantSpec, cfg: QuantStudyConfig, calib: Sequence[Sequence[int]], *, progress: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`compute_weights`, cached on disk under ``cache_dir()/quantized``."""
+    from safetensors.torch import load_file, save_file
+
+    if spec.family in ("reference", "kv"):
+        return {}
+    path = cache_dir() / "quantized" / f"{_slug(model)}-{spec.label}-{_spec_key(model, spec, cfg)}.safetensors"
+    if path.exists():
+        return load_file(path)
+    weights = compute_weights(model, spec, calib, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: save_file(weights, p))
+    return weights
+
+
+def _params(model: LoadedModel) -> dict[str, torch.Tensor]:
+    hf = hf_model(model)
+    return {clean_name(n): p for n, p in hf.named_parameters(remove_duplicate=False)}
+
+
+@contextlib.contextmanager
+def apply_variant(model: LoadedModel, spec: QuantSpec, weights: dict[str, torch.Tensor], keep_k: torch.Tensor | None = None) -> Iterator[None]:
+    """Put a variant into ``model`` for the duration of the block; everything is undone on exit.
+
+    Args:
+        model: The clean model.
+        spec: The variant.
+        weights: Its changed parameters (:func:`variant_weights`).
+        keep_k: Massive K dims kept by ``kv-massive-aware``.
+    """
+    params = _params(model)
+    missing = [k for k in weights if k not in params]
+    if missing:
+        raise QuantError(f"{len(missing)} quantized parameters are not in {model.info.name}, e.g. {missing[:3]}")
+    saved = {k: params[k].detach().clone() for k in weights}
+    handles: list[Any] = []
+    hooks: list[Any] = []
+    if spec.method in KV_METHODS:
+        if spec.method == "kv-massive-aware" and keep_k is None:
+            raise QuantError("kv-massive-aware needs keep_k, the massive K dims")
+        axis = "channel" if spec.method == "kv-per-channel" else "token"
+        hooks = kv_hooks(model, spec.bits, key_axis=axis, value_axis="token",
+                         keep_k=keep_k if spec.method == "kv-massive-aware" else None)
+    try:
+        with torch.no_grad():
+            for k, v in weights.items():
+                params[k].copy_(v.to(params[k].dtype))
+        if spec.family == "w8a8":
+            handles = quantize_activations(model, spec.bits)
+        with model.bridge.hooks(fwd_hooks=hooks):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for k, v in saved.items():
+                params[k].copy_(v)
+
+
+# --------------------------------------------------------------------------- measures
+def base_format(model: LoadedModel) -> str:
+    """The storage format the loaded weights come from: the formats of the decoder's matrices by
+    share of weights, then those of the Q and K projections, e.g. ``"GGUF Q4_1 100% (q/k: Q4_1)"``
+    or ``"GGUF Q5_0 64%, Q4_K 24%, Q6_K 12%, Q8_0 1% (q/k: Q5_0)"``."""
+    source = model.info.source
+    if "random init" in source:
+        return "float (random init)"
+    m = re.search(r"(\S+\.gguf)$", source)
+    if not m:
+        return "float (not a quantized file)"
+    from gguf import GGUFReader
+
+    from massmech.core.loading import _gemma3_gguf, _smollm2_gguf
+
+    find = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": lambda: _gemma3_gguf(assemble=True)[0]}.get(model.info.name)
+    path = find() if find else Path(source.split(": ", 1)[-1])
+    sizes: dict[str, int] = {}
+    qk: set[str] = set()
+    for t in GGUFReader(str(path)).tensors:
+        if t.name.startswith("blk.") and t.name.endswith(".weight") and len(t.shape) == 2:
+            kind = t.tensor_type.name
+            sizes[kind] = sizes.get(kind, 0) + int(t.n_elements)
+            if ".attn_q." in t.name or ".attn_k." in t.name:
+                qk.add(kind)
+    total = sum(sizes.values())
+    mix = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1]))
+    return f"GGUF {mix} (q/k: {'/'.join(sorted(qk))})"
+
+
+def _same_as_base(method: str, base: str) -> bool:
+    """A GGUF round trip into the one format every decoder matrix already has: a no-op."""
+    return method in GGUF_FORMATS and base.startswith(f"GGUF {GGUF_FORMATS[method]} 100%")
+
+
+def _bits(model: LoadedModel, spec: QuantSpec, weights: dict, data: StudyData) -> float:
+    info = model.info
+    if spec.family == "kv":  # per cached K value: scales, offsets and kept dims included
+        share = float(data.keep_k.float().mean()) if (spec.method == "kv-massive-aware" and data.keep_k is not None) else 0.0
+        per = info.d_head if spec.method != "kv-per-channel" else np.mean([len(w) for w in data.held])
+        return (1 - share) * spec.bits + share * 16 + 2 * SCALE_BITS / per
+    if spec.family == "reference":
+        return float("nan")
+    if spec.method in GGUF_FORMATS:
+        return bits_per_weight(spec.method)
+    lin = [k for k in weights if k.endswith(".weight") and weights[k].ndim == 2]
+    total = sum(weights[k].numel() for k in lin)
+    g = spec.group_size
+    return sum(bits_per_weight("rtn", spec.bits, g, weights[k].shape[1]) * weights[k].numel() for k in lin) / max(total, 1)

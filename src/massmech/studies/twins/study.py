@@ -1,0 +1,365 @@
+"""The twins study: train (or resume) the twins, then measure where massive values come from.
+
+For every variant and checkpoint, on held-out BBC text (:func:`checkpoint_tables`):
+
+* per (site, layer): the largest and mean per-head ratio ``max_d M / mean_d M`` of Q, K, V
+  (pre-RoPE), the count of massive dims under the lambda rule, the slow-half energy share, the
+  peak pair (pairs indexed as the RoPE twin's) and, for RoPE variants, the peak pair's wavelength
+  and the energy-weighted geometric mean wavelength, both relative to the training context;
+* natural-text loss and in-context accuracy (``repeat``, ``kv``, ``passkey``) with 95% CIs.
+
+At the final checkpoint of the RoPE twin (:func:`disruption_table`): the same metrics with its
+top-``k`` Q/K dims per head replaced by their mean over the sequence, and with ``k`` random
+non-selected dims per head (the control). :func:`run_twins` writes it all, plus figures and a
+summary and ``checkpoints.json`` (variant -> step -> checkpoint folder, each with its own
+``manifest.json``), to ``OUT/analysis`` (replaced atomically); the checkpoints stay in
+``OUT/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from massmech.causal.disruption import Disruption
+from massmech.causal.intervention import disrupt
+from massmech.core.capture import QKVStats, capture_stats
+from massmech.core.detect import massive_mask
+from massmech.core.frequency import pair_energy
+from massmech.core.models import LoadedModel, wrap
+from massmech.core.rope import RopeSpec
+from massmech.errors import RunNotFoundError
+from massmech.infra.cells import CellStore
+from massmech.infra.io import write_json
+from massmech.infra.runs import atomic_run_dir, check_out, manifest
+from massmech.stats import describe, token_nll
+from massmech.studies.twins.config import TWINS, TwinsConfig, Variant
+from massmech.studies.twins.data import KINDS, TwinCorpus, eval_set
+from massmech.studies.twins.model import TwinLlamaForCausalLM, load_twin
+from massmech.studies.twins.train import (
+    checkpoint_dirs,
+    log_table,
+    prepare,
+    resolve_device,
+    train_all,
+)
+
+SITES = ("q", "k", "v")
+
+
+def wrap_twin(model: TwinLlamaForCausalLM, tokenizer, name: str) -> LoadedModel:
+    """A twin as a :class:`~massmech.core.models.LoadedModel` (bridged as Llama)."""
+    return wrap(model.eval(), tokenizer, name=name)
+
+
+# --------------------------------------------------------------------------- statistics
+def stats_tables(stats: QKVStats, spec: RopeSpec, *, lam: float, context: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-(site, layer) concentration metrics and per-(site, layer, pair) energy shares.
+
+    Args:
+        stats: Pre-RoPE statistics of one checkpoint.
+        spec: RoPE spec whose pairs index the dims (the variant's own, or the RoPE twin's for the
+            twins without rotation, which share its layout).
+        lam: Lambda of the massive rule (per-head mean).
+        context: Training context (wavelengths are reported relative to it).
+    """
+    layer_rows = []
+    pairs = pair_energy(dataclasses.replace(stats, rope=spec))
+    pairs = pairs[pairs.stage == "pre"]
+    prof = pairs.groupby(["site", "layer", "pair"], as_index=False).agg(share=("share", "mean"), wavelength=("wavelength", "first"))
+    half = spec.n_pairs // 2
+    for site in SITES:
+        m = stats.norm(site, "pre")  # [layer, head, d_head]
+        ratio = m.max(-1).values / m.mean(-1)  # [layer, head]
+        n_massive = massive_mask(m, lam=lam).sum((-2, -1))  # [layer]
+        for li, layer in enumerate(stats.layers):
+            p = prof[(prof.site == site) & (prof.layer == layer)]
+            peak = p.loc[p.share.idxmax()]
+            log_rel = np.log(p.wavelength.to_numpy() / context)
+            centroid = float(np.exp((p.share.to_numpy() * log_rel).sum() / p.share.sum()))
+            layer_rows.append({
+                "site": site,
+                "layer": layer,
+                "max_ratio": float(ratio[li].max()),
+                "mean_ratio": float(ratio[li].mean()),
+                "n_massive": int(n_massive[li]),
+                "slow_half_share": float(p.share[p.pair >= half].sum() / p.share.sum()),
+                "peak_pair": int(peak.pair),
+                "peak_wavelength_over_context": float(peak.wavelength) / context,
+                "centroid_wavelength_over_context": centroid,  # energy-weighted geometric mean
+            })
+    return pd.DataFrame(layer_rows), prof.rename(columns={"share": "energy_share"})
+
+
+def _scored(logits: Tensor, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row: mean NLL and accuracy (greedy == target) over the scored tokens."""
+    # logits [b, pos, vocab] predicts tokens[:, 1:]
+    target, m = tokens[:, 1:], mask[:, 1:].float()
+    nll = token_nll(logits, tokens)  # [b, pos-1], fp32
+    right = (logits[:, :-1].argmax(-1) == target).float()
+    n = m.sum(1).clamp_min(1)
+    return (nll * m).sum(1) / n, (right * m).sum(1) / n
+
+
+def row_values(
+    forward: Callable[[Tensor], Tensor],
+    sets: dict[str, tuple[Int[Tensor, "n pos"], Bool[Tensor, "n pos"]]],
+    *,
+    batch_size: int = 16,
+) -> dict[str, np.ndarray]:
+    """Per evaluation row: natural-text loss (``"natural_loss"``) or in-context accuracy
+    (``"<kind>_accuracy"``), in the order of the rows.
+
+    Args:
+        forward: Token ids ``[batch, pos]`` -> logits ``[batch, pos, vocab]``.
+        sets: Name -> (tokens, scored mask); ``"natural"`` is scored by loss, the rest by accuracy.
+    """
+    out = {}
+    with torch.inference_mode():
+        for name, (toks, mask) in sets.items():
+            vals = []
+            for i in range(0, len(toks), batch_size):
+                logits = forward(toks[i : i + batch_size])  # [b, pos, vocab], on the model's device
+                t, m = toks[i : i + batch_size].to(logits.device), mask[i : i + batch_size].to(logits.device)
+                nll, acc = _scored(logits, t, m)
+                vals.append((nll if name == "natural" else acc).cpu())
+            out["natural_loss" if name == "natural" else f"{name}_accuracy"] = torch.cat(vals).double().numpy()
+    return out
+
+
+def score(
+    values: dict[str, np.ndarray], *, baseline: dict[str, np.ndarray] | None = None, seed: int = 0
+) -> pd.DataFrame:
+    """Mean of each metric with a 95% bootstrap CI over rows (and, given the same rows under a
+    baseline, the paired change with its CI).
+
+    Returns:
+        One row per metric: ``metric, value, ci_low, ci_high, n`` (+ ``delta, delta_ci_low,
+        delta_ci_high``).
+    """
+    rows = []
+    for metric, v in values.items():
+        stats = describe(v, baseline=None if baseline is None else baseline[metric], seed=seed)
+        rows.append({"metric": metric, "value": stats.pop("mean"), **stats})
+    return pd.DataFrame(rows)
+
+
+def eval_sets(cfg: TwinsConfig, corpus: TwinCorpus, context: int) -> dict[str, tuple[Tensor, Tensor]]:
+    """Held-out natural windows and in-context sequences at ``context`` tokens."""
+    n_nat = max(1, cfg.analysis_tokens // context)
+    sets = {"natural": eval_set(corpus, "natural", n=n_nat, length=context, seed=cfg.seed)}
+    for kind in KINDS:
+        sets[kind] = eval_set(corpus, kind, n=cfg.eval_examples, length=context, seed=cfg.seed)
+    return sets
+
+
+def _hf_forward(model: TwinLlamaForCausalLM) -> Callable[[Tensor], Tensor]:
+    return lambda x: model(x.to(model.device)).logits
+
+
+def _bridge_forward(lm: LoadedModel) -> Callable[[Tensor], Tensor]:
+    return lambda x: lm.bridge(x.to(lm.info.device), return_type="logits")
+
+
+# --------------------------------------------------------------------------- tables
+def _checkpoint_id(folder: Path) -> str:
+    """sha256 of a checkpoint's weights: a retrained checkpoint at the same step is another cell."""
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()[:20]
+
+
+def _analyse_checkpoint(cfg: TwinsConfig, v: Variant, step: int, folder: Path, tokenizer, sets: dict,
+                        spec_of_twin, device: str) -> dict[str, pd.DataFrame]:
+    """Trajectory, band and score rows of one checkpoint (one cell of the twins study)."""
+    ctx = cfg.context_of(v)
+    model = load_twin(folder).to(device).eval()
+    lm = wrap_twin(model, tokenizer, f"twin-{v.name}@{step}")
+    stats = capture_stats(lm, sets["natural"][0], sites=SITES, stages=("pre",), batch_size=8, progress=False)
+    # non-RoPE twins are indexed by the RoPE twin's pairs, so their bands line up with it
+    spec = lm.rope_or_none or spec_of_twin()
+    lt, pt = stats_tables(stats, spec, lam=cfg.lam, context=ctx)
+    keys = {"variant": v.name, "mechanism": v.mechanism, "context": ctx,
+            "rope_theta": cfg.theta_of(v) if v.mechanism == "rope" else np.nan, "step": step}
+    if lm.rope_or_none is None:
+        pt = pt.assign(wavelength=np.nan)
+        lt = lt.assign(peak_wavelength_over_context=np.nan, centroid_wavelength_over_context=np.nan)
+    return {"trajectory": lt.assign(**keys), "bands": pt.assign(**keys),
+            "scores": score(row_values(_hf_forward(model), sets), seed=cfg.seed).assign(**keys)}
+
+
+def checkpoint_tables(
+    cfg: TwinsConfig,
+    out: str | os.PathLike,
+    tokenizer,
+    corpus: TwinCorpus,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Path]]:
+    """Statistics and scores of every checkpoint of every variant, one cell per checkpoint.
+
+    Each (variant, step) is a cell of the ``twins`` :class:`~massmech.infra.cells.CellStore` in
+    ``out/cells``, keyed by the config, the variant, the step and the checkpoint's weights: a
+    rerun analyses only checkpoints it has not seen (new steps, or retrained weights).
+
+    Returns:
+        ``(trajectory, bands, scores, finals)``: tidy tables with a ``variant`` and ``step``
+        column, and the folder of each variant's final checkpoint.
+    """
+    out = Path(out)
+    store = CellStore(out / "cells", "twins")
+    config = dataclasses.asdict(cfg)
+    found = {v: checkpoint_dirs(out, v) for v in cfg.variants}
+    jobs = [(v, s, d) for v in cfg.variants for s, d in sorted(found[v].items())]
+    sets_by_ctx: dict[int, dict] = {}
+    twin_spec: list[RopeSpec] = []
+
+    def spec_of_twin() -> RopeSpec:
+        if not twin_spec:
+            rope = next(v for v in cfg.variants if v.is_twin and v.mechanism == "rope")
+            first = min(found[rope])
+            twin_spec.append(wrap_twin(load_twin(found[rope][first]).eval(), tokenizer, "twin-rope").rope)
+        return twin_spec[0]
+
+    tables: dict[str, list[pd.DataFrame]] = {"trajectory": [], "bands": [], "scores": []}
+    for v, step, d in tqdm(jobs, desc="analyse checkpoints", disable=not progress):
+        parts = {"config": config, "variant": v.name, "step": step, "weights": _checkpoint_id(d)}
+        key = store.key(parts)
+        cell = store.get(key)
+        if cell is None:
+            ctx = cfg.context_of(v)
+            sets = sets_by_ctx.setdefault(ctx, eval_sets(cfg, corpus, ctx))
+            made = _analyse_checkpoint(cfg, v, step, d, tokenizer, sets, spec_of_twin, device)
+            store.put(key, parts, data={"variant": v.name, "step": step}, tables=made)
+        else:
+            made = cell.tables
+        for name in tables:
+            tables[name].append(made[name])
+    finals = {v.name: found[v][max(found[v])] for v in cfg.variants if found[v]}
+    return (*(pd.concat(tables[n], ignore_index=True) for n in ("trajectory", "bands", "scores")), finals)
+
+
+def disruption_table(cfg: TwinsConfig, lm: LoadedModel, corpus: TwinCorpus) -> pd.DataFrame:
+    """Baseline vs top-k Q/K dims per head (pre-RoPE, every layer, chosen per sequence) replaced by
+    their mean over the sequence, vs k random other dims per head; paired changes with CIs."""
+    sets = eval_sets(cfg, corpus, cfg.context)
+    massive = Disruption(target="qk", stage="pre", rule="topk", k=cfg.disrupt_k, seed=cfg.seed)
+    base = row_values(_bridge_forward(lm), sets)
+    frames = [score(base, seed=cfg.seed).assign(condition="baseline")]
+    for name, d in (("massive", massive), ("random", massive.as_control("random"))):
+        with disrupt(lm, d):
+            vals = row_values(_bridge_forward(lm), sets)
+        frames.append(score(vals, baseline=base, seed=cfg.seed).assign(condition=name))
+    return pd.concat(frames, ignore_index=True).assign(variant=lm.info.name, k=cfg.disrupt_k)
+
+
+def wavelength_table(traj: pd.DataFrame, cfg: TwinsConfig) -> pd.DataFrame:
+    """For each RoPE variant at its last step, Q/K in the later half of the layers: the peak pair
+    and its wavelength relative to the training context."""
+    late = cfg.n_layers // 2
+    t = traj[(traj.mechanism == "rope") & (traj.site != "v") & (traj.layer >= late)]
+    t = t[t.step == t.groupby("variant").step.transform("max")]
+    return t[["variant", "context", "rope_theta", "site", "layer", "max_ratio", "peak_pair",
+              "peak_wavelength_over_context", "centroid_wavelength_over_context", "slow_half_share"]].reset_index(drop=True)
+
+
+def summary_ratios(traj: pd.DataFrame, cfg: TwinsConfig) -> dict[str, dict[str, float]]:
+    """Per twin: the largest per-head max/mean ratio of M over the later half of the layers at
+    the final checkpoint, for q, k, v."""
+    late = cfg.n_layers // 2
+    out = {}
+    for v in TWINS:
+        t = traj[(traj.variant == v.name) & (traj.layer >= late)]
+        t = t[t.step == t.step.max()]
+        out[v.mechanism] = {s: round(float(t[t.site == s].max_ratio.max()), 4) for s in SITES}
+    return out
+
+
+# --------------------------------------------------------------------------- runner
+def run_twins(
+    cfg: TwinsConfig,
+    out: str | os.PathLike,
+    *,
+    workers: int = 1,
+    device: str | None = None,
+    figures: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Train (resuming) every variant, analyse every checkpoint, write tables, figures, summary.
+
+    Args:
+        cfg: The study.
+        out: The twins folder (checkpoints resumed, ``analysis/`` replaced).
+        workers: Variants trained in parallel (processes).
+        device: Default CUDA when available, else the CPU.
+        figures: Also draw the figures.
+        progress: Progress bars.
+
+    Returns:
+        The summary (also ``OUT/analysis/summary.json``): ``twins`` -> mechanism ->
+        ``{"q", "k", "v"}`` ratios, per-variant final scores, the wavelength table and the
+        disruption result.
+    """
+    out = check_out(out, "twins", resume=True)
+    device = resolve_device(device)
+    tok, corpus = prepare(cfg, out)
+    logs = train_all(cfg, out, workers=workers, device=device, progress=progress)
+    traj, bands, scores, finals = checkpoint_tables(cfg, out, tok, corpus, device=device, progress=progress)
+    rope_final = wrap_twin(load_twin(finals["rope"]).to(device).eval(), tok, "twin-rope@final")
+    disruption = disruption_table(cfg, rope_final, corpus)
+    waves = wavelength_table(traj, cfg)
+    last = scores[scores.step == scores.groupby("variant").step.transform("max")]
+    summary = {
+        "preset": cfg.preset,
+        "out": str(out),
+        "steps": cfg.steps,
+        "twins": summary_ratios(traj, cfg),
+        "final_scores": {v: dict(zip(g.metric, g.value.round(4), strict=True)) for v, g in last.groupby("variant")},
+        "wavelength": waves.groupby(["variant", "site"]).peak_wavelength_over_context.median().round(3)
+        .unstack().to_dict(orient="index"),
+        "disruption": {c: dict(zip(g.metric, g.value.round(4), strict=True)) for c, g in disruption.groupby("condition")},
+        "disruption_delta": {
+            c: {m: [round(x, 4) for x in row] for m, row in zip(g.metric, g[["delta", "delta_ci_low", "delta_ci_high"]].to_numpy().tolist(), strict=True)}
+            for c, g in disruption[disruption.condition != "baseline"].groupby("condition")
+        },
+    }
+    tables = {"trajectory": traj, "bands": bands, "scores": scores, "disruption": disruption,
+              "wavelength": waves, "train_log": log_table(logs)}
+    with atomic_run_dir(out / "analysis", "twins-analysis", overwrite=True) as tmp:
+        for name, t in tables.items():
+            t.to_parquet(tmp / f"{name}.parquet", index=False)
+            t.to_csv(tmp / f"{name}.csv", index=False)
+        if figures:
+            from massmech.report import plotting
+
+            plotting.twins_trajectory(traj, out=tmp / "twins_trajectory")
+            plotting.twins_bands(bands, out=tmp / "twins_bands")
+            plotting.twins_disruption(disruption, out=tmp / "twins_disruption")
+        write_json(tmp / "manifest.json", manifest(cfg, seed=cfg.seed))
+        index = {v.name: {str(step): str(d.relative_to(out)) for step, d in sorted(checkpoint_dirs(out, v).items())}
+                 for v in cfg.variants}  # variant -> step -> folder (each holds its own manifest.json)
+        write_json(tmp / "checkpoints.json", index)
+        write_json(tmp / "summary.json", summary)
+    return summary
+
+
+def load_tables(out: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """The tables of a finished twins run (``OUT/analysis/*.parquet``)."""
+    d = Path(out) / "analysis"
+    if not (d / "summary.json").is_file():
+        raise RunNotFoundError(f"{out} has no finished twins analysis: run massmech twins --out {out}")
+    return {p.stem: pd.read_parquet(p) for p in sorted(d.glob("*.parquet"))}
+

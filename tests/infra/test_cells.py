@@ -1,0 +1,135 @@
+"""The cell store: atomic cells with provenance, stale versions recomputed, gc, and version pins."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import massmech as mm
+from massmech.cli import main
+from massmech.errors import StoreError
+from massmech.infra.cells import CELL_VERSIONS, CellStore, gc, list_cells
+
+PARTS = {"model": "tiny-llama", "task": {"name": "kv_lookup"}, "condition": None}
+
+
+def test_put_get_and_provenance(tmp_path):
+    store = CellStore(tmp_path, "ablation")
+    key = store.key(PARTS)
+    assert key not in store and store.get(key) is None
+    store.put(key, PARTS, data={"verdicts": {"1": True}}, tables={"rows": pd.DataFrame({"x": [1.5, None]})})
+    cell = store.get(key)
+    assert cell.data == {"verdicts": {"1": True}} and cell.tables["rows"].x.isna().tolist() == [False, True]
+    meta = cell.meta
+    assert meta["study"] == "ablation" and meta["version"] == CELL_VERSIONS["ablation"] and meta["parts"] == PARTS
+    assert {"created", "massmech", "git", "packages"} <= set(meta) and meta["packages"]["torch"]
+    assert store.key(dict(reversed(list(PARTS.items())))) == key  # canonical: order does not matter
+    with pytest.raises(StoreError, match="does not match"):
+        store.put(key, PARTS | {"model": "other"})
+
+
+def test_a_stale_cell_is_recomputed_never_reused(tmp_path):
+    old = CellStore(tmp_path, "quant", version=CELL_VERSIONS["quant"] - 1)
+    old_key = old.key(PARTS)
+    old.put(old_key, PARTS, data="computed by older code")
+    new = CellStore(tmp_path, "quant")
+    assert new.key(PARTS) != old_key and new.get(new.key(PARTS)) is None
+    assert old_key not in new  # even asked by the old key, a new store refuses an old-version cell
+    listing = list_cells(tmp_path)
+    assert listing.current.tolist() == [False]
+    assert [p.name for p in gc(tmp_path, dry_run=True)] == [old_key] and (tmp_path / "quant" / old_key).exists()
+    assert [p.name for p in gc(tmp_path)] == [old_key] and not (tmp_path / "quant" / old_key).exists()
+
+
+def test_a_killed_write_leaves_only_whole_cells_and_gc_keeps_foreign_files(tmp_path):
+    store = CellStore(tmp_path, "twins")
+    key = store.key(PARTS)
+
+    class Boom(pd.DataFrame):
+        def to_parquet(self, *a, **k):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        store.put(key, PARTS, tables={"t": Boom({"a": [1]})})
+    assert key not in store and list((tmp_path / "twins").iterdir()) == []
+    leftover = tmp_path / "twins" / ".tmp-deadbeef-1-x"  # what a SIGKILL mid-write leaves
+    leftover.mkdir()
+    mine = tmp_path / "twins" / "my-notes"
+    mine.mkdir()
+    (mine / "cell.json").write_text("{}")  # not a massmech cell stamp
+    assert gc(tmp_path) == [leftover] and mine.exists()
+
+
+def test_cells_command(tmp_path, capsys):
+    store = CellStore(tmp_path, "ablation", version=1)
+    store.put(store.key(PARTS), PARTS, data=1)
+    assert main(["cells", "ls", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["study"], r["version"], r["current"]) for r in rows] == [("ablation", 1, False)]
+    assert main(["cells", "gc", str(tmp_path)]) == 0
+    assert "removed 1" in capsys.readouterr().out and list_cells(tmp_path).empty
+
+
+# --------------------------------------------------------------------------- version pins
+# Each study's measure on a tiny model, hashed, pinned together with the study's cell version.
+# If a change alters what a measure computes, this fails: bump CELL_VERSIONS[study] (old cells
+# are then recomputed, never reused) and re-pin both numbers together, with a changelog line.
+PINS = {
+    "ablation": (2, "b4d85b6d336032de"),
+    "quant": (2, "a1035405c0512227"),
+    "twins": (1, "9311ce6e33ad4242"),
+}
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _ids():
+    return torch.randint(0, 200, (2, 32), generator=torch.Generator().manual_seed(0))
+
+
+def _ablation_measure():
+    from massmech.causal.disruption import Disruption
+    from massmech.causal.tasks.builtin import get_task
+
+    model = mm.load_model("tiny-llama")
+    conditions = {"baseline": None, "topk": Disruption(rule="topk", k=2), "lambda": Disruption(lam=1.2)}
+    df = mm.evaluate(model, get_task("kv_lookup"), conditions, n=6, seed=0, progress=False)
+    return [[r.condition, str(r.uid), bool(r.correct), r.pred, int(r.n_dims)]
+            for r in df.sort_values(["condition", "uid"]).itertuples()]
+
+
+def _quant_measure():
+    from massmech.studies.quant.methods import quantize_weights
+    from massmech.studies.quant.preservation import massive_preservation
+
+    model = mm.load_model("tiny-llama")
+    clean = mm.capture_stats(model, _ids(), sites=("q", "k"), progress=False)
+    quantize_weights(model, "rtn", bits=4, group_size=16)
+    quant = mm.capture_stats(model, _ids(), sites=("q", "k"), progress=False)
+    return massive_preservation(clean, quant, lam=1.2).round(4).to_dict(orient="records")
+
+
+def _twins_measure():
+    from massmech.studies.twins.study import stats_tables
+
+    model = mm.load_model("tiny-llama")
+    stats = mm.capture_stats(model, _ids(), sites=("q", "k", "v"), stages=("pre",), progress=False)
+    layers, pairs = stats_tables(stats, model.rope, lam=1.2, context=32)
+    return [layers.round(4).to_dict(orient="records"), pairs.round(4).to_dict(orient="records")]
+
+
+@pytest.mark.parametrize("study", sorted(PINS))
+def test_measure_outputs_are_pinned_with_the_cell_version(study):
+    measure = {"ablation": _ablation_measure, "quant": _quant_measure, "twins": _twins_measure}[study]
+    version, digest = PINS[study]
+    got = (CELL_VERSIONS[study], _digest(measure()))
+    assert got == (version, digest), (
+        f"{study}: the measure's output or cell version changed ({got} vs pinned {(version, digest)}). "
+        f"If the measure changed on purpose, bump CELL_VERSIONS[{study!r}] and re-pin both."
+    )

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+import massmech as mm
+from massmech import plotting
+
+
+@pytest.fixture(scope="module")
+def tiny_analysis(tiny_models):
+    model = tiny_models["tiny-qwen2"]
+    stats = mm.capture_stats(model, ["figures need some text to look at " * 4] * 3, progress=False)
+    return model, stats, mm.frequency_analysis(stats)
+
+
+def _written(out):
+    for ext in ("pdf", "png"):
+        path = out.with_suffix(f".{ext}")
+        assert path.stat().st_size > 1000, path
+    pdf = out.with_suffix(".pdf").read_bytes()
+    assert b"/Type3" not in pdf and b"/FontType 3" not in pdf  # Type 42 (TrueType) fonts only
+
+
+def test_heatmap(tiny_analysis, tmp_path):
+    _, stats, _ = tiny_analysis
+    fig = plotting.massive_heatmap(stats, [0, 1], out=tmp_path / "h")
+    _written(tmp_path / "h")
+    assert len(fig.axes) == 2 * 2 * 2  # 2 sites x 2 layers, each with a colorbar
+    assert fig.axes[0].get_xlabel() == "dim" and fig.axes[0].get_ylabel() == "head"
+    with pytest.raises(IndexError, match="not captured"):
+        plotting.massive_heatmap(stats, [5])
+
+
+def test_bars3d(tiny_analysis, tmp_path):
+    model, _, _ = tiny_analysis
+    acts = model.run_sites(model.probe_tokens(6), [("q", "pre")], layers=[0])
+    fig = plotting.token_dim_bars({"Q": acts[("q", "pre", 0)][0, :, 0]}, out=tmp_path / "b")
+    _written(tmp_path / "b")
+    assert fig.axes[0].get_zlabel() == "|value|"
+
+
+def test_emergence_and_spectrum(tiny_analysis, tmp_path):
+    _, _, fa = tiny_analysis
+    fig = plotting.emergence(fa, out=tmp_path / "e")
+    _written(tmp_path / "e")
+    assert fig.axes[0].get_ylabel() == "energy fraction in low band"
+    fig = plotting.spectrum(fa, [0, 1], out=tmp_path / "s")
+    _written(tmp_path / "s")
+    assert [ax.get_xscale() for ax in fig.axes] == ["log"] * 3
+    with pytest.raises(IndexError):
+        plotting.spectrum(fa, [9])
+
+
+def test_figures_without_out_write_nothing(tiny_analysis, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fig = plotting.emergence(tiny_analysis[2])
+    assert list(tmp_path.iterdir()) == []
+    assert len(fig.axes) == 2
+
+
+def test_heatmap_band_edges_adjacent_layout(tmp_path):
+    from massmech.core.rope import RopeSpec
+
+    spec = RopeSpec(d_head=12, rotary_dim=12, layout="adjacent", inv_freq=(tuple(10.0 ** -i for i in range(6)),), scaling=(1.0,))
+    m = torch.ones(1, 2, 12, dtype=torch.float64)
+    stats = mm.QKVStats(model="adj", layers=(0,), n_tokens=1, n_sequences=1, sumsq={("q", "pre"): m},
+                        total={("q", "pre"): m}, max_abs={("q", "pre"): m}, rope=spec)
+    fig = plotting.massive_heatmap(stats, [0], sites=("q",), n_bands=3)
+    xs = sorted(line.get_xdata()[0] for line in fig.axes[0].get_lines())
+    assert xs == [3.5, 7.5]  # pairs (4,5) and (8,9) start the mid and low bands
+
+
+def test_ablation_figures(tmp_path):
+    from massmech import plotting
+    from massmech.studies.ablation import SweepConfig, run_sweep
+
+    cfg = SweepConfig(models=("tiny-llama",), tasks=("country_capital", "kv_lookup"), n=4, rules=("topk",),
+                      ks=(1, 2), layer_ranges=("all", "early", "late"), controls=("lowest",))
+    table = run_sweep(cfg, tmp_path / "sweep", progress=False)
+    main = table[(table.layer_range == "all") & (table.k == 1) | (table.role == "baseline")]
+    plotting.ablation_bars(main, out=tmp_path / "bars")
+    plotting.ablation_curve(table[(table.layer_range == "all") | (table.role == "baseline")], out=tmp_path / "curve")
+    fig = plotting.ablation_layers(table[(table.k == 2) | (table.role == "baseline")], out=tmp_path / "layers")
+    for name in ("bars", "curve", "layers"):
+        assert (tmp_path / f"{name}.pdf").stat().st_size > 1000 and (tmp_path / f"{name}.png").exists()
+    assert len(fig.axes) == 2
+    import pytest
+
+    with pytest.raises(ValueError, match="not in the table"):
+        plotting.ablation_bars(main, model="other")
+    plotting.close_all()

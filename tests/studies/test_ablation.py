@@ -1,0 +1,105 @@
+"""Sweeps: one tidy table, resumable after an interruption, atomic, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from massmech.errors import RunDirError
+from massmech.studies import ablation as sweeps
+from massmech.studies.ablation import SweepConfig, layer_range, run_sweep
+
+CFG = SweepConfig(
+    models=("tiny-llama",), tasks=("kv_lookup", "sentiment"), n=6, rules=("topk",), ks=(1, 3),
+    layer_ranges=("all", "late"), controls=("lowest", "random"),
+)
+
+
+def test_sweep_table_and_resume_after_interrupt(tmp_path, monkeypatch):
+    full = run_sweep(CFG, tmp_path / "a", progress=False)
+    n_cells = 2 * (1 + 2 * 2 * 3)  # tasks x (baseline + ks x ranges x (massive + 2 controls))
+    assert len(full) == n_cells == len(list((tmp_path / "a" / "cells" / "ablation").glob("*/cell.json")))
+    assert set(full.role) == {"baseline", "massive", "control"} and (full.n == 6).all()
+    assert not full.duplicated(["task", "condition"]).any()
+    assert (tmp_path / "a" / "manifest.json").exists()
+    disrupted = full[full.role != "baseline"]
+    assert disrupted.lam.isna().all() and disrupted.k.notna().all()  # top-k rows carry no lambda
+
+    calls = {"n": 0}
+    real = sweeps.evaluate
+
+    def dying(*a, **k):  # the second (model, task) group is killed midway
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweeps, "evaluate", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(CFG, tmp_path / "b", progress=False)
+    partial = list((tmp_path / "b" / "cells" / "ablation").glob("*/cell.json"))
+    assert len(partial) == n_cells // 2  # the finished group survived, nothing half-written
+    assert not list((tmp_path / "b" / "cells" / "ablation").glob(".tmp*"))
+    monkeypatch.setattr(sweeps, "evaluate", real)
+    calls["n"] = 0
+    resumed = run_sweep(CFG, tmp_path / "b", progress=False)
+    key = ["task", "condition"]
+    a = full.sort_values(key).reset_index(drop=True)
+    b = resumed.sort_values(key).reset_index(drop=True)
+    assert a.equals(b)
+
+    # a rerun finds everything done: nothing is evaluated again
+    monkeypatch.setattr(sweeps, "evaluate", lambda *a, **k: pytest.fail("recomputed a finished cell"))
+    again = run_sweep(CFG, tmp_path / "b", progress=False)
+    assert again.sort_values(key).reset_index(drop=True).equals(a)
+
+
+def test_cells_record_verdicts_and_controls_match_counts(tmp_path):
+    cfg = SweepConfig(models=("tiny-qwen2",), tasks=("kv_lookup",), n=5, rules=("topk",), ks=(2,), controls=("band-low",))
+    t = run_sweep(cfg, tmp_path, progress=False).set_index("role")
+    assert t.loc["massive", "n_dims"] == t.loc["control", "n_dims"] > 0
+    cell = json.loads((tmp_path / "cells" / "ablation" / t.loc["massive", "key"] / "cell.json").read_text())["data"]
+    assert len(cell["verdicts"]) == 5 and cell["disruption"]["k"] == 2
+
+
+def test_shared_cell_store_reuses_common_cells(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    a = run_sweep(CFG, tmp_path / "a" / "nested", cells=store, progress=False)  # out is created
+    assert (tmp_path / "a" / "nested" / "results.parquet").exists()
+    small = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=6, rules=("topk",), ks=(3,), controls=("random",))
+    monkeypatch.setattr(sweeps, "evaluate", lambda *a, **k: pytest.fail("recomputed a cell the store holds"))
+    b = run_sweep(small, tmp_path / "b", cells=store, progress=False)
+    assert len(b) == 3 and set(b.key) <= set(a.key)
+
+
+def test_coinciding_grid_points_are_one_cell(tmp_path):
+    # on a 2-layer model "middle" and "late" are both layer 1: one cell, not two
+    cfg = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=4, rules=("topk",), ks=(2, 2),
+                      layer_ranges=("middle", "late"), controls=("lowest",))
+    t = run_sweep(cfg, tmp_path, progress=False)
+    assert len(t) == 3 and t.key.is_unique
+
+
+def test_layer_ranges():
+    assert layer_range("all", 30) is None
+    assert layer_range("early", 30) == tuple(range(10)) and layer_range("late", 30) == tuple(range(20, 30))
+    assert layer_range("middle", 2) == (1,) and layer_range("3-5", 30) == (3, 4, 5)
+    with pytest.raises(ValueError, match="out of range"):
+        layer_range("3-40", 30)
+
+
+def test_bad_sweeps(tmp_path):
+    with pytest.raises(ValueError, match="unknown task"):
+        SweepConfig(tasks=("nope",))
+    with pytest.raises(ValueError, match="unknown control"):
+        SweepConfig(controls=("highest",))
+    with pytest.raises(ValueError, match="layer range"):
+        SweepConfig(layer_ranges=("first",))
+    with pytest.raises(ValueError, match="needs lams"):
+        SweepConfig(lams=())
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RunDirError):
+        run_sweep(CFG, blocker / "out", progress=False)
+    assert SweepConfig.from_json(CFG.to_json()) == CFG

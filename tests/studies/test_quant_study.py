@@ -1,0 +1,181 @@
+"""The quantization study: specs, each method's edits, the variant cache, the table, the CLI."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from massmech import load_model, plotting
+from massmech.cli import main as cli
+from massmech.core.loading import load_hf
+from massmech.errors import QuantError
+from massmech.studies.quant.config import QuantSpec, QuantStudyConfig
+from massmech.studies.quant.methods import decoder_linears
+from massmech.studies.quant.smoothing import smoothing_names
+from massmech.studies.quant.study import run_quant_study
+from massmech.studies.quant.variants import apply_variant, compute_weights, variant_weights
+
+CALIB = torch.randint(0, 200, (4, 64), generator=torch.Generator().manual_seed(1)).tolist()
+SMALL = dict(model="tiny-llama", tasks=("country_capital", "kv_lookup"), n=4, calib_tokens=512, eval_tokens=512, seq_len=128)
+COLUMNS = ["model", "variant", "method", "family", "bits", "group_size", "alpha", "outlier_aware", "base",
+           "same_as_base", "measure", "site", "stage", "task", "kind", "value", "ci_low", "ci_high", "n"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASSMECH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    (dict(method="fp4"), "unknown method 'fp4'; methods are none, rtn"),
+    (dict(method="rtn", bits=3), r"rtn supports bits \(4, 8\), got 3"),
+    (dict(method="awq", bits=8), r"awq supports bits \(4,\)"),
+    (dict(method="gguf-q4_0", bits=4), "no bits setting"),
+    (dict(method="kv-per-token", bits=4, group_size=32), "takes no group size"),
+    (dict(method="smoothquant", bits=8, alpha=1.5), "alpha must be in"),
+])
+def test_bad_specs(kwargs, match):
+    with pytest.raises(QuantError, match=match):
+        QuantSpec(**kwargs)
+
+
+def test_spec_defaults_and_labels():
+    assert QuantSpec.of("rtn") == QuantSpec("rtn", 4, 64)
+    assert QuantSpec.of("rtn", 8).label == "rtn-w8-pc"
+    assert QuantSpec.of("gptq").label == "gptq-w4-g64"
+    assert QuantSpec.of("smoothquant", alpha=0.8).label == "smoothquant-a0.8"
+    assert QuantSpec.of("kv-massive-aware", 2).label == "kv-massive-aware-2b"
+    cfg = QuantStudyConfig(variants=(QuantSpec.of("awq"),))
+    assert QuantStudyConfig.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize("spec", [QuantSpec.of("rtn", group_size=16), QuantSpec.of("rtn", 8), QuantSpec.of("gguf-q4_0"),
+                                  QuantSpec.of("w8a8-naive"), QuantSpec.of("awq", group_size=16), QuantSpec.of("smoothquant")])
+def test_each_method_changes_what_it_should_and_nothing_else(spec):
+    hf, *_ = load_hf("tiny-llama")
+    linears = {f"{n}.weight" for n in decoder_linears(hf)}
+    changed = set(compute_weights("tiny-llama", spec, CALIB))
+    if spec.method in ("awq", "smoothquant"):
+        norms = {f"model.{n}" for n in smoothing_names(hf, awq=spec.method == "awq")}
+        assert linears <= changed <= linears | norms
+        assert changed & norms  # the scales were folded somewhere
+    else:
+        assert changed == linears  # embeddings, norms and the LM head untouched
+
+
+def test_gptq_writes_int4_group_weights():
+    pytest.importorskip("llmcompressor")
+    spec = QuantSpec.of("gptq", group_size=16)
+    w = compute_weights("tiny-llama", spec, CALIB)
+    hf, *_ = load_hf("tiny-llama")
+    assert set(w) == {f"{n}.weight" for n in decoder_linears(hf)}
+    q = w["model.layers.0.self_attn.q_proj.weight"].reshape(64, -1, 16)  # [out, groups, g]
+    levels = torch.tensor([len(torch.unique(grp)) for grp in q.reshape(-1, 16)])
+    assert int(levels.max()) <= 16  # at most 2**4 values per group
+    ref = hf.model.layers[0].self_attn.q_proj.weight
+    assert 0.01 < float((w["model.layers.0.self_attn.q_proj.weight"] - ref).norm() / ref.norm()) < 0.5
+
+
+def test_gptq_without_llmcompressor_names_the_extra(monkeypatch):
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name == "llmcompressor" or name.startswith("llmcompressor."):
+            raise ImportError("No module named 'llmcompressor'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(QuantError, match=r"pip install 'massmech\[quant\]'"):
+        compute_weights("tiny-llama", QuantSpec.of("gptq", group_size=16), CALIB)
+
+
+def test_group_size_that_does_not_divide_lists_sizes_and_writes_nothing(tmp_path):
+    cfg = QuantStudyConfig(**SMALL, variants=(QuantSpec("rtn", 4, 48),))
+    with pytest.raises(QuantError, match=r"group_size 48 does not divide the input width 64; sizes that do: \[2, 4, 8, 16, 32, 64\]"):
+        run_quant_study(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_smoothing_on_a_model_without_the_layout_fails_before_any_work(tmp_path):
+    cfg = QuantStudyConfig(**(SMALL | {"model": "tiny-gpt2"}), variants=(QuantSpec.of("smoothquant"),))
+    with pytest.raises(ValueError, match="Llama/Qwen2/Gemma-3"):
+        run_quant_study(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_variant_cache_and_apply_restore(tmp_path, monkeypatch):
+    import massmech.studies.quant.variants as qs
+
+    cfg = QuantStudyConfig(**SMALL)
+    spec = QuantSpec.of("rtn", group_size=16)
+    first = variant_weights("tiny-llama", spec, cfg, CALIB)
+    monkeypatch.setattr(qs, "compute_weights", lambda *a, **k: pytest.fail("recomputed a cached variant"))
+    again = variant_weights("tiny-llama", spec, cfg, CALIB)
+    assert set(first) == set(again) and all(torch.equal(first[k], again[k]) for k in first)
+    model = load_model("tiny-llama")
+    ids = torch.tensor([CALIB[0]])
+    clean = model.bridge(ids, return_type="logits")
+    with apply_variant(model, spec, first):
+        quant = model.bridge(ids, return_type="logits")
+    assert not torch.allclose(quant, clean)
+    assert torch.equal(model.bridge(ids, return_type="logits"), clean)  # undone on exit
+
+
+def test_kv_variant_touches_only_the_cached_site():
+    model = load_model("tiny-llama")
+    spec = QuantSpec.of("kv-per-token", 2)
+    ids = torch.tensor([CALIB[0]])
+    names = {n: n for n in ("blocks.0.attn.hook_k", "blocks.0.attn.hook_rot_k")}
+    clean = model.run_hooks(ids, names)
+    with apply_variant(model, spec, {}):
+        quant = model.run_hooks(ids, names)  # registered after the KV hooks: sees their output
+    assert torch.equal(quant["blocks.0.attn.hook_k"], clean["blocks.0.attn.hook_k"])
+    assert not torch.allclose(quant["blocks.0.attn.hook_rot_k"], clean["blocks.0.attn.hook_rot_k"])
+
+
+def test_study_table_schema_and_determinism(tmp_path, monkeypatch):
+    cfg = QuantStudyConfig(**SMALL, variants=(QuantSpec.of("rtn", group_size=16), QuantSpec.of("kv-massive-aware", 2),
+                                             QuantSpec.of("w8a8-naive"), QuantSpec.of("awq", group_size=16)))
+    a = run_quant_study(cfg, tmp_path / "a", progress=False)
+    monkeypatch.setenv("MASSMECH_CACHE", str(tmp_path / "cache2"))  # recompute the weights too
+    b = run_quant_study(cfg, tmp_path / "b", progress=False)
+    pd.testing.assert_frame_equal(a, b)
+    assert list(a.columns) == COLUMNS
+    assert list(a.variant.unique()) == ["none", "rtn-w4-g16", "kv-massive-aware-2b", "w8a8-naive", "awq-w4-g16"]
+    per = a.groupby("variant").measure.value_counts().unstack()
+    assert (per["accuracy"] == 2).all() and (per["recall"] == 4).all() and (per["perplexity"] == 1).all()
+    assert (tmp_path / "a" / "manifest.json").exists() and (tmp_path / "a" / "results.csv").exists()
+    ppl = a[a.measure == "perplexity"].set_index("variant").value
+    assert ppl["rtn-w4-g16"] != ppl["none"] and ppl["w8a8-naive"] != ppl["none"]  # no silent no-op
+    err = a[(a.measure == "rel_error_other") & (a.site == "k") & (a.stage == "post")].set_index("variant").value
+    assert err["none"] == 0.0 and err["kv-massive-aware-2b"] > 0
+    c = run_quant_study(cfg, tmp_path / "a", progress=False)  # resumed from the cells
+    pd.testing.assert_frame_equal(a, c)
+    for fig in ("quant_tasks", "quant_preservation", "quant_kv"):  # the figures draw from the table
+        getattr(plotting, fig)(a, out=tmp_path / fig)
+        assert (tmp_path / f"{fig}.pdf").stat().st_size > 0 and (tmp_path / f"{fig}.png").exists()
+    plotting.close_all()
+    with pytest.raises(ValueError, match="no reference"):
+        plotting.quant_tasks(a[a.variant != "none"])
+
+
+def test_cli_json(capsys):
+    code = cli(["quantize", "--model", "tiny-llama", "--method", "rtn", "--bits", "8", "--tasks", "country_capital,kv_lookup",
+                "--n", "4", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"massive_recall", "perplexity", "tasks", "preservation", "reference", "base"} <= set(out)
+    assert set(out["tasks"]) == {"country_capital", "kv_lookup"}
+    assert set(out["tasks"]["kv_lookup"]) >= {"accuracy", "ci_low", "ci_high", "n"}
+    assert out["variant"] == "rtn-w8-pc" and out["bits"] == 8 and out["base"] == "float (random init)"
+
+
+def test_cli_bad_input(capsys):
+    assert cli(["quantize", "--model", "tiny-llama", "--method", "nf4"]) == 2
+    assert "unknown method 'nf4'" in capsys.readouterr().err
+    assert cli(["quantize", "--model", "tiny-llama", "--method", "rtn", "--group-size", "7", "--tasks", "kv_lookup"]) == 2
+    assert "sizes that do" in capsys.readouterr().err
