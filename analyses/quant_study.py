@@ -14,7 +14,8 @@ import argparse
 
 import pandas as pd
 
-from massmech.studies.quant.config import DEFAULT_TASKS, GRIDS, STUDY_GRID, study_config
+from massmech.studies.presets import preset
+from massmech.studies.quant.config import DEFAULT_TASKS, GRIDS, STUDY_GRID
 from massmech.studies.quant.study import run_quant_study, wide
 
 
@@ -25,10 +26,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40, help="examples per task (default 40)")
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     ap.add_argument("--out", help="default runs/quant/<model>")
+    ap.add_argument("--calib-tokens", type=int, help="calibration tokens (default: the config's)")
     ap.add_argument("--markdown", action="store_true", help="print the README's tables instead")
     args = ap.parse_args()
     grid = args.grid or STUDY_GRID.get(args.model, "full")
-    cfg = study_config(args.model, grid, tasks=tuple(args.tasks.split(",")), n=args.n)
+    sizes = {"calib_tokens": args.calib_tokens} if args.calib_tokens else {}
+    cfg = preset("quant", grid, model=args.model, tasks=tuple(args.tasks.split(",")), n=args.n, **sizes)
     table = run_quant_study(cfg, args.out or f"runs/quant/{args.model}")
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 40)

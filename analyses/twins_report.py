@@ -1,18 +1,15 @@
 """Print the twins study as Markdown tables: python analyses/twins_report.py [--out runs/twins/demo].
 
-Trains and analyses the demo preset first if the folder holds no finished analysis (about
-15 minutes on 2 cores; resumes from the last checkpoints).
+Reads a finished twins run (``make twins`` or ``massmech twins --preset demo --out runs/twins/demo``).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 
 import pandas as pd
 
-from massmech.studies.twins.config import preset
-from massmech.studies.twins.study import load_tables, run_twins
+from massmech.studies.twins.study import load_tables
 
 
 def md(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
@@ -26,13 +23,11 @@ def md(df: pd.DataFrame, floatfmt: str = ".2f") -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="runs/twins/demo")
-    ap.add_argument("--preset", default="demo", help="preset to run if the folder is not finished")
     args = ap.parse_args()
     try:
         t = load_tables(args.out)
     except FileNotFoundError:
-        run_twins(preset(args.preset), args.out, workers=os.cpu_count() or 1)
-        t = load_tables(args.out)
+        raise SystemExit(f"{args.out} has no finished twins analysis: `make twins` produces runs/twins/demo") from None
     traj, scores = t["trajectory"], t["scores"]
     n_layers = int(traj.layer.max()) + 1
     late = traj[traj.layer >= n_layers // 2]

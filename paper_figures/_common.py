@@ -1,20 +1,28 @@
-"""Shared plumbing of the figure scripts: one analysis per model, computed once and reused."""
+"""Shared plumbing of the figure scripts. Figures only *read* run folders; they never compute.
+
+Each study's runs live where ``make`` puts them (:data:`massmech.studies.presets.RUNS`, under
+``--runs``, default ``runs/``). A missing run stops the script with the ``make`` target that
+produces it: ``make analyze`` (Q/K/V statistics), ``make ablate`` (sweeps), ``make quant``
+(quantization study), ``make twins`` (the twins).
+"""
 
 from __future__ import annotations
 
 import argparse
 import functools
 import importlib.util
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import pandas as pd
 
 import massmech as mm
-from massmech.core.corpus import default_corpus
 from massmech.studies.analyze import default_layers
+from massmech.studies.presets import MAKE_TARGET, RUNS
 
-N_TOKENS, SEQ_LEN = 4096, 512
+ROOT = [Path(os.environ.get("MASSMECH_RUNS", "runs"))]  # set by --runs
 
 
 def models_available() -> list[str]:
@@ -25,30 +33,72 @@ def models_available() -> list[str]:
     return specs
 
 
+def run_dir(study: str, **names: str) -> Path:
+    """The run folder of a study (``RUNS`` pattern under the runs root); stops if it is missing."""
+    path = ROOT[0] / Path(RUNS[study].format(**names)).relative_to("runs")
+    if not (path / "manifest.json").is_file():
+        raise SystemExit(f"{path} has no finished {study} run: `{MAKE_TARGET[study]}` produces it "
+                         f"(with RUNS={ROOT[0]} if not runs/)")
+    return path
+
+
 @dataclass(frozen=True)
 class Analysis:
-    model: mm.LoadedModel
-    windows: list
     stats: mm.QKVStats
     freq: mm.FrequencyAnalysis
+    bars: pd.DataFrame
+    layers: list[int]
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=4)
 def analysis(spec: str) -> Analysis:
-    """Capture + frequency analysis of ``spec`` on the default corpus (cached per process)."""
-    torch.manual_seed(0)
-    model = mm.load_model(spec)
-    windows = default_corpus(model, n_tokens=N_TOKENS, seq_len=SEQ_LEN, seed=0)
-    stats = mm.capture_stats(model, windows, batch_size=4)
-    return Analysis(model, windows, stats, mm.frequency_analysis(stats, context_len=SEQ_LEN))
+    """The analyze run of ``spec`` (``massmech analyze --model SPEC --out runs/analyze/SPEC``)."""
+    run = run_dir("analyze", model=spec)
+    stats = mm.QKVStats.load(run / "stats.npz")
+    config = json.loads((run / "manifest.json").read_text()).get("config", {})
+    layers = list(config.get("heatmap_layers") or default_layers(len(stats.layers)))
+    return Analysis(stats, mm.FrequencyAnalysis.from_run(run), pd.read_parquet(run / "bars.parquet"), layers)
 
 
-def cli(description: str) -> argparse.Namespace:
+def _one_model(table: pd.DataFrame, spec: str, study: str, path: Path) -> pd.DataFrame:
+    if spec not in set(table.model):
+        raise SystemExit(f"{path} holds no rows for {spec}: `{MAKE_TARGET[study]}` produces them")
+    return table[table.model == spec]
+
+
+def sweep_table(preset: str, spec: str) -> pd.DataFrame:
+    """Rows of ``spec`` in the results of a preset ablation sweep (``runs/sweeps/<preset>``)."""
+    run = run_dir("sweep", name=preset)
+    return _one_model(pd.read_parquet(run / "results.parquet"), spec, "sweep", run)
+
+
+def quant_table(spec: str) -> pd.DataFrame:
+    """The quantization study of ``spec`` (``runs/quant/<spec>``)."""
+    run = run_dir("quant", model=spec)
+    return _one_model(pd.read_parquet(run / "results.parquet"), spec, "quant", run)
+
+
+def twins_tables(name: str = "demo") -> dict[str, pd.DataFrame]:
+    """Tables of the twins study (``runs/twins/demo``)."""
+    from massmech.studies.twins.study import load_tables
+
+    run = ROOT[0] / Path(RUNS["twins"].format(name=name)).relative_to("runs")
+    try:
+        return load_tables(run)
+    except FileNotFoundError:
+        raise SystemExit(f"{run} has no finished twins analysis: `{MAKE_TARGET['twins']}` produces it") from None
+
+
+def cli(description: str, *, models: bool = True) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--model", action="append", help="model spec (repeatable); default: all available")
+    if models:
+        ap.add_argument("--model", action="append", help="model spec (repeatable); default: all available")
     ap.add_argument("--out", default="figures", help="output folder (default figures/)")
+    ap.add_argument("--runs", default=str(ROOT[0]), help="where the runs are (default runs/)")
     args = ap.parse_args()
-    args.model = args.model or models_available()
+    ROOT[0] = Path(args.runs)
+    if models:
+        args.model = args.model or models_available()
     return args
 
 
@@ -59,52 +109,6 @@ def main(build, description: str) -> None:
         print(build(spec, Path(args.out)))
 
 
-SWEEPS = Path("runs/sweeps")  # shared with analyses/ablation_*.py: finished cells are reused
-
-
-def sweep_table(preset: str, spec: str):
-    """Results of a preset ablation sweep (massmech.studies.ablation.preset) on one model; resumable."""
-    from massmech.studies.ablation import preset as make
-    from massmech.studies.ablation import run_sweep
-
-    return run_sweep(make(preset, (spec,)), SWEEPS / preset, cells=SWEEPS / "cells")
-
-
-def layers_for(model: mm.LoadedModel) -> list[int]:
-    """First, middle and last layer."""
-    return default_layers(model.info.n_layers)
-
-
-TWINS = Path("runs/twins/demo")  # the twins study (massmech twins --preset demo --out runs/twins/demo)
-
-
-def twins_tables():
-    """Tables of the demo twins study; trains and analyses it first if absent (about 15 min on 2 cores)."""
-    import os
-
-    from massmech.studies.twins.config import preset
-    from massmech.studies.twins.study import load_tables, run_twins
-
-    try:
-        return load_tables(TWINS)
-    except FileNotFoundError:
-        run_twins(preset("demo"), TWINS, workers=os.cpu_count() or 1)
-        return load_tables(TWINS)
-
-
 def twins_main(build, description: str) -> None:
     """Command line of a twins figure script (one figure, no model argument)."""
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--out", default="figures", help="output folder (default figures/)")
-    print(build(Path(ap.parse_args().out)))
-
-
-QUANT = Path("runs/quant")  # shared with analyses/quant_study.py: finished variants are reused
-
-
-def quant_table(spec: str):
-    """The quantization study of one model (its grid in massmech.studies.quant.study.STUDY_GRID); resumable."""
-    from massmech.studies.quant.config import STUDY_GRID, study_config
-    from massmech.studies.quant.study import run_quant_study
-
-    return run_quant_study(study_config(spec, STUDY_GRID.get(spec, "full")), QUANT / spec)
+    print(build(Path(cli(description, models=False).out)))

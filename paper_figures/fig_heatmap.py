@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from _common import analysis, layers_for, main
+from _common import analysis, main
 
 from massmech import plotting
 
@@ -10,7 +10,7 @@ from massmech import plotting
 def build(spec: str, out: Path) -> Path:
     a = analysis(spec)
     path = out / f"heatmap_{spec}"
-    plotting.massive_heatmap(a.stats, layers_for(a.model), out=path)
+    plotting.massive_heatmap(a.stats, a.layers, out=path)
     plotting.close_all()
     return path
 

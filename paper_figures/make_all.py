@@ -1,4 +1,6 @@
-"""Regenerate every paper figure into one folder: python paper_figures/make_all.py [--out figures]."""
+"""Regenerate every paper figure from the run folders: python paper_figures/make_all.py [--out figures] [--runs runs].
+
+Figures only read runs; `make analyze ablate quant twins` produce them (a missing one says which)."""
 
 from pathlib import Path
 
@@ -24,8 +26,8 @@ TWIN_FIGURES = (fig_twins_trajectory, fig_twins_bands, fig_twins_disruption)  # 
 if __name__ == "__main__":
     args = cli(__doc__)
     out = Path(args.out)
-    for spec in args.model:  # each model's analysis is computed once and shared by all figures
+    for spec in args.model:  # figures read the runs of `make analyze`, `make ablate`, `make quant`
         for fig in FIGURES:
             print(fig.build(spec, out))
-    for fig in TWIN_FIGURES:  # the twins study (runs/twins/demo), trained once if absent
+    for fig in TWIN_FIGURES:  # the twins study (runs/twins/demo, from `make twins`)
         print(fig.build(out))

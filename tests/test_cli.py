@@ -192,3 +192,41 @@ def test_ablate_bad_input(extra, message, capsys, tmp_path):
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command,study,skip", [
+    ("analyze", "analyze", ()), ("sweep", "sweep", ()), ("quant-study", "quant", ("variants",)),
+    ("twins", "twins", ("preset", "variants")),
+])
+def test_study_flags_are_the_config_fields(command, study, skip):
+    import dataclasses
+
+    from massmech.cli import build_parser
+    from massmech.studies.presets import config_class
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    flags = {s for a in sub._actions for s in a.option_strings}
+    missing = [f.name for f in dataclasses.fields(config_class(study))
+               if f.name not in skip and "--" + f.name.replace("_", "-") not in flags]
+    assert not missing, f"{command} lacks flags for {missing}"
+
+
+def test_sweep_and_quant_study_commands(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--preset", "k", "--models", "tiny-llama", "--tasks", "kv_lookup", "--n", "4", "--ks", "1,2",
+            "--out", str(out), "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    table = pd.read_parquet(out / "results.parquet")
+    assert summary["cells"] == len(table) == 1 + 2 * 2  # baseline + 2 ks x (massive + lowest-norm control)
+    assert sorted(table.k.dropna().unique().tolist()) == [1, 2]
+    assert main(args) == 0  # resumed: nothing to do
+    assert json.loads(capsys.readouterr().out) == summary
+    q = tmp_path / "quant"
+    assert main(["quant-study", "--preset", "kv", "--model", "tiny-llama", "--tasks", "kv_lookup", "--n", "4",
+                 "--calib-tokens", "128", "--eval-tokens", "128", "--seq-len", "64", "--out", str(q), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["model"] == "tiny-llama" and len(summary["variants"]) == 1 + 6
+    with pytest.raises(SystemExit) as exit_:  # argparse names the valid presets
+        main(["quant-study", "--preset", "nope", "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err

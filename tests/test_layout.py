@@ -67,7 +67,7 @@ def test_import_is_lazy():
     code = "import sys, massmech; print(sorted(m for m in ('torch', 'transformers', 'transformer_lens', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"import massmech pulled in {out}"
-    help_mods = "import sys; from massmech.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    help_mods = "import sys; from massmech.cli import main; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", help_mods], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

@@ -103,3 +103,25 @@ def test_bad_sweeps(tmp_path):
     with pytest.raises(RunDirError):
         run_sweep(CFG, blocker / "out", progress=False)
     assert SweepConfig.from_json(CFG.to_json()) == CFG
+
+
+def test_cells_of_an_older_schema_version_are_recomputed(tmp_path, monkeypatch):
+    from massmech.infra import cells as cells_mod
+
+    cfg = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=4, rules=("topk",), ks=(2,), controls=("lowest",))
+    monkeypatch.setitem(cells_mod.CELL_VERSIONS, "ablation", cells_mod.CELL_VERSIONS["ablation"] - 1)
+    old = run_sweep(cfg, tmp_path, progress=False)  # written by "older code"
+    monkeypatch.undo()
+    calls = {"n": 0}
+    real = sweeps.evaluate
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(sweeps, "evaluate", counting)
+    new = run_sweep(cfg, tmp_path, progress=False)
+    assert calls["n"] == 1  # every cell recomputed (one batched unit), none reused
+    assert set(new.key).isdisjoint(old.key)
+    listing = cells_mod.list_cells(tmp_path / "cells")
+    assert sorted(listing.current.tolist()) == [False] * 3 + [True] * 3

@@ -84,6 +84,13 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"{type(x).__name__} cannot be part of a cell key")
 
 
+def cell_key(study: str, parts: dict, *, version: int | None = None) -> str:
+    """The key of a cell of ``study`` (at its current schema version unless ``version`` is given)."""
+    version = CELL_VERSIONS[study] if version is None else int(version)
+    blob = canonical({"study": study, "version": version, "parts": parts})
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
 def data_hash(obj: Any) -> str:
     """A stable hash of a cell's data (examples, token windows, ...) for its key parts."""
     return hashlib.sha256(canonical(obj).encode()).hexdigest()[:20]
@@ -111,8 +118,7 @@ class CellStore:
 
     def key(self, parts: dict) -> str:
         """The key of a cell: hash of study, schema version and its parts."""
-        blob = canonical({"study": self.study, "version": self.version, "parts": parts})
-        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+        return cell_key(self.study, parts, version=self.version)
 
     def __contains__(self, key: str) -> bool:
         meta = _read_meta(self.folder / key)

@@ -22,10 +22,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from massmech.causal.disruption import CONTROLS, Disruption
 from massmech.causal.evaluate import BASELINE, evaluate, summarize
@@ -36,15 +36,14 @@ from massmech.core.corpus import calibration_split
 from massmech.core.loading import load_model
 from massmech.core.models import LoadedModel
 from massmech.errors import ConfigError, DisruptionError
-from massmech.infra.cells import CellStore, data_hash
-from massmech.infra.io import atomic_write, write_json
+from massmech.infra.cells import cell_key, data_hash
+from massmech.infra.io import write_json
 from massmech.infra.runs import (
     atomic_run_dir,
     check_out,
-    finish_study_dir,
     manifest,
-    open_study_dir,
 )
+from massmech.infra.study import CellSpec, Context, run_study
 from massmech.stats import describe
 
 LAYER_RANGES = ("all", "early", "middle", "late")
@@ -185,96 +184,92 @@ def _cell_parts(model: str, task: dict, data: str, seed: int, cond: Disruption |
     return parts
 
 
+class AblationStudy:
+    """The sweep as a study (:mod:`massmech.infra.study`): one cell per (model, task, condition);
+    the conditions of one (model, task) form a unit, evaluated in shared batched passes."""
+
+    name = "ablation"
+    kind = "sweep"
+
+    def plan(self, config: SweepConfig, ctx: Context) -> list[CellSpec]:
+        cells: dict[str, CellSpec] = {}
+        calib = _calibration_id(config)
+        for spec in config.models:
+            # layer ranges need the model's depth; "all" does not (a resumed sweep loads nothing)
+            n_layers = ctx.model(spec).info.n_layers if set(config.layer_ranges) != {"all"} else None
+            conds = config.disruptions(n_layers)
+            for tname in config.tasks:
+                task = get_task(tname)
+                n = min(config.n, task.max_n())
+                # the examples themselves enter the key: a changed prompt or dataset never reuses a cell
+                data = data_hash(repr(task.examples(n, config.seed)))
+                for role, d, lr in [(BASELINE, None, "all")] + [(_role(d), d, lr) for d, lr in conds]:
+                    needs = d is not None and (d.selection == "calibration" or d.replace == "calib_mean")
+                    parts = _cell_parts(spec, task.config(), data, config.seed, d, calib if needs else None)
+                    key = cell_key(self.name, parts)
+                    # the same cell twice in the grid (e.g. layer ranges that coincide) is one cell
+                    cells.setdefault(key, CellSpec(key, parts, group=spec, unit=tname,
+                                                   payload={"task": tname, "n": n, "role": role, "disruption": d,
+                                                            "layer_range": lr}))
+        return list(cells.values())
+
+    def run_unit(self, config: SweepConfig, cells, ctx: Context) -> dict:
+        spec, tname, n = cells[0].group, cells[0].payload["task"], cells[0].payload["n"]
+        model = ctx.model(spec)
+        calibration = ctx.cached(("calibration", spec), lambda: _calibration(model, config)) if _needs_calibration(config) else None
+        task = get_task(tname)
+        torch.manual_seed(config.seed)
+        df = evaluate(model, task, {c.key: c.payload["disruption"] for c in cells}, n=n, seed=config.seed,
+                      batch_size=config.batch_size, calibration=calibration, progress=False)
+        out = {}
+        for c in cells:
+            g, d = df[df.condition == c.key], c.payload["disruption"]
+            out[c.key] = ({
+                "key": c.key, "model": spec, "task": tname, "kind": task.kind, "scoring": task.scoring,
+                "task_config": task.config(), "n": int(len(g)), "seed": config.seed,
+                "condition": BASELINE if d is None else d.label(), "role": c.payload["role"],
+                "layer_range": c.payload["layer_range"], "disruption": None if d is None else d.to_dict(),
+                "n_dims": float(g.n_dims.mean()),
+                "verdicts": {str(u): bool(v) for u, v in zip(g.uid, g.correct, strict=True)},
+            }, {})
+        return out
+
+    def consolidate(self, config: SweepConfig, cells: dict) -> pd.DataFrame:
+        return _consolidate([cell.data for cell in cells.values()])
+
+    def finish(self, config: SweepConfig, table: pd.DataFrame, out: Path, ctx: Context) -> dict:
+        return {"study": self.name, "cells": len(table), "models": list(config.models), "tasks": list(config.tasks),
+                "conditions": int(table.condition.nunique())}
+
+
+ABLATION = AblationStudy()
+
+
 def run_sweep(
     config: SweepConfig,
     out: str | os.PathLike,
     *,
     cells: str | os.PathLike | None = None,
+    executor: Any = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Run (or resume) a sweep into ``out/``; returns the results table.
 
-    Writes one JSON file per finished cell, ``out/results.parquet`` (one row per model x task x
-    condition: accuracy, CI, n, paired difference to the baseline) and ``out/manifest.json``.
+    Writes ``out/results.parquet`` and ``.csv`` (one row per model x task x condition: accuracy,
+    CI, n, paired difference to the baseline), ``out/summary.json`` and ``out/manifest.json``.
     Finished cells are never recomputed.
 
     Args:
-        cells: Folder of cell files (default ``out/cells``). Sweeps that share it share their
-            common cells (e.g. the baseline), whatever their grids.
+        cells: A cell store (default ``out/cells``). Sweeps that share it share their common
+            cells (e.g. the baseline), whatever their grids.
+        executor: ``"serial"`` (default), ``"processes"`` or an executor object
+            (:mod:`massmech.infra.executors`).
     """
-    check_out(out, "sweep", resume=True)  # refuses a folder massmech did not write
-    if cells is not None:
-        check_out(cells, "cells", resume=True)
-    out = open_study_dir(out, "sweep")
-    store = CellStore(open_study_dir(cells, "cells") if cells is not None else out / "cells", "ablation")
-    wanted: list[str] = []
-    parts_of: dict[str, dict] = {}
-    plan = []  # (model spec, task name, [(key, role, cond, layer range)])
-    models: dict[str, LoadedModel] = {}
-    for spec in config.models:
-        # layer ranges need the model's depth; "all" does not (a resumed sweep loads nothing)
-        n_layers = _n_layers(spec, models) if set(config.layer_ranges) != {"all"} else None
-        conds = config.disruptions(n_layers)
-        for tname in config.tasks:
-            task = get_task(tname)
-            n = min(config.n, task.max_n())
-            # the examples themselves enter the key: a changed prompt or dataset never reuses a cell
-            data = data_hash(repr(task.examples(n, config.seed)))
-            entries = [(BASELINE, None, "all")] + [(_role(d), d, lr) for d, lr in conds]
-            group = []
-            calib = _calibration_id(config)
-            for role, d, lr in entries:
-                needs = d is not None and (d.selection == "calibration" or d.replace == "calib_mean")
-                parts = _cell_parts(spec, task.config(), data, config.seed, d, calib if needs else None)
-                key = store.key(parts)
-                if key in parts_of:  # the same cell twice in the grid (e.g. ranges that coincide)
-                    continue
-                wanted.append(key)
-                parts_of[key] = parts
-                group.append((key, role, d, lr))
-            plan.append((spec, tname, n, group))
-    total = len(wanted)
-    done = sum(k in store for k in wanted)
-    bar = tqdm(total=total, initial=done, desc="sweep cells", unit="cell", disable=not progress)
-    for spec, tname, n, group in plan:
-        pending = [g for g in group if g[0] not in store]
-        if not pending:
-            continue
-        model = models.get(spec) or models.setdefault(spec, load_model(spec))
-        calibration = _calibration(model, config) if _needs_calibration(config) else None
-        task = get_task(tname)
-        torch.manual_seed(config.seed)
-        df = evaluate(
-            model, task, {key: d for key, _, d, _ in pending}, n=n, seed=config.seed,
-            batch_size=config.batch_size, calibration=calibration, progress=False,
-        )
-        for key, role, d, lr in pending:
-            g = df[df.condition == key]
-            cell = {
-                "key": key, "model": spec, "task": tname, "kind": task.kind, "scoring": task.scoring,
-                "task_config": task.config(), "n": int(len(g)), "seed": config.seed,
-                "condition": BASELINE if d is None else d.label(), "role": role,
-                "layer_range": lr, "disruption": None if d is None else d.to_dict(),
-                "n_dims": float(g.n_dims.mean()),
-                "verdicts": {str(u): bool(c) for u, c in zip(g.uid, g.correct, strict=True)},
-            }
-            store.put(key, parts_of[key], data=cell)
-            bar.update(1)
-        _consolidate(out, store, wanted)
-    bar.close()
-    table = _consolidate(out, store, wanted)
-    finish_study_dir(out, "sweep", manifest(config, model_info={s: m.info_dict() for s, m in models.items()} or None, seed=config.seed))
-    return table
+    return run_study(ABLATION, config, out, executor=executor, cells=cells, progress=progress)
 
 
 def _role(d: Disruption) -> str:
     return "massive" if d.control is None else "control"
-
-
-def _n_layers(spec: str, cache: dict[str, LoadedModel]) -> int:
-    if spec not in cache:
-        cache[spec] = load_model(spec)
-    return cache[spec].info.n_layers
 
 
 def _needs_calibration(config: SweepConfig) -> bool:
@@ -302,9 +297,8 @@ COLUMNS = [
 ]
 
 
-def _consolidate(out: Path, store: CellStore, keys: list[str]) -> pd.DataFrame:
-    """Rebuild ``out/results.parquet`` from the finished cells of ``keys`` (atomically)."""
-    cells = [cell.data for k in keys if (cell := store.get(k)) is not None]
+def _consolidate(cells: list[dict]) -> pd.DataFrame:
+    """The results table from finished cells (one row each; paired to the baseline of its model and task)."""
     base = {(c["model"], c["task"]): c["verdicts"] for c in cells if c["role"] == BASELINE}
     rows = []
     for c in cells:
@@ -329,7 +323,6 @@ def _consolidate(out: Path, store: CellStore, keys: list[str]) -> pd.DataFrame:
     for col in ("lam", "delta", "delta_ci_low", "delta_ci_high"):
         table[col] = table[col].astype(float)
     table["k"] = table["k"].astype("Int64")
-    atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
     return table
 
 

@@ -131,7 +131,7 @@ def run_analyze(
     massmech did not write is refused before any work (see :mod:`massmech.infra.runs`).
 
     Writes ``stats.npz`` and tidy parquet tables (``stats``, ``massive``, ``pairs``,
-    ``layers``), ``manifest.json``, ``summary.json`` and ``figures/`` (heatmap, bars3d,
+    ``layers``, ``bars``: the 3D view's values), ``manifest.json``, ``summary.json`` and ``figures/`` (heatmap, bars3d,
     emergence, spectrum; PDF + PNG). The folder appears only when complete.
 
     Returns:
@@ -176,10 +176,12 @@ def run_analyze(
         fa.layers.to_parquet(tmp / "layers.parquet", index=False)
         fig_dir = tmp / "figures"
         plotting.massive_heatmap(stats, heat_layers, n_bands=config.n_bands, out=fig_dir / "heatmap")
-        plotting.qk_head_bars(
-            model, torch.tensor([windows[0][: config.bars_tokens]]), layer=config.bars_layer,
-            kv_head=config.bars_head, out=fig_dir / "bars3d",
+        panels, title = plotting.qk_head_panels(
+            model, torch.tensor([windows[0][: config.bars_tokens]]), layer=config.bars_layer, kv_head=config.bars_head,
         )
+        bars = plotting.panels_frame(panels, title)
+        bars.to_parquet(tmp / "bars.parquet", index=False)
+        plotting.bars_from_frame(bars, out=fig_dir / "bars3d")
         plotting.emergence(fa, out=fig_dir / "emergence")
         plotting.spectrum(fa, heat_layers, out=fig_dir / "spectrum")
         plotting.close_all()

@@ -6,11 +6,14 @@ figure; ``out`` writes a PDF (fonts embedded as TrueType) and a PNG.
 
 from massmech.report.plotting.ablation import ablation_bars, ablation_curve, ablation_layers
 from massmech.report.plotting.analyze import (
+    bars_from_frame,
     compare_emergence,
     compare_spectrum,
     emergence,
     massive_heatmap,
+    panels_frame,
     qk_head_bars,
+    qk_head_panels,
     spectrum,
     token_dim_bars,
 )
@@ -19,8 +22,8 @@ from massmech.report.plotting.style import MAGNITUDE_CMAP, SITE_LABEL, close_all
 from massmech.report.plotting.twins import twins_bands, twins_disruption, twins_trajectory
 
 __all__ = [
-    "MAGNITUDE_CMAP", "SITE_LABEL", "ablation_bars", "ablation_curve", "ablation_layers", "compare_emergence",
-    "compare_spectrum", "emergence", "massive_heatmap", "qk_head_bars", "quant_kv", "quant_preservation",
+    "MAGNITUDE_CMAP", "SITE_LABEL", "ablation_bars", "ablation_curve", "ablation_layers", "bars_from_frame", "compare_emergence",
+    "compare_spectrum", "emergence", "massive_heatmap", "panels_frame", "qk_head_bars", "qk_head_panels", "quant_kv", "quant_preservation",
     "quant_tasks", "close_all", "save", "spectrum", "token_dim_bars", "twins_bands", "twins_disruption", "twins_trajectory",
     "use_style",
 ]

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
-import matplotlib.patches  # noqa: E402,F401
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402,F401
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import seaborn as sns
 
 from massmech.errors import AnalysisError
 from massmech.report.plotting.style import _select_model, save, use_style

@@ -5,18 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib
-import matplotlib.patches  # noqa: E402,F401
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402,F401
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-from jaxtyping import Float, Int  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
-from massmech.core.capture import QKVStats  # noqa: E402
-from massmech.core.frequency import FrequencyAnalysis, equal_count_bands  # noqa: E402
-from massmech.core.models import LoadedModel  # noqa: E402
+from massmech.core.capture import QKVStats
+from massmech.core.frequency import FrequencyAnalysis, equal_count_bands
+from massmech.core.models import LoadedModel
 from massmech.errors import AnalysisError, IndexRangeError, NotCapturedError
 from massmech.report.plotting.style import MAGNITUDE_CMAP, SITE_LABEL, save, use_style
 
@@ -105,15 +105,14 @@ def token_dim_bars(
     return save(fig, out)
 
 
-def qk_head_bars(
+def qk_head_panels(
     model: LoadedModel,
     tokens: Int[Tensor, "1 pos"],
     *,
     layer: int = 1,
     kv_head: int = 0,
-    out: str | os.PathLike | None = None,
-) -> plt.Figure:
-    """:func:`token_dim_bars` of pre-RoPE K head ``kv_head`` and the first query head reading it."""
+) -> tuple[dict[str, Float[Tensor, "pos d_head"]], str]:
+    """Pre-RoPE K head ``kv_head`` and the first query head reading it, over the tokens; and a title."""
     if not 0 <= kv_head < model.info.n_kv_heads:
         raise IndexRangeError(f"kv_head {kv_head} out of range [0, {model.info.n_kv_heads})")
     acts = model.run_sites(tokens, [("q", "pre"), ("k", "pre")], layers=[layer])
@@ -122,7 +121,39 @@ def qk_head_bars(
         f"Q head {q_head}": acts[("q", "pre", layer)][0, :, q_head],
         f"K head {kv_head}": acts[("k", "pre", layer)][0, :, kv_head],
     }
-    return token_dim_bars(panels, title=f"{model.info.name}, layer {layer}, pre-RoPE", out=out)
+    return panels, f"{model.info.name}, layer {layer}, pre-RoPE"
+
+
+def panels_frame(panels: dict[str, Float[Tensor, "pos d_head"]], title: str = "") -> pd.DataFrame:
+    """Panels as a tidy table (``panel, token, dim, value, title``) to keep in a run folder."""
+    rows = []
+    for label, x in panels.items():
+        a = x.detach().float().cpu().numpy()
+        pos, dim = np.meshgrid(np.arange(a.shape[0]), np.arange(a.shape[1]), indexing="ij")
+        rows.append(pd.DataFrame({"panel": label, "token": pos.ravel(), "dim": dim.ravel(), "value": a.ravel()}))
+    return pd.concat(rows, ignore_index=True).assign(title=title)
+
+
+def bars_from_frame(frame: pd.DataFrame, *, out: str | os.PathLike | None = None) -> plt.Figure:
+    """:func:`token_dim_bars` from a :func:`panels_frame` table (e.g. an analyze run's ``bars.parquet``)."""
+    panels = {}
+    for label, g in frame.groupby("panel", sort=False):
+        grid = g.pivot(index="token", columns="dim", values="value").sort_index().sort_index(axis=1)
+        panels[str(label)] = torch.tensor(grid.to_numpy())
+    return token_dim_bars(panels, title=str(frame.title.iloc[0]) if "title" in frame else "", out=out)
+
+
+def qk_head_bars(
+    model: LoadedModel,
+    tokens: Int[Tensor, "1 pos"],
+    *,
+    layer: int = 1,
+    kv_head: int = 0,
+    out: str | os.PathLike | None = None,
+) -> plt.Figure:
+    """:func:`token_dim_bars` of :func:`qk_head_panels`."""
+    panels, title = qk_head_panels(model, tokens, layer=layer, kv_head=kv_head)
+    return token_dim_bars(panels, title=title, out=out)
 
 
 def emergence(analysis: FrequencyAnalysis, *, out: str | os.PathLike | None = None) -> plt.Figure:

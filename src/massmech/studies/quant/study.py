@@ -17,22 +17,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from massmech.causal.evaluate import evaluate, perplexity, summarize
 from massmech.causal.tasks.builtin import get_task
 from massmech.core.bridge import hf_model
-from massmech.core.loading import load_model
 from massmech.core.models import LoadedModel
 from massmech.errors import QuantError
-from massmech.infra.cells import CellStore, data_hash
-from massmech.infra.io import atomic_write
-from massmech.infra.runs import check_out, finish_study_dir, manifest, open_study_dir
+from massmech.infra.cells import cell_key, data_hash
+from massmech.infra.study import CellSpec, Context, run_study
 from massmech.studies.quant.config import QuantSpec, QuantStudyConfig
 from massmech.studies.quant.data import StudyData, _stats, prepare
 from massmech.studies.quant.preservation import massive_preservation
@@ -128,57 +126,71 @@ def _num(x: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- runner
-def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: LoadedModel | None = None, progress: bool = True) -> pd.DataFrame:
+class QuantStudy:
+    """The quantization study as a study (:mod:`massmech.infra.study`): one cell per variant."""
+
+    name = "quant"
+    kind = "quant-study"
+
+    def plan(self, cfg: QuantStudyConfig, ctx: Context) -> list[CellSpec]:
+        variants = cfg.all_variants()  # validated by QuantSpec
+        for name in cfg.tasks:
+            get_task(name).examples(cfg.n, cfg.seed)  # n beyond the data: error before any work
+        lm = ctx.model(cfg.model)  # the weights variant_weights starts from (tiny models: seed 0)
+        for spec in variants:  # a group size or layout that does not fit: error before any work
+            if spec.group_size is not None:
+                _check_groups(hf_model(lm), spec.group_size)
+            if spec.method in ("awq", "smoothquant"):
+                for block in decoder_blocks(hf_model(lm)):
+                    block_maps(block, awq=spec.method == "awq")
+        examples = data_hash({name: repr(get_task(name).examples(cfg.n, cfg.seed)) for name in cfg.tasks})
+        cells = []
+        for spec in variants:
+            parts = {"spec": asdict(spec), "cfg": asdict(replace(cfg, variants=())), "examples": examples}
+            cells.append(CellSpec(cell_key(self.name, parts), parts, group=cfg.model, unit=spec.label, payload=spec))
+        return cells
+
+    def run_unit(self, cfg: QuantStudyConfig, cells, ctx: Context) -> dict:
+        lm = ctx.model(cfg.model)
+        data = ctx.cached(("quant-data", cfg.model), lambda: prepare(lm, cfg))
+        return {c.key: ({"variant": c.payload.label, "base": base_format(lm)},
+                        {"results": measure(lm, c.payload, cfg, data, progress=False)}) for c in cells}
+
+    def consolidate(self, cfg: QuantStudyConfig, cells: dict) -> pd.DataFrame:
+        results = pd.concat([c.tables["results"] for c in cells.values()], ignore_index=True)
+        base = next(iter(cells.values())).data["base"]  # a property of the model: set on every row here
+        results["base"] = base
+        results["same_as_base"] = results.method.map(lambda m: _same_as_base(m, base))
+        return results
+
+    def finish(self, cfg: QuantStudyConfig, table: pd.DataFrame, out: Path, ctx: Context) -> dict:
+        return {"study": self.name, "model": cfg.model, "base": str(table.base.iloc[0]),
+                "variants": {v: summary_json(table, v) for v in dict.fromkeys(table.variant)}}
+
+
+QUANT = QuantStudy()
+
+
+def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: LoadedModel | None = None,
+                    executor: Any = None, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) a study into ``out/``; returns the results table.
 
     Args:
         cfg: The study.
         out: Its folder.
         model: ``load_model(cfg.model)`` if already loaded (saves a load).
+        executor: ``"serial"`` (default), ``"processes"`` or an executor object.
         progress: Progress bar over the variants.
 
-    Writes each variant into the study's cell store (``out/cells/quant/<key>/``) as it finishes, ``out/results.parquet`` and
-    ``.csv`` (one row per model x variant x measure; columns ``model, variant, method, family,
-    bits, group_size, alpha, outlier_aware, base, same_as_base, measure, site, stage, task, kind,
-    value, ci_low, ci_high, n``) and ``out/manifest.json``. Finished variants are not recomputed
-    (a changed config, task data or schema version starts a new cell: the key hashes them).
+    Writes each variant into the study's cell store (``out/cells/quant/<key>/``) as it finishes,
+    ``out/results.parquet`` and ``.csv`` (one row per model x variant x measure; columns ``model,
+    variant, method, family, bits, group_size, alpha, outlier_aware, base, same_as_base, measure,
+    site, stage, task, kind, value, ci_low, ci_high, n``), ``out/summary.json`` and
+    ``out/manifest.json``. Finished variants are not recomputed (a changed config, task data or
+    schema version starts a new cell: the key hashes them).
     """
-    check_out(out, "quant-study", resume=True)  # before any work; created once the inputs pass
-    variants = cfg.all_variants()  # validated by QuantSpec
-    for name in cfg.tasks:
-        get_task(name).examples(cfg.n, cfg.seed)  # n beyond the data: error before any work
-    lm = model or load_model(cfg.model)  # the weights variant_weights starts from (tiny models: seed 0)
-    for spec in variants:  # a group size or layout that does not fit: error before any work
-        if spec.group_size is not None:
-            _check_groups(hf_model(lm), spec.group_size)
-        if spec.method in ("awq", "smoothquant"):
-            for block in decoder_blocks(hf_model(lm)):
-                block_maps(block, awq=spec.method == "awq")
-    out = open_study_dir(out, "quant-study")
-    store = CellStore(out / "cells", "quant")
-    examples = data_hash({name: repr(get_task(name).examples(cfg.n, cfg.seed)) for name in cfg.tasks})
-    data: StudyData | None = None
-    frames = []
-    for spec in tqdm(variants, desc=f"quant study {cfg.model}", disable=not progress):
-        parts = {"spec": asdict(spec), "cfg": asdict(replace(cfg, variants=())), "examples": examples}
-        key = store.key(parts)
-        cell = store.get(key)
-        if cell is not None:
-            frames.append(cell.tables["results"])
-            continue
-        data = data or prepare(lm, cfg)
-        table = measure(lm, spec, cfg, data, progress=progress)
-        store.put(key, parts, data={"variant": spec.label}, tables={"results": table})
-        frames.append(table)
-    results = pd.concat(frames, ignore_index=True)
-    base = base_format(lm)  # a property of the model: set on every row here
-    results["base"] = base
-    results["same_as_base"] = results.method.map(lambda m: _same_as_base(m, base))
-    for name, write in (("results.parquet", lambda p: results.to_parquet(p, index=False)),
-                        ("results.csv", lambda p: results.to_csv(p, index=False))):
-        atomic_write(out / name, write)
-    finish_study_dir(out, "quant-study", manifest(cfg, model_info=lm.info_dict(), seed=cfg.seed))
-    return results
+    ctx = Context(models={cfg.model: model} if model is not None else None)
+    return run_study(QUANT, cfg, out, executor=executor, ctx=ctx, progress=progress)
 
 
 def wide(table: pd.DataFrame) -> pd.DataFrame:
