@@ -230,3 +230,23 @@ def test_sweep_and_quant_study_commands(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # argparse names the valid presets
         main(["quant-study", "--preset", "nope", "--out", str(tmp_path / "x")])
     assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_analyze_reuses_its_capture_from_a_cell_store(tmp_path, capsys, monkeypatch):
+    import massmech.studies.analyze as analyze
+
+    base = ["analyze", "--model", "tiny-llama", "--tokens", "256", "--seq-len", "64", "--json",
+            "--cells", str(tmp_path / "cells")]
+    assert main([*base, "--out", str(tmp_path / "a"), "--lam", "5"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    def boom(*a, **k):
+        raise RuntimeError("captured again")
+
+    monkeypatch.setattr(analyze, "capture_stats", boom)
+    assert main([*base, "--out", str(tmp_path / "b"), "--lam", "1.2"]) == 0  # only the analysis changed
+    second = json.loads(capsys.readouterr().out)
+    a, b = (mm.QKVStats.load(tmp_path / r / "stats.npz") for r in ("a", "b"))
+    assert all(a.sumsq[k].equal(b.sumsq[k]) for k in a.keys()) and a.n_tokens == b.n_tokens == 256
+    assert second["by_stage"]["k.pre"]["massive_count"] >= first["by_stage"]["k.pre"]["massive_count"]
+    with pytest.raises(RuntimeError, match="captured again"):  # other windows: a new cell
+        main([*base, "--out", str(tmp_path / "c"), "--seq-len", "32"])

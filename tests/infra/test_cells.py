@@ -82,6 +82,7 @@ PINS = {
     "ablation": (2, "b4d85b6d336032de"),
     "quant": (2, "a1035405c0512227"),
     "twins": (1, "9311ce6e33ad4242"),
+    "analyze": (1, "d6c020ee91228f94"),
 }
 
 
@@ -124,9 +125,20 @@ def _twins_measure():
     return [layers.round(4).to_dict(orient="records"), pairs.round(4).to_dict(orient="records")]
 
 
+def _analyze_measure():
+    model = mm.load_model("tiny-llama")
+    stats = mm.capture_stats(model, _ids(), progress=False)
+    return {f"{s}.{st}": stats.norm(s, st).double().round(decimals=4).flatten().tolist() for s, st in stats.keys()}
+
+
+def test_every_study_with_cells_has_a_pin():
+    assert set(PINS) == set(CELL_VERSIONS)
+
+
 @pytest.mark.parametrize("study", sorted(PINS))
 def test_measure_outputs_are_pinned_with_the_cell_version(study):
-    measure = {"ablation": _ablation_measure, "quant": _quant_measure, "twins": _twins_measure}[study]
+    measure = {"ablation": _ablation_measure, "quant": _quant_measure, "twins": _twins_measure,
+               "analyze": _analyze_measure}[study]
     version, digest = PINS[study]
     got = (CELL_VERSIONS[study], _digest(measure()))
     assert got == (version, digest), (

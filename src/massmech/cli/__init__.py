@@ -86,6 +86,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                        formatter_class=_HELP)
     _out_flags(c, "run folder to write (atomically)", required=True)
     c.add_argument("--json", action="store_true", help="print the summary as JSON (per site.stage)")
+    c.add_argument("--cells", metavar="DIR", help="keep the capture in this cell store: reruns that change only "
+                   "the analysis (lam, bands, figures) reuse it")
     if full("analyze"):
         config_flags(c, config_class("analyze"), aliases={"n_tokens": ("--tokens",), "heatmap_layers": ("--plot-layers",)},
                      hidden={"heatmap_layers": ("--layers",)})

@@ -38,7 +38,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from massmech.studies.analyze import AnalyzeConfig, run_analyze
 
     cfg = AnalyzeConfig(**overrides(args, AnalyzeConfig))
-    summary = run_analyze(cfg, args.out, overwrite=args.overwrite, progress=not args.json)
+    summary = run_analyze(cfg, args.out, overwrite=args.overwrite, cells=args.cells, progress=not args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -38,7 +38,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ CELL_VERSIONS = {  # study -> schema version; bump when what a cell holds or how
     "ablation": 2,  # 2: keys carry study + version (0.1 keys did not); same measure
     "quant": 2,  # 2: massive_preservation leaves exact-zero dims out of the relative error of M
     "twins": 1,  # one checkpoint's trajectory, bands and scores
+    "analyze": 1,  # one capture: QKVStats of a model on a corpus
 }
 CELL_FILE = "cell.json"
 _TMP = ".tmp-"
@@ -62,6 +63,13 @@ class Cell:
     meta: dict
     data: Any
     tables: dict
+    folder: Path | None = None  # where the cell's files are (:meth:`CellStore.put` ``files=``)
+
+    def file(self, name: str) -> Path:
+        """Path of a file stored with the cell."""
+        if self.folder is None or name not in self.meta.get("files", []):
+            raise StoreError(f"cell {self.key} holds no file {name!r}; it holds {self.meta.get('files', [])}")
+        return self.folder / name
 
     def __repr__(self) -> str:
         return f"Cell({self.meta.get('study')}/{self.key}, v{self.meta.get('version')}, tables={sorted(self.tables)})"
@@ -133,10 +141,16 @@ class CellStore:
 
         meta = _read_meta(folder)
         tables = {name: pd.read_parquet(folder / f"{name}.parquet") for name in meta.get("tables", [])}
-        return Cell(key, meta, meta.get("data"), tables)
+        return Cell(key, meta, meta.get("data"), tables, folder)
 
-    def put(self, key: str, parts: dict, *, data: Any = None, tables: dict | None = None) -> Path:
-        """Write a cell atomically (a temp folder renamed into place) with its provenance."""
+    def put(self, key: str, parts: dict, *, data: Any = None, tables: dict | None = None,
+            files: dict[str, Callable[[Path], object]] | None = None) -> Path:
+        """Write a cell atomically (a temp folder renamed into place) with its provenance.
+
+        Args:
+            data: A JSON payload. tables: name -> DataFrame (stored as parquet).
+            files: file name -> a function writing that file at the path it is given.
+        """
         from massmech.infra.runs import git_hash, versions
 
         if key != self.key(parts):
@@ -148,11 +162,15 @@ class CellStore:
         try:
             for name, table in tables.items():
                 table.to_parquet(tmp / f"{name}.parquet", index=False)
+            for name, write in (files or {}).items():
+                if "/" in name or name in (CELL_FILE,) or name.endswith(".parquet"):
+                    raise StoreError(f"bad cell file name {name!r}")
+                write(tmp / name)
             meta = {
                 "massmech_cell": 1, "study": self.study, "version": self.version, "key": key, "parts": parts,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "massmech": versions().get("massmech"), "git": git_hash(), "packages": versions(),
-                "tables": sorted(tables), "data": data,
+                "tables": sorted(tables), "files": sorted(files or {}), "data": data,
             }
             write_json(tmp / CELL_FILE, json.loads(canonical(meta)))
             final = self.folder / key

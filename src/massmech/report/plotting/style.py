@@ -37,7 +37,7 @@ def save(fig: plt.Figure, out: str | os.PathLike | None) -> plt.Figure:
     return fig
 
 
-def _select_model(table, model: str | None):
+def select_model(table, model: str | None):
     """The rows of ``model`` (default: the table's only model)."""
     models = list(dict.fromkeys(table.model))
     if model is None:

@@ -41,10 +41,11 @@ def prepare(model: LoadedModel, cfg: QuantStudyConfig) -> StudyData:
     stats = capture_stats(model, calib, sites=("k",), stages=(cached,), progress=False)
     m = stats.norm("k", cached)  # [layer, kv_head, d_head]
     data.keep_k = massive_mask(m, lam=cfg.lam)
-    data.clean = _stats(model, held)
+    data.clean = clean_stats(model, held)
     return data
 
 
-def _stats(model: LoadedModel, windows: Sequence[Sequence[int]], batch_size: int = 8) -> Any:
+def clean_stats(model: LoadedModel, windows: Sequence[Sequence[int]], batch_size: int = 8) -> Any:
+    """Q and K statistics (both stages where there is RoPE) on ``windows``: what preservation compares."""
     stages = ("pre", "post") if model.has_rope else ("pre",)
     return capture_stats(model, windows, sites=("q", "k"), stages=stages, batch_size=batch_size, progress=False)

@@ -32,16 +32,16 @@ from massmech.errors import QuantError
 from massmech.infra.cells import cell_key, data_hash
 from massmech.infra.study import CellSpec, Context, run_study
 from massmech.studies.quant.config import QuantSpec, QuantStudyConfig
-from massmech.studies.quant.data import StudyData, _stats, prepare
+from massmech.studies.quant.data import StudyData, clean_stats, prepare
 from massmech.studies.quant.preservation import massive_preservation
 from massmech.studies.quant.smoothing import block_maps, decoder_blocks
 from massmech.studies.quant.variants import (
     _bits,
     _check_groups,
     _params,
-    _same_as_base,
     apply_variant,
     base_format,
+    same_as_base_format,
     variant_weights,
 )
 
@@ -56,7 +56,7 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
     base = data.extra["base"]
     common = {"model": model.info.name, "variant": spec.label, "method": spec.method, "family": spec.family,
               "bits": spec.bits, "group_size": spec.group_size, "alpha": spec.alpha if spec.method == "smoothquant" else None,
-              "outlier_aware": spec.outlier_aware, "base": base, "same_as_base": _same_as_base(spec.method, base)}
+              "outlier_aware": spec.outlier_aware, "base": base, "same_as_base": same_as_base_format(spec.method, base)}
     rows = []
     params = {k: p.detach() for k, p in _params(model).items()}
     num = sum(float((v.double() - params[k].double()).pow(2).sum()) for k, v in weights.items())
@@ -68,7 +68,7 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
     # KV fake-quant sees whole sequences: one per pass, so padding never enters a per-channel range
     bs = 1 if spec.family == "kv" else cfg.batch_size
     with apply_variant(model, spec, weights, data.keep_k):
-        stats = _stats(model, data.held, batch_size=bs)
+        stats = clean_stats(model, data.held, batch_size=bs)
         pres = massive_preservation(data.clean, stats, lam=cfg.lam)
         for r in pres.itertuples(index=False):
             for meas in ("recall", "rel_error_massive", "rel_error_other"):
@@ -160,7 +160,7 @@ class QuantStudy:
         results = pd.concat([c.tables["results"] for c in cells.values()], ignore_index=True)
         base = next(iter(cells.values())).data["base"]  # a property of the model: set on every row here
         results["base"] = base
-        results["same_as_base"] = results.method.map(lambda m: _same_as_base(m, base))
+        results["same_as_base"] = results.method.map(lambda m: same_as_base_format(m, base))
         return results
 
     def finish(self, cfg: QuantStudyConfig, table: pd.DataFrame, out: Path, ctx: Context) -> dict:

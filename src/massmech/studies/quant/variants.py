@@ -179,7 +179,7 @@ def base_format(model: LoadedModel) -> str:
     return f"GGUF {mix} (q/k: {'/'.join(sorted(qk))})"
 
 
-def _same_as_base(method: str, base: str) -> bool:
+def same_as_base_format(method: str, base: str) -> bool:
     """A GGUF round trip into the one format every decoder matrix already has: a no-op."""
     return method in GGUF_FORMATS and base.startswith(f"GGUF {GGUF_FORMATS[method]} 100%")
 

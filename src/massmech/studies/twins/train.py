@@ -205,7 +205,7 @@ def train_variant(
         if done:
             start = max(done)
             model = load_twin(done[start])
-            state = torch.load(done[start] / "trainer.pt", weights_only=False)
+            state = torch.load(done[start] / "trainer.pt", weights_only=True)
             log = list(state["log"])
         else:
             start = 0
@@ -254,7 +254,7 @@ def read_log(out: str | os.PathLike, v: Variant) -> list[dict]:
     dirs = checkpoint_dirs(out, v)
     if not dirs:
         raise TwinError(f"{out} has no checkpoint of {v.name}")
-    return list(torch.load(dirs[max(dirs)] / "trainer.pt", weights_only=False)["log"])
+    return list(torch.load(dirs[max(dirs)] / "trainer.pt", weights_only=True)["log"])
 
 
 def train_all(
