@@ -250,3 +250,14 @@ def test_analyze_reuses_its_capture_from_a_cell_store(tmp_path, capsys, monkeypa
     assert second["by_stage"]["k.pre"]["massive_count"] >= first["by_stage"]["k.pre"]["massive_count"]
     with pytest.raises(RuntimeError, match="captured again"):  # other windows: a new cell
         main([*base, "--out", str(tmp_path / "c"), "--seq-len", "32"])
+
+
+@pytest.mark.parametrize("device", ["nonsense", "cuda:7"])
+def test_a_bad_device_is_a_clean_error(device, tmp_path, capsys):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:  # pragma: no cover
+        pytest.skip("this machine has that device")
+    assert main(["doctor", "--model", "tiny-llama", "--device", device]) == 2
+    assert main(["analyze", "--model", "tiny-llama", "--device", device, "--out", str(tmp_path / "r")]) == 2
+    assert "device" in capsys.readouterr().err and not (tmp_path / "r").exists()

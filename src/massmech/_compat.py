@@ -38,11 +38,18 @@ OLD_MODULES: dict[str, tuple[str, ...]] = {  # old name -> new modules, searched
     "twin_data": ("massmech.studies.twins.data",),
     "twin_train": ("massmech.studies.twins.train", "massmech.studies.twins.config"),
     "twin_study": ("massmech.studies.twins.study",),
+    "plotting": ("massmech.report.plotting",),
+    "compare": ("massmech.studies.compare",),
 }
-# ``massmech.compare`` is the function compare(); its module lives at massmech.studies.compare.
+# ``massmech.evaluate`` and ``massmech.compare`` are also public functions. Importing their old
+# module path makes ``massmech.<name>`` this forwarding module, which therefore stays callable.
 
 
 class _Forward(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        old = self.__name__.rpartition(".")[2]
+        return getattr(importlib.import_module(OLD_MODULES[old][0]), old)(*args, **kwargs)
+
     def __getattr__(self, name: str):
         for target in OLD_MODULES[self.__name__.rpartition(".")[2]]:
             module = importlib.import_module(target)
@@ -59,7 +66,7 @@ class _Loader(importlib.abc.Loader):
         old = module.__name__.rpartition(".")[2]
         warnings.warn(
             f"massmech.{old} moved to {OLD_MODULES[old][0]}; the old path goes away in the next release",
-            DeprecationWarning, stacklevel=3,
+            DeprecationWarning, stacklevel=2,
         )
 
 

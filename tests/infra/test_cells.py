@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -56,12 +59,25 @@ def test_a_killed_write_leaves_only_whole_cells_and_gc_keeps_foreign_files(tmp_p
     with pytest.raises(KeyboardInterrupt):
         store.put(key, PARTS, tables={"t": Boom({"a": [1]})})
     assert key not in store and list((tmp_path / "twins").iterdir()) == []
-    leftover = tmp_path / "twins" / ".tmp-deadbeef-1-x"  # what a SIGKILL mid-write leaves
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / "twins" / f".tmp-{key}-{int(dead.stdout)}-x"  # what a SIGKILL mid-write leaves
     leftover.mkdir()
+    in_flight = tmp_path / "twins" / f".tmp-{key}-{os.getpid()}-y"  # a writer still running
+    in_flight.mkdir()
     mine = tmp_path / "twins" / "my-notes"
     mine.mkdir()
     (mine / "cell.json").write_text("{}")  # not a massmech cell stamp
-    assert gc(tmp_path) == [leftover] and mine.exists()
+    newer = CellStore(tmp_path, "twins", version=CELL_VERSIONS["twins"] + 1)  # a newer massmech shares the store
+    newer.put(newer.key(PARTS), PARTS, data=1)
+    assert gc(tmp_path) == [leftover] and mine.exists() and in_flight.exists() and newer.keys()
+
+
+def test_two_writers_of_one_cell_keep_one_whole_cell(tmp_path):
+    a, b = CellStore(tmp_path, "ablation"), CellStore(tmp_path, "ablation")
+    key = a.key(PARTS)
+    a.put(key, PARTS, data="first")
+    b.put(key, PARTS, data="second")  # the cell is already there: the first one stays, no error
+    assert a.get(key).data == "first" and [p.name for p in (tmp_path / "ablation").iterdir()] == [key]
 
 
 def test_cells_command(tmp_path, capsys):

@@ -78,3 +78,12 @@ def test_executor_names_are_checked():
         resolve_executor("ray-cluster")
     with pytest.raises(ConfigError, match="workers"):
         ProcessExecutor(workers=0)
+
+
+def test_models_passed_in_cannot_go_to_worker_processes(tmp_path):
+    import massmech as mm
+    from massmech.infra.study import Context
+
+    ctx = Context(models={"tiny-llama": mm.load_model("tiny-llama")})
+    with pytest.raises(ConfigError, match="this process only"):
+        run_study(SQUARES, {"n": 2}, tmp_path / "x", executor="processes", ctx=ctx, progress=False)

@@ -76,7 +76,7 @@ def _parser_of(f: dataclasses.Field, default: Any):
 
         def parse(text: str) -> tuple:
             try:
-                return tuple(elem(x) for x in text.split(",") if x.strip())
+                return tuple(elem(x.strip()) for x in text.split(",") if x.strip())
             except ValueError:
                 raise argparse.ArgumentTypeError(f"expected comma-separated {elem.__name__}s, got {text!r}") from None
 

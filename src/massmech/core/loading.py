@@ -9,7 +9,6 @@ unreachable hub fails at once with a message that says what to do offline.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import json
 import os
@@ -49,6 +48,27 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """The torch device, or a :class:`ModelLoadError` naming what is wrong (before any loading).
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    """
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda, cuda:1, mps, ... ({err})") from None
+    available = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available()}
+    if dev.type in available and not available[dev.type]():
+        raise ModelLoadError(f"device {device!r} is not available on this machine (torch sees no {dev.type.upper()}); "
+                             "use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
 def load_model(
     spec: str | os.PathLike,
     *,
@@ -83,6 +103,7 @@ def load_model(
     LoadedModel('tiny-qwen2', Qwen2ForCausalLM, layers=2, heads=4/2, d_head=16, rope=yes)
     """
     dtype = resolve_dtype(dtype)
+    device = check_device(device)
     hf_model, tokenizer, name, source = load_hf(spec, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
     if device is not None:
         hf_model.to(device)
@@ -199,9 +220,9 @@ def file_sha256(path: Path) -> str:
     hit = index.get(str(path))
     if hit and hit[:2] == stamp:
         return hit[2]
-    with open(path, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    from massmech.infra.io import write_json
+    from massmech.infra.io import sha256_file, write_json
+
+    digest = sha256_file(path)
 
     index[str(path)] = [*stamp, digest]
     index_path.parent.mkdir(parents=True, exist_ok=True)

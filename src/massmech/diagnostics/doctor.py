@@ -16,7 +16,7 @@ import torch
 from massmech.core.bridge import boot, hf_model
 from massmech.core.capture import capture_stats
 from massmech.core.catalog import DEFAULT_MODEL
-from massmech.core.loading import load_hf, resolve_dtype
+from massmech.core.loading import check_device, load_hf, resolve_dtype
 from massmech.core.models import LoadedModel, wrap
 from massmech.diagnostics.verify_rope import verify_rope
 from massmech.errors import ConfigError, RopeError
@@ -52,6 +52,7 @@ def _subject(
     from transformers import PreTrainedModel
 
     if isinstance(model, (str, os.PathLike)):
+        check_device(device)
         hf, tok, name, source = load_hf(model, dtype=dtype or torch.float32)
         reference = copy.deepcopy(hf)  # the bridge wraps `hf`; keep an untouched HF twin
         if device is not None:

@@ -128,18 +128,20 @@ class CellStore:
         """The key of a cell: hash of study, schema version and its parts."""
         return cell_key(self.study, parts, version=self.version)
 
-    def __contains__(self, key: str) -> bool:
-        meta = _read_meta(self.folder / key)
+    def _current(self, meta: dict | None) -> bool:
         return meta is not None and meta.get("version") == self.version and meta.get("study") == self.study
+
+    def __contains__(self, key: str) -> bool:
+        return self._current(_read_meta(self.folder / key))
 
     def get(self, key: str) -> Cell | None:
         """The cell, or ``None`` if absent or written under another schema version."""
         folder = self.folder / key
-        if key not in self:
+        meta = _read_meta(folder)
+        if not self._current(meta):
             return None
         import pandas as pd
 
-        meta = _read_meta(folder)
         tables = {name: pd.read_parquet(folder / f"{name}.parquet") for name in meta.get("tables", [])}
         return Cell(key, meta, meta.get("data"), tables, folder)
 
@@ -174,11 +176,12 @@ class CellStore:
             }
             write_json(tmp / CELL_FILE, json.loads(canonical(meta)))
             final = self.folder / key
-            if final.exists():  # written meanwhile by another worker, or a stale version: replace ours in
-                if _read_meta(final) is None:
-                    raise StoreError(f"{final} exists and is not a massmech cell: not replacing it")
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)  # atomic; fails if another writer's cell is already in place
+            except OSError as err:
+                if key not in self:  # not a whole cell of ours there: never replace what is there
+                    raise StoreError(f"cannot store cell {key} at {final}: {err}") from err
+                shutil.rmtree(tmp, ignore_errors=True)  # the same cell, written meanwhile: keep that one
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -226,11 +229,24 @@ def list_cells(root: str | os.PathLike):
     return pd.DataFrame(rows, columns=["study", "key", "version", "current", "created", "massmech", "git", "tables"])
 
 
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process that is writing a ``.tmp-<key>-<pid>-<rand>`` folder still runs here."""
+    try:
+        pid = int(tmp_name.split("-")[-2])
+        os.kill(pid, 0)
+    except (ValueError, IndexError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def gc(root: str | os.PathLike, *, dry_run: bool = False) -> list[Path]:
     """Remove stale cells (older schema versions) and leftovers of killed writers; returns what went.
 
     Only folders massmech wrote are touched: a cell folder with a massmech ``cell.json`` of an
-    older version, or a ``.tmp-`` folder of an interrupted write. Anything else stays.
+    *older* version (cells of a newer massmech sharing the store stay), or a ``.tmp-`` folder whose
+    writing process is gone (a run writing now keeps its cells in flight). Links are never followed.
     """
     root = Path(root)
     gone = []
@@ -239,11 +255,14 @@ def gc(root: str | os.PathLike, *, dry_run: bool = False) -> list[Path]:
         if not folder.is_dir():
             continue
         for sub in sorted(folder.iterdir()):
-            if not sub.is_dir():
+            if sub.is_symlink() or not sub.is_dir():
                 continue
-            stale_tmp = sub.name.startswith(_TMP)
-            meta = None if stale_tmp else _read_meta(sub)
-            if stale_tmp or (meta is not None and meta.get("version") != current):
+            if sub.name.startswith(_TMP):
+                stale = not _writer_alive(sub.name)
+            else:
+                meta = _read_meta(sub)
+                stale = meta is not None and isinstance(meta.get("version"), int) and meta["version"] < current
+            if stale:
                 gone.append(sub)
                 if not dry_run:
                     shutil.rmtree(sub)

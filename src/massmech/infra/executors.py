@@ -83,6 +83,11 @@ class ProcessExecutor:
             total: int, done: int, progress: bool = True) -> None:
         if not units:
             return
+        if ctx.local_only:
+            raise ConfigError(
+                "models passed in (model=...) or a custom loader live in this process only; worker "
+                "processes load models by spec: drop model= or use the serial executor"
+            )
         cores = os.cpu_count() or 1
         n_groups = len({u[0].group for u in units})
         workers = min(self.workers or cores, n_groups)

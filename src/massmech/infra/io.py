@@ -38,3 +38,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write JSON atomically (see :func:`atomic_write`)."""
     text = json.dumps(obj, indent=2, default=str) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def sha256_file(path: str | os.PathLike, h: Any = None) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (``h``: update this hash object instead)."""
+    import hashlib
+
+    digest = h if h is not None else hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

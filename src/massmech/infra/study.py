@@ -53,6 +53,8 @@ class Context:
         self._loader = loader
         self._models: dict[str, Any] = dict(models or {})
         self._cache: dict[Any, Any] = {}
+        # models handed in (or a custom loader) exist in this process only: workers cannot share them
+        self.local_only = loader is not None or bool(models)
 
     def model(self, spec: str) -> Any:
         """The loaded model of a group, loaded on first use."""

