@@ -76,8 +76,23 @@ class Cell:
 
 
 def canonical(obj: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces) of a key part; tuples and lists hash alike."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_jsonable)
+    """Canonical JSON (sorted keys, no spaces) of a key part: tuples and lists hash alike, and a
+    whole float like an int (``lam=5`` and ``lam=5.0`` are one cell).
+
+    >>> canonical({"b": (1, 2.0), "a": 5.0}) == canonical({"a": 5, "b": [1, 2]})
+    True
+    """
+    return json.dumps(_whole(json.loads(json.dumps(obj, default=_jsonable))), sort_keys=True, separators=(",", ":"))
+
+
+def _whole(x: Any) -> Any:
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    if isinstance(x, list):
+        return [_whole(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _whole(v) for k, v in x.items()}
+    return x
 
 
 def _jsonable(x: Any) -> Any:
@@ -174,7 +189,7 @@ class CellStore:
                 "massmech": versions().get("massmech"), "git": git_hash(), "packages": versions(),
                 "tables": sorted(tables), "files": sorted(files or {}), "data": data,
             }
-            write_json(tmp / CELL_FILE, json.loads(canonical(meta)))
+            write_json(tmp / CELL_FILE, json.loads(json.dumps(meta, default=_jsonable)))  # payload as given
             final = self.folder / key
             try:
                 os.replace(tmp, final)  # atomic; fails if another writer's cell is already in place
