@@ -87,3 +87,16 @@ def test_models_passed_in_cannot_go_to_worker_processes(tmp_path):
     ctx = Context(models={"tiny-llama": mm.load_model("tiny-llama")})
     with pytest.raises(ConfigError, match="this process only"):
         run_study(SQUARES, {"n": 2}, tmp_path / "x", executor="processes", ctx=ctx, progress=False)
+
+
+def test_units_are_routed_by_model_and_large_groups_split_over_idle_workers():
+    from massmech.infra.executors import _assign
+
+    def unit(group, i, cells=1):
+        return [CellSpec(f"{group}{i}-{j}", {}, group, str(i)) for j in range(cells)]
+
+    one_model = [unit("a", i, 3) for i in range(4)]
+    assert sorted(sum(map(len, w)) for w in _assign(one_model, 2)) == [6, 6]  # both workers busy
+    two = [unit("a", i) for i in range(2)] + [unit("b", i) for i in range(2)]
+    assert [{u[0].group for u in w} for w in _assign(two, 2)] in ([{"a"}, {"b"}], [{"b"}, {"a"}])  # one model each
+    assert sum(map(len, _assign(two, 16))) == 4 and len(_assign(two, 16)) == 4  # never more workers than units

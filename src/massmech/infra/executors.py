@@ -2,7 +2,7 @@
 
 * :class:`SerialExecutor` (default): this process, one unit after another.
 * :class:`ProcessExecutor`: local worker processes. Units are routed by *group* (a model spec),
-  so each worker loads each of its models once; each worker writes its cells to the shared
+  so each worker loads each of its models once (a large group is split over idle workers); each worker writes its cells to the shared
   :class:`~massmech.infra.cells.CellStore` as they finish, so a killed worker or driver loses only
   the units in flight and a rerun resumes.
 
@@ -40,16 +40,23 @@ class SerialExecutor:
 
 
 def _assign(units: Sequence[Sequence[CellSpec]], workers: int) -> list[list[list[CellSpec]]]:
-    """Units split over workers: all units of a group go to one worker (largest groups first)."""
+    """Units split over workers. A group's units stay on as few workers as its size warrants
+    (each worker loads each of its groups' models once); with more workers than groups, large
+    groups are split so no worker idles while another holds many units."""
     groups: dict[str, list[list[CellSpec]]] = {}
     for unit in units:
         groups.setdefault(unit[0].group, []).append(list(unit))
-    load = [0] * workers
+    total = sum(map(len, units))
+    chunks: list[list[list[CellSpec]]] = []
+    for us in groups.values():
+        share = max(1, min(len(us), round(workers * sum(map(len, us)) / total)))
+        parts: list[list[list[CellSpec]]] = [[] for _ in range(share)]
+        for u in sorted(us, key=len, reverse=True):
+            min(parts, key=lambda p: sum(map(len, p))).append(u)
+        chunks.extend(parts)
     plan: list[list[list[CellSpec]]] = [[] for _ in range(workers)]
-    for _, us in sorted(groups.items(), key=lambda kv: -sum(map(len, kv[1]))):
-        w = load.index(min(load))
-        plan[w].extend(us)
-        load[w] += sum(map(len, us))
+    for chunk in sorted(chunks, key=lambda c: -sum(map(len, c))):
+        min(plan, key=lambda p: sum(map(len, p))).extend(chunk)
     return [p for p in plan if p]
 
 
@@ -66,7 +73,7 @@ class ProcessExecutor:
     """Local worker processes (spawned), ``threads`` torch threads each.
 
     Args:
-        workers: Processes (default: CPU cores, at most one per group).
+        workers: Processes (default: CPU cores, at most one per unit).
         threads: Torch threads per worker (default: cores // workers, at least 1).
     """
 
@@ -89,8 +96,7 @@ class ProcessExecutor:
                 "processes load models by spec: drop model= or use the serial executor"
             )
         cores = os.cpu_count() or 1
-        n_groups = len({u[0].group for u in units})
-        workers = min(self.workers or cores, n_groups)
+        workers = min(self.workers or cores, len(units))
         threads = self.threads or max(1, cores // workers)
         shares = _assign(units, workers)
         with tqdm(total=total, initial=done, desc=f"{study.name} cells", unit="cell", disable=not progress) as bar, \
