@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -208,3 +209,17 @@ def test_tiny_preset_shows_the_rope_contrast(tmp_path, capsys):
     tables = load_tables(tmp_path / "t")
     assert set(tables["trajectory"].step) == {0, 100, 300}
     assert set(tables["disruption"].condition) == {"baseline", "massive", "random"}
+
+    # the checkpoint analyses are cells: recomputed in worker processes, they give the same tables
+    import shutil
+
+    from massmech.infra.executors import ProcessExecutor
+    from massmech.studies.twins.study import checkpoint_tables
+    from massmech.studies.twins.train import prepare
+
+    shutil.rmtree(tmp_path / "t" / "cells")
+    tok, corpus = prepare(preset("tiny"), tmp_path / "t")
+    traj, bands, scores, _ = checkpoint_tables(preset("tiny"), tmp_path / "t", tok, corpus,
+                                               executor=ProcessExecutor(workers=2, threads=1), progress=False)
+    for name, table in (("trajectory", traj), ("bands", bands), ("scores", scores)):
+        pd.testing.assert_frame_equal(table, tables[name], check_like=True, obj=name)

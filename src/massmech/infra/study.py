@@ -114,6 +114,29 @@ def run_units(study: Study, config: Any, units: Sequence[Sequence[CellSpec]], st
                 on_cell()
 
 
+def compute_cells(
+    study: Study, config: Any, planned: Sequence[CellSpec], store: CellStore, *, executor: Any = None,
+    ctx: Context | None = None, progress: bool = True,
+) -> dict[str, Cell]:
+    """The planned cells, from the store where it holds them, the rest computed by the executor.
+
+    Returns:
+        Key -> stored cell, in plan order.
+    """
+    from massmech.infra.executors import resolve_executor
+
+    keys = [c.key for c in planned]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{study.name}: the plan holds the same cell twice")
+    pending = [c for c in planned if c.key not in store]
+    resolve_executor(executor).run(study, config, units_of(pending), store, ctx or Context(), total=len(planned),
+                                   done=len(planned) - len(pending), progress=progress)
+    stored = {k: cell for k in keys if (cell := store.get(k)) is not None}
+    if len(stored) != len(keys):
+        raise RuntimeError(f"{study.name}: {len(keys) - len(stored)} cells missing after the run")  # a bug
+    return stored
+
+
 def run_study(
     study: Study,
     config: Any,
@@ -132,23 +155,15 @@ def run_study(
     """
     from massmech.infra.executors import resolve_executor
 
+    resolve_executor(executor)  # a bad name: error before any work
     check_out(out, study.kind, resume=True)  # refuses a folder massmech did not write, before any work
     if cells is not None:
         check_out(cells, "cells", resume=True)
-    executor = resolve_executor(executor)
     ctx = ctx or Context()
     planned = study.plan(config, ctx)
-    keys = [c.key for c in planned]
-    if len(set(keys)) != len(keys):
-        raise ConfigError(f"{study.name}: the plan holds the same cell twice")
     out = open_study_dir(out, study.kind)
     store = CellStore(open_study_dir(cells, "cells") if cells is not None else out / CELLS, study.name)
-    pending = [c for c in planned if c.key not in store]
-    executor.run(study, config, units_of(pending), store, ctx, total=len(planned), done=len(planned) - len(pending),
-                 progress=progress)
-    stored = {k: cell for k in keys if (cell := store.get(k)) is not None}
-    if len(stored) != len(keys):
-        raise RuntimeError(f"{study.name}: {len(keys) - len(stored)} cells missing after the run")  # a bug
+    stored = compute_cells(study, config, planned, store, executor=executor, ctx=ctx, progress=progress)
     table = study.consolidate(config, stored)
     for suffix, write in (("parquet", lambda p: table.to_parquet(p, index=False)),
                           ("csv", lambda p: table.to_csv(p, index=False))):

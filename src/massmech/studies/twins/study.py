@@ -23,13 +23,13 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from massmech.causal.disruption import Disruption
 from massmech.causal.intervention import disrupt
@@ -39,9 +39,10 @@ from massmech.core.frequency import pair_energy
 from massmech.core.models import LoadedModel, wrap
 from massmech.core.rope import RopeSpec
 from massmech.errors import RunNotFoundError
-from massmech.infra.cells import CellStore
+from massmech.infra.cells import CellStore, cell_key
 from massmech.infra.io import sha256_file, write_json
 from massmech.infra.runs import atomic_run_dir, check_out, manifest
+from massmech.infra.study import CellSpec, Context, compute_cells
 from massmech.stats import describe, token_nll
 from massmech.studies.twins.config import TWINS, TwinsConfig, Variant
 from massmech.studies.twins.data import KINDS, TwinCorpus, eval_set
@@ -199,6 +200,57 @@ def _analyse_checkpoint(cfg: TwinsConfig, v: Variant, step: int, folder: Path, t
             "scores": score(row_values(_hf_forward(model), sets), seed=cfg.seed).assign(**keys)}
 
 
+class TwinCheckpoints:
+    """The twins' checkpoint analyses as a study (:mod:`massmech.infra.study`): one cell per
+    (variant, step), grouped by variant. ``config`` is ``{"cfg", "out", "device"}``."""
+
+    name = "twins"
+    kind = "twins"
+
+    def plan(self, config: dict, ctx: Context) -> list[CellSpec]:
+        cfg, out = config["cfg"], Path(config["out"])
+        # the weights' hash carries the training; of the config, drop what only shapes the training schedule
+        shared = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "checkpoints", "variants", "preset")}
+        cells = []
+        for v in cfg.variants:
+            for step, folder in sorted(checkpoint_dirs(out, v).items()):
+                parts = {"config": shared, "variant": v.name, "step": step, "weights": _checkpoint_id(folder)}
+                cells.append(CellSpec(cell_key(self.name, parts), parts, group=v.name, unit=f"{v.name}@{step}",
+                                      payload=(v.name, step, str(folder))))
+        return cells
+
+    def run_unit(self, config: dict, cells, ctx: Context) -> dict:
+        cfg, out, device = config["cfg"], Path(config["out"]), config["device"]
+        tok, corpus = ctx.cached("prepared", lambda: prepare(cfg, out))
+
+        def spec_of_twin() -> RopeSpec:  # non-RoPE twins are indexed by the RoPE twin's pairs
+            def read() -> RopeSpec:
+                rope = next(v for v in cfg.variants if v.is_twin and v.mechanism == "rope")
+                found = checkpoint_dirs(out, rope)
+                return wrap_twin(load_twin(found[min(found)]).eval(), tok, "twin-rope").rope
+
+            return ctx.cached("twin spec", read)
+
+        made = {}
+        for c in cells:
+            name, step, folder = c.payload
+            v = cfg.variant(name)
+            sets = ctx.cached(("sets", cfg.context_of(v)), lambda v=v: eval_sets(cfg, corpus, cfg.context_of(v)))
+            tables = _analyse_checkpoint(cfg, v, step, Path(folder), tok, sets, spec_of_twin, device)
+            made[c.key] = ({"variant": name, "step": step}, tables)
+        return made
+
+    def consolidate(self, config: dict, cells: dict) -> dict[str, pd.DataFrame]:
+        return {name: pd.concat([c.tables[name] for c in cells.values()], ignore_index=True)
+                for name in ("trajectory", "bands", "scores")}
+
+    def finish(self, config: dict, table: Any, out: Path, ctx: Context) -> dict:  # pragma: no cover - run_twins writes
+        return {}
+
+
+TWIN_CHECKPOINTS = TwinCheckpoints()
+
+
 def checkpoint_tables(
     cfg: TwinsConfig,
     out: str | os.PathLike,
@@ -206,50 +258,31 @@ def checkpoint_tables(
     corpus: TwinCorpus,
     *,
     device: str = "cpu",
+    executor: Any = None,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Path]]:
     """Statistics and scores of every checkpoint of every variant, one cell per checkpoint.
 
     Each (variant, step) is a cell of the ``twins`` :class:`~massmech.infra.cells.CellStore` in
-    ``out/cells``, keyed by the config, the variant, the step and the checkpoint's weights: a
-    rerun analyses only checkpoints it has not seen (new steps, or retrained weights).
+    ``out/cells``, keyed by the config (less the training schedule), the variant, the step and the
+    checkpoint's weights: a rerun analyses only checkpoints it has not seen (new steps, or
+    retrained weights). ``executor`` (``"serial"``, ``"processes"``, ...) computes the missing ones.
 
     Returns:
         ``(trajectory, bands, scores, finals)``: tidy tables with a ``variant`` and ``step``
         column, and the folder of each variant's final checkpoint.
     """
     out = Path(out)
-    store = CellStore(out / "cells", "twins")
-    # the weights' hash carries the training; of the config, drop what only shapes the training schedule
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "checkpoints", "variants", "preset")}
+    config = {"cfg": cfg, "out": str(out), "device": device}
+    ctx = Context()
+    ctx.cached("prepared", lambda: (tokenizer, corpus))  # already prepared by the caller
+    planned = TWIN_CHECKPOINTS.plan(config, ctx)
+    stored = compute_cells(TWIN_CHECKPOINTS, config, planned, CellStore(out / "cells", "twins"), executor=executor,
+                           ctx=ctx, progress=progress)
+    tables = TWIN_CHECKPOINTS.consolidate(config, stored)
     found = {v: checkpoint_dirs(out, v) for v in cfg.variants}
-    jobs = [(v, s, d) for v in cfg.variants for s, d in sorted(found[v].items())]
-    sets_by_ctx: dict[int, dict] = {}
-    twin_spec: list[RopeSpec] = []
-
-    def spec_of_twin() -> RopeSpec:
-        if not twin_spec:
-            rope = next(v for v in cfg.variants if v.is_twin and v.mechanism == "rope")
-            first = min(found[rope])
-            twin_spec.append(wrap_twin(load_twin(found[rope][first]).eval(), tokenizer, "twin-rope").rope)
-        return twin_spec[0]
-
-    tables: dict[str, list[pd.DataFrame]] = {"trajectory": [], "bands": [], "scores": []}
-    for v, step, d in tqdm(jobs, desc="analyse checkpoints", disable=not progress):
-        parts = {"config": config, "variant": v.name, "step": step, "weights": _checkpoint_id(d)}
-        key = store.key(parts)
-        cell = store.get(key)
-        if cell is None:
-            ctx = cfg.context_of(v)
-            sets = sets_by_ctx.setdefault(ctx, eval_sets(cfg, corpus, ctx))
-            made = _analyse_checkpoint(cfg, v, step, d, tokenizer, sets, spec_of_twin, device)
-            store.put(key, parts, data={"variant": v.name, "step": step}, tables=made)
-        else:
-            made = cell.tables
-        for name in tables:
-            tables[name].append(made[name])
     finals = {v.name: found[v][max(found[v])] for v in cfg.variants if found[v]}
-    return (*(pd.concat(tables[n], ignore_index=True) for n in ("trajectory", "bands", "scores")), finals)
+    return tables["trajectory"], tables["bands"], tables["scores"], finals
 
 
 def disruption_table(cfg: TwinsConfig, lm: LoadedModel, corpus: TwinCorpus) -> pd.DataFrame:
@@ -296,6 +329,7 @@ def run_twins(
     workers: int = 1,
     device: str | None = None,
     figures: bool = True,
+    executor: Any = None,
     progress: bool = True,
 ) -> dict:
     """Train (resuming) every variant, analyse every checkpoint, write tables, figures, summary.
@@ -306,6 +340,8 @@ def run_twins(
         workers: Variants trained in parallel (processes).
         device: Default CUDA when available, else the CPU.
         figures: Also draw the figures.
+        executor: Who analyses the checkpoints not yet in the cell store (``"serial"`` default,
+            ``"processes"``; see :mod:`massmech.infra.executors`).
         progress: Progress bars.
 
     Returns:
@@ -317,7 +353,8 @@ def run_twins(
     device = resolve_device(device)
     tok, corpus = prepare(cfg, out)
     logs = train_all(cfg, out, workers=workers, device=device, progress=progress)
-    traj, bands, scores, finals = checkpoint_tables(cfg, out, tok, corpus, device=device, progress=progress)
+    traj, bands, scores, finals = checkpoint_tables(cfg, out, tok, corpus, device=device, executor=executor,
+                                                    progress=progress)
     rope_final = wrap_twin(load_twin(finals["rope"]).to(device).eval(), tok, "twin-rope@final")
     disruption = disruption_table(cfg, rope_final, corpus)
     waves = wavelength_table(traj, cfg)
