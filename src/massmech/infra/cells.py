@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -168,8 +169,6 @@ class CellStore:
             data: A JSON payload. tables: name -> DataFrame (stored as parquet).
             files: file name -> a function writing that file at the path it is given.
         """
-        from massmech.infra.runs import git_hash, versions
-
         if key != self.key(parts):
             raise StoreError(f"key {key} does not match its parts for study {self.study!r} v{self.version}")
         tables = tables or {}
@@ -186,7 +185,7 @@ class CellStore:
             meta = {
                 "massmech_cell": 1, "study": self.study, "version": self.version, "key": key, "parts": parts,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "massmech": versions().get("massmech"), "git": git_hash(), "packages": versions(),
+                **_provenance(),
                 "tables": sorted(tables), "files": sorted(files or {}), "data": data,
             }
             write_json(tmp / CELL_FILE, json.loads(json.dumps(meta, default=_jsonable)))  # payload as given
@@ -205,6 +204,16 @@ class CellStore:
     def keys(self) -> list[str]:
         """Keys of the current-version cells in the store."""
         return sorted(k for k, meta in _cells(self.folder) if meta.get("version") == self.version)
+
+
+@functools.lru_cache(maxsize=1)
+def _provenance() -> dict:
+    """massmech version, git hash and package versions: read once per process, not once per cell
+    (``git`` is a subprocess)."""
+    from massmech.infra.runs import git_hash, versions
+
+    packages = versions()
+    return {"massmech": packages.get("massmech"), "git": git_hash(), "packages": packages}
 
 
 def _read_meta(folder: Path) -> dict | None:

@@ -155,7 +155,7 @@ def run_study(
     """
     from massmech.infra.executors import resolve_executor
 
-    resolve_executor(executor)  # a bad name: error before any work
+    executor = resolve_executor(executor)  # a bad name: error before any work
     check_out(out, study.kind, resume=True)  # refuses a folder massmech did not write, before any work
     if cells is not None:
         check_out(cells, "cells", resume=True)
