@@ -139,6 +139,22 @@ def test_study_dirs_resume_only_their_own_kind(tmp_path):
         check_out(legacy, "analyze", overwrite=True)
 
 
+def test_entries_vanishing_meanwhile_are_not_an_error(tmp_path, monkeypatch):
+    """Parallel workers of one run create and remove probe and .tmp entries while another checks it."""
+    out = open_study_dir(tmp_path / "s", "twins")
+    (out / "checkpoints").mkdir()
+    (out / ".massmech-probe-1-abc").mkdir()  # listed, then gone before it is descended into
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith(".massmech-probe-1-abc"):
+            raise FileNotFoundError(2, "No such file or directory", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert check_out(out, "twins", resume=True) == out
+
+
 def test_atomic_write_unique_temp_and_cleanup(tmp_path):
     target = tmp_path / "t.txt"
     names = []

@@ -99,6 +99,20 @@ def _probe(folder: Path, out: Path) -> None:
         ) from None
 
 
+def _entries(folder: Path) -> list[str]:
+    """Every entry under ``folder`` (relative, sorted), tolerating entries that vanish meanwhile.
+
+    Other massmech processes may be writing into the same run (parallel workers create and
+    remove probe entries and ``.tmp`` cell folders), so an entry gone between listing and
+    descending is skipped rather than an error.
+    """
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=False):  # os.walk ignores vanished folders
+        rel = Path(root).relative_to(folder)
+        found.extend(str(rel / name) for name in dirs + files)
+    return sorted(found)
+
+
 def read_manifest(folder: str | os.PathLike) -> dict | None:
     """The massmech manifest of a run folder, or ``None`` if it has none (or not a readable one)."""
     path = Path(folder) / MANIFEST
@@ -115,7 +129,7 @@ def _check_existing(out: Path, kind: str, *, overwrite: bool, resume: bool) -> N
         return
     if not out.is_dir():
         raise RunDirError(f"{out} exists and is not a folder; choose another --out")
-    entries = sorted(str(p.relative_to(out)) for p in out.rglob("*"))  # a user file in a subfolder counts too
+    entries = _entries(out)  # a user file in a subfolder counts too
     if not entries:
         return  # an empty folder: nothing to lose
     found = read_manifest(out)
