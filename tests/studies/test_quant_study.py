@@ -179,3 +179,21 @@ def test_cli_bad_input(capsys):
     assert "unknown method 'nf4'" in capsys.readouterr().err
     assert cli(["quantize", "--model", "tiny-llama", "--method", "rtn", "--group-size", "7", "--tasks", "kv_lookup"]) == 2
     assert "sizes that do" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", [QuantSpec.of("w8a8-naive"), QuantSpec.of("smoothquant"), QuantSpec.of("rtn", group_size=16),
+                                  QuantSpec.of("kv-per-channel", 2), QuantSpec.of("kv-per-token", 2)],
+                         ids=lambda s: s.label)
+def test_every_variant_is_batch_invariant(spec):
+    """Issue 14, finding 2: an example's verdict and prediction do not depend on its batch-mates."""
+    from massmech.causal.evaluate import evaluate
+    from massmech.causal.tasks.builtin import get_task
+
+    cfg = QuantStudyConfig(**SMALL, variants=(spec,))
+    model = load_model("tiny-llama")
+    weights = compute_weights("tiny-llama", spec, CALIB)
+    with apply_variant(model, spec, weights):
+        runs = [evaluate(model, get_task(t), {"baseline": None}, n=8, batch_size=bs, progress=False)
+                for t in cfg.tasks for bs in (1, 8)]
+    for one, eight in zip(runs[::2], runs[1::2], strict=True):
+        pd.testing.assert_frame_equal(one[["uid", "correct", "pred"]], eight[["uid", "correct", "pred"]])

@@ -12,7 +12,7 @@ from massmech import QKVStats, load_model
 from massmech.errors import QuantError
 from massmech.studies.quant.kv import (
     fake_quant_kv,
-    fake_quant_per_tensor,
+    fake_quant_per_sequence,
     kv_hooks,
     quantize_activations,
     quantize_cache,
@@ -190,8 +190,8 @@ def test_quantize_cache_matches_quantized_cache_quanto(bits, key_axis, axis_key,
 def test_naive_activation_quantization():
     # one scale for the whole tensor: 127 / 127 = 1 -> the small values round to 0 or 1
     x = torch.tensor([[127.0, 0.4, -0.6, 2.2]])
-    assert torch.equal(fake_quant_per_tensor(x), torch.tensor([[127.0, 0.0, -1.0, 2.0]]))
-    assert torch.equal(fake_quant_per_tensor(torch.zeros(3)), torch.zeros(3))
+    assert torch.equal(fake_quant_per_sequence(x), torch.tensor([[127.0, 0.0, -1.0, 2.0]]))
+    assert torch.equal(fake_quant_per_sequence(torch.zeros(1, 3)), torch.zeros(1, 3))
     model = load_model("tiny-llama")
     tokens = model.probe_tokens(16)
     with torch.no_grad():
@@ -205,3 +205,43 @@ def test_naive_activation_quantization():
     assert not torch.equal(clean, noisy) and torch.equal(clean, again)
     with pytest.raises(QuantError, match="8 bits"):
         quantize_activations(model, bits=4)
+
+
+def test_activation_scales_ignore_batch_mates_and_padding():
+    """Issue 14, finding 2: one scale per sequence from its real tokens (it was one max over the batch)."""
+    from massmech.causal.batch import batch_masks
+
+    g = torch.Generator().manual_seed(0)
+    row = torch.randn(1, 5, 8, generator=g)
+    mate = 50 * torch.randn(1, 5, 8, generator=g)  # a batch-mate with far larger activations
+    alone = fake_quant_per_sequence(row)
+    assert torch.equal(fake_quant_per_sequence(torch.cat([row, mate]))[:1], alone)
+    padded = torch.cat([row, 1e3 * torch.ones(1, 2, 8)], 1)  # padding positions hold garbage
+    real = torch.tensor([[True] * 5 + [False] * 2])
+    assert torch.equal(fake_quant_per_sequence(padded, real=real)[:, :5], alone)
+    # through the hooks: the masks announced by the evaluation loop
+    model = load_model("tiny-llama")
+    tokens = model.probe_tokens(12)
+    handles = quantize_activations(model)
+    try:
+        with torch.no_grad():
+            one = model.bridge(tokens)
+            pad = torch.cat([tokens, torch.full((1, 4), 3)], 1)
+            mask = torch.tensor([[True] * 12 + [False] * 4])
+            with batch_masks(mask):
+                two = model.bridge(pad, attention_mask=mask.long())
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(two[:, :12], one, rtol=1e-4, atol=1e-4)
+
+
+def test_per_channel_kv_ranges_come_from_the_prompt_only():
+    """Issue 14, finding 8: padding and the scored answer do not widen the per-channel ranges."""
+    g = torch.Generator().manual_seed(1)
+    k = torch.randn(1, 6, 2, 4, generator=g)
+    answer = torch.cat([k, 30 * torch.ones(1, 2, 2, 4)], 1)  # two answer tokens, far out of range
+    prompt = torch.tensor([[True] * 6 + [False] * 2])
+    exact = fake_quant_kv(k, 4, "channel")
+    assert torch.equal(fake_quant_kv(answer, 4, "channel", ranges=prompt)[:, :6], exact)
+    assert not torch.equal(fake_quant_kv(answer, 4, "channel")[:, :6], exact)  # the old ranges

@@ -6,13 +6,18 @@
   dims (the rule itself lives in :func:`massmech.core.detect.massive_mask`); ``M`` comes per
   prompt from the prompt's own Q/K (``selection="prompt"``, the paper) or once from a
   calibration corpus (``selection="calibration"``);
-* **replacement**: the per-dim mean over the prompt's tokens (default), zero, or the
-  calibration mean;
+* **replacement**: the per-dim mean over the prompt's tokens (default), zero, the
+  calibration mean, or ``"pooled_mean"``: one scalar per head, the mean over the selected dims
+  of each dim's prompt mean (what the paper's public code does; equal to ``"mean"`` at k = 1);
 * **layers** and **heads** (default all);
-* a **control** that replaces, in every head, the same number of dims as the rule selected
-  there: the lowest-norm dims (``"lowest"``, the paper's control), random non-massive dims
-  (``"random"``, seeded) or random non-massive dims of one third of the RoPE pairs
-  (``"band-low"``, ``"band-mid"``, ``"band-high"``);
+* a **control** elsewhere in the same heads. ``"matched"`` (the default of studies): random
+  non-massive dims, taken in a seeded random order per head until the variance they remove is
+  closest to what the rule's dims remove there (matched in size, not only in count). The others
+  replace the same *number* of dims as the rule selected in each head: the lowest-norm dims
+  (``"lowest"``, the paper's control), random non-massive dims (``"random"``) or random
+  non-massive dims of one third of the RoPE pairs (``"band-low"``, ``"band-mid"``,
+  ``"band-high"``). Count-matched controls usually remove far less variance than the massive
+  dims: compare ``removed_variance``, not only ``n_dims``;
 * **kv_cache**: ``"prefill"`` (default) disrupts the prompt only; ``"every_step"`` also
   replaces each generated token's selected dims by the prompt's replacement values.
 
@@ -32,8 +37,8 @@ from massmech.errors import DisruptionError
 TARGETS = {"q": ("q",), "k": ("k",), "qk": ("q", "k")}
 RULES = ("lambda", "topk", "dims")
 SELECTIONS = ("prompt", "calibration")
-REPLACEMENTS = ("mean", "zero", "calib_mean")
-CONTROLS = (None, "lowest", "random", "band-low", "band-mid", "band-high")
+REPLACEMENTS = ("mean", "zero", "calib_mean", "pooled_mean")
+CONTROLS = (None, "matched", "lowest", "random", "band-low", "band-mid", "band-high")
 KV_CACHE = ("prefill", "every_step")
 
 
@@ -110,9 +115,33 @@ class Disruption:
     def sites(self) -> tuple[str, ...]:
         return TARGETS[self.target]
 
-    def as_control(self, control: str = "lowest") -> Disruption:
+    def as_control(self, control: str = "matched") -> Disruption:
         """The same disruption with a control instead of the selected dims."""
         return replace(self, control=control)
+
+    def protocol(self, control: str | None = None) -> str:
+        """What this disruption is, in words (every reported comparison states it).
+
+        Only the official code's protocol (post-RoPE Q and K, top-k per head, one pooled mean or
+        zero per head, prompt only, every layer and head) is called "the paper's protocol".
+
+        >>> Disruption(stage="post", rule="topk", k=1, replace="pooled_mean").protocol("lowest")
+        "the paper's protocol (post-RoPE Q,K; top-1 per head; one pooled mean per head; prompt only) vs lowest-norm control"
+        """
+        paper = (self.stage == "post" and self.rule == "topk" and self.replace in ("pooled_mean", "zero")
+                 and self.target == "qk" and self.kv_cache == "prefill" and self.selection == "prompt"
+                 and self.layers is None and self.heads is None and self.control is None)
+        sel = {"lambda": f"dims above {self.lam:g}x the head's mean norm", "topk": f"top-{self.k} per head",
+               "dims": f"dims {list(self.dims)}"}[self.rule]
+        rep = {"mean": "each dim's prompt mean", "zero": "zero", "calib_mean": "calibration means",
+               "pooled_mean": "one pooled mean per head"}[self.replace]
+        where = f"{self.stage}-RoPE {','.join(s.upper() for s in self.sites)}"
+        scope = "prompt only" if self.kv_cache == "prefill" else "prompt and every decoded token"
+        text = f"{'the paper' if paper else 'massmech'}'s {'protocol' if paper else 'variant'} ({where}; {sel}; {rep}; {scope})"
+        if control:
+            text += " vs " + {"matched": "variance-matched random control", "lowest": "lowest-norm control",
+                              "random": "count-matched random control"}.get(control, f"{control} control")
+        return text
 
     def to_dict(self) -> dict:
         return asdict(self)

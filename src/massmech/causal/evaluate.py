@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from massmech.causal.batch import batch_masks
 from massmech.causal.disruption import Disruption
 from massmech.causal.intervention import Intervention
 from massmech.causal.tasks.base import Example, Task
@@ -114,8 +115,10 @@ def evaluate(
 
     Returns:
         Tidy table, one row per (condition, example): ``condition, uid, group, correct, pred,
-        n_dims`` (``pred``: the argmax continuation at the answer positions, or the chosen
-        option; ``n_dims``: (layer, head, dim) cells replaced for that example).
+        n_dims, removed_variance`` (``pred``: the argmax continuation at the answer positions, or
+        the chosen option; ``n_dims``: (layer, head, dim) cells replaced for that example;
+        ``removed_variance``: the share of the disrupted sites' token variance the replacement
+        removed, see :class:`~massmech.causal.intervention.Intervention`).
 
     Raises:
         NoOpDisruptionError: A disruption changed nothing for some example.
@@ -139,7 +142,7 @@ def evaluate(
     batches = [g[i : i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
     device = next(model.bridge.parameters()).device
     scores: dict[tuple[int, int], list] = {}  # (ex, cond) -> per option score / (ok, pred)
-    dims: dict[tuple[int, int], int] = {}
+    dims: dict[tuple[int, int], tuple[int, float]] = {}
     with torch.inference_mode(), iv.active():
         for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
             brows = [rows[j] for j in batch]
@@ -158,7 +161,8 @@ def evaluate(
             )
             # scored positions: the logits at t predict token t + 1
             where = [(k, t) for k, r in enumerate(brows) for t in range(r.n_prompt - 1, len(r.ids) - 1)]
-            logits = _final_logits(model, ids.to(device), full.long().to(device), where)
+            with batch_masks(full.to(device), prompt.to(device)):
+                logits = _final_logits(model, ids.to(device), full.long().to(device), where)
             if iv.passes != 1:
                 raise RuntimeError(f"the intervention's end-of-forward hook fired {iv.passes} times, not once")
             at = 0
@@ -166,7 +170,7 @@ def evaluate(
                 m = len(r.ids) - r.n_prompt
                 lg, gold = logits[at : at + m], torch.tensor(r.ids[r.n_prompt :], device=logits.device)
                 at += m
-                dims[(r.ex, r.cond)] = int(iv.last_selected[k])
+                dims[(r.ex, r.cond)] = (int(iv.last_selected[k]), float(iv.last_removed[k]))
                 if scoring == "exact":
                     arg = lg.argmax(-1)
                     scores[(r.ex, r.cond)] = [bool((arg == gold).all()), model.tokenizer.decode(arg.tolist())]
@@ -184,7 +188,7 @@ def evaluate(
                 correct, pred = choice == ex.label, ex.options[choice].strip()
             out.append(
                 {"condition": name, "uid": ex.uid, "group": ex.group, "correct": bool(correct),
-                 "pred": pred, "n_dims": dims[(i, c)]}
+                 "pred": pred, "n_dims": dims[(i, c)][0], "removed_variance": dims[(i, c)][1]}
             )
     return pd.DataFrame(out)
 
@@ -239,17 +243,19 @@ def generate_exact(
                 mask, row_ids=torch.tensor([examples[i].uid for i, _ in batch]),
             )
             new = max_new_tokens or max(map(len, golds))
-            gen = hf.generate(
-                input_ids=ids.to(device), attention_mask=mask.long().to(device),
-                max_new_tokens=new, do_sample=False, num_beams=1,
-                repetition_penalty=1.0, pad_token_id=pad, eos_token_id=None,
-                temperature=None, top_p=None, top_k=None,
-            )[:, width:].cpu()
+            with batch_masks(mask.to(device)):  # the prefill; decode steps are one token
+                gen = hf.generate(
+                    input_ids=ids.to(device), attention_mask=mask.long().to(device),
+                    max_new_tokens=new, do_sample=False, num_beams=1,
+                    repetition_penalty=1.0, pad_token_id=pad, eos_token_id=None,
+                    temperature=None, top_p=None, top_k=None,
+                )[:, width:].cpu()
             for k, (i, c) in enumerate(batch):
                 g = gen[k, : len(golds[k])].tolist()
                 out.append(
                     {"condition": names[c], "uid": examples[i].uid, "group": examples[i].group,
-                     "correct": g == golds[k], "pred": model.tokenizer.decode(g), "n_dims": -1}
+                     "correct": g == golds[k], "pred": model.tokenizer.decode(g), "n_dims": -1,
+                     "removed_variance": float("nan")}
                 )
     order = {name: j for j, name in enumerate(names)}
     uid_pos = {ex.uid: j for j, ex in enumerate(examples)}
@@ -316,7 +322,8 @@ def perplexity(
             for r, w in enumerate(rows):  # right padding: positions stay 0..len-1
                 ids[r, : len(w)] = torch.tensor(w)
                 mask[r, : len(w)] = 1
-            logits = model.bridge(ids.to(device), attention_mask=mask.to(device), return_type="logits")
+            with batch_masks(mask.to(device)):
+                logits = model.bridge(ids.to(device), attention_mask=mask.to(device), return_type="logits")
             nll = token_nll(logits, ids.to(device))  # [b, pos-1], fp32
             keep = mask[:, 1:].bool().to(device)
             total += float(nll[keep].double().sum())
@@ -327,16 +334,24 @@ def perplexity(
 
 # ------------------------------------------------------------------------ statistics
 def summarize(df: pd.DataFrame, *, baseline: str = BASELINE, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Accuracy per condition with a 95% bootstrap CI, plus the paired difference to ``baseline``.
+    """Accuracy per condition with a 95% interval, plus the paired difference to ``baseline`` and its test.
+
+    Intervals and tests are those of :func:`massmech.stats.describe` (Wilson, Newcombe, exact
+    McNemar for 0/1 verdicts).
 
     Returns:
-        One row per condition: ``condition, accuracy, ci_low, ci_high, n, n_dims`` and, when
-        the baseline is present, ``delta, delta_ci_low, delta_ci_high`` (paired over uids).
+        One row per condition: ``condition, accuracy, ci_low, ci_high, n, n_dims,
+        removed_variance`` and, when the baseline is present, ``delta, delta_ci_low,
+        delta_ci_high, b, c, p_value`` (paired over uids; ``None`` for the baseline itself).
     """
     rows = []
     base = df[df.condition == baseline].set_index("uid").correct if baseline in set(df.condition) else None
     for name, g in df.groupby("condition", sort=False):
         paired = None if base is None else base.reindex(g.uid).to_numpy(float)
+        if name == baseline:
+            paired = None
         stats = describe(g.correct.to_numpy(float), baseline=paired, n_boot=n_boot, seed=seed)
-        rows.append({"condition": name, "accuracy": stats.pop("mean"), **stats, "n_dims": float(g.n_dims.mean())})
+        removed = g["removed_variance"] if "removed_variance" in g else pd.Series(dtype=float)
+        rows.append({"condition": name, "accuracy": stats.pop("mean"), **stats, "n_dims": float(g.n_dims.mean()),
+                     "removed_variance": float(removed.mean()) if len(removed) else float("nan")})
     return pd.DataFrame(rows)

@@ -7,8 +7,12 @@ An :class:`Intervention` turns disruptions (:mod:`massmech.causal.disruption`) i
 batch whose rows may each carry a different condition (conditions folded into one batched
 forward pass). After every forward pass it checks that each disrupted row changed at least one
 activation: a disruption that changes nothing raises
-:class:`~massmech.errors.NoOpDisruptionError` instead of passing silently (the bug of the
-paper's public code, whose per-step mean during cached generation equals the value itself).
+:class:`~massmech.errors.NoOpDisruptionError` instead of passing silently. In plain-hook mode a
+one-token forward pass is refused: during cached generation it would be a decode step treated as
+a new prompt, whose per-token mean is the token itself. (The paper's public code avoids that by
+disrupting only when ``q_len != 1``, e.g. ``modeling_llama.py`` of MingyuJ666/Rope_with_LLM:
+decode steps are untouched and the disrupted prompt keys stay in the cache, which is massmech's
+``kv_cache="prefill"``.)
 
 Example::
 
@@ -39,6 +43,28 @@ from massmech.errors import DisruptionError, NoOpDisruptionError
 _END_HOOK = "ln_final.hook_in"
 
 
+def _matched(key: Tensor, removed: Tensor, sel: Tensor, *, slack: float = 0.05) -> Tensor:
+    """Random non-selected dims per head whose removed variance matches that of ``sel``.
+
+    Dims are visited in the random order of ``key`` (``[r, head, d]``) and taken while the sum
+    stays within ``1 + slack`` of the selected dims' sum (first fit: a dim that would overshoot
+    is skipped, later smaller ones may still fit). None where nothing is selected.
+    """
+    target = (removed * sel).sum(-1)  # [r, head]
+    cap = target * (1 + slack)
+    order = torch.argsort(key.masked_fill(sel, float("inf")), dim=-1, stable=True)
+    gain = torch.gather(removed, -1, order)
+    free = ~torch.gather(sel, -1, order)
+    total = torch.zeros_like(target)
+    take = torch.zeros_like(free)
+    for j in range(gain.shape[-1]):  # d_head steps, each over every (row, head) at once
+        ok = free[..., j] & (total + gain[..., j] <= cap) & (target > 0)
+        total = total + gain[..., j] * ok
+        take[..., j] = ok
+    out = torch.zeros_like(sel)
+    return out.scatter(-1, order, take)
+
+
 def _uniform(seed: int, row: Tensor, layer: int, site: str, shape: tuple[int, int]) -> Tensor:
     """Deterministic uniform draws ``[rows, head, dim]`` from (seed, row id, layer, site, head, dim).
 
@@ -64,8 +90,13 @@ class Intervention:
 
     Use: ``set_batch`` before each batch (which condition each row carries, which positions are
     the prompt), then run the model inside ``model.bridge.hooks(fwd_hooks=iv.fwd_hooks)``
-    (:meth:`active` does both). ``changed`` and ``n_selected`` report per row how many
-    activations changed and how many (layer, head, dim) cells were replaced in the last pass.
+    (:meth:`active` does both). After each pass, ``last_changed``, ``last_selected`` and
+    ``last_removed`` report per row how many activations changed, how many (layer, head, dim)
+    cells were replaced, and the *removed variance*: the squared change of the replaced values
+    as a fraction of the token variance (about each dim's prompt mean) of the disrupted sites at
+    the disrupted positions. Under mean replacement that is exactly the share of token variance
+    the disruption removed; a control that replaces more dims of smaller variance can remove as
+    much (see ``control="matched"``).
     """
 
     def __init__(
@@ -154,12 +185,15 @@ class Intervention:
         self._new_pass()
         self.passes = 0  # forward passes completed (end hook reached) since set_batch
         self.last_changed = self.last_selected = torch.zeros(0, dtype=torch.long)
+        self.last_removed = torch.zeros(0, dtype=torch.float64)
 
     def _new_pass(self) -> None:
         """Reset the per-pass state (counters are allocated by the first hook of the pass)."""
         self._seen: set[tuple] = set()
         self.changed = torch.zeros(0, dtype=torch.long)
         self.n_selected = torch.zeros(0, dtype=torch.long)
+        self.removed = torch.zeros(0, dtype=torch.float64)  # squared change of replaced values
+        self.variance = torch.zeros(0, dtype=torch.float64)  # token variance of the disrupted sites
 
     def _rows(self, ci: int, b: int, device: torch.device) -> Tensor:
         """Rows of a ``b``-row forward pass that carry condition ``ci``."""
@@ -171,6 +205,8 @@ class Intervention:
                 )
             self.changed = torch.zeros(b, dtype=torch.long, device=device)
             self.n_selected = torch.zeros(b, dtype=torch.long, device=device)
+            self.removed = torch.zeros(b, dtype=torch.float64, device=device)
+            self.variance = torch.zeros(b, dtype=torch.float64, device=device)
         return self._condition_rows(ci, b).to(device)
 
     def _condition_rows(self, ci: int, b: int) -> Tensor:
@@ -207,20 +243,36 @@ class Intervention:
             keep = torch.zeros(n_heads, dtype=torch.bool)
             keep[list(c.heads)] = True
             sel &= keep.view(1, -1, 1).to(sel.device)
-        if c.control is not None:
-            sel = self._control(c, site, layer, m, sel, rows)
         if c.replace == "mean":
             value = xf.sum(1) / count
         elif c.replace == "zero":
             value = torch.zeros_like(m)
+        elif c.replace == "pooled_mean":  # the official code: one scalar per head, the mean of the dims' means
+            means = xf.sum(1) / count
+            pooled = (means * sel).sum(-1, keepdim=True) / sel.sum(-1, keepdim=True).clamp_min(1)
+            value = pooled.expand_as(means).contiguous()
         else:
             li = self.calibration.layers.index(layer)
             value = self.calibration.mean(site, stage)[li].float().to(x.device).expand(r, n_heads, d_head)
+        if c.control is not None:
+            # what replacing each dim would remove over the prompt ([r, head, d]), for size-matched controls
+            removed = ((x.float() - value[:, None]) ** 2 * w).sum(1) if c.control == "matched" else None
+            sel = self._control(c, site, layer, m, sel, rows, removed)
+            if c.replace == "pooled_mean":  # the control's own pooled scalar, as the official code's control
+                means = xf.sum(1) / count
+                pooled = (means * sel).sum(-1, keepdim=True) / sel.sum(-1, keepdim=True).clamp_min(1)
+                value = pooled.expand_as(means).contiguous()
         return sel, value
 
-    def _control(self, c: Disruption, site: str, layer: int, m: Tensor, sel: Tensor, rows: Tensor) -> Tensor:
-        """Same count per head as ``sel``, drawn among the dims the control allows."""
+    def _control(
+        self, c: Disruption, site: str, layer: int, m: Tensor, sel: Tensor, rows: Tensor, removed: Tensor | None
+    ) -> Tensor:
+        """Same count per head as ``sel`` (or, ``"matched"``, the same removed variance), among allowed dims."""
         n = sel.sum(-1, keepdim=True)  # [r, head, 1]
+        if c.control == "matched":
+            ids = rows.cpu() if self._row_ids is None else self._row_ids[rows.cpu()]
+            key = _uniform(c.seed, ids, layer, site, tuple(m.shape[1:])).to(m.device)
+            return _matched(key, removed, sel)
         if c.control == "lowest":
             key = m.double()
         else:
@@ -296,10 +348,23 @@ class Intervention:
                 where = apply[:, :, None, None] & sel[:, None]  # [r, pos, head, d]
                 new = torch.where(where, value[:, None].to(y.dtype), yr)
                 self.changed[rows.to(self.changed.device)] += (new != yr).flatten(1).sum(1).to(self.changed.device)
+                if self._prefill:
+                    self._account(yr, new, stat, apply, rows)
                 out[rows] = new
             return out.transpose(1, 2) if heads_first else out
 
         return hook
+
+    def _account(self, yr: Tensor, new: Tensor, stat: Tensor, apply: Tensor, rows: Tensor) -> None:
+        """Add the rows' removed squared change and their token variance at the applied positions (fp32)."""
+        w = stat[..., None, None].float()
+        mean = (yr.float() * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
+        a = apply[..., None, None].float()
+        variance = (((yr.float() - mean) ** 2) * a).flatten(1).sum(1)
+        removed = (((new.float() - yr.float()) ** 2) * a).flatten(1).sum(1)
+        dev = self.removed.device
+        self.removed[rows.to(dev)] += removed.double().to(dev)
+        self.variance[rows.to(dev)] += variance.double().to(dev)
 
     def _end_of_forward(self, x: Tensor, hook: Any) -> None:
         expected = [
@@ -310,6 +375,11 @@ class Intervention:
         ran = len(self.changed) == b  # False if no disruption hook ran in this pass
         changed = self.changed.cpu() if ran else torch.zeros(b, dtype=torch.long)
         selected = self.n_selected.cpu() if ran else torch.zeros(b, dtype=torch.long)
+        if self._prefill:  # decode steps keep the prompt's account
+            self.last_removed = (
+                (self.removed.cpu() / self.variance.cpu().clamp_min(1e-30)).where(self.variance.cpu() > 0, 0.0)
+                if ran else torch.zeros(b, dtype=torch.float64)
+            )
         self.last_changed, self.last_selected = changed, selected
         self.passes += 1
         # After set_batch(row_condition=...), later passes are cached decode steps; in the

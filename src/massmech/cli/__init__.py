@@ -116,8 +116,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     a.add_argument("--disrupt-layers", default="all", metavar="RANGE",
                    help="layers to disrupt: all, early, middle, late or 'a-b'")
     a.add_argument("--layers", dest="disrupt_layers", help=argparse.SUPPRESS)  # old name
-    a.add_argument("--control", default="lowest", choices=["lowest", "random", "band-low", "band-mid", "band-high"],
-                   help="control dims replaced instead, same count")
+    a.add_argument("--control", default="matched",
+                   choices=["matched", "lowest", "random", "band-low", "band-mid", "band-high"],
+                   help="control dims replaced instead: matched (random non-massive dims removing the same token "
+                        "variance per head), or the same count of lowest-norm / random / band dims")
+    a.add_argument("--replace", default="mean", choices=["mean", "zero", "pooled_mean"],
+                   help="replacement: each dim's prompt mean, zero, or one pooled mean per head (the paper's code)")
     a.add_argument("--kv-cache", default="prefill", choices=["prefill", "every_step"],
                    help="disrupt the prompt only, or every decode step too")
     a.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (results do not depend on it)")

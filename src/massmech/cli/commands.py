@@ -86,7 +86,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     layers = layer_range(args.disrupt_layers, model.info.n_layers)
     d = Disruption(
         target=args.target, stage=args.stage, rule=args.rule, lam=args.lam, k=args.k,
-        layers=layers, kv_cache=args.kv_cache, seed=args.seed,
+        layers=layers, kv_cache=args.kv_cache, seed=args.seed, replace=args.replace,
     )
     res = ablate(model, args.task, n=args.n, disruption=d, control=args.control, seed=args.seed,
                  batch_size=args.batch_size, task_params=params, out=args.out, overwrite=args.overwrite,
@@ -95,10 +95,14 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2))
         return 0
     print(f"{res['model']} / {res['task']} ({res['kind']}), disruption {res['condition']}, control {res['control_kind']}")
+    print(f"  protocol: {res['protocol']}")
     for name in ("baseline", "massive", "control"):
         r = res[name]
-        delta = "" if name == "baseline" else f"  delta {r['delta']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]"
-        print(f"  {name:9s} {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  n={r['n']}  dims/example={r['n_dims']:.0f}{delta}")
+        test = "" if name == "baseline" else (
+            f"  delta {r['delta']:+.3f} [{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]"
+            f"  McNemar b={r['b']} c={r['c']} p={r['p_value']:.3g}")
+        print(f"  {name:9s} {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  n={r['n']}  "
+              f"dims/example={r['n_dims']:.0f}  removed variance={r['removed_variance']:.2%}{test}")
     return 0
 
 

@@ -6,7 +6,8 @@ A study is an object with
 * ``plan(config, ctx) -> [CellSpec]``: every cell of the config, each with its key parts, the
   *group* it needs loaded (a model spec: an executor loads a group once per worker) and the
   *unit* it is computed in (cells of one unit share work, e.g. conditions folded into one batch);
-* ``run_unit(config, cells, ctx) -> {key: (data, tables)}``: compute the cells of one unit;
+* ``run_unit(config, cells, ctx) -> {key: (data, tables)}``: compute the cells of one unit (a
+  result may add a third item, ``{file name: writer}``, for cells that store files, e.g. a capture);
 * ``consolidate(config, cells) -> DataFrame``: the tidy table from the stored cells;
 * ``finish(config, table, out, ctx) -> dict``: extra files and the summary (``summary.json``).
 
@@ -108,8 +109,8 @@ def run_units(study: Study, config: Any, units: Sequence[Sequence[CellSpec]], st
         if missing:
             raise RuntimeError(f"{study.name}: run_unit returned no result for cells {missing}")  # a bug
         for c in unit:
-            data, tables = results[c.key]
-            store.put(c.key, c.parts, data=data, tables=tables)
+            data, tables, *files = results[c.key]
+            store.put(c.key, c.parts, data=data, tables=tables, files=files[0] if files else None)
             if on_cell is not None:
                 on_cell()
 

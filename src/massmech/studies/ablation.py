@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -44,7 +45,7 @@ from massmech.infra.runs import (
     manifest,
 )
 from massmech.infra.study import CellSpec, Context, run_study
-from massmech.stats import describe
+from massmech.stats import chance_normalised, describe, evaluable, holm
 
 LAYER_RANGES = ("all", "early", "middle", "late")
 
@@ -80,7 +81,8 @@ class SweepConfig:
         targets: Any of ``q``, ``k``, ``qk``.
         stages: ``pre`` and/or ``post``.
         layer_ranges: ``all``, ``early``, ``middle``, ``late`` or ``"a-b"``.
-        controls: Control kinds evaluated next to each massive condition.
+        controls: Control kinds evaluated next to each massive condition (default: random
+            non-massive dims matched in removed variance, see :mod:`massmech.causal.disruption`).
         selection, replace, kv_cache: See :class:`~massmech.causal.intervention.Disruption`.
         calib_tokens: Corpus tokens for ``selection="calibration"`` / ``replace="calib_mean"``.
         seed: Seed of the examples and of the random controls.
@@ -96,7 +98,7 @@ class SweepConfig:
     targets: Sequence[str] = ("qk",)
     stages: Sequence[str] = ("pre",)
     layer_ranges: Sequence[str] = ("all",)
-    controls: Sequence[str] = ("lowest",)
+    controls: Sequence[str] = ("matched",)
     selection: str = "prompt"
     replace: str = "mean"
     kv_cache: str = "prefill"
@@ -163,13 +165,24 @@ FOCUS_TASKS = ("country_capital", "kv_lookup", "passkey")
 
 
 def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, **overrides) -> SweepConfig:
-    """A named sweep: ``main`` (every task: baseline, lambda=5 massive, lowest-norm and random
-    controls), ``k`` (top-k rule, k = 1, 4, 16, lowest-norm control, three tasks) or ``layers``
-    (lambda=5 on all / early / middle / late layers, lowest-norm control, three tasks)."""
+    """A named sweep (every one also runs the variance-matched control):
+
+    * ``main``: every task; baseline, lambda=5 pre-RoPE massive, and the matched, lowest-norm
+      and count-matched random controls (massmech's lambda-rule variant);
+    * ``paper``: the protocol of the paper's public code: post-RoPE Q and K, top-k per head
+      (``k`` = 1 for Llama-family models such as SmolLM2; 3 for Qwen2; Gemma-2 used k = 22 with
+      zero replacement, pass ``ks=(22,), replace="zero"``), one pooled scalar per head
+      (``replace="pooled_mean"``), prompt only, decode steps untouched, lowest-norm control;
+    * ``k``: top-k rule, k = 1, 4, 16, three tasks; ``layers``: lambda=5 on all / early /
+      middle / late layers, three tasks.
+    """
     base = {
-        "main": dict(tasks=tuple(TASKS), controls=("lowest", "random")),
-        "k": dict(tasks=FOCUS_TASKS, rules=("topk",), ks=(1, 4, 16), controls=("lowest",)),
-        "layers": dict(tasks=FOCUS_TASKS, layer_ranges=("all", "early", "middle", "late"), controls=("lowest",)),
+        "main": dict(tasks=tuple(TASKS), controls=("matched", "lowest", "random")),
+        "paper": dict(tasks=tuple(TASKS), rules=("topk",), ks=(1,), stages=("post",), replace="pooled_mean",
+                      kv_cache="prefill", controls=("lowest", "matched")),
+        "k": dict(tasks=FOCUS_TASKS, rules=("topk",), ks=(1, 4, 16), controls=("matched", "lowest")),
+        "layers": dict(tasks=FOCUS_TASKS, layer_ranges=("all", "early", "middle", "late"),
+                       controls=("matched", "lowest")),
     }
     if name not in base:
         raise ConfigError(f"unknown sweep preset {name!r}; presets are {', '.join(base)}")
@@ -221,6 +234,8 @@ class AblationStudy:
         torch.manual_seed(config.seed)
         df = evaluate(model, task, {c.key: c.payload["disruption"] for c in cells}, n=n, seed=config.seed,
                       batch_size=config.batch_size, calibration=calibration, progress=False)
+        examples = task.examples(n, config.seed)  # chance: 1 / options for choice tasks, 0 for exact match
+        chance = float(np.mean([1 / len(e.options) if e.options else 0.0 for e in examples]))
         out = {}
         for c in cells:
             g, d = df[df.condition == c.key], c.payload["disruption"]
@@ -229,7 +244,8 @@ class AblationStudy:
                 "task_config": task.config(), "n": int(len(g)), "seed": config.seed,
                 "condition": BASELINE if d is None else d.label(), "role": c.payload["role"],
                 "layer_range": c.payload["layer_range"], "disruption": None if d is None else d.to_dict(),
-                "n_dims": float(g.n_dims.mean()),
+                "n_dims": float(g.n_dims.mean()), "removed_variance": float(g.removed_variance.mean()),
+                "chance": chance,
                 "verdicts": {str(u): bool(v) for u, v in zip(g.uid, g.correct, strict=True)},
             }, {})
         return out
@@ -268,6 +284,17 @@ def run_sweep(
     return run_study(ABLATION, config, out, executor=executor, cells=cells, progress=progress)
 
 
+def _chance(cells: list[dict], model_task: tuple[str, str]) -> float:
+    return next(c["chance"] for c in cells if (c["model"], c["task"]) == model_task)
+
+
+def _plain(x: Any, column: str) -> int | float | None:
+    """A JSON value: ints for counts, ``None`` for a missing statistic (the baseline's p-value)."""
+    if x is None or (isinstance(x, float) and x != x) or pd.isna(x):
+        return None
+    return int(x) if column in ("n", "b", "c") else float(x)
+
+
 def _role(d: Disruption) -> str:
     return "massive" if d.control is None else "control"
 
@@ -292,19 +319,21 @@ def _calibration(model: LoadedModel, config: SweepConfig):
 
 COLUMNS = [
     "model", "task", "kind", "scoring", "condition", "role", "control", "rule", "lam", "k", "target",
-    "stage", "layer_range", "accuracy", "ci_low", "ci_high", "n", "n_dims",
-    "delta", "delta_ci_low", "delta_ci_high", "key",
+    "stage", "layer_range", "accuracy", "ci_low", "ci_high", "n", "chance", "acc_norm", "evaluable",
+    "n_dims", "removed_variance",
+    "delta", "delta_ci_low", "delta_ci_high", "b", "c", "p_value", "p_holm", "key",
 ]
 
 
 def _consolidate(cells: list[dict]) -> pd.DataFrame:
     """The results table from finished cells (one row each; paired to the baseline of its model and task)."""
     base = {(c["model"], c["task"]): c["verdicts"] for c in cells if c["role"] == BASELINE}
+    ok = {mt: evaluable(int(sum(v.values())), len(v), _chance(cells, mt)) for mt, v in base.items()}
     rows = []
     for c in cells:
         v = pd.Series(c["verdicts"], dtype=float)
         b = base.get((c["model"], c["task"]))
-        paired = None if b is None else pd.Series(b, dtype=float).reindex(v.index).to_numpy()
+        paired = None if b is None or c["role"] == BASELINE else pd.Series(b, dtype=float).reindex(v.index).to_numpy()
         stats = describe(v.to_numpy(), baseline=paired, seed=c["seed"])
         d = c["disruption"] or {}
         row = {
@@ -314,15 +343,21 @@ def _consolidate(cells: list[dict]) -> pd.DataFrame:
             "rule": d.get("rule"), "lam": d.get("lam") if d.get("rule") == "lambda" else None,
             "k": d.get("k") if d.get("rule") == "topk" else None, "target": d.get("target"),
             "stage": d.get("stage"), "layer_range": c["layer_range"], "accuracy": stats["mean"],
-            "ci_low": stats["ci_low"], "ci_high": stats["ci_high"], "n": c["n"], "n_dims": c["n_dims"],
-            "delta": stats.get("delta"), "delta_ci_low": stats.get("delta_ci_low"),
-            "delta_ci_high": stats.get("delta_ci_high"), "key": c["key"],
+            "ci_low": stats["ci_low"], "ci_high": stats["ci_high"], "n": c["n"], "chance": c["chance"],
+            "acc_norm": chance_normalised(stats["mean"], c["chance"]),
+            "evaluable": ok.get((c["model"], c["task"])), "n_dims": c["n_dims"],
+            "removed_variance": c["removed_variance"], "delta": stats.get("delta"),
+            "delta_ci_low": stats.get("delta_ci_low"), "delta_ci_high": stats.get("delta_ci_high"),
+            "b": stats.get("b"), "c": stats.get("c"), "p_value": stats.get("p_value"), "key": c["key"],
         }
         rows.append(row)
     table = pd.DataFrame(rows, columns=COLUMNS)
-    for col in ("lam", "delta", "delta_ci_low", "delta_ci_high"):
+    # Holm across the table's evaluable comparisons; rows whose baseline is at chance or floor get none
+    table["p_holm"] = holm([p if e else None for p, e in zip(table["p_value"], table["evaluable"], strict=True)])
+    for col in ("lam", "removed_variance", "delta", "delta_ci_low", "delta_ci_high", "p_value", "p_holm"):
         table[col] = table[col].astype(float)
-    table["k"] = table["k"].astype("Int64")
+    for col in ("k", "b", "c"):
+        table[col] = table[col].astype("Int64")
     return table
 
 
@@ -333,7 +368,7 @@ def ablate(
     *,
     n: int = 100,
     disruption: Disruption | None = None,
-    control: str = "lowest",
+    control: str = "matched",
     seed: int = 0,
     batch_size: int = 16,
     task_params: dict | None = None,
@@ -349,7 +384,8 @@ def ablate(
             ``{"filler_repeats": 2}`` for a shorter passkey).
         n: Examples.
         disruption: The massive disruption (default: lambda rule, pre-RoPE Q and K, all layers).
-        control: Control kind replacing the same number of dims elsewhere.
+        control: Control kind (default ``"matched"``: random non-massive dims removing as much
+            token variance as the massive dims, per head; see :mod:`massmech.causal.disruption`).
         seed: Seed of the examples and of random controls.
         batch_size: Sequences per forward pass (results do not depend on it).
         out: Also write a run folder: ``ablate.json`` (this result), ``examples.parquet`` and
@@ -361,9 +397,14 @@ def ablate(
 
     Returns:
         ``{"baseline": {...}, "massive": {...}, "control": {...}, "model", "task", "condition",
-        "control_kind"}``; each of the three is ``accuracy, ci_low, ci_high, n`` plus
-        ``n_dims`` (replaced cells per example) and, for the disrupted ones, the paired
-        difference to the baseline ``delta, delta_ci_low, delta_ci_high``.
+        "control_kind", "protocol", "chance", "evaluable"}`` (``evaluable``: the baseline is
+        clearly above chance, :func:`massmech.stats.evaluable`; if not, the task cannot show an
+        effect on this model); each of the three is ``accuracy, ci_low, ci_high`` (Wilson),
+        ``n``, ``n_dims`` (replaced cells per example), ``removed_variance`` (share of token
+        variance removed, see :class:`~massmech.causal.intervention.Intervention`) and
+        ``p_value``: the exact McNemar test against the baseline (``None`` for the baseline),
+        with ``b, c`` (discordant pairs) and the paired difference ``delta, delta_ci_low,
+        delta_ci_high`` (Newcombe) for the disrupted ones.
 
     Raises:
         TaskError: Unknown task, missing data package, or ``n`` beyond the data.
@@ -382,15 +423,19 @@ def ablate(
     torch.manual_seed(seed)
     df = evaluate(lm, t, conds, n=n, seed=seed, batch_size=batch_size, progress=progress)
     s = summarize(df, seed=seed).set_index("condition")
-    keep = ["accuracy", "ci_low", "ci_high", "n", "n_dims", "delta", "delta_ci_low", "delta_ci_high"]
-    res = {
-        name: {k: (int(s.loc[name, k]) if k == "n" else float(s.loc[name, k])) for k in keep if k in s.columns}
-        for name in conds
-    }
+    keep = ["accuracy", "ci_low", "ci_high", "n", "n_dims", "removed_variance", "p_value", "b", "c",
+            "delta", "delta_ci_low", "delta_ci_high"]
+    res = {name: {k: _plain(s.loc[name, k], k) for k in keep} for name in conds}
+    for k in ("b", "c", "delta", "delta_ci_low", "delta_ci_high"):
+        res[BASELINE].pop(k)
     res |= {
         "model": lm.info.name, "task": task, "task_config": t.config(), "kind": t.kind,
         "condition": disruption.label(), "control_kind": control, "seed": seed,
+        "protocol": disruption.protocol(control),
     }
+    chance = float(np.mean([1 / len(e.options) if e.options else 0.0 for e in t.examples(n, seed)]))
+    base = df[df.condition == BASELINE].correct
+    res |= {"chance": chance, "evaluable": evaluable(int(base.sum()), len(base), chance)}
     if out is not None:
         config = {"model": lm.info.name, "task": task, "task_config": t.config(), "n": n, "seed": seed,
                   "disruption": disruption.to_dict(), "control": control, "batch_size": batch_size}

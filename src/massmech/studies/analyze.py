@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from massmech.core.frequency import check_params, frequency_analysis
 from massmech.core.loading import load_model, resolve_dtype
 from massmech.core.models import LoadedModel
 from massmech.errors import ConfigError, CorpusError, IndexRangeError
-from massmech.infra.cells import CellStore, data_hash
+from massmech.infra.cells import CellStore, cell_key, data_hash
 from massmech.infra.io import write_json
 from massmech.infra.runs import atomic_run_dir, check_out, manifest, open_study_dir
+from massmech.infra.study import CellSpec, Context, compute_cells
 from massmech.report import plotting
 
 
@@ -109,25 +111,62 @@ def weights_fingerprint(model: LoadedModel) -> str:
     return data_hash(rows)
 
 
-def _capture(model: LoadedModel, windows: list[list[int]], cfg: AnalyzeConfig, cells, progress: bool) -> QKVStats:
-    """The capture, from the cell store when it holds it (see :func:`run_analyze`)."""
-    def capture() -> QKVStats:
-        return capture_stats(model, windows, batch_size=cfg.batch_size, exclude_first_token=cfg.exclude_first_token,
-                             progress=progress)
+@dataclass(frozen=True)
+class CaptureJob:
+    """What one capture cell needs: the loaded model, its token windows and the run's options."""
 
-    if cells is None:
-        return capture()
-    store = CellStore(open_study_dir(cells, "cells"), "analyze")
-    parts = {"model": model.spec or model.info.name, "load": model.load_kwargs, "weights": weights_fingerprint(model),
-             "windows": data_hash(windows), "exclude_first_token": cfg.exclude_first_token}
-    key = store.key(parts)
-    cell = store.get(key)
-    if cell is not None:
+    model: LoadedModel
+    windows: list[list[int]]
+    cfg: AnalyzeConfig
+    progress: bool = True
+
+    def capture(self) -> QKVStats:
+        return capture_stats(self.model, self.windows, batch_size=self.cfg.batch_size,
+                             exclude_first_token=self.cfg.exclude_first_token, progress=self.progress)
+
+
+class AnalyzeCapture:
+    """The ``analyze`` study of the cell store: one cell per capture (model, weights, windows, options).
+
+    Its single cell stores ``stats.npz``; the analysis on top (bands, thresholds, figures) is
+    cheap and recomputed by :func:`run_analyze`, so changing it never reruns the model.
+    """
+
+    name = "analyze"
+    kind = "analyze"
+
+    def plan(self, config: CaptureJob, ctx: Context) -> list[CellSpec]:
+        model, cfg = config.model, config.cfg
+        spec = model.spec or model.info.name
+        parts = {"model": spec, "load": model.load_kwargs, "weights": weights_fingerprint(model),
+                 "windows": data_hash(config.windows), "exclude_first_token": cfg.exclude_first_token}
+        return [CellSpec(key=cell_key(self.name, parts), parts=parts, group=spec, unit="capture")]
+
+    def run_unit(self, config: CaptureJob, cells: Sequence[CellSpec], ctx: Context) -> dict:
+        stats = config.capture()
+        data = {"model": config.model.info.name, "n_tokens": stats.n_tokens}
+        return {c.key: (data, {}, {"stats.npz": stats.save}) for c in cells}
+
+    def consolidate(self, config, cells: dict) -> QKVStats:
+        (cell,) = cells.values()
         return QKVStats.load(cell.file("stats.npz"))
-    stats = capture()
-    store.put(key, parts, data={"model": model.info.name, "n_tokens": stats.n_tokens},
-              files={"stats.npz": lambda p: stats.save(p)})
-    return stats
+
+    def finish(self, config, table, out, ctx) -> dict:  # run_analyze writes the run folder itself
+        return {}
+
+
+ANALYZE_CAPTURE = AnalyzeCapture()
+
+
+def _capture(job: CaptureJob, cells: str | os.PathLike | None) -> QKVStats:
+    """The capture: through the cell store when ``cells`` is given (see :func:`run_analyze`)."""
+    if cells is None:
+        return job.capture()
+    ctx = Context(models={job.model.spec or job.model.info.name: job.model})  # a loaded model: serial, here
+    planned = ANALYZE_CAPTURE.plan(job, ctx)
+    store = CellStore(open_study_dir(cells, "cells"), ANALYZE_CAPTURE.name)
+    return ANALYZE_CAPTURE.consolidate(job, compute_cells(ANALYZE_CAPTURE, job, planned, store, ctx=ctx,
+                                                          progress=False))
 
 
 def _check_config(cfg: AnalyzeConfig, model: LoadedModel) -> list[int]:
@@ -196,7 +235,7 @@ def run_analyze(
     windows = token_windows(
         model, texts, n_tokens=config.n_tokens, seq_len=config.seq_len, chunk=bool(config.text or config.dataset)
     )
-    stats = _capture(model, windows, config, cells, progress)
+    stats = _capture(CaptureJob(model, windows, config, progress), cells)
     fa = frequency_analysis(
         stats, context_len=config.seq_len, fast_turns=config.fast_turns, n_bands=config.n_bands,
         lam=config.lam, emergence_threshold=config.emergence_threshold,

@@ -1,7 +1,8 @@
 """Activation and KV-cache fake quantization.
 
 :func:`quantize_activations` adds the activation half of naive W8A8: the input of every edited
-layer is fake-quantized per tensor (one dynamic int8 scale, blind to outlier channels).
+layer is fake-quantized with one dynamic int8 scale per sequence (blind to outlier channels),
+taken from the sequence's real tokens only.
 
 KV-cache quantization acts on the cached site, post-RoPE K and V (:func:`fake_quant_kv`): asymmetric
 min-max quantization per token (over each head's dims) or per channel (over the tokens,
@@ -19,6 +20,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from massmech.causal.batch import current_masks
 from massmech.core.models import LoadedModel
 from massmech.errors import QuantError
 from massmech.studies.quant.methods import decoder_linears, target_layers
@@ -27,18 +29,31 @@ KV_AXES = ("token", "channel")
 KV_BITS = (2, 4, 8)
 
 
-def fake_quant_per_tensor(x: Float[Tensor, ...], bits: int = 8) -> Float[Tensor, ...]:
-    """Symmetric per-tensor fake-quant: one scale ``max|x| / (2**(bits-1) - 1)`` for the whole tensor."""
+def fake_quant_per_sequence(
+    x: Float[Tensor, "batch ..."], bits: int = 8, real: Bool[Tensor, "batch pos"] | None = None
+) -> Float[Tensor, "batch ..."]:
+    """Symmetric dynamic fake-quant with one scale per sequence: ``max|x| / (2**(bits-1) - 1)`` over
+    the row's real tokens (``real``; default every position), so that a row's result depends on
+    neither its batch-mates nor its padding.
+
+    >>> x = torch.tensor([[[1.0, -0.5]], [[100.0, 3.0]]])  # two rows of one token
+    >>> fake_quant_per_sequence(x, 8)[0].tolist()  # not rounded on row 1's scale
+    [[1.0, -0.5039370059967041]]
+    """
     qmax = 2 ** (bits - 1) - 1
-    scale = x.detach().abs().amax().float() / qmax
-    if scale == 0:
-        return x
-    return (torch.clamp(torch.round(x.float() / scale), -qmax, qmax) * scale).to(x.dtype)
+    a = x.detach().abs().float()
+    if real is not None:
+        a = a * real.view(*real.shape, *([1] * (x.dim() - 2))).to(a.device)
+    scale = a.flatten(1).amax(1).view(-1, *([1] * (x.dim() - 1))) / qmax  # [batch, 1, ...]
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    out = torch.clamp(torch.round(x.float() / safe), -qmax, qmax) * safe
+    return torch.where(scale > 0, out, x.float()).to(x.dtype)
 
 
 def quantize_activations(model: LoadedModel | nn.Module, bits: int = 8) -> list[Any]:
-    """Fake-quantize the input of every decoder linear layer, per tensor and dynamically (one scale
-    per forward pass from its max): the outlier-blind activation half of naive W8A8.
+    """Fake-quantize the input of every decoder linear layer dynamically, one int8 scale per
+    sequence from its real tokens (:func:`fake_quant_per_sequence`, padding masked through
+    :func:`massmech.causal.batch.current_masks`): the outlier-blind activation half of naive W8A8.
 
     Returns:
         The hook handles (``handle.remove()`` undoes it).
@@ -47,7 +62,10 @@ def quantize_activations(model: LoadedModel | nn.Module, bits: int = 8) -> list[
         raise QuantError(f"activation quantization supports 8 bits, got {bits}")
 
     def pre_hook(module: nn.Module, args: tuple) -> tuple:
-        return (fake_quant_per_tensor(args[0], bits), *args[1:])
+        x = args[0]
+        masks = current_masks()
+        real = None if masks is None or x.dim() != 3 else masks.at("full", x.shape[0], x.shape[1])
+        return (fake_quant_per_sequence(x, bits, real), *args[1:])
 
     layers = target_layers(model) if isinstance(model, LoadedModel) else decoder_linears(model)
     return [mod.register_forward_pre_hook(pre_hook) for mod in layers.values()]
@@ -59,6 +77,7 @@ def fake_quant_kv(
     bits: int,
     axis: str,
     keep: Bool[Tensor, "head d_head"] | None = None,
+    ranges: Bool[Tensor, "batch pos"] | None = None,
 ) -> Float[Tensor, "batch pos head d_head"]:
     """Asymmetric min-max fake-quant of cached keys or values (KIVI's, and quanto's, form).
 
@@ -69,6 +88,9 @@ def fake_quant_kv(
             ``"channel"``: one per (head, dim) over the tokens (KIVI's keys).
         keep: Dims kept in full precision (massive-aware): returned bit-exact and left out of the
             min/max of the rest.
+        ranges: ``axis="channel"`` only: the positions whose values set each channel's min/max
+            (the row's prompt tokens; default every position). Padding and a scored answer
+            must not widen the ranges the prompt is stored with.
 
     Returns:
         ``lo + s * clamp(round((x - lo) / s), 0, 2**bits - 1)`` with ``s = (hi - lo) / (2**bits - 1)``,
@@ -80,13 +102,14 @@ def fake_quant_kv(
         raise QuantError(f"axis must be one of {KV_AXES}, got {axis!r}")
     xf = x.float()
     dims = (-1,) if axis == "token" else (1,)  # reduce over d_head, or over positions
-    if keep is None:
-        lo, hi = xf.amin(dims, keepdim=True), xf.amax(dims, keepdim=True)
-    else:
-        mask = keep.to(x.device)[None, None]  # [1, 1, head, d]
-        lo = xf.masked_fill(mask, float("inf")).amin(dims, keepdim=True)
-        hi = xf.masked_fill(mask, float("-inf")).amax(dims, keepdim=True)
-        lo, hi = torch.nan_to_num(lo, posinf=0.0), torch.nan_to_num(hi, neginf=0.0)  # all kept
+    out_of_range = torch.zeros(1, 1, 1, 1, dtype=torch.bool, device=x.device)
+    if keep is not None:
+        out_of_range = out_of_range | keep.to(x.device)[None, None]  # [1, 1, head, d]
+    if ranges is not None and axis == "channel":
+        out_of_range = out_of_range | ~ranges.to(x.device)[:, :, None, None]  # [b, pos, 1, 1]
+    lo = xf.masked_fill(out_of_range, float("inf")).amin(dims, keepdim=True)
+    hi = xf.masked_fill(out_of_range, float("-inf")).amax(dims, keepdim=True)
+    lo, hi = torch.nan_to_num(lo, posinf=0.0), torch.nan_to_num(hi, neginf=0.0)  # all kept
     levels = 2**bits - 1
     scale = (hi - lo) / levels
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -143,6 +166,9 @@ def kv_hooks(
         keep_k: Per layer, the K dims kept in full precision (massive-aware), e.g. the massive set
             of :func:`massmech.detect_massive` on K post-RoPE.
 
+    Per-channel ranges come from each row's prompt tokens (:func:`massmech.causal.batch.current_masks`;
+    every position outside an evaluation loop), never from padding or the scored answer.
+
     Returns:
         ``[(hook name, fn)]`` for ``model.bridge.hooks(fwd_hooks=...)``.
     """
@@ -156,9 +182,11 @@ def kv_hooks(
             keep = keep_k[layer] if (site == "k" and keep_k is not None) else None
 
             def fn(x: Tensor, hook: Any, axis: str = axis, keep: Tensor | None = keep, heads_first: bool = heads_first) -> Tensor:
-                if heads_first:  # [b, head, pos, d] -> [b, pos, head, d] and back
-                    return fake_quant_kv(x.transpose(1, 2), bits, axis, keep).transpose(1, 2)
-                return fake_quant_kv(x, bits, axis, keep)
+                y = x.transpose(1, 2) if heads_first else x  # [b, pos, head, d]
+                masks = current_masks()
+                ranges = None if masks is None else masks.at("prompt", y.shape[0], y.shape[1])
+                y = fake_quant_kv(y, bits, axis, keep, ranges)
+                return y.transpose(1, 2) if heads_first else y
 
             hooks.append((name, fn))
     return hooks

@@ -65,8 +65,9 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
     rows.append({"measure": "weight_rel_error", "value": float("nan") if moved else ((num / den) ** 0.5 if den else 0.0)})
     rows.append({"measure": "bits_per_value", "value": _bits(model, spec, weights, data)})
     torch.manual_seed(cfg.seed)
-    # KV fake-quant sees whole sequences: one per pass, so padding never enters a per-channel range
-    bs = 1 if spec.family == "kv" else cfg.batch_size
+    # per-sequence activation scales and prompt-only KV ranges (padding masked): results do not
+    # depend on the batch (tests/studies/test_quant_study.py::test_every_variant_is_batch_invariant)
+    bs = cfg.batch_size
     with apply_variant(model, spec, weights, data.keep_k):
         stats = clean_stats(model, data.held, batch_size=bs)
         pres = massive_preservation(data.clean, stats, lam=cfg.lam)
