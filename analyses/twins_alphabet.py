@@ -47,7 +47,7 @@ def main() -> None:
         sets = eval_sets(cfg, corpus, cfg.context)
         for step, d in sorted(checkpoint_dirs(out, Variant("rope")).items()):
             model = load_twin(d).eval()
-            s = score(row_values(lambda x, m=model: m(x).logits, sets), seed=cfg.seed)
+            s = score(row_values(lambda x, prompt, rows, m=model: m(x).logits, sets), seed=cfg.seed)
             rows += [{"random tokens": label, "step": step, "metric": m, "value": v}
                      for m, v in zip(s.metric, s.value, strict=True)]
     table = pd.DataFrame(rows).pivot_table(index=["random tokens", "step"], columns="metric", values="value")

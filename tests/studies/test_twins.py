@@ -208,7 +208,7 @@ def test_tiny_preset_shows_the_rope_contrast(tmp_path, capsys):
     assert (tmp_path / "t" / index["nope"]["300"] / "manifest.json").is_file()
     tables = load_tables(tmp_path / "t")
     assert set(tables["trajectory"].step) == {0, 100, 300}
-    assert set(tables["disruption"].condition) == {"baseline", "massive", "random"}
+    assert set(tables["disruption"].condition) == {"baseline", "massive", "matched", "random"}
 
     # the checkpoint analyses are cells: recomputed in worker processes, they give the same tables
     import shutil
@@ -223,3 +223,28 @@ def test_tiny_preset_shows_the_rope_contrast(tmp_path, capsys):
                                                executor=ProcessExecutor(workers=2, threads=1), progress=False)
     for name, table in (("trajectory", traj), ("bands", bands), ("scores", scores)):
         pd.testing.assert_frame_equal(table, tables[name], check_like=True, obj=name)
+
+
+def test_twin_disruption_rows_are_distinct_examples_with_prompt_only_statistics():
+    """Issue 14, finding 10: per-example random controls (ids were 0..15 in every batch) and
+    statistics from the prompt only (they included the scored answer)."""
+    import torch
+
+    from massmech.studies.twins.study import prompt_mask, row_values
+
+    toks = torch.arange(40 * 6).view(40, 6) % 50
+    scored = torch.zeros(40, 6, dtype=torch.bool)
+    scored[:, 4:] = True
+    seen = []
+
+    def forward(x, prompt, rows):
+        seen.append((prompt.clone(), rows.clone()))
+        return torch.zeros(len(x), x.shape[1], 50)
+
+    row_values(forward, {"natural": (toks, scored), "copy": (toks, scored)}, batch_size=16)
+    ids = torch.cat([r for _, r in seen])
+    assert len(ids) == 80 and len(set(ids.tolist())) == 80  # every example its own draws
+    natural, copy = seen[0][0], seen[-1][0]
+    assert natural.all()  # language modelling: the whole window
+    assert copy[:, :4].all() and not copy[:, 4:].any()  # up to the first scored token
+    assert torch.equal(prompt_mask("copy", scored), copy.new_ones(40, 6) & (torch.arange(6) < 4))

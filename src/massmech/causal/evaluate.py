@@ -54,9 +54,20 @@ class _Row:
 
 
 def encode(model: LoadedModel, ex: Example) -> tuple[list[int], list[list[int]]]:
-    """Prompt ids (with the tokenizer's special tokens) and the ids of each scored continuation."""
-    prompt = model.tokenize(ex.prompt)[0]
+    """Prompt ids (with the tokenizer's special tokens) and the ids of each scored continuation.
+
+    An example with ``chat=True`` is asked as a user turn of the model's chat template (instruct
+    models); without a template it is asked as plain text.
+    """
     tails = [ex.answer] if not ex.options else list(ex.options)
+    template = getattr(model.tokenizer, "chat_template", None)
+    if ex.chat and template:
+        text = model.tokenizer.apply_chat_template([{"role": "user", "content": ex.prompt}], add_generation_prompt=True,
+                                                   tokenize=False)
+        prompt = list(model.tokenizer(text, add_special_tokens=False).input_ids)  # the template has its own BOS
+        tails = [t.lstrip() for t in tails]
+    else:
+        prompt = model.tokenize(ex.prompt)[0]
     if not all(tails):
         raise TaskError(f"example {ex.uid} has an empty answer/option")
     cont = [list(model.tokenizer(t, add_special_tokens=False).input_ids) for t in tails]

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -234,8 +233,7 @@ class AblationStudy:
         torch.manual_seed(config.seed)
         df = evaluate(model, task, {c.key: c.payload["disruption"] for c in cells}, n=n, seed=config.seed,
                       batch_size=config.batch_size, calibration=calibration, progress=False)
-        examples = task.examples(n, config.seed)  # chance: 1 / options for choice tasks, 0 for exact match
-        chance = float(np.mean([1 / len(e.options) if e.options else 0.0 for e in examples]))
+        chance = task.chance(n, config.seed)
         out = {}
         for c in cells:
             g, d = df[df.condition == c.key], c.payload["disruption"]
@@ -433,7 +431,7 @@ def ablate(
         "condition": disruption.label(), "control_kind": control, "seed": seed,
         "protocol": disruption.protocol(control),
     }
-    chance = float(np.mean([1 / len(e.options) if e.options else 0.0 for e in t.examples(n, seed)]))
+    chance = t.chance(n, seed)
     base = df[df.condition == BASELINE].correct
     res |= {"chance": chance, "evaluable": evaluable(int(base.sum()), len(base), chance)}
     if out is not None:

@@ -28,6 +28,8 @@ class Example:
         options: Answer options for multiple choice (each starts with its space).
         label: Index of the gold option (multiple choice), or -1.
         group: Label used for balancing and reporting (class, continent, needle depth ...).
+        chat: Ask the prompt as a user turn of the model's chat template when it has one (the
+            answer or option then follows the assistant header, without its leading space).
     """
 
     uid: int
@@ -36,6 +38,7 @@ class Example:
     options: tuple[str, ...] = ()
     label: int = -1
     group: str = ""
+    chat: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,14 @@ class Task:
                 + f"; asked for n={n}"
             )
         return self._draw(pool, n, seed)
+
+    def chance(self, n: int, seed: int = 0) -> float:
+        """Accuracy of guessing on ``examples(n, seed)``: mean ``1 / options`` for multiple choice, 0
+        for exact match (report ``(accuracy - chance) / (1 - chance)`` beside accuracy)."""
+        if self.scoring != "choice":
+            return 0.0
+        examples = self.examples(n, seed)
+        return sum(1 / len(e.options) for e in examples) / len(examples)
 
     def max_n(self, pool: list[Example] | None = None) -> int:
         pool = self._pool(0) if pool is None else pool

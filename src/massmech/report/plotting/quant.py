@@ -98,7 +98,7 @@ def quant_kv(table, *, model: str | None = None, out: str | os.PathLike | None =
     if kv.empty:
         raise AnalysisError("the table has no kv-* variants")
     ref = t[t.variant == "none"]
-    bits = kv[kv.measure == "bits_per_value"].set_index("variant").value
+    bits = kv[(kv.measure == "bits_per_value") & kv.task.isna()].set_index("variant").value  # at the window length
     ppl = kv[kv.measure == "perplexity"].set_index("variant").value
     ctx = kv[(kv.measure == "accuracy") & (kv.kind == "contextual")].groupby("variant").value.mean()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(6.4, 2.8))

@@ -87,7 +87,7 @@ def twins_disruption(table, *, out: str | os.PathLike | None = None) -> plt.Figu
     """RoPE twin: baseline vs top-k Q/K dims replaced by their mean vs k random dims, per metric."""
     use_style()
     metrics = list(dict.fromkeys(table.metric))
-    conds = [c for c in ("baseline", "massive", "random") if c in set(table.condition)]
+    conds = [c for c in ("baseline", "massive", "matched", "random") if c in set(table.condition)]
     colors = dict(zip(conds, sns.color_palette("colorblind"), strict=False))
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.2 * len(metrics), 2.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):

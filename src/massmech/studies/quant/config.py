@@ -14,7 +14,20 @@ method                 bits         what it does
 ``kv-per-token``       2, 4, 8      post-RoPE K and V min-max per token
 ``kv-per-channel``     2, 4, 8      K per channel (KIVI), V per token
 ``kv-massive-aware``   2, 4, 8      K per token with the massive K dims kept in fp16
+``qk-rtn``             4, 8         RTN on W_q and W_k only (everything else exact)
+``qk-rtn-keep-massive`` 4, 8        the same, with the rows of W_q/W_k that produce the
+                                    massive pre-RoPE Q/K dims kept exact (fp16)
+``qk-rtn-keep-random`` 4, 8         the same number of other rows per head kept exact:
+                                    equal bits, the control of the row above
 =====================  ===========  ====================================================
+
+Which outliers a method protects: AWQ and SmoothQuant rescale the *activations entering* linear
+layers (the norm outputs feeding q/k/v and gate/up, and v -> o, up -> down where the shapes allow;
+on Gemma-3 AWQ leaves q/k/v/o alone, so its Q/K weights are RTN's, see
+:func:`massmech.studies.quant.smoothing.block_maps`); per-channel and massive-aware KV protect
+the cached K channels; only ``qk-rtn-keep-massive`` protects the weights that *make* the Q/K
+massive values, and ``qk-rtn-keep-random`` tells whether that protection matters more than
+protecting any rows at equal bits.
 """
 
 from __future__ import annotations
@@ -29,10 +42,13 @@ from massmech.studies.quant.kv import KV_BITS
 from massmech.studies.quant.methods import GGUF_FORMATS
 
 KV_METHODS = ("kv-per-token", "kv-per-channel", "kv-massive-aware")
-METHODS = ("none", "rtn", "gptq", "awq", "smoothquant", "w8a8-naive", *GGUF_FORMATS, *KV_METHODS)
-BITS = {"rtn": (4, 8), "gptq": (4, 8), "awq": (4,), "smoothquant": (8,), "w8a8-naive": (8,)} | dict.fromkeys(KV_METHODS, KV_BITS)
-DEFAULT_BITS = {"rtn": 4, "gptq": 4, "awq": 4, "smoothquant": 8, "w8a8-naive": 8} | dict.fromkeys(KV_METHODS, 4)
-GROUPED = ("rtn", "gptq", "awq")  # methods with a group size
+QK_METHODS = ("qk-rtn", "qk-rtn-keep-massive", "qk-rtn-keep-random")
+METHODS = ("none", "rtn", "gptq", "awq", "smoothquant", "w8a8-naive", *GGUF_FORMATS, *KV_METHODS, *QK_METHODS)
+BITS = ({"rtn": (4, 8), "gptq": (4, 8), "awq": (4,), "smoothquant": (8,), "w8a8-naive": (8,)}
+        | dict.fromkeys(KV_METHODS, KV_BITS) | dict.fromkeys(QK_METHODS, (4, 8)))
+DEFAULT_BITS = ({"rtn": 4, "gptq": 4, "awq": 4, "smoothquant": 8, "w8a8-naive": 8} | dict.fromkeys(KV_METHODS, 4)
+                | dict.fromkeys(QK_METHODS, 4))
+GROUPED = ("rtn", "gptq", "awq", *QK_METHODS)  # methods with a group size
 DEFAULT_GROUP = 64  # divides SmolLM2's 576/1536 and Gemma-3's 640/2048 widths
 DEFAULT_TASKS = ("country_capital", "city_country", "passkey", "kv_lookup", "knowledge_conflict")
 CACHE_VERSION = 1
@@ -41,13 +57,28 @@ WEIGHT_GRID = (("rtn", 8, None), ("rtn", 4, 64), ("gptq", 4, 64), ("awq", 4, 64)
                ("w8a8-naive", 8, None), ("gguf-q8_0", None, None), ("gguf-q5_0", None, None),
                ("gguf-q4_1", None, None), ("gguf-q4_0", None, None))
 KV_GRID = tuple((m, b, None) for b in (4, 2) for m in KV_METHODS)
+# the mechanism itself: only W_q/W_k quantized, per row at 4 bits (the harshest RTN), with the
+# massive rows or as many other rows kept exact
+QK_GRID = tuple((m, 4, None) for m in QK_METHODS)
 # "core": the questions' variants, most telling first (outlier-aware vs blind at 4 and 8 bits, KV
 # at 4 then 2 bits); what 2 CPU cores could run on Gemma-3-270M in the time we had
 CORE_GRID = (("awq", 4, 64), ("rtn", 4, 64), ("smoothquant", 8, None), ("w8a8-naive", 8, None),
              *((m, 4, None) for m in KV_METHODS), ("gptq", 4, 64), *((m, 2, None) for m in KV_METHODS),
              ("rtn", 8, None), ("gguf-q4_0", None, None))
-GRIDS = {"full": WEIGHT_GRID + KV_GRID, "core": CORE_GRID, "weights": WEIGHT_GRID, "kv": KV_GRID}
+GRIDS = {"full": WEIGHT_GRID + KV_GRID + QK_GRID, "core": CORE_GRID + QK_GRID, "weights": WEIGHT_GRID, "kv": KV_GRID,
+         "qk": QK_GRID}
 STUDY_GRID = {"smollm2-135m": "full", "gemma3-270m": "core"}  # the grid make quant / the figures run
+
+
+# What each method protects from its own rounding (see the module docstring); None: nothing.
+PROTECTS = {
+    "awq": "activation channels entering the smoothed linears (not q/k/v/o on Gemma-3)",
+    "smoothquant": "activation channels entering q/k/v and gate/up (migrated into the weights)",
+    "kv-per-channel": "each cached K channel's own range (massive channels do not widen the others')",
+    "kv-massive-aware": "the massive cached K dims (kept in fp16)",
+    "qk-rtn-keep-massive": "the W_q/W_k rows that produce the massive pre-RoPE Q/K dims (kept exact)",
+    "qk-rtn-keep-random": "as many other W_q/W_k rows per head (the equal-bits control)",
+}
 
 
 @dataclass(frozen=True)
@@ -118,7 +149,7 @@ class QuantSpec:
     def outlier_aware(self) -> bool:
         """Whether the method protects large activations or Q/K values (AWQ, SmoothQuant, GPTQ's
         second-order error feedback does not count; massive-aware and per-channel KV do)."""
-        return self.method in ("awq", "smoothquant", "kv-massive-aware", "kv-per-channel")
+        return self.method in ("awq", "smoothquant", "kv-massive-aware", "kv-per-channel", "qk-rtn-keep-massive")
 
 
 @dataclass(frozen=True)

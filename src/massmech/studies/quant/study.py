@@ -24,23 +24,25 @@ import numpy as np
 import pandas as pd
 import torch
 
-from massmech.causal.evaluate import evaluate, perplexity, summarize
+from massmech.causal.evaluate import encode, evaluate, perplexity, summarize
 from massmech.causal.tasks.builtin import get_task
 from massmech.core.bridge import hf_model
 from massmech.core.models import LoadedModel
 from massmech.errors import QuantError
 from massmech.infra.cells import cell_key, data_hash
 from massmech.infra.study import CellSpec, Context, run_study
-from massmech.studies.quant.config import QuantSpec, QuantStudyConfig
+from massmech.stats import chance_normalised, evaluable, holm, mcnemar_exact
+from massmech.studies.quant.config import PROTECTS, QuantSpec, QuantStudyConfig
 from massmech.studies.quant.data import StudyData, clean_stats, prepare
 from massmech.studies.quant.preservation import massive_preservation
 from massmech.studies.quant.smoothing import block_maps, decoder_blocks
 from massmech.studies.quant.variants import (
-    _bits,
-    _check_groups,
-    _params,
     apply_variant,
     base_format,
+    bits_per_value,
+    check_groups,
+    kv_bits,
+    model_params,
     same_as_base_format,
     variant_weights,
 )
@@ -48,8 +50,10 @@ from massmech.studies.quant.variants import (
 SITES = (("q", "pre"), ("q", "post"), ("k", "pre"), ("k", "post"))
 
 
-def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: StudyData, *, progress: bool = False) -> pd.DataFrame:
-    """Every measure of one variant, as tidy rows (see :func:`run_quant_study`)."""
+def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: StudyData, *,
+            progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every measure of one variant, as tidy rows (see :func:`run_quant_study`), and the per-example
+    verdicts (``task, uid, correct``) that paired tests against the reference need."""
     weights = variant_weights(cfg.model, spec, cfg, data.calib, progress=progress)
     if "base" not in data.extra:
         data.extra["base"] = base_format(model)
@@ -57,13 +61,13 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
     common = {"model": model.info.name, "variant": spec.label, "method": spec.method, "family": spec.family,
               "bits": spec.bits, "group_size": spec.group_size, "alpha": spec.alpha if spec.method == "smoothquant" else None,
               "outlier_aware": spec.outlier_aware, "base": base, "same_as_base": same_as_base_format(spec.method, base)}
-    rows = []
-    params = {k: p.detach() for k, p in _params(model).items()}
+    rows, verdicts = [], []
+    params = {k: p.detach() for k, p in model_params(model).items()}
     num = sum(float((v.double() - params[k].double()).pow(2).sum()) for k, v in weights.items())
     den = sum(float(params[k].double().pow(2).sum()) for k in weights)
     moved = spec.method in ("awq", "smoothquant")  # smoothing rescales weights by design
     rows.append({"measure": "weight_rel_error", "value": float("nan") if moved else ((num / den) ** 0.5 if den else 0.0)})
-    rows.append({"measure": "bits_per_value", "value": _bits(model, spec, weights, data)})
+    rows.append({"measure": "bits_per_value", "value": bits_per_value(model, spec, weights, data)})
     torch.manual_seed(cfg.seed)
     # per-sequence activation scales and prompt-only KV ranges (padding masked): results do not
     # depend on the batch (tests/studies/test_quant_study.py::test_every_variant_is_batch_invariant)
@@ -83,12 +87,48 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
             s = summarize(df, seed=cfg.seed).iloc[0]
             rows.append({"measure": "accuracy", "task": name, "kind": task.kind, "value": float(s.accuracy),
                          "ci_low": float(s.ci_low), "ci_high": float(s.ci_high), "n": int(s.n)})
+            verdicts.append(df.assign(task=name)[["task", "uid", "correct"]])
+            if spec.family == "kv":  # bits per cached K value at this task's real prompt lengths
+                lengths = [len(encode(model, ex)[0]) for ex in task.examples(cfg.n, cfg.seed)]
+                rows.append({"measure": "bits_per_value", "task": name, "kind": task.kind,
+                             "value": float(np.mean([kv_bits(model, spec, data, n) for n in lengths])),
+                             "n": len(lengths)})
     out = pd.DataFrame([common | r for r in rows])
     for col in ("site", "stage", "task", "kind"):
         out[col] = out[col] if col in out else None
     for col in ("ci_low", "ci_high", "n"):
         out[col] = out[col] if col in out else np.nan
-    return out[[*common, "measure", "site", "stage", "task", "kind", "value", "ci_low", "ci_high", "n"]]
+    return (out[[*common, "measure", "site", "stage", "task", "kind", "value", "ci_low", "ci_high", "n"]],
+            pd.concat(verdicts, ignore_index=True) if verdicts else pd.DataFrame(columns=["task", "uid", "correct"]))
+
+
+def paired_tests(results: pd.DataFrame, verdicts: dict[str, pd.DataFrame], *, seed: int = 0,
+                 reference: str = "none") -> pd.DataFrame:
+    """Add to every accuracy row the exact McNemar test against the reference variant on the same
+    examples (``b``, ``c``, ``p_value``), Holm's correction across the table's evaluable rows
+    (``p_holm``), the task's ``chance`` and whether the reference is clearly above it (``evaluable``)."""
+    out = results.copy()
+    for col in ("b", "c", "p_value", "chance", "acc_norm"):
+        out[col] = np.nan
+    out["evaluable"] = None
+    ref = verdicts.get(reference)
+    for i, r in out[out.measure == "accuracy"].iterrows():
+        chance = get_task(r.task).chance(int(r.n), seed)
+        out.loc[i, ["chance", "acc_norm"]] = [chance, chance_normalised(r.value, chance)]
+        if ref is None:
+            continue
+        base = ref[ref.task == r.task].set_index("uid").correct
+        out.loc[i, "evaluable"] = evaluable(int(base.sum()), len(base), chance)
+        if r.variant == reference:
+            continue
+        mine = verdicts[r.variant]
+        mine = mine[mine.task == r.task].set_index("uid").correct.reindex(base.index)
+        b, c, p = mcnemar_exact(mine.to_numpy(float), base.to_numpy(float))
+        out.loc[i, ["b", "c", "p_value"]] = [b, c, p]
+    ok = out.evaluable.fillna(False).astype(bool)
+    out["p_holm"] = holm([p if e and p == p else None for p, e in zip(out.p_value, ok, strict=True)])
+    out["p_holm"] = out.p_holm.astype(float)
+    return out
 
 
 def summary_json(table: pd.DataFrame, variant: str) -> dict:
@@ -100,11 +140,15 @@ def summary_json(table: pd.DataFrame, variant: str) -> dict:
         raise QuantError(f"no rows for variant {variant!r}")
     first = t.iloc[0]
     rec = t[t.measure == "recall"]
-    get = lambda m: float(t[t.measure == m].value.iloc[0])  # noqa: E731
+    get = lambda m: float(t[(t.measure == m) & t.task.isna()].value.iloc[0])  # noqa: E731 - variant level
     pres = {}
     for (site, stage), g in t[t.measure.isin(["recall", "rel_error_massive", "rel_error_other"])].groupby(["site", "stage"], sort=False):
         pres[f"{site}_{stage}"] = {r.measure: _num(r.value) for r in g.itertuples()} | {"n_massive": int(g.n.iloc[0])}
-    tasks = {r.task: {"accuracy": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": int(r.n), "kind": r.kind}
+    task_bits = {r.task: r.value for r in t[(t.measure == "bits_per_value") & t.task.notna()].itertuples()}
+    tasks = {r.task: {"accuracy": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": int(r.n), "kind": r.kind,
+                      "p_value": _num(r.p_value), "p_holm": _num(r.p_holm), "b": _num(r.b), "c": _num(r.c),
+                      "chance": _num(r.chance), "evaluable": None if r.evaluable is None else bool(r.evaluable),
+                      "bits_per_value": _num(task_bits.get(r.task))}
              for r in t[t.measure == "accuracy"].itertuples()}
     return {
         "model": first.model, "variant": variant, "method": first.method, "bits": _num(first.bits),
@@ -113,6 +157,7 @@ def summary_json(table: pd.DataFrame, variant: str) -> dict:
         "massive_recall": _num(rec.value.dropna().mean()) if rec.value.notna().any() else None,
         "preservation": pres, "perplexity": get("perplexity"), "bits_per_value": _num(get("bits_per_value")),
         "weight_rel_error": _num(get("weight_rel_error")), "tasks": tasks,
+        "protects": PROTECTS.get(str(first.method)),
     }
 
 
@@ -140,7 +185,7 @@ class QuantStudy:
         lm = ctx.model(cfg.model)  # the weights variant_weights starts from (tiny models: seed 0)
         for spec in variants:  # a group size or layout that does not fit: error before any work
             if spec.group_size is not None:
-                _check_groups(hf_model(lm), spec.group_size)
+                check_groups(hf_model(lm), spec.group_size)
             if spec.method in ("awq", "smoothquant"):
                 for block in decoder_blocks(hf_model(lm)):
                     block_maps(block, awq=spec.method == "awq")
@@ -154,15 +199,20 @@ class QuantStudy:
     def run_unit(self, cfg: QuantStudyConfig, cells, ctx: Context) -> dict:
         lm = ctx.model(cfg.model)
         data = ctx.cached(("quant-data", cfg.model), lambda: prepare(lm, cfg))
-        return {c.key: ({"variant": c.payload.label, "base": base_format(lm)},
-                        {"results": measure(lm, c.payload, cfg, data, progress=False)}) for c in cells}
+        out = {}
+        for c in cells:
+            results, verdicts = measure(lm, c.payload, cfg, data, progress=False)
+            out[c.key] = ({"variant": c.payload.label, "base": base_format(lm)},
+                          {"results": results, "verdicts": verdicts})
+        return out
 
     def consolidate(self, cfg: QuantStudyConfig, cells: dict) -> pd.DataFrame:
         results = pd.concat([c.tables["results"] for c in cells.values()], ignore_index=True)
         base = next(iter(cells.values())).data["base"]  # a property of the model: set on every row here
         results["base"] = base
         results["same_as_base"] = results.method.map(lambda m: same_as_base_format(m, base))
-        return results
+        verdicts = {c.data["variant"]: c.tables["verdicts"] for c in cells.values()}
+        return paired_tests(results, verdicts, seed=cfg.seed)
 
     def finish(self, cfg: QuantStudyConfig, table: pd.DataFrame, out: Path, ctx: Context) -> dict:
         return {"study": self.name, "model": cfg.model, "base": str(table.base.iloc[0]),
@@ -200,7 +250,7 @@ def wide(table: pd.DataFrame) -> pd.DataFrame:
     for (model, variant), t in table.groupby(["model", "variant"], sort=False):
         row: dict[str, Any] = {"model": model, "variant": variant, "base": t.base.iloc[0], "same_as_base": bool(t.same_as_base.iloc[0])}
         for meas in ("bits_per_value", "weight_rel_error", "perplexity"):
-            row[meas] = float(t[t.measure == meas].value.iloc[0])
+            row[meas] = float(t[(t.measure == meas) & t.task.isna()].value.iloc[0])
         for r in t[t.measure.isin(["recall", "rel_error_massive", "rel_error_other"])].itertuples():
             row[f"{r.measure}_{r.site}_{r.stage}"] = r.value
         acc = t[t.measure == "accuracy"]

@@ -30,7 +30,13 @@ from massmech.core.loading import load_hf
 from massmech.core.models import LoadedModel
 from massmech.errors import QuantError
 from massmech.infra.io import atomic_write
-from massmech.studies.quant.config import CACHE_VERSION, KV_METHODS, QuantSpec, QuantStudyConfig
+from massmech.studies.quant.config import (
+    CACHE_VERSION,
+    KV_METHODS,
+    QK_METHODS,
+    QuantSpec,
+    QuantStudyConfig,
+)
 from massmech.studies.quant.data import StudyData
 from massmech.studies.quant.kv import kv_hooks, quantize_activations
 from massmech.studies.quant.methods import (
@@ -48,8 +54,11 @@ from massmech.studies.quant.smoothing import awq, smoothquant
 
 # ------------------------------------------------------------------------- weights
 def _spec_key(model: str, spec: QuantSpec, cfg: QuantStudyConfig) -> str:
-    blob = json.dumps({"model": model, "spec": asdict(spec), "calib_tokens": cfg.calib_tokens,
-                       "seq_len": cfg.seq_len, "seed": cfg.seed, "v": CACHE_VERSION}, sort_keys=True)
+    key = {"model": model, "spec": asdict(spec), "calib_tokens": cfg.calib_tokens,
+           "seq_len": cfg.seq_len, "seed": cfg.seed, "v": CACHE_VERSION}
+    if spec.method in QK_METHODS:  # the kept rows depend on the massive rule
+        key["lam"] = cfg.lam
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -57,8 +66,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[-60:]
 
 
-def compute_weights(model: str, spec: QuantSpec, calib: Sequence[Sequence[int]], *, progress: bool = False) -> dict[str, torch.Tensor]:
-    """The parameters ``spec`` changes, computed on a fresh copy of ``model`` (HF names)."""
+def compute_weights(model: str, spec: QuantSpec, calib: Sequence[Sequence[int]], *, progress: bool = False,
+                    lam: float = 5.0, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The parameters ``spec`` changes, computed on a fresh copy of ``model`` (HF names).
+
+    ``lam`` and ``seed``: the massive rule and the control's draw of the ``qk-rtn-keep-*`` methods.
+    """
     hf, tok, *_ = load_hf(model)
     clean = {k: v.detach().clone() for k, v in hf.state_dict().items()}
     m, bits, g = spec.method, spec.bits, spec.group_size
@@ -69,18 +82,62 @@ def compute_weights(model: str, spec: QuantSpec, calib: Sequence[Sequence[int]],
     elif m == "gptq":
         gptq(hf, tok, calib, bits=bits, group_size=g)
     elif m == "awq":
-        _check_groups(hf, g)
+        check_groups(hf, g)
         awq(hf, calib, lambda w: rtn(w, bits, g), group_size=g, progress=progress)
     elif m == "smoothquant":
         smoothquant(hf, calib, alpha=spec.alpha)
         quantize_weights(hf, "rtn", bits=8)
     elif m == "w8a8-naive":
         quantize_weights(hf, "rtn", bits=8)
+    elif m in QK_METHODS:
+        keep = None if m == "qk-rtn" else qk_keep_rows(model, calib, lam=lam, random=m == "qk-rtn-keep-random", seed=seed)
+        _quantize_qk(hf, bits, g, keep)
     state = hf.state_dict()
     return {k: v.detach().clone().contiguous() for k, v in state.items() if k in clean and not torch.equal(v, clean[k])}
 
 
-def _check_groups(hf: Any, group_size: int | None) -> None:
+def qk_keep_rows(model: str, calib: Sequence[Sequence[int]], *, lam: float = 5.0, random: bool = False,
+                 seed: int = 0) -> dict[str, torch.Tensor]:
+    """Rows of each layer's W_q and W_k to keep exact: those producing the massive pre-RoPE Q/K
+    dims on the calibration windows (lambda rule, per head), or with ``random`` the same number of
+    other rows in each head (seeded): ``{"q": [layer, head, d_head] bool, "k": ...}``."""
+    from massmech.core.capture import capture_stats
+    from massmech.core.detect import massive_mask
+    from massmech.core.loading import load_model
+
+    lm = load_model(model)
+    stats = capture_stats(lm, [list(w) for w in calib], sites=("q", "k"), stages=("pre",), progress=False)
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for site in ("q", "k"):
+        sel = massive_mask(stats.norm(site, "pre"), lam=lam)  # [layer, head, d]
+        if random:  # the same count per head among the other dims
+            key = torch.rand(sel.shape, generator=gen).masked_fill(sel, float("inf"))
+            rank = key.argsort(-1).argsort(-1)
+            sel = rank < sel.sum(-1, keepdim=True)
+        out[site] = sel
+    return out
+
+
+def _quantize_qk(hf: Any, bits: int, group_size: int | None, keep: dict[str, torch.Tensor] | None) -> None:
+    """RTN on every layer's q_proj and k_proj; rows in ``keep`` (``[layer, head, d_head]``) stay exact."""
+    for name, mod in decoder_linears(hf).items():
+        site = "q" if name.endswith("q_proj") else "k" if name.endswith("k_proj") else None
+        if site is None:
+            continue
+        w = weight_matrix(mod)
+        with torch.no_grad():
+            q = rtn(w.detach().float(), bits, group_size)
+            if keep is not None:
+                layer = int(name.split("layers.")[1].split(".")[0])
+                rows = keep[site][layer].flatten().to(w.device)  # head-major: row = head * d_head + dim
+                if rows.numel() != w.shape[0]:
+                    raise QuantError(f"{name}: {w.shape[0]} rows, but {rows.numel()} (head, dim) cells")
+                q[rows] = w.detach().float()[rows]
+            w.copy_(q.to(w.dtype))
+
+
+def check_groups(hf: Any, group_size: int | None) -> None:
     if group_size is None:
         return
     for name, mod in decoder_linears(hf).items():
@@ -99,13 +156,13 @@ def variant_weights(model: str, spec: QuantSpec, cfg: QuantStudyConfig, calib: S
     path = cache_dir() / "quantized" / f"{_slug(model)}-{spec.label}-{_spec_key(model, spec, cfg)}.safetensors"
     if path.exists():
         return load_file(path)
-    weights = compute_weights(model, spec, calib, progress=progress)
+    weights = compute_weights(model, spec, calib, progress=progress, lam=cfg.lam, seed=cfg.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda p: save_file(weights, p))
     return weights
 
 
-def _params(model: LoadedModel) -> dict[str, torch.Tensor]:
+def model_params(model: LoadedModel) -> dict[str, torch.Tensor]:
     hf = hf_model(model)
     return {clean_name(n): p for n, p in hf.named_parameters(remove_duplicate=False)}
 
@@ -120,7 +177,7 @@ def apply_variant(model: LoadedModel, spec: QuantSpec, weights: dict[str, torch.
         weights: Its changed parameters (:func:`variant_weights`).
         keep_k: Massive K dims kept by ``kv-massive-aware``.
     """
-    params = _params(model)
+    params = model_params(model)
     missing = [k for k in weights if k not in params]
     if missing:
         raise QuantError(f"{len(missing)} quantized parameters are not in {model.info.name}, e.g. {missing[:3]}")
@@ -184,12 +241,23 @@ def same_as_base_format(method: str, base: str) -> bool:
     return method in GGUF_FORMATS and base.startswith(f"GGUF {GGUF_FORMATS[method]} 100%")
 
 
-def _bits(model: LoadedModel, spec: QuantSpec, weights: dict, data: StudyData) -> float:
+def kv_bits(model: LoadedModel, spec: QuantSpec, data: StudyData, tokens: float | None = None) -> float:
+    """Bits per cached K value of a KV variant: its bits, the fp16 kept dims (massive-aware), and
+    one fp16 scale and offset per group: per token ``d_head`` values; per channel ``tokens`` values
+    (the sequence length the ranges span; default the mean held-out window length)."""
     info = model.info
-    if spec.family == "kv":  # per cached K value: scales, offsets and kept dims included
-        share = float(data.keep_k.float().mean()) if (spec.method == "kv-massive-aware" and data.keep_k is not None) else 0.0
-        per = info.d_head if spec.method != "kv-per-channel" else np.mean([len(w) for w in data.held])
-        return (1 - share) * spec.bits + share * 16 + 2 * SCALE_BITS / per
+    share = float(data.keep_k.float().mean()) if (spec.method == "kv-massive-aware" and data.keep_k is not None) else 0.0
+    if spec.method == "kv-per-channel":
+        per = float(tokens) if tokens is not None else float(np.mean([len(w) for w in data.held]))
+    else:
+        per = info.d_head
+    return (1 - share) * spec.bits + share * 16 + 2 * SCALE_BITS / per
+
+
+def bits_per_value(model: LoadedModel, spec: QuantSpec, weights: dict, data: StudyData) -> float:
+    """Bits per weight of a weight variant, or per cached K value of a KV variant (:func:`kv_bits`)."""
+    if spec.family == "kv":
+        return kv_bits(model, spec, data)
     if spec.family == "reference":
         return float("nan")
     if spec.method in GGUF_FORMATS:
@@ -197,4 +265,10 @@ def _bits(model: LoadedModel, spec: QuantSpec, weights: dict, data: StudyData) -
     lin = [k for k in weights if k.endswith(".weight") and weights[k].ndim == 2]
     total = sum(weights[k].numel() for k in lin)
     g = spec.group_size
-    return sum(bits_per_weight("rtn", spec.bits, g, weights[k].shape[1]) * weights[k].numel() for k in lin) / max(total, 1)
+    bits = sum(bits_per_weight("rtn", spec.bits, g, weights[k].shape[1]) * weights[k].numel() for k in lin)
+    if spec.method in QK_METHODS:  # rows kept exact cost 16 bits instead
+        params = model_params(model)
+        for k in lin:
+            kept = int((weights[k].to(params[k].dtype) == params[k].detach()).all(1).sum())
+            bits += kept * weights[k].shape[1] * (16 - bits_per_weight("rtn", spec.bits, g, weights[k].shape[1]))
+    return bits / max(total, 1)

@@ -32,7 +32,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from massmech.causal.disruption import Disruption
-from massmech.causal.intervention import disrupt
+from massmech.causal.intervention import Intervention
 from massmech.core.capture import QKVStats, capture_stats
 from massmech.core.detect import massive_mask
 from massmech.core.frequency import pair_energy
@@ -112,8 +112,20 @@ def _scored(logits: Tensor, tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tenso
     return (nll * m).sum(1) / n, (right * m).sum(1) / n
 
 
+def prompt_mask(name: str, mask: Bool[Tensor, "n pos"]) -> Bool[Tensor, "n pos"]:
+    """The positions before each row's first scored token (its prompt); natural text is all prompt.
+
+    >>> prompt_mask("copy", torch.tensor([[False, False, True, True]])).tolist()
+    [[True, True, False, False]]
+    """
+    if name == "natural":
+        return torch.ones_like(mask)
+    first = mask.float().argmax(1, keepdim=True)  # [n, 1]
+    return torch.arange(mask.shape[1]).view(1, -1) < first
+
+
 def row_values(
-    forward: Callable[[Tensor], Tensor],
+    forward: Callable[..., Tensor],
     sets: dict[str, tuple[Int[Tensor, "n pos"], Bool[Tensor, "n pos"]]],
     *,
     batch_size: int = 16,
@@ -122,15 +134,18 @@ def row_values(
     (``"<kind>_accuracy"``), in the order of the rows.
 
     Args:
-        forward: Token ids ``[batch, pos]`` -> logits ``[batch, pos, vocab]``.
+        forward: ``forward(tokens, prompt, rows)``: token ids ``[batch, pos]``, the batch's prompt
+            mask (:func:`prompt_mask`) and stable row ids -> logits ``[batch, pos, vocab]``.
         sets: Name -> (tokens, scored mask); ``"natural"`` is scored by loss, the rest by accuracy.
     """
     out = {}
     with torch.inference_mode():
-        for name, (toks, mask) in sets.items():
+        for k, (name, (toks, mask)) in enumerate(sets.items()):
+            prompt = prompt_mask(name, mask)
             vals = []
             for i in range(0, len(toks), batch_size):
-                logits = forward(toks[i : i + batch_size])  # [b, pos, vocab], on the model's device
+                rows = torch.arange(i, min(i + batch_size, len(toks))) + 1_000_000 * k  # one id per example
+                logits = forward(toks[i : i + batch_size], prompt[i : i + batch_size], rows)  # on the model's device
                 t, m = toks[i : i + batch_size].to(logits.device), mask[i : i + batch_size].to(logits.device)
                 nll, acc = _scored(logits, t, m)
                 vals.append((nll if name == "natural" else acc).cpu())
@@ -164,12 +179,18 @@ def eval_sets(cfg: TwinsConfig, corpus: TwinCorpus, context: int) -> dict[str, t
     return sets
 
 
-def _hf_forward(model: TwinLlamaForCausalLM) -> Callable[[Tensor], Tensor]:
-    return lambda x: model(x.to(model.device)).logits
+def _hf_forward(model: TwinLlamaForCausalLM) -> Callable[..., Tensor]:
+    return lambda x, prompt, rows: model(x.to(model.device)).logits
 
 
-def _bridge_forward(lm: LoadedModel) -> Callable[[Tensor], Tensor]:
-    return lambda x: lm.bridge(x.to(lm.info.device), return_type="logits")
+def _bridge_forward(lm: LoadedModel, iv: Intervention | None = None) -> Callable[..., Tensor]:
+    """Logits through the bridge; with ``iv``, each batch's prompt and row ids are set first."""
+    def forward(x: Tensor, prompt: Tensor, rows: Tensor) -> Tensor:
+        if iv is not None:
+            iv.set_batch(torch.zeros(len(x), dtype=torch.long), prompt, torch.ones_like(prompt), row_ids=rows)
+        return lm.bridge(x.to(lm.info.device), return_type="logits")
+
+    return forward
 
 
 # --------------------------------------------------------------------------- tables
@@ -286,15 +307,19 @@ def checkpoint_tables(
 
 
 def disruption_table(cfg: TwinsConfig, lm: LoadedModel, corpus: TwinCorpus) -> pd.DataFrame:
-    """Baseline vs top-k Q/K dims per head (pre-RoPE, every layer, chosen per sequence) replaced by
-    their mean over the sequence, vs k random other dims per head; paired changes with CIs."""
+    """Baseline vs top-k Q/K dims per head (pre-RoPE, every layer, chosen per sequence from its
+    prompt: the tokens before the first scored one) replaced by their prompt mean at the prompt's
+    positions (``kv_cache="prefill"``), vs random other dims per head drawn per example, matched in
+    removed variance (and the count-matched random control); paired changes with CIs."""
     sets = eval_sets(cfg, corpus, cfg.context)
     massive = Disruption(target="qk", stage="pre", rule="topk", k=cfg.disrupt_k, seed=cfg.seed)
     base = row_values(_bridge_forward(lm), sets)
     frames = [score(base, seed=cfg.seed).assign(condition="baseline")]
-    for name, d in (("massive", massive), ("random", massive.as_control("random"))):
-        with disrupt(lm, d):
-            vals = row_values(_bridge_forward(lm), sets)
+    for name, d in (("massive", massive), ("matched", massive.as_control("matched")),
+                    ("random", massive.as_control("random"))):
+        iv = Intervention(lm, [d])
+        with iv.active():
+            vals = row_values(_bridge_forward(lm, iv), sets)
         frames.append(score(vals, baseline=base, seed=cfg.seed).assign(condition=name))
     return pd.concat(frames, ignore_index=True).assign(variant=lm.info.name, k=cfg.disrupt_k)
 
