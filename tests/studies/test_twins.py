@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -248,3 +249,21 @@ def test_twin_disruption_rows_are_distinct_examples_with_prompt_only_statistics(
     assert natural.all()  # language modelling: the whole window
     assert copy[:, :4].all() and not copy[:, 4:].any()  # up to the first scored token
     assert torch.equal(prompt_mask("copy", scored), copy.new_ones(40, 6) & (torch.arange(6) < 4))
+
+
+def test_seed_replicas_train_from_their_own_shared_init(tmp_path):
+    """Issue 14, finding 10: every twin claim rested on one seed; replicas per seed, intervals over seeds."""
+    from massmech.studies.twins.model import load_twin
+    from massmech.studies.twins.train import checkpoint_dirs, train_variant
+
+    cfg = dataclasses.replace(preset("tiny"), seeds=(1,))
+    assert [v.name for v in cfg.variants if v.seed == 1] == ["rope-seed1", "absolute-seed1", "nope-seed1"]
+    assert TwinsConfig.from_dict(json.loads(cfg.to_json())) == cfg  # replicas are not added twice
+    with pytest.raises(TwinError, match="distinct"):
+        dataclasses.replace(cfg, seeds=(0,))
+    for name in ("rope", "rope-seed1", "nope-seed1"):
+        train_variant(cfg, name, tmp_path, stop_at=0, progress=False)
+    w = {n: load_twin(checkpoint_dirs(tmp_path, cfg.variant(n))[0]).state_dict() for n in ("rope", "rope-seed1", "nope-seed1")}
+    key = next(k for k in w["rope"] if k.endswith("q_proj.weight"))
+    assert not torch.equal(w["rope"][key], w["rope-seed1"][key])  # another seed, another init
+    assert torch.equal(w["rope-seed1"][key], w["nope-seed1"][key])  # the twins of one seed share it

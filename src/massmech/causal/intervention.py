@@ -37,6 +37,7 @@ from massmech.core.capture import QKVStats
 from massmech.core.detect import massive_mask
 from massmech.core.frequency import equal_count_bands
 from massmech.core.models import LoadedModel
+from massmech.core.sites import from_heads, to_heads
 from massmech.errors import DisruptionError, NoOpDisruptionError
 
 # The end-of-forward marker: fires after every attention hook, on every architecture.
@@ -299,8 +300,9 @@ class Intervention:
 
     # --------------------------------------------------------------------- hooks
     def _make_hook(self, site: str, stage: str, layer: int, heads_first: bool, cis: list[int]):
+        n_heads = self.model.info.n_heads if site == "q" else self.model.info.n_kv_heads
         def hook(x: Tensor, hook: Any) -> Tensor:
-            y = x.transpose(1, 2) if heads_first else x  # [b, pos, head, d]
+            y = to_heads(x, heads_first, n_heads)  # [b, pos, head, d]
             here = (site, stage, layer)
             if here in self._seen:
                 raise RuntimeError(
@@ -351,7 +353,7 @@ class Intervention:
                 if self._prefill:
                     self._account(yr, new, stat, apply, rows)
                 out[rows] = new
-            return out.transpose(1, 2) if heads_first else out
+            return from_heads(out, x, heads_first)
 
         return hook
 

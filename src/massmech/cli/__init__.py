@@ -104,7 +104,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     a = sub.add_parser("ablate", help="baseline vs massive-disrupted vs control accuracy on one task",
                        formatter_class=_HELP)
     _model_flags(a)
-    a.add_argument("--task", required=True, help="task name (see massmech.causal.tasks.builtin.TASKS)")
+    a.add_argument("--task", help="task name (see massmech.causal.tasks.builtin.TASKS)")
+    a.add_argument("--task-file", help="your own task: a .jsonl/.json/.csv/.parquet file (instead of --task)")
+    a.add_argument("--field", action="append", metavar="NAME=COLUMN",
+                   help="--task-file columns, repeatable: question=, answer= (required), context=, choices=, id=")
+    a.add_argument("--format", default="exact", choices=["exact", "choice", "yesno", "number"],
+                   help="--task-file answers: exact continuation, lettered multiple choice, yes/no, final number")
+    a.add_argument("--kind", default="contextual", choices=["contextual", "parametric"], help="--task-file kind")
+    a.add_argument("--n-shots", type=int, default=0, help="--task-file demonstrations drawn from the file")
     a.add_argument("--task-param", action="append", metavar="NAME=VALUE",
                    help="task parameter, repeatable, e.g. --task-param filler_repeats=2")
     a.add_argument("--n", type=int, default=100, help="examples")

@@ -77,7 +77,15 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from massmech.studies.ablation import ablate, layer_range
 
     params = _task_params(args.task_param)
-    get_task(args.task, **params).examples(args.n, args.seed)  # bad task or n: fail before loading a model
+    if bool(args.task) == bool(args.task_file):
+        raise ConfigError("pass one of --task NAME or --task-file PATH")
+    if args.task_file:
+        from massmech.causal.tasks.custom import task_from_spec
+
+        task = task_from_spec(args.task_file, args.field or [], format=args.format, kind=args.kind, n_shots=args.n_shots)
+    else:
+        task = get_task(args.task, **params)
+    task.examples(args.n, args.seed)  # bad task or n: fail before loading a model
     if args.out:
         check_out(args.out, "ablate", overwrite=args.overwrite)
     from massmech.core.loading import load_model
@@ -88,7 +96,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         target=args.target, stage=args.stage, rule=args.rule, lam=args.lam, k=args.k,
         layers=layers, kv_cache=args.kv_cache, seed=args.seed, replace=args.replace,
     )
-    res = ablate(model, args.task, n=args.n, disruption=d, control=args.control, seed=args.seed,
+    res = ablate(model, task, n=args.n, disruption=d, control=args.control, seed=args.seed,
                  batch_size=args.batch_size, task_params=params, out=args.out, overwrite=args.overwrite,
                  progress=not args.json)
     if args.json:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 from massmech._notebook import html_table, span
 from massmech.core.models import LoadedModel
 from massmech.core.rope import RopeSpec
-from massmech.core.sites import SITES, STAGES
+from massmech.core.sites import SITES, STAGES, to_heads
 from massmech.errors import CaptureError, NotCapturedError
 from massmech.infra.io import atomic_write
 
@@ -59,6 +60,13 @@ class QKVStats:
     rope: RopeSpec | None = None
     exclude_first_token: bool = False
     meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_activations(cls, activations: Any, **kwargs: Any) -> QKVStats:
+        """Statistics from saved Q/K/V tensors: see :func:`massmech.core.activations.from_activations`."""
+        from massmech.core.activations import from_activations
+
+        return from_activations(activations, **kwargs)
 
     def keys(self) -> list[Key]:
         """The captured ``(site, stage)`` pairs."""
@@ -295,8 +303,7 @@ def capture_stats(
     def make_hook(key: Key, li: int, heads_first: bool):
         def hook(x: Tensor, hook: object) -> None:
             fired[(key, li)] = fired.get((key, li), 0) + 1
-            if heads_first:  # [b, head, pos, d] -> [b, pos, head, d]
-                x = x.transpose(1, 2)
+            x = to_heads(x, heads_first, heads[key[0]])  # [b, pos, head, d]
             sel = state["select"]
             xs = x.flatten(0, 1) if sel is None else x[sel]  # [tokens, head, d]
             xs = xs.float()  # fp32 per batch, fp64 across batches

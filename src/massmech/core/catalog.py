@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 TINY_MODELS = ("tiny-llama", "tiny-qwen2", "tiny-gemma3", "tiny-gpt2")
+ARCH_MODELS = ("tiny-mistral", "tiny-qwen3", "tiny-gemma2", "tiny-phi3", "tiny-olmo2", "tiny-neox", "tiny-opt")
 DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 EMBEDDED_MODELS = ("smollm2-135m", "gemma3-270m")
 DEFAULT_MODEL = "smollm2-135m"

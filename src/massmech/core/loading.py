@@ -23,6 +23,7 @@ import torch
 
 from massmech.core.bridge import boot
 from massmech.core.catalog import (
+    ARCH_MODELS,
     DTYPE_NAMES,
     EMBEDDED_MODELS,
     TINY_MODELS,
@@ -122,7 +123,7 @@ def load_hf(
     """
     spec_s = str(spec)
     dtype = resolve_dtype(dtype)
-    if spec_s in TINY_MODELS:
+    if spec_s in TINY_MODELS or spec_s in ARCH_MODELS:
         model, tok = tiny_model(spec_s, seed)
         return model.to(dtype), tok, spec_s, f"random init (seed {seed})"
     if spec_s == "smollm2-135m":

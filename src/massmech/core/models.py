@@ -17,7 +17,7 @@ from torch import Tensor
 
 from massmech.core.bridge import boot, is_bridge, kv_cache_compat
 from massmech.core.rope import RopeSpec, rope_spec_from_tables
-from massmech.core.sites import SITES, STAGES
+from massmech.core.sites import SITES, STAGES, to_heads
 from massmech.errors import ConfigError, HookError, IndexRangeError, InputTypeError, RopeError
 
 
@@ -221,7 +221,8 @@ class LoadedModel:
         device = next(self.bridge.parameters()).device
         mask = None if attention_mask is None else attention_mask.to(device)
         acts = self.run_hooks(tokens.to(device), names, mask)
-        return {k: (v.transpose(1, 2) if heads_first[k] else v).float().cpu() for k, v in acts.items()}
+        heads = {"q": self.info.n_heads, "k": self.info.n_kv_heads, "v": self.info.n_kv_heads}
+        return {k: to_heads(v, heads_first[k], heads[k[0]]).float().cpu() for k, v in acts.items()}
 
     def __repr__(self) -> str:
         i = self.info

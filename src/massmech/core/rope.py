@@ -156,6 +156,81 @@ class RopeSpec:
         }
 
     @classmethod
+    def from_base(
+        cls,
+        base: float,
+        d_head: int,
+        *,
+        rotary_dim: int | None = None,
+        layout: str = "half",
+        n_layers: int = 1,
+        scaling: dict | None = None,
+    ) -> RopeSpec:
+        """The spec of plain (or HF-scaled) RoPE from its base, for activations saved elsewhere.
+
+        Args:
+            base: ``rope_theta``.
+            d_head: Head dimension.
+            rotary_dim: Rotated dims per head (partial rotary); default ``d_head``.
+            layout: ``"half"`` (rotate_half: Llama, Qwen, Gemma, NeoX) or ``"interleaved"``
+                (= ``"adjacent"``, GPT-J style).
+            n_layers: Layers with this RoPE.
+            scaling: An HF ``rope_scaling`` / ``rope_parameters`` dict (``{"rope_type": "linear",
+                "factor": 4.0}``, ``"llama3"``, ``"yarn"`` ...), computed by transformers.
+
+        >>> RopeSpec.from_base(10_000, 64).wavelengths(0)[[0, -1]].round(1).tolist()
+        [6.3, 47117.2]
+        """
+        layout = {"interleaved": "adjacent"}.get(layout, layout)
+        rotary_dim = d_head if rotary_dim is None else int(rotary_dim)
+        if rotary_dim % 2 or not 0 < rotary_dim <= d_head:
+            raise RopeError(f"rotary_dim must be even and in (0, d_head={d_head}], got {rotary_dim}")
+        if not base > 1:
+            raise RopeError(f"base must be > 1, got {base}")
+        if scaling:
+            from transformers import LlamaConfig
+
+            params = {"rope_theta": float(base), **scaling}
+            params.setdefault("rope_type", params.pop("type", "default"))
+            config = LlamaConfig(head_dim=rotary_dim, hidden_size=rotary_dim, num_attention_heads=1,
+                                 num_hidden_layers=n_layers, rope_parameters=params,
+                                 max_position_embeddings=max(2048, int(params.get("original_max_position_embeddings", 0)
+                                                                       * params.get("factor", 1))))
+            inv, att = _hf_inv_freq(config, params, None)
+        else:
+            inv, att = base ** (-np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim), 1.0
+        return cls(d_head=int(d_head), rotary_dim=rotary_dim, layout=layout,
+                   inv_freq=(tuple(float(x) for x in inv),) * n_layers, scaling=(float(att),) * n_layers)
+
+    @classmethod
+    def from_hf_config(cls, config: object) -> RopeSpec:
+        """The spec a Hugging Face config describes: ``rope_theta``, partial rotary, the
+        ``rope_type`` scalings transformers implements, and per-layer bases (Gemma-3's local and
+        global layers via ``layer_types``). :func:`rope_spec_from_tables` (what massmech uses for a
+        loaded model) reads the tables the model really uses instead; tests check they agree.
+
+        Raises:
+            RopeError: The config has no RoPE (GPT-2, OPT ...).
+        """
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        params = getattr(text, "rope_parameters", None)
+        if not params:
+            raise RopeError(f"{type(config).__name__} describes no RoPE (no rope_parameters): no spec")
+        d_head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        layer_types = getattr(text, "layer_types", None) or [None] * text.num_hidden_layers
+        nested = all(isinstance(v, dict) for v in params.values())
+        inv_freq, scaling, rotary_dim = [], [], None
+        for lt in layer_types:
+            p = params[lt] if nested else params
+            inv, att = _hf_inv_freq(text, p, lt if nested else None)
+            rotary_dim = 2 * len(inv)
+            inv_freq.append(tuple(float(x) for x in inv))
+            scaling.append(float(att))
+        layout = "adjacent" if getattr(text, "model_type", "") in ("gptj", "codegen") else "half"
+        return cls(d_head=int(d_head), rotary_dim=int(rotary_dim), layout=layout, inv_freq=tuple(inv_freq),
+                   scaling=tuple(scaling))
+
+    @classmethod
     def from_dict(cls, d: dict) -> RopeSpec:
         return cls(
             d_head=int(d["d_head"]),
@@ -164,6 +239,24 @@ class RopeSpec:
             inv_freq=tuple(tuple(float(v) for v in f) for f in d["inv_freq"]),
             scaling=tuple(float(s) for s in d["scaling"]),
         )
+
+
+def _hf_inv_freq(config: object, params: dict, layer_type: str | None) -> tuple[np.ndarray, float]:
+    """``inv_freq`` and attention scaling of one rope-parameter set, as transformers computes them."""
+    rope_type = params.get("rope_type", "default")
+    d_head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if rope_type == "default":
+        partial = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
+        rot = int(d_head * partial)
+        rot -= rot % 2
+        return float(params["rope_theta"]) ** (-np.arange(0, rot, 2, dtype=np.float64) / rot), 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if rope_type not in ROPE_INIT_FUNCTIONS:
+        raise RopeError(f"rope_type {rope_type!r} is not one transformers implements ({sorted(ROPE_INIT_FUNCTIONS)})")
+    kwargs = {"layer_type": layer_type} if layer_type is not None else {}
+    inv, att = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu", **kwargs)
+    return inv.double().numpy(), float(att)
 
 
 def fit_base(freq: np.ndarray, rotary_dim: int) -> float:

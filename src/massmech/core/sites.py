@@ -9,10 +9,35 @@ q / k   ``post`` ``blocks.L.attn.hook_rot_q``                                ``[
 v       ``pre``  ``blocks.L.attn.hook_v`` (V is never rotated: one stage)   ``[b, pos, head, d]``
 ======  =======  ==========================================================  ==================
 
+Models whose QK-norm acts before the heads are split (OLMo-2) give ``hook_q_normed`` flat,
+``[b, pos, head * d]``: :func:`to_heads` and :func:`from_heads` turn every layout into
+``[b, pos, head, d]`` and back, for every hook massmech registers.
+
 :meth:`massmech.LoadedModel.hook_name` maps a (site, stage, layer) to its hook on a given model.
 """
 
 from __future__ import annotations
 
+from torch import Tensor
+
 SITES = ("q", "k", "v")
 STAGES = ("pre", "post")
+
+
+def to_heads(x: Tensor, heads_first: bool, n_heads: int) -> Tensor:
+    """A hooked Q/K/V activation as ``[b, pos, head, d]`` (from heads-first or flat layouts).
+
+    >>> import torch
+    >>> tuple(to_heads(torch.zeros(2, 5, 12), False, 3).shape)
+    (2, 5, 3, 4)
+    """
+    if x.dim() == 3:  # [b, pos, head * d]: QK-norm before the split (OLMo-2)
+        return x.reshape(*x.shape[:2], n_heads, x.shape[-1] // n_heads)
+    return x.transpose(1, 2) if heads_first else x
+
+
+def from_heads(y: Tensor, like: Tensor, heads_first: bool) -> Tensor:
+    """Inverse of :func:`to_heads`: ``y`` (``[b, pos, head, d]``) in the layout of the hooked ``like``."""
+    if like.dim() == 3:
+        return y.reshape(like.shape)
+    return y.transpose(1, 2) if heads_first else y

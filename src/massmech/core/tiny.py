@@ -1,4 +1,5 @@
-"""Tiny seeded random models (Llama, Qwen2, Gemma-3, GPT-2 shapes) for fast tests, and a byte-level tokenizer."""
+"""Tiny seeded random models for fast tests (Llama, Qwen2, Gemma-3, GPT-2, and the architecture
+matrix: Mistral, Qwen3, Gemma-2, Phi-3, OLMo-2, GPT-NeoX, OPT), and a byte-level tokenizer."""
 
 from __future__ import annotations
 
@@ -40,6 +41,17 @@ def byte_tokenizer_dir() -> str:
 
 
 TINY_ROPE_THETA = {"tiny-llama": 5_000.0, "tiny-qwen2": 20_000.0}
+# The architecture matrix (tests/test_architectures.py, docs/architectures.md): one tiny random
+# config per family the bridge can wrap; OPT is a non-RoPE control like GPT-2.
+TINY_ARCHS = {
+    "tiny-mistral": ("MistralConfig", "MistralForCausalLM", {"num_key_value_heads": 2}),
+    "tiny-qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"num_key_value_heads": 2, "head_dim": 16}),
+    "tiny-gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"num_key_value_heads": 2, "head_dim": 16}),
+    "tiny-phi3": ("Phi3Config", "Phi3ForCausalLM", {"num_key_value_heads": 2}),
+    "tiny-olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {"num_key_value_heads": 2}),
+    "tiny-neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", {"rotary_pct": 0.5}),
+    "tiny-opt": ("OPTConfig", "OPTForCausalLM", {"word_embed_proj_dim": 64}),
+}
 TINY_GEMMA3_THETA = {"sliding_attention": 10_000.0, "full_attention": 1_000_000.0}
 
 
@@ -82,6 +94,12 @@ def tiny_model(name: str, seed: int) -> tuple[Any, Any]:
                 **common,
             )
             model = tf.Gemma3ForCausalLM(cfg)
+        elif name in TINY_ARCHS:
+            cfg_name, model_name, extra = TINY_ARCHS[name]
+            kwargs = dict(common, num_hidden_layers=2) | extra
+            if name == "tiny-opt":  # OPT names its MLP width ffn_dim
+                kwargs["ffn_dim"] = kwargs.pop("intermediate_size")
+            model = getattr(tf, model_name)(getattr(tf, cfg_name)(**kwargs))
         elif name == "tiny-gpt2":
             cfg = tf.GPT2Config(
                 vocab_size=len(tok),

@@ -29,6 +29,7 @@ import torch
 
 from massmech.causal.disruption import CONTROLS, Disruption
 from massmech.causal.evaluate import BASELINE, evaluate, summarize
+from massmech.causal.tasks.base import Task
 from massmech.causal.tasks.builtin import TASKS, get_task
 from massmech.core.capture import capture_stats
 from massmech.core.catalog import DEFAULT_MODEL
@@ -362,7 +363,7 @@ def _consolidate(cells: list[dict]) -> pd.DataFrame:
 # ------------------------------------------------------------------------ one ablation
 def ablate(
     model: str | LoadedModel,
-    task: str,
+    task: str | Task,
     *,
     n: int = 100,
     disruption: Disruption | None = None,
@@ -408,7 +409,7 @@ def ablate(
         TaskError: Unknown task, missing data package, or ``n`` beyond the data.
         DisruptionError: A disruption the model cannot take (k > d_head, missing site, ...).
     """
-    t = get_task(task, **(task_params or {}))
+    t = task if isinstance(task, Task) else get_task(task, **(task_params or {}))
     t.examples(n, seed)  # n beyond the data: error before loading anything
     disruption = disruption or Disruption(seed=seed)
     if control not in CONTROLS[1:]:
@@ -427,7 +428,7 @@ def ablate(
     for k in ("b", "c", "delta", "delta_ci_low", "delta_ci_high"):
         res[BASELINE].pop(k)
     res |= {
-        "model": lm.info.name, "task": task, "task_config": t.config(), "kind": t.kind,
+        "model": lm.info.name, "task": t.name, "task_config": t.config(), "kind": t.kind,
         "condition": disruption.label(), "control_kind": control, "seed": seed,
         "protocol": disruption.protocol(control),
     }
@@ -435,7 +436,7 @@ def ablate(
     base = df[df.condition == BASELINE].correct
     res |= {"chance": chance, "evaluable": evaluable(int(base.sum()), len(base), chance)}
     if out is not None:
-        config = {"model": lm.info.name, "task": task, "task_config": t.config(), "n": n, "seed": seed,
+        config = {"model": lm.info.name, "task": t.name, "task_config": t.config(), "n": n, "seed": seed,
                   "disruption": disruption.to_dict(), "control": control, "batch_size": batch_size}
         with atomic_run_dir(out, "ablate", overwrite=overwrite) as tmp:
             write_json(tmp / "ablate.json", res)

@@ -52,6 +52,11 @@ class AnalyzeConfig:
         bars_layer, bars_head, bars_tokens: The 3D token x dim view (one head, first window).
         exclude_first_token: Leave each window's first token out of the statistics.
         seed: Order of the corpus articles.
+        activations: Saved activations instead of a model: ``"q=PATH,k=PATH,v=PATH"`` (one file
+            per site, one layer each; .safetensors, .pt or .npy), read by
+            :func:`massmech.core.activations.from_activations` with ``axes``, ``stage`` and
+            ``layer`` (the layer's label). Needs ``rope_base`` and ``d_head`` (and ``rotary_dim``
+            for partial rotary); the context of the bands is the activations' length.
     """
 
     model: str = DEFAULT_MODEL
@@ -74,6 +79,13 @@ class AnalyzeConfig:
     text_field: str = "text"
     dtype: str = "float32"
     device: str | None = None
+    activations: str | None = None
+    rope_base: float | None = None
+    d_head: int | None = None
+    rotary_dim: int | None = None
+    axes: str = "bthd"
+    stage: str = "pre"
+    layer: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -189,6 +201,48 @@ def _check_config(cfg: AnalyzeConfig, model: LoadedModel) -> list[int]:
     return layers
 
 
+def activation_stats(cfg: AnalyzeConfig) -> QKVStats:
+    """The statistics of ``cfg.activations`` (see :class:`AnalyzeConfig`); checked before any work."""
+    from massmech.core.activations import from_activations
+    from massmech.core.rope import RopeSpec
+
+    if cfg.rope_base is None or cfg.d_head is None:
+        raise ConfigError("--activations needs --rope-base and --d-head (the RoPE the activations come from)")
+    files = {}
+    for item in cfg.activations.split(","):
+        site, sep, path = item.strip().partition("=")
+        if not sep or site not in ("q", "k", "v"):
+            raise ConfigError(f"--activations takes q=PATH,k=PATH,v=PATH, got {item!r}")
+        files[site] = path
+    rope = RopeSpec.from_base(cfg.rope_base, cfg.d_head, rotary_dim=cfg.rotary_dim)
+    return from_activations(files, axes=cfg.axes, stage=cfg.stage, layers=[cfg.layer], rope=rope,
+                            model=f"activations ({', '.join(sorted(files))})")
+
+
+def _run_activations(config: AnalyzeConfig, out: Path, *, overwrite: bool) -> dict:
+    """run_analyze on saved activations: the same folder as a model run, less the model-only 3D view."""
+    stats = activation_stats(config)
+    context = int(stats.meta["max_len"])
+    fa = frequency_analysis(stats, context_len=context, fast_turns=config.fast_turns, n_bands=config.n_bands,
+                            lam=config.lam, emergence_threshold=config.emergence_threshold)
+    summary = {"model": stats.model, "n_tokens": stats.n_tokens, "context_len": context,
+               "corpus": f"activations: {config.activations}", "by_stage": fa.summary}
+    with atomic_run_dir(out, "analyze", overwrite=overwrite) as tmp:
+        stats.save(tmp / "stats.npz")
+        stats.to_frame().to_parquet(tmp / "stats.parquet", index=False)
+        for name in ("massive", "pairs", "layers"):
+            getattr(fa, name).to_parquet(tmp / f"{name}.parquet", index=False)
+        sites = [site for site in ("q", "k") if (site, config.stage) in stats.keys()]
+        plotting.massive_heatmap(stats, list(stats.layers), stage=config.stage, sites=sites, n_bands=config.n_bands,
+                                 out=tmp / "figures" / "heatmap")
+        plotting.spectrum(fa, list(stats.layers), stage=config.stage, out=tmp / "figures" / "spectrum")
+        plotting.close_all()
+        write_json(tmp / "manifest.json", manifest(config, seed=config.seed))
+        write_json(tmp / "summary.json", summary | {"params": fa.params})
+    summary["out_dir"] = str(Path(out).resolve())
+    return summary
+
+
 def run_analyze(
     config: AnalyzeConfig,
     out: str | os.PathLike,
@@ -225,6 +279,8 @@ def run_analyze(
             detect_massive directly).
     """
     out = check_out(out, "analyze", overwrite=overwrite)
+    if config.activations:
+        return _run_activations(config, out, overwrite=overwrite)
     if cells is not None:
         check_out(cells, "cells", resume=True)
     resolve_dtype(config.dtype)

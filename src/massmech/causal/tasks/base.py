@@ -67,6 +67,27 @@ class Task:
             )
         return self._draw(pool, n, seed)
 
+    @staticmethod
+    def from_records(records, **kwargs):  # noqa: ANN001, ANN205 - see RecordTask.from_records
+        """Your own task from a list of dicts: :meth:`massmech.causal.tasks.custom.RecordTask.from_records`."""
+        from massmech.causal.tasks.custom import RecordTask
+
+        return RecordTask.from_records(records, **kwargs)
+
+    @staticmethod
+    def from_file(path, **kwargs):  # noqa: ANN001, ANN205
+        """Your own task from a JSON/JSONL/CSV/parquet file: :meth:`~massmech.causal.tasks.custom.RecordTask.from_file`."""
+        from massmech.causal.tasks.custom import RecordTask
+
+        return RecordTask.from_file(path, **kwargs)
+
+    @staticmethod
+    def from_dataset(dataset, **kwargs):  # noqa: ANN001, ANN205
+        """Your own task from ``datasets``: :meth:`~massmech.causal.tasks.custom.RecordTask.from_dataset`."""
+        from massmech.causal.tasks.custom import RecordTask
+
+        return RecordTask.from_dataset(dataset, **kwargs)
+
     def chance(self, n: int, seed: int = 0) -> float:
         """Accuracy of guessing on ``examples(n, seed)``: mean ``1 / options`` for multiple choice, 0
         for exact match (report ``(accuracy - chance) / (1 - chance)`` beside accuracy)."""

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from massmech.causal.batch import current_masks
 from massmech.core.models import LoadedModel
+from massmech.core.sites import from_heads, to_heads
 from massmech.errors import QuantError
 from massmech.studies.quant.methods import decoder_linears, target_layers
 
@@ -182,11 +183,11 @@ def kv_hooks(
             keep = keep_k[layer] if (site == "k" and keep_k is not None) else None
 
             def fn(x: Tensor, hook: Any, axis: str = axis, keep: Tensor | None = keep, heads_first: bool = heads_first) -> Tensor:
-                y = x.transpose(1, 2) if heads_first else x  # [b, pos, head, d]
+                y = to_heads(x, heads_first, info.n_kv_heads)  # [b, pos, head, d]
                 masks = current_masks()
                 ranges = None if masks is None else masks.at("prompt", y.shape[0], y.shape[1])
                 y = fake_quant_kv(y, bits, axis, keep, ranges)
-                return y.transpose(1, 2) if heads_first else y
+                return from_heads(y, x, heads_first)
 
             hooks.append((name, fn))
     return hooks

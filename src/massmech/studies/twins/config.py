@@ -31,11 +31,14 @@ class Variant:
         mechanism: ``rope``, ``absolute`` or ``nope``.
         context: Training context (``None``: the config's).
         rope_theta: RoPE base (``None``: the config's; only for ``rope``).
+        seed: Seed of the initial weights and data order (``None``: the config's). Replicas of
+            the twins with other seeds share their own initial weights, as the twins do.
     """
 
     mechanism: str
     context: int | None = None
     rope_theta: float | None = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         check_mechanism(self.mechanism)
@@ -49,11 +52,13 @@ class Variant:
             parts.append(f"ctx{self.context}")
         if self.rope_theta is not None:
             parts.append(f"theta{self.rope_theta:g}")
+        if self.seed is not None:
+            parts.append(f"seed{self.seed}")
         return "-".join(parts)
 
     @property
     def is_twin(self) -> bool:
-        """One of the three twins proper (default context and base)."""
+        """One of the three twins proper (default context and base), at the config's seed or another."""
         return self.context is None and self.rope_theta is None
 
 
@@ -82,6 +87,8 @@ class TwinsConfig:
         variants: The runs (the three twins first).
         checkpoints: Steps at which weights are saved (step 0 = the shared initial weights).
         seed: Initial weights, data order, evaluation sets.
+        seeds: Further seeds: the three twins are trained again with each (variants
+            ``rope-seed1`` ...; same evaluation sets), for intervals over seeds.
         heldout_fraction: Share of articles never trained on.
         max_epochs: Natural-text tokens drawn may be at most this many passes over the corpus.
         analysis_tokens: Held-out tokens the Q/K/V statistics are captured over.
@@ -111,6 +118,7 @@ class TwinsConfig:
     variants: tuple[Variant, ...] = TWINS
     checkpoints: tuple[int, ...] = (0, 50, 250, 500, 1000, 1500, 2000, 3000)
     seed: int = 0
+    seeds: tuple[int, ...] = ()
     heldout_fraction: float = 0.1
     max_epochs: float = 4.0
     analysis_tokens: int = 8192
@@ -124,6 +132,11 @@ class TwinsConfig:
             self, "variants", tuple(v if isinstance(v, Variant) else Variant(**v) for v in self.variants)
         )
         object.__setattr__(self, "checkpoints", tuple(sorted({int(s) for s in self.checkpoints} | {self.steps})))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if self.seed in self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise TwinError(f"seeds {self.seeds} must be distinct and differ from seed={self.seed}")
+        replicas = tuple(Variant(v.mechanism, seed=s) for s in self.seeds for v in TWINS)
+        object.__setattr__(self, "variants", self.variants + tuple(r for r in replicas if r not in self.variants))
         check_kinds(self.kinds)
         for name in ("d_model", "n_layers", "n_heads", "d_mlp", "context", "batch_size", "steps", "vocab_size", "eval_examples", "disrupt_k"):
             if getattr(self, name) < 1:
@@ -156,6 +169,9 @@ class TwinsConfig:
     def theta_of(self, v: Variant) -> float:
         return v.rope_theta or self.rope_theta
 
+    def seed_of(self, v: Variant) -> int:
+        return self.seed if v.seed is None else v.seed
+
     @property
     def max_context(self) -> int:
         return max(self.context_of(v) for v in self.variants)
@@ -179,6 +195,7 @@ class TwinsConfig:
         d["variants"] = tuple(Variant(**v) for v in d.get("variants", ()))
         d["kinds"] = tuple(d.get("kinds", KINDS))
         d["checkpoints"] = tuple(d.get("checkpoints", ()))
+        d["seeds"] = tuple(d.get("seeds", ()))
         return cls(**d)
 
     def replace(self, **changes: Any) -> TwinsConfig:

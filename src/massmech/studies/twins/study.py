@@ -47,6 +47,7 @@ from massmech.stats import describe, token_nll
 from massmech.studies.twins.config import TWINS, TwinsConfig, Variant
 from massmech.studies.twins.data import KINDS, TwinCorpus, eval_set
 from massmech.studies.twins.model import TwinLlamaForCausalLM, load_twin
+from massmech.studies.twins.seeds import seed_table
 from massmech.studies.twins.train import (
     checkpoint_dirs,
     log_table,
@@ -383,12 +384,15 @@ def run_twins(
     rope_final = wrap_twin(load_twin(finals["rope"]).to(device).eval(), tok, "twin-rope@final")
     disruption = disruption_table(cfg, rope_final, corpus)
     waves = wavelength_table(traj, cfg)
+    seeds = seed_table(traj, cfg)
     last = scores[scores.step == scores.groupby("variant").step.transform("max")]
     summary = {
         "preset": cfg.preset,
         "out": str(out),
         "steps": cfg.steps,
         "twins": summary_ratios(traj, cfg),
+        "seeds": {f"{r.mechanism}.{r.site}.{r.measure}": {"mean": round(r.mean, 4), "ci": [round(r.ci_low, 4), round(r.ci_high, 4)],
+                                                          "n_seeds": r.n_seeds} for r in seeds.itertuples()},
         "final_scores": {v: dict(zip(g.metric, g.value.round(4), strict=True)) for v, g in last.groupby("variant")},
         "wavelength": waves.groupby(["variant", "site"]).peak_wavelength_over_context.median().round(3)
         .unstack().to_dict(orient="index"),
@@ -399,7 +403,7 @@ def run_twins(
         },
     }
     tables = {"trajectory": traj, "bands": bands, "scores": scores, "disruption": disruption,
-              "wavelength": waves, "train_log": log_table(logs)}
+              "wavelength": waves, "seeds": seeds.drop(columns="values"), "train_log": log_table(logs)}
     with atomic_run_dir(out / "analysis", "twins-analysis", overwrite=True) as tmp:
         for name, t in tables.items():
             t.to_parquet(tmp / f"{name}.parquet", index=False)

@@ -209,7 +209,8 @@ def train_variant(
             log = list(state["log"])
         else:
             start = 0
-            model = build_twin(hcfg, initial_weights(hf_config(cfg, TWINS[0], corpus), cfg.seed), cfg.seed + 1)
+            seed = cfg.seed_of(v)  # the twins of one seed share their initial weights
+            model = build_twin(hcfg, initial_weights(hf_config(cfg, TWINS[0], corpus), seed), seed + 1)
             state, log = None, []
         model.to(device).train()
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
@@ -226,7 +227,7 @@ def train_variant(
         ctx, rows = cfg.context_of(v), cfg.batch_of(v)
         bar = tqdm(range(start + 1, end + 1), desc=f"train {v.name}", disable=not progress, leave=False)
         for step in bar:
-            x = batch(corpus, seed=cfg.seed, step=step, batch_size=rows, length=ctx + 1,
+            x = batch(corpus, seed=cfg.seed_of(v), step=step, batch_size=rows, length=ctx + 1,
                       synthetic_share=cfg.synthetic_share, kinds=cfg.kinds).to(device)  # [rows, ctx + 1]
             logits = model(x[:, :-1]).logits  # [rows, ctx, vocab]
             loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
