@@ -90,3 +90,22 @@ def test_record_tasks_evaluate_on_a_tiny_model():
     task = RecordTask.from_records(ROWS, fields={"question": "question", "context": "passage", "answer": "word"})
     df = evaluate(model, task, {"baseline": None}, n=6, progress=False)
     assert len(df) == 6 and set(df.columns) >= {"uid", "correct", "pred"}
+
+
+def test_a_file_task_runs_through_a_sweep_wherever_a_name_goes(tmp_path, capsys):
+    from massmech.causal.tasks.builtin import get_task
+    from massmech.studies.ablation import SweepConfig, run_sweep
+
+    path = tmp_path / "codes.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ROWS))
+    spec = f"file:{path}#question=question&context=passage&answer=word&name=codes"
+    assert get_task(spec).examples(4) == Task.from_file(path, fields={"question": "question", "context": "passage",
+                                                                     "answer": "word"}, name="codes").examples(4)
+    cfg = SweepConfig(models=("tiny-llama",), tasks=(spec,), n=6, rules=("topk",), ks=(2,), controls=("matched",))
+    table = run_sweep(cfg, tmp_path / "sweep", progress=False)
+    assert list(table.role) == ["baseline", "massive", "control"] and (table.task == spec).all()
+    assert main(["sweep", "--models", "tiny-llama", "--tasks", spec, "--n", "4", "--rules", "topk", "--ks", "2", "--controls", "matched",
+                 "--out", str(tmp_path / "cli"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cells"] == 3
+    with pytest.raises(TaskError, match="names its fields"):
+        get_task(f"file:{path}")

@@ -30,7 +30,7 @@ import torch
 from massmech.causal.disruption import CONTROLS, Disruption
 from massmech.causal.evaluate import BASELINE, evaluate, summarize
 from massmech.causal.tasks.base import Task
-from massmech.causal.tasks.builtin import TASKS, get_task
+from massmech.causal.tasks.builtin import TASKS, get_task, is_task_name
 from massmech.core.capture import capture_stats
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.core.corpus import calibration_split
@@ -114,7 +114,7 @@ class SweepConfig:
             if not getattr(self, name):
                 raise ConfigError(f"SweepConfig.{name} is empty")
         for t in self.tasks:
-            if t not in TASKS:
+            if not is_task_name(t):
                 raise ConfigError(f"unknown task {t!r}; tasks are {', '.join(TASKS)}")
         for c in self.controls:
             if c not in CONTROLS[1:]:

@@ -367,14 +367,30 @@ PARAMETRIC = tuple(n for n, t in TASKS.items() if t.kind == "parametric")
 CONTEXTUAL = tuple(n for n, t in TASKS.items() if t.kind == "contextual")
 
 
+FILE_TASK = "file:"  # get_task("file:data.jsonl#question=q&answer=a&format=yesno"): a task file anywhere a name goes
+
+
+def is_task_name(name: str) -> bool:
+    """A registered task or a ``file:`` task spec."""
+    return name in TASKS or name.startswith(FILE_TASK)
+
+
 def get_task(name: str, **params: Any) -> Task:
     """Task by name, with optional parameters (e.g. ``get_task("passkey", filler_repeats=20)``).
+
+    ``"file:PATH#question=COL&answer=COL[&context=COL&choices=COL&id=COL&format=F&kind=K&n_shots=N]"``
+    is your own task file (:mod:`massmech.causal.tasks.custom`), usable wherever a task name is:
+    sweeps, the quantization study, ``massmech ablate --task``.
 
     Raises:
         TaskError: Unknown name or parameter.
     """
+    if name.startswith(FILE_TASK):
+        from massmech.causal.tasks.custom import task_from_string
+
+        return task_from_string(name, **params)
     if name not in TASKS:
-        raise TaskError(f"unknown task {name!r}; tasks are {', '.join(TASKS)}")
+        raise TaskError(f"unknown task {name!r}; tasks are {', '.join(TASKS)}, or file:PATH#question=COL&answer=COL")
     try:
         return TASKS[name](**params)
     except TypeError as err:

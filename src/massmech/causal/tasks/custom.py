@@ -240,6 +240,32 @@ def _hub_reachable(name: str) -> None:
         raise ConnectionError(f"the hub is not reachable for {name!r} ({err})") from err
 
 
+def task_from_string(spec: str, **params: Any) -> RecordTask:
+    """``"file:PATH#question=q&answer=a&format=yesno"`` -> the task (see :func:`massmech.causal.tasks.builtin.get_task`).
+
+    >>> task_from_string("file:x.jsonl")
+    Traceback (most recent call last):
+    ...
+    massmech.errors.TaskError: a file task names its fields: file:PATH#question=COL&answer=COL[&format=F...]
+    """
+    path, _, opts = spec.removeprefix("file:").partition("#")
+    if not opts:
+        raise TaskError("a file task names its fields: file:PATH#question=COL&answer=COL[&format=F...]")
+    fields, kw = {}, {}
+    for item in opts.split("&"):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TaskError(f"file task option {item!r} is not NAME=VALUE")
+        key, value = key.strip(), value.strip()
+        if key in ("format", "kind", "name"):
+            kw[key] = value
+        elif key == "n_shots":
+            kw[key] = int(value)
+        else:
+            fields[key] = value
+    return RecordTask.from_file(path, fields=fields, **(kw | params))
+
+
 def task_from_spec(path: str, fields: Sequence[str], *, format: str = "exact", kind: str = "contextual",
                    n_shots: int = 0) -> RecordTask:
     """The CLI's ``--task-file PATH --field question=q --field answer=a --format F``."""

@@ -36,7 +36,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from massmech.causal.tasks.builtin import TASKS
+from massmech.causal.tasks.builtin import TASKS, is_task_name
 from massmech.errors import QuantError
 from massmech.studies.quant.kv import KV_BITS
 from massmech.studies.quant.methods import GGUF_FORMATS
@@ -181,7 +181,7 @@ class QuantStudyConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.tasks if t not in TASKS]
+        unknown = [t for t in self.tasks if not is_task_name(t)]
         if unknown:
             raise QuantError(f"unknown tasks {unknown}; tasks are {', '.join(TASKS)}")
         if self.n < 1 or self.calib_tokens < self.seq_len or self.eval_tokens < 2:
