@@ -59,17 +59,22 @@ def main() -> None:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    """One row per (model, task, condition): accuracy [Wilson CI], removed variance, b/c, p, Holm p."""
-    lines = ["| model | task | condition | accuracy [95% CI] | n | removed var. | b / c | p | p (Holm) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """One row per (model, task, condition): accuracy [Wilson CI], removed variance, the exact McNemar
+    test against the baseline (b/c, p, Holm p) and, for massive rows, against the matched control."""
+    lines = ["| model | task | condition | accuracy [95% CI] | n | removed var. | vs baseline: b / c, p (Holm) "
+             "| vs matched control: b / c, p (Holm) |", "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         what = r.role if r.control is None or r.control != r.control else f"ctrl-{r.control}"
-        note = "" if r.evaluable else " (not evaluable)"
-        test = "" if r.role == "baseline" else f"{r.b} / {r.c} | {r.p_value:.3g} | {r.p_holm:.3g}" if r.evaluable else (
-            f"{r.b} / {r.c} | {r.p_value:.3g} | -")
+        task = r.task if r.evaluable else f"{r.task} (not evaluable)"
+        test = vs = "-"
+        if r.role != "baseline":
+            test = f"{r.b} / {r.c}, {r.p_value:.2g}" + (f" ({r.p_holm:.2g})" if r.evaluable else "")
+        if r.role == "massive" and r.p_vs_matched == r.p_vs_matched:
+            vs = f"{r.b_vs_matched} / {r.c_vs_matched}, {r.p_vs_matched:.2g}" + (
+                f" ({r.p_vs_matched_holm:.2g})" if r.evaluable else "")
         bold = "**" if r.role != "baseline" and r.evaluable and r.p_holm < 0.05 else ""
-        lines.append(f"| {r.model} | {r.task}{note} | {what} | {bold}{r.accuracy:.2f}{bold} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
-                     f" | {r.n} | {r.removed_variance:.2%} | {test if test else '- | - | -'} |")
+        lines.append(f"| {r.model} | {task} | {what} | {bold}{r.accuracy:.2f}{bold} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+                     f" | {r.n} | {r.removed_variance:.2%} | {test} | {vs} |")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from massmech.errors import RunDirError
@@ -125,3 +126,27 @@ def test_cells_of_an_older_schema_version_are_recomputed(tmp_path, monkeypatch):
     assert set(new.key).isdisjoint(old.key)
     listing = cells_mod.list_cells(tmp_path / "cells")
     assert sorted(listing.current.tolist()) == [False] * 3 + [True] * 3
+
+
+def test_massive_rows_are_tested_against_their_matched_control(tmp_path):
+    """Issue 14, finding 1: does a massive condition hurt more than a control of the same size?"""
+    import json as json_
+
+    from massmech.stats import mcnemar_exact
+
+    cfg = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=8, rules=("topk",), ks=(2, 3),
+                      controls=("matched", "lowest"))
+    table = run_sweep(cfg, tmp_path / "s", progress=False)
+    massive = table[table.role == "massive"]
+    assert len(massive) == 2 and massive.p_vs_matched.between(0, 1).all()
+    assert table[table.role != "massive"].p_vs_matched.isna().all()
+    for r in massive.itertuples():  # the same numbers from the two cells' verdicts
+        cells = {json_.loads((p / "cell.json").read_text())["data"]["condition"]: json_.loads((p / "cell.json").read_text())["data"]
+                 for p in (tmp_path / "s" / "cells" / "ablation").iterdir()}
+        mine, ctrl = cells[r.condition]["verdicts"], cells[f"{r.condition}.ctrl-matched-s0"]["verdicts"]
+        uids = sorted(mine)
+        assert (r.b_vs_matched, r.c_vs_matched, r.p_vs_matched) == mcnemar_exact(
+            np.array([mine[u] for u in uids], float), np.array([ctrl[u] for u in uids], float))
+    matched = table[table.control == "matched"].set_index("condition").removed_variance
+    for r in massive.itertuples():  # matched in size
+        assert abs(matched[f"{r.condition}.ctrl-matched-s0"] / r.removed_variance - 1) < 0.10

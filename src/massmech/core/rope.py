@@ -211,6 +211,10 @@ class RopeSpec:
 
         Raises:
             RopeError: The config has no RoPE (GPT-2, OPT ...).
+
+        >>> from transformers import Gemma3TextConfig
+        >>> [round(b) for b in RopeSpec.from_hf_config(Gemma3TextConfig(num_hidden_layers=6, head_dim=64)).bases()[-2:]]
+        [10000, 1000000]
         """
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         params = getattr(text, "rope_parameters", None)

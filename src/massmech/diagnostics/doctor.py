@@ -75,6 +75,28 @@ def _subject(
     return model, reference.to(model.info.device), None
 
 
+def _check_rope_config(model: Any, checks: dict, errors: dict) -> None:
+    """``rope_matches_config``: the spec read from the cos/sin tables equals the one the model's
+    Hugging Face config describes (relative 1e-5 per frequency)."""
+    import numpy as np
+
+    from massmech.core.bridge import hf_model
+    from massmech.core.rope import RopeSpec
+
+    try:
+        ref = RopeSpec.from_hf_config(hf_model(model).config)
+    except RopeError as err:
+        checks["rope_matches_config"] = False
+        errors["rope_matches_config"] = str(err)
+        return
+    got = model.rope
+    same = (got.rotary_dim == ref.rotary_dim and got.layout == ref.layout and got.n_layers == ref.n_layers
+            and np.allclose(np.array(got.inv_freq), np.array(ref.inv_freq), rtol=1e-5, atol=0))
+    checks["rope_matches_config"] = bool(same)
+    if not same:
+        errors["rope_matches_config"] = f"the model's tables give {got}, its config {ref}"
+
+
 def doctor(
     model: Any = DEFAULT_MODEL,
     tokenizer: Any = None,
@@ -100,7 +122,9 @@ def doctor(
     max |diff| <= ``logit_tol``), ``kv_cache`` (the last token decoded with the KV cache of the
     others gives the full forward's logits), ``hooks_fire`` (every Q/K/V site at every layer fires exactly
     once per forward), ``rope_verified`` (RoPE spec matches the rotation applied to Q and K;
-    absent for models without RoPE).
+    absent for models without RoPE). Where the bridge exposes no post-RoPE hook (Phi-3, GPT-NeoX)
+    the rotation cannot be observed: ``rope_verified`` goes to ``skipped`` with the reason and
+    ``rope_matches_config`` checks the spec against the model's config instead.
 
     Returns:
         Dict with ``ok``, ``model``, ``max_abs_logit_diff`` (``None`` if skipped), ``logit_tol``,
@@ -160,8 +184,12 @@ def doctor(
                     for c in report.failures()[:5]
                 )
         except RopeError as err:
-            checks["rope_verified"] = False
-            errors["rope_verified"] = str(err)
+            if "post" in model.stages("q"):
+                checks["rope_verified"] = False
+                errors["rope_verified"] = str(err)
+            else:  # no post-RoPE hook (Phi-3, GPT-NeoX): the rotation cannot be observed; check the config
+                skipped["rope_verified"] = str(err)
+                _check_rope_config(model, checks, errors)
     spec = model.rope_or_none
     return {
         "ok": all(checks.values()),

@@ -40,6 +40,9 @@ def architecture_row(name: str) -> dict[str, str]:
            "stages": "; ".join(f"{s}: {'/'.join(model.stages(s))}" for s in ("q", "k", "v"))}
     verdict = doctor(model)
     row["doctor"] = "ok" if verdict["ok"] else "failed: " + ", ".join(f"{k} ({v})" for k, v in verdict["errors"].items())
+    if verdict["ok"] and verdict["skipped"]:
+        row["doctor"] += "; skipped " + ", ".join(f"{k} ({v})" for k, v in verdict["skipped"].items())
+        row["doctor"] += "; rope_matches_config" if verdict["checks"].get("rope_matches_config") else ""
     steps = []
     try:
         tokens = [[5 + (7 * i) % 200 for i in range(32)] for _ in range(2)]

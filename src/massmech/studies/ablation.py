@@ -45,7 +45,8 @@ from massmech.infra.runs import (
     manifest,
 )
 from massmech.infra.study import CellSpec, Context, run_study
-from massmech.stats import chance_normalised, describe, evaluable, holm
+from massmech.stats import evaluable
+from massmech.studies.ablation_results import consolidate
 
 LAYER_RANGES = ("all", "early", "middle", "late")
 
@@ -250,7 +251,7 @@ class AblationStudy:
         return out
 
     def consolidate(self, config: SweepConfig, cells: dict) -> pd.DataFrame:
-        return _consolidate([cell.data for cell in cells.values()])
+        return consolidate([cell.data for cell in cells.values()])
 
     def finish(self, config: SweepConfig, table: pd.DataFrame, out: Path, ctx: Context) -> dict:
         return {"study": self.name, "cells": len(table), "models": list(config.models), "tasks": list(config.tasks),
@@ -283,10 +284,6 @@ def run_sweep(
     return run_study(ABLATION, config, out, executor=executor, cells=cells, progress=progress)
 
 
-def _chance(cells: list[dict], model_task: tuple[str, str]) -> float:
-    return next(c["chance"] for c in cells if (c["model"], c["task"]) == model_task)
-
-
 def _plain(x: Any, column: str) -> int | float | None:
     """A JSON value: ints for counts, ``None`` for a missing statistic (the baseline's p-value)."""
     if x is None or (isinstance(x, float) and x != x) or pd.isna(x):
@@ -314,50 +311,6 @@ def _calibration_id(config: SweepConfig) -> dict:
 def _calibration(model: LoadedModel, config: SweepConfig):
     windows, _ = calibration_split(model, calib_tokens=config.calib_tokens, seq_len=_CALIB_SEQ_LEN, seed=config.seed)
     return capture_stats(model, windows, sites=("q", "k"), progress=False)
-
-
-COLUMNS = [
-    "model", "task", "kind", "scoring", "condition", "role", "control", "rule", "lam", "k", "target",
-    "stage", "layer_range", "accuracy", "ci_low", "ci_high", "n", "chance", "acc_norm", "evaluable",
-    "n_dims", "removed_variance",
-    "delta", "delta_ci_low", "delta_ci_high", "b", "c", "p_value", "p_holm", "key",
-]
-
-
-def _consolidate(cells: list[dict]) -> pd.DataFrame:
-    """The results table from finished cells (one row each; paired to the baseline of its model and task)."""
-    base = {(c["model"], c["task"]): c["verdicts"] for c in cells if c["role"] == BASELINE}
-    ok = {mt: evaluable(int(sum(v.values())), len(v), _chance(cells, mt)) for mt, v in base.items()}
-    rows = []
-    for c in cells:
-        v = pd.Series(c["verdicts"], dtype=float)
-        b = base.get((c["model"], c["task"]))
-        paired = None if b is None or c["role"] == BASELINE else pd.Series(b, dtype=float).reindex(v.index).to_numpy()
-        stats = describe(v.to_numpy(), baseline=paired, seed=c["seed"])
-        d = c["disruption"] or {}
-        row = {
-            "model": c["model"], "task": c["task"], "kind": c["kind"], "scoring": c["scoring"],
-            "condition": c["condition"], "role": c["role"], "control": d.get("control"),
-            # a rule's parameter only where it applies: a top-k row has no lambda, and vice versa
-            "rule": d.get("rule"), "lam": d.get("lam") if d.get("rule") == "lambda" else None,
-            "k": d.get("k") if d.get("rule") == "topk" else None, "target": d.get("target"),
-            "stage": d.get("stage"), "layer_range": c["layer_range"], "accuracy": stats["mean"],
-            "ci_low": stats["ci_low"], "ci_high": stats["ci_high"], "n": c["n"], "chance": c["chance"],
-            "acc_norm": chance_normalised(stats["mean"], c["chance"]),
-            "evaluable": ok.get((c["model"], c["task"])), "n_dims": c["n_dims"],
-            "removed_variance": c["removed_variance"], "delta": stats.get("delta"),
-            "delta_ci_low": stats.get("delta_ci_low"), "delta_ci_high": stats.get("delta_ci_high"),
-            "b": stats.get("b"), "c": stats.get("c"), "p_value": stats.get("p_value"), "key": c["key"],
-        }
-        rows.append(row)
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    # Holm across the table's evaluable comparisons; rows whose baseline is at chance or floor get none
-    table["p_holm"] = holm([p if e else None for p, e in zip(table["p_value"], table["evaluable"], strict=True)])
-    for col in ("lam", "removed_variance", "delta", "delta_ci_low", "delta_ci_high", "p_value", "p_holm"):
-        table[col] = table[col].astype(float)
-    for col in ("k", "b", "c"):
-        table[col] = table[col].astype("Int64")
-    return table
 
 
 # ------------------------------------------------------------------------ one ablation

@@ -1,0 +1,74 @@
+"""The ablation study's results table: one row per cell, paired tests against the baseline and
+against the variance-matched control, Holm's correction per family (see :mod:`massmech.stats`)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from massmech.causal.evaluate import BASELINE
+from massmech.stats import chance_normalised, describe, evaluable, holm, mcnemar_exact
+
+COLUMNS = [
+    "model", "task", "kind", "scoring", "condition", "role", "control", "rule", "lam", "k", "target",
+    "stage", "layer_range", "accuracy", "ci_low", "ci_high", "n", "chance", "acc_norm", "evaluable",
+    "n_dims", "removed_variance",
+    "delta", "delta_ci_low", "delta_ci_high", "b", "c", "p_value", "p_holm",
+    "b_vs_matched", "c_vs_matched", "p_vs_matched", "p_vs_matched_holm", "key",
+]
+
+
+def consolidate(cells: list[dict]) -> pd.DataFrame:
+    """The results table from finished cells (one row each; paired to the baseline of its model and task)."""
+    base = {(c["model"], c["task"]): c["verdicts"] for c in cells if c["role"] == BASELINE}
+    ok = {mt: evaluable(int(sum(v.values())), len(v), _chance(cells, mt)) for mt, v in base.items()}
+    matched = {_point(c): c["verdicts"] for c in cells if (c["disruption"] or {}).get("control") == "matched"}
+    rows = []
+    for c in cells:
+        v = pd.Series(c["verdicts"], dtype=float)
+        b = base.get((c["model"], c["task"]))
+        paired = None if b is None or c["role"] == BASELINE else pd.Series(b, dtype=float).reindex(v.index).to_numpy()
+        stats = describe(v.to_numpy(), baseline=paired, seed=c["seed"])
+        d = c["disruption"] or {}
+        row = {
+            "model": c["model"], "task": c["task"], "kind": c["kind"], "scoring": c["scoring"],
+            "condition": c["condition"], "role": c["role"], "control": d.get("control"),
+            # a rule's parameter only where it applies: a top-k row has no lambda, and vice versa
+            "rule": d.get("rule"), "lam": d.get("lam") if d.get("rule") == "lambda" else None,
+            "k": d.get("k") if d.get("rule") == "topk" else None, "target": d.get("target"),
+            "stage": d.get("stage"), "layer_range": c["layer_range"], "accuracy": stats["mean"],
+            "ci_low": stats["ci_low"], "ci_high": stats["ci_high"], "n": c["n"], "chance": c["chance"],
+            "acc_norm": chance_normalised(stats["mean"], c["chance"]),
+            "evaluable": ok.get((c["model"], c["task"])), "n_dims": c["n_dims"],
+            "removed_variance": c["removed_variance"], "delta": stats.get("delta"),
+            "delta_ci_low": stats.get("delta_ci_low"), "delta_ci_high": stats.get("delta_ci_high"),
+            "b": stats.get("b"), "c": stats.get("c"), "p_value": stats.get("p_value"), "key": c["key"],
+        }
+        if c["role"] == "massive" and _point(c) in matched:  # the size-matched comparison: massive vs matched
+            m = pd.Series(matched[_point(c)], dtype=float).reindex(v.index).to_numpy()
+            row["b_vs_matched"], row["c_vs_matched"], row["p_vs_matched"] = mcnemar_exact(v.to_numpy(), m)
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    # Holm across the table's evaluable comparisons; rows whose baseline is at chance or floor get none
+    table["p_holm"] = holm([p if e else None for p, e in zip(table["p_value"], table["evaluable"], strict=True)])
+    # a second family: each massive condition against its variance-matched control
+    table["p_vs_matched_holm"] = holm([p if e and p == p else None
+                                      for p, e in zip(table["p_vs_matched"], table["evaluable"], strict=True)])
+    for col in ("lam", "removed_variance", "delta", "delta_ci_low", "delta_ci_high", "p_value", "p_holm",
+                "p_vs_matched", "p_vs_matched_holm"):
+        table[col] = table[col].astype(float)
+    for col in ("k", "b", "c", "b_vs_matched", "c_vs_matched"):
+        table[col] = table[col].astype("Int64")
+    return table
+
+
+def _point(cell: dict) -> tuple:
+    """A cell's grid point without its control: a massive condition and its controls share it."""
+    d = dict(cell["disruption"] or {})
+    d.pop("control", None)
+    return cell["model"], cell["task"], json.dumps(d, sort_keys=True)
+
+
+def _chance(cells: list[dict], model_task: tuple[str, str]) -> float:
+    return next(c["chance"] for c in cells if (c["model"], c["task"]) == model_task)
