@@ -15,3 +15,15 @@ def test_readme_imports_resolve():
     assert lines, "no python examples found"
     for line in lines:
         exec(line, {})  # noqa: S102 - our own README
+
+
+def test_no_false_claim_about_the_papers_code():
+    """Issue 14, finding 7: the paper's code guards its disruption with `if q_len != 1` (decode steps
+    untouched), so it has no per-step-mean bug; the model is SmolLM2-135M-Instruct."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [(root / "README.md").read_text(), (root / "src/massmech/causal/intervention.py").read_text()]
+    for text in texts:
+        assert "bug of the paper" not in text
+    assert "q_len != 1" in texts[0] and "SmolLM2-135M-Instruct" in texts[0]

@@ -71,3 +71,12 @@ def test_holm_matches_statsmodels(ps):
 def test_describe_keeps_bootstrap_for_continuous_values():
     row = describe(np.array([0.2, 0.5, 0.9]), baseline=np.array([0.1, 0.4, 1.0]))
     assert row["p_value"] is None and row["b"] is None and row["delta_ci_low"] <= row["delta"] <= row["delta_ci_high"]
+
+
+def test_rows_at_chance_or_floor_are_not_evaluable():
+    """Issue 14, finding 11: sentiment 0.57 on a balanced 2-way task, GSM8K 0.03-0.05, conflict 0.00."""
+    from massmech.stats import evaluable
+
+    assert not evaluable(57, 100, 0.5) and not evaluable(5, 100, 0.0) and not evaluable(0, 40, 0.0)
+    assert evaluable(73, 100, 1 / 6) and evaluable(41, 100, 0.0)
+    assert holm([0.01, None, 0.02]) == [0.02, None, 0.02]  # rows left out do not enter the correction

@@ -248,3 +248,17 @@ def test_qk_only_arm_keeps_the_massive_rows_or_as_many_others():
         bits[method] = bits_per_value(model, spec, weights, data)
     assert bits["qk-rtn-keep-massive"] == pytest.approx(bits["qk-rtn-keep-random"])
     assert bits["qk-rtn-keep-massive"] > bits["qk-rtn"] > 4
+
+
+def test_gemma3_awq_leaves_attention_projections_as_rtn():
+    """Issue 14, finding 9: on Gemma-3 layouts AWQ smooths only the MLP, so its Q/K/V/O weights are
+    exactly RTN's: its gap over RTN says nothing about the Q/K massive values (and summaries say so)."""
+    from massmech.studies.quant.config import PROTECTS
+
+    awq = compute_weights("tiny-gemma3", QuantSpec("awq", 4, 16), CALIB)
+    rtn = compute_weights("tiny-gemma3", QuantSpec("rtn", 4, 16), CALIB)
+    attn = [k for k in rtn if any(p in k for p in ("q_proj", "k_proj", "v_proj", "o_proj"))]
+    assert attn and all(torch.equal(awq[k], rtn[k]) for k in attn)
+    mlp = [k for k in rtn if "mlp" in k]
+    assert any(not torch.equal(awq[k], rtn[k]) for k in mlp)
+    assert "not q/k/v/o on Gemma-3" in PROTECTS["awq"]
