@@ -150,6 +150,8 @@ def from_activations(
         if len(labels_here) != len(next(iter(per_site.values()))):
             raise CaptureError(f"layers={list(layers)} labels {len(labels_here)} layers; the tensors hold "
                                f"{len(next(iter(per_site.values())))}")
+        if labels is not None and labels_here != labels:
+            raise CaptureError(f"the chunks disagree on their layers: {labels} then {labels_here}")
         labels = labels or labels_here
         xs = {(s, lab): _as_bthd(_load(t), axes, s, lab) for s, ts in per_site.items() for lab, t in zip(labels_here, ts, strict=True)}
         _check({k: tuple(x.shape) for k, x in xs.items()}, rope, n_heads, axes)
