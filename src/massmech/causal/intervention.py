@@ -44,6 +44,12 @@ from massmech.errors import DisruptionError, NoOpDisruptionError
 _END_HOOK = "ln_final.hook_in"
 
 
+def _pooled(means: Tensor, sel: Tensor) -> Tensor:
+    """The official code's replacement: per head, one scalar, the mean over the selected dims of their means."""
+    pooled = (means * sel).sum(-1, keepdim=True) / sel.sum(-1, keepdim=True).clamp_min(1)
+    return pooled.expand_as(means).contiguous()
+
+
 def _matched(key: Tensor, removed: Tensor, sel: Tensor, *, slack: float = 0.05) -> Tensor:
     """Random non-selected dims per head whose removed variance matches that of ``sel``.
 
@@ -244,14 +250,13 @@ class Intervention:
             keep = torch.zeros(n_heads, dtype=torch.bool)
             keep[list(c.heads)] = True
             sel &= keep.view(1, -1, 1).to(sel.device)
+        means = xf.sum(1) / count  # [r, head, d]: each dim's prompt mean
         if c.replace == "mean":
-            value = xf.sum(1) / count
+            value = means
         elif c.replace == "zero":
             value = torch.zeros_like(m)
-        elif c.replace == "pooled_mean":  # the official code: one scalar per head, the mean of the dims' means
-            means = xf.sum(1) / count
-            pooled = (means * sel).sum(-1, keepdim=True) / sel.sum(-1, keepdim=True).clamp_min(1)
-            value = pooled.expand_as(means).contiguous()
+        elif c.replace == "pooled_mean":
+            value = _pooled(means, sel)
         else:
             li = self.calibration.layers.index(layer)
             value = self.calibration.mean(site, stage)[li].float().to(x.device).expand(r, n_heads, d_head)
@@ -260,9 +265,7 @@ class Intervention:
             removed = ((x.float() - value[:, None]) ** 2 * w).sum(1) if c.control == "matched" else None
             sel = self._control(c, site, layer, m, sel, rows, removed)
             if c.replace == "pooled_mean":  # the control's own pooled scalar, as the official code's control
-                means = xf.sum(1) / count
-                pooled = (means * sel).sum(-1, keepdim=True) / sel.sum(-1, keepdim=True).clamp_min(1)
-                value = pooled.expand_as(means).contiguous()
+                value = _pooled(means, sel)
         return sel, value
 
     def _control(
