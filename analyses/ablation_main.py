@@ -24,6 +24,7 @@ import importlib.util
 import pandas as pd
 
 from massmech.causal.tasks.builtin import TASKS
+from massmech.report.tables import ablation_markdown
 from massmech.studies.ablation import run_sweep
 from massmech.studies.presets import preset
 
@@ -47,7 +48,7 @@ def main() -> None:
     cfg = preset("sweep", args.preset, models=tuple(models), n=args.n, tasks=tuple(args.task or TASKS), **extra)
     table = run_sweep(cfg, args.out or f"runs/sweeps/{args.preset}", cells=args.cells)
     if args.markdown:
-        print(markdown(table))
+        print(ablation_markdown(table))
         return
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 20)
@@ -56,26 +57,6 @@ def main() -> None:
     show = table.assign(what=what, cell=cell)
     print(show.pivot_table(index=["model", "kind", "task", "n"], columns="what", values="cell", aggfunc="first"))
     print(show[show.role != "baseline"].pivot_table(index=["model", "task"], columns="what", values="delta").round(3))
-
-
-def markdown(table: pd.DataFrame) -> str:
-    """One row per (model, task, condition): accuracy [Wilson CI], removed variance, the exact McNemar
-    test against the baseline (b/c, p, Holm p) and, for massive rows, against the matched control."""
-    lines = ["| model | task | condition | accuracy [95% CI] | n | removed var. | vs baseline: b / c, p (Holm) "
-             "| vs matched control: b / c, p (Holm) |", "|---|---|---|---|---|---|---|---|"]
-    for r in table.itertuples():
-        what = r.role if r.control is None or r.control != r.control else f"ctrl-{r.control}"
-        task = r.task if r.evaluable else f"{r.task} (not evaluable)"
-        test = vs = "-"
-        if r.role != "baseline":
-            test = f"{r.b} / {r.c}, {r.p_value:.2g}" + (f" ({r.p_holm:.2g})" if r.evaluable else "")
-        if r.role == "massive" and r.p_vs_matched == r.p_vs_matched:
-            vs = f"{r.b_vs_matched} / {r.c_vs_matched}, {r.p_vs_matched:.2g}" + (
-                f" ({r.p_vs_matched_holm:.2g})" if r.evaluable else "")
-        bold = "**" if r.role != "baseline" and r.evaluable and r.p_holm < 0.05 else ""
-        lines.append(f"| {r.model} | {task} | {what} | {bold}{r.accuracy:.2f}{bold} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
-                     f" | {r.n} | {r.removed_variance:.2%} | {test} | {vs} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

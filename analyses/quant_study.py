@@ -14,6 +14,7 @@ import argparse
 
 import pandas as pd
 
+from massmech.report.tables import quant_markdown
 from massmech.studies.presets import preset
 from massmech.studies.quant.config import DEFAULT_TASKS, GRIDS, STUDY_GRID
 from massmech.studies.quant.study import run_quant_study, wide
@@ -37,29 +38,12 @@ def main() -> None:
     pd.set_option("display.max_columns", 40)
     w = wide(table)
     if args.markdown:
-        print(markdown(table, w))
+        print(quant_markdown(table))
         return
     print(f"\n{args.model} (base: {w.base.iloc[0]})\n")
     cols = ["variant", "bits_per_value", "weight_rel_error", "perplexity", *[c for c in w if c.startswith(("recall_", "rel_error_"))],
             *cfg.tasks, "parametric_mean", "contextual_mean"]
     print(w[[c for c in cols if c in w]].round(3).T.to_string(header=False))
-
-
-def markdown(table: pd.DataFrame, w: pd.DataFrame) -> str:
-    """One markdown row per variant: bits, perplexity, Q/K massive recall, K post-RoPE relative
-    errors (massive / other), and each task's accuracy with its 95% CI."""
-    acc = table[table.measure == "accuracy"]
-    tasks = list(dict.fromkeys(acc.task))
-    head = ["variant", "bits", "ppl", "recall Q pre/post, K pre/post", "K post err. massive / other", *tasks]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in w.itertuples():
-        a = acc[acc.variant == r.variant].set_index("task")
-        cells = [r.variant, "-" if pd.isna(r.bits_per_value) else f"{r.bits_per_value:.2f}", f"{r.perplexity:.1f}",
-                 " / ".join(f"{getattr(r, f'recall_{s}'):.2f}" for s in ("q_pre", "q_post", "k_pre", "k_post")),
-                 f"{r.rel_error_massive_k_post:.3f} / {r.rel_error_other_k_post:.3f}",
-                 *(f"{a.value[t]:.2f} [{a.ci_low[t]:.2f}, {a.ci_high[t]:.2f}]" for t in tasks)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

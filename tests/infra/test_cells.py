@@ -99,6 +99,7 @@ PINS = {
     "quant": (3, "a1035405c0512227"),
     "twins": (1, "9311ce6e33ad4242"),
     "analyze": (1, "d6c020ee91228f94"),
+    "twins-train": (1, "215d13e7ba933388"),
 }
 
 
@@ -149,6 +150,18 @@ def _analyze_measure():
     return {f"{s}.{st}": stats.norm(s, st).double().round(decimals=4).flatten().tolist() for s, st in stats.keys()}
 
 
+def _twins_train_measure():
+    import tempfile
+
+    from massmech.studies.twins.config import TwinsConfig
+    from massmech.studies.twins.train import train_variant
+
+    cfg = TwinsConfig(d_model=16, n_layers=1, n_heads=2, d_mlp=32, context=16, batch_size=2, steps=3, warmup=1,
+                      vocab_size=300, checkpoints=(3,), analysis_tokens=64, eval_examples=2)
+    with tempfile.TemporaryDirectory() as out:
+        return [round(r["loss"], 4) for r in train_variant(cfg, "rope", out, device="cpu", progress=False)]
+
+
 def test_every_study_with_cells_has_a_pin():
     assert set(PINS) == set(CELL_VERSIONS)
 
@@ -156,7 +169,7 @@ def test_every_study_with_cells_has_a_pin():
 @pytest.mark.parametrize("study", sorted(PINS))
 def test_measure_outputs_are_pinned_with_the_cell_version(study):
     measure = {"ablation": _ablation_measure, "quant": _quant_measure, "twins": _twins_measure,
-               "analyze": _analyze_measure}[study]
+               "analyze": _analyze_measure, "twins-train": _twins_train_measure}[study]
     version, digest = PINS[study]
     got = (CELL_VERSIONS[study], _digest(measure()))
     assert got == (version, digest), (

@@ -157,9 +157,16 @@ def test_parallel_workers_train_like_one_process(tmp_path):
     """Variants trained as separate worker processes equal the in-process run, bit for bit."""
     cfg = SMALL.replace(steps=4, checkpoints=(4,))
     par = train_all(cfg, tmp_path / "par", workers=2, variants=["rope", "absolute"], progress=False)
+    trainer = tmp_path / "par" / "checkpoints" / "rope" / "step_000004" / "trainer.pt"
+    stamp = trainer.stat().st_mtime_ns
+    again = train_all(cfg, tmp_path / "par", workers=2, variants=["rope", "absolute"], progress=False)
+    assert trainer.stat().st_mtime_ns == stamp  # the rerun found both variants trained in its cells
     seq = train_all(cfg, tmp_path / "seq", workers=1, variants=["rope", "absolute"], progress=False)
-    assert par == seq and len(par["absolute"]) == 4
-    assert (tmp_path / "par" / "checkpoints" / "rope.log").is_file()
+    assert par == seq == again and len(par["absolute"]) == 4
+    from massmech.infra.cells import CellStore
+
+    store = CellStore(tmp_path / "par" / "cells", "twins-train")
+    assert sorted(store.get(k).data["variant"] for k in store.keys()) == ["absolute", "rope"]
     loaded = load_twin(tmp_path / "par" / "checkpoints" / "absolute" / "step_000004")
     assert loaded.config.position == "absolute" and loaded.model.embed_positions is not None
     assert load_twin(tmp_path / "par" / "checkpoints" / "rope" / "step_000004").config.position == "rope"
@@ -267,3 +274,17 @@ def test_seed_replicas_train_from_their_own_shared_init(tmp_path):
     key = next(k for k in w["rope"] if k.endswith("q_proj.weight"))
     assert not torch.equal(w["rope"][key], w["rope-seed1"][key])  # another seed, another init
     assert torch.equal(w["rope-seed1"][key], w["nope-seed1"][key])  # the twins of one seed share it
+
+
+def test_mixed_precision_training_resumes_bit_for_bit(tmp_path):
+    """bf16 autocast (the GPU default, forced here on the CPU): finite, not the fp32 arithmetic, and
+    resumable from a checkpoint exactly as the fp32 path is."""
+    cfg = SMALL.replace(steps=6, checkpoints=(3, 6), precision="bf16")
+    full = train_variant(cfg, "rope", tmp_path / "a", device="cpu", progress=False)
+    train_variant(cfg, "rope", tmp_path / "b", stop_at=3, device="cpu", progress=False)
+    resumed = train_variant(cfg, "rope", tmp_path / "b", device="cpu", progress=False)
+    assert resumed == full and all(math.isfinite(r["loss"]) for r in full)
+    fp32 = train_variant(cfg.replace(precision="fp32"), "rope", tmp_path / "c", device="cpu", progress=False)
+    assert [r["loss"] for r in fp32] != [r["loss"] for r in full]
+    with pytest.raises(TwinError, match="precision"):
+        SMALL.replace(precision="fp8")

@@ -32,7 +32,13 @@ from massmech.errors import HookError
 
 @dataclass(frozen=True)
 class Masks:
-    """``full``: real tokens (prompt and scored answer); ``prompt``: the prompt's tokens."""
+    """``full``: real tokens (prompt and scored answer); ``prompt``: the prompt's tokens.
+
+    >>> import torch
+    >>> m = Masks(full=torch.tensor([[True, True, True]]), prompt=torch.tensor([[True, True, False]]))
+    >>> m.at("prompt", 1, 3).tolist(), m.at("prompt", 1, 1)  # a one-token decode step: None
+    ([[True, True, False]], None)
+    """
 
     full: Bool[Tensor, "batch pos"]
     prompt: Bool[Tensor, "batch pos"]
@@ -42,6 +48,12 @@ class Masks:
 
         ``None`` for a one-token decode step of a generation (its only position is real); an
         activation of another shape is an error (a hook sees a batch it was not told about).
+
+        >>> import torch
+        >>> Masks(torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool)).at("full", 4, 3)
+        Traceback (most recent call last):
+        ...
+        massmech.errors.HookError: the announced batch masks are (2, 3), the activation is (4, 3)
         """
         mask = getattr(self, which)
         if mask.shape == (batch, pos):
@@ -56,7 +68,13 @@ _CURRENT: contextvars.ContextVar[Masks | None] = contextvars.ContextVar("massmec
 
 @contextlib.contextmanager
 def batch_masks(full: Tensor, prompt: Tensor | None = None) -> Iterator[Masks]:
-    """Announce the masks of the forward passes inside the block (see the module docstring)."""
+    """Announce the masks of the forward passes inside the block (see the module docstring).
+
+    >>> import torch
+    >>> with batch_masks(torch.tensor([[1, 1, 0]])) as masks:  # no prompt mask: the prompt is every real token
+    ...     masks.prompt.tolist(), current_masks() is masks
+    ([[True, True, False]], True)
+    """
     full = full.bool()
     masks = Masks(full, full if prompt is None else prompt.bool())
     token = _CURRENT.set(masks)
@@ -67,5 +85,9 @@ def batch_masks(full: Tensor, prompt: Tensor | None = None) -> Iterator[Masks]:
 
 
 def current_masks() -> Masks | None:
-    """The masks announced for the current forward pass, or ``None`` (every position is real)."""
+    """The masks announced for the current forward pass, or ``None`` (every position is real).
+
+    >>> current_masks() is None  # outside an evaluation loop
+    True
+    """
     return _CURRENT.get()

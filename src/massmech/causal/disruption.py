@@ -60,6 +60,14 @@ class Disruption:
         control: ``None`` (disrupt the selected dims) or a control (see module docstring).
         kv_cache: ``"prefill"`` or ``"every_step"``.
         seed: Seed of the random controls.
+
+    >>> d = Disruption(target="qk", stage="post", rule="topk", k=2)
+    >>> d.sites, d.label()
+    (('q', 'k'), 'qk.post.top2')
+    >>> Disruption(rule="dims")
+    Traceback (most recent call last):
+    ...
+    massmech.errors.DisruptionError: rule='dims' needs dims=(...)
     """
 
     target: str = "qk"
@@ -116,7 +124,12 @@ class Disruption:
         return TARGETS[self.target]
 
     def as_control(self, control: str = "matched") -> Disruption:
-        """The same disruption with a control instead of the selected dims."""
+        """The same disruption with a control instead of the selected dims.
+
+        >>> d = Disruption(rule="topk", k=1)
+        >>> d.as_control().label(), d.as_control("lowest").label()
+        ('qk.pre.top1.ctrl-matched-s0', 'qk.pre.top1.ctrl-lowest')
+        """
         return replace(self, control=control)
 
     def protocol(self, control: str | None = None) -> str:
@@ -144,15 +157,30 @@ class Disruption:
         return text
 
     def to_dict(self) -> dict:
+        """All fields as a dict (see :meth:`from_dict`).
+
+        >>> Disruption(layers=[0, 1]).to_dict()
+        {'target': 'qk', 'stage': 'pre', 'rule': 'lambda', 'lam': 5.0, 'k': 4, 'dims': (), 'selection': 'prompt', 'replace': 'mean', 'layers': (0, 1), 'heads': None, 'control': None, 'kv_cache': 'prefill', 'seed': 0}
+        """
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Disruption:
-        """Inverse of :meth:`to_dict` (also after a JSON round trip, which turns tuples into lists)."""
+        """Inverse of :meth:`to_dict` (also after a JSON round trip, which turns tuples into lists).
+
+        >>> import json
+        >>> d = Disruption(rule="dims", dims=[3, 7], heads=[0])
+        >>> Disruption.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+        True
+        """
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def label(self) -> str:
-        """Short, stable, human-readable name (used as a condition id in sweeps)."""
+        """Short, stable, human-readable name (used as a condition id in sweeps).
+
+        >>> Disruption(target="k", lam=3, layers=range(2, 5), kv_cache="every_step").label()
+        'k.pre.lam3.L2-4.every_step'
+        """
         sel = {"lambda": f"lam{self.lam:g}", "topk": f"top{self.k}", "dims": "dims" + "-".join(map(str, self.dims))}[self.rule]
         parts = [self.target, self.stage, sel]
         if self.layers is not None:
@@ -176,6 +204,12 @@ class Disruption:
             DisruptionError: A site/stage the model lacks, k or dims beyond ``d_head``, layers
                 or heads out of range, a band control on a model without RoPE, or a missing or
                 mismatched calibration.
+
+        >>> import massmech as mm
+        >>> Disruption(stage="post").validate(mm.load_model("tiny-gpt2"))
+        Traceback (most recent call last):
+        ...
+        massmech.errors.DisruptionError: tiny-gpt2 has no 'post' stage for 'q' (it has ('pre',)): use stage='pre'; the model has no RoPE, so no post-RoPE site
         """
         info = model.info
         for site in self.sites:
@@ -222,6 +256,16 @@ class Disruption:
         For inputs without padding; use :class:`Intervention` with masks otherwise. The list
         ends with a guard hook that raises :class:`NoOpDisruptionError` after a forward pass
         in which a row changed nothing.
+
+        >>> import massmech as mm, torch
+        >>> model = mm.load_model("tiny-llama")
+        >>> hooks = Disruption(target="k", rule="topk", k=1).to_hooks(model)
+        >>> [name for name, _ in hooks]  # K of each layer, then the end-of-forward guard
+        ['blocks.0.attn.hook_k', 'blocks.1.attn.hook_k', 'ln_final.hook_in']
+        >>> with torch.inference_mode(), model.bridge.hooks(fwd_hooks=hooks):
+        ...     logits = model.bridge(torch.tensor([[5, 6, 7, 8]]))
+        >>> tuple(logits.shape)
+        (1, 4, 259)
         """
         from massmech.causal.intervention import Intervention  # it builds on this module
 

@@ -58,6 +58,10 @@ def encode(model: LoadedModel, ex: Example) -> tuple[list[int], list[list[int]]]
 
     An example with ``chat=True`` is asked as a user turn of the model's chat template (instruct
     models); without a template it is asked as plain text.
+
+    >>> import massmech as mm
+    >>> encode(mm.load_model("tiny-llama"), Example(uid=0, prompt="2+2=", answer=" 4"))  # byte tokens, BOS 257
+    ([257, 17, 10, 17, 28], [[220, 19]])
     """
     tails = [ex.answer] if not ex.options else list(ex.options)
     template = getattr(model.tokenizer, "chat_template", None)
@@ -135,6 +139,13 @@ def evaluate(
         NoOpDisruptionError: A disruption changed nothing for some example.
         ValueError: No conditions, an example longer than the model's context, or examples
             that do not fit the scoring.
+
+    >>> import massmech as mm
+    >>> from massmech.causal.tasks.builtin import get_task
+    >>> conditions = {"baseline": None, "massive": Disruption(rule="topk", k=2)}
+    >>> df = evaluate(mm.load_model("tiny-llama"), get_task("kv_lookup", n_pairs=2), conditions, n=4, progress=False)
+    >>> df.groupby("condition", sort=False).n_dims.max().to_dict(), df.columns.tolist()
+    ({'baseline': 0, 'massive': 24}, ['condition', 'uid', 'group', 'correct', 'pred', 'n_dims', 'removed_variance'])
     """
     examples, scoring = _resolve(examples, scoring, n, seed)
     if not conditions:
@@ -227,6 +238,15 @@ def generate_exact(
 
     Returns:
         The same table as :func:`evaluate` (``pred``: the decoded generated answer tokens).
+
+    >>> import massmech as mm
+    >>> from massmech.causal.tasks.builtin import get_task
+    >>> model, task = mm.load_model("tiny-llama"), get_task("kv_lookup", n_pairs=2)
+    >>> conditions = {"baseline": None, "massive": Disruption(rule="topk", k=2)}
+    >>> generated = generate_exact(model, task, conditions, n=2, progress=False)
+    >>> forced = evaluate(model, task, conditions, n=2, progress=False)
+    >>> len(generated), bool((generated.correct == forced.correct).all())  # the two paths agree
+    (4, True)
     """
     examples, scoring = _resolve(examples, "exact", n, seed)
     names = list(conditions)
@@ -317,6 +337,11 @@ def perplexity(
 
     Raises:
         ValueError: No window has two tokens.
+
+    >>> import massmech as mm
+    >>> out = perplexity(mm.load_model("tiny-llama"), [[5, 6, 7, 8], [9, 10]])
+    >>> out["n_tokens"], round(out["perplexity"])  # a random model: about the vocabulary size
+    (4, 257)
     """
     windows = [list(w) for w in windows if len(w) >= 2]
     if not windows:
@@ -354,6 +379,13 @@ def summarize(df: pd.DataFrame, *, baseline: str = BASELINE, n_boot: int = 2000,
         One row per condition: ``condition, accuracy, ci_low, ci_high, n, n_dims,
         removed_variance`` and, when the baseline is present, ``delta, delta_ci_low,
         delta_ci_high, b, c, p_value`` (paired over uids; ``None`` for the baseline itself).
+
+    >>> df = pd.DataFrame({"condition": ["baseline"] * 4 + ["massive"] * 4, "uid": [0, 1, 2, 3] * 2,
+    ...                    "correct": [1, 1, 1, 0, 0, 1, 0, 0], "n_dims": [0] * 4 + [6] * 4})
+    >>> summarize(df)[["condition", "accuracy", "n", "n_dims", "delta", "b", "c", "p_value"]]
+      condition  accuracy  n  n_dims  delta    b    c  p_value
+    0  baseline      0.75  4     0.0    NaN  NaN  NaN      NaN
+    1   massive      0.25  4     6.0   -0.5  0.0  2.0      0.5
     """
     rows = []
     base = df[df.condition == baseline].set_index("uid").correct if baseline in set(df.condition) else None

@@ -104,6 +104,15 @@ class Intervention:
     the disrupted positions. Under mean replacement that is exactly the share of token variance
     the disruption removed; a control that replaces more dims of smaller variance can remove as
     much (see ``control="matched"``).
+
+    >>> import massmech as mm
+    >>> model = mm.load_model("tiny-llama")
+    >>> iv = Intervention(model, [None, Disruption(rule="topk", k=1)])  # row 0: baseline, row 1: top-1
+    >>> iv.set_batch(torch.tensor([-1, 1]), prompt_mask=torch.tensor([[True, True, True, False]] * 2))
+    >>> with torch.inference_mode(), iv.active():
+    ...     _ = model.bridge(torch.tensor([[5, 6, 7, 8]] * 2), return_type=None)
+    >>> iv.last_selected.tolist(), iv.last_changed.tolist()  # 2 layers x 6 Q/K heads; x 3 prompt tokens
+    ([0, 12], [0, 36])
     """
 
     def __init__(
@@ -420,6 +429,13 @@ def disrupt(
 
     For inputs without padding; for padded batches call ``set_batch`` on the yielded
     :class:`Intervention` with the masks.
+
+    >>> import massmech as mm
+    >>> model = mm.load_model("tiny-llama")
+    >>> with torch.inference_mode(), disrupt(model, Disruption(rule="topk", k=2)) as iv:
+    ...     _ = model.bridge(torch.tensor([[5, 6, 7, 8]]), return_type=None)
+    >>> iv.last_selected.tolist(), round(float(iv.last_removed[0]), 2)
+    ([24], 0.27)
     """
     iv = Intervention(model, [disruption], calibration=calibration)
     with iv.active():

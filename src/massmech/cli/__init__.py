@@ -22,6 +22,7 @@ from massmech.cli.commands import (
     _cmd_models,
     _cmd_quant_study,
     _cmd_quantize,
+    _cmd_report,
     _cmd_sweep,
     _cmd_twins,
     _group_size,
@@ -49,6 +50,13 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    help="embedded name (see `massmech models`), .gguf path, local folder or hub id")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPE_NAMES), help="weight dtype")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    _placement_flags(p)
+
+
+def _placement_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device-map", metavar="MAP", help="shard over devices with accelerate instead of --device: auto, "
+                   "balanced, sequential, or a JSON object module -> device")
+    p.add_argument("--offload-folder", metavar="DIR", help="where --device-map entries 'disk' keep their weights")
 
 
 def _out_flags(p: argparse.ArgumentParser, what: str, required: bool) -> None:
@@ -60,8 +68,14 @@ def _out_flags(p: argparse.ArgumentParser, what: str, required: bool) -> None:
 def _study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="study folder: new, or a previous run of this study (resumed)")
     p.add_argument("--cells", metavar="DIR", help="a cell store shared between runs (default: OUT/cells)")
-    p.add_argument("--executor", default="serial", choices=["serial", "processes"], help="who computes the cells")
-    p.add_argument("--workers", type=int, help="--executor processes: worker processes (default: one per core)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPE_NAMES),
+                   help="weight dtype of every model (not float32: cells of its own)")
+    p.add_argument("--device", default=None, help="torch device of every model, e.g. cuda (default: cpu)")
+    _placement_flags(p)
+    p.add_argument("--executor", default="serial", choices=["serial", "processes", "ray"],  # = infra.executors.EXECUTORS (tested)
+                   help="who computes the cells: this process, local processes, or a Ray cluster (pip install 'massmech[ray]')")
+    p.add_argument("--workers", type=int, help="--executor processes/ray: workers (default: one per core, or per GPU on Ray)")
+    p.add_argument("--address", help="--executor ray: the cluster (auto, HOST:PORT, ray://HOST:10001; default: a local Ray)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -142,6 +156,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--preset", default="demo", choices=names()["twins"] if full("twins") else None, help="tiny, demo (about 15 min on 2 cores) or paper (one GPU)")
     t.add_argument("--out", required=True, help="twins folder (new, or a previous twins run: resumed; analysis/ replaced)")
     t.add_argument("--workers", type=int, help="variants trained in parallel (default: one per CPU core)")
+    t.add_argument("--executor", default="processes", choices=["serial", "processes", "ray"],
+                   help="who trains the variants and analyses the checkpoints (ray: one variant per worker or GPU)")
+    t.add_argument("--address", help="--executor ray: the cluster (auto, HOST:PORT; default: a local Ray)")
     t.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     t.add_argument("--json", action="store_true", help="print the summary as JSON")
     if full("twins"):
@@ -186,6 +203,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="gc: only say what would be removed")
     s.add_argument("--json", action="store_true", help="ls: one JSON record per cell")
     s.set_defaults(func=_cmd_cells)
+
+    g = sub.add_parser("report", help="results pages generated from run folders: one run, the claim ledger, the docs",
+                       formatter_class=_HELP)
+    g.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders to render (one page each)")
+    g.add_argument("--markdown", action="store_true", help="print markdown (the default output format)")
+    g.add_argument("--ledger", metavar="RUNS_ROOT", help="render the claim ledger from the run folders under RUNS_ROOT")
+    g.add_argument("--docs", metavar="RUNS_ROOT", help="regenerate the docs' ledger, results pages and gallery "
+                   "(docs/ledger.md, docs/results/, docs/gallery.md) from RUNS_ROOT")
+    g.add_argument("--out", metavar="PATH", help="write the page here (atomically; only over a generated page); "
+                   "with --docs: the docs folder (default docs)")
+    g.add_argument("--models", metavar="M1,M2", help="models of the ledger (default: the embedded models)")
+    g.add_argument("--figures", default="figures", metavar="DIR", help="with --docs: what `make figures` wrote")
+    g.set_defaults(func=_cmd_report)
 
     m = sub.add_parser("models", help="the models known by name: installed, extra, random init, size",
                        formatter_class=_HELP)

@@ -90,7 +90,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         check_out(args.out, "ablate", overwrite=args.overwrite)
     from massmech.core.loading import load_model
 
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                       offload_folder=args.offload_folder)
     layers = layer_range(args.disrupt_layers, model.info.n_layers)
     d = Disruption(
         target=args.target, stage=args.stage, rule=args.rule, lam=args.lam, k=args.k,
@@ -117,6 +118,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_twins(args: argparse.Namespace) -> int:
     import os
 
+    from massmech.infra.executors import resolve_executor
     from massmech.studies.presets import config_class, preset
     from massmech.studies.twins.study import run_twins
 
@@ -124,8 +126,15 @@ def _cmd_twins(args: argparse.Namespace) -> int:
     if "steps" in given and "checkpoints" not in given:  # a shorter run keeps the checkpoints it reaches
         given["checkpoints"] = tuple(s for s in preset("twins", args.preset).checkpoints if s <= given["steps"])
     cfg = preset("twins", args.preset, **given)
-    workers = args.workers or min(len(cfg.variants), os.cpu_count() or 1)
-    summary = run_twins(cfg, args.out, workers=workers, device=args.device, progress=not args.json)
+    if args.address and args.executor != "ray":
+        raise ConfigError("--address needs --executor ray")
+    if args.executor == "serial":
+        executor = resolve_executor("serial")
+    elif args.executor == "processes":
+        executor = resolve_executor("processes", workers=args.workers or min(len(cfg.variants), os.cpu_count() or 1))
+    else:
+        executor = resolve_executor("ray", workers=args.workers, address=args.address)
+    summary = run_twins(cfg, args.out, device=args.device, executor=executor, progress=not args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -212,6 +221,35 @@ def _cmd_cells(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from massmech.report.pages import render_run, write_page
+
+    chosen = sum(map(bool, (args.runs, args.ledger, args.docs)))
+    if chosen != 1:
+        raise ConfigError("pass run folders, or --ledger RUNS_ROOT, or --docs RUNS_ROOT (one of them)")
+    if args.docs:
+        from massmech.report.docs import write_docs
+        from massmech.report.ledger import MODELS
+
+        models = tuple(args.models.split(",")) if args.models else MODELS
+        for path in write_docs(args.docs, args.out or "docs", models=models, figures_dir=args.figures):
+            print(path)
+        return 0
+    if args.ledger:
+        from massmech.report.ledger import MODELS, ledger_markdown
+
+        text = ledger_markdown(args.ledger, tuple(args.models.split(",")) if args.models else MODELS)
+    else:
+        if args.out and len(args.runs) > 1:
+            raise ConfigError("--out takes one run folder")
+        text = "\n".join(render_run(r) for r in args.runs)
+    if args.out:
+        print(write_page(args.out, text))
+    else:
+        print(text, end="")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     rows = model_catalog()
     if args.json:
@@ -230,16 +268,28 @@ def _run_study(args: argparse.Namespace, study: str, skip: tuple[str, ...] = ())
     from massmech.studies.presets import config_class, preset
 
     cfg = preset(study, args.preset, **overrides(args, config_class(study), skip=skip))
-    executor = resolve_executor(args.executor, **({"workers": args.workers} if args.executor == "processes" else {}))
+    if args.executor == "serial" and (args.workers or args.address):
+        raise ConfigError("--workers and --address need --executor processes or ray")
+    if args.address and args.executor != "ray":
+        raise ConfigError("--address needs --executor ray")
+    executor = resolve_executor(args.executor, workers=args.workers,
+                                **({"address": args.address} if args.executor == "ray" else {}))
+    from massmech.core.loading import check_device, check_device_map, resolve_dtype
+
+    check_device_map(args.device_map, check_device(args.device), args.offload_folder)
+    resolve_dtype(args.dtype)
+    load = {"dtype": args.dtype, "device": args.device, "device_map": args.device_map,
+            "offload_folder": args.offload_folder}
     if study == "sweep":
         from massmech.studies.ablation import run_sweep
 
-        run_sweep(cfg, args.out, cells=args.cells, executor=executor, progress=not args.json)
+        run_sweep(cfg, args.out, cells=args.cells, executor=executor, load_options=load, progress=not args.json)
     else:
-        from massmech.infra.study import run_study
+        from massmech.infra.study import Context, run_study
         from massmech.studies.quant.study import QUANT
 
-        run_study(QUANT, cfg, args.out, cells=args.cells, executor=executor, progress=not args.json)
+        run_study(QUANT, cfg, args.out, cells=args.cells, executor=executor, ctx=Context(load_options=load),
+                  progress=not args.json)
     summary = json.loads((Path(args.out) / "summary.json").read_text())
     print(json.dumps(summary, indent=2) if args.json else f"{study} ({args.preset}) -> {args.out}: results.parquet, summary.json")
     return summary

@@ -129,6 +129,11 @@ def from_activations(
         CaptureError: An axis count that does not match ``axes``, a last axis that is not
             ``d_head``, sites that disagree on batch and tokens, heads other than ``n_heads``, a
             mask of another shape, unreadable files.
+
+    >>> chunks = ({"k": torch.ones(1, 3, 2, 8)} for _ in range(2))  # streamed: two chunks of one run
+    >>> stats = from_activations(chunks, mask=[True, True, False])  # the last token is padding
+    >>> stats.n_tokens, stats.n_sequences, stats.keys()
+    (4, 2, [('k', 'pre')])
     """
     from massmech.core.capture import QKVStats
 

@@ -22,6 +22,11 @@ def kv_cache_compat() -> None:
     skip the cache update, so every cached decode step attends to itself alone (generation
     through the bridge silently ignores the prompt). This forwards ``cache`` under the name
     the bridge reads. ``tests/test_models.py`` checks cached decoding against a full forward.
+
+    >>> kv_cache_compat(); kv_cache_compat()  # installs the shim once
+    >>> from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+    >>> AttentionBridge._update_kv_cache._massmech_compat
+    True
     """
     from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
@@ -43,6 +48,11 @@ def reloadable_tokenizer(tokenizer: Any) -> Any:
 
     The bridge re-opens a tokenizer from ``name_or_path`` to add a BOS token; a tokenizer built
     in memory has no such path (``KeyError: 'name_or_path'`` inside TransformerLens).
+
+    >>> from massmech.core.tiny import tiny_model
+    >>> _, tok = tiny_model("tiny-llama", seed=0)
+    >>> reloadable_tokenizer(tok) is tok  # read from a folder: re-openable as it is
+    True
     """
     where = tokenizer.init_kwargs.get("name_or_path") or getattr(tokenizer, "name_or_path", "")
     if where and Path(where).is_dir() and any(
@@ -59,6 +69,22 @@ def reloadable_tokenizer(tokenizer: Any) -> Any:
 
 
 def boot(hf_model: Any, tokenizer: Any, name: str) -> Any:
+    """Boot a ``TransformerBridge`` around a Hugging Face causal LM (no hub call).
+
+    The model is put in eval mode and its config gains ``architectures`` if missing; the bridge
+    wraps its modules (see :func:`massmech.wrap`, which builds a ``LoadedModel`` on top).
+
+    Args:
+        hf_model: The Hugging Face model; modified in place.
+        tokenizer: Its tokenizer (an in-memory one is saved to a folder first).
+        name: The bridge's model name.
+
+    >>> from massmech.core.tiny import tiny_model
+    >>> hf, tok = tiny_model("tiny-llama", seed=0)
+    >>> bridge = boot(hf, tok, "mine")
+    >>> is_bridge(bridge), is_bridge(hf), bridge.cfg.n_layers
+    (True, False, 2)
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     kv_cache_compat()
@@ -79,30 +105,57 @@ def hf_model(bridge: Any) -> Any:
 
     Modules reached through it are the ones the bridge runs, so editing their weights changes
     what the bridge computes.
+
+    >>> import massmech as mm
+    >>> model = mm.load_model("tiny-llama")
+    >>> type(hf_model(model)).__name__, hf_model(model) is hf_model(model.bridge)
+    ('LlamaForCausalLM', True)
     """
     bridge = getattr(bridge, "bridge", bridge)  # a LoadedModel holds its bridge
     return bridge.original_model
 
 
 def unwrap(module: Any) -> Any:
-    """The HF module inside a bridge component, or the module itself if it is not wrapped."""
+    """The HF module inside a bridge component, or the module itself if it is not wrapped.
+
+    >>> import massmech as mm
+    >>> blocks = mm.load_model("tiny-llama").bridge.blocks
+    >>> type(blocks[0]).__name__, type(unwrap(blocks[0])).__name__, unwrap(unwrap(blocks[0])) is unwrap(blocks[0])
+    ('BlockBridge', 'LlamaDecoderLayer', True)
+    """
     return getattr(module, _WRAPPER, module)
 
 
 def is_wrapper(module: Any) -> bool:
-    """Whether ``module`` is a bridge component that wraps an HF module."""
+    """Whether ``module`` is a bridge component that wraps an HF module.
+
+    >>> import massmech as mm
+    >>> block = mm.load_model("tiny-llama").bridge.blocks[0]
+    >>> is_wrapper(block), is_wrapper(unwrap(block))
+    (True, False)
+    """
     import torch.nn as nn
 
     return isinstance(getattr(module, _WRAPPER, None), nn.Module)
 
 
 def clean_name(name: str) -> str:
-    """A parameter or module name as the plain HF model spells it (bridge wrapper levels removed)."""
+    """A parameter or module name as the plain HF model spells it (bridge wrapper levels removed).
+
+    >>> clean_name("model.layers.0._original_component.self_attn._original_component.q_proj.weight")
+    'model.layers.0.self_attn.q_proj.weight'
+    """
     return name.replace(f"{_WRAPPER}.", "").replace(f".{_WRAPPER}", "")
 
 
 def is_bridge(model: Any) -> bool:
-    """Whether ``model`` is a TransformerLens ``TransformerBridge``."""
+    """Whether ``model`` is a TransformerLens ``TransformerBridge``.
+
+    >>> import massmech as mm
+    >>> model = mm.load_model("tiny-llama")
+    >>> is_bridge(model.bridge), is_bridge(model)
+    (True, False)
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     return isinstance(model, TransformerBridge)

@@ -16,7 +16,11 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 def available_models() -> list[str]:
-    """Names :func:`load_model` knows without a hub id or a path."""
+    """Names :func:`load_model` knows without a hub id or a path.
+
+    >>> available_models()
+    ['smollm2-135m', 'gemma3-270m', 'tiny-llama', 'tiny-qwen2', 'tiny-gemma3', 'tiny-gpt2']
+    """
     return [*EMBEDDED_MODELS, *TINY_MODELS]
 
 
@@ -52,5 +56,9 @@ def model_catalog() -> list[dict]:
 
 
 def cache_dir() -> Path:
-    """Where massmech keeps assembled model files (``$MASSMECH_CACHE`` or ``~/.cache/massmech``)."""
+    """Where massmech keeps assembled model files (``$MASSMECH_CACHE`` or ``~/.cache/massmech``).
+
+    >>> str(cache_dir()) == os.environ.get("MASSMECH_CACHE", str(Path.home() / ".cache" / "massmech"))
+    True
+    """
     return Path(os.environ.get("MASSMECH_CACHE", Path.home() / ".cache" / "massmech"))

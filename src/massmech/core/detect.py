@@ -30,7 +30,14 @@ MEANS = ("head", "layer")
 
 
 def check_rule(rule: str = "lambda", *, lam: float = 5.0, k: int = 4, mean: str = "head", d_head: int | None = None) -> None:
-    """Raise :class:`~massmech.errors.AnalysisError` if a massive rule's parameters are invalid."""
+    """Raise :class:`~massmech.errors.AnalysisError` if a massive rule's parameters are invalid.
+
+    >>> check_rule("topk", k=2, d_head=64)  # valid: returns None
+    >>> check_rule("topk", k=3, d_head=2)
+    Traceback (most recent call last):
+    ...
+    massmech.errors.AnalysisError: k must be in [1, d_head=2], got 3
+    """
     if rule not in RULES:
         raise AnalysisError(f"rule must be 'lambda' or 'topk', got {rule!r}")
     if mean not in MEANS:
@@ -46,6 +53,10 @@ def massive_reference(m: Float[Tensor, "*lead head d"], mean: str = "head") -> F
 
     ``"head"``: the mean over the head's dims (the paper); ``"layer"``: over every head and dim
     of the layer (the last two axes).
+
+    >>> m = torch.tensor([[1.0, 3.0], [5.0, 7.0]])  # [head, d]
+    >>> massive_reference(m).tolist(), massive_reference(m, "layer").tolist()
+    ([[2.0, 2.0], [6.0, 6.0]], [[4.0, 4.0], [4.0, 4.0]])
     """
     ref = m.mean(-1, keepdim=True) if mean == "head" else m.mean((-2, -1), keepdim=True)
     return ref.expand_as(m)
@@ -108,6 +119,18 @@ def detect_massive(
         ``site, stage, layer, head, dim, pair, frequency, wavelength, M, ratio`` where ``pair``
         is the RoPE pair (-1: not rotated, V, or no RoPE), ``frequency`` in rad/token (NaN without
         RoPE), ``wavelength`` in tokens, and ``ratio = M / mean``.
+
+    >>> from massmech.core.activations import from_activations
+    >>> from massmech.core.rope import RopeSpec
+    >>> q = torch.ones(1, 8, 2, 8)  # [batch, tokens, heads, d_head]
+    >>> q[..., 7] = 30.0  # dim 7 of both heads: the slow half of pair 3
+    >>> stats = from_activations({"q": q}, rope=RopeSpec.from_base(10_000, 8))
+    >>> detect_massive(stats)[["site", "stage", "layer", "head", "dim", "pair", "ratio"]]
+      site stage  layer  head  dim  pair     ratio
+    0    q   pre      0     0    7     3  6.486486
+    1    q   pre      0     1    7     3  6.486486
+    >>> detect_massive(stats, rule="topk", k=1).dim.tolist()
+    [7, 7]
     """
     check_rule(rule, lam=lam, k=k, mean=mean)
     keys = [

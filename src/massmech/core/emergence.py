@@ -44,6 +44,9 @@ class Emergence:
             interval), ``band_pairs`` (pairs in the band), ``n_chunks``.
         summary: site -> factor -> emergence layer (``None``: Q/K never stay above V).
         params: The settings.
+
+    >>> Emergence(pd.DataFrame(), {"q": {1.0: 0}, "k": {1.0: None}}, {"factors": [1.0], "n_chunks": 4})
+    Emergence(layer at factor 1: {'q': 0, 'k': None}, factors=[1.0], n_chunks=4)
     """
 
     layers: pd.DataFrame
@@ -80,6 +83,24 @@ def emergence(
         n_boot: Bootstrap resamples of the chunks.
         alpha: 1 - interval coverage.
         seed: Bootstrap seed.
+
+    Returns:
+        :class:`Emergence`.
+
+    Raises:
+        AnalysisError: Fewer than 2 chunks, or Q, K or V pre-RoPE missing.
+        RopeError: The statistics come from a model without RoPE.
+
+    >>> import torch
+    >>> from massmech.core.activations import from_activations
+    >>> from massmech.core.rope import RopeSpec
+    >>> def chunk(seed):  # Q with its slowest pair (dims 3, 7) 4x larger than K and V
+    ...     x = torch.randn(4, 16, 2, 8, generator=torch.Generator().manual_seed(seed))
+    ...     return from_activations({"q": x * torch.tensor([1, 1, 1, 4.0] * 2), "k": x, "v": x},
+    ...                             rope=RopeSpec.from_base(10_000, 8))
+    >>> em = emergence([chunk(s) for s in range(4)], context_len=16, n_boot=200)
+    >>> em.summary["q"], em.summary["k"][1.0]  # K equals V: never above it
+    ({0.5: 0, 1.0: 0, 2.0: 0}, None)
     """
     if len(chunks) < 2:
         raise AnalysisError(f"emergence needs at least 2 chunks of windows to resample, got {len(chunks)}")
@@ -140,6 +161,12 @@ def emergence_from_windows(
 
     The windows should have one length ``C`` (e.g. :func:`massmech.core.corpus.token_windows`);
     the capture costs the same as one :func:`~massmech.capture_stats` over all of them.
+
+    >>> import massmech as mm
+    >>> windows = [[5 + i + j for i in range(16)] for j in range(4)]
+    >>> em = emergence_from_windows(mm.load_model("tiny-qwen2"), windows, n_chunks=2, n_boot=20)
+    >>> em.params["context_len"], em.params["n_chunks"], sorted(em.layers.site.unique())
+    (16, 2, ['k', 'q'])
     """
     if len(windows) < n_chunks or n_chunks < 2:
         raise AnalysisError(f"need at least n_chunks >= 2 windows, got {len(windows)} windows for {n_chunks} chunks")

@@ -55,6 +55,10 @@ def context_bands(spec: RopeSpec, layer: int, context_len: int, fast_turns: floa
         layer: Layer (bases can differ per layer).
         context_len: Tokens in the analysed context.
         fast_turns: Pairs completing at least this many turns in the context are ``high``.
+
+    >>> spec = RopeSpec.from_base(10_000, 8)  # wavelengths 6.3, 63, 628, 6283 tokens
+    >>> context_bands(spec, 0, context_len=64).tolist()
+    ['high', 'mid', 'low', 'low']
     """
     if context_len < 2:
         raise AnalysisError(f"context_len must be >= 2, got {context_len}")
@@ -65,7 +69,11 @@ def context_bands(spec: RopeSpec, layer: int, context_len: int, fast_turns: floa
 
 
 def equal_count_bands(n_pairs: int, n_bands: int = 3) -> np.ndarray:
-    """Band of each pair when the pairs are split into ``n_bands`` equal-count groups (pair 0 fastest)."""
+    """Band of each pair when the pairs are split into ``n_bands`` equal-count groups (pair 0 fastest).
+
+    >>> equal_count_bands(6).tolist(), equal_count_bands(4, 2).tolist()
+    (['high', 'high', 'mid', 'mid', 'low', 'low'], ['high', 'high', 'low', 'low'])
+    """
     if not 2 <= n_bands <= n_pairs:
         raise AnalysisError(f"n_bands must be in [2, n_pairs={n_pairs}], got {n_bands}")
     names = _BAND_NAMES.get(n_bands, tuple(f"band{i}" for i in range(n_bands)))
@@ -76,7 +84,13 @@ def equal_count_bands(n_pairs: int, n_bands: int = 3) -> np.ndarray:
 def check_params(
     n_pairs: int, *, n_bands: int = 3, fast_turns: float = 8.0, emergence_threshold: float = 0.75
 ) -> None:
-    """Validate frequency-analysis parameters (cheap; call before any expensive work)."""
+    """Validate frequency-analysis parameters (cheap; call before any expensive work).
+
+    >>> check_params(4, n_bands=5)
+    Traceback (most recent call last):
+    ...
+    massmech.errors.AnalysisError: n_bands must be in [2, n_pairs=4], got 5
+    """
     if not 2 <= n_bands <= n_pairs:
         raise AnalysisError(f"n_bands must be in [2, n_pairs={n_pairs}], got {n_bands}")
     if fast_turns <= 1:
@@ -94,6 +108,15 @@ def pair_energy(stats: QKVStats) -> pd.DataFrame:
 
     Raises:
         RopeError: The statistics come from a model without RoPE.
+
+    >>> import torch
+    >>> from massmech.core.activations import from_activations
+    >>> q = torch.zeros(1, 4, 1, 4)  # 4 tokens, 1 head, d_head 4: pairs (0, 2) and (1, 3)
+    >>> q[..., 1] = q[..., 3] = 1.0
+    >>> pair_energy(from_activations({"q": q}, rope=RopeSpec.from_base(100, 4)))[["pair", "energy", "share", "wavelength"]]
+       pair  energy  share  wavelength
+    0     0     0.0    0.0    6.283185
+    1     1     8.0    1.0   62.831853
     """
     spec = _spec(stats)
     idx = spec.pair_index()  # [n_pairs, 2]
@@ -113,7 +136,19 @@ def pair_energy(stats: QKVStats) -> pd.DataFrame:
 
 
 def dim_energy(stats: QKVStats) -> pd.DataFrame:
-    """Energy per dim: one row per (site, stage, layer, head, dim), with the dim's pair."""
+    """Energy per dim: one row per (site, stage, layer, head, dim), with the dim's pair.
+
+    >>> import torch
+    >>> from massmech.core.activations import from_activations
+    >>> q = torch.zeros(1, 4, 1, 4)
+    >>> q[..., 1] = q[..., 3] = 1.0
+    >>> dim_energy(from_activations({"q": q}, rope=RopeSpec.from_base(100, 4)))[["dim", "energy", "pair"]]
+       dim  energy  pair
+    0    0     0.0     0
+    1    1     4.0     1
+    2    2     0.0     0
+    3    3     4.0     1
+    """
     spec = _spec(stats)
     frame = stats.to_frame()[["site", "stage", "layer", "head", "dim", "M"]]
     frame = frame.assign(energy=frame.M**2, pair=spec.dim_to_pair()[frame.dim.to_numpy()])
@@ -146,6 +181,15 @@ class FrequencyAnalysis:
         massive: The massive dims (:func:`~massmech.detect_massive` at ``lam``).
         summary: Per ``"site.stage"``: headline numbers (JSON-ready).
         params: The parameters used (context_len, fast_turns, n_bands, lam, threshold).
+
+    >>> import torch
+    >>> from massmech.core.activations import from_activations
+    >>> x = torch.randn(1, 64, 2, 16, generator=torch.Generator().manual_seed(0))
+    >>> fa = frequency_analysis(from_activations({"q": x, "k": x}, stage="post", rope=RopeSpec.from_base(10_000, 16)))
+    >>> fa
+    FrequencyAnalysis(sites=q.post,k.post, layers=1, pairs=8, context_len=64, lam=5, massive=0)
+    >>> sorted(fa.pairs.context_band.unique()), list(fa.summary["k.post"])
+    (['high', 'low', 'mid'], ['massive_count', 'low_band_energy_fraction', 'low_half_energy_fraction', 'massive_low_band_share', 'effective_pairs', 'emergence_layer'])
     """
 
     pairs: pd.DataFrame
@@ -292,6 +336,20 @@ def frequency_analysis(
     Raises:
         RopeError: No RoPE (GPT-2 etc.): bands are undefined.
         ValueError: Empty statistics or bad parameters.
+
+    >>> import torch
+    >>> from massmech.core.activations import from_activations
+    >>> x = torch.randn(2, 32, 2, 8, generator=torch.Generator().manual_seed(0))
+    >>> q = x * torch.tensor([1, 1, 1, 6.0] * 2)  # Q's slowest pair (dims 3, 7) 6x larger
+    >>> fa = frequency_analysis(from_activations({"q": q, "k": x, "v": x}, rope=RopeSpec.from_base(10_000, 8)),
+    ...                         context_len=32, lam=2)
+    >>> fa.layers[["site", "low_band_energy_fraction", "effective_pairs", "n_massive"]].round(2)
+      site  low_band_energy_fraction  effective_pairs  n_massive
+    0    q                      0.98             1.18          4
+    1    k                      0.80             3.89          0
+    2    v                      0.80             3.89          0
+    >>> fa.massive.pair.unique().tolist(), fa.summary["q.pre"]["emergence_layer"]
+    ([3], 0)
     """
     spec = _spec(stats)
     if context_len is None:

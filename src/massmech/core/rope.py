@@ -50,6 +50,12 @@ class RopeSpec:
             shape ``[n_layers][rotary_dim // 2]``.
         scaling: Per layer, the amplitude of the cos/sin tables (HF's ``attention_scaling``;
             1.0 for plain RoPE).
+
+    >>> spec = RopeSpec.from_base(10_000, 8, n_layers=2)
+    >>> spec
+    RopeSpec(d_head=8, rotary_dim=8, layout='half', layers=2, base=1e+04)
+    >>> spec.n_layers, spec.n_pairs
+    (2, 4)
     """
 
     d_head: int
@@ -107,27 +113,47 @@ class RopeSpec:
             raise IndexRangeError(f"layer {layer} out of range: the model has {self.n_layers} layers")
 
     def frequencies(self, layer: int) -> np.ndarray:
-        """Angular frequency of each pair in radians per token, shape ``[n_pairs]``."""
+        """Angular frequency of each pair in radians per token, shape ``[n_pairs]``.
+
+        >>> RopeSpec.from_base(10_000, 8).frequencies(0).tolist()
+        [1.0, 0.1, 0.01, 0.001]
+        """
         self._check_layer(layer)
         return np.asarray(self.inv_freq[layer], dtype=np.float64)
 
     def wavelengths(self, layer: int) -> np.ndarray:
-        """Tokens per full turn (``2*pi / frequency``) of each pair, shape ``[n_pairs]``."""
+        """Tokens per full turn (``2*pi / frequency``) of each pair, shape ``[n_pairs]``.
+
+        >>> RopeSpec.from_base(10_000, 8).wavelengths(0).round(1).tolist()
+        [6.3, 62.8, 628.3, 6283.2]
+        """
         return 2 * math.pi / self.frequencies(layer)
 
     def base(self, layer: int) -> float:
         """The base ``b`` of the geometric fit ``freq_i = b ** (-2i / rotary_dim)``.
 
         Exact for plain RoPE; for scaled variants (NTK, YaRN, Llama-3) it is a summary only.
+
+        >>> round(RopeSpec.from_base(500_000, 128).base(0))
+        500000
         """
         return fit_base(self.frequencies(layer), self.rotary_dim)
 
     def bases(self) -> list[float]:
-        """:meth:`base` for every layer."""
+        """:meth:`base` for every layer.
+
+        >>> from transformers import Gemma3TextConfig
+        >>> [round(b) for b in RopeSpec.from_hf_config(Gemma3TextConfig(num_hidden_layers=6, head_dim=64)).bases()]
+        [10000, 10000, 10000, 10000, 10000, 1000000]
+        """
         return [self.base(layer) for layer in range(self.n_layers)]
 
     def pair_dims(self, pair: int) -> tuple[int, int]:
-        """The two dims of a head rotated together as pair ``pair``."""
+        """The two dims of a head rotated together as pair ``pair``.
+
+        >>> RopeSpec.from_base(10_000, 8).pair_dims(1), RopeSpec.from_base(10_000, 8, layout="adjacent").pair_dims(1)
+        ((1, 5), (2, 3))
+        """
         if not 0 <= pair < self.n_pairs:
             raise IndexRangeError(f"pair {pair} out of range [0, {self.n_pairs})")
         if self.layout == "half":
@@ -135,18 +161,30 @@ class RopeSpec:
         return 2 * pair, 2 * pair + 1
 
     def dim_to_pair(self) -> np.ndarray:
-        """Pair index of every dim of a head (-1 for dims that are not rotated), ``[d_head]``."""
+        """Pair index of every dim of a head (-1 for dims that are not rotated), ``[d_head]``.
+
+        >>> RopeSpec.from_base(10_000, 8, rotary_dim=4).dim_to_pair().tolist()  # partial rotary
+        [0, 1, 0, 1, -1, -1, -1, -1]
+        """
         out = np.full(self.d_head, -1, dtype=np.int64)
         for p in range(self.n_pairs):
             out[list(self.pair_dims(p))] = p
         return out
 
     def pair_index(self) -> Tensor:
-        """Dim indices ``[n_pairs, 2]`` to gather a head's pairs: ``x[..., idx]`` -> ``[..., n_pairs, 2]``."""
+        """Dim indices ``[n_pairs, 2]`` to gather a head's pairs: ``x[..., idx]`` -> ``[..., n_pairs, 2]``.
+
+        >>> RopeSpec.from_base(10_000, 8).pair_index().tolist()
+        [[0, 4], [1, 5], [2, 6], [3, 7]]
+        """
         return torch.tensor([self.pair_dims(p) for p in range(self.n_pairs)], dtype=torch.long)
 
     def to_dict(self) -> dict:
-        """JSON-serialisable form (see :meth:`from_dict`)."""
+        """JSON-serialisable form (see :meth:`from_dict`).
+
+        >>> RopeSpec.from_base(100, 4).to_dict()
+        {'d_head': 4, 'rotary_dim': 4, 'layout': 'half', 'inv_freq': [[1.0, 0.1]], 'scaling': [1.0]}
+        """
         return {
             "d_head": self.d_head,
             "rotary_dim": self.rotary_dim,
@@ -236,6 +274,12 @@ class RopeSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> RopeSpec:
+        """Inverse of :meth:`to_dict`.
+
+        >>> spec = RopeSpec.from_base(10_000, 64, n_layers=3)
+        >>> RopeSpec.from_dict(spec.to_dict()) == spec
+        True
+        """
         return cls(
             d_head=int(d["d_head"]),
             rotary_dim=int(d["rotary_dim"]),
@@ -267,6 +311,11 @@ def fit_base(freq: np.ndarray, rotary_dim: int) -> float:
     """Least-squares base of ``log freq_i = a - (2i / rotary_dim) * log b``; NaN pairs are ignored.
 
     Returns NaN when fewer than two usable (finite, positive) frequencies remain.
+
+    >>> round(fit_base(10_000 ** (-np.arange(0, 8, 2) / 8), 8))
+    10000
+    >>> fit_base(np.array([1.0, np.nan]), 4)
+    nan
     """
     freq = np.asarray(freq, dtype=np.float64)
     x = 2 * np.arange(len(freq)) / rotary_dim
@@ -302,6 +351,12 @@ def rope_spec_from_tables(
 
     Raises:
         RopeError: The tables are not the tables of a rotary embedding.
+
+    >>> angle = torch.arange(16.0)[:, None] * 100.0 ** (-torch.arange(0, 4, 2) / 4)  # [pos, pair]
+    >>> angle = torch.cat([angle, angle], -1)[None]  # rotate_half layout, one layer: [1, pos, 4]
+    >>> spec = rope_spec_from_tables(angle.cos(), angle.sin(), d_head=4)
+    >>> spec.layout, [round(b) for b in spec.bases()], spec.scaling
+    ('half', [100], (1.0,))
     """
     if cos.shape != sin.shape or cos.ndim != 3 or cos.shape[1] < 2:
         raise RopeError(f"need cos/sin tables [layer, pos>=2, rot], got {tuple(cos.shape)}")

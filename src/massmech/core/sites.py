@@ -37,7 +37,13 @@ def to_heads(x: Tensor, heads_first: bool, n_heads: int) -> Tensor:
 
 
 def from_heads(y: Tensor, like: Tensor, heads_first: bool) -> Tensor:
-    """Inverse of :func:`to_heads`: ``y`` (``[b, pos, head, d]``) in the layout of the hooked ``like``."""
+    """Inverse of :func:`to_heads`: ``y`` (``[b, pos, head, d]``) in the layout of the hooked ``like``.
+
+    >>> import torch
+    >>> like = torch.zeros(2, 3, 5, 4)  # heads first: [b, head, pos, d]
+    >>> tuple(from_heads(to_heads(like, True, 3), like, True).shape)
+    (2, 3, 5, 4)
+    """
     if like.dim() == 3:
         return y.reshape(like.shape)
     return y.transpose(1, 2) if heads_first else y

@@ -18,6 +18,11 @@ def byte_tokenizer_dir() -> str:
     """A byte-level tokenizer (256 bytes + pad/bos/eos) saved to a temp folder.
 
     Saved and reloaded from disk because the bridge may re-load a tokenizer by its path.
+
+    >>> from transformers import AutoTokenizer
+    >>> tok = AutoTokenizer.from_pretrained(byte_tokenizer_dir())
+    >>> len(tok), tok("hi").input_ids == [tok.bos_token_id, *tok("hi", add_special_tokens=False).input_ids]
+    (259, True)
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -56,6 +61,23 @@ TINY_GEMMA3_THETA = {"sliding_attention": 10_000.0, "full_attention": 1_000_000.
 
 
 def tiny_model(name: str, seed: int) -> tuple[Any, Any]:
+    """A tiny seeded random Hugging Face model of a family, with the byte-level tokenizer.
+
+    Args:
+        name: ``tiny-llama``, ``tiny-qwen2``, ``tiny-gemma3``, ``tiny-gpt2`` or one of
+            :data:`TINY_ARCHS` (the architecture matrix).
+        seed: Seed of the random init (the same seed gives the same weights).
+
+    Returns:
+        ``(hf_model, tokenizer)``, the model in eval mode with eager attention.
+
+    >>> model, tok = tiny_model("tiny-llama", seed=0)
+    >>> type(model).__name__, model.config.num_hidden_layers, model.config.hidden_size
+    ('LlamaForCausalLM', 2, 64)
+    >>> import torch
+    >>> torch.equal(model.lm_head.weight, tiny_model("tiny-llama", seed=0)[0].lm_head.weight)
+    True
+    """
     import transformers as tf
 
     tok = tf.PreTrainedTokenizerFast.from_pretrained(byte_tokenizer_dir())

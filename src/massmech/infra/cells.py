@@ -51,6 +51,7 @@ CELL_VERSIONS = {  # study -> schema version; bump when what a cell holds or how
     "quant": 3,  # 3: W8A8 activation scales per sequence, KV per-channel ranges from the prompt; 2: zero dims
     "twins": 1,  # one checkpoint's trajectory, bands and scores
     "analyze": 1,  # one capture: QKVStats of a model on a corpus
+    "twins-train": 1,  # one variant trained to its last step (weights and log in its checkpoints)
 }
 CELL_FILE = "cell.json"
 _TMP = ".tmp-"

@@ -2,12 +2,17 @@
 
 * :class:`SerialExecutor` (default): this process, one unit after another.
 * :class:`ProcessExecutor`: local worker processes. Units are routed by *group* (a model spec),
-  so each worker loads each of its models once (a large group is split over idle workers); each worker writes its cells to the shared
-  :class:`~massmech.infra.cells.CellStore` as they finish, so a killed worker or driver loses only
-  the units in flight and a rerun resumes.
+  so each worker loads each of its models once (a large group is split over idle workers); each
+  worker writes its cells to the shared :class:`~massmech.infra.cells.CellStore` as they finish,
+  so a killed worker or driver loses only the units in flight and a rerun resumes.
+* :class:`RayExecutor`: the same on a Ray cluster (``pip install 'massmech[ray]'``): one actor per
+  model group (a large group split over several), each unit a task on its actor with the
+  resources it asks for; a worker killed mid-unit is restarted and the unit retried; cells are
+  written to the store by the workers, so the store must sit on a filesystem every node sees.
 
-An executor is any object with ``run(study, config, units, store, ctx, *, total, done, progress)``;
-a distributed one (Ray) plugs in the same way.
+An executor is any object with ``run(study, config, units, store, ctx, *, total, done, progress)``.
+Whoever computes a cell, the store is the same, so a study started with one executor and finished
+with another gives the same table.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from massmech.errors import ConfigError
 from massmech.infra.cells import CellStore
 from massmech.infra.study import CellSpec, Context, run_units
 
-EXECUTORS = ("serial", "processes")
+EXECUTORS = ("serial", "processes", "ray")
 
 
 class SerialExecutor:
@@ -39,10 +44,10 @@ class SerialExecutor:
             run_units(study, config, units, store, ctx, on_cell=lambda: bar.update(1))
 
 
-def _assign(units: Sequence[Sequence[CellSpec]], workers: int) -> list[list[list[CellSpec]]]:
-    """Units split over workers. A group's units stay on as few workers as its size warrants
-    (each worker loads each of its groups' models once); with more workers than groups, large
-    groups are split so no worker idles while another holds many units."""
+def _chunks(units: Sequence[Sequence[CellSpec]], workers: int) -> list[list[list[CellSpec]]]:
+    """Units cut into single-group chunks: a group's units stay on as few chunks as its size
+    warrants (each chunk loads its model once); with more workers than groups, large groups are
+    split so no worker idles while another holds many units."""
     groups: dict[str, list[list[CellSpec]]] = {}
     for unit in units:
         groups.setdefault(unit[0].group, []).append(list(unit))
@@ -54,18 +59,31 @@ def _assign(units: Sequence[Sequence[CellSpec]], workers: int) -> list[list[list
         for u in sorted(us, key=len, reverse=True):
             min(parts, key=lambda p: sum(map(len, p))).append(u)
         chunks.extend(parts)
+    return chunks
+
+
+def _assign(units: Sequence[Sequence[CellSpec]], workers: int) -> list[list[list[CellSpec]]]:
+    """Units split over ``workers`` (the chunks of :func:`_chunks`, balanced by cell count)."""
     plan: list[list[list[CellSpec]]] = [[] for _ in range(workers)]
-    for chunk in sorted(chunks, key=lambda c: -sum(map(len, c))):
+    for chunk in sorted(_chunks(units, workers), key=lambda c: -sum(map(len, c))):
         min(plan, key=lambda p: sum(map(len, p))).extend(chunk)
     return [p for p in plan if p]
 
 
-def _work(study: Any, config: Any, units: list[list[CellSpec]], root: str, version: int, threads: int) -> int:
+def _check_shareable(ctx: Context, workers: str) -> None:
+    """Workers load models by spec: a model passed in (or a custom loader) cannot go to them."""
+    if ctx.local_only:
+        raise ConfigError(f"models passed in (model=...) or a custom loader live in this process only; {workers} "
+                          "load models by spec: drop model= or use the serial executor")
+
+
+def _work(study: Any, config: Any, units: list[list[CellSpec]], root: str, version: int, threads: int,
+          ctx: Context) -> int:
     import torch
 
     torch.set_num_threads(threads)
     store = CellStore(root, study.name, version=version)
-    run_units(study, config, units, store, Context())
+    run_units(study, config, units, store, ctx)
     return sum(map(len, units))
 
 
@@ -90,18 +108,15 @@ class ProcessExecutor:
             total: int, done: int, progress: bool = True) -> None:
         if not units:
             return
-        if ctx.local_only:
-            raise ConfigError(
-                "models passed in (model=...) or a custom loader live in this process only; worker "
-                "processes load models by spec: drop model= or use the serial executor"
-            )
+        _check_shareable(ctx, "worker processes")
         cores = os.cpu_count() or 1
         workers = min(self.workers or cores, len(units))
         threads = self.threads or max(1, cores // workers)
         shares = _assign(units, workers)
         with tqdm(total=total, initial=done, desc=f"{study.name} cells", unit="cell", disable=not progress) as bar, \
                 cf.ProcessPoolExecutor(len(shares), mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_work, study, config, share, str(store.root), store.version, threads) for share in shares]
+            futures = [pool.submit(_work, study, config, share, str(store.root), store.version, threads,
+                                   ctx.worker()) for share in shares]
             wanted = {c.key for u in units for c in u}
             while True:
                 finished, _ = cf.wait(futures, timeout=1.0)
@@ -114,13 +129,154 @@ class ProcessExecutor:
 
 
 def resolve_executor(executor: Any = None, **options: Any) -> Any:
-    """An executor from a name (``serial``, ``processes``) or an executor object."""
+    """An executor from a name (``serial``, ``processes``, ``ray``) or an executor object.
+
+    ``options`` go to the executor's constructor (``workers``; for Ray also ``address``, ``cpus``,
+    ``gpus``); options that are ``None`` are dropped. A serial executor takes none.
+
+    >>> resolve_executor("processes", workers=2)
+    ProcessExecutor(workers=2, threads=None)
+    >>> resolve_executor("serial", workers=None)
+    SerialExecutor()
+    """
+    options = {k: v for k, v in options.items() if v is not None}
     if executor is None or executor == "serial":
+        if options:
+            raise ConfigError(f"the serial executor takes no options; got {sorted(options)} (use --executor processes or ray)")
         return SerialExecutor()
     if executor == "processes":
         return ProcessExecutor(**options)
+    if executor == "ray":
+        return RayExecutor(**options)
     if isinstance(executor, str):
         raise ConfigError(f"unknown executor {executor!r}; executors are {', '.join(EXECUTORS)}")
     if not callable(getattr(executor, "run", None)):
         raise ConfigError(f"an executor needs a run(...) method; got {type(executor).__name__}")
     return executor
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as e:
+        raise ConfigError("--executor ray needs Ray: pip install 'massmech[ray]' (or pip install 'ray>=2.40')") from e
+    return ray
+
+
+class _CellWorker:
+    """A Ray actor's state: one study, one store, one context (its model loaded once)."""
+
+    def __init__(self, study: Any, config: Any, root: str, version: int, threads: int, ctx: Context) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.study, self.config, self.ctx = study, config, ctx
+        self.store = CellStore(root, study.name, version=version)
+
+    def run(self, unit: list[CellSpec]) -> list[str]:
+        # a retried unit (its worker was killed) skips the cells it had already written
+        todo = [c for c in unit if c.key not in self.store]
+        if todo:
+            run_units(self.study, self.config, [todo], self.store, self.ctx)
+        return [c.key for c in unit]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayExecutor:
+    """Cells as tasks on a Ray cluster: one actor per model group, units as its tasks.
+
+    The cells of a group (a model spec) go to one actor, or to several when the group is large
+    and workers are idle, so a model is loaded once per actor, not once per cell. Each actor asks
+    Ray for ``cpus`` CPUs and ``gpus`` GPUs; Ray runs as many as the cluster holds and starts the
+    next when one finishes its units (its resources are released). A worker killed in the middle
+    of a unit is restarted (``retries`` times) and the unit retried: its cells are written once,
+    atomically, so nothing is lost or duplicated. Workers write their cells to the store
+    themselves: on a cluster the store (``--cells``) must be on a filesystem every node sees.
+
+    Args:
+        address: Ray cluster address (``"auto"``, ``"HOST:PORT"``, ``"ray://HOST:10001"``);
+            default: a Ray already initialised in this process, else a local one (shut down at the end).
+        workers: Actors in all (default: the cluster's CPUs ÷ ``cpus``, or its GPUs ÷ ``gpus``).
+        cpus: CPUs per actor (also its torch threads). gpus: GPUs per actor (default: 1 when
+            the config's ``device`` is CUDA, else 0).
+        retries: Restarts of a killed actor (and retries of its unit).
+    """
+
+    def __init__(self, address: str | None = None, workers: int | None = None, cpus: float = 1.0,
+                 gpus: float | None = None, retries: int = 3) -> None:
+        if workers is not None and workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}")
+        if cpus <= 0 or (gpus is not None and gpus < 0):
+            raise ConfigError(f"cpus must be > 0 and gpus >= 0; got cpus={cpus}, gpus={gpus}")
+        self.address, self.workers, self.cpus, self.gpus, self.retries = address, workers, cpus, gpus, retries
+
+    def __repr__(self) -> str:
+        return f"RayExecutor(address={self.address!r}, workers={self.workers}, cpus={self.cpus}, gpus={self.gpus})"
+
+    def _gpus(self, config: Any, ctx: Context) -> float:
+        if self.gpus is not None:
+            return self.gpus
+        device = ctx.load_options.get("device") or (config.get("device") if isinstance(config, dict)
+                                                     else getattr(config, "device", None))
+        return 1.0 if str(device or "").startswith("cuda") else 0.0
+
+    def run(self, study: Any, config: Any, units: Sequence[Sequence[CellSpec]], store: CellStore, ctx: Context, *,
+            total: int, done: int, progress: bool = True) -> None:
+        if not units:
+            return
+        _check_shareable(ctx, "Ray workers")
+        ray = _ray()
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        try:
+            self._run(ray, study, config, units, store, ctx, total=total, done=done, progress=progress)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _run(self, ray: Any, study: Any, config: Any, units: Sequence[Sequence[CellSpec]], store: CellStore,
+             ctx: Context, *, total: int, done: int, progress: bool) -> None:
+        gpus = self._gpus(config, ctx)
+        have = ray.cluster_resources()
+        if gpus > have.get("GPU", 0) or self.cpus > have.get("CPU", 0):
+            raise ConfigError(f"each Ray worker asks for {self.cpus} CPUs and {gpus} GPUs, but the cluster has "
+                              f"{have.get('CPU', 0)} CPUs and {have.get('GPU', 0)} GPUs")
+        fit = int(have["GPU"] // gpus) if gpus else int(have["CPU"] // self.cpus)
+        workers = min(self.workers or max(1, fit), len(units))
+        actor = ray.remote(_CellWorker).options(num_cpus=self.cpus, num_gpus=gpus, max_restarts=self.retries,
+                                               max_task_retries=self.retries)
+        threads = max(1, int(self.cpus))
+        pending: dict[Any, tuple[Any, list[CellSpec]]] = {}
+        left: dict[Any, int] = {}
+        for chunk in _chunks(units, workers):
+            a = actor.remote(study, config, str(store.root), store.version, threads, ctx.worker())
+            left[a] = len(chunk)
+            for unit in chunk:
+                pending[a.run.remote(list(unit))] = (a, list(unit))
+        wanted = {c.key for u in units for c in u}
+        errors: list[BaseException] = []
+        with tqdm(total=total, initial=done, desc=f"{study.name} cells (ray)", unit="cell", disable=not progress) as bar:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    a, unit = pending.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except Exception as e:  # a unit's error (or its actor gone for good): keep the others going
+                        errors.append(getattr(e, "cause", None) or e)
+                    else:
+                        lost = [c.key for c in unit if c.key not in store]
+                        if lost:
+                            errors.append(ConfigError(
+                                f"a Ray worker computed {len(lost)} cells that are not in the store at {store.root}: "
+                                "on a cluster put the cell store (--cells) on a filesystem every node sees"))
+                    left[a] -= 1
+                    if not left[a]:
+                        ray.kill(a, no_restart=True)  # its resources go to the next actor
+                bar.n = done + sum(k in store for k in wanted)
+                bar.refresh()
+        if errors:
+            raise errors[0]  # finished cells are kept; a rerun resumes

@@ -50,12 +50,29 @@ class CellSpec:
 class Context:
     """Per-worker state: loaded models (one per group, loaded once) and cached derived objects."""
 
-    def __init__(self, loader: Callable[[str], Any] | None = None, models: dict | None = None) -> None:
+    def __init__(self, loader: Callable[[str], Any] | None = None, models: dict | None = None,
+                 load_options: dict | None = None) -> None:
         self._loader = loader
         self._models: dict[str, Any] = dict(models or {})
         self._cache: dict[Any, Any] = {}
         # models handed in (or a custom loader) exist in this process only: workers cannot share them
         self.local_only = loader is not None or bool(models)
+        #: keyword arguments of :func:`~massmech.core.loading.load_model`: ``device``,
+        #: ``device_map``, ``offload_folder`` say where a model is put, not what it computes, so
+        #: they are not part of any cell key; a ``dtype`` other than float32 is (:meth:`model_id`).
+        #: Workers of every executor load with the same options.
+        self.load_options: dict[str, Any] = {k: v for k, v in (load_options or {}).items() if v is not None}
+
+    def model_id(self, spec: str) -> str:
+        """The model as cell keys name it: its spec, plus ``@dtype`` when not loaded in float32.
+
+        >>> Context().model_id("smollm2-135m"), Context(load_options={"dtype": "bfloat16"}).model_id("smollm2-135m")
+        ('smollm2-135m', 'smollm2-135m@bfloat16')
+        """
+        from massmech.core.loading import resolve_dtype
+
+        dtype = str(resolve_dtype(self.load_options.get("dtype", "float32"))).removeprefix("torch.")
+        return spec if dtype == "float32" else f"{spec}@{dtype}"
 
     def model(self, spec: str) -> Any:
         """The loaded model of a group, loaded on first use."""
@@ -63,9 +80,14 @@ class Context:
             if self._loader is None:
                 from massmech.core.loading import load_model
 
-                self._loader = load_model
-            self._models[spec] = self._loader(spec)
+                self._models[spec] = load_model(spec, **self.load_options)
+            else:
+                self._models[spec] = self._loader(spec)
         return self._models[spec]
+
+    def worker(self) -> Context:
+        """A fresh context for a worker process: the same load options, no models yet."""
+        return Context(load_options=self.load_options)
 
     @property
     def models(self) -> dict[str, Any]:

@@ -219,7 +219,8 @@ class AblationStudy:
                 data = data_hash(repr(task.examples(n, config.seed)))
                 for role, d, lr in [(BASELINE, None, "all")] + [(_role(d), d, lr) for d, lr in conds]:
                     needs = d is not None and (d.selection == "calibration" or d.replace == "calib_mean")
-                    parts = _cell_parts(spec, task.config(), data, config.seed, d, calib if needs else None)
+                    parts = _cell_parts(ctx.model_id(spec), task.config(), data, config.seed, d,
+                                        calib if needs else None)
                     key = cell_key(self.name, parts)
                     # the same cell twice in the grid (e.g. layer ranges that coincide) is one cell
                     cells.setdefault(key, CellSpec(key, parts, group=spec, unit=tname,
@@ -267,6 +268,7 @@ def run_sweep(
     *,
     cells: str | os.PathLike | None = None,
     executor: Any = None,
+    load_options: dict | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Run (or resume) a sweep into ``out/``; returns the results table.
@@ -278,10 +280,13 @@ def run_sweep(
     Args:
         cells: A cell store (default ``out/cells``). Sweeps that share it share their common
             cells (e.g. the baseline), whatever their grids.
-        executor: ``"serial"`` (default), ``"processes"`` or an executor object
+        executor: ``"serial"`` (default), ``"processes"``, ``"ray"`` or an executor object
             (:mod:`massmech.infra.executors`).
+        load_options: How workers load the models (:func:`~massmech.core.loading.load_model`'s
+            ``dtype``, ``device``, ``device_map``); a dtype other than float32 gets cells of its own.
     """
-    return run_study(ABLATION, config, out, executor=executor, cells=cells, progress=progress)
+    return run_study(ABLATION, config, out, executor=executor, cells=cells, progress=progress,
+                     ctx=Context(load_options=load_options))
 
 
 def _plain(x: Any, column: str) -> int | float | None:

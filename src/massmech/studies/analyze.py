@@ -43,6 +43,8 @@ class AnalyzeConfig:
         dataset: Your own corpus from ``datasets``: a ``save_to_disk`` folder or a hub id (needs
             a network), column ``text_field`` of split ``dataset_split``.
         dtype, device: Weight dtype and torch device of the model.
+        device_map, offload_folder: Shard the model over devices instead of ``device``
+            (accelerate: ``auto``, ``balanced``, ``sequential`` or a JSON object module -> device).
         batch_size: Windows per forward pass.
         lam: Lambda of the massive-value rule (per-head mean).
         n_bands: Equal-count bands (heatmap band edges).
@@ -79,6 +81,8 @@ class AnalyzeConfig:
     text_field: str = "text"
     dtype: str = "float32"
     device: str | None = None
+    device_map: str | None = None
+    offload_folder: str | None = None
     activations: str | None = None
     rope_base: float | None = None
     d_head: int | None = None
@@ -150,7 +154,8 @@ class AnalyzeCapture:
     def plan(self, config: CaptureJob, ctx: Context) -> list[CellSpec]:
         model, cfg = config.model, config.cfg
         spec = model.spec or model.info.name
-        parts = {"model": spec, "load": model.load_kwargs, "weights": weights_fingerprint(model),
+        load = {k: v for k, v in model.load_kwargs.items() if k != "device_map"}  # placement is not content
+        parts = {"model": spec, "load": load, "weights": weights_fingerprint(model),
                  "windows": data_hash(config.windows), "exclude_first_token": cfg.exclude_first_token}
         return [CellSpec(key=cell_key(self.name, parts), parts=parts, group=spec, unit="capture")]
 
@@ -286,7 +291,8 @@ def run_analyze(
     resolve_dtype(config.dtype)
     texts, corpus = corpus_texts(config)  # a missing file or dataset: error before loading a model
     torch.manual_seed(config.seed)
-    model = model or load_model(config.model, dtype=config.dtype, device=config.device)
+    model = model or load_model(config.model, dtype=config.dtype, device=config.device,
+                                device_map=config.device_map, offload_folder=config.offload_folder)
     heat_layers = _check_config(config, model)  # also: a clear error for models without RoPE
     windows = token_windows(
         model, texts, n_tokens=config.n_tokens, seq_len=config.seq_len, chunk=bool(config.text or config.dataset)

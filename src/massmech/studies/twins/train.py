@@ -14,15 +14,13 @@ equals the uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -170,6 +168,20 @@ def _save(out: Path, cfg: TwinsConfig, v: Variant, model, opt, step: int, log: l
     os.replace(tmp, final)
 
 
+def autocast(precision: str, device: str) -> Any:
+    """The training forward's arithmetic (see ``TwinsConfig.precision``): a bf16 autocast or nothing.
+
+    >>> type(autocast("auto", "cpu")).__name__
+    'nullcontext'
+    >>> autocast("bf16", "cpu").fast_dtype
+    torch.bfloat16
+    """
+    kind = torch.device(device).type
+    if precision == "bf16" or (precision == "auto" and kind == "cuda"):
+        return torch.autocast(device_type=kind, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def train_variant(
     cfg: TwinsConfig,
     variant: Variant | str,
@@ -229,7 +241,8 @@ def train_variant(
         for step in bar:
             x = batch(corpus, seed=cfg.seed_of(v), step=step, batch_size=rows, length=ctx + 1,
                       synthetic_share=cfg.synthetic_share, kinds=cfg.kinds).to(device)  # [rows, ctx + 1]
-            logits = model(x[:, :-1]).logits  # [rows, ctx, vocab]
+            with autocast(cfg.precision, device):
+                logits = model(x[:, :-1]).logits  # [rows, ctx, vocab]
             loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
             if not torch.isfinite(loss):
                 raise TwinError(f"{v.name}: loss is {loss.item()} at step {step}; lower lr")
@@ -258,6 +271,47 @@ def read_log(out: str | os.PathLike, v: Variant) -> list[dict]:
     return list(torch.load(dirs[max(dirs)] / "trainer.pt", weights_only=True)["log"])
 
 
+class TwinTraining:
+    """Training the twins as a study (:mod:`massmech.infra.study`): one cell per variant, its own
+    unit and group, so any executor trains variants in parallel (local processes, one variant per
+    Ray worker or GPU). The cell records that the variant reached its last step; the weights and
+    the log live in its checkpoints (``train_variant`` resumes from the last one).
+    ``config`` is ``{"cfg", "out", "device"}``."""
+
+    name = "twins-train"
+    kind = "twins"
+
+    def plan(self, config: dict, ctx: Any) -> list:
+        from massmech.infra.cells import cell_key
+        from massmech.infra.study import CellSpec
+
+        cfg = config["cfg"]
+        shared = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("variants", "preset")}
+        cells = []
+        for name in config["variants"]:
+            v = cfg.variant(name)
+            parts = {"config": shared, "variant": v.name}
+            cells.append(CellSpec(cell_key(self.name, parts), parts, group=v.name, unit=v.name, payload=v.name))
+        return cells
+
+    def run_unit(self, config: dict, cells, ctx: Any) -> dict:
+        made = {}
+        for c in cells:
+            log = train_variant(config["cfg"], c.payload, config["out"], device=config["device"],
+                                progress=config.get("progress", False))
+            made[c.key] = ({"variant": c.payload, "steps": len(log)}, {})
+        return made
+
+    def consolidate(self, config: dict, cells: dict) -> dict:  # pragma: no cover - train_all reads the logs
+        return {}
+
+    def finish(self, config: dict, table: Any, out: Path, ctx: Any) -> dict:  # pragma: no cover
+        return {}
+
+
+TWIN_TRAINING = TwinTraining()
+
+
 def train_all(
     cfg: TwinsConfig,
     out: str | os.PathLike,
@@ -265,55 +319,44 @@ def train_all(
     workers: int = 1,
     variants: Sequence[str] | None = None,
     device: str | None = None,
+    executor: Any = None,
     progress: bool = True,
 ) -> dict[str, list[dict]]:
-    """Train every variant (resuming each from its last checkpoint); ``workers`` runs in parallel.
+    """Train every variant (resuming each from its last checkpoint), through an executor.
 
-    Parallel runs are separate ``python -m massmech.studies.twins._worker OUT VARIANT`` processes (one CPU
-    thread each, output in ``OUT/checkpoints/VARIANT.log``), so calling this from any script,
-    notebook or test is safe.
+    Each variant is one cell of the ``twins-train`` store in ``OUT/cells``: a rerun skips the
+    variants that reached their last step; the others resume from their last checkpoint.
+
+    Args:
+        workers: With no ``executor``: variants trained in parallel in local processes
+            (:class:`~massmech.infra.executors.ProcessExecutor`, cores ÷ workers threads each).
+        executor: ``"serial"``, ``"processes"``, ``"ray"`` or an executor object (one variant per
+            Ray worker; with ``device="cuda"`` each asks for one GPU).
 
     Returns:
         Variant name -> training log.
     """
+    from massmech.infra.cells import CellStore
+    from massmech.infra.executors import ProcessExecutor
+    from massmech.infra.study import compute_cells
+
     prepare(cfg, out)  # tokenizer and checks once, before any worker starts
     out = Path(out)
     device = resolve_device(device)
-    todo = [cfg.variant(n) for n in ([v.name for v in cfg.variants] if variants is None else variants)]
-    if workers <= 1 or len(todo) == 1:
-        for v in todo:
-            train_variant(cfg, v, out, device=device, progress=progress)
-        return {v.name: read_log(out, v) for v in todo}
-    pending = sorted(todo, key=lambda v: -cfg.context_of(v))  # longest runs first: less idle tail
-    running, failed = {}, []
-    bar = tqdm(total=len(todo), desc=f"train {len(todo)} variants, {workers} at a time", disable=not progress)
-    try:
-        while pending or running:
-            while pending and len(running) < workers:
-                v = pending.pop(0)
-                log_path = out / "checkpoints" / f"{v.name}.log"
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(log_path, "w") as fh:
-                    proc = subprocess.Popen(
-                        [sys.executable, "-m", "massmech.studies.twins._worker", str(out), v.name, device],
-                        stdout=fh, stderr=subprocess.STDOUT,
-                    )
-                running[v.name] = (proc, log_path)
-            time.sleep(0.5)
-            for name, (proc, log_path) in list(running.items()):
-                if proc.poll() is not None:
-                    del running[name]
-                    bar.update()
-                    if proc.returncode:
-                        failed.append((name, log_path))
-    finally:
-        for proc, _ in running.values():
-            proc.kill()
-        bar.close()
-    if failed:
-        name, log_path = failed[0]
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-        raise TwinError(f"training {[n for n, _ in failed]} failed; {log_path} ends with:\n" + "\n".join(tail))
+    names = [v.name for v in cfg.variants] if variants is None else list(variants)
+    todo = [cfg.variant(n) for n in names]
+    if executor is None:
+        executor = ProcessExecutor(workers=workers) if workers > 1 and len(todo) > 1 else "serial"
+    config = {"cfg": cfg, "out": str(out), "device": device, "variants": [v.name for v in todo],
+              "progress": progress and executor == "serial"}
+    planned = TWIN_TRAINING.plan(config, None)
+    store = CellStore(out / "cells", TWIN_TRAINING.name)
+    for c in planned:  # a training cell without its checkpoints: the folder was tampered with
+        v = cfg.variant(c.payload)
+        if c.key in store and not checkpoint_dirs(out, v):
+            raise TwinError(f"{out}: the training of {v.name} is recorded in {store.folder / c.key} but its "
+                            f"checkpoints are gone; remove that cell folder to retrain it")
+    compute_cells(TWIN_TRAINING, config, planned, store, executor=executor, progress=progress)
     return {v.name: read_log(out, v) for v in todo}
 
 

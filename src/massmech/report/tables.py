@@ -1,0 +1,81 @@
+"""Markdown tables of study results: the one rendering the README, the docs and ``massmech report`` share.
+
+>>> import pandas as pd
+>>> t = pd.DataFrame([dict(model="m", task="passkey", role="baseline", control=None, evaluable=True, accuracy=0.9,
+...                        ci_low=0.8, ci_high=0.95, n=100, removed_variance=0.0, b=0, c=0, p_value=float("nan"),
+...                        p_holm=float("nan"), p_vs_matched=float("nan"))])
+>>> print(ablation_markdown(t).splitlines()[2])
+| m | passkey | baseline | 0.90 [0.80, 0.95] | 100 | 0.00% | - | - |
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def ablation_markdown(table: pd.DataFrame) -> str:
+    """One row per (model, task, condition) of a sweep's results table: accuracy [Wilson CI],
+    removed variance, the exact McNemar test against the baseline (b / c discordant pairs, p, Holm
+    p across the table) and, for massive rows, against the matched control. Bold: a change that
+    survives Holm on an evaluable task; rows at chance or floor are marked not evaluable."""
+    lines = ["| model | task | condition | accuracy [95% CI] | n | removed var. | vs baseline: b / c, p (Holm) "
+             "| vs matched control: b / c, p (Holm) |", "|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        what = r.role if r.control is None or r.control != r.control else f"ctrl-{r.control}"
+        task = r.task if r.evaluable else f"{r.task} (not evaluable)"
+        test = vs = "-"
+        if r.role != "baseline":
+            test = f"{r.b} / {r.c}, {r.p_value:.2g}" + (f" ({r.p_holm:.2g})" if r.evaluable else "")
+        if r.role == "massive" and r.p_vs_matched == r.p_vs_matched:
+            vs = f"{r.b_vs_matched} / {r.c_vs_matched}, {r.p_vs_matched:.2g}" + (
+                f" ({r.p_vs_matched_holm:.2g})" if r.evaluable else "")
+        bold = "**" if r.role != "baseline" and r.evaluable and r.p_holm < 0.05 else ""
+        lines.append(f"| {r.model} | {task} | {what} | {bold}{r.accuracy:.2f}{bold} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+                     f" | {r.n} | {r.removed_variance:.2%} | {test} | {vs} |")
+    return "\n".join(lines)
+
+
+def quant_markdown(table: pd.DataFrame) -> str:
+    """One row per quantized variant of a quant study's results table: bits per value, perplexity,
+    Q/K massive-set recall, K post-RoPE relative errors (massive / other dims), and each task's
+    accuracy [95% CI], bold where the exact McNemar test against the unquantized model survives
+    Holm on an evaluable task."""
+    from massmech.studies.quant.study import wide
+
+    w = wide(table)
+    acc = table[table.measure == "accuracy"]
+    tasks = list(dict.fromkeys(acc.task))
+    head = ["variant", "bits", "ppl", "recall Q pre/post, K pre/post", "K post err. massive / other", *tasks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(a: pd.DataFrame, t: str) -> str:
+        r = a.loc[t]
+        bold = "**" if "p_holm" in a and r.get("evaluable") in (True,) and r.p_holm == r.p_holm and r.p_holm < 0.05 else ""
+        return f"{bold}{r.value:.2f}{bold} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+
+    for r in w.itertuples():
+        a = acc[acc.variant == r.variant].set_index("task")
+        cells = [r.variant, "-" if pd.isna(r.bits_per_value) else f"{r.bits_per_value:.2f}", f"{r.perplexity:.1f}",
+                 " / ".join(f"{getattr(r, f'recall_{s}'):.2f}" for s in ("q_pre", "q_post", "k_pre", "k_post")),
+                 f"{r.rel_error_massive_k_post:.3f} / {r.rel_error_other_k_post:.3f}",
+                 *(cell(a, t) if t in a.index else "-" for t in tasks)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def frame_markdown(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    """Any small table as markdown (no extra dependency).
+
+    >>> print(frame_markdown(pd.DataFrame({"a": [1.23456], "b": ["x"]})))
+    | a | b |
+    |---|---|
+    | 1.23 | x |
+    """
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return "-" if v != v else format(v, floatfmt)
+        return "-" if v is None else str(v)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""Result pages, the claim ledger and the docs are generated from run folders (never pasted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from massmech.cli import main
+from massmech.errors import RunDirError
+from massmech.report.ledger import CLAIMS, ledger, ledger_markdown
+from massmech.report.pages import GENERATED, render_run, write_page
+from massmech.studies.ablation import SweepConfig, run_sweep
+from massmech.studies.analyze import AnalyzeConfig, run_analyze
+
+VERDICTS = {"reproduces", "partly", "contradicted", "not evaluable", "not run", "not testable offline"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    run_sweep(SweepConfig(models=("tiny-llama",), tasks=("kv_lookup", "country_capital"), n=6, rules=("topk",),
+                          ks=(2,)), root / "sweeps" / "tiny-llama", progress=False)
+    run_analyze(AnalyzeConfig(model="tiny-llama", n_tokens=256, seq_len=64, heatmap_layers=()),
+                root / "analyze" / "tiny-llama", progress=False)
+    return root
+
+
+def test_a_run_page_carries_its_provenance_table_and_figures(runs):
+    page = render_run(runs / "analyze" / "tiny-llama")
+    assert page.startswith(GENERATED) and "model tiny-llama" in page and "| q.pre |" in page
+    assert "![" in page  # the analyze figures
+    sweep = render_run(runs / "sweeps" / "tiny-llama")
+    assert "| tiny-llama | kv_lookup (not evaluable) | massive |" in sweep and "git `" in sweep  # a random model
+
+
+def test_the_ledger_judges_every_claim_from_the_runs(runs):
+    t = ledger(runs, models=("tiny-llama",))
+    assert set(t.verdict) <= VERDICTS and {c.key for c in CLAIMS} <= set(t.key)
+    judged = t[t.verdict != "not run"]
+    assert {"P1", "P2", "P3", "P5", "P6", "O1"} <= set(judged.key)  # the runs that exist were read
+    assert "python analyses/emergence.py --model tiny-llama" in t[t.key == "P4"].measured.iloc[0]  # not run here
+    assert (t[t.key == "P8"].verdict == "not run").all() and "massmech twins" in t[t.key == "P8"].measured.iloc[0]
+    text = ledger_markdown(runs, models=("tiny-llama",))
+    assert text.startswith(GENERATED) and text.count("| P1 |") == 1
+
+
+def test_report_command_and_pages_never_overwrite_foreign_files(runs, tmp_path, capsys):
+    assert main(["report", str(runs / "sweeps" / "tiny-llama"), "--markdown"]) == 0
+    assert "kv_lookup" in capsys.readouterr().out
+    foreign = tmp_path / "notes.md"
+    foreign.write_text("my own notes")
+    with pytest.raises(RunDirError, match="not generated"):
+        write_page(foreign, GENERATED + "\nx")
+    assert foreign.read_text() == "my own notes"
+    assert main(["report", "--ledger", str(runs), "--out", str(tmp_path / "ledger.md")]) == 0
+    assert main(["report", "--ledger", str(runs), "--out", str(tmp_path / "ledger.md")]) == 0  # its own page: replaced
+    assert main(["report", str(tmp_path)]) != 0  # not a run folder: a clear error
+
+
+def test_docs_and_readme_block_are_regenerated(runs, tmp_path):
+    from massmech.report.docs import README_END, README_START, write_docs
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{README_START}\nSTALE-LINE\n{README_END}\nrest\n")
+    written = write_docs(runs, tmp_path / "docs", figures_dir=tmp_path / "none", models=("tiny-llama",))
+    names = {p.name for p in written}
+    assert {"ledger.md", "index.md", "gallery.md", "README.md"} <= names
+    text = readme.read_text()
+    assert "STALE-LINE" not in text and "| claim |" in text and text.endswith("rest\n")
