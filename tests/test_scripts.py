@@ -27,6 +27,9 @@ def test_every_script_runs_on_tiny_models(tmp_path):
     cells = ["--cells", str(runs / "sweeps" / "cells")]
     _run(["analyses/ablation_main.py", "--model", m, "--task", "kv_lookup", "--task", "country_capital", "--n", "4",
           "--lam", "1.2", "--out", str(runs / "sweeps" / "main"), *cells])  # random weights: nothing is 5x the mean
+    _run(["analyses/ablation_grid.py", "--preset", "dose", "--model", m, "--n", "4", "--ks", "1,4",
+          "--task", "kv_lookup", "--out", str(runs / "sweeps" / "dose"), *cells])
+    assert (runs / "sweeps" / "dose" / "figures" / "dose_response.png").stat().st_size > 1000
     for preset in ("k", "layers"):
         _run(["analyses/ablation_grid.py", "--preset", preset, "--model", m, "--n", "4", "--lam", "1.2", "--ks", "1,4",
               "--task", "kv_lookup", "--task", "country_capital", "--out", str(runs / "sweeps" / preset), *cells])

@@ -175,7 +175,10 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
       zero replacement, pass ``ks=(22,), replace="zero"``), one pooled scalar per head
       (``replace="pooled_mean"``), prompt only, decode steps untouched, lowest-norm control;
     * ``k``: top-k rule, k = 1, 4, 16, three tasks; ``layers``: lambda=5 on all / early /
-      middle / late layers, three tasks.
+      middle / late layers, three tasks;
+    * ``dose``: the dose-response: top-k, k = 1, 2, 4, 8, 16, against the matched control at
+      each k, three tasks: accuracy against removed variance for both arms
+      (:func:`massmech.report.plotting.dose_response`).
     """
     base = {
         "main": dict(tasks=tuple(TASKS), controls=("matched", "lowest", "random")),
@@ -184,6 +187,7 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
         "k": dict(tasks=FOCUS_TASKS, rules=("topk",), ks=(1, 4, 16), controls=("matched", "lowest")),
         "layers": dict(tasks=FOCUS_TASKS, layer_ranges=("all", "early", "middle", "late"),
                        controls=("matched", "lowest")),
+        "dose": dict(tasks=FOCUS_TASKS, rules=("topk",), ks=(1, 2, 4, 8, 16), controls=("matched",)),
     }
     if name not in base:
         raise ConfigError(f"unknown sweep preset {name!r}; presets are {', '.join(base)}")

@@ -8,7 +8,7 @@ study      names                         what
 =========  ============================  ==================================================
 analyze    ``default``                   the main job on BBC news (:class:`AnalyzeConfig`)
 sweep      ``main``, ``paper``,          ablation grids (:func:`massmech.studies.ablation.preset`)
-           ``k``, ``layers``
+           ``k``, ``layers``, ``dose``
 quant      ``full``, ``core``,           quantization grids (:data:`massmech.studies.quant.config.GRIDS`)
            ``weights``, ``kv``
 twins      ``tiny``, ``demo``, ``paper``  the twins (:data:`massmech.studies.twins.config.PRESETS`)
@@ -41,7 +41,7 @@ def names() -> dict[str, tuple[str, ...]]:
     from massmech.studies.quant.config import GRIDS
     from massmech.studies.twins.config import PRESETS
 
-    return {"analyze": ("default",), "sweep": ("main", "paper", "k", "layers"), "quant": tuple(GRIDS), "twins": tuple(PRESETS)}
+    return {"analyze": ("default",), "sweep": ("main", "paper", "k", "layers", "dose"), "quant": tuple(GRIDS), "twins": tuple(PRESETS)}
 
 
 def config_class(study: str) -> type:

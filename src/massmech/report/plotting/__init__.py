@@ -4,7 +4,7 @@ Every function takes tables (or an analysis) and an optional ``out`` path, and r
 figure; ``out`` writes a PDF (fonts embedded as TrueType) and a PNG.
 """
 
-from massmech.report.plotting.ablation import ablation_bars, ablation_curve, ablation_layers
+from massmech.report.plotting.ablation import ablation_bars, ablation_curve, ablation_layers, dose_response
 from massmech.report.plotting.analyze import (
     bars_from_frame,
     compare_emergence,
@@ -23,7 +23,7 @@ from massmech.report.plotting.twins import twins_bands, twins_disruption, twins_
 
 __all__ = [
     "MAGNITUDE_CMAP", "SITE_LABEL", "ablation_bars", "ablation_curve", "ablation_layers", "bars_from_frame", "compare_emergence",
-    "compare_spectrum", "emergence", "massive_heatmap", "panels_frame", "qk_head_bars", "qk_head_panels", "quant_kv", "quant_preservation",
+    "compare_spectrum", "dose_response", "emergence", "massive_heatmap", "panels_frame", "qk_head_bars", "qk_head_panels", "quant_kv", "quant_preservation",
     "quant_tasks", "close_all", "save", "spectrum", "token_dim_bars", "twins_bands", "twins_disruption", "twins_trajectory",
     "use_style",
 ]

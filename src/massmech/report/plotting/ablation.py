@@ -118,6 +118,54 @@ def ablation_layers(table, *, model: str | None = None, out: str | os.PathLike |
     return save(fig, out)
 
 
+def dose_response(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+    """Accuracy against removed token variance, massive arm vs its variance-matched control.
+
+    One panel per task: each top-k point of the massive arm (top-k dims by M replaced by their
+    prompt mean) and of the control that removes the same variance with random other dims, with
+    95% Wilson intervals; the baseline as a line. If the massive dims matter beyond their size,
+    the massive curve lies below the control's at equal removed variance.
+
+    Args:
+        table: A sweep results table with top-k massive rows and ``matched`` controls
+            (preset ``dose``).
+        model: The model to draw (default: the only one in the table).
+    """
+    use_style()
+    t = _one_model(table, model)
+    arms = t[(t.role == "massive") | (t.control == "matched")]
+    if arms.empty or arms.k.isna().all():
+        raise AnalysisError("dose_response needs top-k massive rows and matched controls (sweep preset 'dose')")
+    tasks = list(dict.fromkeys(t.task))
+    colors = dict(zip(("massive", "matched control"), sns.color_palette("colorblind", 2), strict=True))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.6 * len(tasks) + 0.6, 2.6), sharey=True, squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        d = t[t.task == task]
+        base = d[d.role == "baseline"]
+        if len(base):
+            ax.axhline(float(base.accuracy.iloc[0]), color="grey", lw=0.8, ls="--", label="baseline")
+        for label, rows in (("massive", d[d.role == "massive"]), ("matched control", d[d.control == "matched"])):
+            rows = rows.sort_values("removed_variance")
+            ax.errorbar(rows.removed_variance, rows.accuracy,
+                        yerr=[rows.accuracy - rows.ci_low, rows.ci_high - rows.accuracy],
+                        marker="o", ms=3, lw=1, capsize=2, color=colors[label], label=label)
+            if label == "massive":
+                for r in rows.itertuples():
+                    ax.annotate(f"k={int(r.k)}", (r.removed_variance, r.accuracy), fontsize=6,
+                                textcoords="offset points", xytext=(2, 3))
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(f"{task} (n={int(d.n.iloc[0])})")
+        ax.set_xlabel("removed token variance of Q/K")
+        ax.set_ylim(0, 1.05)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    fig.suptitle(f"{t.model.iloc[0]}: dose-response, massive dims vs random dims matched in removed variance",
+                 fontsize=8, y=1.04)
+    return save(fig, out)
+
+
 def _task_panels(table, model: str | None):
     """One model's rows (with a ``what`` label), its tasks, and one panel per task."""
     use_style()
