@@ -4,7 +4,12 @@ Every function takes tables (or an analysis) and an optional ``out`` path, and r
 figure; ``out`` writes a PDF (fonts embedded as TrueType) and a PNG.
 """
 
-from massmech.report.plotting.ablation import ablation_bars, ablation_curve, ablation_layers, dose_response
+from massmech.report.plotting.ablation import (
+    ablation_bars,
+    ablation_curve,
+    ablation_layers,
+    dose_response,
+)
 from massmech.report.plotting.analyze import (
     bars_from_frame,
     compare_emergence,
