@@ -13,12 +13,21 @@ Both comparisons run on the same examples in one process (SmolLM2-135M by defaul
    small; it grows with the budget and on accelerators, where decode steps are latency-bound.
 2. **Folded vs sequential conditions.** k conditions (baseline, massive, two controls) of B
    examples in one pass of k x B rows, against k passes of B rows. Reported for several B.
+3. **Issue 16's ratios** on the same examples and conditions (measured by
+   ``_harness.eval_ratios``, shared with ``bench/gpu_check.py``): ``prefill_efficiency`` = a bare
+   batched forward of the same rows ÷ ``evaluate`` (goal >= 0.85); ``upstream_style_speedup`` =
+   per-example batch-size-1 greedy generation of up to 32 new tokens with the disruption at
+   every step (how the paper's code evaluates) ÷ ``evaluate`` (goal >= 20), with
+   ``upstream_verdict_agreement`` between the two greedy paths (goal >= 0.98).
 
-Timings are medians of ``--repeats`` rounds on a warm model. The machine may be shared: run
-it alone. The last line is one JSON object with ``teacher_forced_speedup``,
-``verdict_agreement`` and ``batched_conditions_ratio`` (at ``--fold-examples``).
+Timings are medians of ``--repeats`` rounds on a warm model (part 3: best of ``--repeats``; its
+generation path once). The machine may be shared: run it alone. ``--sections`` runs a subset
+(``generate,fold,ratios``). The last line is one JSON object with ``teacher_forced_speedup``,
+``verdict_agreement`` and ``batched_conditions_ratio`` (at ``--fold-examples``) from parts 1-2,
+and ``prefill_efficiency``, ``upstream_style_speedup`` and ``upstream_verdict_agreement`` (details
+under ``eval_ratios``) from part 3; a part not run is absent.
 
-    python bench/eval_speed.py [--model smollm2-135m] [--n 100]
+    python bench/eval_speed.py [--model smollm2-135m] [--n 100] [--sections generate,fold,ratios]
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import statistics
 import time
 
 import torch
+from _harness import eval_ratios
 
 import massmech as mm
 from massmech.causal.disruption import Disruption
@@ -56,7 +66,12 @@ def main() -> None:
     ap.add_argument("--fold-examples", type=int, nargs="+", default=[4, 1, 16], help="B values; the first is reported")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--topk", type=int, default=0, help="disrupt the top-k dims per head instead of lambda=5")
+    ap.add_argument("--sections", default="generate,fold,ratios", help="comma-separated subset of: generate, fold, ratios")
+    ap.add_argument("--upstream-tokens", type=int, default=32, help="new tokens of the upstream-style generation")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    if sections - {"generate", "fold", "ratios"}:
+        ap.error(f"unknown sections {sorted(sections - {'generate', 'fold', 'ratios'})}")
 
     torch.manual_seed(0)
     model = mm.load_model(args.model)
@@ -65,6 +80,25 @@ def main() -> None:
     examples = [e for t in args.tasks for e in get_task(t).examples(args.n, seed=0)]
     print(f"{model.info.name}: {len(examples)} exact-match examples from {args.tasks}, conditions {list(conds)}")
 
+    result: dict = {"model": model.info.name, "threads": torch.get_num_threads(), "examples": len(examples)}
+    if "generate" in sections:
+        result |= _generate(model, examples, conds, args)
+    if "fold" in sections:
+        result |= _fold(model, massive, args)
+    if "ratios" in sections:
+        r = eval_ratios(model, examples, conds, batch_size=args.batch_size, max_new_tokens=args.upstream_tokens,
+                        repeats=args.repeats)
+        print(f"prefill efficiency {r['prefill_efficiency']:.3f} (bare forward {r['bare_forward_s']:.2f} s, evaluate "
+              f"{r['evaluate_s']:.2f} s); upstream-style speedup {r['upstream_style_speedup']:.1f}x (generate "
+              f"{r['upstream_generate_s']:.1f} s, evaluate {r['evaluate_every_step_s']:.2f} s), agreement "
+              f"{r['verdict_agreement']:.4f}")
+        result |= {"prefill_efficiency": r["prefill_efficiency"], "upstream_style_speedup": r["upstream_style_speedup"],
+                   "upstream_verdict_agreement": r["verdict_agreement"], "eval_ratios": r}
+    print(json.dumps(result))
+
+
+def _generate(model, examples, conds, args) -> dict:
+    """Part 1: teacher-forced ``evaluate`` against batched greedy generation, per budget."""
     evaluate(model, examples[:4], conds, progress=False)  # warm-up
     t_tf, tf = timed(lambda: evaluate(model, examples, conds, batch_size=args.batch_size, progress=False), args.repeats)
     budgets = {}
@@ -87,7 +121,13 @@ def main() -> None:
               f"agreement {agreement:.4f}")
         budgets[str(label)] = {"speedup": round(t_gen / t_tf, 2), "agreement": round(agreement, 4),
                                "generate_s": round(t_gen, 2), "n_verdicts": len(merged)}
+    first = budgets[next(iter(budgets))]
+    return {"teacher_forced_speedup": first["speedup"], "verdict_agreement": first["agreement"],
+            "generate_by_budget": budgets, "teacher_forced_s": round(t_tf, 2)}
 
+
+def _fold(model, massive, args) -> dict:
+    """Part 2: k conditions folded into shared passes against k sequential passes."""
     four = {"baseline": None, "massive": massive, "lowest": massive.as_control("lowest"),
             "random": massive.as_control("random")}
     k = len(four)
@@ -109,18 +149,8 @@ def main() -> None:
         ratios[b] = t_f / t_s
         print(f"  B={b:2d}: {k} conditions folded into passes of {k * b} rows {t_f:.2f} s, "
               f"{k} sequential passes of {b} rows {t_s:.2f} s, ratio {ratios[b]:.3f}")
-    first = budgets[next(iter(budgets))]
-    print(json.dumps({
-        "teacher_forced_speedup": first["speedup"],
-        "verdict_agreement": first["agreement"],
-        "batched_conditions_ratio": round(ratios[args.fold_examples[0]], 3),
-        "batched_conditions_ratio_by_B": {str(b): round(r, 3) for b, r in ratios.items()},
-        "generate_by_budget": budgets,
-        "teacher_forced_s": round(t_tf, 2),
-        "model": model.info.name,
-        "threads": torch.get_num_threads(),
-    }))
-
+    return {"batched_conditions_ratio": round(ratios[args.fold_examples[0]], 3),
+            "batched_conditions_ratio_by_B": {str(b): round(r, 3) for b, r in ratios.items()}}
 
 if __name__ == "__main__":
     main()

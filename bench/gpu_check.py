@@ -2,14 +2,14 @@
 
 One prepared script for a lent GPU (issue 16): no weights travel, the model is built on the device.
 
-1. **doctor**: bridge == HF logits (within the dtype's tolerance), KV cache, hooks fire, RoPE verified.
+1. **doctor**: bridge == HF logits (within the dtype's depth-scaled tolerance, reported with its
+   rule), KV cache, hooks fire, RoPE verified.
 2. **capture**: ``capture_stats`` vs a bare forward over B x T random tokens: time ratio, peak
-   GPU memory ratio, tokens/s; then ``detect_massive`` and ``frequency_analysis`` on the result.
+   memory ratio (``_harness.peak_bytes``), tokens/s; then ``detect_massive`` and
+   ``frequency_analysis`` on the result.
 3. **evaluation** on ``kv_lookup`` (baseline, top-k massive, lowest-norm control):
-   ``prefill_efficiency`` = a bare batched forward over the same rows ÷ ``evaluate``;
-   ``upstream_style_speedup`` = per-example (batch 1) greedy generation of up to 32 tokens with
-   the disruption at every step (how the paper's code evaluates) ÷ ``evaluate`` of the same
-   examples and conditions; ``verdict_agreement`` between the two.
+   ``prefill_efficiency``, ``upstream_style_speedup`` and ``verdict_agreement`` as defined and
+   measured by ``_harness.eval_ratios`` (shared with ``bench/eval_speed.py``).
 4. **twins**: ``--twins-steps`` steps of the RoPE twin of the ``paper`` preset: step time and the
    projected time of the full preset (all variants, all steps).
 
@@ -24,18 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 import traceback
 from pathlib import Path
 
 import torch
+from _harness import build_llama, eval_ratios, peak_bytes, timed
 
 import massmech as mm
 from massmech.causal.disruption import Disruption
-from massmech.causal.evaluate import encode, evaluate, generate_exact
 from massmech.causal.tasks import get_task
 from massmech.core.loading import resolve_dtype
-from massmech.core.tiny import byte_tokenizer_dir
 
 SIZES = {  # Llama-3-8B: 32 layers, d_model 4096, 32 heads, 8 KV heads, d_head 128, theta 500000
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -46,50 +44,9 @@ SIZES = {  # Llama-3-8B: 32 layers, d_model 4096, 32 heads, 8 KV heads, d_head 1
 PLAN = {"8b": dict(batch=8, seq=4096, n=64, twins="paper"), "tiny": dict(batch=2, seq=64, n=4, twins="tiny")}
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str, repeats: int = 1) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def peak(fn, device: str) -> int | None:
-    if not device.startswith("cuda"):
-        return None
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    sync(device)
-    return torch.cuda.max_memory_allocated() - base
-
-
 def build(size: str, device: str, dtype: torch.dtype):
     """A random-init Llama of that shape, built on the device in ``dtype``, and its tokenizer."""
-    import transformers as tf
-
-    tok = tf.PreTrainedTokenizerFast.from_pretrained(byte_tokenizer_dir())
-    cfg = tf.LlamaConfig(vocab_size=len(tok), rope_theta=500_000.0, max_position_embeddings=8192,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         **SIZES[size])
-    torch.manual_seed(0)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            hf = tf.LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(default)
-    return hf.eval(), tok
+    return build_llama(SIZES[size], device, dtype)
 
 
 def main() -> None:
@@ -120,7 +77,9 @@ def main() -> None:
     print(f"{lm!r} on {dev}, built in {t_build:.1f} s", flush=True)
     if "doctor" in sections:
         result["doctor"] = {"ok": verdict["ok"], "checks": verdict["checks"], "logit_diff": verdict["max_abs_logit_diff"],
-                        "logit_tol": verdict["logit_tol"], "errors": verdict.get("errors", {})}
+                            "logit_tol": verdict["logit_tol"], "logit_tol_rule": verdict.get("logit_tol_rule"),
+                            "device": verdict.get("device"), "dtype": verdict.get("dtype"),
+                            "errors": verdict.get("errors", {})}
         print("doctor:", json.dumps(result["doctor"]), flush=True)
 
     _section("capture", sections, result, lambda: _capture(lm, plan, dev, result))
@@ -161,7 +120,7 @@ def _capture(lm, plan: dict, dev: str, result: dict) -> None:
     bare()
     t_bare, _ = timed(bare, dev, repeats=3)
     t_cap, stats = timed(capture, dev, repeats=3)
-    m_bare, m_cap = peak(bare, dev), peak(capture, dev)
+    m_bare, m_cap = peak_bytes(bare, dev), peak_bytes(capture, dev)
     fa = mm.frequency_analysis(stats, context_len=plan["seq"])
     n_massive = len(mm.detect_massive(stats))
     result["capture"] = {
@@ -174,38 +133,10 @@ def _capture(lm, plan: dict, dev: str, result: dict) -> None:
 
 
 def _evaluation(lm, plan: dict, dev: str, result: dict) -> None:
-    task = get_task("kv_lookup")
-    examples = task.examples(plan["n"], seed=0)
+    examples = get_task("kv_lookup").examples(plan["n"], seed=0)
     massive = Disruption(target="qk", stage="pre", rule="topk", k=4)
     conds = {"baseline": None, "massive": massive, "lowest": massive.as_control("lowest")}
-    batch = 16
-    evaluate(lm, examples[:2], conds, progress=False)  # warm-up
-    t_eval, tf_rows = timed(lambda: evaluate(lm, examples, conds, batch_size=batch, progress=False), dev)
-    rows = [p + a[0] for p, a in (encode(lm, ex) for ex in examples)] * len(conds)
-    pad = lm.tokenizer.pad_token_id or 0
-
-    def bare_rows():
-        with torch.inference_mode():
-            for i in range(0, len(rows), batch):
-                chunk = rows[i:i + batch]
-                width = max(map(len, chunk))
-                x = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(x)
-                for r, row in enumerate(chunk):
-                    x[r, :len(row)], mask[r, :len(row)] = torch.tensor(row), 1
-                lm.bridge(x.to(dev), attention_mask=mask.to(dev), return_type=None)
-
-    t_rows, _ = timed(bare_rows, dev)
-    step = {"baseline": None, "massive": Disruption(target="qk", stage="pre", rule="topk", k=4, kv_cache="every_step")}
-    t_tf2, tf2 = timed(lambda: evaluate(lm, examples, step, batch_size=batch, progress=False), dev)
-    t_gen, gen = timed(lambda: generate_exact(lm, examples, step, batch_size=1, max_new_tokens=32, progress=False), dev)
-    merged = tf2.merge(gen, on=["condition", "uid"], suffixes=("_tf", "_gen"))
-    result["evaluation"] = {
-        "examples": len(examples), "conditions": len(conds), "evaluate_s": round(t_eval, 3),
-        "prefill_efficiency": round(t_rows / t_eval, 3), "upstream_style_speedup": round(t_gen / t_tf2, 2),
-        "verdict_agreement": round(float((merged.correct_tf == merged.correct_gen).mean()), 4),
-        "accuracy": {c: round(float(g.correct.mean()), 3) for c, g in tf_rows.groupby("condition")},
-    }
+    result["evaluation"] = eval_ratios(lm, examples, conds, batch_size=16, max_new_tokens=32, device=dev)
     print("evaluation:", json.dumps(result["evaluation"]), flush=True)
 
 

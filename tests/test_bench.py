@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _last_json(args: list[str]) -> dict:
-    res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def _last_json(args: list[str], env: dict | None = None) -> dict:
+    res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env=None if env is None else os.environ | env)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -28,3 +32,40 @@ def test_import_time_reports_its_targets():
     r = _last_json(["bench/import_time.py", "--repeats", "1"])
     assert {"help_seconds", "import_overhead_seconds", "help_ok", "import_overhead_ok"} <= set(r)
     assert r["bare_import_seconds"] < r["torch_import_seconds"]  # import massmech does not import torch
+
+
+def test_scale_capture_runs_tiny():
+    r = _last_json(["bench/scale.py", "--size", "tiny", "--sections", "capture"])
+    assert r["sections"] == ["capture"] and "ray_speedup" not in r
+    for dtype in ("bfloat16", "float32"):
+        c = r["capture"][dtype]
+        assert c["dtype"] == dtype and c["tokens"] == c["n_tokens_counted"] == 128 and c["stats_finite"]
+        assert c["capture_time_ratio"] > 0 and c["capture_time_ratio_from_hooks"] > 1  # the hooks did run
+        assert 1.0 <= c["peak_memory_ratio"] < 2 and c["bare_peak_mib"] > 0  # capture adds its accumulators
+        assert r["capture_time_ratio"][dtype] == c["capture_time_ratio"]
+        assert r["peak_memory_ratio"][dtype] == c["peak_memory_ratio"]
+
+
+def test_scale_reports_a_missing_ray_instead_of_failing(tmp_path):
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    r = _last_json(["bench/scale.py", "--size", "tiny", "--sections", "ray"], env={"PYTHONPATH": str(tmp_path)})
+    assert r["ray_speedup"] is None and "not importable" in r["ray"]["reason"]
+
+
+def test_scale_ray_sweep_runs_tiny():
+    pytest.importorskip("ray")
+    r = _last_json(["bench/scale.py", "--size", "tiny", "--sections", "ray", "--ray-n", "2"])
+    assert r["ray_speedup"] == r["ray"]["ray_speedup"] > 0, r["ray"]
+    assert r["ray"]["ray_table_equal"] and r["ray"]["cells"] == 52 and r["ray"]["workers"] == 2
+
+
+def test_eval_speed_ratios_run_tiny():
+    r = _last_json(["bench/eval_speed.py", "--model", "tiny-llama", "--tasks", "kv_lookup", "--n", "2", "--topk", "2",
+                    "--sections", "ratios", "--repeats", "1", "--upstream-tokens", "4"])
+    e = r["eval_ratios"]
+    assert r["prefill_efficiency"] == e["prefill_efficiency"] > 0
+    assert r["upstream_style_speedup"] == e["upstream_style_speedup"] > 0
+    assert 0 <= r["upstream_verdict_agreement"] == e["verdict_agreement"] <= 1
+    assert e["n_verdicts"] == 2 * 2 and e["max_new_tokens"] == 4
+    assert "teacher_forced_speedup" not in r  # only the section asked for ran

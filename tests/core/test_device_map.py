@@ -69,6 +69,10 @@ def test_cli_commands_take_the_placement_flags(tmp_path, capsys):
     assert main(["ablate", "--model", "tiny-llama", "--task", "kv_lookup", "--n", "4", "--rule", "topk", "--k", "2",
                  "--device-map", dm, "--offload-folder", str(tmp_path / "off"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)
+    assert main(["doctor", "--model", "tiny-llama", "--device-map", dm, "--offload-folder", str(tmp_path / "off2"),
+                 "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["ok"] and verdict["max_abs_logit_diff"] is not None  # compared with a sharded reference
     assert main(["sweep", "--preset", "main", "--models", "tiny-llama", "--tasks", "kv_lookup", "--n", "4",
                  "--rules", "topk", "--ks", "2", "--controls", "lowest", "--dtype", "bfloat16",
                  "--out", str(tmp_path / "sweep"), "--json"]) == 0

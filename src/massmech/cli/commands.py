@@ -15,7 +15,14 @@ from massmech.errors import ConfigError
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from massmech.diagnostics.doctor import doctor
 
-    verdict = doctor(args.model, dtype=args.dtype, device=args.device)
+    if args.device_map:  # a sharded model: loaded here, its reference sharded the same way
+        from massmech.core.loading import load_model
+
+        subject = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                             offload_folder=args.offload_folder)
+        verdict = doctor(subject)
+    else:
+        verdict = doctor(args.model, dtype=args.dtype, device=args.device)
     if args.json:
         print(json.dumps(verdict, indent=2))
     else:

@@ -4,7 +4,9 @@ One forward pass per batch, with hooks that reduce each activation to four runni
 and drop it: sum of squares, sum, max |x| and the token count. Memory therefore does not grow
 with the number of tokens. Padding (and, optionally, each sequence's first token) is excluded,
 so a batched capture equals an unbatched one. Per-batch reductions run in fp32 and accumulate
-in fp64.
+in fp64, on the device of each layer (a model sharded over GPUs keeps each layer's statistics
+on its own GPU); the host never waits for the device between batches, and the statistics move
+to the host once, at the end.
 
 From the statistics: ``M[l, h, d] = sqrt(sum of squares)`` is the paper's L2 norm over tokens,
 plus the mean and RMS per dim.
@@ -247,6 +249,38 @@ def _resolve_keys(
     return keys
 
 
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on ``device``; to a GPU through pinned memory, without waiting for the GPU."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _to_host(
+    acc: dict[tuple[Key, int], tuple[Tensor, Tensor, Tensor]], keys: Sequence[Key], n_layers: int
+) -> tuple[dict[Key, Tensor], dict[Key, Tensor], dict[Key, Tensor]]:
+    """``(sumsq, total, max_abs)``: per key a CPU tensor ``[layer, head, d]`` of the accumulators.
+
+    One copy per device: the accumulators living on a device are concatenated there and moved at once.
+    """
+    by_device: dict[torch.device, list[tuple[Key, int]]] = {}
+    for key in keys:
+        for li in range(n_layers):
+            by_device.setdefault(acc[(key, li)][0].device, []).append((key, li))
+    host: dict[tuple[Key, int], list[Tensor]] = {}
+    for items in by_device.values():
+        flat = torch.cat([t.flatten() for item in items for t in acc[item]]).cpu()
+        at = 0
+        for item in items:
+            host[item] = []
+            for t in acc[item]:
+                host[item].append(flat[at : at + t.numel()].view(t.shape))
+                at += t.numel()
+    return tuple(  # type: ignore[return-value]
+        {key: torch.stack([host[(key, li)][j] for li in range(n_layers)]) for key in keys} for j in range(3)
+    )
+
+
 def capture_stats(
     model: LoadedModel,
     data: Sequence[str] | Sequence[Sequence[int]] | Tensor,
@@ -293,23 +327,36 @@ def capture_stats(
         raise CaptureError("exclude_first_token leaves no token: every sequence has length 1")
 
     heads = {"q": model.info.n_heads, "k": model.info.n_kv_heads, "v": model.info.n_kv_heads}
-    shape = lambda k: (len(layer_list), heads[k[0]], model.info.d_head)  # noqa: E731
-    device = model.info.device  # accumulate where the model runs: no host sync per hook
-    zeros = lambda k: torch.zeros(shape(k), dtype=torch.float64, device=device)  # noqa: E731
-    sumsq, total, max_abs = ({k: zeros(k) for k in keys} for _ in range(3))
+    device = torch.device(model.info.device)  # where the ids go (the embedding's device)
+    # (sumsq, total, max_abs) of one (key, layer index), fp64, on the device of that layer's
+    # activations (a sharded model keeps each layer's statistics on its own GPU): created by the
+    # layer's first hook call, updated in place on the device, never read by the host until the end
+    acc: dict[tuple[Key, int], tuple[Tensor, Tensor, Tensor]] = {}
     fired: dict[tuple[Key, int], int] = {}
-    state: dict[str, Tensor | None] = {"select": None}
+    # this batch's counted tokens as (row, position) indices, per device: integer indexing has a
+    # size known to the host, where a boolean mask would make each hook wait for the device
+    select: dict[torch.device, tuple[Tensor, Tensor] | None] = {}
 
     def make_hook(key: Key, li: int, heads_first: bool):
         def hook(x: Tensor, hook: object) -> None:
             fired[(key, li)] = fired.get((key, li), 0) + 1
             x = to_heads(x, heads_first, heads[key[0]])  # [b, pos, head, d]
-            sel = state["select"]
-            xs = x.flatten(0, 1) if sel is None else x[sel]  # [tokens, head, d]
-            xs = xs.float()  # fp32 per batch, fp64 across batches
-            sumsq[key][li] += (xs * xs).sum(0)
-            total[key][li] += xs.sum(0)
-            torch.maximum(max_abs[key][li], xs.abs().amax(0), out=max_abs[key][li])
+            if (key, li) not in acc:
+                acc[(key, li)] = tuple(torch.zeros(x.shape[2:], dtype=torch.float64, device=x.device) for _ in range(3))
+            sumsq, total, max_abs = acc[(key, li)]
+            if x.device not in select:
+                here = select[device]
+                select[x.device] = None if here is None else (here[0].to(x.device), here[1].to(x.device))
+            sel = select[x.device]
+            xs = x.flatten(0, 1) if sel is None else x[sel]  # [tokens, head, d], in (row, position) order
+            # max |x| is exact in any dtype: the extremes of the activation itself (no |x| copy)
+            torch.maximum(max_abs, torch.maximum(xs.amax(0), xs.amin(0).neg()), out=max_abs)
+            # fp32 per batch, fp64 across batches; one fp32 temporary (the copy of a half-precision
+            # activation, squared in place after its sum; for fp32, x * x)
+            xf = xs.float()
+            total += xf.sum(0)
+            own = xf.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()  # a copy: ours to square
+            sumsq += (xf.square_() if own else xf * xf).sum(0)
 
         return hook
 
@@ -333,14 +380,16 @@ def capture_stats(
             for row, i in enumerate(batch):
                 ids[row, : lens[row]] = torch.tensor(seqs[i])
                 mask[row, : lens[row]] = True
-            select = mask.clone()
+            sel = mask.clone()
             if exclude_first_token:
-                select[:, 0] = False
-            state["select"] = None if bool(select.all()) else select.to(device)
-            n_tokens += int(select.sum())
+                sel[:, 0] = False
+            n_tokens += int(sel.sum())  # counted on the host: the masks are built here
+            select.clear()
+            rows, positions = sel.nonzero(as_tuple=True)
+            select[device] = None if bool(sel.all()) else (_to_device(rows, device), _to_device(positions, device))
             model.bridge(
-                ids.to(device),
-                attention_mask=None if bool(mask.all()) else mask.long().to(device),
+                _to_device(ids, device),
+                attention_mask=None if bool(mask.all()) else _to_device(mask.long(), device),
                 return_type=None,
             )
             bad = [names[k] for k in names if fired.get(k, 0) != bi + 1]
@@ -348,7 +397,7 @@ def capture_stats(
                 raise CaptureError(
                     f"hooks did not fire exactly once per forward on {model.info.name}: {bad[:6]}"
                 )
-    sumsq, total, max_abs = ({k: v.cpu() for k, v in d.items()} for d in (sumsq, total, max_abs))
+    sumsq, total, max_abs = _to_host(acc, keys, len(layer_list))
     for key in keys:
         if not (torch.isfinite(sumsq[key]).all() and torch.isfinite(max_abs[key]).all()):
             bad_layers = sorted(

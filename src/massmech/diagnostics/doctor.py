@@ -28,6 +28,45 @@ DOCTOR_TEXT = (
 )
 
 
+FP32_LOGIT_TOL = 1e-4  # doctor's fixed fp32 tolerance, and the floor of every default tolerance
+LOGIT_TOL_RULE = "max(1e-4, u * (2 * n_layers + 2) * max|logit|)"
+
+
+def unit_roundoff(dtype: str | torch.dtype) -> float:
+    """Unit roundoff ``u`` of a float dtype (half its machine epsilon): the largest relative error of
+    one rounding to nearest.
+
+    >>> unit_roundoff("bfloat16") == 2**-8, unit_roundoff(torch.float16) == 2**-11, unit_roundoff("float32") == 2**-24
+    (True, True, True)
+    """
+    return torch.finfo(resolve_dtype(dtype)).eps / 2
+
+
+def logit_tolerance(dtype: str | torch.dtype, n_layers: int, logit_scale: float) -> float:
+    """The default ``logit_tol`` of :func:`doctor`: a rounding budget per residual write.
+
+    Rule: ``max(1e-4, u * (2 * n_layers + 2) * logit_scale)``, with ``u`` the dtype's unit
+    roundoff (:func:`unit_roundoff`: 2^-24 fp32, 2^-11 fp16, 2^-8 bf16) and ``logit_scale`` the
+    largest |logit| of the reference forward.
+
+    Why: the bridge and plain Hugging Face run the same network in the same dtype but may round
+    at different points (e.g. the bridge's own attention against SDPA). Each write into the
+    residual stream (two per layer: attention and MLP; plus the embedding, and the final norm
+    with the unembedding: ``2 * n_layers + 2`` in all) may move the result by about one rounding,
+    ``u`` relative to the stream; in the worst case these add up along the depth, and the logits
+    carry that relative error at their own scale. A real mismatch (a wrong weight, a missed bias,
+    a hook that changes values) moves the logits by far more. In fp32 the budget stays below the
+    floor 1e-4, the fixed tolerance doctor always used there; in bf16 it is about 0.016 for a
+    2-layer model with logits up to 0.66, and about 1.3 for a 32-layer one with logits up to 5.
+
+    >>> logit_tolerance("float32", 16, 1.0)
+    0.0001
+    >>> round(logit_tolerance("bfloat16", 2, 0.66), 4), round(logit_tolerance("bfloat16", 32, 5.0), 3)
+    (0.0155, 1.289)
+    """
+    return max(FP32_LOGIT_TOL, unit_roundoff(dtype) * (2 * n_layers + 2) * float(logit_scale))
+
+
 def kv_cache_error(model: LoadedModel, ids: torch.Tensor) -> float:
     """Max |logit| difference between decoding the last token with a KV cache and a full forward.
 
@@ -71,13 +110,22 @@ def _subject(
             "model (doctor(hf_model, tokenizer)) to run this check"
         )
     kw = model.load_kwargs
-    reference = load_hf(model.spec, dtype=kw.get("dtype", "float32"), seed=kw.get("seed", 0))[0]
-    return model, reference.to(model.info.device), None
+    if kw.get("device_map") is None:
+        reference = load_hf(model.spec, dtype=kw.get("dtype", "float32"), seed=kw.get("seed", 0))[0]
+        return model, reference.to(model.info.device), None
+    # a sharded model: its reference is sharded the same way (never gathered on one device)
+    import tempfile
+
+    offload = tempfile.mkdtemp(prefix="massmech-doctor-")
+    reference = load_hf(model.spec, dtype=kw.get("dtype", "float32"), seed=kw.get("seed", 0),
+                        device_map=kw["device_map"], offload_folder=offload)[0]
+    return model, reference, None
 
 
 def _check_rope_config(model: Any, checks: dict, errors: dict) -> None:
     """``rope_matches_config``: the spec read from the cos/sin tables equals the one the model's
-    Hugging Face config describes (relative 1e-5 per frequency)."""
+    Hugging Face config describes (relative 1e-5 per frequency in fp32; two roundings of the
+    model's dtype in half precision, where the tables hold rounded frequencies)."""
     import numpy as np
 
     from massmech.core.bridge import hf_model
@@ -90,8 +138,10 @@ def _check_rope_config(model: Any, checks: dict, errors: dict) -> None:
         errors["rope_matches_config"] = str(err)
         return
     got = model.rope
+    # the model keeps its frequencies in its own dtype: each may be off by one rounding (x2 margin)
+    rtol = max(1e-5, 2 * unit_roundoff(model.info.dtype))
     same = (got.rotary_dim == ref.rotary_dim and got.layout == ref.layout and got.n_layers == ref.n_layers
-            and np.allclose(np.array(got.inv_freq), np.array(ref.inv_freq), rtol=1e-5, atol=0))
+            and np.allclose(np.array(got.inv_freq), np.array(ref.inv_freq), rtol=rtol, atol=0))
     checks["rope_matches_config"] = bool(same)
     if not same:
         errors["rope_matches_config"] = f"the model's tables give {got}, its config {ref}"
@@ -113,8 +163,10 @@ def doctor(
             TransformerLens bridge. A wrapped model loaded by neither route has no pristine
             reference, so ``logits_match`` is reported under ``skipped`` with the reason.
         tokenizer: The tokenizer of a Hugging Face model.
-        logit_tol: Largest allowed |bridge - HF| logit difference (default 1e-4 in fp32, 5e-2 in
-            half precision); reported as ``logit_tol``.
+        logit_tol: Largest allowed |bridge - HF| logit difference; default
+            :func:`logit_tolerance` of the model's dtype, depth and largest reference logit (1e-4
+            in fp32; in bf16/fp16 it grows with the number of layers). Reported as ``logit_tol``,
+            with the rule and its inputs as ``logit_tol_rule``.
         dtype: Weight dtype of a model loaded here from a spec (default fp32).
         device: Device of a model loaded here from a spec (default CPU).
 
@@ -127,7 +179,9 @@ def doctor(
     ``rope_matches_config`` checks the spec against the model's config instead.
 
     Returns:
-        Dict with ``ok``, ``model``, ``max_abs_logit_diff`` (``None`` if skipped), ``logit_tol``,
+        Dict with ``ok``, ``model``, ``device``, ``dtype``, ``max_abs_logit_diff`` (``None`` if
+        skipped), ``logit_tol``, ``logit_tol_rule`` (``rule``, ``unit_roundoff``, ``n_layers``,
+        ``logit_scale``; ``rule`` is ``"given"`` when ``logit_tol`` was passed),
         ``skipped`` (check -> why it could not run), ``rope_bases`` (one per layer;
         empty without RoPE), ``rope_fitted_bases``, ``rope`` (layout, rotary_dim), ``checks``
         (name -> passed) and ``errors`` (name -> message) for failed checks.
@@ -137,24 +191,30 @@ def doctor(
     (True, True, {})
     """
     model, reference, why_not = _subject(model, tokenizer, None if dtype is None else resolve_dtype(dtype), device)
-    if logit_tol is None:
-        logit_tol = 1e-4 if model.info.dtype == "float32" else 5e-2
     checks: dict[str, bool] = {}
     errors: dict[str, str] = {}
     skipped: dict[str, str] = {}
 
     ids = torch.tensor([model.tokenize(DOCTOR_TEXT)[0]], device=model.info.device)
     max_diff = None
-    if reference is None:
+    with torch.inference_mode():
+        bridge_logits = model.bridge(ids, return_type="logits").float()
+        hf_logits = None if reference is None else reference(ids).logits.float()
+    # the tolerance's scale: the pristine model's logits (the bridge's when there is none)
+    scale = float((bridge_logits if hf_logits is None else hf_logits).abs().max())
+    rule = {"rule": LOGIT_TOL_RULE, "unit_roundoff": unit_roundoff(model.info.dtype),
+            "n_layers": model.info.n_layers, "logit_scale": scale}
+    if logit_tol is None:
+        logit_tol = logit_tolerance(model.info.dtype, model.info.n_layers, scale)
+    else:
+        rule["rule"] = "given"
+    if hf_logits is None:
         skipped["logits_match"] = why_not
     else:
-        with torch.inference_mode():
-            bridge_logits = model.bridge(ids, return_type="logits").float()
-            hf_logits = reference(ids).logits.float()
         max_diff = float((bridge_logits - hf_logits).abs().max())
         checks["logits_match"] = max_diff <= logit_tol
         if not checks["logits_match"]:
-            errors["logits_match"] = f"max |bridge - HF| = {max_diff:.3e} > {logit_tol:.0e}"
+            errors["logits_match"] = f"max |bridge - HF| = {max_diff:.3e} > {logit_tol:.3e}"
 
     cache_diff = kv_cache_error(model, ids)
     checks["kv_cache"] = cache_diff <= max(logit_tol, 1e-3)
@@ -194,8 +254,11 @@ def doctor(
     return {
         "ok": all(checks.values()),
         "model": asdict(model.info),
+        "device": model.info.device,
+        "dtype": model.info.dtype,
         "max_abs_logit_diff": max_diff,
         "logit_tol": logit_tol,
+        "logit_tol_rule": rule,
         "kv_cache_logit_diff": cache_diff,
         "rope_bases": rope_bases,
         "rope_fitted_bases": fitted,
