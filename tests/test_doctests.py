@@ -32,16 +32,8 @@ def test_examples_run(name):
 
 # ------------------------------------------------------------------ every public name has an example
 LAYERS_WITH_EXAMPLES = ("massmech.core", "massmech.causal")
-# core/capture.py and core/loading.py were being reworked for issue 16 (GPU, sharding) when this
-# test landed; their examples come with that work. This set may only shrink (a test says so).
-KNOWN_GAPS = {
-    "massmech.core.capture.QKVStats", "massmech.core.capture.QKVStats.from_activations",
-    "massmech.core.capture.QKVStats.keys", "massmech.core.capture.QKVStats.norm",
-    "massmech.core.capture.QKVStats.mean", "massmech.core.capture.QKVStats.rms",
-    "massmech.core.capture.QKVStats.maxabs", "massmech.core.capture.QKVStats.to_frame",
-    "massmech.core.capture.QKVStats.save", "massmech.core.capture.QKVStats.load",
-    "massmech.core.capture.grid_frame", "massmech.core.capture.capture_stats",
-}
+# Public names allowed to lack an example (none today). This set may only shrink (a test says so).
+KNOWN_GAPS: set[str] = set()
 
 
 def _public_api():

@@ -50,6 +50,11 @@ class QKVStats:
         sumsq, total, max_abs: Per ``(site, stage)``, fp64 tensors ``[layer, head, d_head]``.
         rope: The model's RoPE spec (``None`` for models without RoPE).
         exclude_first_token: Whether each sequence's first token was left out.
+
+    >>> import massmech as mm
+    >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), [[5, 6, 7, 8]], sites=("q", "k"), progress=False)
+    >>> stats.n_tokens, stats.keys()[:2], tuple(stats.sumsq[("q", "pre")].shape)
+    (4, [('q', 'pre'), ('q', 'post')], (2, 4, 16))
     """
 
     model: str
@@ -65,13 +70,23 @@ class QKVStats:
 
     @classmethod
     def from_activations(cls, activations: Any, **kwargs: Any) -> QKVStats:
-        """Statistics from saved Q/K/V tensors: see :func:`massmech.core.activations.from_activations`."""
+        """Statistics from saved Q/K/V tensors: see :func:`massmech.core.activations.from_activations`.
+
+        >>> import torch
+        >>> QKVStats.from_activations({"q": torch.ones(2, 5, 4, 16)}, axes="bthd").n_tokens  # [batch, tokens, heads, d]
+        10
+        """
         from massmech.core.activations import from_activations
 
         return from_activations(activations, **kwargs)
 
     def keys(self) -> list[Key]:
-        """The captured ``(site, stage)`` pairs."""
+        """The captured ``(site, stage)`` pairs.
+
+        >>> import massmech as mm
+        >>> mm.capture_stats(mm.load_model("tiny-llama"), [[5, 6, 7]], sites=("k",), progress=False).keys()
+        [('k', 'pre'), ('k', 'post')]
+        """
         return list(self.sumsq)
 
     def __repr__(self) -> str:
@@ -104,23 +119,53 @@ class QKVStats:
         return table[(site, stage)]
 
     def norm(self, site: str, stage: str = "pre") -> Float[Tensor, "layer head d_head"]:
-        """The paper's ``M``: L2 norm over all counted tokens, per (layer, head, dim)."""
+        """The paper's ``M``: L2 norm over all counted tokens, per (layer, head, dim).
+
+        >>> import massmech as mm
+        >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), [[5, 6, 7, 8]], progress=False)
+        >>> stats.norm("k", "pre").shape   # [layer, kv head, d_head]
+        torch.Size([2, 2, 16])
+        """
         return self._get(self.sumsq, site, stage).sqrt()
 
     def mean(self, site: str, stage: str = "pre") -> Float[Tensor, "layer head d_head"]:
-        """Mean over counted tokens."""
+        """Mean over counted tokens.
+
+        >>> import massmech as mm
+        >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), [[5, 6, 7, 8]], progress=False)
+        >>> bool((stats.mean("q").abs() <= stats.maxabs("q")).all())
+        True
+        """
         return self._get(self.total, site, stage) / self.n_tokens
 
     def rms(self, site: str, stage: str = "pre") -> Float[Tensor, "layer head d_head"]:
-        """Root mean square over counted tokens."""
+        """Root mean square over counted tokens.
+
+        >>> import massmech as mm, torch
+        >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), [[5, 6, 7, 8]], progress=False)
+        >>> torch.allclose(stats.rms("v"), stats.norm("v") / stats.n_tokens ** 0.5)
+        True
+        """
         return (self._get(self.sumsq, site, stage) / self.n_tokens).sqrt()
 
     def maxabs(self, site: str, stage: str = "pre") -> Float[Tensor, "layer head d_head"]:
-        """Largest |x| over counted tokens."""
+        """Largest |x| over counted tokens.
+
+        >>> import massmech as mm
+        >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), [[5, 6, 7, 8]], progress=False)
+        >>> bool((stats.maxabs("k") <= stats.norm("k")).all())   # one token's |x| <= the L2 norm over tokens
+        True
+        """
         return self._get(self.max_abs, site, stage)
 
     def to_frame(self) -> pd.DataFrame:
-        """Tidy table: one row per (site, stage, layer, head, dim) with M, mean, rms, max_abs."""
+        """Tidy table: one row per (site, stage, layer, head, dim) with M, mean, rms, max_abs.
+
+        >>> import massmech as mm
+        >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), [[5, 6, 7, 8]], sites=("k",), progress=False)
+        >>> list(stats.to_frame().columns), len(stats.to_frame())   # 2 stages x 2 layers x 2 heads x 16 dims
+        (['site', 'stage', 'layer', 'head', 'dim', 'M', 'mean', 'rms', 'max_abs'], 128)
+        """
         frames = [
             grid_frame(
                 site, stage, self.layers, "dim",
@@ -136,7 +181,14 @@ class QKVStats:
         return pd.concat(frames, ignore_index=True)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write to one ``.npz`` file (atomically: a temp file moved into place)."""
+        """Write to one ``.npz`` file (atomically: a temp file moved into place).
+
+        >>> import massmech as mm, tempfile, torch
+        >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), [[5, 6, 7, 8]], progress=False)
+        >>> path = stats.save(tempfile.mkdtemp() + "/stats.npz")
+        >>> torch.equal(QKVStats.load(path).norm("q"), stats.norm("q"))
+        True
+        """
         path = Path(path)
         arrays = {}
         for (site, stage), t in self.sumsq.items():
@@ -162,7 +214,13 @@ class QKVStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QKVStats:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`.
+
+        >>> import massmech as mm, tempfile
+        >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), [[5, 6, 7, 8]], progress=False)
+        >>> QKVStats.load(stats.save(tempfile.mkdtemp() + "/s.npz"))
+        QKVStats('tiny-llama', layers=0..1 (2), sites=q.pre,q.post,k.pre,k.post,v.pre, tokens=4, sequences=1, d_head=16)
+        """
         with np.load(path) as z:
             header = json.loads(bytes(z["header"]).decode())
             keys = [tuple(k) for k in header["keys"]]
@@ -185,7 +243,11 @@ class QKVStats:
 def grid_frame(
     site: str, stage: str, layers: Sequence[int], last: str, columns: dict[str, Tensor | np.ndarray]
 ) -> pd.DataFrame:
-    """Tidy rows for one (site, stage) from ``[layer, head, X]`` arrays (X indexed by ``last``)."""
+    """Tidy rows for one (site, stage) from ``[layer, head, X]`` arrays (X indexed by ``last``).
+
+    >>> grid_frame("q", "pre", [0, 1], "dim", {"M": np.ones((2, 1, 3))}).shape
+    (6, 6)
+    """
     first = np.asarray(next(iter(columns.values())))
     n_l, n_h, n_x = first.shape
     lay, head, x = np.meshgrid(np.asarray(layers), np.arange(n_h), np.arange(n_x), indexing="ij")
@@ -312,6 +374,15 @@ def capture_stats(
     Raises:
         CaptureError: Empty corpus, sequence longer than the context, unknown site/stage, a
             hook that did not fire or fired twice, or NaN/inf activations.
+
+    >>> import massmech as mm
+    >>> model = mm.load_model("tiny-llama")
+    >>> one = capture_stats(model, [[5, 6, 7, 8], [9, 10]], batch_size=2, progress=False)
+    >>> one   # padding is not counted: 6 tokens
+    QKVStats('tiny-llama', layers=0..1 (2), sites=q.pre,q.post,k.pre,k.post,v.pre, tokens=6, sequences=2, d_head=16)
+    >>> import torch
+    >>> torch.allclose(one.norm("k"), capture_stats(model, [[5, 6, 7, 8], [9, 10]], batch_size=1, progress=False).norm("k"))
+    True
     """
     if batch_size < 1:
         raise CaptureError(f"batch_size must be >= 1, got {batch_size}")
