@@ -158,7 +158,9 @@ def eval_ratios(lm: Any, examples: Sequence[Any], conditions: Mapping[str, Any],
     forward, ``evaluate`` and the every-step ``evaluate`` run in ``repeats`` interleaved rounds;
     ``prefill_efficiency`` is the median over rounds of each round's bare ÷ ``evaluate`` (neighbours
     share the machine's load), the every-step ``evaluate`` time is the median over rounds. The
-    generation path runs once (it is the slow one).
+    generation path runs once (it is the slow one), so on a shared machine a change of load during
+    it moves the wall-clock speedup; ``upstream_style_speedup_cpu``, the same ratio on this
+    process's CPU time, is less exposed to other jobs.
 
     Returns:
         The three ratios, the seconds behind them, ``n_verdicts`` and the per-condition accuracy.
@@ -198,14 +200,18 @@ def eval_ratios(lm: Any, examples: Sequence[Any], conditions: Mapping[str, Any],
     efficiency = statistics.median(b / e for b, e in zip(wall["bare"], wall["evaluate"], strict=True))
     t_bare, t_eval, t_step = (statistics.median(wall[k]) for k in ("bare", "evaluate", "every_step"))
     tf_rows, tf_step = tables["evaluate"], tables["every_step"]
-    t_gen, gen = timed(lambda: generate_exact(lm, examples, step, batch_size=1, max_new_tokens=max_new_tokens,
-                                              progress=False), device)
+    gen_out: dict[str, Any] = {}
+    gen_t = measure(lambda: gen_out.update(table=generate_exact(lm, examples, step, batch_size=1,
+                                                                max_new_tokens=max_new_tokens, progress=False)), device)
+    t_gen, gen = gen_t["wall_s"], gen_out["table"]
+    cpu_step = statistics.median(r["cpu_s"] for r in rounds["every_step"])
     merged = tf_step.merge(gen, on=["condition", "uid"], suffixes=("_tf", "_gen"))
     if not len(merged) == len(tf_step) == len(gen):
         raise RuntimeError("the teacher-forced and generated verdicts do not cover the same rows")
     return {
         "prefill_efficiency": round(efficiency, 3),
         "upstream_style_speedup": round(t_gen / t_step, 2),
+        "upstream_style_speedup_cpu": round(gen_t["cpu_s"] / cpu_step, 2),
         "verdict_agreement": round(float((merged.correct_tf == merged.correct_gen).mean()), 4),
         "n_verdicts": len(merged), "examples": len(examples), "conditions": len(conditions),
         "bare_forward_s": round(t_bare, 3), "evaluate_s": round(t_eval, 3),

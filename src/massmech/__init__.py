@@ -53,7 +53,7 @@ _LAZY = {  # public name -> module that defines it
     "ModelInfo": "massmech.core.models",
     "wrap": "massmech.core.models",
     "RopeSpec": "massmech.core.rope",
-    "QKVStats": "massmech.core.capture",
+    "QKVStats": "massmech.core.qkvstats",
     "capture_stats": "massmech.core.capture",
     "detect_massive": "massmech.core.detect",
     "FrequencyAnalysis": "massmech.core.frequency",

@@ -18,7 +18,7 @@ OLD_MODULES: dict[str, tuple[str, ...]] = {  # old name -> new modules, searched
     "models": ("massmech.core.models", "massmech.core.loading", "massmech.core.catalog", "massmech.core.sites", "massmech.core.tiny",
                "massmech.core.bridge", "massmech.errors"),
     "rope": ("massmech.core.rope", "massmech.diagnostics.verify_rope", "massmech.errors"),
-    "capture": ("massmech.core.capture", "massmech.errors"),
+    "capture": ("massmech.core.capture", "massmech.core.qkvstats", "massmech.errors"),
     "detect": ("massmech.core.detect",),
     "frequency": ("massmech.core.frequency",),
     "corpus": ("massmech.core.corpus", "massmech.errors"),

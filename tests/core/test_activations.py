@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 import massmech as mm
-from massmech.core.capture import QKVStats
+from massmech.core.qkvstats import QKVStats
 from massmech.core.rope import RopeSpec
 from massmech.errors import CaptureError
 

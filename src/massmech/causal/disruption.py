@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from massmech.core.capture import QKVStats
 from massmech.core.models import LoadedModel
+from massmech.core.qkvstats import QKVStats
 from massmech.errors import DisruptionError
 
 TARGETS = {"q": ("q",), "k": ("k",), "qk": ("q", "k")}

@@ -34,8 +34,8 @@ from massmech.causal.disruption import Disruption
 from massmech.causal.intervention import Intervention
 from massmech.causal.tasks.base import Example, Task
 from massmech.core.bridge import hf_model
-from massmech.core.capture import QKVStats
 from massmech.core.models import LoadedModel
+from massmech.core.qkvstats import QKVStats
 from massmech.errors import TaskError
 from massmech.stats import describe, token_nll
 

@@ -33,10 +33,10 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from massmech.causal.disruption import Disruption
-from massmech.core.capture import QKVStats
 from massmech.core.detect import massive_mask
 from massmech.core.frequency import equal_count_bands
 from massmech.core.models import LoadedModel
+from massmech.core.qkvstats import QKVStats
 from massmech.core.sites import from_heads, to_heads
 from massmech.errors import DisruptionError, NoOpDisruptionError
 

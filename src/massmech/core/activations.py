@@ -1,7 +1,7 @@
 """Statistics from Q/K/V activations saved elsewhere (other frameworks, other models, cluster jobs).
 
 :func:`from_activations` (also ``QKVStats.from_activations``) turns saved tensors into the same
-:class:`~massmech.core.capture.QKVStats` a model run gives, so detection, frequency analysis and
+:class:`~massmech.core.qkvstats.QKVStats` a model run gives, so detection, frequency analysis and
 ``massmech analyze --activations`` work on them. It checks the tensors against their declared
 axes and the RoPE spec before it sums anything, and it streams: pass an iterable of chunks.
 
@@ -109,7 +109,7 @@ def from_activations(
     n_heads: Mapping[str, int] | None = None,
     model: str = "activations",
 ) -> Any:
-    """:class:`~massmech.core.capture.QKVStats` from saved Q/K/V activations.
+    """:class:`~massmech.core.qkvstats.QKVStats` from saved Q/K/V activations.
 
     Args:
         activations: ``{"q": x, "k": x, "v": x}`` (any subset), each one tensor (one layer) or a
@@ -135,7 +135,7 @@ def from_activations(
     >>> stats.n_tokens, stats.n_sequences, stats.keys()
     (4, 2, [('k', 'pre')])
     """
-    from massmech.core.capture import QKVStats
+    from massmech.core.qkvstats import QKVStats
 
     if stage not in ("pre", "post"):
         raise CaptureError(f"stage must be 'pre' or 'post', got {stage!r}")

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from massmech.core.capture import QKVStats
+from massmech.core.qkvstats import QKVStats
 from massmech.errors import AnalysisError
 
 COLUMNS = [

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from massmech.core.capture import QKVStats, capture_stats
+from massmech.core.capture import capture_stats
 from massmech.core.models import LoadedModel
+from massmech.core.qkvstats import QKVStats
 from massmech.errors import AnalysisError, RopeError
 
 
@@ -76,7 +77,7 @@ def emergence(
     """Emergence from statistics captured on independent chunks of windows (see the module docstring).
 
     Args:
-        chunks: One :class:`~massmech.core.capture.QKVStats` per chunk, each with Q, K and V
+        chunks: One :class:`~massmech.core.qkvstats.QKVStats` per chunk, each with Q, K and V
             pre-RoPE, from the same model.
         context_len: The windows' length ``C``.
         factors: Band edges: pairs with wavelength > ``factor x C``.

@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 
 from massmech._notebook import html_table
-from massmech.core.capture import QKVStats, grid_frame
 from massmech.core.detect import detect_massive
+from massmech.core.qkvstats import QKVStats, grid_frame
 from massmech.core.rope import RopeSpec
 from massmech.errors import AnalysisError, RopeError, RunNotFoundError
 from massmech.infra.io import write_json

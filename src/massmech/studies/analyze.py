@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from massmech.core.bridge import hf_model
-from massmech.core.capture import QKVStats, capture_stats
+from massmech.core.capture import capture_stats
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.core.corpus import bbc_news, hf_dataset_texts, text_file, token_windows
 from massmech.core.frequency import check_params, frequency_analysis
 from massmech.core.loading import load_model, resolve_dtype
 from massmech.core.models import LoadedModel
+from massmech.core.qkvstats import QKVStats
 from massmech.errors import ConfigError, CorpusError, IndexRangeError
 from massmech.infra.cells import CellStore, cell_key, data_hash
 from massmech.infra.io import write_json

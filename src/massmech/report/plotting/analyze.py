@@ -14,9 +14,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from massmech.core.capture import QKVStats
 from massmech.core.frequency import FrequencyAnalysis, equal_count_bands
 from massmech.core.models import LoadedModel
+from massmech.core.qkvstats import QKVStats
 from massmech.errors import AnalysisError, IndexRangeError, NotCapturedError
 from massmech.report.plotting.style import MAGNITUDE_CMAP, SITE_LABEL, save, use_style
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from massmech.core.capture import QKVStats
 from massmech.core.detect import detect_massive, massive_mask
+from massmech.core.qkvstats import QKVStats
 from massmech.errors import QuantError
 
 

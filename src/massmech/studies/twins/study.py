@@ -33,10 +33,11 @@ from torch import Tensor
 
 from massmech.causal.disruption import Disruption
 from massmech.causal.intervention import Intervention
-from massmech.core.capture import QKVStats, capture_stats
+from massmech.core.capture import capture_stats
 from massmech.core.detect import massive_mask
 from massmech.core.frequency import pair_energy
 from massmech.core.models import LoadedModel, wrap
+from massmech.core.qkvstats import QKVStats
 from massmech.core.rope import RopeSpec
 from massmech.errors import RunNotFoundError
 from massmech.infra.cells import CellStore, cell_key
