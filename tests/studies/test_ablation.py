@@ -150,3 +150,23 @@ def test_massive_rows_are_tested_against_their_matched_control(tmp_path):
     matched = table[table.control == "matched"].set_index("condition").removed_variance
     for r in massive.itertuples():  # matched in size
         assert abs(matched[f"{r.condition}.ctrl-matched-s0"] / r.removed_variance - 1) < 0.10
+
+
+def test_paper_preset_takes_the_official_k_and_replacement_of_each_family(tmp_path, monkeypatch):
+    cfg = sweeps.preset("paper", models=("tiny-llama", "tiny-qwen2"), n=4, tasks=("kv_lookup",))
+    t = run_sweep(cfg, tmp_path / "a", progress=False)
+    massive = t[t.role == "massive"].set_index("model")
+    assert massive.loc["tiny-llama", "k"] == 1 and massive.loc["tiny-qwen2", "k"] == 3
+    disrupted = t[t.role != "baseline"]
+    assert set(disrupted.stage) == {"post"} and disrupted.condition.str.contains("pooled_mean").all()
+    # Gemma-2: k = 22 set to zero; its lowest-norm control gets the pooled mean, as in the official code
+    conds = {d.control: d for d, _ in cfg.disruptions(26, "Gemma2ForCausalLM")}
+    assert (conds[None].k, conds[None].replace) == (22, "zero")
+    assert (conds["lowest"].replace, conds["matched"].replace) == ("pooled_mean", "zero")
+    # a family without an official setting is refused before any cell runs; ks with paper_settings too
+    monkeypatch.setattr(sweeps, "evaluate", lambda *a, **k: pytest.fail("ran a cell"))
+    with pytest.raises(ValueError, match="no setting for Gemma3ForCausalLM"):
+        run_sweep(sweeps.preset("paper", models=("tiny-gemma3",), n=4, tasks=("kv_lookup",)), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="leave ks empty"):
+        sweeps.preset("paper", ks=(3,))
+    assert sweeps.preset("paper", ks=(3,), paper_settings=False).ks == (3,)

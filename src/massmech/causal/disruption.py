@@ -41,6 +41,36 @@ REPLACEMENTS = ("mean", "zero", "calib_mean", "pooled_mean")
 CONTROLS = (None, "matched", "lowest", "random", "band-low", "band-mid", "band-high")
 KV_CACHE = ("prefill", "every_step")
 
+# The official code's setting per model family, read in MingyuJ666/Rope_with_LLM at 443a763:
+# top-k per head on post-RoPE Q and K under ``if q_len != 1``, in modeling_llama.py l. 551-610 (k = 1,
+# pooled mean), modeling_qwen2.py l. 428-479 (k = 3, pooled mean) and modeling_gemma2.py l. 402-460
+# (k = 22, the massive dims set to zero, the lowest-norm control set to its pooled mean).
+# architecture -> (k, replacement of the massive dims, replacement of the lowest-norm control)
+PAPER_SETTINGS = {
+    "LlamaForCausalLM": (1, "pooled_mean", "pooled_mean"),
+    "Qwen2ForCausalLM": (3, "pooled_mean", "pooled_mean"),
+    "Gemma2ForCausalLM": (22, "zero", "pooled_mean"),
+}
+
+
+def paper_setting(architecture: str) -> tuple[int, str, str]:
+    """The official code's ``(k, replacement, lowest-norm control's replacement)`` for a model family.
+
+    Raises:
+        DisruptionError: The official code has no setting for this architecture.
+
+    >>> paper_setting("LlamaForCausalLM"), paper_setting("Gemma2ForCausalLM")
+    ((1, 'pooled_mean', 'pooled_mean'), (22, 'zero', 'pooled_mean'))
+    """
+    if architecture not in PAPER_SETTINGS:
+        known = ", ".join(f"{a} k={k} {r}" for a, (k, r, _) in PAPER_SETTINGS.items())
+        raise DisruptionError(
+            f"the paper's code has no setting for {architecture} (it has {known}): choose k and the "
+            "replacement yourself (SweepConfig(paper_settings=False, ks=(K,), replace=...), or "
+            "--no-paper-settings --ks K --replace R) and name the rows for what they are"
+        )
+    return PAPER_SETTINGS[architecture]
+
 
 @dataclass(frozen=True)
 class Disruption:

@@ -30,12 +30,15 @@ from massmech.report.pages import GENERATED
 
 MODELS = ("smollm2-135m", "gemma3-270m")
 #: run folders under the runs root ("{model}" is filled in; a dict: per model) and the commands making them
-RUNS: dict[str, tuple[str | dict[str, str], str]] = {
+RUNS: dict[str, tuple[str | dict[str, str], str | dict[str, str]]] = {
     "analyze": ("analyze/{model}", "massmech analyze --model {model} --out runs/analyze/{model}"),
     "emergence": ("emergence/{model}", "python analyses/emergence.py --model {model}"),
     "sweep": ({"smollm2-135m": "sweeps/main", "gemma3-270m": "sweeps/main-gemma"},
               "python analyses/ablation_main.py --model {model} --out runs/{folder}"),
-    "paper": ("sweeps/paper", "python analyses/ablation_main.py --preset paper"),
+    # Gemma-3 has no official setting: the paper's protocol with Gemma-2's k = 22 and zero replacement
+    "paper": ({"smollm2-135m": "sweeps/paper", "gemma3-270m": "sweeps/paper-k22-zero"},
+              {"smollm2-135m": "python analyses/ablation_main.py --preset paper",
+               "gemma3-270m": "python analyses/ablation_main.py --preset paper --model gemma3-270m --k 22 --replace zero"}),
     "quant": ("quant/{model}", "python analyses/quant_study.py --model {model}"),
     "quant-qk": ("quant/{model}-qk", "massmech quant-study --preset qk --model {model} --out runs/quant/{model}-qk"),
     "twins": ("twins/demo", "massmech twins --preset demo --out runs/twins/demo"),
@@ -51,6 +54,8 @@ def run_folder(run: str, model: str) -> tuple[str, str]:
     """
     where, command = RUNS[run]
     folder = where.get(model, f"sweeps/{model}") if isinstance(where, dict) else where.format(model=model)
+    if isinstance(command, dict):
+        command = command.get(model, f"python analyses/ablation_main.py --preset {run} --model {{model}} --out runs/{{folder}}")
     return folder, command.format(model=model, folder=folder)
 
 

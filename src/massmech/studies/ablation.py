@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from massmech.causal.disruption import CONTROLS, Disruption
+from massmech.causal.disruption import CONTROLS, Disruption, paper_setting
 from massmech.causal.evaluate import BASELINE, evaluate, summarize
 from massmech.causal.tasks.base import Task
 from massmech.causal.tasks.builtin import TASKS, get_task, is_task_name
@@ -88,6 +88,10 @@ class SweepConfig:
         calib_tokens: Corpus tokens for ``selection="calibration"`` / ``replace="calib_mean"``.
         seed: Seed of the examples and of the random controls.
         batch_size: Sequences per forward pass.
+        paper_settings: Take k and the replacement from the official code's setting for each
+            model's family (:func:`~massmech.causal.disruption.paper_setting`: Llama k=1 and Qwen2
+            k=3 with one pooled mean per head, Gemma-2 k=22 set to zero); ``ks`` must then be
+            empty. A model of any other family is refused before any cell runs.
     """
 
     models: Sequence[str] = (DEFAULT_MODEL,)
@@ -106,6 +110,7 @@ class SweepConfig:
     calib_tokens: int = 4096
     seed: int = 0
     batch_size: int = 16
+    paper_settings: bool = False
 
     def __post_init__(self) -> None:
         for name in ("models", "tasks", "rules", "lams", "ks", "targets", "stages", "layer_ranges", "controls"):
@@ -124,7 +129,12 @@ class SweepConfig:
             raise ConfigError(f"n must be >= 1, got {self.n}")
         if any(r not in ("lambda", "topk") for r in self.rules):
             raise ConfigError(f"rules must be 'lambda' and/or 'topk', got {self.rules}")
-        if ("lambda" in self.rules and not self.lams) or ("topk" in self.rules and not self.ks):
+        if self.paper_settings and (self.ks or self.rules != ("topk",)):
+            raise ConfigError(
+                f"paper_settings takes k from each model's family, but ks={self.ks}, rules={self.rules}: leave "
+                "ks empty with rules=('topk',), or set paper_settings=False (--no-paper-settings) to choose k"
+            )
+        if ("lambda" in self.rules and not self.lams) or ("topk" in self.rules and not self.ks and not self.paper_settings):
             raise ConfigError("rule 'lambda' needs lams and rule 'topk' needs ks")
         for r in self.layer_ranges:
             if r not in LAYER_RANGES and "-" not in r:
@@ -138,14 +148,19 @@ class SweepConfig:
     def from_json(cls, text: str) -> SweepConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()})
 
-    def disruptions(self, n_layers: int | None) -> list[tuple[Disruption, str]]:
+    def disruptions(self, n_layers: int | None, architecture: str | None = None) -> list[tuple[Disruption, str]]:
         """Every massive condition and its controls, as ``(disruption, layer range)``.
 
-        ``n_layers=None`` leaves every disruption on all layers (to check the grid only).
+        ``n_layers=None`` leaves every disruption on all layers (to check the grid only). With
+        ``paper_settings``, ``architecture`` (the model's) gives k and the replacements.
         """
         out = []
+        ks, rep, lowest_rep = self.ks, self.replace, self.replace
+        if self.paper_settings and architecture is not None:
+            k, rep, lowest_rep = paper_setting(architecture)
+            ks = (k,)
         points = [("lambda", lam, 4) for lam in self.lams if "lambda" in self.rules]
-        points += [("topk", 5.0, k) for k in self.ks if "topk" in self.rules]
+        points += [("topk", 5.0, k) for k in ks if "topk" in self.rules]
         for rule, lam, k in points:
             for target in self.targets:
                 for stage in self.stages:
@@ -153,11 +168,12 @@ class SweepConfig:
                         layers = None if n_layers is None else layer_range(lr, n_layers)
                         d = Disruption(
                             target=target, stage=stage, rule=rule, lam=lam, k=k, layers=layers,
-                            selection=self.selection, replace=self.replace, kv_cache=self.kv_cache,
+                            selection=self.selection, replace=rep, kv_cache=self.kv_cache,
                             seed=self.seed,
                         )
                         out.append((d, lr))
-                        out += [(d.as_control(c), lr) for c in self.controls]
+                        out += [(replace(d.as_control(c), replace=lowest_rep) if c == "lowest" else d.as_control(c), lr)
+                                for c in self.controls]
         return out
 
 
@@ -170,10 +186,12 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
 
     * ``main``: every task; baseline, lambda=5 pre-RoPE massive, and the matched, lowest-norm
       and count-matched random controls (massmech's lambda-rule variant);
-    * ``paper``: the protocol of the paper's public code: post-RoPE Q and K, top-k per head
-      (``k`` = 1 for Llama-family models such as SmolLM2; 3 for Qwen2; Gemma-2 used k = 22 with
-      zero replacement, pass ``ks=(22,), replace="zero"``), one pooled scalar per head
-      (``replace="pooled_mean"``), prompt only, decode steps untouched, lowest-norm control;
+    * ``paper``: the protocol of the paper's public code: post-RoPE Q and K, top-k per head with
+      the official k and replacement of each model's family (``paper_settings``: k = 1 for
+      Llama-family models such as SmolLM2 and 3 for Qwen2, one pooled scalar per head; k = 22 set
+      to zero for Gemma-2), prompt only, decode steps untouched; the lowest-norm control and the
+      variance-matched one. Other families (Gemma-3) have no official setting and are refused:
+      pass ``paper_settings=False, ks=(K,), replace=...`` and name the variant;
     * ``k``: top-k rule, k = 1, 4, 16, three tasks; ``layers``: lambda=5 on all / early /
       middle / late layers, three tasks;
     * ``dose``: the dose-response: top-k, k = 1, 2, 4, 8, 16, against the matched control at
@@ -182,8 +200,8 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
     """
     base = {
         "main": dict(tasks=tuple(TASKS), controls=("matched", "lowest", "random")),
-        "paper": dict(tasks=tuple(TASKS), rules=("topk",), ks=(1,), stages=("post",), replace="pooled_mean",
-                      kv_cache="prefill", controls=("lowest", "matched")),
+        "paper": dict(tasks=tuple(TASKS), rules=("topk",), ks=(), paper_settings=True, stages=("post",),
+                      replace="pooled_mean", kv_cache="prefill", controls=("lowest", "matched")),
         "k": dict(tasks=FOCUS_TASKS, rules=("topk",), ks=(1, 4, 16), controls=("matched", "lowest")),
         "layers": dict(tasks=FOCUS_TASKS, layer_ranges=("all", "early", "middle", "late"),
                        controls=("matched", "lowest")),
@@ -215,7 +233,7 @@ class AblationStudy:
         for spec in config.models:
             # layer ranges need the model's depth; "all" does not (a resumed sweep loads nothing)
             n_layers = ctx.model(spec).info.n_layers if set(config.layer_ranges) != {"all"} else None
-            conds = config.disruptions(n_layers)
+            conds = config.disruptions(n_layers, ctx.model(spec).info.architecture if config.paper_settings else None)
             for tname in config.tasks:
                 task = get_task(tname)
                 n = min(config.n, task.max_n())
