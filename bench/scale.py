@@ -30,7 +30,12 @@ Issue 16's CPU benchmark. Sections (``--sections``, comma-separated; default bot
   at one torch thread: ``ray_speedup`` = serial seconds ÷ Ray seconds (goal >= 1.6), with
   ``ray_table_equal`` (the two results tables agree). Ray's own start-up (``ray.init``) is not
   timed; worker start-up and model loading inside the workers are. Each run gets a fresh cell
-  store. If ``ray`` is not importable or massmech has no ``"ray"`` executor, ``ray_speedup`` is
+  store. The same is run again at 4x the examples (``ray_speedup_4n``); from the two workloads,
+  ``ray_marginal_speedup`` = extra serial seconds ÷ extra Ray seconds (how Ray scales once its
+  workers run) and ``ray_fixed_s`` = Ray seconds at ``n`` less serial seconds ÷ that speedup
+  (what starting the workers and loading their models costs). The serial run is timed one model
+  at a time: ``ray_balance_bound`` = serial seconds ÷ the slowest model's (at 4x), the best Ray
+  can do when each model's cells stay on one worker. If ``ray`` is not importable or massmech has no ``"ray"`` executor, ``ray_speedup`` is
   ``null`` and ``ray.reason`` says why.
 
 ``--size tiny`` runs both sections in seconds on a 2-layer model (the test suite runs it so the
@@ -44,6 +49,7 @@ same per-layer overheads sooner. The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -168,35 +174,51 @@ def ray_section(n: int, workers: int = 2, threads: int = 1) -> dict:
         return {"ray_speedup": None, "reason": f"no ray executor in massmech: {err}"}
     except TypeError as err:
         return {"ray_speedup": None, "reason": f"the ray executor does not take {options}: {err}"}
-    cfg = tiny_sweep(n)
     started = not ray.is_initialized()
     t0 = time.perf_counter()
     if started:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - t0
     threads_before = torch.get_num_threads()
+    runs: dict[int, dict] = {}
     try:
-        with tempfile.TemporaryDirectory(prefix="massmech-scale-") as tmp:
-            torch.set_num_threads(threads)
-            t0 = time.perf_counter()
-            serial = run_sweep(cfg, Path(tmp) / "serial", executor="serial", progress=False)
-            serial_s = time.perf_counter() - t0
-            torch.set_num_threads(threads_before)
-            t0 = time.perf_counter()
-            distributed = run_sweep(cfg, Path(tmp) / "ray", executor=executor, progress=False)
-            ray_s = time.perf_counter() - t0
+        for size in (n, 4 * n):  # two workloads: Ray's fixed cost (worker start, model loads) and its scaling
+            cfg = tiny_sweep(size)
+            with tempfile.TemporaryDirectory(prefix="massmech-scale-") as tmp:
+                torch.set_num_threads(threads)
+                per_model = {}
+                for m in cfg.models:  # one model at a time, into one store: the serial time of each group
+                    t0 = time.perf_counter()
+                    run_sweep(dataclasses.replace(cfg, models=(m,)), Path(tmp) / f"serial-{m}", cells=Path(tmp) / "cells",
+                              executor="serial", progress=False)
+                    per_model[m] = time.perf_counter() - t0
+                serial = run_sweep(cfg, Path(tmp) / "serial", cells=Path(tmp) / "cells", progress=False)  # from the store
+                serial_s = sum(per_model.values())
+                torch.set_num_threads(threads_before)
+                t0 = time.perf_counter()
+                distributed = run_sweep(cfg, Path(tmp) / "ray", executor=executor, progress=False)
+                ray_s = time.perf_counter() - t0
+            key = ["model", "task", "condition"]
+            drop = [c for c in ("key",) if c in serial.columns]
+            a = serial.drop(columns=drop).sort_values(key).reset_index(drop=True)
+            b = distributed.drop(columns=drop).sort_values(key).reset_index(drop=True)
+            runs[size] = {"serial_s": serial_s, "ray_s": ray_s, "cells": len(serial), "equal": bool(a.equals(b)),
+                          "bound": serial_s / max(per_model.values())}
     finally:
         torch.set_num_threads(threads_before)
         if started:
             ray.shutdown()
-    key = ["model", "task", "condition"]
-    drop = [c for c in ("key",) if c in serial.columns]
-    a = serial.drop(columns=drop).sort_values(key).reset_index(drop=True)
-    b = distributed.drop(columns=drop).sort_values(key).reset_index(drop=True)
-    return {"ray_speedup": round(serial_s / ray_s, 3), "serial_s": round(serial_s, 2), "ray_s": round(ray_s, 2),
-            "ray_init_s": round(init_s, 2), "workers": workers, "threads_per_worker": threads, "serial_threads": threads,
-            "cells": len(serial), "examples_per_task": n, "executor": repr(executor),
-            "ray_table_equal": bool(a.equals(b))}
+    small, large = runs[n], runs[4 * n]
+    extra = large["ray_s"] - small["ray_s"]  # timing noise can make it <= 0 on a tiny workload: no estimate then
+    marginal = (large["serial_s"] - small["serial_s"]) / extra if extra > 0 else None
+    return {"ray_speedup": round(small["serial_s"] / small["ray_s"], 3), "serial_s": round(small["serial_s"], 2),
+            "ray_s": round(small["ray_s"], 2), "ray_speedup_4n": round(large["serial_s"] / large["ray_s"], 3),
+            "serial_s_4n": round(large["serial_s"], 2), "ray_s_4n": round(large["ray_s"], 2),
+            "ray_marginal_speedup": round(marginal, 3) if marginal else None,
+            "ray_fixed_s": round(small["ray_s"] - small["serial_s"] / marginal, 2) if marginal else None,
+            "ray_balance_bound": round(large["bound"], 3), "ray_init_s": round(init_s, 2), "workers": workers, "threads_per_worker": threads, "serial_threads": threads,
+            "cells": small["cells"], "examples_per_task": n, "executor": repr(executor),
+            "ray_table_equal": small["equal"] and large["equal"]}
 
 
 def main() -> None:

@@ -207,8 +207,13 @@ def test_tiny_preset_shows_the_rope_contrast(tmp_path, capsys):
     assert r["rope"]["k"] > 1.3 * r["rope"]["v"]
     assert abs(math.log(r["rope"]["v"] / r["absolute"]["v"])) < math.log(1.3)  # V flat: within 1.3x
     analysis = tmp_path / "t" / "analysis"
-    for name in ("trajectory", "bands", "scores", "disruption", "wavelength", "train_log"):
+    for name in ("trajectory", "bands", "scores", "disruption", "wavelength", "train_log", "matched_accuracy"):
         assert (analysis / f"{name}.parquet").is_file()
+    # concentration at matched in-context accuracy: each twin read where it first reaches a level all reach
+    m = summary["matched_accuracy"]
+    assert set(m) == {"level", *MECHANISMS} and 0 < m["level"] <= 1
+    ma = pd.read_parquet(analysis / "matched_accuracy.parquet")
+    assert (ma.accuracy >= ma.level - 1e-9).all() and set(ma.site) == {"q", "k", "v"}
     for fig in ("twins_trajectory", "twins_bands", "twins_disruption"):
         assert (analysis / f"{fig}.pdf").is_file() and (analysis / f"{fig}.png").is_file()
     index = json.loads((analysis / "checkpoints.json").read_text())

@@ -48,7 +48,7 @@ from massmech.stats import describe, token_nll
 from massmech.studies.twins.config import TWINS, TwinsConfig, Variant
 from massmech.studies.twins.data import KINDS, TwinCorpus, eval_set
 from massmech.studies.twins.model import TwinLlamaForCausalLM, load_twin
-from massmech.studies.twins.seeds import seed_table
+from massmech.studies.twins.seeds import matched_accuracy, seed_table
 from massmech.studies.twins.train import (
     checkpoint_dirs,
     log_table,
@@ -387,6 +387,7 @@ def run_twins(
     disruption = disruption_table(cfg, rope_final, corpus)
     waves = wavelength_table(traj, cfg)
     seeds = seed_table(traj, cfg)
+    matched = matched_accuracy(traj, scores, cfg)
     last = scores[scores.step == scores.groupby("variant").step.transform("max")]
     summary = {
         "preset": cfg.preset,
@@ -395,6 +396,10 @@ def run_twins(
         "twins": summary_ratios(traj, cfg),
         "seeds": {f"{r.mechanism}.{r.site}.{r.measure}": {"mean": round(r.mean, 4), "ci": [round(r.ci_low, 4), round(r.ci_high, 4)],
                                                           "n_seeds": r.n_seeds} for r in seeds.itertuples()},
+        "matched_accuracy": {  # mechanism -> site -> mean over seeds of max/mean M, each twin at the common level
+            "level": round(float(matched.level.iloc[0]), 4) if len(matched) else None,
+            **{m: g.groupby("site").max_ratio.mean().round(4).to_dict() for m, g in matched.groupby("mechanism")},
+        },
         "final_scores": {v: dict(zip(g.metric, g.value.round(4), strict=True)) for v, g in last.groupby("variant")},
         "wavelength": waves.groupby(["variant", "site"]).peak_wavelength_over_context.median().round(3)
         .unstack().to_dict(orient="index"),
@@ -405,7 +410,8 @@ def run_twins(
         },
     }
     tables = {"trajectory": traj, "bands": bands, "scores": scores, "disruption": disruption,
-              "wavelength": waves, "seeds": seeds.drop(columns="values"), "train_log": log_table(logs)}
+              "wavelength": waves, "seeds": seeds.drop(columns="values"),
+              "matched_accuracy": matched, "train_log": log_table(logs)}
     with atomic_run_dir(out / "analysis", "twins-analysis", overwrite=True) as tmp:
         for name, t in tables.items():
             t.to_parquet(tmp / f"{name}.parquet", index=False)
