@@ -167,6 +167,7 @@ def test_paper_preset_takes_the_official_k_and_replacement_of_each_family(tmp_pa
     monkeypatch.setattr(sweeps, "evaluate", lambda *a, **k: pytest.fail("ran a cell"))
     with pytest.raises(ValueError, match="no setting for Gemma3ForCausalLM"):
         run_sweep(sweeps.preset("paper", models=("tiny-gemma3",), n=4, tasks=("kv_lookup",)), tmp_path / "b", progress=False)
-    with pytest.raises(ValueError, match="leave ks empty"):
-        sweeps.preset("paper", ks=(3,))
+    for wrong in (dict(ks=(3,)), dict(replace="zero")):  # never silently ignored
+        with pytest.raises(ValueError, match="leave ks empty"):
+            sweeps.preset("paper", **wrong)
     assert sweeps.preset("paper", ks=(3,), paper_settings=False).ks == (3,)

@@ -129,10 +129,11 @@ class SweepConfig:
             raise ConfigError(f"n must be >= 1, got {self.n}")
         if any(r not in ("lambda", "topk") for r in self.rules):
             raise ConfigError(f"rules must be 'lambda' and/or 'topk', got {self.rules}")
-        if self.paper_settings and (self.ks or self.rules != ("topk",)):
+        if self.paper_settings and (self.ks or self.rules != ("topk",) or self.replace != "pooled_mean"):
             raise ConfigError(
-                f"paper_settings takes k from each model's family, but ks={self.ks}, rules={self.rules}: leave "
-                "ks empty with rules=('topk',), or set paper_settings=False (--no-paper-settings) to choose k"
+                f"paper_settings takes k and the replacement from each model's family, but ks={self.ks}, "
+                f"rules={self.rules}, replace={self.replace!r}: leave ks empty with rules=('topk',) and "
+                "replace='pooled_mean', or set paper_settings=False (--no-paper-settings) to choose them"
             )
         if ("lambda" in self.rules and not self.lams) or ("topk" in self.rules and not self.ks and not self.paper_settings):
             raise ConfigError("rule 'lambda' needs lams and rule 'topk' needs ks")
