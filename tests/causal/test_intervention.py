@@ -278,3 +278,24 @@ def test_pooled_mean_is_the_official_replacement(tiny_models, control):
     a, _ = _observe(model, one, tokens, "q", 1)
     b, _ = _observe(model, Disruption(**(one.to_dict() | {"replace": "pooled_mean"})), tokens, "q", 1)
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_matched_control_under_the_pooled_scalar_removes_as_much(tiny_models):
+    """The paper preset's variance-matched control: its dims share one pooled scalar (the mean of their
+    means), so what a set removes is not a sum over dims; the control is sized on the exact amount."""
+    model = tiny_models["tiny-llama"]
+    tokens = model.probe_tokens(32)
+    x = model.run_sites(tokens, [("k", "post")], layers=[1])[("k", "post", 1)].double()[0]  # [pos, h, d]
+    d = Disruption(target="k", stage="post", rule="topk", k=1, replace="pooled_mean", layers=(1,))
+    _, massive = _observe(model, d, tokens, "k", 1)
+    after, iv = _observe(model, d.as_control("matched"), tokens, "k", 1)
+    picked = (after[0] != x.float()).any(0).numpy()  # [h, d]
+    top = np.argmax((x ** 2).sum(0).numpy(), axis=-1)
+    target, got = [], []
+    for h in range(x.shape[1]):
+        assert not picked[h, top[h]] and picked[h].any()
+        target.append(float(((x[:, h, top[h]] - x[:, h, top[h]].mean()) ** 2).sum()))
+        s = x[:, h, picked[h]]  # [pos, dims]: their one pooled scalar
+        got.append(float(((s - s.mean(0).mean()) ** 2).sum()))
+    np.testing.assert_allclose(sum(got), sum(target), rtol=0.10)
+    assert float(iv.last_removed[0]) == pytest.approx(float(massive.last_removed[0]), rel=0.10)

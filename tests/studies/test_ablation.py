@@ -159,6 +159,9 @@ def test_paper_preset_takes_the_official_k_and_replacement_of_each_family(tmp_pa
     assert massive.loc["tiny-llama", "k"] == 1 and massive.loc["tiny-qwen2", "k"] == 3
     disrupted = t[t.role != "baseline"]
     assert set(disrupted.stage) == {"post"} and disrupted.condition.str.contains("pooled_mean").all()
+    # its variance-matched control is matched in size under the pooled scalar too
+    matched = t[t.control == "matched"].set_index("model").removed_variance
+    np.testing.assert_allclose(matched.loc[massive.index], massive.removed_variance, rtol=0.10)
     # Gemma-2: k = 22 set to zero; its lowest-norm control gets the pooled mean, as in the official code
     conds = {d.control: d for d, _ in cfg.disruptions(26, "Gemma2ForCausalLM")}
     assert (conds[None].k, conds[None].replace) == (22, "zero")

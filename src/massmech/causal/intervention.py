@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from massmech.causal.controls import counter_uniform, matched_dims, pooled_values
 from massmech.causal.disruption import Disruption
 from massmech.core.detect import massive_mask
 from massmech.core.frequency import equal_count_bands
@@ -42,49 +42,6 @@ from massmech.errors import DisruptionError, NoOpDisruptionError
 
 # The end-of-forward marker: fires after every attention hook, on every architecture.
 _END_HOOK = "ln_final.hook_in"
-
-
-def _pooled(means: Tensor, sel: Tensor) -> Tensor:
-    """The official code's replacement: per head, one scalar, the mean over the selected dims of their means."""
-    pooled = (means * sel).sum(-1, keepdim=True) / sel.sum(-1, keepdim=True).clamp_min(1)
-    return pooled.expand_as(means).contiguous()
-
-
-def _matched(key: Tensor, removed: Tensor, sel: Tensor, *, slack: float = 0.05) -> Tensor:
-    """Random non-selected dims per head whose removed variance matches that of ``sel``.
-
-    Dims are visited in the random order of ``key`` (``[r, head, d]``) and taken while the sum
-    stays within ``1 + slack`` of the selected dims' sum (first fit: a dim that would overshoot
-    is skipped, later smaller ones may still fit). None where nothing is selected.
-    """
-    target = (removed * sel).sum(-1)  # [r, head]
-    cap = target * (1 + slack)
-    order = torch.argsort(key.masked_fill(sel, float("inf")), dim=-1, stable=True)
-    gain = torch.gather(removed, -1, order)
-    free = ~torch.gather(sel, -1, order)
-    total = torch.zeros_like(target)
-    take = torch.zeros_like(free)
-    for j in range(gain.shape[-1]):  # d_head steps, each over every (row, head) at once
-        ok = free[..., j] & (total + gain[..., j] <= cap) & (target > 0)
-        total = total + gain[..., j] * ok
-        take[..., j] = ok
-    out = torch.zeros_like(sel)
-    return out.scatter(-1, order, take)
-
-
-def _uniform(seed: int, row: Tensor, layer: int, site: str, shape: tuple[int, int]) -> Tensor:
-    """Deterministic uniform draws ``[rows, head, dim]`` from (seed, row id, layer, site, head, dim).
-
-    Counter-based, so a row's draws do not depend on how rows are batched.
-    """
-    salt = zlib.crc32(f"{seed}/{layer}/{site}".encode())
-    h, d = shape
-    cell = torch.arange(h * d, dtype=torch.int64).view(1, h, d)
-    x = (row.to(torch.int64).view(-1, 1, 1) * 1_000_003 + cell * 7_919 + salt) & 0xFFFFFFFF
-    for _ in range(3):  # 32-bit integer mixing (a variant of the murmur3 finaliser)
-        x = ((x >> 16) ^ x) * 0x45D9F3B & 0xFFFFFFFF
-    x = (x >> 16) ^ x
-    return x.double() / 2**32
 
 
 class Intervention:
@@ -265,32 +222,34 @@ class Intervention:
         elif c.replace == "zero":
             value = torch.zeros_like(m)
         elif c.replace == "pooled_mean":
-            value = _pooled(means, sel)
+            value = pooled_values(means, sel)
         else:
             li = self.calibration.layers.index(layer)
             value = self.calibration.mean(site, stage)[li].float().to(x.device).expand(r, n_heads, d_head)
         if c.control is not None:
             # what replacing each dim would remove over the prompt ([r, head, d]), for size-matched controls
             removed = ((x.float() - value[:, None]) ** 2 * w).sum(1) if c.control == "matched" else None
-            sel = self._control(c, site, layer, m, sel, rows, removed)
+            pooled = ((xf * xf).sum(1), means, count) if c.replace == "pooled_mean" else None
+            sel = self._control(c, site, layer, m, sel, rows, removed, pooled)
             if c.replace == "pooled_mean":  # the control's own pooled scalar, as the official code's control
-                value = _pooled(means, sel)
+                value = pooled_values(means, sel)
         return sel, value
 
     def _control(
-        self, c: Disruption, site: str, layer: int, m: Tensor, sel: Tensor, rows: Tensor, removed: Tensor | None
+        self, c: Disruption, site: str, layer: int, m: Tensor, sel: Tensor, rows: Tensor, removed: Tensor | None,
+        pooled: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Same count per head as ``sel`` (or, ``"matched"``, the same removed variance), among allowed dims."""
         n = sel.sum(-1, keepdim=True)  # [r, head, 1]
         if c.control == "matched":
             ids = rows.cpu() if self._row_ids is None else self._row_ids[rows.cpu()]
-            key = _uniform(c.seed, ids, layer, site, tuple(m.shape[1:])).to(m.device)
-            return _matched(key, removed, sel)
+            key = counter_uniform(c.seed, ids, layer, site, tuple(m.shape[1:])).to(m.device)
+            return matched_dims(key, removed, sel, pooled=pooled)
         if c.control == "lowest":
             key = m.double()
         else:
             ids = rows.cpu() if self._row_ids is None else self._row_ids[rows.cpu()]
-            key = _uniform(c.seed, ids, layer, site, tuple(m.shape[1:])).to(m.device)
+            key = counter_uniform(c.seed, ids, layer, site, tuple(m.shape[1:])).to(m.device)
         allowed = ~sel
         if c.control.startswith("band"):
             band = equal_count_bands(int(self._pair.max()) + 1, 3)
