@@ -212,6 +212,13 @@ def _matched(path: Path, model: str) -> tuple[str, str]:
     sep = ev[(ev.p_vs_matched_holm < 0.05) & (ev.c_vs_matched > ev.b_vs_matched)]
     names = ", ".join(f"{r.task} ({r.kind})" for r in sep.itertuples()) or "none"
     text = f"massive below its variance-matched control (Holm) on {len(sep)} of {len(ev)} evaluable tasks: {names}"
+    above = ev[(ev.p_vs_matched_holm < 0.05) & (ev.b_vs_matched > ev.c_vs_matched)]
+    if len(above):  # the other direction: the same variance taken from random dims hurts more
+        text += f"; above it on {len(above)}: " + ", ".join(f"{r.task} ({r.kind})" for r in above.itertuples())
+    ratio = (ev.set_index("task").removed_variance
+             / t[(t.model == model) & (t.control == "matched")].set_index("task").removed_variance).dropna()
+    if len(ratio):
+        text += f" (control's removed variance ÷ massive's: {1 / ratio.max():.2f}–{1 / ratio.min():.2f})"
     verdict = "reproduces" if len(sep) == len(ev) else "partly" if len(sep) else "contradicted"
     return text, verdict
 
