@@ -95,7 +95,7 @@ def test_cells_command(tmp_path, capsys):
 # If a change alters what a measure computes, this fails: bump CELL_VERSIONS[study] (old cells
 # are then recomputed, never reused) and re-pin both numbers together, with a changelog line.
 PINS = {
-    "ablation": (3, "793d08c4ac2fd286"),
+    "ablation": (4, "1ca42ca7f8ddb472"),
     "quant": (3, "a1035405c0512227"),
     "twins": (1, "9311ce6e33ad4242"),
     "analyze": (1, "d6c020ee91228f94"),
@@ -119,6 +119,7 @@ def _ablation_measure():
     d = Disruption(rule="topk", k=2)
     conditions = {"baseline": None, "topk": d, "lambda": Disruption(lam=1.2), "matched": d.as_control("matched"),
                   "pooled": Disruption(rule="topk", k=2, stage="post", replace="pooled_mean")}
+    conditions["pooled-matched"] = conditions["pooled"].as_control("matched")
     df = mm.evaluate(model, get_task("kv_lookup"), conditions, n=6, seed=0, progress=False)
     return [[r.condition, str(r.uid), bool(r.correct), r.pred, int(r.n_dims), round(r.removed_variance, 4)]
             for r in df.sort_values(["condition", "uid"]).itertuples()]

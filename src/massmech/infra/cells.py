@@ -47,7 +47,9 @@ from massmech.errors import StoreError
 from massmech.infra.io import write_json
 
 CELL_VERSIONS = {  # study -> schema version; bump when what a cell holds or how it is computed changes
-    "ablation": 3,  # 3: removed_variance per cell, matched control, pooled_mean; 2: keys carry study + version
+    # ablation 4: the matched control sized exactly under pooled_mean and topped up with the closest dim;
+    # 3: removed_variance per cell, matched control, pooled_mean; 2: keys carry study + version
+    "ablation": 4,
     "quant": 3,  # 3: W8A8 activation scales per sequence, KV per-channel ranges from the prompt; 2: zero dims
     "twins": 1,  # one checkpoint's trajectory, bands and scores
     "analyze": 1,  # one capture: QKVStats of a model on a corpus

@@ -218,10 +218,6 @@ def _cell_parts(model: str, task: dict, data: str, seed: int, cond: Disruption |
              "condition": None if cond is None else cond.to_dict()}
     if calib is not None:  # only calibration-based cells depend on the calibration corpus
         parts["calibration"] = calib
-    if cond is not None and cond.control == "matched":
-        # the revision of massmech.causal.controls.matched_dims (2: first fit, then the closest dim; under
-        # pooled_mean sized on its own scalar's exact removal): matched cells of revision 1 are recomputed
-        parts["matching"] = 2
     return parts
 
 
