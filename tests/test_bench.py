@@ -41,7 +41,7 @@ def test_scale_capture_runs_tiny():
         c = r["capture"][dtype]
         assert c["dtype"] == dtype and c["tokens"] == c["n_tokens_counted"] == 128 and c["stats_finite"]
         assert c["capture_time_ratio"] > 0 and c["capture_time_ratio_from_hooks"] > 1  # the hooks did run
-        assert 1.0 <= c["peak_memory_ratio"] < 2 and c["bare_peak_mib"] > 0  # capture adds its accumulators
+        assert 1.0 < c["peak_memory_ratio"] < 2 and c["bare_peak_mib"] > 0  # capture adds its accumulators, live at the peak
         assert r["capture_time_ratio"][dtype] == c["capture_time_ratio"]
         assert r["peak_memory_ratio"][dtype] == c["peak_memory_ratio"]
 
