@@ -32,14 +32,19 @@ MODELS = $(shell $(PY) -c "import importlib.util as u; print('smollm2-135m' + ('
 # The runs paper_figures/ reads (runs/analyze/<model>); replaced on every call.
 analyze: setup
 	for m in $(MODELS); do $(PY) -m massmech analyze --model $$m --out runs/analyze/$$m --overwrite || exit 1; done
+	for m in $(MODELS); do $(PY) analyses/emergence.py --model $$m || exit 1; done
 
+# The run folders the claim ledger reads (massmech.report.ledger.RUNS); sweeps resume from runs/sweeps/cells.
 ablate: setup
-	$(PY) analyses/ablation_main.py
-	$(PY) analyses/ablation_grid.py --preset k
-	$(PY) analyses/ablation_grid.py --preset layers
+	$(PY) analyses/ablation_main.py --model smollm2-135m --out runs/sweeps/main
+	$(PY) analyses/ablation_main.py --preset paper
+	for g in dose k layers; do $(PY) analyses/ablation_grid.py --preset $$g || exit 1; done
+	if echo "$(MODELS)" | grep -q gemma3-270m; then \
+	  $(PY) analyses/ablation_main.py --model gemma3-270m --out runs/sweeps/main-gemma && \
+	  $(PY) analyses/ablation_main.py --preset paper --model gemma3-270m --k 22 --replace zero; fi
 
 twins: setup
-	$(PY) -m massmech twins --preset demo --out runs/twins/demo
+	$(PY) -m massmech twins --preset demo --seeds 1,2 --out runs/twins/demo
 	$(PY) analyses/twins_report.py --out runs/twins/demo
 
 quant: setup
