@@ -70,8 +70,12 @@ def is_binary(values: np.ndarray) -> bool:
 def wilson_ci(successes: int, n: int, *, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval of a proportion ``successes / n``.
 
+    The bounds at 0 and ``n`` successes are exactly 0 and 1 (not a rounding error away from them).
+
     >>> [round(x, 4) for x in wilson_ci(4, 4)]
     [0.5101, 1.0]
+    >>> wilson_ci(0, 100)[0]
+    0.0
     """
     from scipy.stats import norm
 
@@ -81,7 +85,9 @@ def wilson_ci(successes: int, n: int, *, alpha: float = 0.05) -> tuple[float, fl
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return float(lo), float(hi)
 
 
 def mcnemar_exact(values: np.ndarray, baseline: np.ndarray) -> tuple[int, int, float]:

@@ -10,7 +10,7 @@ import numpy as np
 import seaborn as sns
 
 from massmech.errors import AnalysisError
-from massmech.report.plotting.style import save, select_model, use_style
+from massmech.report.plotting.style import ci_err, save, select_model, use_style
 
 
 # ------------------------------------------------------------------------ ablations
@@ -26,7 +26,7 @@ def _grouped_bars(ax, d, by: str, categories: list, whats: list[str], colors: di
         rows = d[d.what == what].set_index(by).reindex(categories)
         x = np.arange(len(categories)) + (j - (len(whats) - 1) / 2) * w
         ax.bar(x, rows.accuracy, w, color=colors[what], label=what)
-        ax.errorbar(x, rows.accuracy, yerr=[rows.accuracy - rows.ci_low, rows.ci_high - rows.accuracy],
+        ax.errorbar(x, rows.accuracy, yerr=ci_err(rows.accuracy, rows.ci_low, rows.ci_high),
                     fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
     ax.set_xticks(np.arange(len(categories)))
 
@@ -147,18 +147,18 @@ def dose_response(table, *, model: str | None = None, out: str | os.PathLike | N
         for label, rows in (("massive", d[d.role == "massive"]), ("matched control", d[d.control == "matched"])):
             rows = rows.sort_values("removed_variance")
             ax.errorbar(rows.removed_variance, rows.accuracy,
-                        yerr=[rows.accuracy - rows.ci_low, rows.ci_high - rows.accuracy],
+                        yerr=ci_err(rows.accuracy, rows.ci_low, rows.ci_high),
                         marker="o", ms=3, lw=1, capsize=2, color=colors[label], label=label)
             if label == "massive":
                 for r in rows.itertuples():
                     ax.annotate(f"k={int(r.k)}", (r.removed_variance, r.accuracy), fontsize=6,
                                 textcoords="offset points", xytext=(2, 3))
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{task} (n={int(d.n.iloc[0])})")
-        ax.set_xlabel("removed token variance of Q/K")
         ax.set_ylim(0, 1.05)
+    fig.supxlabel("share of Q/K token variance removed (log scale)", fontsize=8, y=-0.04)
     axes[0][0].set_ylabel("accuracy")
     axes[0][-1].legend(fontsize=7, frameon=False)
     fig.suptitle(f"{t.model.iloc[0]}: dose-response, massive dims vs random dims matched in removed variance",

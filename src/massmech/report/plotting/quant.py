@@ -10,7 +10,7 @@ import numpy as np
 import seaborn as sns
 
 from massmech.errors import AnalysisError
-from massmech.report.plotting.style import save, select_model, use_style
+from massmech.report.plotting.style import ci_err, save, select_model, use_style
 
 
 # ------------------------------------------------------------------ quantization
@@ -40,7 +40,7 @@ def quant_tasks(table, *, model: str | None = None, out: str | os.PathLike | Non
         colors = [pal[2] if v == "none" else (pal[1] if aware else pal[0]) for v, aware in zip(variants, d.outlier_aware, strict=True)]
         x = np.arange(len(variants))
         ax.bar(x, d.value, 0.75, color=colors)
-        ax.errorbar(x, d.value, yerr=[d.value - d.ci_low, d.ci_high - d.value], fmt="none", ecolor="black", elinewidth=0.7, capsize=1.5)
+        ax.errorbar(x, d.value, yerr=ci_err(d.value, d.ci_low, d.ci_high), fmt="none", ecolor="black", elinewidth=0.7, capsize=1.5)
         ax.axhline(float(d.loc["none", "value"]), color=pal[2], lw=0.8, ls="--")
         ax.set_xticks(x)
         ax.set_xticklabels(variants, rotation=60, ha="right", fontsize=6)

@@ -49,6 +49,15 @@ def select_model(table, model: str | None):
     return table[table.model == model], model
 
 
+def ci_err(value, low, high) -> list:
+    """``yerr`` for matplotlib from a value and its interval, never negative (a bootstrap interval
+    may exclude its point estimate; rounding may put a bound a hair past it)."""
+    import numpy as np
+
+    value, low, high = (np.asarray(a, dtype=float) for a in (value, low, high))
+    return [np.clip(value - low, 0, None), np.clip(high - value, 0, None)]
+
+
 def close_all() -> None:
     """Close every open figure (long scripts that draw many figures call this between them)."""
     plt.close("all")

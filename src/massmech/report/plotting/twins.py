@@ -9,7 +9,7 @@ import numpy as np
 import seaborn as sns
 
 from massmech.errors import AnalysisError
-from massmech.report.plotting.style import SITE_LABEL, save, use_style
+from massmech.report.plotting.style import SITE_LABEL, ci_err, save, use_style
 
 
 # ------------------------------------------------------------------------ twins
@@ -93,7 +93,7 @@ def twins_disruption(table, *, out: str | os.PathLike | None = None) -> plt.Figu
     for ax, metric in zip(axes[0], metrics, strict=True):
         d = table[table.metric == metric].set_index("condition").loc[conds]
         x = np.arange(len(conds))
-        err = np.stack([d.value - d.ci_low, d.ci_high - d.value])
+        err = np.stack(ci_err(d.value, d.ci_low, d.ci_high))
         if metric.endswith("accuracy"):
             ax.bar(x, d.value, yerr=err, color=[colors[c] for c in conds], capsize=2)
             ax.set_ylim(0, 1.05)
