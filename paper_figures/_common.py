@@ -36,7 +36,9 @@ def models_available() -> list[str]:
 def run_dir(study: str, **names: str) -> Path:
     """The run folder of a study (``RUNS`` pattern under the runs root); stops if it is missing."""
     path = ROOT[0] / Path(RUNS[study].format(**names)).relative_to("runs")
-    if not (path / "manifest.json").is_file():
+    from massmech.report.ledger import run_finished
+
+    if not (path / "manifest.json").is_file() or not run_finished(path):  # missing, or still running
         raise SystemExit(f"{path} has no finished {study} run: `{MAKE_TARGET[study]}` produces it "
                          f"(with RUNS={ROOT[0]} if not runs/)")
     return path
@@ -67,8 +69,15 @@ def _one_model(table: pd.DataFrame, spec: str, study: str, path: Path) -> pd.Dat
 
 
 def sweep_table(preset: str, spec: str) -> pd.DataFrame:
-    """Rows of ``spec`` in the results of a preset ablation sweep (``runs/sweeps/<preset>``)."""
-    run = run_dir("sweep", name=preset)
+    """Rows of ``spec`` in the results of a preset ablation sweep: the folder the claim ledger reads
+    (``massmech.report.ledger.run_folder``: ``runs/sweeps/main-gemma`` for Gemma's main sweep),
+    else ``runs/sweeps/<preset>``."""
+    from massmech.report.ledger import RUNS as LEDGER_RUNS
+    from massmech.report.ledger import run_folder
+
+    kind = "sweep" if preset == "main" else preset
+    name = run_folder(kind, spec)[0].removeprefix("sweeps/") if kind in LEDGER_RUNS else preset
+    run = run_dir("sweep", name=name)
     return _one_model(pd.read_parquet(run / "results.parquet"), spec, "sweep", run)
 
 
