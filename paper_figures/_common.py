@@ -69,14 +69,11 @@ def _one_model(table: pd.DataFrame, spec: str, study: str, path: Path) -> pd.Dat
 
 
 def sweep_table(preset: str, spec: str) -> pd.DataFrame:
-    """Rows of ``spec`` in the results of a preset ablation sweep: the folder the claim ledger reads
-    (``massmech.report.ledger.run_folder``: ``runs/sweeps/main-gemma`` for Gemma's main sweep),
-    else ``runs/sweeps/<preset>``."""
+    """Rows of ``spec`` in the results of a preset ablation sweep (``runs/sweeps/<preset>``; Gemma's
+    main sweep is where the claim ledger reads it, ``runs/sweeps/main-gemma``)."""
     from massmech.report.ledger import RUNS as LEDGER_RUNS
-    from massmech.report.ledger import run_folder
 
-    kind = "sweep" if preset == "main" else preset
-    name = run_folder(kind, spec)[0].removeprefix("sweeps/") if kind in LEDGER_RUNS else preset
+    name = LEDGER_RUNS["sweep"][0].get(spec, "sweeps/main").removeprefix("sweeps/") if preset == "main" else preset
     run = run_dir("sweep", name=name)
     return _one_model(pd.read_parquet(run / "results.parquet"), spec, "sweep", run)
 
