@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 import massmech as mm
+from massmech.report.ledger import RUNS as LEDGER_RUNS
+from massmech.report.ledger import run_finished
 from massmech.studies.analyze import default_layers
 from massmech.studies.presets import MAKE_TARGET, RUNS
 
@@ -36,8 +38,6 @@ def models_available() -> list[str]:
 def run_dir(study: str, **names: str) -> Path:
     """The run folder of a study (``RUNS`` pattern under the runs root); stops if it is missing."""
     path = ROOT[0] / Path(RUNS[study].format(**names)).relative_to("runs")
-    from massmech.report.ledger import run_finished
-
     if not (path / "manifest.json").is_file() or not run_finished(path):  # missing, or still running
         raise SystemExit(f"{path} has no finished {study} run: `{MAKE_TARGET[study]}` produces it "
                          f"(with RUNS={ROOT[0]} if not runs/)")
@@ -71,8 +71,6 @@ def _one_model(table: pd.DataFrame, spec: str, study: str, path: Path) -> pd.Dat
 def sweep_table(preset: str, spec: str) -> pd.DataFrame:
     """Rows of ``spec`` in the results of a preset ablation sweep (``runs/sweeps/<preset>``; Gemma's
     main sweep is where the claim ledger reads it, ``runs/sweeps/main-gemma``)."""
-    from massmech.report.ledger import RUNS as LEDGER_RUNS
-
     name = LEDGER_RUNS["sweep"][0].get(spec, "sweeps/main").removeprefix("sweeps/") if preset == "main" else preset
     run = run_dir("sweep", name=name)
     return _one_model(pd.read_parquet(run / "results.parquet"), spec, "sweep", run)

@@ -44,9 +44,10 @@ if __name__ == "__main__":
             missing.append(_draw(fig.build, spec, out))
         for fig in GRID_FIGURES:  # optional beyond the default model
             gap = _draw(fig.build, spec, out)
-            missing.append(gap if spec == GRID_MODEL else None)
             if gap and spec != GRID_MODEL:
                 print(f"not drawn (optional): {gap}")
+                gap = None
+            missing.append(gap)
     for fig in TWIN_FIGURES:  # the twins study (runs/twins/demo, from `make twins`)
         missing.append(_draw(fig.build, out))
     missing = [m for m in missing if m]

@@ -9,6 +9,7 @@ import matplotlib
 import matplotlib.patches  # noqa: E402,F401
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402,F401
+import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from massmech.errors import AnalysisError
@@ -52,8 +53,6 @@ def select_model(table, model: str | None):
 def ci_err(value, low, high) -> list:
     """``yerr`` for matplotlib from a value and its interval, never negative (a bootstrap interval
     may exclude its point estimate; rounding may put a bound a hair past it)."""
-    import numpy as np
-
     value, low, high = (np.asarray(a, dtype=float) for a in (value, low, high))
     return [np.clip(value - low, 0, None), np.clip(high - value, 0, None)]
 
