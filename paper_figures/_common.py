@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 import massmech as mm
+from massmech.core.emergence import Emergence
 from massmech.report.ledger import RUNS as LEDGER_RUNS
 from massmech.report.ledger import run_finished
 from massmech.studies.analyze import default_layers
@@ -50,6 +51,7 @@ class Analysis:
     freq: mm.FrequencyAnalysis
     bars: pd.DataFrame
     layers: list[int]
+    emergence: Emergence
 
 
 @functools.lru_cache(maxsize=4)
@@ -59,7 +61,8 @@ def analysis(spec: str) -> Analysis:
     stats = mm.QKVStats.load(run / "stats.npz")
     config = json.loads((run / "manifest.json").read_text()).get("config", {})
     layers = list(config.get("heatmap_layers") or default_layers(len(stats.layers)))
-    return Analysis(stats, mm.FrequencyAnalysis.from_run(run), pd.read_parquet(run / "bars.parquet"), layers)
+    em = Emergence.from_layers(pd.read_parquet(run / "emergence.parquet"))
+    return Analysis(stats, mm.FrequencyAnalysis.from_run(run), pd.read_parquet(run / "bars.parquet"), layers, em)
 
 
 def _one_model(table: pd.DataFrame, spec: str, study: str, path: Path) -> pd.DataFrame:

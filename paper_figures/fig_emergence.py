@@ -1,4 +1,4 @@
-"""Figure: low-band energy fraction and massive count per layer (Q, K, V; pre and post RoPE)."""
+"""Figure: Q/K concentration beyond V per layer with the emergence layer, and the massive count per layer."""
 
 from pathlib import Path
 
@@ -9,7 +9,8 @@ from massmech import plotting
 
 def build(spec: str, out: Path) -> Path:
     path = out / f"emergence_{spec}"
-    plotting.emergence(analysis(spec).freq, out=path)
+    a = analysis(spec)
+    plotting.emergence(a.freq, a.emergence, out=path)
     plotting.close_all()
     return path
 

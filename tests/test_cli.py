@@ -32,8 +32,10 @@ def test_analyze_end_to_end(tmp_path, capsys):
     assert set(summary["by_stage"]) == {"q.pre", "q.post", "k.pre", "k.post", "v.pre"}
     assert not {"q", "k", "v"} & set(summary)  # every number is labelled with its stage
     for s in summary["by_stage"].values():
-        assert {"massive_count", "low_band_energy_fraction", "massive_low_band_share", "emergence_layer"} <= set(s)
-    for name in ("stats.npz", "stats.parquet", "massive.parquet", "pairs.parquet", "layers.parquet", "manifest.json", "summary.json"):
+        assert {"massive_count", "low_band_energy_fraction", "massive_low_band_share", "threshold_layer"} <= set(s)
+    assert set(summary["emergence"]) == {"q", "k"} and "layer" in summary["emergence"]["k"]
+    for name in ("stats.npz", "stats.parquet", "massive.parquet", "pairs.parquet", "layers.parquet", "emergence.parquet",
+                 "manifest.json", "summary.json"):
         assert (out / name).is_file(), name
     for fig in ("heatmap", "bars3d", "emergence", "spectrum"):
         for ext in ("pdf", "png"):
@@ -269,3 +271,22 @@ def test_a_bad_device_is_a_clean_error(device, tmp_path, capsys):
     assert main(["doctor", "--model", "tiny-llama", "--device", device]) == 2
     assert main(["analyze", "--model", "tiny-llama", "--device", device, "--out", str(tmp_path / "r")]) == 2
     assert "device" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_the_cli_the_json_and_the_ledger_give_one_emergence_layer(tmp_path, capsys):
+    """One definition: the text the main job prints, its JSON and the ledger's P4 name the same layers."""
+    import re
+
+    from massmech.report.ledger import ledger
+
+    out = tmp_path / "runs" / "analyze" / "tiny-llama"
+    args = ["analyze", "--model", "tiny-llama", "--out", str(out), "--tokens", "512", "--seq-len", "64"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    printed = dict(re.findall(r"\b([QK]): (?:layer )?(\d+|none) of", text))
+    assert printed == {s.upper(): str(summary["emergence"][s]["layer"]).replace("None", "none") for s in ("q", "k")}
+    assert "threshold" not in text and "emergence" in text
+    p4 = ledger(tmp_path / "runs", ("tiny-llama",)).set_index("key").loc["P4"]
+    for site, layer in printed.items():
+        assert f"{site}: {'layer ' if layer != 'none' else ''}{layer} of" in p4.measured

@@ -37,14 +37,27 @@ def _needs_mkdocs() -> None:
             pytest.fail(f"{module} is not installed: `make setup` installs the docs extra (pip install -e '.[docs]')")
 
 
-def test_the_site_builds_strict(tmp_path):
+def build_site(root: Path, site: Path) -> subprocess.CompletedProcess:
+    """``mkdocs build --strict`` of the project at ``root``, as ``make docs`` runs it (no ``--quiet``:
+    with it, mkdocs stops counting warnings and ``--strict`` never fires)."""
     _needs_mkdocs()
-    out = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--config-file", str(ROOT / "mkdocs.yml"),
-         "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(root / "mkdocs.yml"),
+         "--site-dir", str(site)],
+        cwd=root, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
-    assert out.returncode == 0, f"mkdocs build --strict failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+
+
+def test_make_docs_runs_the_same_build():
+    make = (ROOT / "Makefile").read_text()
+    assert "-m mkdocs build --strict --site-dir site" in make and "--quiet" not in make
+    assert "make docs" in (ROOT / ".ci" / "run").read_text() or "reproduce" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_site_builds_strict(tmp_path):
+    out = build_site(ROOT, tmp_path / "site")
+    log = out.stdout + out.stderr
+    assert out.returncode == 0 and "WARNING" not in log, f"mkdocs build --strict failed:\n{log[-6000:]}"
     site = tmp_path / "site"
     for page in ("index.html", "getting-started.html", "concepts.html", "architecture.html", "changelog.html",
                  "api/core.html", "ledger.html", "results/index.html", "gallery.html"):
@@ -54,6 +67,24 @@ def test_the_site_builds_strict(tmp_path):
     assert headings and all(h in changelog for h in headings), "CHANGELOG.md is not included in the changelog page"
     api = (site / "api" / "core.html").read_text()
     assert 'class="gp">&gt;&gt;&gt;' in api, "docstring examples are not rendered as Python console code"
+
+
+def test_a_missing_image_fails_the_build(tmp_path):
+    """The same build on a copy of the project with one figure the pages show removed must fail."""
+    import shutil
+
+    copy = tmp_path / "project"
+    for name in ("docs", "src"):
+        shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("mkdocs.yml", "CHANGELOG.md", "README.md"):
+        shutil.copy(ROOT / name, copy / name)
+    pages = "\n".join(f.read_text() for f in (copy / "docs").rglob("*.md"))
+    shown = [f for f in sorted((copy / "docs").rglob("*.png")) if f.name in pages]
+    assert shown, "the docs show no figure"
+    shown[0].unlink()
+    out = build_site(copy, tmp_path / "site")
+    assert out.returncode != 0, "a page shows a missing image, yet the strict build passed"
+    assert shown[0].name in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks((ROOT / p).read_text())])

@@ -27,7 +27,7 @@ def test_v_with_the_same_spectrum_as_k_means_no_emergence():
             slow[list(rope.pair_dims(p))] = True
         k[..., slow] *= 50
         c.sumsq[("v", "pre")] = k.clone()
-    old = frequency_analysis(chunks[0], context_len=32, emergence_threshold=0.75).summary["k.pre"]["emergence_layer"]
+    old = frequency_analysis(chunks[0], context_len=32, threshold_share=0.75).summary["k.pre"]["threshold_layer"]
     assert old == 0  # a threshold on K's share alone
     em = emergence(chunks, context_len=32, n_boot=200)
     assert em.summary["k"][1.0] is None  # K never above its control

@@ -48,7 +48,7 @@ def test_all_energy_in_one_low_pair():
     q = fa.layers[fa.layers.site == "q"]
     assert np.allclose(q.low_band_energy_fraction, 1.0) and np.allclose(q.low_half_energy_fraction, 1.0)
     assert np.allclose(q.effective_pairs, 1.0, atol=1e-6)
-    assert fa.summary["q.pre"]["emergence_layer"] == 0
+    assert fa.summary["q.pre"]["threshold_layer"] == 0
 
 
 def test_uniform_energy():
@@ -57,15 +57,15 @@ def test_uniform_energy():
     assert np.allclose(q.effective_pairs, P)
     assert np.allclose(q.low_half_energy_fraction, 0.5)
     assert np.allclose(q.low_band_energy_fraction, q.low_band_pair_fraction)
-    assert fa.summary["q.pre"]["emergence_layer"] is None  # 0.5 < 0.75
+    assert fa.summary["q.pre"]["threshold_layer"] is None  # 0.5 < 0.75
     assert fa.summary["q.pre"]["massive_count"] == 0
 
 
-def test_emergence_layer_is_first_crossing():
+def test_threshold_layer_is_first_crossing():
     e = np.ones((4, 1, P))
     e[2:, 0, P // 2 :] = 10.0  # layers 2, 3: 40 / 44 of the energy in the low half
     fa = mm.frequency_analysis(_stats(e))
-    assert fa.summary["q.pre"]["emergence_layer"] == 2
+    assert fa.summary["q.pre"]["threshold_layer"] == 2
     assert fa.summary["q.pre"]["low_half_energy_fraction"] == pytest.approx((4 + 4 + 40 + 40) / (8 + 8 + 44 + 44))
 
 

@@ -98,7 +98,7 @@ PINS = {
     "ablation": (4, "1ca42ca7f8ddb472"),
     "quant": (3, "a1035405c0512227"),
     "twins": (1, "9311ce6e33ad4242"),
-    "analyze": (1, "d6c020ee91228f94"),
+    "analyze": (2, "5cc60f7e49833f5e"),
     "twins-train": (1, "215d13e7ba933388"),
 }
 
@@ -146,9 +146,12 @@ def _twins_measure():
 
 
 def _analyze_measure():
+    from massmech.studies.analyze import AnalyzeConfig, CaptureJob
+
     model = mm.load_model("tiny-llama")
-    stats = mm.capture_stats(model, _ids(), progress=False)
-    return {f"{s}.{st}": stats.norm(s, st).double().round(decimals=4).flatten().tolist() for s, st in stats.keys()}
+    chunks = CaptureJob(model, _ids().tolist(), AnalyzeConfig(n_chunks=2), progress=False).capture()
+    return [{f"{s}.{st}": c.norm(s, st).double().round(decimals=4).flatten().tolist() for s, st in c.keys()}
+            for c in chunks]
 
 
 def _twins_train_measure():

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from massmech.errors import ConfigError
+from massmech.errors import ConfigError, RunDirError
 from massmech.infra.cells import CellStore, cell_key
 from massmech.infra.executors import ProcessExecutor, resolve_executor
+from massmech.infra.runs import study_lock
 from massmech.infra.study import CellSpec, run_study
 from massmech.studies.ablation import SweepConfig, run_sweep
 
@@ -100,3 +101,47 @@ def test_units_are_routed_by_model_and_large_groups_split_over_idle_workers():
     two = [unit("a", i) for i in range(2)] + [unit("b", i) for i in range(2)]
     assert [{u[0].group for u in w} for w in _assign(two, 2)] in ([{"a"}, {"b"}], [{"b"}, {"a"}])  # one model each
     assert sum(map(len, _assign(two, 16))) == 4 and len(_assign(two, 16)) == 4  # never more workers than units
+
+
+def test_another_config_into_the_same_folder_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    first = run_study(SQUARES, {"n": 4}, out, progress=False)
+    before = (out / "results.parquet").read_bytes()
+
+    class Counting(Squares):
+        planned = 0
+
+        def plan(self, config, ctx):
+            Counting.planned += 1
+            return super().plan(config, ctx)
+
+    with pytest.raises(RunDirError, match="another config.*differs in n.*--overwrite"):
+        run_study(Counting(), {"n": 2}, out, progress=False)
+    assert Counting.planned == 0 and (out / "results.parquet").read_bytes() == before  # nothing ran, nothing lost
+    again = run_study(SQUARES, {"n": 4}, out, progress=False)  # the same config resumes
+    assert again.equals(first)
+    replaced = run_study(SQUARES, {"n": 2}, out, progress=False, overwrite=True)
+    assert len(replaced) == 2 and len(pd.read_parquet(out / "results.parquet")) == 2
+
+
+def test_a_second_writer_of_one_folder_is_locked_out(tmp_path):
+    out = tmp_path / "run"
+    run_study(SQUARES, {"n": 2}, out, progress=False)
+    with study_lock(out):  # another process writing it now (flock is per open file: same effect)
+        with pytest.raises(RunDirError, match="another massmech process .* is writing"):
+            run_study(SQUARES, {"n": 2}, out, progress=False)
+    run_study(SQUARES, {"n": 2}, out, progress=False)  # free again once it ends
+
+
+def test_the_sweep_cli_refuses_another_config(tmp_path, capsys):
+    from massmech.cli import main
+
+    out = str(tmp_path / "sweep")
+    common = ["sweep", "--preset", "k", "--models", "tiny-llama", "--tasks", "kv_lookup", "--n", "2", "--out", out]
+    assert main([*common, "--ks", "2,4"]) == 0
+    rows = len(pd.read_parquet(Path(out) / "results.parquet"))
+    assert main([*common, "--ks", "3"]) == 2
+    assert "differs in ks" in capsys.readouterr().err
+    assert len(pd.read_parquet(Path(out) / "results.parquet")) == rows
+    assert main([*common, "--ks", "3", "--overwrite"]) == 0
+    assert len(pd.read_parquet(Path(out) / "results.parquet")) < rows

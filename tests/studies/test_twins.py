@@ -183,8 +183,12 @@ def test_bad_input(tmp_path):
         prepare(SMALL.replace(steps=10**6, checkpoints=()), tmp_path / "big")
     assert not (tmp_path / "big" / "config.json").exists()
     prepare(SMALL, tmp_path / "run")
-    with pytest.raises(TwinError, match="different config.*'lr'"):
+    with pytest.raises(TwinError, match="different config.*'lr'.*--overwrite"):
         train_variant(SMALL.replace(lr=1e-2), "rope", tmp_path / "run", progress=False)
+    (tmp_path / "run" / "notes.txt").write_text("mine")  # a user's file stays, whatever the flags
+    prepare(SMALL.replace(lr=1e-2), tmp_path / "run", overwrite=True)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 1e-2
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
     assert learning_rate(SMALL, SMALL.steps) == pytest.approx(SMALL.lr * SMALL.min_lr_ratio)
     with pytest.raises(SystemExit) as exit_:  # the CLI's choices name the presets
         main(["twins", "--preset", "huge", "--out", str(tmp_path / "x")])

@@ -66,7 +66,10 @@ def _out_flags(p: argparse.ArgumentParser, what: str, required: bool) -> None:
 
 
 def _study_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, metavar="DIR", help="study folder: new, or a previous run of this study (resumed)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="study folder: new, or a previous run of this study and config (resumed)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of a run of another config in --out (its cells stay; without it: refused)")
     p.add_argument("--cells", metavar="DIR", help="a cell store shared between runs (default: OUT/cells)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPE_NAMES),
                    help="weight dtype of every model (not float32: cells of its own)")
@@ -154,7 +157,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     t = sub.add_parser("twins", help="train RoPE / absolute / NoPE twins and trace where massive values come from",
                        formatter_class=_HELP)
     t.add_argument("--preset", default="demo", choices=names()["twins"] if full("twins") else None, help="tiny, demo (about 15 min on 2 cores) or paper (one GPU)")
-    t.add_argument("--out", required=True, help="twins folder (new, or a previous twins run: resumed; analysis/ replaced)")
+    t.add_argument("--out", required=True, help="twins folder (new, or a previous twins run of this config: resumed; "
+                   "analysis/ replaced)")
+    t.add_argument("--overwrite", action="store_true", help="replace twins trained with another config in --out")
     t.add_argument("--workers", type=int, help="variants trained in parallel (default: one per CPU core)")
     t.add_argument("--executor", default="processes", choices=["serial", "processes", "ray"],
                    help="who trains the variants and analyses the checkpoints (ray: one variant per worker or GPU)")

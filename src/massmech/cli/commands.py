@@ -51,14 +51,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         return 0
     print(f"{summary['model']}: {summary['n_tokens']} tokens of {summary['corpus']}, context "
           f"{summary['context_len']} -> {summary['out_dir']}")
-    print(f"  {'':7s} {'massive':>7s} {'low-band energy':>15s} {'low-half energy':>15s} {'massive in low band':>19s} {'emergence':>9s}")
+    print(f"  {'':7s} {'massive':>7s} {'low-band energy':>15s} {'low-half energy':>15s} {'massive in low band':>19s}")
     for key, s in summary["by_stage"].items():
         share = s["massive_low_band_share"]
-        print(
-            f"  {key:7s} {s['massive_count']:7d} {s['low_band_energy_fraction']:15.1%} "
-            f"{s['low_half_energy_fraction']:15.1%} {'n/a' if share is None else f'{share:.1%}':>19s} "
-            f"{'none' if s['emergence_layer'] is None else s['emergence_layer']:>9}"
-        )
+        print(f"  {key:7s} {s['massive_count']:7d} {s['low_band_energy_fraction']:15.1%} "
+              f"{s['low_half_energy_fraction']:15.1%} {'n/a' if share is None else f'{share:.1%}':>19s}")
+    from massmech.report.tables import emergence_lines
+
+    for line in emergence_lines(summary):
+        print("  " + line)
     print("  (V is not rotated: its dims are grouped as Q/K pairs, the control)")
     return 0
 
@@ -141,7 +142,8 @@ def _cmd_twins(args: argparse.Namespace) -> int:
         executor = resolve_executor("processes", workers=args.workers or min(len(cfg.variants), os.cpu_count() or 1))
     else:
         executor = resolve_executor("ray", workers=args.workers, address=args.address)
-    summary = run_twins(cfg, args.out, device=args.device, executor=executor, progress=not args.json)
+    summary = run_twins(cfg, args.out, device=args.device, executor=executor, progress=not args.json,
+                        overwrite=args.overwrite)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -290,13 +292,14 @@ def _run_study(args: argparse.Namespace, study: str, skip: tuple[str, ...] = ())
     if study == "sweep":
         from massmech.studies.ablation import run_sweep
 
-        run_sweep(cfg, args.out, cells=args.cells, executor=executor, load_options=load, progress=not args.json)
+        run_sweep(cfg, args.out, cells=args.cells, executor=executor, load_options=load, progress=not args.json,
+                  overwrite=args.overwrite)
     else:
         from massmech.infra.study import Context, run_study
         from massmech.studies.quant.study import QUANT
 
         run_study(QUANT, cfg, args.out, cells=args.cells, executor=executor, ctx=Context(load_options=load),
-                  progress=not args.json)
+                  progress=not args.json, overwrite=args.overwrite)
     summary = json.loads((Path(args.out) / "summary.json").read_text())
     print(json.dumps(summary, indent=2) if args.json else f"{study} ({args.preset}) -> {args.out}: results.parquet, summary.json")
     return summary

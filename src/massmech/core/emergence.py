@@ -58,6 +58,30 @@ class Emergence:
         main = {s: v.get(1.0) for s, v in self.summary.items()}
         return f"Emergence(layer at factor 1: {main}, factors={self.params['factors']}, n_chunks={self.params['n_chunks']})"
 
+    @classmethod
+    def from_layers(cls, layers: pd.DataFrame, params: dict | None = None) -> Emergence:
+        """Rebuild from the per-layer table (e.g. an analyze run's ``emergence.parquet``): the
+        emergence layers are re-derived from the stored intervals by the same rule.
+
+        >>> rows = [dict(factor=1.0, site="q", layer=i, minus_v_low=lo) for i, lo in enumerate([-0.1, 0.2, 0.3])]
+        >>> Emergence.from_layers(pd.DataFrame(rows)).summary
+        {'q': {1.0: 1}}
+        """
+        summary: dict[str, dict[float, int | None]] = {}
+        for (factor, site), g in layers.sort_values("layer").groupby(["factor", "site"], sort=False):
+            summary.setdefault(site, {})[float(factor)] = _first_staying_above(g.minus_v_low.to_numpy(), g.layer.tolist())
+        params = dict(params or {})
+        params.setdefault("factors", sorted({float(f) for f in layers.factor}))
+        params.setdefault("n_chunks", int(layers.n_chunks.iloc[0]) if "n_chunks" in layers and len(layers) else None)
+        return cls(layers, summary, params)
+
+
+def _first_staying_above(low: np.ndarray, layers: list[int]) -> int | None:
+    """The first layer from which every later layer's lower bound is above 0 (``None``: never)."""
+    above = low > 0
+    stays = np.flip(np.logical_and.accumulate(np.flip(above)))
+    return int(layers[int(np.argmax(stays))]) if stays.any() else None
+
 
 def _pair_energy(stats: QKVStats, site: str) -> np.ndarray:
     """``[layer, head, pair]`` energy (sum of squares over tokens) of a site, pre-RoPE."""
@@ -133,10 +157,7 @@ def emergence(
         for site in ("q", "k"):
             diff = boot[site] - boot["v"]
             lo, hi = np.nanquantile(diff, [alpha / 2, 1 - alpha / 2], axis=0)
-            above = lo > 0
-            # first layer from which every later layer stays significantly above V
-            stays = np.flip(np.logical_and.accumulate(np.flip(above)))
-            summary[site][float(factor)] = int(layers[int(np.argmax(stays))]) if stays.any() else None
+            summary[site][float(factor)] = _first_staying_above(lo, layers)
             for i, layer in enumerate(layers):
                 rows.append({"factor": float(factor), "site": site, "layer": layer,
                              "concentration": float(conc[site][i]), "v_concentration": float(conc["v"][i]),

@@ -18,8 +18,10 @@ Concentration metrics per (site, stage, layer): ``low_band_energy_fraction`` (co
 ``low_half_energy_fraction`` (slowest half of the pairs: ``pair >= n_pairs // 2``),
 ``effective_pairs`` (participation ratio of the pair energies, averaged over heads; ``n_pairs``
 = uniform, 1 = one pair), and the share of massive dims in the low band (dims outside the
-rotary part, with partial rotary, are in no band). The *emergence layer* is the first layer whose
-low-half energy fraction reaches ``emergence_threshold``.
+rotary part, with partial rotary, are in no band). The *threshold layer* is the first layer whose
+low-half energy fraction reaches ``threshold_share``: a fragile single-threshold marker, named so;
+the *emergence layer* massmech reports is :func:`massmech.core.emergence.emergence` (Q/K above V,
+with a bootstrap interval and its sensitivity to the band edge).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def equal_count_bands(n_pairs: int, n_bands: int = 3) -> np.ndarray:
 
 
 def check_params(
-    n_pairs: int, *, n_bands: int = 3, fast_turns: float = 8.0, emergence_threshold: float = 0.75
+    n_pairs: int, *, n_bands: int = 3, fast_turns: float = 8.0, threshold_share: float = 0.75
 ) -> None:
     """Validate frequency-analysis parameters (cheap; call before any expensive work).
 
@@ -95,8 +97,8 @@ def check_params(
         raise AnalysisError(f"n_bands must be in [2, n_pairs={n_pairs}], got {n_bands}")
     if fast_turns <= 1:
         raise AnalysisError(f"fast_turns must be > 1, got {fast_turns}")
-    if not 0 < emergence_threshold <= 1:
-        raise AnalysisError(f"emergence_threshold must be in (0, 1], got {emergence_threshold}")
+    if not 0 < threshold_share <= 1:
+        raise AnalysisError(f"threshold_share must be in (0, 1], got {threshold_share}")
 
 
 def pair_energy(stats: QKVStats) -> pd.DataFrame:
@@ -180,7 +182,7 @@ class FrequencyAnalysis:
         layers: Per (site, stage, layer): the concentration metrics (see module doc).
         massive: The massive dims (:func:`~massmech.detect_massive` at ``lam``).
         summary: Per ``"site.stage"``: headline numbers (JSON-ready).
-        params: The parameters used (context_len, fast_turns, n_bands, lam, threshold).
+        params: The parameters used (context_len, fast_turns, n_bands, lam, threshold_share).
 
     >>> import torch
     >>> from massmech.core.activations import from_activations
@@ -189,7 +191,7 @@ class FrequencyAnalysis:
     >>> fa
     FrequencyAnalysis(sites=q.post,k.post, layers=1, pairs=8, context_len=64, lam=5, massive=0)
     >>> sorted(fa.pairs.context_band.unique()), list(fa.summary["k.post"])
-    (['high', 'low', 'mid'], ['massive_count', 'low_band_energy_fraction', 'low_half_energy_fraction', 'massive_low_band_share', 'effective_pairs', 'emergence_layer'])
+    (['high', 'low', 'mid'], ['massive_count', 'low_band_energy_fraction', 'low_half_energy_fraction', 'massive_low_band_share', 'effective_pairs', 'threshold_layer'])
     """
 
     pairs: pd.DataFrame
@@ -317,7 +319,7 @@ def frequency_analysis(
     fast_turns: float = 8.0,
     n_bands: int = 3,
     lam: float = 5.0,
-    emergence_threshold: float = 0.75,
+    threshold_share: float = 0.75,
 ) -> FrequencyAnalysis:
     """Where Q/K energy sits in the RoPE spectrum, per layer, with V as the control.
 
@@ -327,8 +329,9 @@ def frequency_analysis(
         fast_turns: Turns inside the context that make a pair ``high`` (context bands).
         n_bands: Number of equal-count bands.
         lam: Lambda of the massive-value rule used for the massive-dim shares.
-        emergence_threshold: Low-half energy fraction whose first crossing marks emergence
-            (0.75 = 1.5x the uniform 0.5).
+        threshold_share: Low-half energy fraction whose first crossing is the summary's
+            ``threshold_layer`` (0.75 = 1.5x the uniform 0.5). Not the emergence layer: see
+            :func:`massmech.core.emergence.emergence`.
 
     Returns:
         :class:`FrequencyAnalysis`.
@@ -348,7 +351,7 @@ def frequency_analysis(
     0    q                      0.98             1.18          4
     1    k                      0.80             3.89          0
     2    v                      0.80             3.89          0
-    >>> fa.massive.pair.unique().tolist(), fa.summary["q.pre"]["emergence_layer"]
+    >>> fa.massive.pair.unique().tolist(), fa.summary["q.pre"]["threshold_layer"]
     ([3], 0)
     """
     spec = _spec(stats)
@@ -356,7 +359,7 @@ def frequency_analysis(
         context_len = int(stats.meta.get("max_len") or 0)
         if context_len < 2:
             raise AnalysisError("the statistics do not record a sequence length: pass context_len")
-    check_params(spec.n_pairs, n_bands=n_bands, fast_turns=fast_turns, emergence_threshold=emergence_threshold)
+    check_params(spec.n_pairs, n_bands=n_bands, fast_turns=fast_turns, threshold_share=threshold_share)
     pairs = pair_energy(stats)
     row_of = {layer: i for i, layer in enumerate(stats.layers)}
     # Context band per (layer, pair); a last column "none" for dims outside the rotary part.
@@ -398,20 +401,20 @@ def frequency_analysis(
     for (site, stage), grp in layers.groupby(["site", "stage"], sort=False):
         sub = pairs[(pairs.site == site) & (pairs.stage == stage)]
         hits = hits_all[(hits_all.site == site) & (hits_all.stage == stage)]
-        crossed = grp.layer[grp.low_half_energy_fraction >= emergence_threshold]
+        crossed = grp.layer[grp.low_half_energy_fraction >= threshold_share]
         summary[f"{site}.{stage}"] = {
             "massive_count": len(hits),
             "low_band_energy_fraction": float(sub.energy[sub.context_band == "low"].sum() / sub.energy.sum()),
             "low_half_energy_fraction": float(sub.energy[sub.pair >= half].sum() / sub.energy.sum()),
             "massive_low_band_share": float((hits.context_band == "low").mean()) if len(hits) else None,
             "effective_pairs": float(grp.effective_pairs.mean()),
-            "emergence_layer": int(crossed.min()) if len(crossed) else None,
+            "threshold_layer": int(crossed.min()) if len(crossed) else None,
         }
     params = {
         "context_len": context_len,
         "fast_turns": fast_turns,
         "n_bands": n_bands,
         "lam": lam,
-        "emergence_threshold": emergence_threshold,
+        "threshold_share": threshold_share,
     }
     return FrequencyAnalysis(pairs=pairs, layers=layers, massive=massive, summary=summary, params=params)

@@ -70,6 +70,41 @@ class QKVStats:
 
         return from_activations(activations, **kwargs)
 
+    @classmethod
+    def merge(cls, parts: Sequence[QKVStats]) -> QKVStats:
+        """The statistics of all ``parts`` together (captures of one model on disjoint data).
+
+        Sums of squares, sums and token counts add; ``max_abs`` takes the maximum. Equal to one
+        capture over the concatenated data up to float rounding.
+
+        >>> import massmech as mm, torch
+        >>> model = mm.load_model("tiny-llama")
+        >>> a, b = (mm.capture_stats(model, [w], progress=False) for w in ([5, 6, 7], [8, 9]))
+        >>> both = mm.capture_stats(model, [[5, 6, 7], [8, 9]], progress=False)
+        >>> merged = QKVStats.merge([a, b])
+        >>> merged.n_tokens, torch.allclose(merged.norm("k"), both.norm("k"))
+        (5, True)
+        """
+        if not parts:
+            raise NotCapturedError("nothing to merge")
+        first = parts[0]
+        for p in parts[1:]:
+            if (p.model, p.layers, p.keys(), p.exclude_first_token) != (first.model, first.layers, first.keys(),
+                                                                       first.exclude_first_token):
+                raise NotCapturedError(f"cannot merge {p!r} into {first!r}: another model, layers, sites or options")
+        keys = first.keys()
+        meta = dict(first.meta)
+        if all("max_len" in p.meta for p in parts):
+            meta["max_len"] = max(int(p.meta["max_len"]) for p in parts)
+        return cls(
+            model=first.model, layers=first.layers, n_tokens=sum(p.n_tokens for p in parts),
+            n_sequences=sum(p.n_sequences for p in parts),
+            sumsq={k: sum(p.sumsq[k] for p in parts) for k in keys},
+            total={k: sum(p.total[k] for p in parts) for k in keys},
+            max_abs={k: torch.stack([p.max_abs[k] for p in parts]).amax(0) for k in keys},
+            rope=first.rope, exclude_first_token=first.exclude_first_token, meta=meta,
+        )
+
     def keys(self) -> list[Key]:
         """The captured ``(site, stage)`` pairs.
 

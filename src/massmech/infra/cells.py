@@ -52,7 +52,7 @@ CELL_VERSIONS = {  # study -> schema version; bump when what a cell holds or how
     "ablation": 4,
     "quant": 3,  # 3: W8A8 activation scales per sequence, KV per-channel ranges from the prompt; 2: zero dims
     "twins": 1,  # one checkpoint's trajectory, bands and scores
-    "analyze": 1,  # one capture: QKVStats of a model on a corpus
+    "analyze": 2,  # 2: one QKVStats per chunk of windows (the emergence bootstrap); 1: one capture
     "twins-train": 1,  # one variant trained to its last step (weights and log in its checkpoints)
 }
 CELL_FILE = "cell.json"

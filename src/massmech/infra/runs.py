@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import importlib.metadata
 import json
 import os
@@ -61,14 +62,35 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def environment() -> dict[str, str]:
+    """Every installed distribution and its version, as pip resolved them (``name -> version``).
+
+    A run's manifest records all of them, so a result can be traced to the exact environment
+    (compare with ``constraints.txt``, the versions ``make setup`` installs).
+
+    >>> env = environment()
+    >>> "torch" in env and env["massmech"] == versions()["massmech"]
+    True
+    """
+    found = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            found[name.lower().replace("_", "-")] = dist.version
+    return dict(sorted(found.items()))
+
+
 def manifest(config: Any, *, model_info: dict | None = None, seed: int | None = None) -> dict:
-    """Manifest of a run: config, model, seed, package versions, git hash, platform, time."""
+    """Manifest of a run: config, model, seed, package versions (the main ones, and every installed
+    distribution under ``environment``), git hash, platform, time."""
     cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     return {
         "config": cfg,
         "model": model_info,
         "seed": seed,
         "versions": versions(),
+        "environment": environment(),
         "git_hash": git_hash(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -183,14 +205,16 @@ def check_out(
     return out
 
 
-def _stamp(folder: Path, kind: str, files: list[str] | None) -> None:
-    """Add the run kind (and the list of what massmech wrote) to the folder's manifest."""
+def _stamp(folder: Path, kind: str, files: list[str] | None, *, config: dict | None = None) -> None:
+    """Add the run kind (and the list of what massmech wrote, and the config) to the folder's manifest."""
     found = {}
     try:
         found = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         found = {"versions": versions(), "git_hash": git_hash()}
     found["run_kind"] = kind
+    if config is not None:
+        found["config"] = config
     if files is not None:
         found["files"] = sorted(set(files) | {MANIFEST})
     write_json(folder / MANIFEST, found)
@@ -231,20 +255,109 @@ def atomic_run_dir(out: str | os.PathLike, kind: str, *, overwrite: bool = False
         shutil.rmtree(old, ignore_errors=True)
 
 
-def open_study_dir(out: str | os.PathLike, kind: str) -> Path:
-    """Create (or reopen, to resume) the folder of a resumable study, marked with its kind.
+RESULT_FILES = ("results.parquet", "results.csv", "summary.json")  # what a study's rerun rewrites
+LOCK = ".massmech-lock"
+
+
+def config_diff(stored: Any, config: Any, *, extends: tuple[str, ...] = ()) -> list[str]:
+    """Top-level fields in which two configs (dataclasses or their JSON dicts) differ, less ``extends``.
+
+    Values are compared as canonical JSON: tuples and lists, 5 and 5.0 are alike.
+
+    >>> config_diff({"ks": [2, 4], "n": 100}, {"ks": (3,), "n": 100.0})
+    ['ks']
+    """
+    from massmech.infra.cells import canonical
+
+    a = dataclasses.asdict(stored) if dataclasses.is_dataclass(stored) else dict(stored)
+    b = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return sorted(k for k in set(a) | set(b)
+                  if k not in extends and canonical(a.get(k)) != canonical(b.get(k)))
+
+
+def open_study_dir(out: str | os.PathLike, kind: str, config: Any = None, *, overwrite: bool = False,
+                   extends: tuple[str, ...] = ()) -> Path:
+    """Create (or reopen, to resume) the folder of a resumable study, marked with its kind and config.
 
     A new or empty folder is created and stamped at once, so a study killed before its first
-    result is still recognised; an existing one must be a massmech study of the same kind.
+    result is still recognised; an existing one must be a massmech study of the same kind *and
+    config*: a rerun of the same config resumes, another config is refused unless ``overwrite``
+    (then its results are replaced; its cells stay, keyed by content). Fields in ``extends`` may
+    change on a resume (e.g. more training steps).
 
     Raises:
-        RunDirError: See :func:`check_out`.
+        RunDirError: See :func:`check_out`; or ``out`` holds a run of another config.
     """
     out = check_out(out, kind, resume=True)
+    diff = check_study_config(out, kind, config, overwrite=overwrite, extends=extends)
     out.mkdir(parents=True, exist_ok=True)
-    if read_manifest(out) is None:
-        _stamp(out, kind, None)
+    for name in RESULT_FILES if diff else ():  # overwrite: the other config's results go; its cells stay
+        (out / name).unlink(missing_ok=True)
+    if config is not None or read_manifest(out) is None:
+        cfg = None if config is None else (dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
+        _stamp(out, kind, None, config=cfg)
     return out
+
+
+def check_study_config(out: str | os.PathLike, kind: str, config: Any, *, overwrite: bool = False,
+                       extends: tuple[str, ...] = ()) -> list[str]:
+    """The fields in which ``config`` differs from the study run in ``out`` (none if it has no run);
+    raises unless ``overwrite`` when there are any. Creates nothing: call it before any compute.
+
+    >>> import tempfile
+    >>> out = open_study_dir(tempfile.mkdtemp() + "/run", "sweep", {"ks": [2, 4]})
+    >>> check_study_config(out, "sweep", {"ks": [2, 4]}), check_study_config(out, "sweep", {"ks": [3]}, overwrite=True)
+    ([], ['ks'])
+    >>> check_study_config(out, "sweep", {"ks": [3]})
+    Traceback (most recent call last):
+    ...
+    massmech.errors.RunDirError: ... holds a sweep run of another config (it differs in ks); ...
+    """
+    found = read_manifest(out) if config is not None else None
+    stored = None if found is None else found.get("config")
+    diff = [] if stored is None else config_diff(stored, config, extends=extends)
+    if diff and not overwrite:
+        raise RunDirError(
+            f"{out} holds a {kind} run of another config (it differs in {', '.join(diff)}); massmech never "
+            "replaces results silently: pass --overwrite (overwrite=True) to replace them, or choose another --out"
+        )
+    return diff
+
+
+@contextlib.contextmanager
+def study_lock(out: str | os.PathLike) -> Iterator[None]:
+    """Hold ``out/.massmech-lock`` while a study writes its folder: a second writer is refused at once.
+
+    The lock is the kernel's (``flock``), so a killed run never leaves a stale one.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with study_lock(folder):
+    ...     with study_lock(folder):
+    ...         pass
+    Traceback (most recent call last):
+    ...
+    massmech.errors.RunDirError: another massmech process (pid ...) is writing ...; wait for it to end, or choose another --out
+    """
+    import fcntl
+
+    path = Path(out) / LOCK
+    fh = open(path, "a+")  # noqa: SIM115 - held for the block
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise RunDirError(f"another massmech process (pid {holder}) is writing {out}; wait for it to end, "
+                              "or choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
 
 
 def finish_study_dir(out: Path, kind: str, manifest_data: dict) -> None:

@@ -29,7 +29,14 @@ from typing import Any, Protocol, runtime_checkable
 from massmech.errors import ConfigError
 from massmech.infra.cells import Cell, CellStore
 from massmech.infra.io import atomic_write, write_json
-from massmech.infra.runs import check_out, finish_study_dir, manifest, open_study_dir
+from massmech.infra.runs import (
+    check_out,
+    check_study_config,
+    finish_study_dir,
+    manifest,
+    open_study_dir,
+    study_lock,
+)
 
 RESULTS = "results"  # results.parquet / results.csv
 SUMMARY = "summary.json"
@@ -169,12 +176,17 @@ def run_study(
     cells: str | os.PathLike | None = None,
     ctx: Context | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Any:
     """Run (or resume) a study into ``out/``; returns its tidy table.
 
     Writes ``out/results.parquet`` and ``.csv``, ``out/summary.json`` and ``out/manifest.json``;
     the cells live in ``out/cells`` or in a shared store (``cells=``). ``executor`` is
     ``"serial"`` (default), ``"processes"`` or an executor object (see :mod:`massmech.infra.executors`).
+
+    ``out`` may hold a previous run of the same study and config (it is resumed); a run of
+    another config is refused unless ``overwrite`` (its results are then replaced), and a second
+    process writing the same ``out`` is refused while the first runs (:func:`~massmech.infra.runs.study_lock`).
     """
     from massmech.infra.executors import resolve_executor
 
@@ -182,9 +194,17 @@ def run_study(
     check_out(out, study.kind, resume=True)  # refuses a folder massmech did not write, before any work
     if cells is not None:
         check_out(cells, "cells", resume=True)
+    check_study_config(out, study.kind, config, overwrite=overwrite)  # another config: refused before any work
     ctx = ctx or Context()
     planned = study.plan(config, ctx)
     out = open_study_dir(out, study.kind)
+    with study_lock(out):
+        out = open_study_dir(out, study.kind, config, overwrite=overwrite)
+        return _run_locked(study, config, planned, out, cells, executor, ctx, progress)
+
+
+def _run_locked(study: Study, config: Any, planned: list[CellSpec], out: Path, cells: str | os.PathLike | None,
+                executor: Any, ctx: Context, progress: bool) -> Any:
     store = CellStore(open_study_dir(cells, "cells") if cells is not None else out / CELLS, study.name)
     stored = compute_cells(study, config, planned, store, executor=executor, ctx=ctx, progress=progress)
     table = study.consolidate(config, stored)

@@ -79,3 +79,33 @@ def frame_markdown(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def emergence_lines(summary: dict) -> list[str]:
+    """The emergence layer of an ``analyze`` summary in words: the one text the CLI, the results
+    pages and the ledger use (:func:`massmech.studies.analyze.emergence_summary`).
+
+    >>> s = {"n_layers": 30, "emergence": {"q": {"layer": 0, "by_factor": {"0.5": 0, "1": 0, "2": 1},
+    ...      "minus_v": 0.61, "minus_v_low": 0.4, "minus_v_high": 0.8}, "k": {"layer": None, "by_factor": {"1": None},
+    ...      "minus_v": None, "minus_v_low": None, "minus_v_high": None}}}
+    >>> print("\\n".join(emergence_lines(s)))
+    emergence layer (first layer from which Q/K concentration in the slow band stays above V's; band: wavelength > context; 95% bootstrap interval over chunks):
+      Q: layer 0 of 30 (Q - V there 0.61 [0.40, 0.80]); over band factors 0.5, 1, 2: 0, 0, 1
+      K: none of 30 (never stays above V); over band factors 1: none
+    """
+    em = summary.get("emergence")
+    if not em:
+        return ["emergence layer: not measured (saved activations of one layer)"]
+    n = summary.get("n_layers", "?")
+    lines = ["emergence layer (first layer from which Q/K concentration in the slow band stays above V's; band: "
+             "wavelength > context; 95% bootstrap interval over chunks):"]
+    for site in ("q", "k"):
+        e = em[site]
+        factors = ", ".join(e["by_factor"])
+        layers = ", ".join("none" if v is None else str(v) for v in e["by_factor"].values())
+        if e["layer"] is None:
+            lines.append(f"  {site.upper()}: none of {n} (never stays above V); over band factors {factors}: {layers}")
+        else:
+            lines.append(f"  {site.upper()}: layer {e['layer']} of {n} ({site.upper()} - V there {e['minus_v']:.2f} "
+                         f"[{e['minus_v_low']:.2f}, {e['minus_v_high']:.2f}]); over band factors {factors}: {layers}")
+    return lines

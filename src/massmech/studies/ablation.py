@@ -293,6 +293,7 @@ def run_sweep(
     executor: Any = None,
     load_options: dict | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Run (or resume) a sweep into ``out/``; returns the results table.
 
@@ -307,9 +308,11 @@ def run_sweep(
             (:mod:`massmech.infra.executors`).
         load_options: How workers load the models (:func:`~massmech.core.loading.load_model`'s
             ``dtype``, ``device``, ``device_map``); a dtype other than float32 gets cells of its own.
+        overwrite: ``out`` holds a sweep of another config: replace its results (refused otherwise,
+            before any work; a second process writing ``out`` is refused while this one runs).
     """
     return run_study(ABLATION, config, out, executor=executor, cells=cells, progress=progress,
-                     ctx=Context(load_options=load_options))
+                     ctx=Context(load_options=load_options), overwrite=overwrite)
 
 
 def _plain(x: Any, column: str) -> int | float | None:

@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from massmech.core.bridge import hf_model
 from massmech.core.capture import capture_stats
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.core.corpus import bbc_news, hf_dataset_texts, text_file, token_windows
+from massmech.core.emergence import Emergence, emergence
 from massmech.core.frequency import check_params, frequency_analysis
 from massmech.core.loading import load_model, resolve_dtype
 from massmech.core.models import LoadedModel
@@ -50,7 +52,13 @@ class AnalyzeConfig:
         lam: Lambda of the massive-value rule (per-head mean).
         n_bands: Equal-count bands (heatmap band edges).
         fast_turns: Turns inside the context that make a pair "high" (context bands).
-        emergence_threshold: Low-half energy fraction that marks emergence.
+        threshold_share: Low-half energy fraction whose first crossing is the ``threshold_layer``
+            (a fragile single-threshold marker, reported under its own name).
+        n_chunks: The windows are captured in this many chunks (one pass in all): the bootstrap
+            unit of the emergence layer (:func:`massmech.core.emergence.emergence`).
+        emergence_factors: Band edges of the emergence layer: pairs with wavelength above
+            factor x context; the layer is reported at factor 1 and its range over these.
+        n_boot: Bootstrap resamples of the chunks.
         heatmap_layers: Layers of the M heatmaps; empty = first, middle and last.
         bars_layer, bars_head, bars_tokens: The 3D token x dim view (one head, first window).
         exclude_first_token: Leave each window's first token out of the statistics.
@@ -69,7 +77,10 @@ class AnalyzeConfig:
     lam: float = 5.0
     n_bands: int = 3
     fast_turns: float = 8.0
-    emergence_threshold: float = 0.75
+    threshold_share: float = 0.75
+    n_chunks: int = 8
+    emergence_factors: tuple[float, ...] = (0.5, 1.0, 2.0)
+    n_boot: int = 1000
     heatmap_layers: tuple[int, ...] = ()
     bars_layer: int = 1
     bars_head: int = 0
@@ -98,7 +109,7 @@ class AnalyzeConfig:
     @classmethod
     def from_json(cls, text: str) -> AnalyzeConfig:
         d = json.loads(text)
-        return cls(**(d | {"heatmap_layers": tuple(d.get("heatmap_layers", ()))}))
+        return cls(**(d | {k: tuple(d[k]) for k in ("heatmap_layers", "emergence_factors") if k in d}))
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -137,16 +148,24 @@ class CaptureJob:
     cfg: AnalyzeConfig
     progress: bool = True
 
-    def capture(self) -> QKVStats:
-        return capture_stats(self.model, self.windows, batch_size=self.cfg.batch_size,
-                             exclude_first_token=self.cfg.exclude_first_token, progress=self.progress)
+    def capture(self) -> list[QKVStats]:
+        """One capture per chunk of windows (the emergence bootstrap's unit): one pass over them in all."""
+        bounds = np.linspace(0, len(self.windows), self.n_chunks + 1).round().astype(int)
+        return [capture_stats(self.model, self.windows[a:b], batch_size=self.cfg.batch_size,
+                              exclude_first_token=self.cfg.exclude_first_token, progress=self.progress)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    @property
+    def n_chunks(self) -> int:
+        return min(self.cfg.n_chunks, len(self.windows))
 
 
 class AnalyzeCapture:
     """The ``analyze`` study of the cell store: one cell per capture (model, weights, windows, options).
 
-    Its single cell stores ``stats.npz``; the analysis on top (bands, thresholds, figures) is
-    cheap and recomputed by :func:`run_analyze`, so changing it never reruns the model.
+    Its single cell stores one ``chunk_<i>.npz`` per chunk of windows; the analysis on top (bands,
+    emergence, figures) is cheap and recomputed by :func:`run_analyze`, so changing it never reruns
+    the model.
     """
 
     name = "analyze"
@@ -157,17 +176,18 @@ class AnalyzeCapture:
         spec = model.spec or model.info.name
         load = {k: v for k, v in model.load_kwargs.items() if k != "device_map"}  # placement is not content
         parts = {"model": spec, "load": load, "weights": weights_fingerprint(model),
-                 "windows": data_hash(config.windows), "exclude_first_token": cfg.exclude_first_token}
+                 "windows": data_hash(config.windows), "exclude_first_token": cfg.exclude_first_token,
+                 "chunks": config.n_chunks}
         return [CellSpec(key=cell_key(self.name, parts), parts=parts, group=spec, unit="capture")]
 
     def run_unit(self, config: CaptureJob, cells: Sequence[CellSpec], ctx: Context) -> dict:
-        stats = config.capture()
-        data = {"model": config.model.info.name, "n_tokens": stats.n_tokens}
-        return {c.key: (data, {}, {"stats.npz": stats.save}) for c in cells}
+        chunks = config.capture()
+        data = {"model": config.model.info.name, "n_tokens": sum(c.n_tokens for c in chunks), "chunks": len(chunks)}
+        return {c.key: (data, {}, {f"chunk_{i}.npz": chunk.save for i, chunk in enumerate(chunks)}) for c in cells}
 
-    def consolidate(self, config, cells: dict) -> QKVStats:
+    def consolidate(self, config, cells: dict) -> list[QKVStats]:
         (cell,) = cells.values()
-        return QKVStats.load(cell.file("stats.npz"))
+        return [QKVStats.load(cell.file(f"chunk_{i}.npz")) for i in range(cell.data["chunks"])]
 
     def finish(self, config, table, out, ctx) -> dict:  # run_analyze writes the run folder itself
         return {}
@@ -176,8 +196,8 @@ class AnalyzeCapture:
 ANALYZE_CAPTURE = AnalyzeCapture()
 
 
-def _capture(job: CaptureJob, cells: str | os.PathLike | None) -> QKVStats:
-    """The capture: through the cell store when ``cells`` is given (see :func:`run_analyze`)."""
+def _capture(job: CaptureJob, cells: str | os.PathLike | None) -> list[QKVStats]:
+    """The capture, per chunk: through the cell store when ``cells`` is given (see :func:`run_analyze`)."""
     if cells is None:
         return job.capture()
     ctx = Context(models={job.model.spec or job.model.info.name: job.model})  # a loaded model: serial, here
@@ -200,11 +220,31 @@ def _check_config(cfg: AnalyzeConfig, model: LoadedModel) -> list[int]:
         raise ConfigError(f"bars_tokens must be >= 2, got {cfg.bars_tokens}")
     if not cfg.lam > 0:
         raise ConfigError(f"lam must be > 0, got {cfg.lam}")
-    check_params(
-        model.rope.n_pairs, n_bands=cfg.n_bands, fast_turns=cfg.fast_turns,
-        emergence_threshold=cfg.emergence_threshold,
-    )
+    check_params(model.rope.n_pairs, n_bands=cfg.n_bands, fast_turns=cfg.fast_turns, threshold_share=cfg.threshold_share)
+    if cfg.n_chunks < 2 or cfg.n_boot < 10 or not cfg.emergence_factors or 1.0 not in cfg.emergence_factors:
+        raise ConfigError(f"the emergence layer needs n_chunks >= 2 (got {cfg.n_chunks}), n_boot >= 10 (got {cfg.n_boot}) "
+                          f"and emergence_factors including 1 (got {cfg.emergence_factors})")
     return layers
+
+
+def emergence_summary(em: Emergence) -> dict:
+    """The robust emergence layer as every report shows it: per site (``q``, ``k``) the layer at
+    band factor 1 (``layer``; ``None`` if Q/K never stay above V), its range over the band factors
+    (``by_factor``), and Q/K minus V concentration at that layer with its bootstrap interval.
+
+    >>> import pandas as pd
+    >>> from massmech.core.emergence import Emergence
+    >>> rows = [dict(factor=1.0, site=s, layer=0, minus_v=0.5, minus_v_low=0.2, minus_v_high=0.9) for s in "qk"]
+    >>> emergence_summary(Emergence(pd.DataFrame(rows), {"q": {1.0: 0}, "k": {1.0: None}}, {}))["q"]
+    {'layer': 0, 'by_factor': {'1': 0}, 'minus_v': 0.5, 'minus_v_low': 0.2, 'minus_v_high': 0.9}
+    """
+    out = {}
+    for site, by_factor in em.summary.items():
+        layer = by_factor.get(1.0)
+        row = em.layers[(em.layers.factor == 1.0) & (em.layers.site == site) & (em.layers.layer == layer)]
+        at = {c: (round(float(row[c].iloc[0]), 4) if len(row) else None) for c in ("minus_v", "minus_v_low", "minus_v_high")}
+        out[site] = {"layer": layer, "by_factor": {f"{f:g}": v for f, v in by_factor.items()}, **at}
+    return out
 
 
 def activation_stats(cfg: AnalyzeConfig) -> QKVStats:
@@ -230,9 +270,11 @@ def _run_activations(config: AnalyzeConfig, out: Path, *, overwrite: bool) -> di
     stats = activation_stats(config)
     context = int(stats.meta["max_len"])
     fa = frequency_analysis(stats, context_len=context, fast_turns=config.fast_turns, n_bands=config.n_bands,
-                            lam=config.lam, emergence_threshold=config.emergence_threshold)
+                            lam=config.lam, threshold_share=config.threshold_share)
     summary = {"model": stats.model, "n_tokens": stats.n_tokens, "context_len": context,
-               "corpus": f"activations: {config.activations}", "by_stage": fa.summary}
+               "corpus": f"activations: {config.activations}",
+               "emergence": None,  # one layer of saved tensors: no layer to emerge at
+               "by_stage": fa.summary}
     with atomic_run_dir(out, "analyze", overwrite=overwrite) as tmp:
         stats.save(tmp / "stats.npz")
         stats.to_frame().to_parquet(tmp / "stats.parquet", index=False)
@@ -264,8 +306,8 @@ def run_analyze(
     massmech did not write is refused before any work (see :mod:`massmech.infra.runs`).
 
     Writes ``stats.npz`` and tidy parquet tables (``stats``, ``massive``, ``pairs``,
-    ``layers``, ``bars``: the 3D view's values), ``manifest.json``, ``summary.json`` and ``figures/`` (heatmap, bars3d,
-    emergence, spectrum; PDF + PNG). The folder appears only when complete.
+    ``layers``, ``emergence``, ``bars``: the 3D view's values), ``manifest.json``, ``summary.json`` and
+    ``figures/`` (heatmap, bars3d, emergence, spectrum; PDF + PNG). The folder appears only when complete.
 
     With ``cells`` (a :class:`~massmech.infra.cells.CellStore` folder, e.g. one shared by your
     runs), the capture is a cell of the ``analyze`` study, keyed by the model spec and dtype, the
@@ -275,10 +317,12 @@ def run_analyze(
     is captured anew.
 
     Returns:
-        The summary: ``model``, ``n_tokens``, ``context_len``, ``corpus``, ``by_stage`` (per
-        ``"site.stage"``, e.g. ``"k.post"``: ``massive_count``, ``low_band_energy_fraction``,
-        ``low_half_energy_fraction``, ``massive_low_band_share``, ``effective_pairs``,
-        ``emergence_layer``) and ``out_dir``.
+        The summary: ``model``, ``n_layers``, ``n_tokens``, ``context_len``, ``corpus``,
+        ``emergence`` (per site ``q``/``k``: the robust emergence layer at band factor 1, its range
+        over the band factors and Q/K minus V at that layer with its bootstrap interval: see
+        :func:`emergence_summary`), ``by_stage`` (per ``"site.stage"``, e.g. ``"k.post"``:
+        ``massive_count``, ``low_band_energy_fraction``, ``low_half_energy_fraction``,
+        ``massive_low_band_share``, ``effective_pairs``, ``threshold_layer``) and ``out_dir``.
 
     Raises:
         RopeError: The model has no RoPE (bands are undefined; use capture_stats and
@@ -298,16 +342,21 @@ def run_analyze(
     windows = token_windows(
         model, texts, n_tokens=config.n_tokens, seq_len=config.seq_len, chunk=bool(config.text or config.dataset)
     )
-    stats = _capture(CaptureJob(model, windows, config, progress), cells)
+    chunks = _capture(CaptureJob(model, windows, config, progress), cells)
+    stats = QKVStats.merge(chunks)
     fa = frequency_analysis(
         stats, context_len=config.seq_len, fast_turns=config.fast_turns, n_bands=config.n_bands,
-        lam=config.lam, emergence_threshold=config.emergence_threshold,
+        lam=config.lam, threshold_share=config.threshold_share,
     )
+    em = emergence(chunks, context_len=config.seq_len, factors=config.emergence_factors, n_boot=config.n_boot,
+                   seed=config.seed)
     summary = {
         "model": model.info.name,
+        "n_layers": model.info.n_layers,
         "n_tokens": stats.n_tokens,
         "context_len": config.seq_len,
         "corpus": corpus,
+        "emergence": emergence_summary(em),
         "by_stage": fa.summary,
     }
     with atomic_run_dir(out, "analyze", overwrite=overwrite) as tmp:
@@ -316,6 +365,7 @@ def run_analyze(
         fa.massive.to_parquet(tmp / "massive.parquet", index=False)
         fa.pairs.to_parquet(tmp / "pairs.parquet", index=False)
         fa.layers.to_parquet(tmp / "layers.parquet", index=False)
+        em.layers.to_parquet(tmp / "emergence.parquet", index=False)
         fig_dir = tmp / "figures"
         plotting.massive_heatmap(stats, heat_layers, n_bands=config.n_bands, out=fig_dir / "heatmap")
         panels, title = plotting.qk_head_panels(
@@ -324,7 +374,7 @@ def run_analyze(
         bars = plotting.panels_frame(panels, title)
         bars.to_parquet(tmp / "bars.parquet", index=False)
         plotting.bars_from_frame(bars, out=fig_dir / "bars3d")
-        plotting.emergence(fa, out=fig_dir / "emergence")
+        plotting.emergence(fa, em, out=fig_dir / "emergence")
         plotting.spectrum(fa, heat_layers, out=fig_dir / "spectrum")
         plotting.close_all()
         write_json(tmp / "manifest.json", manifest(config, model_info=model.info_dict(), seed=config.seed))

@@ -22,7 +22,7 @@ from massmech.report import plotting
 
 SUMMARY_COLUMNS = (
     "massive_count", "low_band_energy_fraction", "low_half_energy_fraction",
-    "massive_low_band_share", "effective_pairs", "emergence_layer",
+    "massive_low_band_share", "effective_pairs", "threshold_layer",
 )
 FIGURES = ("compare_spectrum", "compare_emergence")
 
@@ -96,7 +96,7 @@ def _table(analyses: dict[str, FrequencyAnalysis]) -> pd.DataFrame:
             rows.append({"run": label, "site": site, "stage": stage, **shape}
                         | {c: summary.get(c) for c in SUMMARY_COLUMNS})
     table = pd.DataFrame(rows)
-    for col in ("massive_low_band_share", "emergence_layer"):  # None -> NaN, one dtype per column
+    for col in ("massive_low_band_share", "threshold_layer"):  # None -> NaN, one dtype per column
         table[col] = table[col].astype("float64")
     return table
 

@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from massmech.core.emergence import Emergence
 from massmech.core.frequency import FrequencyAnalysis, equal_count_bands
 from massmech.core.models import LoadedModel
 from massmech.core.qkvstats import QKVStats
@@ -156,31 +157,62 @@ def qk_head_bars(
     return token_dim_bars(panels, title=title, out=out)
 
 
-def emergence(analysis: FrequencyAnalysis, *, out: str | os.PathLike | None = None) -> plt.Figure:
-    """Low-band energy fraction and massive count per layer, for Q, K, V, pre and post RoPE."""
+def emergence(analysis: FrequencyAnalysis, em: Emergence | None = None, *,
+              out: str | os.PathLike | None = None) -> plt.Figure:
+    """Where Q/K concentrate in the slow pairs beyond V, per layer, and the massive count per layer.
+
+    Left, with ``em`` (:func:`massmech.core.emergence.emergence`): Q and K concentration minus
+    V's at band factor 1, with the bootstrap interval over chunks and the emergence layer (the
+    first layer from which the interval stays above 0) marked; without it, the low-band energy
+    fraction of every site and stage. Right: massive dims per layer.
+
+    Example:
+        >>> import massmech as mm
+        >>> from massmech.core.emergence import emergence_from_windows
+        >>> model = mm.load_model("tiny-llama")
+        >>> windows = [[5 + i + j for i in range(32)] for j in range(4)]
+        >>> fa = mm.frequency_analysis(mm.capture_stats(model, windows, progress=False), context_len=32)
+        >>> fig = emergence(fa, emergence_from_windows(model, windows, n_chunks=2, n_boot=20))
+        >>> fig.axes[0].get_ylabel()
+        'concentration minus V (band factor 1)'
+    """
     use_style()
     df = analysis.layers.assign(
         series=lambda d: d.site.map(SITE_LABEL) + " " + d.stage + "-RoPE"
     )
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8.4, 3.0))
-    sns.lineplot(data=df, x="layer", y="low_band_energy_fraction", hue="series", marker="o", ax=ax1, markersize=3)
-    # Uniform energy would put the band's share of pairs in it (per layer: bases can differ).
-    chance = df.groupby("layer").low_band_pair_fraction.first()
-    ax1.step(chance.index, chance.to_numpy(), where="mid", color="grey", ls=":", lw=1)
-    ax1.text(chance.index[-1], chance.iloc[-1] - 0.02, "uniform ", ha="right", va="top", fontsize=7, color="grey")
-    ax1.set_ylabel("energy fraction in low band")
-    ax1.set_ylim(0, 1.02)
+    if em is not None:
+        colors = dict(zip(("q", "k"), sns.color_palette("colorblind", 2), strict=True))
+        rows = em.layers[em.layers.factor == 1.0]
+        for site, g in rows.groupby("site", sort=False):
+            layer = em.summary[site].get(1.0)
+            ax1.plot(g.layer, g.minus_v, marker="o", ms=3, color=colors[site],
+                     label=f"{SITE_LABEL[site]} (emergence: {'none' if layer is None else f'layer {layer}'})")
+            ax1.fill_between(g.layer, g.minus_v_low, g.minus_v_high, color=colors[site], alpha=0.2, lw=0)
+            if layer is not None:
+                ax1.axvline(layer, color=colors[site], ls="--", lw=1)
+        ax1.axhline(0, color="grey", ls=":", lw=1)
+        ax1.set_ylabel("concentration minus V (band factor 1)")
+        ax1.legend(fontsize=7, frameon=False)
+        title = (f"band: wavelength > context ({analysis.params['context_len']} tokens); 95% bootstrap interval "
+                 f"over {em.params.get('n_chunks', '?')} chunks; emergence: first layer from which it stays above 0")
+    else:
+        sns.lineplot(data=df, x="layer", y="low_band_energy_fraction", hue="series", marker="o", ax=ax1, markersize=3)
+        # Uniform energy would put the band's share of pairs in it (per layer: bases can differ).
+        chance = df.groupby("layer").low_band_pair_fraction.first()
+        ax1.step(chance.index, chance.to_numpy(), where="mid", color="grey", ls=":", lw=1)
+        ax1.text(chance.index[-1], chance.iloc[-1] - 0.02, "uniform ", ha="right", va="top", fontsize=7, color="grey")
+        ax1.set_ylabel("energy fraction in low band")
+        ax1.set_ylim(0, 1.02)
+        ax1.legend(fontsize=7, frameon=False, loc="lower right", ncol=2)
+        title = (f"low band: wavelength > context ({analysis.params['context_len']} tokens); "
+                 "pair energy is rotation-invariant, so pre- and post-RoPE overlap")
     sns.lineplot(data=df, x="layer", y="n_massive", hue="series", marker="o", ax=ax2, markersize=3, legend=False)
     ax2.set_ylabel(f"massive dims (λ = {analysis.params['lam']:g})")
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax2.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax1.legend(fontsize=7, frameon=False, loc="lower right", ncol=2)
-    fig.suptitle(
-        f"low band: wavelength > context ({analysis.params['context_len']} tokens); "
-        "pair energy is rotation-invariant, so pre- and post-RoPE overlap",
-        fontsize=9,
-    )
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return save(fig, out)
 

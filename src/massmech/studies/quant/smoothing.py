@@ -24,8 +24,8 @@ the widths match, i.e. no grouped KV heads), the MLP's norm ``-> gate, up`` and 
 (AWQ). For Gemma-3 the MLP's norm is ``pre_feedforward_layernorm`` (llmcompressor's SmoothQuant
 uses ``post_attention_layernorm``, which in Gemma-3 normalises the attention output instead), its
 RMSNorm scales by ``1 + weight`` (folded as such), and AWQ leaves ``input_layernorm -> q,k,v``
-out, as llmcompressor does for QK-norm models. ``tests/test_smoothing.py`` compares both methods
-with llmcompressor's on a tiny Llama.
+out, as llmcompressor does for QK-norm models. ``tests/studies/test_smoothing.py`` compares both
+methods with llmcompressor's on a tiny Llama.
 """
 
 from __future__ import annotations
@@ -253,6 +253,72 @@ def _group_normalised_mean(weights: list[Tensor], group_size: int | None) -> Ten
     return torch.cat(rows).mean(0)
 
 
+@dataclass(frozen=True)
+class ScaleSearch:
+    """One mapping's AWQ grid search (filled in by ``awq(..., trace={})``).
+
+    Attributes:
+        ratios: The grid: -1 (the identity) and the ratios ``r`` in [0, 1].
+        losses: The mean squared error of the parent's output for each candidate.
+        scales: The candidate scales ``[candidates, channels]``.
+        noise: Per candidate, how far its loss moves when ``s`` is jittered in its last bits
+            (relative 1e-6 per channel, four seeded draws): the numerical noise of the loss.
+            A quantizer that puts values on rounding ties (compressed-tensors' symmetric int4
+            maps each group's largest weight to exactly +-7.5) makes this noise large, and which
+            candidate wins then depends on how the CPU rounds the last bit.
+        best: Index of the chosen candidate (the first of equal losses).
+    """
+
+    ratios: tuple[float, ...]
+    losses: tuple[float, ...]
+    scales: Tensor
+    noise: tuple[float, ...]
+    best: int
+
+
+def _candidate(ratio: float, x_mean: Tensor, w_mean: Tensor) -> Tensor:
+    """AWQ's scale for one grid ratio (-1: the identity), normalised to a geometric mean of one."""
+    if ratio < 0:
+        return torch.ones_like(x_mean)
+    s = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp_min(1e-4)
+    return s / (s.max() * s.min()).sqrt()
+
+
+def _search(block: nn.Module, m: ScaleMap, calls: _Calls, quantize: Callable[[Tensor], Tensor], ratios: list[float],
+            group_size: int | None, jitter: int) -> ScaleSearch:
+    """Grid-search one mapping's scale; the balance layers are left as they were."""
+    parent = block.get_submodule(m.parent)
+    inputs = calls.parent_inputs[m.parent]
+
+    def run() -> list[Tensor]:
+        outs = [parent(*a, **kw) for a, kw in inputs]
+        return [o[0] if isinstance(o, tuple) else o for o in outs]
+
+    ref = run()
+    lins = [block.get_submodule(b) for b in m.balance]
+    orig = [lin.weight.detach().clone() for lin in lins]
+
+    def loss(s: Tensor) -> float:
+        for lin, w in zip(lins, orig, strict=True):
+            lin.weight.copy_((quantize(w * s[None, :]) / s[None, :]).to(w.dtype))
+        err = sum(float((a.float() - b.float()).pow(2).sum()) for a, b in zip(run(), ref, strict=True))
+        return err / sum(r.numel() for r in ref)
+
+    x_mean = calls.act_stat[m.smooth] / calls.n_tokens
+    w_mean = _group_normalised_mean(orig, group_size)
+    scales = torch.stack([_candidate(r, x_mean, w_mean) for r in ratios])
+    losses = [loss(s) for s in scales]
+    noise = []
+    gen = torch.Generator().manual_seed(0)
+    for s, base in zip(scales, losses, strict=True):  # only when traced: 4 extra passes per candidate
+        shaken = [loss(s * (1 + 1e-6 * (2 * torch.rand(s.shape, generator=gen) - 1))) for _ in range(jitter)]
+        noise.append(max((abs(x - base) for x in shaken), default=0.0))
+    for lin, w in zip(lins, orig, strict=True):
+        lin.weight.copy_(w)
+    best = min(range(len(losses)), key=lambda j: (losses[j], j))
+    return ScaleSearch(tuple(ratios), tuple(losses), scales, tuple(noise), best)
+
+
 @torch.no_grad()
 def awq(
     hf_model: nn.Module,
@@ -264,6 +330,7 @@ def awq(
     group_size: int | None = None,
     batch_size: int = 4,
     progress: bool = False,
+    trace: dict[str, ScaleSearch] | None = None,
 ) -> dict[str, float]:
     """Activation-aware weight quantization of ``hf_model``, in place.
 
@@ -277,9 +344,21 @@ def awq(
         n_grid: Grid points: the identity plus ``n_grid - 1`` ratios ``r`` in [0, 1].
         group_size: The quantizer's group size (for the weight normalisation; ``None``: per row).
         batch_size: Windows per calibration forward pass.
+        trace: A dict that receives each mapping's :class:`ScaleSearch` (every candidate's loss
+            and its numerical noise; costs four extra passes per candidate).
 
     Returns:
         The chosen ratio per mapping, by ``"layers.{i}.{smooth}"`` (-1: the identity).
+
+    >>> import torch
+    >>> from massmech.core.loading import load_hf
+    >>> from massmech.studies.quant.methods import rtn
+    >>> hf, *_ = load_hf("tiny-llama")
+    >>> windows = torch.randint(0, 200, (2, 16), generator=torch.Generator().manual_seed(0)).tolist()
+    >>> trace = {}
+    >>> ratios = awq(hf, windows, lambda w: rtn(w, 4, 16), group_size=16, fold_only=True, trace=trace)
+    >>> sorted(ratios) == sorted(trace), len(trace["layers.0.mlp.up_proj"].losses)
+    (True, 20)
     """
     if n_grid < 3:
         raise SmoothingError(f"n_grid must be >= 3, got {n_grid}")
@@ -291,35 +370,11 @@ def awq(
         maps = block_maps(block, awq=True)
         calls = _record(block, maps, hidden, kwargs[i], "mean")
         for m in maps:
-            parent = block.get_submodule(m.parent)
-            inputs = calls.parent_inputs[m.parent]
-
-            def run(parent: nn.Module = parent, inputs: list = inputs) -> list[Tensor]:
-                outs = [parent(*a, **kw) for a, kw in inputs]
-                return [o[0] if isinstance(o, tuple) else o for o in outs]
-
-            ref = run()
-            lins = [block.get_submodule(b) for b in m.balance]
-            orig = [lin.weight.detach().clone() for lin in lins]
-            x_mean = calls.act_stat[m.smooth] / calls.n_tokens
-            w_mean = _group_normalised_mean(orig, group_size)
-            best = (float("inf"), -1.0, torch.ones_like(x_mean))
-            for ratio in ratios:
-                if ratio < 0:
-                    s = torch.ones_like(x_mean)
-                else:
-                    s = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp_min(1e-4)
-                    s = s / (s.max() * s.min()).sqrt()
-                for lin, w in zip(lins, orig, strict=True):
-                    lin.weight.copy_((quantize(w * s[None, :]) / s[None, :]).to(w.dtype))
-                err = sum(float((a.float() - b.float()).pow(2).sum()) for a, b in zip(run(), ref, strict=True))
-                err /= sum(r.numel() for r in ref)
-                if err < best[0]:
-                    best = (err, ratio, s)
-            for lin, w in zip(lins, orig, strict=True):
-                lin.weight.copy_(w)
-            fold_scales(block, m, best[2])
-            chosen[f"layers.{i}.{m.smooth}"] = best[1]
+            found = _search(block, m, calls, quantize, ratios, group_size, jitter=4 if trace is not None else 0)
+            fold_scales(block, m, found.scales[found.best])
+            chosen[f"layers.{i}.{m.smooth}"] = found.ratios[found.best]
+            if trace is not None:
+                trace[f"layers.{i}.{m.smooth}"] = found
         hidden = [_run_block(block, h, kw) for h, kw in zip(hidden, kwargs[i], strict=True)]
         if not fold_only:
             for mod in block.modules():

@@ -42,7 +42,7 @@ from massmech.core.rope import RopeSpec
 from massmech.errors import RunNotFoundError
 from massmech.infra.cells import CellStore, cell_key
 from massmech.infra.io import sha256_file, write_json
-from massmech.infra.runs import atomic_run_dir, check_out, manifest
+from massmech.infra.runs import atomic_run_dir, manifest, open_study_dir, study_lock
 from massmech.infra.study import CellSpec, Context, compute_cells
 from massmech.stats import describe, token_nll
 from massmech.studies.twins.config import TWINS, TwinsConfig, Variant
@@ -358,6 +358,7 @@ def run_twins(
     figures: bool = True,
     executor: Any = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Train (resuming) every variant, analyse every checkpoint, write tables, figures, summary.
 
@@ -371,15 +372,23 @@ def run_twins(
             store (``"serial"`` default, ``"processes"``, ``"ray"``: one variant per worker,
             one GPU each on CUDA; see :mod:`massmech.infra.executors`).
         progress: Progress bars.
+        overwrite: Replace twins trained with another config in ``out`` (refused otherwise). A
+            second process writing ``out`` is refused while this one runs.
 
     Returns:
         The summary (also ``OUT/analysis/summary.json``): ``twins`` -> mechanism ->
         ``{"q", "k", "v"}`` ratios, per-variant final scores, the wavelength table and the
         disruption result.
     """
-    out = check_out(out, "twins", resume=True)
     device = resolve_device(device)
-    tok, corpus = prepare(cfg, out)
+    out = open_study_dir(out, "twins")  # refuses a folder massmech did not write; the lock needs the folder
+    with study_lock(out):
+        tok, corpus = prepare(cfg, out, overwrite=overwrite)
+        return _train_and_analyse(cfg, out, tok, corpus, workers, device, figures, executor, progress)
+
+
+def _train_and_analyse(cfg: TwinsConfig, out: Path, tok: Any, corpus: TwinCorpus, workers: int, device: str,
+                       figures: bool, executor: Any, progress: bool) -> dict:
     logs = train_all(cfg, out, workers=workers, device=device, executor=executor, progress=progress)
     traj, bands, scores, finals = checkpoint_tables(cfg, out, tok, corpus, device=device, executor=executor,
                                                     progress=progress)

@@ -64,11 +64,19 @@ def checkpoint_dirs(out: str | os.PathLike, v: Variant) -> dict[int, Path]:
     return found
 
 
-def prepare(cfg: TwinsConfig, out: str | os.PathLike) -> tuple[Any, TwinCorpus]:
+#: what a twins folder holds besides its manifest, all written by massmech (``overwrite`` removes exactly these)
+TWINS_ENTRIES = ("config.json", "tokenizer", "checkpoints", "cells", "analysis")
+
+
+def prepare(cfg: TwinsConfig, out: str | os.PathLike, *, overwrite: bool = False) -> tuple[Any, TwinCorpus]:
     """Create or reopen a twins folder: check the config, train or load the tokenizer, tokenize.
 
+    Args:
+        overwrite: A folder of twins trained with another config is emptied of what massmech
+            wrote there (:data:`TWINS_ENTRIES`) and trained anew; without it, it is refused.
+
     Raises:
-        TwinError: ``out`` holds a twins run with a different config.
+        TwinError: ``out`` holds a twins run with a different config (and not ``overwrite``).
         CorpusError: The corpus holds too few tokens for the requested training.
     """
     from transformers import PreTrainedTokenizerFast
@@ -79,10 +87,17 @@ def prepare(cfg: TwinsConfig, out: str | os.PathLike) -> tuple[Any, TwinCorpus]:
         old = TwinsConfig.from_dict(json.loads(saved.read_text()))
         if old != cfg:
             diff = [f.name for f in dataclasses.fields(cfg) if getattr(old, f.name) != getattr(cfg, f.name)]
-            raise TwinError(
-                f"{out} holds twins trained with a different config (differs in {diff}); "
-                "resume with the same config or choose another --out"
-            )
+            if not overwrite:
+                raise TwinError(
+                    f"{out} holds twins trained with a different config (differs in {diff}); resume with the "
+                    "same config, pass --overwrite (overwrite=True) to replace them, or choose another --out"
+                )
+            for name in TWINS_ENTRIES:
+                entry = out / name
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                elif entry.exists() or entry.is_symlink():
+                    entry.unlink()
     tok_dir = out / "tokenizer"
     fresh = not (tok_dir / "tokenizer.json").is_file()
     if fresh:  # trained outside OUT: nothing is created there until the checks pass
