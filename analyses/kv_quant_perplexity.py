@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from massmech.studies.presets import preset
+from massmech.studies.registry import get_study
 from massmech.studies.quant.study import run_quant_study, wide
 
 
@@ -20,7 +20,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", help="default runs/quant-kv/<model>")
     args = ap.parse_args()
-    cfg = preset("quant", "kv", model=args.model, tasks=())
+    cfg = get_study("quant").preset("kv", model=args.model, tasks=())
     w = wide(run_quant_study(cfg, args.out or f"runs/quant-kv/{args.model}"))
     print(w[["variant", "bits_per_value", "perplexity", "recall_k_post"]].round(3).to_string(index=False))
 

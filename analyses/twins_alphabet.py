@@ -17,12 +17,13 @@ from pathlib import Path
 import pandas as pd
 from transformers import PreTrainedTokenizerFast
 
-from massmech.studies.presets import preset
+from massmech.studies.registry import get_study
 from massmech.studies.twins.config import TwinsConfig, Variant
 from massmech.studies.twins.data import load_corpus
 from massmech.studies.twins.model import load_twin
 from massmech.studies.twins.study import eval_sets, row_values, score
-from massmech.studies.twins.train import checkpoint_dirs, train_all
+from massmech.studies.twins.study import train_all
+from massmech.studies.twins.train import checkpoint_dirs
 
 
 def train_rope(cfg_json: str, out: str) -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/twins/alphabet")
     ap.add_argument("--preset", default="demo", help="the twins preset whose RoPE twin is trained (tiny: for tests)")
     args = ap.parse_args()
-    base = preset("twins", args.preset, preset="alphabet")
+    base = get_study("twins").preset(args.preset, preset="alphabet")
     runs = {"alphabet 64": (base, Path(args.out) / "alphabet64"),
             "whole vocabulary": (base.replace(alphabet=None), Path(args.out) / "vocabulary")}
     with ProcessPoolExecutor(max_workers=2, mp_context=mp.get_context("spawn")) as pool:

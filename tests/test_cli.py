@@ -43,7 +43,7 @@ def test_analyze_end_to_end(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     cfg = AnalyzeConfig.from_json(json.dumps(manifest["config"]))
     assert cfg == AnalyzeConfig(model="tiny-llama", n_tokens=300, seq_len=64)
-    assert manifest["model"]["name"] == "tiny-llama" and manifest["versions"]["torch"]
+    assert manifest["model"]["tiny-llama"]["name"] == "tiny-llama" and manifest["versions"]["torch"]
     stats = mm.QKVStats.load(out / "stats.npz")
     assert stats.n_tokens == 300
     assert len(pd.read_parquet(out / "stats.parquet")) == sum(t.numel() for t in stats.sumsq.values())
@@ -200,21 +200,21 @@ def test_ablate_bad_input(extra, message, capsys, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("command,study,skip", [
-    ("analyze", "analyze", ()), ("sweep", "sweep", ()), ("quant-study", "quant", ("variants",)),
-    ("twins", "twins", ("preset", "variants")),
-])
-def test_study_flags_are_the_config_fields(command, study, skip):
+@pytest.mark.parametrize("study,skip", [("analyze", ()), ("ablation", ()), ("quant", ("variants",)),
+                                        ("twins", ("preset", "variants"))])
+def test_study_flags_are_the_config_fields(study, skip):
     import dataclasses
 
     from massmech.cli import build_parser
-    from massmech.studies.presets import config_class
+    from massmech.studies.registry import get_study
 
-    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
-    flags = {s for a in sub._actions for s in a.option_strings}
-    missing = [f.name for f in dataclasses.fields(config_class(study))
-               if f.name not in skip and "--" + f.name.replace("_", "-") not in flags]
-    assert not missing, f"{command} lacks flags for {missing}"
+    spec = get_study(study)
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    for name in spec.kinds:  # the study's command, and its older names
+        flags = {s for a in commands[name]._actions for s in a.option_strings}
+        missing = [f.name for f in dataclasses.fields(spec.config_class())
+                   if f.name not in skip and "--" + f.name.replace("_", "-") not in flags]
+        assert not missing, f"{name} lacks flags for {missing}"
 
 
 def test_sweep_and_quant_study_commands(tmp_path, capsys):
@@ -239,7 +239,8 @@ def test_sweep_and_quant_study_commands(tmp_path, capsys):
 
 
 def test_analyze_reuses_its_capture_from_a_cell_store(tmp_path, capsys, monkeypatch):
-    import massmech.studies.analyze as analyze
+    import massmech.studies.analyze.study as analyze
+    from massmech.studies.registry import cell_versions
 
     base = ["analyze", "--model", "tiny-llama", "--tokens", "256", "--seq-len", "64", "--json",
             "--cells", str(tmp_path / "cells")]
@@ -253,7 +254,7 @@ def test_analyze_reuses_its_capture_from_a_cell_store(tmp_path, capsys, monkeypa
     second = json.loads(capsys.readouterr().out)
     from massmech.infra.cells import list_cells
 
-    listed = list_cells(tmp_path / "cells")  # one current cell of the analyze study, as every study's
+    listed = list_cells(tmp_path / "cells", cell_versions())  # one current cell of the analyze study, as every study's
     assert list(listed["study"]) == ["analyze"] and listed["current"].all()
     a, b = (mm.QKVStats.load(tmp_path / r / "stats.npz") for r in ("a", "b"))
     assert all(a.sumsq[k].equal(b.sumsq[k]) for k in a.keys()) and a.n_tokens == b.n_tokens == 256
@@ -279,7 +280,9 @@ def test_the_cli_the_json_and_the_ledger_give_one_emergence_layer(tmp_path, caps
 
     from massmech.report.ledger import ledger
 
-    out = tmp_path / "runs" / "analyze" / "tiny-llama"
+    from massmech.report.runs import run_folder
+
+    out = tmp_path / "runs" / run_folder("analyze", "tiny-llama")
     args = ["analyze", "--model", "tiny-llama", "--out", str(out), "--tokens", "512", "--seq-len", "64"]
     assert main(args) == 0
     text = capsys.readouterr().out

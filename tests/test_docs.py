@@ -101,7 +101,7 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
             exec(compile(code, f"{page}:{line}", "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - our own docs
         except Exception as err:  # noqa: BLE001 - report which block failed, with the error
             pytest.fail(f"{page}, the python block at line {line} failed: {type(err).__name__}: {err}")
-    from massmech.report import plotting
+    from massmech import plotting
 
     plotting.close_all()
 

@@ -24,7 +24,7 @@ def test_examples_run(name):
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     for test in finder.find(module, name, globs=dict(vars(module))):
         runner.run(test)
-    from massmech.report import plotting
+    from massmech import plotting
 
     plotting.close_all()
     assert runner.failures == 0, f"{runner.failures} of {runner.tries} examples failed in {name}"

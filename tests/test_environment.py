@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from massmech.infra.runs import environment, manifest
+from massmech.files.runs import environment, manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 

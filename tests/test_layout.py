@@ -85,7 +85,7 @@ def test_public_names_and_old_paths_still_work():
     assert any(issubclass(w.category, DeprecationWarning) for w in caught)
     from massmech import plotting
 
-    assert plotting.spectrum is massmech.report.plotting.spectrum
+    assert plotting.spectrum is massmech.plotting.spectrum
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for old in ("massmech.compare", "massmech.evaluate"):  # old module paths of names that are also functions

@@ -85,7 +85,7 @@ def test_rows_at_chance_or_floor_are_not_evaluable():
 def test_wilson_bounds_at_zero_and_all_successes_are_exact():
     # 0 of 100 once gave a lower bound of 3.5e-18, a negative error bar and a crashed dose figure
     assert wilson_ci(0, 100)[0] == 0.0 and wilson_ci(100, 100)[1] == 1.0
-    from massmech.report.plotting.style import ci_err
+    from massmech.plotting.style import ci_err
 
     low, high = ci_err([0.0, 0.5], [1e-18, 0.6], [0.04, 0.7])  # a bootstrap interval above its estimate
     assert (low >= 0).all() and (high >= 0).all() and low[1] == 0

@@ -31,7 +31,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from massmech import _compat
 from massmech.errors import (
     CaptureError,
     DisruptionError,
@@ -80,7 +79,7 @@ _LAZY = {  # public name -> module that defines it
     "Comparison": "massmech.studies.compare",
     "compare": "massmech.studies.compare",
 }
-_SUBMODULES = {"plotting": "massmech.report.plotting"}
+_SUBMODULES = {"plotting": "massmech.plotting"}
 
 __all__ = [
     "CaptureError", "DisruptionError", "MassmechError", "ModelLoadError", "NoOpDisruptionError",
@@ -93,8 +92,6 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     elif name in _SUBMODULES:
         value = importlib.import_module(_SUBMODULES[name])
-    elif name in _compat.OLD_MODULES:
-        value = importlib.import_module(f"massmech.{name}")
     else:
         raise AttributeError(f"module 'massmech' has no attribute {name!r}")
     globals()[name] = value
@@ -104,5 +101,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY, *_SUBMODULES})
 
-
-_compat.install()

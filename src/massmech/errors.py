@@ -93,3 +93,7 @@ class HookError(MassmechError, RuntimeError):
 
 class InputTypeError(MassmechError, TypeError):
     """An argument has a type massmech cannot use; the message says what to pass."""
+
+
+class StudyInterrupted(MassmechError, KeyboardInterrupt):
+    """A study stopped by Ctrl-C: its message says how many cells were saved (a rerun resumes)."""

@@ -64,6 +64,7 @@ def test_cli_commands_take_the_placement_flags(tmp_path, capsys):
 
     from massmech.cli import main
     from massmech.infra.cells import CellStore
+    from massmech.studies.registry import get_study
 
     dm = json.dumps(OFFLOAD)
     assert main(["ablate", "--model", "tiny-llama", "--task", "kv_lookup", "--n", "4", "--rule", "topk", "--k", "2",
@@ -73,11 +74,11 @@ def test_cli_commands_take_the_placement_flags(tmp_path, capsys):
                  "--json"]) == 0
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["ok"] and verdict["max_abs_logit_diff"] is not None  # compared with a sharded reference
-    assert main(["sweep", "--preset", "main", "--models", "tiny-llama", "--tasks", "kv_lookup", "--n", "4",
+    assert main(["ablation", "--preset", "main", "--models", "tiny-llama", "--tasks", "kv_lookup", "--n", "4",
                  "--rules", "topk", "--ks", "2", "--controls", "lowest", "--dtype", "bfloat16",
                  "--out", str(tmp_path / "sweep"), "--json"]) == 0
-    store = CellStore(tmp_path / "sweep" / "cells", "ablation")
+    store = CellStore(tmp_path / "sweep" / "cells", "ablation", version=get_study("ablation").version)
     assert {store.get(k).meta["parts"]["model"] for k in store.keys()} == {"tiny-llama@bfloat16"}
     capsys.readouterr()
-    assert main(["sweep", "--models", "tiny-llama", "--out", str(tmp_path / "x"), "--device", "cpu", "--device-map", "auto"]) != 0
+    assert main(["ablation", "--models", "tiny-llama", "--out", str(tmp_path / "x"), "--device", "cpu", "--device-map", "auto"]) != 0
     assert "not both" in capsys.readouterr().err and not (tmp_path / "x").exists()  # refused before any work

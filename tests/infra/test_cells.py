@@ -15,13 +15,16 @@ import torch
 import massmech as mm
 from massmech.cli import main
 from massmech.errors import StoreError
-from massmech.infra.cells import CELL_VERSIONS, CellStore, gc, list_cells
+from massmech.infra.cells import CellStore, gc, list_cells
+from massmech.studies.registry import cell_versions
+
+CELL_VERSIONS = cell_versions()
 
 PARTS = {"model": "tiny-llama", "task": {"name": "kv_lookup"}, "condition": None}
 
 
 def test_put_get_and_provenance(tmp_path):
-    store = CellStore(tmp_path, "ablation")
+    store = CellStore(tmp_path, "ablation", version=CELL_VERSIONS["ablation"])
     key = store.key(PARTS)
     assert key not in store and store.get(key) is None
     store.put(key, PARTS, data={"verdicts": {"1": True}}, tables={"rows": pd.DataFrame({"x": [1.5, None]})})
@@ -39,17 +42,17 @@ def test_a_stale_cell_is_recomputed_never_reused(tmp_path):
     old = CellStore(tmp_path, "quant", version=CELL_VERSIONS["quant"] - 1)
     old_key = old.key(PARTS)
     old.put(old_key, PARTS, data="computed by older code")
-    new = CellStore(tmp_path, "quant")
+    new = CellStore(tmp_path, "quant", version=CELL_VERSIONS["quant"])
     assert new.key(PARTS) != old_key and new.get(new.key(PARTS)) is None
     assert old_key not in new  # even asked by the old key, a new store refuses an old-version cell
-    listing = list_cells(tmp_path)
+    listing = list_cells(tmp_path, CELL_VERSIONS)
     assert listing.current.tolist() == [False]
-    assert [p.name for p in gc(tmp_path, dry_run=True)] == [old_key] and (tmp_path / "quant" / old_key).exists()
-    assert [p.name for p in gc(tmp_path)] == [old_key] and not (tmp_path / "quant" / old_key).exists()
+    assert [p.name for p in gc(tmp_path, CELL_VERSIONS, dry_run=True)] == [old_key] and (tmp_path / "quant" / old_key).exists()
+    assert [p.name for p in gc(tmp_path, CELL_VERSIONS)] == [old_key] and not (tmp_path / "quant" / old_key).exists()
 
 
 def test_a_killed_write_leaves_only_whole_cells_and_gc_keeps_foreign_files(tmp_path):
-    store = CellStore(tmp_path, "twins")
+    store = CellStore(tmp_path, "twins", version=CELL_VERSIONS["twins"])
     key = store.key(PARTS)
 
     class Boom(pd.DataFrame):
@@ -69,11 +72,11 @@ def test_a_killed_write_leaves_only_whole_cells_and_gc_keeps_foreign_files(tmp_p
     (mine / "cell.json").write_text("{}")  # not a massmech cell stamp
     newer = CellStore(tmp_path, "twins", version=CELL_VERSIONS["twins"] + 1)  # a newer massmech shares the store
     newer.put(newer.key(PARTS), PARTS, data=1)
-    assert gc(tmp_path) == [leftover] and mine.exists() and in_flight.exists() and newer.keys()
+    assert gc(tmp_path, CELL_VERSIONS) == [leftover] and mine.exists() and in_flight.exists() and newer.keys()
 
 
 def test_two_writers_of_one_cell_keep_one_whole_cell(tmp_path):
-    a, b = CellStore(tmp_path, "ablation"), CellStore(tmp_path, "ablation")
+    a, b = CellStore(tmp_path, "ablation", version=CELL_VERSIONS["ablation"]), CellStore(tmp_path, "ablation", version=CELL_VERSIONS["ablation"])
     key = a.key(PARTS)
     a.put(key, PARTS, data="first")
     b.put(key, PARTS, data="second")  # the cell is already there: the first one stays, no error
@@ -87,19 +90,18 @@ def test_cells_command(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [(r["study"], r["version"], r["current"]) for r in rows] == [("ablation", 1, False)]
     assert main(["cells", "gc", str(tmp_path)]) == 0
-    assert "removed 1" in capsys.readouterr().out and list_cells(tmp_path).empty
+    assert "removed 1" in capsys.readouterr().out and list_cells(tmp_path, CELL_VERSIONS).empty
 
 
 # --------------------------------------------------------------------------- version pins
 # Each study's measure on a tiny model, hashed, pinned together with the study's cell version.
-# If a change alters what a measure computes, this fails: bump CELL_VERSIONS[study] (old cells
+# If a change alters what a measure computes, this fails: bump the study's version (old cells
 # are then recomputed, never reused) and re-pin both numbers together, with a changelog line.
 PINS = {
     "ablation": (4, "1ca42ca7f8ddb472"),
     "quant": (3, "a1035405c0512227"),
-    "twins": (1, "9311ce6e33ad4242"),
+    "twins": (2, ("9311ce6e33ad4242", "215d13e7ba933388")),  # 2: the training cells moved into this store
     "analyze": (2, "5cc60f7e49833f5e"),
-    "twins-train": (1, "215d13e7ba933388"),
 }
 
 
@@ -146,12 +148,17 @@ def _twins_measure():
 
 
 def _analyze_measure():
-    from massmech.studies.analyze import AnalyzeConfig, CaptureJob
+    from massmech.studies.analyze.config import AnalyzeConfig
+    from massmech.studies.analyze.study import capture_chunks
 
     model = mm.load_model("tiny-llama")
-    chunks = CaptureJob(model, _ids().tolist(), AnalyzeConfig(n_chunks=2), progress=False).capture()
+    chunks = capture_chunks(model, _ids().tolist(), AnalyzeConfig(n_chunks=2))
     return [{f"{s}.{st}": c.norm(s, st).double().round(decimals=4).flatten().tolist() for s, st in c.keys()}
             for c in chunks]
+
+
+def _twins_measures():
+    return (_twins_measure(), _twins_train_measure())  # one store: the checkpoint analyses and the training
 
 
 def _twins_train_measure():
@@ -172,11 +179,12 @@ def test_every_study_with_cells_has_a_pin():
 
 @pytest.mark.parametrize("study", sorted(PINS))
 def test_measure_outputs_are_pinned_with_the_cell_version(study):
-    measure = {"ablation": _ablation_measure, "quant": _quant_measure, "twins": _twins_measure,
-               "analyze": _analyze_measure, "twins-train": _twins_train_measure}[study]
+    measure = {"ablation": _ablation_measure, "quant": _quant_measure, "twins": _twins_measures,
+               "analyze": _analyze_measure}[study]
     version, digest = PINS[study]
-    got = (CELL_VERSIONS[study], _digest(measure()))
+    out = measure()
+    got = (CELL_VERSIONS[study], tuple(map(_digest, out)) if isinstance(digest, tuple) else _digest(out))
     assert got == (version, digest), (
         f"{study}: the measure's output or cell version changed ({got} vs pinned {(version, digest)}). "
-        f"If the measure changed on purpose, bump CELL_VERSIONS[{study!r}] and re-pin both."
+        f"If the measure changed on purpose, bump the study's version (its StudySpec) and re-pin both."
     )

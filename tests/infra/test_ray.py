@@ -19,6 +19,7 @@ from massmech.infra.cells import CellStore  # noqa: E402
 from massmech.infra.executors import EXECUTORS, RayExecutor, resolve_executor  # noqa: E402
 from massmech.infra.study import Context, run_study  # noqa: E402
 from massmech.studies.ablation import SweepConfig, run_sweep  # noqa: E402
+from massmech.studies.ablation.study import ABLATION  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -53,7 +54,7 @@ def test_tiny_sweep_on_ray_equals_serial(tmp_path, local_ray):
     on_ray = run_sweep(cfg, tmp_path / "ray", executor=RayExecutor(workers=2), progress=False)
     key = ["model", "task", "condition"]
     assert serial.sort_values(key, ignore_index=True).equals(on_ray.sort_values(key, ignore_index=True))
-    store = CellStore(tmp_path / "ray" / "cells", "ablation")
+    store = CellStore(tmp_path / "ray" / "cells", "ablation", version=ABLATION.version)
     assert len(store.keys()) == len(serial)
 
 
@@ -65,7 +66,7 @@ def test_a_worker_killed_mid_unit_is_retried_and_nothing_is_lost_or_duplicated(t
     table = run_study(squares, config, tmp_path / "ray", executor=RayExecutor(workers=2, retries=2), progress=False)
     assert marker.exists()  # the worker holding unit 5 was killed once, in the middle of it
     assert table.equals(serial)
-    store = CellStore(tmp_path / "ray" / "cells", "ablation")
+    store = CellStore(tmp_path / "ray" / "cells", "ablation", version=ABLATION.version)
     assert sorted(store.get(k).data["i"] for k in store.keys()) == list(range(8))  # 0 lost, 0 duplicated
     pids = {store.get(k).data["pid"] for k in store.keys()}
     assert os.getpid() not in pids and len(pids) >= 2  # computed on Ray workers (incl. the restarted one)
@@ -92,7 +93,7 @@ def test_a_killed_driver_resumes_from_the_store(tmp_path, local_ray):
     slow.write_text(script)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     driver = subprocess.Popen([sys.executable, str(slow)], env=env)
-    store = CellStore(out / "cells", "ablation")
+    store = CellStore(out / "cells", "squares", version=1)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and driver.poll() is None and len(store.keys()) < 2:
         time.sleep(0.2)
@@ -121,15 +122,16 @@ def test_ray_settings_are_checked_before_any_work(tmp_path, local_ray):
 def test_cli_offers_the_executors_the_package_has():
     from massmech.cli import build_parser
 
-    sweep = build_parser("sweep")
-    action = next(a for a in sweep._subparsers._group_actions[0].choices["sweep"]._actions if a.dest == "executor")
-    assert tuple(action.choices) == EXECUTORS
+    for study in ("ablation", "quant", "twins", "analyze"):
+        parser = build_parser(study)
+        action = next(a for a in parser._subparsers._group_actions[0].choices[study]._actions if a.dest == "executor")
+        assert tuple(action.choices) == EXECUTORS, study
 
 
 def test_twins_train_one_variant_per_ray_worker_like_one_process(tmp_path, local_ray):
     """The twins' variants as cells on Ray: bit for bit the in-process training."""
     from massmech.studies.twins.config import TwinsConfig
-    from massmech.studies.twins.train import train_all
+    from massmech.studies.twins.study import train_all
 
     cfg = TwinsConfig(d_model=32, n_layers=2, n_heads=2, d_mlp=64, context=32, batch_size=4, steps=4, warmup=1,
                       vocab_size=300, checkpoints=(4,), analysis_tokens=256, eval_examples=4)

@@ -11,7 +11,7 @@ import pytest
 from massmech.errors import ConfigError, RunDirError
 from massmech.infra.cells import CellStore, cell_key
 from massmech.infra.executors import ProcessExecutor, resolve_executor
-from massmech.infra.runs import study_lock
+from massmech.files.runs import study_lock
 from massmech.infra.study import CellSpec, run_study
 from massmech.studies.ablation import SweepConfig, run_sweep
 
@@ -19,15 +19,16 @@ from massmech.studies.ablation import SweepConfig, run_sweep
 class Squares:
     """A toy study: cell i holds i*i; groups 'even'/'odd'; a marker file makes one unit kill its worker."""
 
-    name = "ablation"  # any name with a cell version
-    kind = "sweep"
+    name = "squares"
+    version = 1
 
     def plan(self, config, ctx):
         cells = []
         for i in range(config["n"]):
             parts = {"toy": "squares", "i": i}
             group = "even" if i % 2 == 0 else "odd"
-            cells.append(CellSpec(cell_key(self.name, parts), parts, group=group, unit=str(i), payload=i))
+            cells.append(CellSpec(cell_key(self.name, parts, version=self.version), parts, group=group, unit=str(i),
+                                  payload=i))
         return cells
 
     def run_unit(self, config, cells, ctx):
@@ -55,7 +56,7 @@ def test_processes_equal_serial_and_a_killed_worker_resumes(tmp_path):
     config = {"n": 8, "kill_at": 5, "marker": str(tmp_path / "marker")}
     with pytest.raises(Exception):  # noqa: B017 - the pool reports the dead worker (BrokenProcessPool)
         run_study(SQUARES, config, tmp_path / "par", executor=ProcessExecutor(workers=2, threads=1), progress=False)
-    store = CellStore(tmp_path / "par" / "cells", "ablation")
+    store = CellStore(tmp_path / "par" / "cells", "squares", version=1)
     kept = store.keys()
     assert 0 < len(kept) < 8  # the other worker's cells and the dead worker's finished units survived
     resumed = run_study(SQUARES, config, tmp_path / "par", executor="processes", progress=False)
@@ -137,7 +138,7 @@ def test_the_sweep_cli_refuses_another_config(tmp_path, capsys):
     from massmech.cli import main
 
     out = str(tmp_path / "sweep")
-    common = ["sweep", "--preset", "k", "--models", "tiny-llama", "--tasks", "kv_lookup", "--n", "2", "--out", out]
+    common = ["ablation", "--preset", "k", "--models", "tiny-llama", "--tasks", "kv_lookup", "--n", "2", "--out", out]
     assert main([*common, "--ks", "2,4"]) == 0
     rows = len(pd.read_parquet(Path(out) / "results.parquet"))
     assert main([*common, "--ks", "3"]) == 2

@@ -107,10 +107,10 @@ def test_bad_sweeps(tmp_path):
 
 
 def test_cells_of_an_older_schema_version_are_recomputed(tmp_path, monkeypatch):
-    from massmech.infra import cells as cells_mod
+    from massmech.studies.ablation.study import ABLATION
 
     cfg = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=4, rules=("topk",), ks=(2,), controls=("lowest",))
-    monkeypatch.setitem(cells_mod.CELL_VERSIONS, "ablation", cells_mod.CELL_VERSIONS["ablation"] - 1)
+    monkeypatch.setattr(ABLATION, "version", ABLATION.version - 1)
     old = run_sweep(cfg, tmp_path, progress=False)  # written by "older code"
     monkeypatch.undo()
     calls = {"n": 0}

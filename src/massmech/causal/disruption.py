@@ -30,28 +30,22 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from massmech.causal.vocabulary import (
+    CONTROLS,
+    KV_CACHE,
+    PAPER_SETTINGS,
+    REPLACEMENTS,
+    RULES,
+    SELECTIONS,
+    STAGES,
+    TARGETS,
+)
 from massmech.core.models import LoadedModel
 from massmech.core.qkvstats import QKVStats
 from massmech.errors import DisruptionError
 
-TARGETS = {"q": ("q",), "k": ("k",), "qk": ("q", "k")}
-RULES = ("lambda", "topk", "dims")
-SELECTIONS = ("prompt", "calibration")
-REPLACEMENTS = ("mean", "zero", "calib_mean", "pooled_mean")
-CONTROLS = (None, "matched", "lowest", "random", "band-low", "band-mid", "band-high")
-KV_CACHE = ("prefill", "every_step")
-
-# The official code's setting per model family, read in MingyuJ666/Rope_with_LLM at 443a763:
-# top-k per head on post-RoPE Q and K under ``if q_len != 1``, in modeling_llama.py l. 551-610 (k = 1,
-# pooled mean), modeling_qwen2.py l. 428-479 (k = 3, pooled mean) and modeling_gemma2.py l. 402-460
-# (k = 22, the massive dims set to zero, the lowest-norm control set to its pooled mean).
-# architecture -> (k, replacement of the massive dims, replacement of the lowest-norm control)
-PAPER_SETTINGS = {
-    "LlamaForCausalLM": (1, "pooled_mean", "pooled_mean"),
-    "Qwen2ForCausalLM": (3, "pooled_mean", "pooled_mean"),
-    "Gemma2ForCausalLM": (22, "zero", "pooled_mean"),
-}
-
+__all__ = ["CONTROLS", "KV_CACHE", "PAPER_SETTINGS", "REPLACEMENTS", "RULES", "SELECTIONS", "STAGES", "TARGETS",
+           "Disruption", "paper_setting"]
 
 def paper_setting(architecture: str) -> tuple[int, str, str]:
     """The official code's ``(k, replacement, lowest-norm control's replacement)`` for a model family.
@@ -117,7 +111,7 @@ class Disruption:
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("target", self.target, tuple(TARGETS)),
-            ("stage", self.stage, ("pre", "post")),
+            ("stage", self.stage, STAGES),
             ("rule", self.rule, RULES),
             ("selection", self.selection, SELECTIONS),
             ("replace", self.replace, REPLACEMENTS),

@@ -1,15 +1,132 @@
-"""What each ``massmech`` subcommand does: thin calls into the library, and the text it prints."""
+"""The ``massmech`` commands that are not studies: their flags (``add_*``), what they call and what they print."""
 
 from __future__ import annotations
 
 import argparse
 import ast
 import json
-from pathlib import Path
+from typing import Any
 
-from massmech.cli.flags import overrides
-from massmech.core.catalog import model_catalog
+from massmech.cli.flags import model_flags, out_flags
+from massmech.core.catalog import DEFAULT_MODEL, model_catalog
 from massmech.errors import ConfigError
+
+Formatter = type[argparse.HelpFormatter]
+
+
+def add_doctor(sub: Any, fmt: Formatter) -> None:
+    d = sub.add_parser("doctor", help="check bridge == HF, RoPE spec == model, hooks fire", formatter_class=fmt)
+    model_flags(d, DEFAULT_MODEL)
+    d.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    d.set_defaults(func=_cmd_doctor)
+
+
+def add_compare(sub: Any, fmt: Formatter) -> None:
+    r = sub.add_parser("compare", help="compare analyze runs: one table, overlaid spectrum and emergence figures",
+                       formatter_class=fmt)
+    r.add_argument("runs", nargs="+", metavar="RUN", help="analyze run folders")
+    r.add_argument("--labels", help="comma-separated labels, one per run (default: folder names)")
+    out_flags(r, "folder for compare.csv/.parquet and figures/", required=False)
+    r.add_argument("--json", action="store_true", help="print the table as JSON records")
+    r.set_defaults(func=_cmd_compare)
+
+
+def add_ablate(sub: Any, fmt: Formatter) -> None:
+    from massmech.causal.vocabulary import (
+        CONTROL_HELP,
+        CONTROLS,
+        KV_CACHE,
+        REPLACE_HELP,
+        REPLACEMENTS,
+        RULES,
+        TARGETS,
+    )
+
+    a = sub.add_parser("ablate", help="baseline vs massive-disrupted vs control accuracy on one task", formatter_class=fmt)
+    model_flags(a, DEFAULT_MODEL)
+    a.add_argument("--task", help="task name (`massmech tasks` lists them)")
+    a.add_argument("--task-file", help="your own task: a .jsonl/.json/.csv/.parquet file (instead of --task)")
+    a.add_argument("--field", action="append", metavar="NAME=COLUMN",
+                   help="--task-file columns, repeatable: question=, answer= (required), context=, choices=, id=")
+    a.add_argument("--format", default="exact", choices=["exact", "choice", "yesno", "number"],
+                   help="--task-file answers: exact continuation, lettered multiple choice, yes/no, final number")
+    a.add_argument("--kind", default="contextual", choices=["contextual", "parametric"], help="--task-file kind")
+    a.add_argument("--n-shots", type=int, default=0, help="--task-file demonstrations drawn from the file")
+    a.add_argument("--task-param", action="append", metavar="NAME=VALUE",
+                   help="task parameter, repeatable, e.g. --task-param filler_repeats=2")
+    a.add_argument("--n", type=int, default=100, help="examples (a task with fewer uses all it has, and says so)")
+    a.add_argument("--target", default="qk", choices=list(TARGETS), help="what is disrupted")
+    a.add_argument("--stage", default="pre", choices=["pre", "post"], help="before or after RoPE")
+    a.add_argument("--rule", default="lambda", choices=[r for r in RULES if r != "dims"], help="how massive dims are selected")
+    a.add_argument("--lam", type=float, default=5.0, help="lambda of --rule lambda (M > lam x head mean)")
+    a.add_argument("--k", type=int, default=4, help="dims per head of --rule topk")
+    a.add_argument("--disrupt-layers", default="all", metavar="RANGE",
+                   help="layers to disrupt: all, early, middle, late or 'a-b'")
+    a.add_argument("--layers", dest="disrupt_layers", help=argparse.SUPPRESS)  # old name
+    a.add_argument("--control", default="matched", choices=[c for c in CONTROLS if c],
+                   help="control dims replaced instead: " + "; ".join(f"{k}: {v}" for k, v in CONTROL_HELP.items()))
+    a.add_argument("--replace", default="mean", choices=[r for r in REPLACEMENTS if r != "calib_mean"],
+                   help="replacement: " + "; ".join(f"{k}: {v}" for k, v in REPLACE_HELP.items() if k != "calib_mean"))
+    a.add_argument("--kv-cache", default="prefill", choices=list(KV_CACHE),
+                   help="prefill: disrupt the prompt only; every_step: every decoded token too")
+    a.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (results do not depend on it)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the examples and of random controls")
+    out_flags(a, "also write ablate.json, examples.parquet/.csv (per example) and manifest.json", required=False)
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
+    a.set_defaults(func=_cmd_ablate)
+
+
+def add_quantize(sub: Any, fmt: Formatter) -> None:
+    q = sub.add_parser("quantize", help="one quantized variant: massive-value preservation, task accuracy, perplexity",
+                       formatter_class=fmt)
+    q.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC", help="model spec (see `massmech models`)")
+    q.add_argument("--method", required=True, help="rtn, gptq, awq, smoothquant, w8a8-naive, gguf-q8_0|q5_0|q4_1|q4_0, "
+                   "kv-per-token, kv-per-channel, kv-massive-aware, qk-rtn, qk-rtn-keep-massive, qk-rtn-keep-random")
+    q.add_argument("--bits", type=int, help="bits (default: 4 weight-only, 8 for W8A8, 4 for KV)")
+    q.add_argument("--group-size", type=_group_size, default="auto", help="input weights per scale for rtn/gptq/awq; "
+                   "'none' = per row; auto = 64 at 4 bits, per row at 8")
+    q.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
+    q.add_argument("--tasks", help="comma-separated task names (default: country_capital, city_country, "
+                   "passkey, kv_lookup, knowledge_conflict)")
+    q.add_argument("--n", type=int, default=40, help="examples per task")
+    q.add_argument("--seed", type=int, default=0, help="seed of the examples and calibration")
+    q.add_argument("--out", help="also keep the study folder here (new, or a previous quant study: resumed)")
+    q.add_argument("--json", action="store_true", help="print JSON: massive_recall, perplexity, tasks, preservation, ...")
+    q.set_defaults(func=_cmd_quantize)
+
+
+def add_cells(sub: Any, fmt: Formatter) -> None:
+    s = sub.add_parser("cells", help="list a cell store, or remove its stale cells (older schema versions)",
+                       formatter_class=fmt)
+    s.add_argument("action", choices=["ls", "gc"], help="ls: cells per study and version; gc: remove stale cells")
+    s.add_argument("store", metavar="DIR", help="a cell store, e.g. RUN/cells or a shared --cells folder")
+    s.add_argument("--dry-run", action="store_true", help="gc: only say what would be removed")
+    s.add_argument("--json", action="store_true", help="ls: one JSON record per cell")
+    s.set_defaults(func=_cmd_cells)
+
+
+def add_report(sub: Any, fmt: Formatter) -> None:
+    g = sub.add_parser("report", help="results pages generated from run folders: one run, the claim ledger, the docs",
+                       formatter_class=fmt)
+    g.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders to render (one page each)")
+    g.add_argument("--markdown", action="store_true", help="print markdown (the default output format)")
+    g.add_argument("--ledger", metavar="RUNS_ROOT", help="render the claim ledger from the run folders under RUNS_ROOT")
+    g.add_argument("--docs", metavar="RUNS_ROOT", help="regenerate the docs' ledger, results pages and gallery "
+                   "(docs/ledger.md, docs/results/, docs/gallery.md) from RUNS_ROOT")
+    g.add_argument("--out", metavar="PATH", help="write the page here (atomically; only over a generated page); "
+                   "with --docs: the docs folder (default docs)")
+    g.add_argument("--models", metavar="M1,M2", help="models of the ledger (default: the embedded models)")
+    g.add_argument("--figures", default="figures", metavar="DIR", help="with --docs: the folder of the figures")
+    g.set_defaults(func=_cmd_report)
+
+
+def add_models(sub: Any, fmt: Formatter) -> None:
+    m = sub.add_parser("models", help="the models known by name: installed, extra, random init, size", formatter_class=fmt)
+    m.add_argument("--json", action="store_true", help="print JSON records")
+    m.set_defaults(func=_cmd_models)
+
+
+ADD = (add_doctor, add_compare, add_ablate, add_quantize, add_cells, add_report, add_models)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -41,29 +158,6 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if verdict["ok"] else 1
 
 
-def _cmd_analyze(args: argparse.Namespace) -> int:
-    from massmech.studies.analyze import AnalyzeConfig, run_analyze
-
-    cfg = AnalyzeConfig(**overrides(args, AnalyzeConfig))
-    summary = run_analyze(cfg, args.out, overwrite=args.overwrite, cells=args.cells, progress=not args.json)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    print(f"{summary['model']}: {summary['n_tokens']} tokens of {summary['corpus']}, context "
-          f"{summary['context_len']} -> {summary['out_dir']}")
-    print(f"  {'':7s} {'massive':>7s} {'low-band energy':>15s} {'low-half energy':>15s} {'massive in low band':>19s}")
-    for key, s in summary["by_stage"].items():
-        share = s["massive_low_band_share"]
-        print(f"  {key:7s} {s['massive_count']:7d} {s['low_band_energy_fraction']:15.1%} "
-              f"{s['low_half_energy_fraction']:15.1%} {'n/a' if share is None else f'{share:.1%}':>19s}")
-    from massmech.report.tables import emergence_lines
-
-    for line in emergence_lines(summary):
-        print("  " + line)
-    print("  (V is not rotated: its dims are grouped as Q/K pairs, the control)")
-    return 0
-
-
 def _task_params(items: list[str] | None) -> dict:
     """``["filler_repeats=2", "depths=(0.5,)"]`` -> ``{"filler_repeats": 2, "depths": (0.5,)}``."""
     params = {}
@@ -81,7 +175,7 @@ def _task_params(items: list[str] | None) -> dict:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from massmech.causal.disruption import Disruption
     from massmech.causal.tasks.builtin import get_task
-    from massmech.infra.runs import check_out
+    from massmech.files.runs import check_out
     from massmech.studies.ablation import ablate, layer_range
 
     params = _task_params(args.task_param)
@@ -120,43 +214,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
             f"  McNemar b={r['b']} c={r['c']} p={r['p_value']:.3g}")
         print(f"  {name:9s} {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  n={r['n']}  "
               f"dims/example={r['n_dims']:.0f}  removed variance={r['removed_variance']:.2%}{test}")
-    return 0
-
-
-def _cmd_twins(args: argparse.Namespace) -> int:
-    import os
-
-    from massmech.infra.executors import resolve_executor
-    from massmech.studies.presets import config_class, preset
-    from massmech.studies.twins.study import run_twins
-
-    given = overrides(args, config_class("twins"), skip=("preset", "variants"))
-    if "steps" in given and "checkpoints" not in given:  # a shorter run keeps the checkpoints it reaches
-        given["checkpoints"] = tuple(s for s in preset("twins", args.preset).checkpoints if s <= given["steps"])
-    cfg = preset("twins", args.preset, **given)
-    if args.address and args.executor != "ray":
-        raise ConfigError("--address needs --executor ray")
-    if args.executor == "serial":
-        executor = resolve_executor("serial")
-    elif args.executor == "processes":
-        executor = resolve_executor("processes", workers=args.workers or min(len(cfg.variants), os.cpu_count() or 1))
-    else:
-        executor = resolve_executor("ray", workers=args.workers, address=args.address)
-    summary = run_twins(cfg, args.out, device=args.device, executor=executor, progress=not args.json,
-                        overwrite=args.overwrite)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    print(f"twins ({cfg.preset}, {cfg.steps} steps) -> {args.out}/analysis")
-    print("  largest per-head max/mean of M, later half of the layers, final checkpoint:")
-    for mech, r in summary["twins"].items():
-        print(f"    {mech:9s} Q {r['q']:.2f}  K {r['k']:.2f}  V {r['v']:.2f}")
-    print("  final scores:")
-    for name, sc in summary["final_scores"].items():
-        print(f"    {name:16s} " + "  ".join(f"{k} {v:.3f}" for k, v in sc.items()))
-    print("  disruption of the RoPE twin:")
-    for cond, sc in summary["disruption"].items():
-        print(f"    {cond:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in sc.items()))
     return 0
 
 
@@ -213,9 +270,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_cells(args: argparse.Namespace) -> int:
     from massmech.infra.cells import gc, list_cells
+    from massmech.studies.registry import cell_versions
 
     if args.action == "ls":
-        table = list_cells(args.store)
+        table = list_cells(args.store, cell_versions())
         if args.json:
             print(table.to_json(orient="records"))
         elif table.empty:
@@ -224,7 +282,7 @@ def _cmd_cells(args: argparse.Namespace) -> int:
             counts = table.groupby(["study", "version", "current"]).size().rename("cells").reset_index()
             print(counts.to_string(index=False))
         return 0
-    gone = gc(args.store, dry_run=args.dry_run)
+    gone = gc(args.store, cell_versions(), dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     print(f"{verb} {len(gone)} stale cell folders" + "".join(f"\n  {p}" for p in gone))
     return 0
@@ -269,47 +327,4 @@ def _cmd_models(args: argparse.Namespace) -> int:
         kind = "random init, for tests" if r["random_init"] else "pretrained"
         print(f"{r['name']:14s} {r['parameters']:>5s}  {kind:22s} {state}")
     print("Also: a .gguf path, a local Hugging Face model folder, or a hub id 'org/name' (needs a network).")
-    return 0
-
-
-def _run_study(args: argparse.Namespace, study: str, skip: tuple[str, ...] = ()) -> dict:
-    from massmech.infra.executors import resolve_executor
-    from massmech.studies.presets import config_class, preset
-
-    cfg = preset(study, args.preset, **overrides(args, config_class(study), skip=skip))
-    if args.executor == "serial" and (args.workers or args.address):
-        raise ConfigError("--workers and --address need --executor processes or ray")
-    if args.address and args.executor != "ray":
-        raise ConfigError("--address needs --executor ray")
-    executor = resolve_executor(args.executor, workers=args.workers,
-                                **({"address": args.address} if args.executor == "ray" else {}))
-    from massmech.core.loading import check_device, check_device_map, resolve_dtype
-
-    check_device_map(args.device_map, check_device(args.device), args.offload_folder)
-    resolve_dtype(args.dtype)
-    load = {"dtype": args.dtype, "device": args.device, "device_map": args.device_map,
-            "offload_folder": args.offload_folder}
-    if study == "sweep":
-        from massmech.studies.ablation import run_sweep
-
-        run_sweep(cfg, args.out, cells=args.cells, executor=executor, load_options=load, progress=not args.json,
-                  overwrite=args.overwrite)
-    else:
-        from massmech.infra.study import Context, run_study
-        from massmech.studies.quant.study import QUANT
-
-        run_study(QUANT, cfg, args.out, cells=args.cells, executor=executor, ctx=Context(load_options=load),
-                  progress=not args.json, overwrite=args.overwrite)
-    summary = json.loads((Path(args.out) / "summary.json").read_text())
-    print(json.dumps(summary, indent=2) if args.json else f"{study} ({args.preset}) -> {args.out}: results.parquet, summary.json")
-    return summary
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    _run_study(args, "sweep")
-    return 0
-
-
-def _cmd_quant_study(args: argparse.Namespace) -> int:
-    _run_study(args, "quant", skip=("variants",))
     return 0

@@ -39,8 +39,8 @@ from massmech.core.detect import detect_massive
 from massmech.core.qkvstats import QKVStats, grid_frame
 from massmech.core.rope import RopeSpec
 from massmech.errors import AnalysisError, RopeError, RunNotFoundError
-from massmech.infra.io import write_json
-from massmech.infra.runs import atomic_run_dir
+from massmech.files.io import write_json
+from massmech.files.runs import atomic_run_dir
 
 _BAND_NAMES = {
     2: ("high", "low"),

@@ -303,7 +303,7 @@ def file_sha256(path: Path) -> str:
     hit = index.get(str(path))
     if hit and hit[:2] == stamp:
         return hit[2]
-    from massmech.infra.io import sha256_file, write_json
+    from massmech.files.io import sha256_file, write_json
 
     digest = sha256_file(path)
 

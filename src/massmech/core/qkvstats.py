@@ -23,7 +23,7 @@ from torch import Tensor
 from massmech._notebook import html_table, span
 from massmech.core.rope import RopeSpec
 from massmech.errors import NotCapturedError
-from massmech.infra.io import atomic_write
+from massmech.files.io import atomic_write
 
 Key = tuple[str, str]  # (site, stage)
 

@@ -3,14 +3,14 @@
 A *cell* is the smallest unit of a study that is worth keeping: one (model, task, condition) of
 an ablation sweep, one quantized variant, one twin checkpoint's analysis. Its **key** hashes
 
-* the study's name and its **schema version** (:data:`CELL_VERSIONS`),
+* the study's name and its **schema version** (its :class:`~massmech.studies.registry.StudySpec`'s ``version``),
 * the cell's config parts (model, task config, condition, ...), and
 * a hash of its data (the examples themselves, the checkpoint's weights, ...),
 
 so a cell computed by older code, on other data or with another config is never found again:
 it is recomputed, never reused. Changing what a study's measure computes means bumping its
-version here (``tests/infra/test_cells.py`` pins each measure's output together with its version
-so the bump cannot be forgotten).
+version where the study registers itself (``tests/infra/test_cells.py`` pins each measure's output
+together with its version so the bump cannot be forgotten).
 
 Each cell is a folder ``STORE/<study>/<key>/`` holding ``cell.json`` (provenance: massmech
 version, git hash, package versions, time, study, version, key parts, and a small JSON payload)
@@ -18,15 +18,15 @@ and any tables as parquet. It is built under a temporary name and renamed into p
 run leaves only whole cells (and temp folders that :meth:`CellStore.gc` removes).
 
 >>> import tempfile, pandas as pd
->>> store = CellStore(tempfile.mkdtemp() + "/cells", "ablation")
+>>> store = CellStore(tempfile.mkdtemp() + "/cells", "ablation", version=4)
 >>> key = store.key({"model": "tiny-llama", "task": "kv_lookup"})
 >>> key in store
 False
 >>> _ = store.put(key, {"model": "tiny-llama", "task": "kv_lookup"}, data={"accuracy": 0.5},
 ...               tables={"rows": pd.DataFrame({"uid": [1, 2], "correct": [True, False]})})
 >>> cell = store.get(key)
->>> cell.data["accuracy"], len(cell.tables["rows"]), cell.meta["version"] == CELL_VERSIONS["ablation"]
-(0.5, 2, True)
+>>> cell.data["accuracy"], len(cell.tables["rows"]), cell.meta["version"]
+(0.5, 2, 4)
 """
 
 from __future__ import annotations
@@ -44,17 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from massmech.errors import StoreError
-from massmech.infra.io import write_json
+from massmech.files.io import canonical, jsonable, write_json
 
-CELL_VERSIONS = {  # study -> schema version; bump when what a cell holds or how it is computed changes
-    # ablation 4: the matched control sized exactly under pooled_mean and topped up with the closest dim;
-    # 3: removed_variance per cell, matched control, pooled_mean; 2: keys carry study + version
-    "ablation": 4,
-    "quant": 3,  # 3: W8A8 activation scales per sequence, KV per-channel ranges from the prompt; 2: zero dims
-    "twins": 1,  # one checkpoint's trajectory, bands and scores
-    "analyze": 2,  # 2: one QKVStats per chunk of windows (the emergence bootstrap); 1: one capture
-    "twins-train": 1,  # one variant trained to its last step (weights and log in its checkpoints)
-}
 CELL_FILE = "cell.json"
 _TMP = ".tmp-"
 
@@ -79,42 +70,13 @@ class Cell:
         return f"Cell({self.meta.get('study')}/{self.key}, v{self.meta.get('version')}, tables={sorted(self.tables)})"
 
 
-def canonical(obj: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces) of a key part: tuples and lists hash alike, and a
-    whole float like an int (``lam=5`` and ``lam=5.0`` are one cell).
+def cell_key(study: str, parts: dict, *, version: int) -> str:
+    """The key of a cell of ``study`` at schema ``version``: a hash of both and the cell's parts.
 
-    >>> canonical({"b": (1, 2.0), "a": 5.0}) == canonical({"a": 5, "b": [1, 2]})
+    >>> cell_key("ablation", {"n": 5}, version=4) == cell_key("ablation", {"n": 5.0}, version=4)
     True
     """
-    return json.dumps(_whole(json.loads(json.dumps(obj, default=_jsonable))), sort_keys=True, separators=(",", ":"))
-
-
-def _whole(x: Any) -> Any:
-    if isinstance(x, float) and x.is_integer():
-        return int(x)
-    if isinstance(x, list):
-        return [_whole(v) for v in x]
-    if isinstance(x, dict):
-        return {k: _whole(v) for k, v in x.items()}
-    return x
-
-
-def _jsonable(x: Any) -> Any:
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return dataclasses.asdict(x)
-    if isinstance(x, (set, frozenset)):
-        return sorted(x)
-    if isinstance(x, Path):
-        return str(x)
-    if hasattr(x, "item"):  # numpy / torch scalars
-        return x.item()
-    raise TypeError(f"{type(x).__name__} cannot be part of a cell key")
-
-
-def cell_key(study: str, parts: dict, *, version: int | None = None) -> str:
-    """The key of a cell of ``study`` (at its current schema version unless ``version`` is given)."""
-    version = CELL_VERSIONS[study] if version is None else int(version)
-    blob = canonical({"study": study, "version": version, "parts": parts})
+    blob = canonical({"study": study, "version": int(version), "parts": parts})
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -128,16 +90,16 @@ class CellStore:
 
     Args:
         root: The store folder. Studies may share one (``--cells DIR``); each has its own subfolder.
-        study: A name in :data:`CELL_VERSIONS`.
-        version: Override the study's schema version (tests only).
+        study: The study's name.
+        version: The study's schema version: cells of another version are neither found nor reused.
     """
 
-    def __init__(self, root: str | os.PathLike, study: str, *, version: int | None = None) -> None:
-        if study not in CELL_VERSIONS:
-            raise StoreError(f"unknown study {study!r}; studies with cells: {', '.join(CELL_VERSIONS)}")
+    def __init__(self, root: str | os.PathLike, study: str, *, version: int) -> None:
+        if not study or "/" in study:
+            raise StoreError(f"bad study name {study!r} for a cell store")
         self.root = Path(root)
         self.study = study
-        self.version = CELL_VERSIONS[study] if version is None else int(version)
+        self.version = int(version)
         self.folder = self.root / study
 
     def __repr__(self) -> str:
@@ -191,7 +153,7 @@ class CellStore:
                 **_provenance(),
                 "tables": sorted(tables), "files": sorted(files or {}), "data": data,
             }
-            write_json(tmp / CELL_FILE, json.loads(json.dumps(meta, default=_jsonable)))  # payload as given
+            write_json(tmp / CELL_FILE, json.loads(json.dumps(meta, default=jsonable)))  # payload as given
             final = self.folder / key
             try:
                 os.replace(tmp, final)  # atomic; fails if another writer's cell is already in place
@@ -213,7 +175,7 @@ class CellStore:
 def _provenance() -> dict:
     """massmech version, git hash and package versions: read once per process, not once per cell
     (``git`` is a subprocess)."""
-    from massmech.infra.runs import git_hash, versions
+    from massmech.files.runs import git_hash, versions
 
     packages = versions()
     return {"massmech": packages.get("massmech"), "git": git_hash(), "packages": packages}
@@ -236,21 +198,23 @@ def _cells(folder: Path) -> Iterator[tuple[str, dict]]:
             yield sub.name, meta
 
 
-def list_cells(root: str | os.PathLike):
-    """One row per cell in a store: study, key, version, current (schema up to date), created, massmech, git.
+def list_cells(root: str | os.PathLike, versions: dict[str, int]):
+    """One row per cell in a store: study, key, version, current (``versions[study]``, the schema
+    this massmech writes), created, massmech, git. Studies not in ``versions`` are listed too.
 
     >>> import tempfile
-    >>> list_cells(tempfile.mkdtemp()).empty
+    >>> list_cells(tempfile.mkdtemp(), {"ablation": 4}).empty
     True
     """
     import pandas as pd
 
     rows = []
     root = Path(root)
-    for study in sorted(CELL_VERSIONS):
+    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for study in found:
         for key, meta in _cells(root / study):
             rows.append({"study": study, "key": key, "version": meta.get("version"),
-                         "current": meta.get("version") == CELL_VERSIONS[study], "created": meta.get("created"),
+                         "current": meta.get("version") == versions.get(study), "created": meta.get("created"),
                          "massmech": meta.get("massmech"), "git": meta.get("git"),
                          "tables": ",".join(meta.get("tables", []))})
     return pd.DataFrame(rows, columns=["study", "key", "version", "current", "created", "massmech", "git", "tables"])
@@ -268,8 +232,8 @@ def _writer_alive(tmp_name: str) -> bool:
     return True
 
 
-def gc(root: str | os.PathLike, *, dry_run: bool = False) -> list[Path]:
-    """Remove stale cells (older schema versions) and leftovers of killed writers; returns what went.
+def gc(root: str | os.PathLike, versions: dict[str, int], *, dry_run: bool = False) -> list[Path]:
+    """Remove stale cells (older than ``versions[study]``) and leftovers of killed writers; returns what went.
 
     Only folders massmech wrote are touched: a cell folder with a massmech ``cell.json`` of an
     *older* version (cells of a newer massmech sharing the store stay), or a ``.tmp-`` folder whose
@@ -277,7 +241,7 @@ def gc(root: str | os.PathLike, *, dry_run: bool = False) -> list[Path]:
     """
     root = Path(root)
     gone = []
-    for study, current in CELL_VERSIONS.items():
+    for study, current in versions.items():
         folder = root / study
         if not folder.is_dir():
             continue

@@ -1,22 +1,28 @@
-"""One study protocol: a frozen config -> cells -> run -> consolidate -> tidy table + manifest + summary.
+"""One study protocol: a frozen config -> cells -> run -> consolidate -> table + files + manifest + summary.
 
-A study is an object with
+A study (:class:`Study`, generic over its config type ``C`` and table type ``T``) is an object with
 
-* ``name``: its key in :data:`~massmech.infra.cells.CELL_VERSIONS`; ``kind``: the ``run_kind`` of its folder;
+* ``name``: its cell store and run kind; ``version``: the schema version of its cells;
 * ``plan(config, ctx) -> [CellSpec]``: every cell of the config, each with its key parts, the
   *group* it needs loaded (a model spec: an executor loads a group once per worker) and the
   *unit* it is computed in (cells of one unit share work, e.g. conditions folded into one batch);
+  a plan may grow once cells exist (the twins' checkpoints are analysed after training):
+  :func:`run_study` plans again until every planned cell is stored;
 * ``run_unit(config, cells, ctx) -> {key: (data, tables)}``: compute the cells of one unit (a
   result may add a third item, ``{file name: writer}``, for cells that store files, e.g. a capture);
-* ``consolidate(config, cells) -> DataFrame``: the tidy table from the stored cells;
-* ``finish(config, table, out, ctx) -> dict``: extra files and the summary (``summary.json``).
+* ``consolidate(config, cells) -> T``: the study's table from the stored cells (a DataFrame is
+  written as ``results.parquet``/``.csv``);
+* ``finish(config, table, out, ctx) -> dict``: its other files (figures, tables) written into
+  ``out``, and the summary (``summary.json``).
 
-:func:`run_study` runs it: it checks the output folder before any compute, skips the cells the
-store already holds (same key: same config parts, data and schema version), hands the rest to an
-executor, and rebuilds the table from the store. Because every cell goes through the one
-:class:`~massmech.infra.cells.CellStore`, a study run serially, in local processes or on a
-cluster, stopped and resumed anywhere, gives the same table.
+:func:`run_study` runs every study the same way: it checks the output folder before any compute,
+skips the cells the store already holds (same key: same config parts, data and schema version),
+hands the rest to an executor, rebuilds the table from the store and writes the folder. Because
+every cell goes through the one :class:`~massmech.infra.cells.CellStore`, a study run serially, in
+local processes or on a cluster, stopped and resumed anywhere, gives the same table.
 """
+
+
 
 from __future__ import annotations
 
@@ -24,19 +30,22 @@ import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from massmech.errors import ConfigError
-from massmech.infra.cells import Cell, CellStore
-from massmech.infra.io import atomic_write, write_json
-from massmech.infra.runs import (
+import pandas as pd
+
+from massmech.errors import ConfigError, StudyInterrupted
+from massmech.files.io import write_json
+from massmech.files.runs import (
     check_out,
     check_study_config,
     finish_study_dir,
     manifest,
     open_study_dir,
+    staged,
     study_lock,
 )
+from massmech.infra.cells import Cell, CellStore
 
 RESULTS = "results"  # results.parquet / results.csv
 SUMMARY = "summary.json"
@@ -55,10 +64,12 @@ class CellSpec:
 
 
 class Context:
-    """Per-worker state: loaded models (one per group, loaded once) and cached derived objects."""
+    """Per-worker state: loaded models (one per group, loaded once), cached derived objects, and
+    the run folder (``out``: where a study keeps files larger than cells, e.g. checkpoints)."""
 
     def __init__(self, loader: Callable[[str], Any] | None = None, models: dict | None = None,
-                 load_options: dict | None = None) -> None:
+                 load_options: dict | None = None, out: str | os.PathLike | None = None) -> None:
+        self.out = None if out is None else Path(out)
         self._loader = loader
         self._models: dict[str, Any] = dict(models or {})
         self._cache: dict[Any, Any] = {}
@@ -93,8 +104,8 @@ class Context:
         return self._models[spec]
 
     def worker(self) -> Context:
-        """A fresh context for a worker process: the same load options, no models yet."""
-        return Context(load_options=self.load_options)
+        """A fresh context for a worker process: the same load options and run folder, no models yet."""
+        return Context(load_options=self.load_options, out=self.out)
 
     @property
     def models(self) -> dict[str, Any]:
@@ -107,18 +118,31 @@ class Context:
         return self._cache[key]
 
 
+C = TypeVar("C")
+T = TypeVar("T")
+#: what ``run_unit`` returns per cell: ``(data, tables)`` or ``(data, tables, {file name: writer})``
+CellResult = tuple[Any, dict] | tuple[Any, dict, dict]
+
+
 @runtime_checkable
-class Study(Protocol):
+class Study(Protocol[C, T]):
+    """The protocol every study follows (see the module docstring)."""
+
     name: str
-    kind: str
+    version: int
 
-    def plan(self, config: Any, ctx: Context) -> list[CellSpec]: ...
+    def plan(self, config: C, ctx: Context) -> list[CellSpec]: ...
 
-    def run_unit(self, config: Any, cells: Sequence[CellSpec], ctx: Context) -> dict[str, tuple[Any, dict]]: ...
+    def run_unit(self, config: C, cells: Sequence[CellSpec], ctx: Context) -> dict[str, CellResult]: ...
 
-    def consolidate(self, config: Any, cells: dict[str, Cell]) -> Any: ...
+    def consolidate(self, config: C, cells: dict[str, Cell]) -> T: ...
 
-    def finish(self, config: Any, table: Any, out: Path, ctx: Context) -> dict: ...
+    def finish(self, config: C, table: T, out: Path, ctx: Context) -> dict: ...
+
+
+def store_of(study: Study, root: str | os.PathLike) -> CellStore:
+    """The cell store of a study under ``root``, at its schema version."""
+    return CellStore(root, study.name, version=study.version)
 
 
 def units_of(cells: Sequence[CellSpec]) -> list[list[CellSpec]]:
@@ -144,23 +168,43 @@ def run_units(study: Study, config: Any, units: Sequence[Sequence[CellSpec]], st
                 on_cell()
 
 
+MAX_PHASES = 8  # plans that grow as cells complete (train, then analyse) settle within this many rounds
+
+
 def compute_cells(
-    study: Study, config: Any, planned: Sequence[CellSpec], store: CellStore, *, executor: Any = None,
-    ctx: Context | None = None, progress: bool = True,
+    study: Study, config: Any, store: CellStore, *, executor: Any = None, ctx: Context | None = None,
+    progress: bool = True, planned: Sequence[CellSpec] | None = None,
 ) -> dict[str, Cell]:
-    """The planned cells, from the store where it holds them, the rest computed by the executor.
+    """Every cell of the study's plan, from the store where it holds them, the rest computed by the
+    executor; planned again until the plan holds no new cell (see the module docstring).
+
+    Args:
+        planned: The first round's plan, if the caller made it already (to check a config before
+            any folder is created).
 
     Returns:
         Key -> stored cell, in plan order.
     """
     from massmech.infra.executors import resolve_executor
 
-    keys = [c.key for c in planned]
-    if len(set(keys)) != len(keys):
-        raise ConfigError(f"{study.name}: the plan holds the same cell twice")
-    pending = [c for c in planned if c.key not in store]
-    resolve_executor(executor).run(study, config, units_of(pending), store, ctx or Context(), total=len(planned),
-                                   done=len(planned) - len(pending), progress=progress)
+    executor, ctx = resolve_executor(executor), ctx or Context()
+    for phase in range(MAX_PHASES):
+        planned = list(planned) if phase == 0 and planned is not None else study.plan(config, ctx)
+        keys = [c.key for c in planned]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"{study.name}: the plan holds the same cell twice")
+        pending = [c for c in planned if c.key not in store]
+        if not pending:
+            break
+        try:
+            executor.run(study, config, units_of(pending), store, ctx, total=len(planned),
+                         done=len(planned) - len(pending), progress=progress)
+        except KeyboardInterrupt:
+            saved = sum(k in store for k in keys)
+            raise StudyInterrupted(f"interrupted: {saved} of {len(keys)} cells saved in {store.folder}; rerun the "
+                                   "same command to resume") from None
+    else:
+        raise RuntimeError(f"{study.name}: the plan still grew after {MAX_PHASES} rounds")  # a bug
     stored = {k: cell for k in keys if (cell := store.get(k)) is not None}
     if len(stored) != len(keys):
         raise RuntimeError(f"{study.name}: {len(keys) - len(stored)} cells missing after the run")  # a bug
@@ -168,8 +212,8 @@ def compute_cells(
 
 
 def run_study(
-    study: Study,
-    config: Any,
+    study: Study[C, T],
+    config: C,
     out: str | os.PathLike,
     *,
     executor: Any = None,
@@ -177,42 +221,45 @@ def run_study(
     ctx: Context | None = None,
     progress: bool = True,
     overwrite: bool = False,
-) -> Any:
-    """Run (or resume) a study into ``out/``; returns its tidy table.
+    kinds: tuple[str, ...] = (),
+) -> T:
+    """Run (or resume) a study into ``out/``; returns its table.
 
-    Writes ``out/results.parquet`` and ``.csv``, ``out/summary.json`` and ``out/manifest.json``;
-    the cells live in ``out/cells`` or in a shared store (``cells=``). ``executor`` is
-    ``"serial"`` (default), ``"processes"`` or an executor object (see :mod:`massmech.infra.executors`).
+    Writes ``out/results.parquet`` and ``.csv`` (when the table is a DataFrame), the study's own
+    files (``finish``), ``out/summary.json`` and ``out/manifest.json``; the cells live in
+    ``out/cells`` or in a shared store (``cells=``). ``executor`` is ``"serial"`` (default),
+    ``"processes"``, ``"ray"`` or an executor object (see :mod:`massmech.infra.executors`).
 
     ``out`` may hold a previous run of the same study and config (it is resumed); a run of
     another config is refused unless ``overwrite`` (its results are then replaced), and a second
-    process writing the same ``out`` is refused while the first runs (:func:`~massmech.infra.runs.study_lock`).
+    process writing the same ``out`` is refused while the first runs (:func:`~massmech.files.runs.study_lock`).
+    ``kinds``: older run kinds of this study that a resumed folder may carry.
     """
     from massmech.infra.executors import resolve_executor
 
     executor = resolve_executor(executor)  # a bad name: error before any work
-    check_out(out, study.kind, resume=True)  # refuses a folder massmech did not write, before any work
+    kind = (study.name, *kinds)
+    check_out(out, kind, resume=True)  # refuses a folder massmech did not write, before any work
     if cells is not None:
         check_out(cells, "cells", resume=True)
-    check_study_config(out, study.kind, config, overwrite=overwrite)  # another config: refused before any work
+    check_study_config(out, study.name, config, overwrite=overwrite)  # another config: refused before any work
     ctx = ctx or Context()
-    planned = study.plan(config, ctx)
-    out = open_study_dir(out, study.kind)
+    ctx.out = Path(out)
+    planned = study.plan(config, ctx)  # a config the model or data cannot take: refused before any folder appears
+    out = open_study_dir(out, kind)
     with study_lock(out):
-        out = open_study_dir(out, study.kind, config, overwrite=overwrite)
-        return _run_locked(study, config, planned, out, cells, executor, ctx, progress)
-
-
-def _run_locked(study: Study, config: Any, planned: list[CellSpec], out: Path, cells: str | os.PathLike | None,
-                executor: Any, ctx: Context, progress: bool) -> Any:
-    store = CellStore(open_study_dir(cells, "cells") if cells is not None else out / CELLS, study.name)
-    stored = compute_cells(study, config, planned, store, executor=executor, ctx=ctx, progress=progress)
-    table = study.consolidate(config, stored)
-    for suffix, write in (("parquet", lambda p: table.to_parquet(p, index=False)),
-                          ("csv", lambda p: table.to_csv(p, index=False))):
-        atomic_write(out / f"{RESULTS}.{suffix}", write)
-    summary = study.finish(config, table, out, ctx)
-    write_json(out / SUMMARY, summary)
-    info = {s: m.info_dict() for s, m in ctx.models.items() if hasattr(m, "info_dict")} or None
-    finish_study_dir(out, study.kind, manifest(config, model_info=info, seed=getattr(config, "seed", None)))
+        out = open_study_dir(out, kind, config, overwrite=overwrite)
+        root = open_study_dir(cells, "cells") if cells is not None else out / CELLS
+        stored = compute_cells(study, config, store_of(study, root), executor=executor, ctx=ctx, progress=progress,
+                               planned=planned)
+        table = study.consolidate(config, stored)
+        with staged(out) as tmp:
+            if isinstance(table, pd.DataFrame):
+                table.to_parquet(tmp / f"{RESULTS}.parquet", index=False)
+                table.to_csv(tmp / f"{RESULTS}.csv", index=False)
+            summary = study.finish(config, table, tmp, ctx)
+            write_json(tmp / SUMMARY, summary)
+        info = {s: m.info_dict() for s, m in ctx.models.items() if hasattr(m, "info_dict")} or None
+        finish_study_dir(out, study.name, manifest(config, model_info=info, seed=getattr(config, "seed", None))
+                         | {"cell_version": {study.name: study.version}})
     return table

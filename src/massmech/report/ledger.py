@@ -27,43 +27,10 @@ from pathlib import Path
 import pandas as pd
 
 from massmech.report.pages import GENERATED
+from massmech.report.runs import MODELS, command, models_of, run_folder
 from massmech.report.tables import emergence_lines
 from massmech.stats import holm
 from massmech.studies.quant.config import QK_METHODS
-
-MODELS = ("smollm2-135m", "gemma3-270m")
-#: run folders under the runs root ("{model}" is filled in; a dict: per model) and the commands making them
-RUNS: dict[str, tuple[str | dict[str, str], str | dict[str, str]]] = {
-    "analyze": ("analyze/{model}", "massmech analyze --model {model} --out runs/analyze/{model}"),
-    "sweep": ({"smollm2-135m": "sweeps/main", "gemma3-270m": "sweeps/main-gemma"},
-              "python analyses/ablation_main.py --model {model} --out runs/{folder}"),
-    # Gemma-3 has no official setting: the paper's protocol with Gemma-2's k = 22 and zero replacement
-    "paper": ({"smollm2-135m": "sweeps/paper", "gemma3-270m": "sweeps/paper-k22-zero"},
-              {"smollm2-135m": "python analyses/ablation_main.py --preset paper",
-               "gemma3-270m": "python analyses/ablation_main.py --preset paper --model gemma3-270m --k 22 --replace zero"}),
-    "quant": ("quant/{model}", "python analyses/quant_study.py --model {model}"),
-    "twins": ("twins/demo", "massmech twins --preset demo --seeds 1,2 --out runs/twins/demo"),
-    # the grid sweeps of analyses/ablation_grid.py (no claim of their own: results pages and figures)
-    **{g: ({"smollm2-135m": f"sweeps/{g}"}, f"python analyses/ablation_grid.py --preset {g} --model {{model}} --out runs/{{folder}}")
-       for g in ("dose", "k", "layers")},
-}
-TWINS_MODEL = "toy twins"
-
-
-def run_folder(run: str, model: str) -> tuple[str, str]:
-    """The folder (under the runs root) of a run kind for a model, and the command that makes it.
-
-    >>> run_folder("sweep", "gemma3-270m")
-    ('sweeps/main-gemma', 'python analyses/ablation_main.py --model gemma3-270m --out runs/sweeps/main-gemma')
-    """
-    where, command = RUNS[run]
-    if isinstance(where, dict):  # a model without its own folder: sweeps/<model> (main), sweeps/<run>-<model>
-        folder = where.get(model, f"sweeps/{model}" if run == "sweep" else f"sweeps/{run}-{model}")
-    else:
-        folder = where.format(model=model)
-    if isinstance(command, dict):
-        command = command.get(model, f"python analyses/ablation_main.py --preset {run} --model {{model}} --out runs/{{folder}}")
-    return folder, command.format(model=model, folder=folder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,23 +51,23 @@ class Claim:
     claim: str
     source: str
     rule: str
-    run: str  # a key of RUNS
+    run: str  # a key of massmech.report.runs.RUNS
     judge: Callable[[Path, str], tuple[str, str]]  # (run folder, model) -> (measured, verdict)
     ours: bool = False
 
     def findings(self, root: Path, models: tuple[str, ...] = MODELS) -> list[Finding]:
         """One finding per model (the twins: one for the toy twins)."""
         out = []
-        for model in (TWINS_MODEL,) if self.run == "twins" else models:
-            folder, command = run_folder(self.run, model)
+        for model in models_of(self.run, models):
+            folder, cmd = run_folder(self.run, model), command(self.run, model, str(root))
             path = root / folder
             if not (path / "manifest.json").is_file() or not run_finished(path):
-                out.append(Finding(model, f"`{command}`", "not run", folder))
+                out.append(Finding(model, f"`{cmd}`", "not run", folder))
                 continue
             try:
                 measured, verdict = self.judge(path, model)
             except _NoData as why:
-                measured, verdict = f"{why}; `{command}`", "not run"
+                measured, verdict = f"{why}; `{cmd}`", "not run"
             out.append(Finding(model, measured, verdict, folder))
         return out
 
@@ -320,10 +287,10 @@ CLAIMS: tuple[Claim, ...] = (
           "Q and K: reproduces; one of them: partly", "analyze", _early),
     Claim("P5", "Disrupting massive values wrecks contextual knowledge understanding", PAPER,
           "every evaluable contextual task drops vs baseline and vs the variance-matched control (Holm): reproduces; "
-          "some drop: partly", "sweep", _contextual),
+          "some drop: partly", "main", _contextual),
     Claim("P6", "... while retrieval of parametric knowledge mostly survives", PAPER,
           "no evaluable parametric task drops vs baseline (Holm): reproduces; some: partly; all: contradicted",
-          "sweep", _parametric),
+          "main", _parametric),
     Claim("P7", "Quantizers failing to protect massive values degrade contextual knowledge more", PAPER,
           "only quantizers that do not protect outliers hurt contextual tasks (Holm): reproduces",
           "quant", _quant_protect),
@@ -331,7 +298,7 @@ CLAIMS: tuple[Claim, ...] = (
           "RoPE twin's Q/K max/mean > 1.5× every non-RoPE twin's, at the final step and at matched in-context "
           "accuracy: reproduces; larger: partly", "twins", _rope_cause),
     Claim("O1", "Size matters: massive dims vs random dims removing the same token variance", "massmech (issue 14)",
-          "massive below its variance-matched control on every evaluable task: reproduces", "sweep", _matched, ours=True),
+          "massive below its variance-matched control on every evaluable task: reproduces", "main", _matched, ours=True),
     Claim("O2", "The paper's protocol (post-RoPE, the official top-k and replacement per family, prompt only) on "
           "contextual tasks; Gemma-3 has no official setting: Gemma-2's (k = 22, zero) as a named variant",
           "official code, modeling_llama.py (`if q_len != 1`)", "as P5", "paper", _contextual, ours=True),

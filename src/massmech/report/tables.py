@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 
@@ -21,7 +23,7 @@ def ablation_markdown(table: pd.DataFrame) -> str:
     lines = ["| model | task | condition | accuracy [95% CI] | n | removed var. | vs baseline: b / c, p (Holm) "
              "| vs matched control: b / c, p (Holm) |", "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
-        what = r.role if r.control is None or r.control != r.control else f"ctrl-{r.control}"
+        what = "baseline" if r.role == "baseline" else r.condition
         task = r.task if r.evaluable else f"{r.task} (not evaluable)"
         test = vs = "-"
         if r.role != "baseline":
@@ -108,4 +110,37 @@ def emergence_lines(summary: dict) -> list[str]:
         else:
             lines.append(f"  {site.upper()}: layer {e['layer']} of {n} ({site.upper()} - V there {e['minus_v']:.2f} "
                          f"[{e['minus_v_low']:.2f}, {e['minus_v_high']:.2f}]); over band factors {factors}: {layers}")
+    return lines
+
+
+def analyze_lines(summary: dict, out: Path | str) -> list[str]:
+    """What ``massmech analyze`` prints: the concentration per site and stage, then the emergence layer."""
+    lines = [f"{summary['model']}: {summary['n_tokens']} tokens of {summary['corpus']}, context "
+             f"{summary['context_len']} -> {Path(out).resolve()}",
+             f"  {'':7s} {'massive':>7s} {'low-band energy':>15s} {'low-half energy':>15s} {'massive in low band':>19s}"]
+    for key, s in summary["by_stage"].items():
+        share = s["massive_low_band_share"]
+        lines.append(f"  {key:7s} {s['massive_count']:7d} {s['low_band_energy_fraction']:15.1%} "
+                     f"{s['low_half_energy_fraction']:15.1%} {'n/a' if share is None else f'{share:.1%}':>19s}")
+    lines += ["  " + line for line in emergence_lines(summary)]
+    lines.append("  (V is not rotated: its dims are grouped as Q/K pairs, the control)")
+    return lines
+
+
+def ablation_text(table: pd.DataFrame, out: Path | str) -> list[str]:
+    """What ``massmech ablation`` prints: the results table with the Holm-corrected tests."""
+    return [f"ablation -> {out}", "", ablation_markdown(table)]
+
+
+def twins_lines(summary: dict, out: Path | str) -> list[str]:
+    """What ``massmech twins`` prints: the ratios per twin, final scores, the RoPE twin's disruption."""
+    lines = [f"twins ({summary['preset']}, {summary['steps']} steps) -> {out}/analysis",
+             "  largest per-head max/mean of M, later half of the layers, final checkpoint:"]
+    lines += [f"    {mech:9s} Q {r['q']:.2f}  K {r['k']:.2f}  V {r['v']:.2f}" for mech, r in summary["twins"].items()]
+    lines.append("  final scores:")
+    lines += [f"    {name:16s} " + "  ".join(f"{k} {v:.3f}" for k, v in sc.items())
+              for name, sc in summary["final_scores"].items()]
+    lines.append("  disruption of the RoPE twin:")
+    lines += [f"    {cond:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in sc.items())
+              for cond, sc in summary["disruption"].items()]
     return lines

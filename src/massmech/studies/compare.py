@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 
 from massmech.core.frequency import FrequencyAnalysis
 from massmech.errors import ConfigError, InputTypeError
-from massmech.infra.runs import atomic_run_dir
-from massmech.report import plotting
+from massmech.files.runs import atomic_run_dir
+from massmech import plotting
 
 SUMMARY_COLUMNS = (
     "massive_count", "low_band_energy_fraction", "low_half_energy_fraction",

@@ -33,10 +33,11 @@ protecting any rows at equal bits.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from massmech.causal.tasks.builtin import TASKS, is_task_name
+from massmech.core.catalog import DEFAULT_MODEL
 from massmech.errors import QuantError
 from massmech.studies.quant.kv import KV_BITS
 from massmech.studies.quant.methods import GGUF_FORMATS
@@ -67,7 +68,6 @@ CORE_GRID = (("awq", 4, 64), ("rtn", 4, 64), ("smoothquant", 8, None), ("w8a8-na
              ("rtn", 8, None), ("gguf-q4_0", None, None))
 GRIDS = {"full": WEIGHT_GRID + KV_GRID + QK_GRID, "core": CORE_GRID + QK_GRID, "weights": WEIGHT_GRID, "kv": KV_GRID,
          "qk": QK_GRID}
-STUDY_GRID = {"smollm2-135m": "full", "gemma3-270m": "core"}  # the grid make quant / the figures run
 
 
 # What each method protects from its own rounding (see the module docstring); None: nothing.
@@ -169,7 +169,7 @@ class QuantStudyConfig:
         batch_size: Sequences per forward pass in the task evaluation.
     """
 
-    model: str = "smollm2-135m"
+    model: str = DEFAULT_MODEL
     variants: tuple[QuantSpec, ...] = ()
     tasks: tuple[str, ...] = DEFAULT_TASKS
     n: int = 40
@@ -206,8 +206,37 @@ class QuantStudyConfig:
         return cls(**raw)
 
 
-def study_config(model: str, grid: str = "full", **overrides: Any) -> QuantStudyConfig:
-    """The study's config for ``model`` over a named grid (``full``, ``weights`` or ``kv``)."""
+def preset(grid: str = "full", **overrides: Any) -> QuantStudyConfig:
+    """The study over a named grid (:data:`GRIDS`: ``full``, ``core``, ``weights``, ``kv``, ``qk``).
+
+    >>> len(preset("qk", model="tiny-llama").variants)
+    3
+    """
     if grid not in GRIDS:
         raise QuantError(f"unknown grid {grid!r}; grids are {', '.join(GRIDS)}")
-    return QuantStudyConfig(model=model, variants=tuple(QuantSpec(m, b, g) for m, b, g in GRIDS[grid]), **overrides)
+    return QuantStudyConfig(**({"variants": tuple(QuantSpec(m, b, g) for m, b, g in GRIDS[grid])} | overrides))
+
+
+def study_config(model: str, grid: str = "full", **overrides: Any) -> QuantStudyConfig:
+    """The study's config for ``model`` over a named grid (:func:`preset` with the model).
+
+    >>> study_config("tiny-llama", "kv").model
+    'tiny-llama'
+    """
+    return preset(grid, model=model, **overrides)
+
+
+QUICK_GRID = (("rtn", 4, 64), ("kv-per-token", 2, None), *QK_GRID)  # one of each family: the quick variant
+
+
+def quick(config: QuantStudyConfig) -> QuantStudyConfig:
+    """The ``massmech reproduce --quick`` version: one variant of each family the config has
+    (:data:`QUICK_GRID`), 8 examples per task, less calibration and held-out text.
+
+    >>> [v.label for v in quick(preset("full")).variants][:2], quick(preset("full")).n
+    (['rtn-w4-g64', 'kv-per-token-2b'], 8)
+    """
+    families = {v.family for v in config.variants}
+    keep = tuple(v for m, b, g in QUICK_GRID if (v := QuantSpec(m, b, g)).family in families)
+    return replace(config, variants=keep, n=min(config.n, 8), calib_tokens=min(config.calib_tokens, 1024),
+                   eval_tokens=min(config.eval_tokens, 1024), seq_len=min(config.seq_len, 256))

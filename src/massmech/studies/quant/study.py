@@ -32,6 +32,7 @@ from massmech.errors import QuantError
 from massmech.infra.cells import cell_key, data_hash
 from massmech.infra.study import CellSpec, Context, run_study
 from massmech.stats import chance_normalised, evaluable, holm, mcnemar_exact
+from massmech.studies.quant import SPEC
 from massmech.studies.quant.config import PROTECTS, QuantSpec, QuantStudyConfig
 from massmech.studies.quant.data import StudyData, clean_stats, prepare
 from massmech.studies.quant.preservation import massive_preservation
@@ -175,8 +176,8 @@ def _num(x: Any) -> Any:
 class QuantStudy:
     """The quantization study as a study (:mod:`massmech.infra.study`): one cell per variant."""
 
-    name = "quant"
-    kind = "quant-study"
+    name = SPEC.name
+    version = SPEC.version
 
     def plan(self, cfg: QuantStudyConfig, ctx: Context) -> list[CellSpec]:
         variants = cfg.all_variants()  # validated by QuantSpec
@@ -195,7 +196,8 @@ class QuantStudy:
             parts = {"spec": asdict(spec), "cfg": asdict(replace(cfg, variants=())), "examples": examples}
             if ctx.model_id(cfg.model) != cfg.model:  # another dtype: cells of its own (float32 keys unchanged)
                 parts["model_id"] = ctx.model_id(cfg.model)
-            cells.append(CellSpec(cell_key(self.name, parts), parts, group=cfg.model, unit=spec.label, payload=spec))
+            cells.append(CellSpec(cell_key(self.name, parts, version=self.version), parts, group=cfg.model,
+                                  unit=spec.label, payload=spec))
         return cells
 
     def run_unit(self, cfg: QuantStudyConfig, cells, ctx: Context) -> dict:
@@ -225,7 +227,8 @@ QUANT = QuantStudy()
 
 
 def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: LoadedModel | None = None,
-                    executor: Any = None, load_options: dict | None = None, progress: bool = True) -> pd.DataFrame:
+                    executor: Any = None, cells: str | os.PathLike | None = None, load_options: dict | None = None,
+                    overwrite: bool = False, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) a study into ``out/``; returns the results table.
 
     Args:
@@ -233,8 +236,10 @@ def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: Loa
         out: Its folder.
         model: ``load_model(cfg.model)`` if already loaded (saves a load).
         executor: ``"serial"`` (default), ``"processes"``, ``"ray"`` or an executor object.
+        cells: A cell store (default ``out/cells``).
         load_options: How workers load the model (``dtype``, ``device``, ``device_map``).
         progress: Progress bar over the variants.
+        overwrite: ``out`` holds a study of another config: replace its results (refused otherwise).
 
     Writes each variant into the study's cell store (``out/cells/quant/<key>/``) as it finishes,
     ``out/results.parquet`` and ``.csv`` (one row per model x variant x measure; columns ``model,
@@ -244,7 +249,8 @@ def run_quant_study(cfg: QuantStudyConfig, out: str | os.PathLike, *, model: Loa
     schema version starts a new cell: the key hashes them).
     """
     ctx = Context(models={cfg.model: model} if model is not None else None, load_options=load_options)
-    return run_study(QUANT, cfg, out, executor=executor, ctx=ctx, progress=progress)
+    return run_study(QUANT, cfg, out, executor=executor, cells=cells, ctx=ctx, progress=progress, overwrite=overwrite,
+                     kinds=SPEC.aliases)
 
 
 def wide(table: pd.DataFrame) -> pd.DataFrame:

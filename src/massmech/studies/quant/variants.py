@@ -29,7 +29,7 @@ from massmech.core.catalog import cache_dir
 from massmech.core.loading import load_hf
 from massmech.core.models import LoadedModel
 from massmech.errors import QuantError
-from massmech.infra.io import atomic_write
+from massmech.files.io import atomic_write
 from massmech.studies.quant.config import (
     CACHE_VERSION,
     KV_METHODS,

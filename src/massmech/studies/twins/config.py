@@ -240,3 +240,26 @@ def preset(name: str) -> TwinsConfig:
     if name not in PRESETS:
         raise TwinError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return PRESETS[name]
+
+
+def build(name: str, **overrides: Any) -> TwinsConfig:
+    """Preset ``name`` with fields replaced (the registry's builder; ``massmech twins --preset``).
+
+    A shorter run (``steps``) keeps the preset's checkpoints it reaches, unless ``checkpoints`` is given.
+
+    >>> build("demo", steps=500).checkpoints
+    (0, 50, 250, 500)
+    """
+    base = preset(name)
+    if "steps" in overrides and "checkpoints" not in overrides:
+        overrides["checkpoints"] = tuple(s for s in base.checkpoints if s <= overrides["steps"])
+    return dataclasses.replace(base, **overrides)
+
+
+def quick(config: TwinsConfig) -> TwinsConfig:
+    """The ``massmech reproduce --quick`` version: the tiny preset's sizes and at most one further seed.
+
+    >>> quick(build("demo", seeds=(1, 2))).steps, quick(build("demo", seeds=(1, 2))).seeds
+    (300, (1,))
+    """
+    return dataclasses.replace(PRESETS["tiny"], seeds=config.seeds[:1])

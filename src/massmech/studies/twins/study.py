@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,12 @@ from massmech.core.frequency import pair_energy
 from massmech.core.models import LoadedModel, wrap
 from massmech.core.qkvstats import QKVStats
 from massmech.core.rope import RopeSpec
-from massmech.errors import RunNotFoundError
-from massmech.infra.cells import CellStore, cell_key
-from massmech.infra.io import sha256_file, write_json
-from massmech.infra.runs import atomic_run_dir, manifest, open_study_dir, study_lock
-from massmech.infra.study import CellSpec, Context, compute_cells
+from massmech.errors import RunNotFoundError, TwinError
+from massmech.files.io import sha256_file, write_json
+from massmech.infra.cells import Cell, cell_key
+from massmech.infra.study import CellSpec, Context, compute_cells, run_study, store_of
 from massmech.stats import describe, token_nll
+from massmech.studies.twins import SPEC
 from massmech.studies.twins.config import TWINS, TwinsConfig, Variant
 from massmech.studies.twins.data import KINDS, TwinCorpus, eval_set
 from massmech.studies.twins.model import TwinLlamaForCausalLM, load_twin
@@ -53,8 +54,9 @@ from massmech.studies.twins.train import (
     checkpoint_dirs,
     log_table,
     prepare,
+    read_log,
     resolve_device,
-    train_all,
+    train_variant,
 )
 
 SITES = ("q", "k", "v")
@@ -223,27 +225,61 @@ def _analyse_checkpoint(cfg: TwinsConfig, v: Variant, step: int, folder: Path, t
             "scores": score(row_values(_hf_forward(model), sets), seed=cfg.seed).assign(**keys)}
 
 
-class TwinCheckpoints:
-    """The twins' checkpoint analyses as a study (:mod:`massmech.infra.study`): one cell per
-    (variant, step), grouped by variant. ``config`` is ``{"cfg", "out", "device"}``."""
+class TwinsStudy:
+    """The twins as a study (:mod:`massmech.infra.study`), in one cell store.
 
-    name = "twins"
-    kind = "twins"
+    Two kinds of cells: *training* (one per variant, its own unit and group, so any executor
+    trains variants in parallel; the cell records that the variant reached its last step, the
+    weights and the log live in its checkpoints, from which training resumes) and *checkpoint
+    analysis* (one per (variant, step), keyed by the checkpoint's weights: a retrained checkpoint
+    is another cell). The plan grows as training ends: a variant's checkpoints are planned once
+    its last one exists. ``run_study`` plans again until nothing new appears. The run folder
+    (``ctx.out``) holds the tokenizer, ``config.json`` and the checkpoints.
+    """
 
-    def plan(self, config: dict, ctx: Context) -> list[CellSpec]:
-        cfg, out = config["cfg"], Path(config["out"])
+    name = SPEC.name
+    version = SPEC.version
+
+    def train_cells(self, cfg: TwinsConfig, variants: Sequence[str] | None = None) -> list[CellSpec]:
+        shared = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("variants", "preset")}
+        cells = []
+        for v in cfg.variants if variants is None else [cfg.variant(n) for n in variants]:
+            parts = {"config": shared, "variant": v.name}
+            cells.append(CellSpec(cell_key(self.name, parts, version=self.version), parts, group=v.name, unit=v.name,
+                                  payload=("train", v.name)))
+        return cells
+
+    def checkpoint_cells(self, cfg: TwinsConfig, out: Path) -> list[CellSpec]:
         # the weights' hash carries the training; of the config, drop what only shapes the training schedule
         shared = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "checkpoints", "variants", "preset")}
         cells = []
         for v in cfg.variants:
-            for step, folder in sorted(checkpoint_dirs(out, v).items()):
+            found = checkpoint_dirs(out, v)
+            if cfg.steps not in found:  # still training: planned once its last checkpoint exists
+                continue
+            for step, folder in sorted(found.items()):
                 parts = {"config": shared, "variant": v.name, "step": step, "weights": _checkpoint_id(folder)}
-                cells.append(CellSpec(cell_key(self.name, parts), parts, group=v.name, unit=f"{v.name}@{step}",
-                                      payload=(v.name, step, str(folder))))
+                cells.append(CellSpec(cell_key(self.name, parts, version=self.version), parts, group=v.name,
+                                      unit=f"{v.name}@{step}", payload=("checkpoint", v.name, step, str(folder))))
         return cells
 
-    def run_unit(self, config: dict, cells, ctx: Context) -> dict:
-        cfg, out, device = config["cfg"], Path(config["out"]), config["device"]
+    def plan(self, cfg: TwinsConfig, ctx: Context) -> list[CellSpec]:
+        ctx.cached("prepared", lambda: prepare(cfg, ctx.out))  # tokenizer and checks, before any worker starts
+        return self.train_cells(cfg) + self.checkpoint_cells(cfg, ctx.out)
+
+    def run_unit(self, cfg: TwinsConfig, cells: Sequence[CellSpec], ctx: Context) -> dict:
+        out, device = ctx.out, resolve_device(ctx.load_options.get("device"))
+        made = {}
+        for c in cells:
+            if c.payload[0] == "train":
+                log = train_variant(cfg, c.payload[1], out, device=device, progress=False)
+                made[c.key] = ({"variant": c.payload[1], "steps": len(log)}, {})
+            else:
+                made[c.key] = self._analyse(cfg, c, ctx, device)
+        return made
+
+    def _analyse(self, cfg: TwinsConfig, c: CellSpec, ctx: Context, device: str) -> tuple[dict, dict]:
+        out = ctx.out
         tok, corpus = ctx.cached("prepared", lambda: prepare(cfg, out))
 
         def spec_of_twin() -> RopeSpec:  # non-RoPE twins are indexed by the RoPE twin's pairs
@@ -254,58 +290,98 @@ class TwinCheckpoints:
 
             return ctx.cached("twin spec", read)
 
-        made = {}
-        for c in cells:
-            name, step, folder = c.payload
-            v = cfg.variant(name)
-            sets = ctx.cached(("sets", cfg.context_of(v)), lambda v=v: eval_sets(cfg, corpus, cfg.context_of(v)))
-            tables = _analyse_checkpoint(cfg, v, step, Path(folder), tok, sets, spec_of_twin, device)
-            made[c.key] = ({"variant": name, "step": step}, tables)
-        return made
+        _, name, step, folder = c.payload
+        v = cfg.variant(name)
+        sets = ctx.cached(("sets", cfg.context_of(v)), lambda: eval_sets(cfg, corpus, cfg.context_of(v)))
+        return {"variant": name, "step": step}, _analyse_checkpoint(cfg, v, step, Path(folder), tok, sets, spec_of_twin,
+                                                                    device)
 
-    def consolidate(self, config: dict, cells: dict) -> dict[str, pd.DataFrame]:
-        return {name: pd.concat([c.tables[name] for c in cells.values()], ignore_index=True)
+    def consolidate(self, cfg: TwinsConfig, cells: dict[str, Cell]) -> dict[str, pd.DataFrame]:
+        analysed = [c for c in cells.values() if "step" in c.data]
+        return {name: pd.concat([c.tables[name] for c in analysed], ignore_index=True)
                 for name in ("trajectory", "bands", "scores")}
 
-    def finish(self, config: dict, table: Any, out: Path, ctx: Context) -> dict:  # pragma: no cover - run_twins writes
-        return {}
+    def finish(self, cfg: TwinsConfig, tables: dict[str, pd.DataFrame], out: Path, ctx: Context) -> dict:
+        return _write_analysis(cfg, tables, out / "analysis", ctx)
 
 
-TWIN_CHECKPOINTS = TwinCheckpoints()
+TWINS_STUDY = TwinsStudy()
+
+
+class _Only:
+    """One kind of the twins' cells as a study of its own (same store, same keys): training only, or
+    the checkpoint analyses only."""
+
+    def __init__(self, which: str, variants: Sequence[str] | None = None) -> None:
+        self.which, self.variants = which, variants
+        self.name, self.version = TWINS_STUDY.name, TWINS_STUDY.version
+
+    def plan(self, cfg: TwinsConfig, ctx: Context) -> list[CellSpec]:
+        ctx.cached("prepared", lambda: prepare(cfg, ctx.out))
+        if self.which == "train":
+            return TWINS_STUDY.train_cells(cfg, self.variants)
+        return TWINS_STUDY.checkpoint_cells(cfg, ctx.out)
+
+    def run_unit(self, cfg: TwinsConfig, cells: Sequence[CellSpec], ctx: Context) -> dict:
+        return TWINS_STUDY.run_unit(cfg, cells, ctx)
+
+
+def train_all(
+    cfg: TwinsConfig,
+    out: str | os.PathLike,
+    *,
+    workers: int = 1,
+    variants: Sequence[str] | None = None,
+    device: str | None = None,
+    executor: Any = None,
+    progress: bool = True,
+) -> dict[str, list[dict]]:
+    """Train every variant (resuming each from its last checkpoint), through an executor: the
+    training cells of the twins study alone (a rerun skips variants that reached their last step).
+
+    Args:
+        workers: With no ``executor``: variants trained in parallel in local processes
+            (:class:`~massmech.infra.executors.ProcessExecutor`, cores ÷ workers threads each).
+        executor: ``"serial"``, ``"processes"``, ``"ray"`` or an executor object (one variant per
+            Ray worker; with ``device="cuda"`` each asks for one GPU).
+
+    Returns:
+        Variant name -> training log.
+    """
+    from massmech.infra.executors import ProcessExecutor
+
+    out = Path(out)
+    prepare(cfg, out)  # tokenizer and checks once, before any worker starts
+    names = [v.name for v in cfg.variants] if variants is None else list(variants)
+    if executor is None:
+        executor = ProcessExecutor(workers=workers) if workers > 1 and len(names) > 1 else "serial"
+    ctx = Context(load_options={"device": resolve_device(device)}, out=out)
+    store = store_of(TWINS_STUDY, out / "cells")
+    for c in TWINS_STUDY.train_cells(cfg, names):  # a training cell without its checkpoints: tampered with
+        v = cfg.variant(c.payload[1])
+        if c.key in store and not checkpoint_dirs(out, v):
+            raise TwinError(f"{out}: the training of {v.name} is recorded in {store.folder / c.key} but its "
+                            f"checkpoints are gone; remove that cell folder to retrain it")
+    compute_cells(_Only("train", names), cfg, store, executor=executor, ctx=ctx, progress=progress)
+    return {n: read_log(out, cfg.variant(n)) for n in names}
 
 
 def checkpoint_tables(
     cfg: TwinsConfig,
     out: str | os.PathLike,
-    tokenizer,
-    corpus: TwinCorpus,
     *,
     device: str = "cpu",
     executor: Any = None,
     progress: bool = True,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Path]]:
-    """Statistics and scores of every checkpoint of every variant, one cell per checkpoint.
-
-    Each (variant, step) is a cell of the ``twins`` :class:`~massmech.infra.cells.CellStore` in
-    ``out/cells``, keyed by the config (less the training schedule), the variant, the step and the
-    checkpoint's weights: a rerun analyses only checkpoints it has not seen (new steps, or
-    retrained weights). ``executor`` (``"serial"``, ``"processes"``, ...) computes the missing ones.
-
-    Returns:
-        ``(trajectory, bands, scores, finals)``: tidy tables with a ``variant`` and ``step``
-        column, and the folder of each variant's final checkpoint.
-    """
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Statistics and scores of every checkpoint of every trained variant (the checkpoint cells of
+    the twins study alone): ``(trajectory, bands, scores)``, tidy, with ``variant`` and ``step``."""
     out = Path(out)
-    config = {"cfg": cfg, "out": str(out), "device": device}
-    ctx = Context()
-    ctx.cached("prepared", lambda: (tokenizer, corpus))  # already prepared by the caller
-    planned = TWIN_CHECKPOINTS.plan(config, ctx)
-    stored = compute_cells(TWIN_CHECKPOINTS, config, planned, CellStore(out / "cells", "twins"), executor=executor,
+    ctx = Context(load_options={"device": device}, out=out)
+    stored = compute_cells(_Only("checkpoints"), cfg, store_of(TWINS_STUDY, out / "cells"), executor=executor,
                            ctx=ctx, progress=progress)
-    tables = TWIN_CHECKPOINTS.consolidate(config, stored)
-    found = {v: checkpoint_dirs(out, v) for v in cfg.variants}
-    finals = {v.name: found[v][max(found[v])] for v in cfg.variants if found[v]}
-    return tables["trajectory"], tables["bands"], tables["scores"], finals
+    tables = TWINS_STUDY.consolidate(cfg, stored)
+    return tables["trajectory"], tables["bands"], tables["scores"]
 
 
 def disruption_table(cfg: TwinsConfig, lm: LoadedModel, corpus: TwinCorpus) -> pd.DataFrame:
@@ -349,58 +425,40 @@ def summary_ratios(traj: pd.DataFrame, cfg: TwinsConfig) -> dict[str, dict[str, 
 
 
 # --------------------------------------------------------------------------- runner
-def run_twins(
-    cfg: TwinsConfig,
-    out: str | os.PathLike,
-    *,
-    workers: int = 1,
-    device: str | None = None,
-    figures: bool = True,
-    executor: Any = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> dict:
-    """Train (resuming) every variant, analyse every checkpoint, write tables, figures, summary.
+def _write_analysis(cfg: TwinsConfig, tables: dict[str, pd.DataFrame], where: Path, ctx: Context) -> dict:
+    """The analysis on top of the cells: the RoPE twin's disruption, wavelengths, seeds, matched
+    accuracy, the summary; tables (parquet + CSV), figures and ``checkpoints.json`` into ``where``."""
+    from massmech import plotting
 
-    Args:
-        cfg: The study.
-        out: The twins folder (checkpoints resumed, ``analysis/`` replaced).
-        workers: With no ``executor``: variants trained in parallel (local processes).
-        device: Default CUDA when available, else the CPU.
-        figures: Also draw the figures.
-        executor: Who trains the variants and analyses the checkpoints not yet in the cell
-            store (``"serial"`` default, ``"processes"``, ``"ray"``: one variant per worker,
-            one GPU each on CUDA; see :mod:`massmech.infra.executors`).
-        progress: Progress bars.
-        overwrite: Replace twins trained with another config in ``out`` (refused otherwise). A
-            second process writing ``out`` is refused while this one runs.
-
-    Returns:
-        The summary (also ``OUT/analysis/summary.json``): ``twins`` -> mechanism ->
-        ``{"q", "k", "v"}`` ratios, per-variant final scores, the wavelength table and the
-        disruption result.
-    """
-    device = resolve_device(device)
-    out = open_study_dir(out, "twins")  # refuses a folder massmech did not write; the lock needs the folder
-    with study_lock(out):
-        tok, corpus = prepare(cfg, out, overwrite=overwrite)
-        return _train_and_analyse(cfg, out, tok, corpus, workers, device, figures, executor, progress)
-
-
-def _train_and_analyse(cfg: TwinsConfig, out: Path, tok: Any, corpus: TwinCorpus, workers: int, device: str,
-                       figures: bool, executor: Any, progress: bool) -> dict:
-    logs = train_all(cfg, out, workers=workers, device=device, executor=executor, progress=progress)
-    traj, bands, scores, finals = checkpoint_tables(cfg, out, tok, corpus, device=device, executor=executor,
-                                                    progress=progress)
-    rope_final = wrap_twin(load_twin(finals["rope"]).to(device).eval(), tok, "twin-rope@final")
+    out, device = ctx.out, resolve_device(ctx.load_options.get("device"))
+    traj, bands, scores = tables["trajectory"], tables["bands"], tables["scores"]
+    tok, corpus = ctx.cached("prepared", lambda: prepare(cfg, out))
+    found = {v: checkpoint_dirs(out, v) for v in cfg.variants}
+    rope_final = wrap_twin(load_twin(found[cfg.variant("rope")][cfg.steps]).to(device).eval(), tok, "twin-rope@final")
     disruption = disruption_table(cfg, rope_final, corpus)
-    waves = wavelength_table(traj, cfg)
-    seeds = seed_table(traj, cfg)
-    matched = matched_accuracy(traj, scores, cfg)
+    waves, seeds, matched = wavelength_table(traj, cfg), seed_table(traj, cfg), matched_accuracy(traj, scores, cfg)
+    logs = {v.name: read_log(out, v) for v in cfg.variants}
+    summary = _summary(cfg, traj, scores, disruption, waves, seeds, matched) | {"out": str(out)}
+    written = {"trajectory": traj, "bands": bands, "scores": scores, "disruption": disruption, "wavelength": waves,
+               "seeds": seeds.drop(columns="values"), "matched_accuracy": matched, "train_log": log_table(logs)}
+    where.mkdir(parents=True, exist_ok=True)
+    for name, t in written.items():
+        t.to_parquet(where / f"{name}.parquet", index=False)
+        t.to_csv(where / f"{name}.csv", index=False)
+    plotting.twins_trajectory(traj, out=where / "twins_trajectory")
+    plotting.twins_bands(bands, out=where / "twins_bands")
+    plotting.twins_disruption(disruption, out=where / "twins_disruption")
+    plotting.close_all()
+    index = {v.name: {str(step): str(d.relative_to(out)) for step, d in sorted(found[v].items())} for v in cfg.variants}
+    write_json(where / "checkpoints.json", index)  # variant -> step -> folder (each holds its own manifest.json)
+    return summary
+
+
+def _summary(cfg: TwinsConfig, traj: pd.DataFrame, scores: pd.DataFrame, disruption: pd.DataFrame,
+             waves: pd.DataFrame, seeds: pd.DataFrame, matched: pd.DataFrame) -> dict:
     last = scores[scores.step == scores.groupby("variant").step.transform("max")]
-    summary = {
+    return {
         "preset": cfg.preset,
-        "out": str(out),
         "steps": cfg.steps,
         "twins": summary_ratios(traj, cfg),
         "seeds": {f"{r.mechanism}.{r.site}.{r.measure}": {"mean": round(r.mean, 4), "ci": [round(r.ci_low, 4), round(r.ci_high, 4)],
@@ -418,31 +476,57 @@ def _train_and_analyse(cfg: TwinsConfig, out: Path, tok: Any, corpus: TwinCorpus
             for c, g in disruption[disruption.condition != "baseline"].groupby("condition")
         },
     }
-    tables = {"trajectory": traj, "bands": bands, "scores": scores, "disruption": disruption,
-              "wavelength": waves, "seeds": seeds.drop(columns="values"),
-              "matched_accuracy": matched, "train_log": log_table(logs)}
-    with atomic_run_dir(out / "analysis", "twins-analysis", overwrite=True) as tmp:
-        for name, t in tables.items():
-            t.to_parquet(tmp / f"{name}.parquet", index=False)
-            t.to_csv(tmp / f"{name}.csv", index=False)
-        if figures:
-            from massmech.report import plotting
 
-            plotting.twins_trajectory(traj, out=tmp / "twins_trajectory")
-            plotting.twins_bands(bands, out=tmp / "twins_bands")
-            plotting.twins_disruption(disruption, out=tmp / "twins_disruption")
-        write_json(tmp / "manifest.json", manifest(cfg, seed=cfg.seed))
-        index = {v.name: {str(step): str(d.relative_to(out)) for step, d in sorted(checkpoint_dirs(out, v).items())}
-                 for v in cfg.variants}  # variant -> step -> folder (each holds its own manifest.json)
-        write_json(tmp / "checkpoints.json", index)
-        write_json(tmp / "summary.json", summary)
-    return summary
+
+def run_twins(
+    cfg: TwinsConfig,
+    out: str | os.PathLike,
+    *,
+    workers: int = 1,
+    device: str | None = None,
+    executor: Any = None,
+    cells: str | os.PathLike | None = None,
+    load_options: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train (resuming) every variant, analyse every checkpoint, write tables, figures, summary.
+
+    Args:
+        cfg: The study.
+        out: The twins folder (checkpoints resumed, ``analysis/`` replaced).
+        workers: With no ``executor``: variants trained in parallel (local processes).
+        device: Default CUDA when available, else the CPU (or ``load_options["device"]``).
+        executor: Who trains the variants and analyses the checkpoints not yet in the cell
+            store (``"serial"`` default, ``"processes"``, ``"ray"``: one variant per worker,
+            one GPU each on CUDA; see :mod:`massmech.infra.executors`).
+        cells: A cell store (default ``out/cells``; the checkpoints stay in ``out``).
+        load_options: ``{"device": ...}``, as the other studies take it.
+        overwrite: Replace twins trained with another config in ``out`` (refused otherwise). A
+            second process writing ``out`` is refused while this one runs.
+        progress: Progress bars.
+
+    Returns:
+        The summary (also ``OUT/summary.json``): ``twins`` -> mechanism -> ``{"q", "k", "v"}``
+        ratios, per-variant final scores, the wavelength table and the disruption result; the
+        tables and figures are in ``OUT/analysis``.
+    """
+    from massmech.infra.executors import ProcessExecutor
+
+    if executor is None:
+        executor = ProcessExecutor(workers=workers) if workers > 1 else "serial"
+    device = device or (load_options or {}).get("device")
+    ctx = Context(load_options={"device": resolve_device(device)})
+    if overwrite and Path(out).is_dir():
+        prepare(cfg, out, overwrite=True)  # twins of another config: emptied of what massmech wrote there
+    run_study(TWINS_STUDY, cfg, out, executor=executor, cells=cells, ctx=ctx, progress=progress, overwrite=overwrite)
+    return json.loads((Path(out) / "summary.json").read_text())
 
 
 def load_tables(out: str | os.PathLike) -> dict[str, pd.DataFrame]:
     """The tables of a finished twins run (``OUT/analysis/*.parquet``)."""
     d = Path(out) / "analysis"
-    if not (d / "summary.json").is_file():
+    if not (Path(out) / "summary.json").is_file() or not d.is_dir():
         raise RunNotFoundError(f"{out} has no finished twins analysis: run massmech twins --out {out}")
     return {p.stem: pd.read_parquet(p) for p in sorted(d.glob("*.parquet"))}
 

@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from massmech.errors import CorpusError, TwinError
-from massmech.infra.io import write_json
-from massmech.infra.runs import check_out, manifest, open_study_dir
+from massmech.files.io import write_json
+from massmech.files.runs import check_out, manifest, open_study_dir
 from massmech.studies.twins.config import TWINS, TwinsConfig, Variant
 from massmech.studies.twins.data import (
     TwinCorpus,
@@ -284,95 +283,6 @@ def read_log(out: str | os.PathLike, v: Variant) -> list[dict]:
     if not dirs:
         raise TwinError(f"{out} has no checkpoint of {v.name}")
     return list(torch.load(dirs[max(dirs)] / "trainer.pt", weights_only=True)["log"])
-
-
-class TwinTraining:
-    """Training the twins as a study (:mod:`massmech.infra.study`): one cell per variant, its own
-    unit and group, so any executor trains variants in parallel (local processes, one variant per
-    Ray worker or GPU). The cell records that the variant reached its last step; the weights and
-    the log live in its checkpoints (``train_variant`` resumes from the last one).
-    ``config`` is ``{"cfg", "out", "device"}``."""
-
-    name = "twins-train"
-    kind = "twins"
-
-    def plan(self, config: dict, ctx: Any) -> list:
-        from massmech.infra.cells import cell_key
-        from massmech.infra.study import CellSpec
-
-        cfg = config["cfg"]
-        shared = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("variants", "preset")}
-        cells = []
-        for name in config["variants"]:
-            v = cfg.variant(name)
-            parts = {"config": shared, "variant": v.name}
-            cells.append(CellSpec(cell_key(self.name, parts), parts, group=v.name, unit=v.name, payload=v.name))
-        return cells
-
-    def run_unit(self, config: dict, cells, ctx: Any) -> dict:
-        made = {}
-        for c in cells:
-            log = train_variant(config["cfg"], c.payload, config["out"], device=config["device"],
-                                progress=config.get("progress", False))
-            made[c.key] = ({"variant": c.payload, "steps": len(log)}, {})
-        return made
-
-    def consolidate(self, config: dict, cells: dict) -> dict:  # pragma: no cover - train_all reads the logs
-        return {}
-
-    def finish(self, config: dict, table: Any, out: Path, ctx: Any) -> dict:  # pragma: no cover
-        return {}
-
-
-TWIN_TRAINING = TwinTraining()
-
-
-def train_all(
-    cfg: TwinsConfig,
-    out: str | os.PathLike,
-    *,
-    workers: int = 1,
-    variants: Sequence[str] | None = None,
-    device: str | None = None,
-    executor: Any = None,
-    progress: bool = True,
-) -> dict[str, list[dict]]:
-    """Train every variant (resuming each from its last checkpoint), through an executor.
-
-    Each variant is one cell of the ``twins-train`` store in ``OUT/cells``: a rerun skips the
-    variants that reached their last step; the others resume from their last checkpoint.
-
-    Args:
-        workers: With no ``executor``: variants trained in parallel in local processes
-            (:class:`~massmech.infra.executors.ProcessExecutor`, cores ÷ workers threads each).
-        executor: ``"serial"``, ``"processes"``, ``"ray"`` or an executor object (one variant per
-            Ray worker; with ``device="cuda"`` each asks for one GPU).
-
-    Returns:
-        Variant name -> training log.
-    """
-    from massmech.infra.cells import CellStore
-    from massmech.infra.executors import ProcessExecutor
-    from massmech.infra.study import compute_cells
-
-    prepare(cfg, out)  # tokenizer and checks once, before any worker starts
-    out = Path(out)
-    device = resolve_device(device)
-    names = [v.name for v in cfg.variants] if variants is None else list(variants)
-    todo = [cfg.variant(n) for n in names]
-    if executor is None:
-        executor = ProcessExecutor(workers=workers) if workers > 1 and len(todo) > 1 else "serial"
-    config = {"cfg": cfg, "out": str(out), "device": device, "variants": [v.name for v in todo],
-              "progress": progress and executor == "serial"}
-    planned = TWIN_TRAINING.plan(config, None)
-    store = CellStore(out / "cells", TWIN_TRAINING.name)
-    for c in planned:  # a training cell without its checkpoints: the folder was tampered with
-        v = cfg.variant(c.payload)
-        if c.key in store and not checkpoint_dirs(out, v):
-            raise TwinError(f"{out}: the training of {v.name} is recorded in {store.folder / c.key} but its "
-                            f"checkpoints are gone; remove that cell folder to retrain it")
-    compute_cells(TWIN_TRAINING, config, planned, store, executor=executor, progress=progress)
-    return {v.name: read_log(out, v) for v in todo}
 
 
 def log_table(logs: dict[str, list[dict]]):

@@ -19,7 +19,7 @@ from massmech.core.frequency import FrequencyAnalysis, equal_count_bands
 from massmech.core.models import LoadedModel
 from massmech.core.qkvstats import QKVStats
 from massmech.errors import AnalysisError, IndexRangeError, NotCapturedError
-from massmech.report.plotting.style import MAGNITUDE_CMAP, SITE_LABEL, save, use_style
+from massmech.plotting.style import MAGNITUDE_CMAP, SITE_LABEL, save, use_style
 
 
 def _check_layers(stats: QKVStats, layers: Sequence[int]) -> list[int]:
@@ -283,7 +283,7 @@ def compare_spectrum(
 
     Example:
         >>> import massmech as mm
-        >>> from massmech.report.plotting import compare_spectrum
+        >>> from massmech.plotting import compare_spectrum
         >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), ["some text"], progress=False)
         >>> fig = compare_spectrum({"tiny": mm.frequency_analysis(stats, context_len=64)})
         >>> fig.axes[0].get_xlabel()
@@ -327,7 +327,7 @@ def compare_emergence(
 
     Example:
         >>> import massmech as mm
-        >>> from massmech.report.plotting import compare_emergence
+        >>> from massmech.plotting import compare_emergence
         >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), ["some text"], progress=False)
         >>> fig = compare_emergence({"tiny": mm.frequency_analysis(stats, context_len=64)})
         >>> [ax.get_title() for ax in fig.axes]

@@ -4,13 +4,13 @@ Every function takes tables (or an analysis) and an optional ``out`` path, and r
 figure; ``out`` writes a PDF (fonts embedded as TrueType) and a PNG.
 """
 
-from massmech.report.plotting.ablation import (
+from massmech.plotting.ablation import (
     ablation_bars,
     ablation_curve,
     ablation_layers,
     dose_response,
 )
-from massmech.report.plotting.analyze import (
+from massmech.plotting.analyze import (
     bars_from_frame,
     compare_emergence,
     compare_spectrum,
@@ -22,9 +22,9 @@ from massmech.report.plotting.analyze import (
     spectrum,
     token_dim_bars,
 )
-from massmech.report.plotting.quant import quant_kv, quant_preservation, quant_tasks
-from massmech.report.plotting.style import MAGNITUDE_CMAP, SITE_LABEL, close_all, save, use_style
-from massmech.report.plotting.twins import twins_bands, twins_disruption, twins_trajectory
+from massmech.plotting.quant import quant_kv, quant_preservation, quant_tasks
+from massmech.plotting.style import MAGNITUDE_CMAP, SITE_LABEL, close_all, save, use_style
+from massmech.plotting.twins import twins_bands, twins_disruption, twins_trajectory
 
 __all__ = [
     "MAGNITUDE_CMAP", "SITE_LABEL", "ablation_bars", "ablation_curve", "ablation_layers", "bars_from_frame", "compare_emergence",

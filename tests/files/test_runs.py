@@ -8,8 +8,8 @@ import pytest
 
 from massmech.cli import main
 from massmech.errors import RunDirError
-from massmech.infra.io import atomic_write
-from massmech.infra.runs import atomic_run_dir, check_out, open_study_dir, read_manifest
+from massmech.files.io import atomic_write
+from massmech.files.runs import atomic_run_dir, check_out, open_study_dir, read_manifest
 
 ANALYZE = ["analyze", "--model", "tiny-llama", "--tokens", "128", "--seq-len", "64", "--json"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import seaborn as sns
 
 from massmech.errors import AnalysisError
-from massmech.report.plotting.style import ci_err, save, select_model, use_style
+from massmech.plotting.style import ci_err, save, select_model, use_style
 
 
 # ------------------------------------------------------------------------ ablations

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from massmech.errors import RunDirError
-from massmech.infra.io import MANIFEST, write_json
+from massmech.files.io import MANIFEST, canonical, write_json
 
 _PACKAGES = ("massmech", "torch", "transformers", "transformer-lens", "numpy", "pandas", "gguf")
 
@@ -145,7 +145,14 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) and "run_kind" in data else None
 
 
-def _check_existing(out: Path, kind: str, *, overwrite: bool, resume: bool) -> None:
+Kind = str | tuple[str, ...]  # a run kind, or a kind and its older names (the first is written)
+
+
+def _kinds(kind: Kind) -> tuple[str, ...]:
+    return (kind,) if isinstance(kind, str) else tuple(kind)
+
+
+def _check_existing(out: Path, kind: Kind, *, overwrite: bool, resume: bool) -> None:
     """Refuse an existing ``out`` unless it is a previous massmech run of ``kind`` (see module doc)."""
     if not out.exists():
         return
@@ -160,10 +167,11 @@ def _check_existing(out: Path, kind: str, *, overwrite: bool, resume: bool) -> N
             f"{out} exists and is not a massmech run folder (no massmech {MANIFEST}); massmech "
             "never replaces or writes into folders it did not create: choose a new --out"
         )
-    if found["run_kind"] != kind:
+    if found["run_kind"] not in _kinds(kind):
         raise RunDirError(
-            f"{out} holds a massmech {found['run_kind']!r} run, not a {kind!r} run; choose another --out"
+            f"{out} holds a massmech {found['run_kind']!r} run, not a {_kinds(kind)[0]!r} run; choose another --out"
         )
+    kind = _kinds(kind)[0]
     if resume:
         return
     if not overwrite:
@@ -178,13 +186,14 @@ def _check_existing(out: Path, kind: str, *, overwrite: bool, resume: bool) -> N
 
 
 def check_out(
-    out: str | os.PathLike, kind: str, *, overwrite: bool = False, resume: bool = False
+    out: str | os.PathLike, kind: Kind, *, overwrite: bool = False, resume: bool = False
 ) -> Path:
     """Check an output folder before any compute; creates nothing (a probe entry comes and goes).
 
     Args:
         out: The run folder.
-        kind: The run kind (``"analyze"``, ``"ablate"``, ``"sweep"``, ...).
+        kind: The run kind (``"analyze"``, ``"ablate"``, ``"ablation"``, ...), or a tuple of it and
+            its older names (a folder stamped with any of them is the same kind of run).
         overwrite: A previous run of the same kind may be replaced.
         resume: A previous run of the same kind is continued in place (resumable studies).
 
@@ -267,15 +276,13 @@ def config_diff(stored: Any, config: Any, *, extends: tuple[str, ...] = ()) -> l
     >>> config_diff({"ks": [2, 4], "n": 100}, {"ks": (3,), "n": 100.0})
     ['ks']
     """
-    from massmech.infra.cells import canonical
-
     a = dataclasses.asdict(stored) if dataclasses.is_dataclass(stored) else dict(stored)
     b = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     return sorted(k for k in set(a) | set(b)
                   if k not in extends and canonical(a.get(k)) != canonical(b.get(k)))
 
 
-def open_study_dir(out: str | os.PathLike, kind: str, config: Any = None, *, overwrite: bool = False,
+def open_study_dir(out: str | os.PathLike, kind: Kind, config: Any = None, *, overwrite: bool = False,
                    extends: tuple[str, ...] = ()) -> Path:
     """Create (or reopen, to resume) the folder of a resumable study, marked with its kind and config.
 
@@ -289,13 +296,13 @@ def open_study_dir(out: str | os.PathLike, kind: str, config: Any = None, *, ove
         RunDirError: See :func:`check_out`; or ``out`` holds a run of another config.
     """
     out = check_out(out, kind, resume=True)
-    diff = check_study_config(out, kind, config, overwrite=overwrite, extends=extends)
+    diff = check_study_config(out, _kinds(kind)[0], config, overwrite=overwrite, extends=extends)
     out.mkdir(parents=True, exist_ok=True)
     for name in RESULT_FILES if diff else ():  # overwrite: the other config's results go; its cells stay
         (out / name).unlink(missing_ok=True)
     if config is not None or read_manifest(out) is None:
         cfg = None if config is None else (dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
-        _stamp(out, kind, None, config=cfg)
+        _stamp(out, _kinds(kind)[0], None, config=cfg)
     return out
 
 
@@ -318,7 +325,7 @@ def check_study_config(out: str | os.PathLike, kind: str, config: Any, *, overwr
     diff = [] if stored is None else config_diff(stored, config, extends=extends)
     if diff and not overwrite:
         raise RunDirError(
-            f"{out} holds a {kind} run of another config (it differs in {', '.join(diff)}); massmech never "
+            f"{out} holds an earlier {kind} run of another config (it differs in {', '.join(diff)}); massmech never "
             "replaces results silently: pass --overwrite (overwrite=True) to replace them, or choose another --out"
         )
     return diff
@@ -363,3 +370,35 @@ def study_lock(out: str | os.PathLike) -> Iterator[None]:
 def finish_study_dir(out: Path, kind: str, manifest_data: dict) -> None:
     """Write a resumable study's final manifest, keeping its run kind."""
     write_json(out / MANIFEST, manifest_data | {"run_kind": kind})
+
+
+@contextlib.contextmanager
+def staged(out: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder inside ``out`` whose entries replace ``out``'s when the block finishes.
+
+    Each file (and each folder, e.g. ``figures/``) moves into place with one rename, so a reader
+    sees a whole file or the previous one, never half of one; a failed block leaves nothing behind.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp())
+    >>> with staged(out) as tmp:
+    ...     _ = (tmp / "figures").mkdir(), (tmp / "figures" / "a.png").write_text("x"), (tmp / "summary.json").write_text("{}")
+    >>> sorted(p.name for p in out.iterdir()), (out / "figures" / "a.png").read_text()
+    (['figures', 'summary.json'], 'x')
+    """
+    out = Path(out)
+    tmp = out / f".staged-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        for entry in sorted(tmp.iterdir()):
+            final = out / entry.name
+            if entry.is_dir() and final.is_dir() and not final.is_symlink():
+                old = out / f".old-{entry.name}-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+                os.replace(entry, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(entry, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import uuid
@@ -49,3 +50,36 @@ def sha256_file(path: str | os.PathLike, h: Any = None) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def canonical(obj: Any) -> str:
+    """Canonical JSON (sorted keys, no spaces) of a key part: tuples and lists hash alike, and a
+    whole float like an int (``lam=5`` and ``lam=5.0`` are one cell).
+
+    >>> canonical({"b": (1, 2.0), "a": 5.0}) == canonical({"a": 5, "b": [1, 2]})
+    True
+    """
+    return json.dumps(_whole(json.loads(json.dumps(obj, default=jsonable))), sort_keys=True, separators=(",", ":"))
+
+
+def _whole(x: Any) -> Any:
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    if isinstance(x, list):
+        return [_whole(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _whole(v) for k, v in x.items()}
+    return x
+
+
+def jsonable(x: Any) -> Any:
+    """JSON for what ``json`` cannot encode: dataclasses, sets, paths, numpy/torch scalars."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.asdict(x)
+    if isinstance(x, (set, frozenset)):
+        return sorted(x)
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item"):  # numpy / torch scalars
+        return x.item()
+    raise TypeError(f"{type(x).__name__} cannot be part of a cell key")

@@ -9,7 +9,7 @@ import numpy as np
 import seaborn as sns
 
 from massmech.errors import AnalysisError
-from massmech.report.plotting.style import SITE_LABEL, ci_err, save, use_style
+from massmech.plotting.style import SITE_LABEL, ci_err, save, use_style
 
 
 # ------------------------------------------------------------------------ twins

@@ -1,0 +1,43 @@
+"""The disruption vocabulary, in one place: what a :class:`~massmech.causal.disruption.Disruption`
+may say, with one line on each choice. Imports nothing heavy: the CLI builds its choices and help
+from it without importing torch.
+
+>>> CONTROLS[1], REPLACE_HELP["pooled_mean"]
+('matched', "one pooled mean per head (the paper's code)")
+"""
+
+from __future__ import annotations
+
+TARGETS = {"q": ("q",), "k": ("k",), "qk": ("q", "k")}
+STAGES = ("pre", "post")
+RULES = ("lambda", "topk", "dims")
+SELECTIONS = ("prompt", "calibration")
+REPLACEMENTS = ("mean", "zero", "calib_mean", "pooled_mean")
+CONTROLS = (None, "matched", "lowest", "random", "band-low", "band-mid", "band-high")
+KV_CACHE = ("prefill", "every_step")
+
+REPLACE_HELP = {
+    "mean": "each dim's mean over the prompt",
+    "zero": "zero",
+    "calib_mean": "each dim's mean over a calibration corpus",
+    "pooled_mean": "one pooled mean per head (the paper's code)",
+}
+CONTROL_HELP = {
+    "matched": "random non-massive dims removing the same token variance per head",
+    "lowest": "as many lowest-norm dims (the paper's control)",
+    "random": "as many random non-massive dims",
+    "band-low": "as many random non-massive dims of the slowest third of the RoPE pairs",
+    "band-mid": "the same, middle third",
+    "band-high": "the same, fastest third",
+}
+
+# The official code's setting per model family, read in MingyuJ666/Rope_with_LLM at 443a763:
+# top-k per head on post-RoPE Q and K under ``if q_len != 1``, in modeling_llama.py l. 551-610 (k = 1,
+# pooled mean), modeling_qwen2.py l. 428-479 (k = 3, pooled mean) and modeling_gemma2.py l. 402-460
+# (k = 22, the massive dims set to zero, the lowest-norm control set to its pooled mean).
+# architecture -> (k, replacement of the massive dims, replacement of the lowest-norm control)
+PAPER_SETTINGS = {
+    "LlamaForCausalLM": (1, "pooled_mean", "pooled_mean"),
+    "Qwen2ForCausalLM": (3, "pooled_mean", "pooled_mean"),
+    "Gemma2ForCausalLM": (22, "zero", "pooled_mean"),
+}

@@ -1,0 +1,121 @@
+"""The runs the claim ledger reads: each a study and a preset of the study registry, per model.
+
+A :class:`LedgerRun` names a study (:func:`massmech.studies.registry.get_study`), one of its
+presets and, per model, the overrides that make the run (e.g. Gemma-2's setting on Gemma-3). Its
+folder under the runs root is ``<study>/<name>/<model>`` (``<study>/<name>`` for a study without a
+model, the twins), and its command is the study's own CLI (``massmech <study> --preset ...``):
+``massmech reproduce`` makes them all, and the ledger, the figures and the docs read them.
+
+>>> run_folder("paper", "gemma3-270m")
+'ablation/paper-k22-zero/gemma3-270m'
+>>> print(command("paper", "gemma3-270m"))
+massmech ablation --preset paper --models gemma3-270m --no-paper-settings --ks 22 --replace zero --out runs/ablation/paper-k22-zero/gemma3-270m
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from massmech.core.catalog import EMBEDDED_MODELS
+
+MODELS = EMBEDDED_MODELS  # the ledger's models: the embedded ones, offline
+TWINS_MODEL = "toy twins"  # the ledger's name for the model-less twins run
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerRun:
+    """One run of the ledger: a study, a preset, and per model its overrides and folder name.
+
+    Attributes:
+        study: A registered study name.
+        preset: One of its presets.
+        presets: Per model, another of its presets (e.g. a smaller grid where compute is dear).
+        models: The models it runs on (``()``: the study takes no model).
+        overrides: Config overrides for every model.
+        per_model: Per model, overrides that make a named variant of the run (with ``names``).
+        name: The folder name under the study (default: the preset).
+        names: Per model, another folder name (a named variant).
+    """
+
+    study: str
+    preset: str
+    presets: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    models: tuple[str, ...] = MODELS
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    per_model: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    name: str = ""
+    names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def folder(self, model: str) -> str:
+        name = self.names.get(model) or self.name or self.preset
+        return f"{self.study}/{name}" if not self.models else f"{self.study}/{name}/{model}"
+
+    def config_overrides(self, model: str) -> dict[str, Any]:
+        return {**self.overrides, **self.per_model.get(model, {})}
+
+    def preset_of(self, model: str) -> str:
+        return self.presets.get(model, self.preset)
+
+
+#: run key -> the run (the claims of :mod:`massmech.report.ledger` name these keys)
+RUNS: dict[str, LedgerRun] = {
+    "analyze": LedgerRun("analyze", "ledger"),
+    "main": LedgerRun("ablation", "main"),
+    # Gemma-3 has no official setting: the paper's protocol with Gemma-2's k = 22 and zero replacement, named so
+    "paper": LedgerRun("ablation", "paper", per_model={"gemma3-270m": {"paper_settings": False, "ks": (22,),
+                                                                       "replace": "zero"}},
+                       names={"gemma3-270m": "paper-k22-zero"}),
+    "quant": LedgerRun("quant", "full", presets={"gemma3-270m": "core"}),
+    "twins": LedgerRun("twins", "demo", models=(), overrides={"seeds": (1, 2)}),
+    # the grid sweeps (no claim of their own: results pages and figures), on the default model
+    **{g: LedgerRun("ablation", g, models=MODELS[:1]) for g in ("dose", "k", "layers")},
+}
+
+
+def models_of(run: str, models: tuple[str, ...] = MODELS) -> tuple[str, ...]:
+    """The models a run is made for, of ``models`` (``(TWINS_MODEL,)`` for a model-less run).
+
+    >>> models_of("twins"), models_of("dose")
+    (('toy twins',), ('smollm2-135m',))
+    """
+    r = RUNS[run]
+    if not r.models:
+        return (TWINS_MODEL,)
+    return tuple(m for m in models if m in r.models or r.models == MODELS)
+
+
+def run_folder(run: str, model: str) -> str:
+    """The folder of a run for a model, under the runs root."""
+    return RUNS[run].folder(model)
+
+
+def config_of(run: str, model: str, *, quick: bool = False) -> Any:
+    """The config of a run for a model (the study's preset with the run's overrides; ``quick``: its
+    ``--quick`` version)."""
+    from massmech.studies.registry import get_study
+
+    r = RUNS[run]
+    spec = get_study(r.study)
+    cfg = spec.preset(r.preset_of(model), model=model if r.models else None, **r.config_overrides(model))
+    return spec.quick_config(cfg) if quick else cfg
+
+
+def _flag(name: str, value: Any) -> str:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else "--no-" + name.replace("_", "-")
+    if isinstance(value, (tuple, list)):
+        return f"{flag} {','.join(map(str, value))}"
+    return f"{flag} {value}"
+
+
+def command(run: str, model: str, root: str = "runs") -> str:
+    """The command line that makes a run (what the ledger shows for a run not yet made)."""
+    from massmech.studies.registry import get_study
+
+    r = RUNS[run]
+    model_flag = "" if not r.models else " " + _flag(get_study(r.study).model_field, model)
+    flags = "".join(" " + _flag(k, v) for k, v in r.config_overrides(model).items())
+    return f"massmech {r.study} --preset {r.preset_of(model)}{model_flag}{flags} --out {root}/{r.folder(model)}"

@@ -1,0 +1,113 @@
+"""One ablation: baseline vs massive-disrupted vs control accuracy on one task (the ``ablate`` command)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Any
+
+import pandas as pd
+import torch
+
+from massmech.causal.disruption import CONTROLS, Disruption
+from massmech.causal.evaluate import BASELINE, evaluate, summarize
+from massmech.causal.tasks.base import Task
+from massmech.causal.tasks.builtin import get_task
+from massmech.core.loading import load_model
+from massmech.core.models import LoadedModel
+from massmech.errors import DisruptionError
+from massmech.files.io import write_json
+from massmech.files.runs import atomic_run_dir, check_out, manifest
+from massmech.stats import evaluable
+
+
+def _plain(x: Any, column: str) -> int | float | None:
+    """A JSON value: ints for counts, ``None`` for a missing statistic (the baseline's p-value)."""
+    if x is None or (isinstance(x, float) and x != x) or pd.isna(x):
+        return None
+    return int(x) if column in ("n", "b", "c") else float(x)
+
+
+def ablate(
+    model: str | LoadedModel,
+    task: str | Task,
+    *,
+    n: int = 100,
+    disruption: Disruption | None = None,
+    control: str = "matched",
+    seed: int = 0,
+    batch_size: int = 16,
+    task_params: dict | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Baseline vs massive-disrupted vs control accuracy on one task (the ``ablate`` CLI).
+
+    Args:
+        model: A spec or a loaded model.
+        task: Task name (see :mod:`massmech.causal.tasks.builtin`), built with ``task_params`` (e.g.
+            ``{"filler_repeats": 2}`` for a shorter passkey).
+        n: Examples.
+        disruption: The massive disruption (default: lambda rule, pre-RoPE Q and K, all layers).
+        control: Control kind (default ``"matched"``: random non-massive dims removing as much
+            token variance as the massive dims, per head; see :mod:`massmech.causal.disruption`).
+        seed: Seed of the examples and of random controls.
+        batch_size: Sequences per forward pass (results do not depend on it).
+        out: Also write a run folder: ``ablate.json`` (this result), ``examples.parquet`` and
+            ``.csv`` (one row per condition x example: ``condition, uid, group, correct, pred,
+            n_dims``) and ``manifest.json``. It must be new, empty or (with ``overwrite``) a
+            previous ablate run; checked before any work.
+        overwrite: Replace a previous ablate run in ``out``.
+        progress: Progress bar.
+
+    Returns:
+        ``{"baseline": {...}, "massive": {...}, "control": {...}, "model", "task", "condition",
+        "control_kind", "protocol", "chance", "evaluable"}`` (``evaluable``: the baseline is
+        clearly above chance, :func:`massmech.stats.evaluable`; if not, the task cannot show an
+        effect on this model); each of the three is ``accuracy, ci_low, ci_high`` (Wilson),
+        ``n``, ``n_dims`` (replaced cells per example), ``removed_variance`` (share of token
+        variance removed, see :class:`~massmech.causal.intervention.Intervention`) and
+        ``p_value``: the exact McNemar test against the baseline (``None`` for the baseline),
+        with ``b, c`` (discordant pairs) and the paired difference ``delta, delta_ci_low,
+        delta_ci_high`` (Newcombe) for the disrupted ones.
+
+    Raises:
+        TaskError: Unknown task, missing data package, or ``n`` beyond the data.
+        DisruptionError: A disruption the model cannot take (k > d_head, missing site, ...).
+    """
+    t = task if isinstance(task, Task) else get_task(task, **(task_params or {}))
+    t.examples(n, seed)  # n beyond the data: error before loading anything
+    disruption = disruption or Disruption(seed=seed)
+    if control not in CONTROLS[1:]:
+        raise DisruptionError(f"unknown control {control!r}; controls are {CONTROLS[1:]}")
+    if out is not None:
+        check_out(out, "ablate", overwrite=overwrite)
+    lm = load_model(model) if isinstance(model, str) else model
+    disruption.validate(lm)
+    conds = {BASELINE: None, "massive": disruption, "control": replace(disruption, control=control)}
+    torch.manual_seed(seed)
+    df = evaluate(lm, t, conds, n=n, seed=seed, batch_size=batch_size, progress=progress)
+    s = summarize(df, seed=seed).set_index("condition")
+    keep = ["accuracy", "ci_low", "ci_high", "n", "n_dims", "removed_variance", "p_value", "b", "c",
+            "delta", "delta_ci_low", "delta_ci_high"]
+    res = {name: {k: _plain(s.loc[name, k], k) for k in keep} for name in conds}
+    for k in ("b", "c", "delta", "delta_ci_low", "delta_ci_high"):
+        res[BASELINE].pop(k)
+    res |= {
+        "model": lm.info.name, "task": t.name, "task_config": t.config(), "kind": t.kind,
+        "condition": disruption.label(), "control_kind": control, "seed": seed,
+        "protocol": disruption.protocol(control),
+    }
+    chance = t.chance(n, seed)
+    base = df[df.condition == BASELINE].correct
+    res |= {"chance": chance, "evaluable": evaluable(int(base.sum()), len(base), chance)}
+    if out is not None:
+        config = {"model": lm.info.name, "task": t.name, "task_config": t.config(), "n": n, "seed": seed,
+                  "disruption": disruption.to_dict(), "control": control, "batch_size": batch_size}
+        with atomic_run_dir(out, "ablate", overwrite=overwrite) as tmp:
+            write_json(tmp / "ablate.json", res)
+            df.to_parquet(tmp / "examples.parquet", index=False)
+            df.to_csv(tmp / "examples.csv", index=False)
+            write_json(tmp / "manifest.json", manifest(config, model_info=lm.info_dict(), seed=seed))
+    return res
