@@ -1,9 +1,9 @@
 """Your own tasks: records, files (JSON, JSONL, CSV, parquet) or ``datasets`` datasets.
 
 :class:`RecordTask` (also ``Task.from_records``, ``Task.from_file``, ``Task.from_dataset``) turns
-rows into :class:`~massmech.causal.tasks.base.Example` s through a field mapping and an answer
-*format*, and runs through the same :func:`~massmech.causal.evaluate.evaluate`, ``ablate`` and
-CLI as the built-in suite:
+rows into :class:`~massmech.causal.tasks.base.Example` s through a field mapping, an answer
+*format* and a prompt *template*, and runs through the same
+:func:`~massmech.causal.evaluate.evaluate`, ``ablate`` and CLI as the built-in suite:
 
 ==========  ================================================================  ================
 format      what the row's answer is                                          scoring
@@ -16,15 +16,27 @@ format      what the row's answer is                                          sc
 ==========  ================================================================  ================
 
 Fields (``fields={"question": "q", "answer": "a"}``): ``question`` and ``answer`` are required;
-``context`` (prepended), ``choices`` (a list, for ``choice``) and ``id`` (a stable uid; default
-the row index) are optional. ``n_shots`` solved rows, drawn with the seed and excluded from the
-evaluated ones, are prepended as demonstrations.
+``context``, ``choices`` (a list, for ``choice``) and ``id`` (a stable uid; default the row
+index) are optional. ``n_shots`` solved rows, drawn with the seed and excluded from the evaluated
+ones, are prepended as demonstrations (each its prompt, then its answer, a blank line between).
 
->>> task = RecordTask.from_records([{"q": f"What is {i} + 1?", "a": str(i + 1)} for i in range(20)],
+The prompt is ``template`` (Python ``str.format``) filled with ``{question}``, ``{context}``,
+``{choices}`` (the options as lettered lines ``A. ...``) and any other column of the row by its
+name (``{{`` and ``}}`` are literal braces). The default (:func:`default_template`, shown by
+``config()``) asks an ``exact`` or ``number`` question **as written**, with no cue appended;
+``choice`` and ``yesno`` end with an ``Answer:`` cue. A mapped context comes first, on its own
+line; a row with an empty context reads without it. ``chat=True`` asks each prompt as a user turn
+of the model's chat template (the defaults then drop the ``Answer:`` cue: the assistant's turn is
+the cue).
+
+>>> task = RecordTask.from_records([{"q": f"{i} + 1 =", "a": str(i + 1)} for i in range(20)],
 ...                                fields={"question": "q", "answer": "a"}, name="add_one")
 >>> ex = task.examples(2, seed=0)[0]
->>> ex.prompt.endswith("Answer:"), ex.answer.startswith(" ")
-(True, True)
+>>> ex.prompt, ex.answer
+('12 + 1 =', ' 13')
+>>> RecordTask.from_records([{"q": "Peru", "a": "Lima"}], fields={"question": "q", "answer": "a"},
+...                        template="The capital of {question} is").first_prompt()
+'The capital of Peru is'
 """
 
 from __future__ import annotations
@@ -33,17 +45,74 @@ import hashlib
 import json
 import os
 import re
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from massmech.causal.tasks.base import Example, Task
+from massmech.causal.tasks.records import Origin, _hub_reachable, blank, check_row, read_rows
 from massmech.errors import TaskError
 
 FORMATS = ("exact", "choice", "yesno", "number")
+MAPPED = ("question", "context", "choices")  # template names that mean the mapped fields
+_BODY = {"exact": "{question}", "number": "{question}", "choice": "{question}\n{choices}",
+         "yesno": "{question} Answer Yes or No."}
+_CUE = {"choice": "\nAnswer:", "yesno": "\nAnswer:"}
 _TRUE, _FALSE = {"true", "yes", "1", "t", "y"}, {"false", "no", "0", "f", "n"}
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def default_template(format: str, context: bool = False, chat: bool = False) -> str:
+    """The prompt template a :class:`RecordTask` uses when it is given none.
+
+    ``exact`` and ``number``: the question as written. ``choice``: the question, the lettered
+    options, ``Answer:``. ``yesno``: the question, `` Answer Yes or No.``, ``Answer:``. With a
+    mapped ``context`` it comes first, on its own line; under ``chat`` the final ``Answer:`` cue
+    is left out (the assistant's turn is the cue).
+
+    >>> default_template("exact"), default_template("exact", context=True)
+    ('{question}', '{context}\\n{question}')
+    >>> default_template("yesno"), default_template("yesno", chat=True)
+    ('{question} Answer Yes or No.\\nAnswer:', '{question} Answer Yes or No.')
+    >>> default_template("choice")
+    '{question}\\n{choices}\\nAnswer:'
+    """
+    if format not in FORMATS:
+        raise TaskError(f"format must be one of {FORMATS}, got {format!r}")
+    return ("{context}\n" if context else "") + _BODY[format] + ("" if chat else _CUE.get(format, ""))
+
+
+def template_columns(template: str, fields: Mapping[str, str]) -> tuple[str, ...]:
+    """The row columns a template names besides the mapped ``{question}``, ``{context}``, ``{choices}``.
+
+    Raises:
+        TaskError: Unbalanced braces, a positional ``{}``, attribute or index access, or the answer.
+
+    >>> template_columns("{topic}: {question}", {"question": "q", "answer": "a"})
+    ('topic',)
+    >>> template_columns("{question} {a}", {"question": "q", "answer": "a"})
+    Traceback (most recent call last):
+    ...
+    massmech.errors.TaskError: template '{question} {a}' shows the answer ({a}); a prompt holds what the model reads before it answers
+    """
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise TaskError(f"template {template!r}: {err}; write {{{{ and }}}} for a literal brace") from None
+    columns = []
+    for name in names:
+        if not name or name.isdigit() or any(c in name for c in ".[]"):
+            raise TaskError(f"template {template!r}: {{{name}}} is not a field name; name {{question}}, "
+                            "{context}, {choices} or a column, with no positional {} or attribute/index access")
+        if name in ("answer", fields.get("answer")):
+            raise TaskError(f"template {template!r} shows the answer ({{{name}}}); a prompt holds what the model "
+                            "reads before it answers")
+        if not (name in MAPPED and name in fields) and name not in columns:
+            columns.append(name)
+    return tuple(columns)
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,8 +123,8 @@ class RecordTask(Task):
     ...         {"q": "Which is a colour?", "opts": ["red", "dog"], "label": 0}]
     >>> task = RecordTask.from_records(rows, fields={"question": "q", "choices": "opts", "answer": "label"},
     ...                                format="choice", name="quiz", kind="parametric")
-    >>> task.name, task.kind, task.scoring
-    ('quiz', 'parametric', 'choice')
+    >>> task.name, task.kind, task.scoring, task.prompt_template
+    ('quiz', 'parametric', 'choice', '{question}\\n{choices}\\nAnswer:')
     >>> ex = task.examples(1)[0]; print(ex.prompt + ex.options[ex.label])
     Which is a colour?
     A. red
@@ -70,6 +139,9 @@ class RecordTask(Task):
     task_kind: str = "contextual"
     n_shots: int = 0
     source: str = "records"
+    template: str | None = None  # None: default_template(format, context mapped, chat)
+    chat: bool = False
+    origin: Origin | None = field(repr=False, default=None)  # names rows in errors (from_file sets it)
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -79,15 +151,18 @@ class RecordTask(Task):
         for need in ("question", "answer") + (("choices",) if self.format == "choice" else ()):
             if need not in self.fields:
                 raise TaskError(f"the {self.format!r} format needs a {need!r} field: fields={{'{need}': COLUMN}}")
+        if not isinstance(self.template, (str, type(None))):
+            raise TaskError(f"template is a str.format string, got {type(self.template).__name__}")
         if not self.rows:
             raise TaskError(f"task {self.task_name!r} has no rows")
-        missing = sorted({c for c in self.fields.values() if c not in self.rows[0]})
-        if missing:
-            raise TaskError(f"the rows have no column(s) {missing}; they have {sorted(self.rows[0])}")
+        columns = template_columns(self.prompt_template, self.fields)
         if not 0 <= self.n_shots < len(self.rows):
             raise TaskError(f"n_shots must be in [0, {len(self.rows)}), got {self.n_shots}")
-        for i, row in enumerate(self.rows):
-            self._answer(row, i)  # every answer parses: an error now, not mid-evaluation
+        for i, row in enumerate(self.rows):  # every row now, not mid-evaluation
+            check_row(row, self._at(i), self.fields, columns)
+            self._answer(row, i)
+            if not self._render(row, i).strip():
+                raise TaskError(f"{self._at(i)}: the template {self.prompt_template!r} renders an empty prompt")
 
     # the Task protocol reads these as class attributes; here they are per instance
     @property
@@ -102,18 +177,42 @@ class RecordTask(Task):
     def scoring(self) -> str:  # type: ignore[override]
         return "choice" if self.format in ("choice", "yesno") else "exact"
 
+    @property
+    def prompt_template(self) -> str:
+        """The template in use: ``template``, or :func:`default_template` when it is ``None``."""
+        if self.template is not None:
+            return self.template
+        return default_template(self.format, "context" in self.fields, self.chat)
+
     def config(self) -> dict:
-        """Name, mapping, format and a hash of the rows (what a result depends on), JSON.
+        """Name, mapping, format, template, chat and a hash of the rows (what a result depends on), JSON.
 
         >>> RecordTask.from_records([{"q": "1 + 1 =", "a": 2}], fields={"question": "q", "answer": "a"}).config()
-        {'name': 'custom', 'source': 'records', 'fields': {'question': 'q', 'answer': 'a'}, 'format': 'exact', 'kind': 'contextual', 'n_shots': 0, 'rows': 1, 'rows_sha256': '8f240febb38d30bb'}
+        {'name': 'custom', 'source': 'records', 'fields': {'question': 'q', 'answer': 'a'}, 'format': 'exact', 'template': '{question}', 'chat': False, 'kind': 'contextual', 'n_shots': 0, 'rows': 1, 'rows_sha256': '8f240febb38d30bb'}
         """
         blob = json.dumps(list(self.rows), sort_keys=True, default=str).encode()
         return {"name": self.task_name, "source": self.source, "fields": dict(self.fields), "format": self.format,
-                "kind": self.task_kind, "n_shots": self.n_shots, "rows": len(self.rows),
-                "rows_sha256": hashlib.sha256(blob).hexdigest()[:16]}
+                "template": self.prompt_template, "chat": self.chat, "kind": self.task_kind, "n_shots": self.n_shots,
+                "rows": len(self.rows), "rows_sha256": hashlib.sha256(blob).hexdigest()[:16]}
+
+    def first_prompt(self, seed: int = 0) -> str:
+        """The prompt of the first example ``examples(n, seed)`` gives, for any ``n``: what the model
+        reads (under ``chat``, the text of the user turn).
+
+        >>> rows = [{"country": c, "capital": k} for c, k in [("Peru", "Lima"), ("Chile", "Santiago")]]
+        >>> task = RecordTask.from_records(rows, fields={"question": "country", "answer": "capital"},
+        ...                                template="Q: What is the capital of {question}?\\nA:")
+        >>> print(task.first_prompt())
+        Q: What is the capital of Chile?
+        A:
+        """
+        return self.examples(1, seed)[0].prompt
 
     # ----------------------------------------------------------------- examples
+    def _at(self, i: int) -> str:
+        """Where row ``i`` is, for errors (see :mod:`massmech.causal.tasks.records`)."""
+        return (self.origin or Origin(self.source, "record", note="0-based index")).at(i)
+
     def _answer(self, row: Mapping, i: int) -> tuple[str, tuple[str, ...], int]:
         """(exact answer, options, label) of a row."""
         raw = row[self.fields["answer"]]
@@ -122,16 +221,16 @@ class RecordTask(Task):
         if self.format == "number":
             found = _NUMBER.findall(str(raw))
             if not found:
-                raise TaskError(f"row {i}: no number in the answer {str(raw)[:60]!r} (format 'number')")
+                raise TaskError(f"{self._at(i)}: no number in the answer {str(raw)[:60]!r} (format 'number')")
             return " " + found[-1].replace(",", ""), (), -1
         if self.format == "yesno":
             text = str(raw).strip().lower()
             if text not in _TRUE | _FALSE:
-                raise TaskError(f"row {i}: the answer {raw!r} is not a boolean (true/false, yes/no, 1/0)")
+                raise TaskError(f"{self._at(i)}: the answer {raw!r} is not a boolean (true/false, yes/no, 1/0)")
             return "", (" Yes", " No"), 0 if text in _TRUE else 1
         choices = list(row[self.fields["choices"]])
         if not 2 <= len(choices) <= 26:
-            raise TaskError(f"row {i}: {len(choices)} choices; need 2 to 26")
+            raise TaskError(f"{self._at(i)}: {len(choices)} choices; need 2 to 26")
         letters = [chr(65 + j) for j in range(len(choices))]
         text = str(raw).strip()
         if text in letters:
@@ -141,23 +240,28 @@ class RecordTask(Task):
         elif text in [str(c).strip() for c in choices]:
             label = [str(c).strip() for c in choices].index(text)
         else:
-            raise TaskError(f"row {i}: the answer {text!r} is neither a letter, an index nor one of the choices")
+            raise TaskError(f"{self._at(i)}: the answer {text!r} is neither a letter, an index nor one of the choices")
         return "", tuple(" " + x for x in letters), label
 
-    def _question(self, row: Mapping) -> str:
-        parts = []
-        if "context" in self.fields and row.get(self.fields["context"]):
-            parts.append(str(row[self.fields["context"]]).strip())
-        parts.append(str(row[self.fields["question"]]).strip())
-        if self.format == "choice":
-            parts += [f"{chr(65 + j)}. {str(c).strip()}" for j, c in enumerate(row[self.fields["choices"]])]
-        if self.format == "yesno":
-            parts[-1] += " Answer Yes or No."
-        return "\n".join(parts) + "\nAnswer:"
+    def _render(self, row: Mapping, i: int) -> str:
+        """The row's prompt: the template filled in (leading blank lines dropped: an empty context)."""
+        values = {}
+        for name in [n for _, n, _, _ in string.Formatter().parse(self.prompt_template) if n]:
+            column = self.fields[name] if name in MAPPED and name in self.fields else name
+            value = row[column]
+            if column == self.fields.get("choices"):
+                values[name] = "\n".join(f"{chr(65 + j)}. {str(c).strip()}" for j, c in enumerate(value))
+            else:
+                values[name] = "" if blank(value) else str(value).strip()
+        try:
+            return self.prompt_template.format_map(values).lstrip("\n")
+        except (KeyError, ValueError, IndexError, TypeError) as err:
+            raise TaskError(f"{self._at(i)}: the template {self.prompt_template!r} does not render "
+                            f"({err.__class__.__name__}: {err})") from None
 
     def _solved(self, row: Mapping, i: int) -> str:
         answer, options, label = self._answer(row, i)
-        return self._question(row) + (answer if not options else options[label])
+        return self._render(row, i) + (answer if not options else options[label])
 
     def _pool(self, seed: int) -> list[Example]:
         import random
@@ -171,8 +275,8 @@ class RecordTask(Task):
                 continue
             answer, options, label = self._answer(row, i)
             group = "" if label < 0 else options[label].strip()
-            out.append(Example(uid=ids[i], prompt=head + self._question(row), answer=answer, options=options,
-                               label=label, group=group))
+            out.append(Example(uid=ids[i], prompt=head + self._render(row, i), answer=answer, options=options,
+                               label=label, group=group, chat=self.chat))
         return out
 
     def _uid(self, row: Mapping, i: int) -> int:
@@ -187,26 +291,35 @@ class RecordTask(Task):
     # ----------------------------------------------------------------- constructors
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]], *, fields: Mapping[str, str], format: str = "exact",
-                     name: str = "custom", kind: str = "contextual", n_shots: int = 0,
-                     source: str = "records") -> RecordTask:
-        """A task from a list of dicts (see the module docstring).
+                     template: str | None = None, chat: bool = False, name: str = "custom",
+                     kind: str = "contextual", n_shots: int = 0, source: str = "records",
+                     origin: Origin | None = None) -> RecordTask:
+        """A task from a list of dicts (see the module docstring); ``origin`` names the rows in
+        errors (default ``records, record N (0-based index)``).
 
         >>> rows = [{"q": f"{i} + {i} =", "a": f"The sum is {2 * i}."} for i in range(5)]
-        >>> task = RecordTask.from_records(rows, fields={"question": "q", "answer": "a"}, format="number", n_shots=1)
+        >>> task = RecordTask.from_records(rows, fields={"question": "q", "answer": "a"}, format="number", n_shots=1,
+        ...                                template="Question: {question}\\nAnswer:")
         >>> print(task.examples(1, seed=0)[0].prompt)  # one solved row first, as a demonstration
-        1 + 1 =
+        Question: 1 + 1 =
         Answer: 2
         <BLANKLINE>
-        4 + 4 =
+        Question: 4 + 4 =
         Answer:
         """
-        rows = tuple(dict(r) for r in records)
-        return cls(rows=rows, fields=dict(fields), format=format, task_name=name, task_kind=kind, n_shots=n_shots,
-                   source=source)
+        rows = tuple(records)
+        where = origin or Origin(source, "record", note="0-based index")
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise TaskError(f"{where.at(i)}: a record is a dict of fields, not a {type(row).__name__}")
+        return cls(rows=tuple(dict(r) for r in rows), fields=dict(fields), format=format, task_name=name,
+                   task_kind=kind, n_shots=n_shots, source=source, template=template, chat=chat, origin=where)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **kwargs: Any) -> RecordTask:
-        """A task from a ``.jsonl``, ``.json`` (a list of objects), ``.csv`` or ``.parquet`` file.
+        """A task from a ``.jsonl``, ``.json`` (a list of objects), ``.csv`` or ``.parquet`` file;
+        ``kwargs`` as :meth:`from_records` (``fields``, ``format``, ``template``, ``chat`` ...).
+        Errors name the file and the line (JSONL) or row (see :mod:`massmech.causal.tasks.records`).
 
         >>> import json, tempfile
         >>> path = Path(tempfile.mkdtemp()) / "facts.jsonl"
@@ -215,31 +328,15 @@ class RecordTask(Task):
         >>> task.name, task.scoring, sorted(ex.group for ex in task.examples(6))
         ('facts', 'choice', ['No', 'No', 'No', 'Yes', 'Yes', 'Yes'])
         """
-        import pandas as pd
-
-        path = Path(path)
-        if not path.is_file():
-            raise TaskError(f"no task file {path}")
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        elif suffix == ".json":
-            rows = json.loads(path.read_text())
-            if not isinstance(rows, list):
-                raise TaskError(f"{path}: a .json task file holds a list of objects")
-        elif suffix in (".csv", ".parquet"):
-            frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
-            rows = frame.to_dict(orient="records")
-        else:
-            raise TaskError(f"{path}: task files are .jsonl, .json, .csv or .parquet")
-        kwargs.setdefault("name", path.stem)
-        return cls.from_records(rows, source=str(path), **kwargs)
+        rows, origin = read_rows(path)
+        kwargs.setdefault("name", Path(path).stem)
+        return cls.from_records(rows, source=str(path), origin=origin, **kwargs)
 
     @classmethod
     def from_dataset(cls, dataset: Any, *, split: str | None = None, **kwargs: Any) -> RecordTask:
         """A task from a ``datasets.Dataset`` (or ``DatasetDict`` with ``split``), a
         ``save_to_disk`` folder or a hub id (which needs a network; offline it fails with a
-        clear message).
+        clear message); ``kwargs`` as :meth:`from_records`.
 
         >>> import datasets, tempfile
         >>> folder = tempfile.mkdtemp()
@@ -267,24 +364,30 @@ class RecordTask(Task):
                 raise TaskError(f"pick a split: split= one of {sorted(dataset.keys())}")
             dataset = dataset[split]
         kwargs.setdefault("name", str(name or "dataset"))
-        return cls.from_records(dataset.to_list(), source=f"dataset {kwargs['name']}", **kwargs)
+        source = f"dataset {kwargs['name']}"
+        return cls.from_records(dataset.to_list(), source=source, origin=Origin(source, "row", note="0-based index"),
+                                **kwargs)
 
 
-def _hub_reachable(name: str) -> None:
-    """Raise at once when the Hugging Face hub cannot be reached (offline env flags, or no connection)."""
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise ConnectionError("HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set")
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-    except OSError as err:
-        raise ConnectionError(f"the hub is not reachable for {name!r} ({err})") from err
+def _flag(key: str, value: str) -> bool:
+    if value.lower() in _TRUE | _FALSE:
+        return value.lower() in _TRUE
+    raise TaskError(f"file task option {key}={value!r} is not a boolean (true/false, yes/no, 1/0)")
 
 
 def task_from_string(spec: str, **params: Any) -> RecordTask:
     """``"file:PATH#question=q&answer=a&format=yesno"`` -> the task (see :func:`massmech.causal.tasks.builtin.get_task`).
 
+    Options besides the fields: ``format``, ``kind``, ``name``, ``n_shots``, ``chat`` (true/false)
+    and ``template``, which is percent-decoded and kept as written otherwise: write ``%26`` for
+    ``&``, ``%0A`` for a newline, ``%25`` for ``%`` (``template=Q: {question}%0AA:``).
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "capitals.csv"
+    >>> _ = path.write_text("country,capital\\nPeru,Lima\\nChile,Santiago\\n")
+    >>> task = task_from_string(f"file:{path}#question=country&answer=capital&template=Q: {{question}}%0AA:")
+    >>> task.first_prompt()
+    'Q: Chile\\nA:'
     >>> task_from_string("file:x.jsonl")
     Traceback (most recent call last):
     ...
@@ -295,29 +398,35 @@ def task_from_string(spec: str, **params: Any) -> RecordTask:
         raise TaskError("a file task names its fields: file:PATH#question=COL&answer=COL[&format=F...]")
     fields, kw = {}, {}
     for item in opts.split("&"):
-        key, sep, value = item.partition("=")
+        key, sep, raw = item.partition("=")
         if not sep:
-            raise TaskError(f"file task option {item!r} is not NAME=VALUE")
-        key, value = key.strip(), value.strip()
+            raise TaskError(f"file task option {item!r} is not NAME=VALUE (a template writes & as %26)")
+        key, value = key.strip(), raw.strip()
         if key in ("format", "kind", "name"):
             kw[key] = value
         elif key == "n_shots":
+            if not value.isdigit():
+                raise TaskError(f"file task option n_shots={value!r} is not a whole number")
             kw[key] = int(value)
+        elif key == "chat":
+            kw[key] = _flag(key, value)
+        elif key == "template":
+            kw[key] = unquote(raw)
         else:
             fields[key] = value
     return RecordTask.from_file(path, fields=fields, **(kw | params))
 
 
 def task_from_spec(path: str, fields: Sequence[str], *, format: str = "exact", kind: str = "contextual",
-                   n_shots: int = 0) -> RecordTask:
+                   n_shots: int = 0, template: str | None = None, chat: bool = False) -> RecordTask:
     """The CLI's ``--task-file PATH --field question=q --field answer=a --format F``.
 
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "capitals.csv"
     >>> _ = path.write_text("country,capital\\nPeru,Lima\\nChile,Santiago\\n")
-    >>> task = task_from_spec(str(path), ["question=country", "answer=capital"])
-    >>> task.name, task.format, task.examples(1)[0].answer
-    ('capitals', 'exact', ' Santiago')
+    >>> task = task_from_spec(str(path), ["question=country", "answer=capital"], template="The capital of {question} is")
+    >>> task.name, task.format, task.first_prompt(), task.examples(1)[0].answer
+    ('capitals', 'exact', 'The capital of Chile is', ' Santiago')
     """
     mapping = {}
     for item in fields:
@@ -325,4 +434,5 @@ def task_from_spec(path: str, fields: Sequence[str], *, format: str = "exact", k
         if not sep:
             raise TaskError(f"--field takes NAME=COLUMN, got {item!r}")
         mapping[key.strip()] = column.strip()
-    return RecordTask.from_file(path, fields=mapping, format=format, kind=kind, n_shots=n_shots)
+    return RecordTask.from_file(path, fields=mapping, format=format, kind=kind, n_shots=n_shots, template=template,
+                                chat=chat)
