@@ -15,7 +15,7 @@ COLUMNS = [
     "stage", "layer_range", "accuracy", "ci_low", "ci_high", "n", "chance", "acc_norm", "evaluable",
     "n_dims", "removed_variance",
     "delta", "delta_ci_low", "delta_ci_high", "b", "c", "p_value", "p_holm",
-    "b_vs_matched", "c_vs_matched", "p_vs_matched", "p_vs_matched_holm", "key",
+    "b_vs_matched", "c_vs_matched", "p_vs_matched", "p_vs_matched_holm", "error", "key",
 ]
 
 
@@ -29,7 +29,9 @@ def consolidate(cells: list[dict]) -> pd.DataFrame:
         v = pd.Series(c["verdicts"], dtype=float)
         b = base.get((c["model"], c["task"]))
         paired = None if b is None or c["role"] == BASELINE else pd.Series(b, dtype=float).reindex(v.index).to_numpy()
-        stats = describe(v.to_numpy(), baseline=paired, seed=c["seed"])
+        # a cell that could not run on this model (its error says why) has no verdicts and no statistics
+        stats = describe(v.to_numpy(), baseline=paired, seed=c["seed"]) if len(v) else dict.fromkeys(
+            ("mean", "ci_low", "ci_high"), float("nan"))
         d = c["disruption"] or {}
         row = {
             "model": c["model"], "task": c["task"], "kind": c["kind"], "scoring": c["scoring"],
@@ -44,8 +46,9 @@ def consolidate(cells: list[dict]) -> pd.DataFrame:
             "removed_variance": c["removed_variance"], "delta": stats.get("delta"),
             "delta_ci_low": stats.get("delta_ci_low"), "delta_ci_high": stats.get("delta_ci_high"),
             "b": stats.get("b"), "c": stats.get("c"), "p_value": stats.get("p_value"), "key": c["key"],
+            "error": c.get("error"),
         }
-        if c["role"] == "massive" and _point(c) in matched:  # the size-matched comparison: massive vs matched
+        if c["role"] == "massive" and _point(c) in matched and len(v) and len(matched[_point(c)]):  # the size-matched comparison: massive vs matched
             m = pd.Series(matched[_point(c)], dtype=float).reindex(v.index).to_numpy()
             row["b_vs_matched"], row["c_vs_matched"], row["p_vs_matched"] = mcnemar_exact(v.to_numpy(), m)
         rows.append(row)

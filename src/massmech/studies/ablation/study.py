@@ -31,6 +31,7 @@ from massmech.causal.tasks.builtin import get_task
 from massmech.core.capture import capture_stats
 from massmech.core.corpus import calibration_split
 from massmech.core.models import LoadedModel
+from massmech.errors import DisruptionError, NoOpDisruptionError
 from massmech.infra.cells import cell_key, data_hash
 from massmech.infra.study import CellSpec, Context, run_study
 from massmech.studies.ablation import SPEC
@@ -81,9 +82,13 @@ class AblationStudy:
         model = ctx.model(spec)
         calibration = ctx.cached(("calibration", spec), lambda: _calibration(model, config)) if _needs_calibration(config) else None
         task = get_task(tname)
-        torch.manual_seed(config.seed)
-        df = evaluate(model, task, {c.key: c.payload["disruption"] for c in cells}, n=n, seed=config.seed,
-                      batch_size=config.batch_size, calibration=calibration, progress=False)
+
+        def run(chosen: list) -> pd.DataFrame:
+            torch.manual_seed(config.seed)
+            return evaluate(model, task, {c.key: c.payload["disruption"] for c in chosen}, n=n, seed=config.seed,
+                            batch_size=config.batch_size, calibration=calibration, progress=False)
+
+        df, errors = _each_that_runs(run, cells)
         chance = task.chance(n, config.seed)
         out = {}
         for c in cells:
@@ -93,8 +98,9 @@ class AblationStudy:
                 "task_config": task.config(), "n": int(len(g)), "seed": config.seed,
                 "condition": BASELINE if d is None else d.label(), "role": c.payload["role"],
                 "layer_range": c.payload["layer_range"], "disruption": None if d is None else d.to_dict(),
-                "n_dims": float(g.n_dims.mean()), "removed_variance": float(g.removed_variance.mean()),
-                "chance": chance,
+                "n_dims": float(g.n_dims.mean()) if len(g) else None,
+                "removed_variance": float(g.removed_variance.mean()) if len(g) else None,
+                "chance": chance, "error": errors.get(c.key),
                 "verdicts": {str(u): bool(v) for u, v in zip(g.uid, g.correct, strict=True)},
             }, {})
         return out
@@ -103,8 +109,11 @@ class AblationStudy:
         return consolidate([cell.data for cell in cells.values()])
 
     def finish(self, config: SweepConfig, table: pd.DataFrame, out: Path, ctx: Context) -> dict:
+        failed = table[table.error.notna()]
         return {"study": self.name, "cells": len(table), "models": list(config.models), "tasks": list(config.tasks),
-                "conditions": int(table.condition.nunique())}
+                "conditions": int(table.condition.nunique()),
+                "failed": [{"model": r.model, "task": r.task, "condition": r.condition, "error": r.error}
+                           for r in failed.itertuples()]}
 
 
 ABLATION = AblationStudy()
@@ -138,6 +147,21 @@ def run_sweep(
     """
     return run_study(ABLATION, config, out, executor=executor, cells=cells, progress=progress,
                      ctx=Context(load_options=load_options), overwrite=overwrite, kinds=SPEC.aliases)
+
+
+def _each_that_runs(run: Any, cells: list) -> tuple[pd.DataFrame, dict[str, str]]:
+    """All conditions of a unit in shared passes; if one cannot run on this model (a control with
+    too few dims, a rule that selects nothing), each alone, recording why the others failed."""
+    try:
+        return run(cells), {}
+    except (DisruptionError, NoOpDisruptionError):
+        frames, errors = [], {}
+        for c in cells:
+            try:
+                frames.append(run([c]))
+            except (DisruptionError, NoOpDisruptionError) as err:
+                errors[c.key] = str(err)
+        return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["condition"])), errors
 
 
 def _role(d: Disruption) -> str:
