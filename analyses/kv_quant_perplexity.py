@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from massmech.studies.registry import get_study
 from massmech.studies.quant.study import run_quant_study, wide
+from massmech.studies.registry import get_study
 
 
 def main() -> None:

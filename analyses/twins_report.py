@@ -1,6 +1,6 @@
 """Print the twins study as Markdown tables: python analyses/twins_report.py [--out runs/twins/demo].
 
-Reads a finished twins run (``make twins`` or ``massmech twins --preset demo --out runs/twins/demo``).
+Reads a finished twins run (``massmech reproduce --only twins`` or ``massmech twins --preset demo --seeds 1,2 --out runs/twins/demo``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main() -> None:
     try:
         t = load_tables(args.out)
     except FileNotFoundError:
-        raise SystemExit(f"{args.out} has no finished twins analysis: `make twins` produces runs/twins/demo") from None
+        raise SystemExit(f"{args.out} has no finished twins analysis: `massmech reproduce --only twins` makes runs/twins/demo") from None
     traj, scores = t["trajectory"], t["scores"]
     n_layers = int(traj.layer.max()) + 1
     late = traj[traj.layer >= n_layers // 2]

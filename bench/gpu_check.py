@@ -141,11 +141,11 @@ def _evaluation(lm, plan: dict, dev: str, result: dict) -> None:
 
 
 def _twins(args, plan: dict, dev: str, result: dict) -> None:
-    from massmech.studies.presets import preset
+    from massmech.studies.twins.config import preset
     from massmech.studies.twins.train import prepare, train_variant
 
     steps = args.twins_steps or (100 if args.size == "8b" else 4)
-    full = preset("twins", plan["twins"])
+    full = preset(plan["twins"])
     cfg = full.replace(steps=steps, checkpoints=(steps,), warmup=min(full.warmup, steps))
     with tempfile.TemporaryDirectory() as tmp:
         t_prep, _ = timed(lambda: prepare(cfg, tmp), "cpu")  # tokenizer training and corpus: once per study

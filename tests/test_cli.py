@@ -279,7 +279,6 @@ def test_the_cli_the_json_and_the_ledger_give_one_emergence_layer(tmp_path, caps
     import re
 
     from massmech.report.ledger import ledger
-
     from massmech.report.runs import run_folder
 
     out = tmp_path / "runs" / run_folder("analyze", "tiny-llama")

@@ -13,22 +13,38 @@ import massmech
 
 SRC = Path(massmech.__file__).parent
 MODULES = sorted(p for p in SRC.rglob("*.py") if "__pycache__" not in p.parts)
-LAYERS = ["core", "diagnostics", "causal", "infra", "studies", "report", "cli"]  # imports point left only
-# Exceptions, each deliberate: core's savers write through infra (atomic writes, run folders);
-# a study draws its own run's figures through report (report itself imports only core).
-ALLOWED_UP = {("core", "infra"), ("diagnostics", "infra"), ("causal", "infra"), ("studies", "report")}
+# Imports point left only, with no exception: the ground floor (errors, _notebook) imports nothing
+# of massmech, and the package's front door (__init__, __main__) may name anything.
+LAYERS = ["files", "stats", "core", "diagnostics", "causal", "plotting", "infra", "studies", "report", "cli"]
+GROUND = {"errors", "_notebook"}
+FRONT = {"__init__", "__main__"}
 
 
 def _layer(path: Path) -> str | None:
-    rel = path.relative_to(SRC).parts
-    return rel[0] if len(rel) > 1 else ("cli" if rel[0] == "cli.py" else None)
+    """The layer of a module (``None`` for the front door)."""
+    first = path.relative_to(SRC).parts[0]
+    name = first.removesuffix(".py")
+    return None if name in FRONT else ("ground" if name in GROUND else name)
 
 
-def test_no_module_over_450_lines_and_few_top_level_modules():
-    long = {str(p.relative_to(SRC)): n for p in MODULES if (n := len(p.read_text().splitlines())) > 450}
-    assert not long, f"modules over 450 lines: {long}"
-    top = sorted(p.name for p in SRC.glob("*.py"))
-    assert len(top) <= 8, f"{len(top)} top-level modules: {top}"
+def _imported(tree: ast.AST) -> list[str]:
+    """Every massmech module a file imports, at any depth (function-level imports included)."""
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("massmech"):
+            names += [node.module] if node.module != "massmech" else [f"massmech.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names if a.name.startswith("massmech")]
+    return names
+
+
+def _rank(layer: str) -> int:
+    return -1 if layer == "ground" else LAYERS.index(layer)
+
+
+def test_every_module_has_a_layer():
+    unknown = sorted({str(p.relative_to(SRC)) for p in MODULES if (lay := _layer(p)) and lay != "ground" and lay not in LAYERS})
+    assert not unknown, f"modules in no layer of {LAYERS}: {unknown}"
 
 
 def test_imports_point_down_the_layers():
@@ -37,13 +53,17 @@ def test_imports_point_down_the_layers():
         mine = _layer(p)
         if mine is None:
             continue
-        for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("massmech."):
-                theirs = node.module.split(".")[1]
-                theirs = "cli" if theirs == "cli" else theirs
-                if theirs in LAYERS and LAYERS.index(theirs) > LAYERS.index(mine) and (mine, theirs) not in ALLOWED_UP:
-                    bad.append(f"{p.relative_to(SRC)} imports {node.module}")
+        for module in _imported(ast.parse(p.read_text())):
+            first = module.split(".")[1] if "." in module else ""
+            theirs = "ground" if first in GROUND else first
+            if theirs in LAYERS + ["ground"] and _rank(theirs) > _rank(mine):
+                bad.append(f"{p.relative_to(SRC)} ({mine}) imports {module} ({theirs})")
     assert not bad, "\n".join(bad)
+
+
+def test_the_layer_check_sees_a_function_level_import():
+    tree = ast.parse("def f():\n    from massmech.cli import main\n    import massmech.report.ledger\n")
+    assert _imported(tree) == ["massmech.cli", "massmech.report.ledger"]
 
 
 def test_transformer_lens_internals_live_in_one_module():
@@ -68,34 +88,27 @@ def test_import_is_lazy():
     code = "import sys, massmech; print(sorted(m for m in ('torch', 'transformers', 'transformer_lens', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"import massmech pulled in {out}"
+    # every study's config (its CLI flags and --help) without torch
+    configs = ("import sys; from massmech.studies.registry import studies; "
+               "[s.config_class() for s in studies().values()]; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", configs], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"a study config pulled in {out}"
     help_mods = "import sys; from massmech.cli import main; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", help_mods], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
-def test_public_names_and_old_paths_still_work():
+def test_public_names_resolve_and_old_paths_are_gone():
     for name in massmech.__all__:
         assert getattr(massmech, name) is not None, name
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        from massmech.models import load_model  # old path, forwarded
-        from massmech.sweeps import run_sweep
-    assert load_model is massmech.load_model and run_sweep is massmech.run_sweep
-    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
     from massmech import plotting
 
     assert plotting.spectrum is massmech.plotting.spectrum
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for old in ("massmech.compare", "massmech.evaluate"):  # old module paths of names that are also functions
+    for old in ("massmech.models", "massmech.sweeps", "massmech._compat", "massmech.studies.presets"):
+        try:
             importlib.import_module(old)
-    assert callable(massmech.evaluate) and callable(massmech.compare)
-    assert massmech.evaluate.summarize is massmech.summarize
-    from massmech.causal.evaluate import evaluate
-    from massmech.studies.compare import compare
-
-    massmech.evaluate, massmech.compare = evaluate, compare  # the functions again, for the tests that follow
+        except ModuleNotFoundError:
+            continue
+        raise AssertionError(f"{old} still imports (the forwarded old paths were dropped in 0.6)")
 
 
 def test_every_error_has_the_one_base_and_keeps_its_builtin():

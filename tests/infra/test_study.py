@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from massmech.errors import ConfigError, RunDirError
+from massmech.files.runs import study_lock
 from massmech.infra.cells import CellStore, cell_key
 from massmech.infra.executors import ProcessExecutor, resolve_executor
-from massmech.files.runs import study_lock
 from massmech.infra.study import CellSpec, run_study
 from massmech.studies.ablation import SweepConfig, run_sweep
 

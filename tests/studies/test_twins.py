@@ -12,26 +12,25 @@ import pytest
 import torch
 
 import massmech as mm
-from massmech import twin_data
 from massmech.cli import main
 from massmech.core.tiny import byte_tokenizer_dir
 from massmech.errors import CorpusError, RopeError, TwinError
+from massmech.studies.twins import data as twin_data
 from massmech.studies.twins.config import TwinsConfig, Variant, preset
 from massmech.studies.twins.model import (
-    MECHANISMS,
     build_twin,
     initial_weights,
     load_twin,
     twin_config,
 )
-from massmech.studies.twins.study import load_tables
+from massmech.studies.twins.study import load_tables, train_all
 from massmech.studies.twins.train import (
     checkpoint_dirs,
     learning_rate,
     prepare,
-    train_all,
     train_variant,
 )
+from massmech.studies.twins.vocabulary import MECHANISMS
 
 # A few seconds of training: 2 layers, d_model 32, context 32, 4 rows per step.
 SMALL = TwinsConfig(
@@ -232,12 +231,9 @@ def test_tiny_preset_shows_the_rope_contrast(tmp_path, capsys):
 
     from massmech.infra.executors import ProcessExecutor
     from massmech.studies.twins.study import checkpoint_tables
-    from massmech.studies.twins.train import prepare
-
     shutil.rmtree(tmp_path / "t" / "cells")
-    tok, corpus = prepare(preset("tiny"), tmp_path / "t")
-    traj, bands, scores, _ = checkpoint_tables(preset("tiny"), tmp_path / "t", tok, corpus,
-                                               executor=ProcessExecutor(workers=2, threads=1), progress=False)
+    traj, bands, scores = checkpoint_tables(preset("tiny"), tmp_path / "t",
+                                            executor=ProcessExecutor(workers=2, threads=1), progress=False)
     for name, table in (("trajectory", traj), ("bands", bands), ("scores", scores)):
         pd.testing.assert_frame_equal(table, tables[name], check_like=True, obj=name)
 

@@ -39,6 +39,7 @@ from massmech.causal.vocabulary import (
     SELECTIONS,
     STAGES,
     TARGETS,
+    paper_setting,
 )
 from massmech.core.models import LoadedModel
 from massmech.core.qkvstats import QKVStats
@@ -46,24 +47,6 @@ from massmech.errors import DisruptionError
 
 __all__ = ["CONTROLS", "KV_CACHE", "PAPER_SETTINGS", "REPLACEMENTS", "RULES", "SELECTIONS", "STAGES", "TARGETS",
            "Disruption", "paper_setting"]
-
-def paper_setting(architecture: str) -> tuple[int, str, str]:
-    """The official code's ``(k, replacement, lowest-norm control's replacement)`` for a model family.
-
-    Raises:
-        DisruptionError: The official code has no setting for this architecture.
-
-    >>> paper_setting("LlamaForCausalLM"), paper_setting("Gemma2ForCausalLM")
-    ((1, 'pooled_mean', 'pooled_mean'), (22, 'zero', 'pooled_mean'))
-    """
-    if architecture not in PAPER_SETTINGS:
-        known = ", ".join(f"{a} k={k} {r}" for a, (k, r, _) in PAPER_SETTINGS.items())
-        raise DisruptionError(
-            f"the paper's code has no setting for {architecture} (it has {known}): choose k and the "
-            "replacement yourself (SweepConfig(paper_settings=False, ks=(K,), replace=...), or "
-            "--no-paper-settings --ks K --replace R) and name the rows for what they are"
-        )
-    return PAPER_SETTINGS[architecture]
 
 
 @dataclass(frozen=True)

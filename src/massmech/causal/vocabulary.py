@@ -8,6 +8,8 @@ from it without importing torch.
 
 from __future__ import annotations
 
+from massmech.errors import DisruptionError
+
 TARGETS = {"q": ("q",), "k": ("k",), "qk": ("q", "k")}
 STAGES = ("pre", "post")
 RULES = ("lambda", "topk", "dims")
@@ -41,3 +43,22 @@ PAPER_SETTINGS = {
     "Qwen2ForCausalLM": (3, "pooled_mean", "pooled_mean"),
     "Gemma2ForCausalLM": (22, "zero", "pooled_mean"),
 }
+
+
+def paper_setting(architecture: str) -> tuple[int, str, str]:
+    """The official code's ``(k, replacement, lowest-norm control's replacement)`` for a model family.
+
+    Raises:
+        DisruptionError: The official code has no setting for this architecture.
+
+    >>> paper_setting("LlamaForCausalLM"), paper_setting("Gemma2ForCausalLM")
+    ((1, 'pooled_mean', 'pooled_mean'), (22, 'zero', 'pooled_mean'))
+    """
+    if architecture not in PAPER_SETTINGS:
+        known = ", ".join(f"{a} k={k} {r}" for a, (k, r, _) in PAPER_SETTINGS.items())
+        raise DisruptionError(
+            f"the paper's code has no setting for {architecture} (it has {known}): choose k and the "
+            "replacement yourself (SweepConfig(paper_settings=False, ks=(K,), replace=...), or "
+            "--no-paper-settings --ks K --replace R) and name the rows for what they are"
+        )
+    return PAPER_SETTINGS[architecture]

@@ -37,6 +37,7 @@ class LedgerRun:
         per_model: Per model, overrides that make a named variant of the run (with ``names``).
         name: The folder name under the study (default: the preset).
         names: Per model, another folder name (a named variant).
+        first_only: Made for the first of the models asked for only (a grid sweep on the default model).
     """
 
     study: str
@@ -47,6 +48,7 @@ class LedgerRun:
     per_model: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     name: str = ""
     names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    first_only: bool = False
 
     def folder(self, model: str) -> str:
         name = self.names.get(model) or self.name or self.preset
@@ -69,21 +71,22 @@ RUNS: dict[str, LedgerRun] = {
                        names={"gemma3-270m": "paper-k22-zero"}),
     "quant": LedgerRun("quant", "full", presets={"gemma3-270m": "core"}),
     "twins": LedgerRun("twins", "demo", models=(), overrides={"seeds": (1, 2)}),
-    # the grid sweeps (no claim of their own: results pages and figures), on the default model
-    **{g: LedgerRun("ablation", g, models=MODELS[:1]) for g in ("dose", "k", "layers")},
+    # the grid sweeps (no claim of their own: results pages and figures), on the first model asked for
+    **{g: LedgerRun("ablation", g, first_only=True) for g in ("dose", "k", "layers")},
 }
 
 
 def models_of(run: str, models: tuple[str, ...] = MODELS) -> tuple[str, ...]:
     """The models a run is made for, of ``models`` (``(TWINS_MODEL,)`` for a model-less run).
 
-    >>> models_of("twins"), models_of("dose")
-    (('toy twins',), ('smollm2-135m',))
+    >>> models_of("twins"), models_of("dose"), models_of("main", ("tiny-llama",))
+    (('toy twins',), ('smollm2-135m',), ('tiny-llama',))
     """
     r = RUNS[run]
     if not r.models:
         return (TWINS_MODEL,)
-    return tuple(m for m in models if m in r.models or r.models == MODELS)
+    chosen = tuple(m for m in models if m in r.models or r.models == MODELS)
+    return chosen[:1] if r.first_only else chosen
 
 
 def run_folder(run: str, model: str) -> str:

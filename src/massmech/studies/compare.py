@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from massmech import plotting
 from massmech.core.frequency import FrequencyAnalysis
 from massmech.errors import ConfigError, InputTypeError
 from massmech.files.runs import atomic_run_dir
-from massmech import plotting
 
 SUMMARY_COLUMNS = (
     "massive_count", "low_band_energy_fraction", "low_half_energy_fraction",

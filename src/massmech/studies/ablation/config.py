@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
-from massmech.causal.disruption import CONTROLS, Disruption, paper_setting
 from massmech.causal.tasks.builtin import TASKS, is_task_name
+from massmech.causal.vocabulary import CONTROLS, paper_setting
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.errors import ConfigError, DisruptionError
 
@@ -116,12 +117,14 @@ class SweepConfig:
     def from_json(cls, text: str) -> SweepConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()})
 
-    def disruptions(self, n_layers: int | None, architecture: str | None = None) -> list[tuple[Disruption, str]]:
+    def disruptions(self, n_layers: int | None, architecture: str | None = None) -> list[tuple[Any, str]]:
         """Every massive condition and its controls, as ``(disruption, layer range)``.
 
         ``n_layers=None`` leaves every disruption on all layers (to check the grid only). With
         ``paper_settings``, ``architecture`` (the model's) gives k and the replacements.
         """
+        from massmech.causal.disruption import Disruption  # torch: not needed for --help
+
         out = []
         ks, rep, lowest_rep = self.ks, self.replace, self.replace
         if self.paper_settings and architecture is not None:
@@ -181,9 +184,12 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
 
 
 def quick(config: SweepConfig) -> SweepConfig:
-    """The ``massmech reproduce --quick`` version of a sweep: the same grid on 8 examples per task.
+    """The ``massmech reproduce --quick`` version of a sweep: the same grid on 8 examples per task,
+    with k capped at 4 (the tiny test models have 8 dims a head).
 
-    >>> quick(preset("main")).n
-    8
+    >>> q = quick(preset("k"))
+    >>> q.n, q.ks
+    (8, (1, 4))
     """
-    return replace(config, n=min(config.n, 8))
+    ks = tuple(sorted({min(k, 4) for k in config.ks}))
+    return replace(config, n=min(config.n, 8), ks=ks)

@@ -189,6 +189,7 @@ class AnalyzeStudy:
             parts = {"activations": {s: sha256_file(p) for s, p in sorted(files.items())}, "axes": cfg.axes,
                      "n_heads": cfg.n_heads, "stage": cfg.stage, "layer": cfg.layer, "rope_base": cfg.rope_base,
                      "d_head": cfg.d_head, "rotary_dim": cfg.rotary_dim}
+            ctx.cached(("activations", cfg), lambda: activation_stats(cfg))  # shapes checked before any folder
             return [CellSpec(cell_key(self.name, parts, version=self.version), parts, group="activations",
                              unit="capture")]
         model = ctx.model(cfg.model)
@@ -213,7 +214,7 @@ class AnalyzeStudy:
 
     def run_unit(self, cfg: AnalyzeConfig, cells: Sequence[CellSpec], ctx: Context) -> dict:
         if cfg.activations:
-            chunks = [activation_stats(cfg)]
+            chunks = [ctx.cached(("activations", cfg), lambda: activation_stats(cfg))]
         else:
             chunks = capture_chunks(ctx.model(cfg.model), self.windows(cfg, ctx), cfg, progress=False)
         data = {"model": chunks[0].model, "n_tokens": sum(c.n_tokens for c in chunks), "chunks": len(chunks)}

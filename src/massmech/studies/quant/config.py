@@ -39,8 +39,10 @@ from typing import Any
 from massmech.causal.tasks.builtin import TASKS, is_task_name
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.errors import QuantError
-from massmech.studies.quant.kv import KV_BITS
-from massmech.studies.quant.methods import GGUF_FORMATS
+
+KV_BITS = (2, 4, 8)  # the KV-cache quantizer's widths (massmech.studies.quant.kv)
+# the GGUF weight formats (massmech.studies.quant.methods): method name -> gguf's quantization type
+GGUF_FORMATS = {"gguf-q8_0": "Q8_0", "gguf-q5_0": "Q5_0", "gguf-q4_1": "Q4_1", "gguf-q4_0": "Q4_0"}
 
 KV_METHODS = ("kv-per-token", "kv-per-channel", "kv-massive-aware")
 QK_METHODS = ("qk-rtn", "qk-rtn-keep-massive", "qk-rtn-keep-random")

@@ -24,10 +24,10 @@ from massmech.causal.batch import current_masks
 from massmech.core.models import LoadedModel
 from massmech.core.sites import from_heads, to_heads
 from massmech.errors import QuantError
+from massmech.studies.quant.config import KV_BITS
 from massmech.studies.quant.methods import decoder_linears, target_layers
 
 KV_AXES = ("token", "channel")
-KV_BITS = (2, 4, 8)
 
 
 def fake_quant_per_sequence(

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from massmech.core.bridge import clean_name, hf_model, is_wrapper
 from massmech.core.models import LoadedModel
 from massmech.errors import QuantError
+from massmech.studies.quant.config import GGUF_FORMATS
 
-GGUF_FORMATS = {"gguf-q8_0": "Q8_0", "gguf-q5_0": "Q5_0", "gguf-q4_1": "Q4_1", "gguf-q4_0": "Q4_0"}
 WEIGHT_METHODS = ("rtn", *GGUF_FORMATS)
 RTN_BITS = (4, 8)
 SCALE_BITS = 16  # scales (and zero points) are stored in fp16

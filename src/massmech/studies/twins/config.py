@@ -13,14 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from massmech.errors import TwinError
-from massmech.studies.twins.data import (
-    KINDS,
-    check_kinds,
-)
-from massmech.studies.twins.model import (
-    MECHANISMS,
-    check_mechanism,
-)
+from massmech.studies.twins.vocabulary import KINDS, MECHANISMS, check_kinds, check_mechanism
 
 
 @dataclass(frozen=True)

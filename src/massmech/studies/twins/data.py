@@ -32,9 +32,10 @@ from torch import Tensor
 
 from massmech.core.corpus import bbc_news
 from massmech.errors import CorpusError
+from massmech.studies.twins.vocabulary import KINDS, check_kinds
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>", "<key>", "<q>")
-KINDS = ("repeat", "kv", "passkey")
+
 PASSKEY_LEN = 4
 
 
@@ -200,12 +201,6 @@ def synthetic(
     else:
         raise CorpusError(f"unknown in-context kind {kind!r}; choose from {KINDS}")
     return np.asarray(toks[:length], dtype=np.int64), np.asarray(scored[:length], dtype=bool)
-
-
-def check_kinds(kinds: Sequence[str]) -> None:
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise CorpusError(f"unknown in-context kinds {unknown}; choose from {KINDS}")
 
 
 def batch(

@@ -31,14 +31,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
 
 from massmech.errors import TwinError
-
-MECHANISMS = ("rope", "absolute", "nope")
-
-
-def check_mechanism(mechanism: str) -> str:
-    if mechanism not in MECHANISMS:
-        raise TwinError(f"unknown position mechanism {mechanism!r}; choose from {MECHANISMS}")
-    return mechanism
+from massmech.studies.twins.vocabulary import check_mechanism
 
 
 class TwinLlamaConfig(LlamaConfig):
