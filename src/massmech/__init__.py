@@ -5,7 +5,7 @@ Data flows one way, and the subpackages follow it (imports point down only):
 * :mod:`massmech.core` — measurement: loading (:func:`load_model`, :func:`wrap`), RoPE read from
   the model (:class:`RopeSpec`), streaming capture (:func:`capture_stats`), detection
   (:func:`detect_massive`), frequency analysis (:func:`frequency_analysis`), corpora.
-* :mod:`massmech.diagnostics` — :func:`verify_rope`, ``doctor``.
+* :mod:`massmech.diagnostics` — :func:`verify_rope`, :func:`doctor`.
 * :mod:`massmech.causal` — disruptions (:class:`Disruption`, :func:`disrupt`), tasks
   (:func:`get_task`), scoring (:func:`evaluate`).
 * :mod:`massmech.infra` — atomic writes, run folders and manifests, the cell store, the study
@@ -59,6 +59,7 @@ _LAZY = {  # public name -> module that defines it
     "frequency_analysis": "massmech.core.frequency",
     "RopeReport": "massmech.diagnostics.verify_rope",
     "verify_rope": "massmech.diagnostics.verify_rope",
+    "doctor": "massmech.diagnostics.doctor",
     "Disruption": "massmech.causal.disruption",
     "Intervention": "massmech.causal.intervention",
     "disrupt": "massmech.causal.intervention",

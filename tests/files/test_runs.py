@@ -50,29 +50,41 @@ def test_a_users_folder_is_never_touched(command, overwrite, tmp_path, capsys, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mystuff"]
 
 
-def test_rerun_needs_overwrite_and_keeps_foreign_files(tmp_path, capsys):
+def test_a_study_resumes_refuses_another_config_and_keeps_foreign_files(tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*ANALYZE, "--out", str(out)]) == 0
     first = read_manifest(out)
-    assert first["run_kind"] == "analyze" and "stats.npz" in first["files"] and "figures" in first["files"]
+    assert first["run_kind"] == "analyze" and "stats.npz" in first["files"] and "figures/heatmap.png" in first["files"]
+    # the same config again: resumed from its cell; another config: refused unless --overwrite
+    assert main([*ANALYZE, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main([*ANALYZE, "--heatmap-layers", "1", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*ANALYZE, "--heatmap-layers", "1", "--out", str(out), "--overwrite"]) == 0
+    capsys.readouterr()
+    # a file the user put into a run, beside massmech's or inside one of its subfolders, is never deleted
+    (out / "my_plot.png").write_text("mine")
+    (out / "figures" / "mine.txt").write_text("mine")
+    assert main([*ANALYZE, "--out", str(out), "--overwrite"]) == 0
+    assert (out / "my_plot.png").read_text() == "mine" and (out / "figures" / "mine.txt").read_text() == "mine"
+    assert "my_plot.png" not in read_manifest(out)["files"]
+    # nor replaced: a file of the user's where massmech would write stops the run before anything moves
+    (out / "figures" / "heatmap.png").unlink()
+    (out / "figures" / "heatmap.png").write_text("mine too")
+    manifest_before = (out / "manifest.json").read_text()
+    read_manifest(out)
+    data = json.loads(manifest_before)
+    data["files"] = [f for f in data["files"] if f != "figures/heatmap.png"]  # as if massmech had not written it
+    (out / "manifest.json").write_text(json.dumps(data))
     capsys.readouterr()
     assert main([*ANALYZE, "--out", str(out)]) == 2
-    assert "pass --overwrite" in capsys.readouterr().err
-    assert main([*ANALYZE, "--out", str(out), "--overwrite"]) == 0
-    capsys.readouterr()
-    # a file the user put into a previous run is never deleted, even with --overwrite
-    (out / "my_plot.png").write_text("mine")
-    assert main([*ANALYZE, "--out", str(out), "--overwrite"]) == 2
-    assert "my_plot.png" in capsys.readouterr().err
-    assert (out / "my_plot.png").read_text() == "mine"
-    (out / "my_plot.png").unlink()
-    (out / "figures" / "mine.txt").write_text("mine")  # inside one of massmech's subfolders, too
-    assert main([*ANALYZE, "--out", str(out), "--overwrite"]) == 2
-    assert "figures/mine.txt" in capsys.readouterr().err and (out / "figures" / "mine.txt").is_file()
+    assert "figures/heatmap.png" in capsys.readouterr().err
+    assert (out / "figures" / "heatmap.png").read_text() == "mine too"
     # a run of another kind is not an ablate run
     assert main(["ablate", "--model", "tiny-llama", "--task", "kv_lookup", "--n", "4", "--out", str(out), "--overwrite"]) == 2
     assert "'analyze' run, not a 'ablate' run" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temp folders left
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".staged")]
 
 
 def test_run_folder_gets_the_users_permissions(tmp_path):

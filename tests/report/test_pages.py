@@ -8,6 +8,7 @@ from massmech.cli import main
 from massmech.errors import RunDirError
 from massmech.report.ledger import CLAIMS, ledger, ledger_markdown
 from massmech.report.pages import GENERATED, render_run, write_page
+from massmech.report.runs import run_folder
 from massmech.studies.ablation import SweepConfig, run_sweep
 from massmech.studies.analyze import AnalyzeConfig, run_analyze
 
@@ -18,18 +19,18 @@ VERDICTS = {"reproduces", "partly", "contradicted", "not evaluable", "not run", 
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     run_sweep(SweepConfig(models=("tiny-llama",), tasks=("kv_lookup", "country_capital"), n=6, rules=("topk",),
-                          ks=(2,)), root / "sweeps" / "tiny-llama", progress=False)
+                          ks=(2,)), root / run_folder("main", "tiny-llama"), progress=False)
     run_analyze(AnalyzeConfig(model="tiny-llama", n_tokens=256, seq_len=64, heatmap_layers=()),
-                root / "analyze" / "tiny-llama", progress=False)
+                root / run_folder("analyze", "tiny-llama"), progress=False)
     return root
 
 
 def test_a_run_page_carries_its_provenance_table_and_figures(runs):
-    page = render_run(runs / "analyze" / "tiny-llama")
+    page = render_run(runs / run_folder("analyze", "tiny-llama"))
     assert page.startswith(GENERATED) and "model tiny-llama" in page and "| q.pre |" in page
     assert "![" in page  # the analyze figures
-    sweep = render_run(runs / "sweeps" / "tiny-llama")
-    assert "| tiny-llama | kv_lookup (not evaluable) | massive |" in sweep and "git `" in sweep  # a random model
+    sweep = render_run(runs / run_folder("main", "tiny-llama"))
+    assert "| tiny-llama | kv_lookup (not evaluable) | qk.pre.top2 |" in sweep and "git `" in sweep  # a random model
 
 
 def test_the_ledger_judges_every_claim_from_the_runs(runs):
@@ -44,7 +45,7 @@ def test_the_ledger_judges_every_claim_from_the_runs(runs):
 
 
 def test_report_command_and_pages_never_overwrite_foreign_files(runs, tmp_path, capsys):
-    assert main(["report", str(runs / "sweeps" / "tiny-llama"), "--markdown"]) == 0
+    assert main(["report", str(runs / run_folder("main", "tiny-llama")), "--markdown"]) == 0
     assert "kv_lookup" in capsys.readouterr().out
     foreign = tmp_path / "notes.md"
     foreign.write_text("my own notes")

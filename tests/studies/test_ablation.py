@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from massmech.errors import RunDirError
-from massmech.studies import ablation as sweeps
-from massmech.studies.ablation import SweepConfig, layer_range, run_sweep
+from massmech.studies.ablation import study as sweeps
+from massmech.studies.ablation import SweepConfig, layer_range, preset, run_sweep
 
 CFG = SweepConfig(
     models=("tiny-llama",), tasks=("kv_lookup", "sentiment"), n=6, rules=("topk",), ks=(1, 3),
@@ -124,7 +124,10 @@ def test_cells_of_an_older_schema_version_are_recomputed(tmp_path, monkeypatch):
     new = run_sweep(cfg, tmp_path, progress=False)
     assert calls["n"] == 1  # every cell recomputed (one batched unit), none reused
     assert set(new.key).isdisjoint(old.key)
-    listing = cells_mod.list_cells(tmp_path / "cells")
+    from massmech.infra.cells import list_cells
+    from massmech.studies.registry import cell_versions
+
+    listing = list_cells(tmp_path / "cells", cell_versions())
     assert sorted(listing.current.tolist()) == [False] * 3 + [True] * 3
 
 
@@ -153,7 +156,7 @@ def test_massive_rows_are_tested_against_their_matched_control(tmp_path):
 
 
 def test_paper_preset_takes_the_official_k_and_replacement_of_each_family(tmp_path, monkeypatch):
-    cfg = sweeps.preset("paper", models=("tiny-llama", "tiny-qwen2"), n=4, tasks=("kv_lookup",))
+    cfg = preset("paper", models=("tiny-llama", "tiny-qwen2"), n=4, tasks=("kv_lookup",))
     t = run_sweep(cfg, tmp_path / "a", progress=False)
     massive = t[t.role == "massive"].set_index("model")
     assert massive.loc["tiny-llama", "k"] == 1 and massive.loc["tiny-qwen2", "k"] == 3
@@ -169,8 +172,8 @@ def test_paper_preset_takes_the_official_k_and_replacement_of_each_family(tmp_pa
     # a family without an official setting is refused before any cell runs; ks with paper_settings too
     monkeypatch.setattr(sweeps, "evaluate", lambda *a, **k: pytest.fail("ran a cell"))
     with pytest.raises(ValueError, match="no setting for Gemma3ForCausalLM"):
-        run_sweep(sweeps.preset("paper", models=("tiny-gemma3",), n=4, tasks=("kv_lookup",)), tmp_path / "b", progress=False)
+        run_sweep(preset("paper", models=("tiny-gemma3",), n=4, tasks=("kv_lookup",)), tmp_path / "b", progress=False)
     for wrong in (dict(ks=(3,)), dict(replace="zero")):  # never silently ignored
         with pytest.raises(ValueError, match="leave ks empty"):
-            sweeps.preset("paper", **wrong)
-    assert sweeps.preset("paper", ks=(3,), paper_settings=False).ks == (3,)
+            preset("paper", **wrong)
+    assert preset("paper", ks=(3,), paper_settings=False).ks == (3,)

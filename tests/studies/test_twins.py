@@ -162,10 +162,12 @@ def test_parallel_workers_train_like_one_process(tmp_path):
     assert trainer.stat().st_mtime_ns == stamp  # the rerun found both variants trained in its cells
     seq = train_all(cfg, tmp_path / "seq", workers=1, variants=["rope", "absolute"], progress=False)
     assert par == seq == again and len(par["absolute"]) == 4
-    from massmech.infra.cells import CellStore
+    from massmech.infra.study import store_of
+    from massmech.studies.twins.study import TWINS_STUDY
 
-    store = CellStore(tmp_path / "par" / "cells", "twins-train")
-    assert sorted(store.get(k).data["variant"] for k in store.keys()) == ["absolute", "rope"]
+    store = store_of(TWINS_STUDY, tmp_path / "par" / "cells")  # the training cells, in the twins' one store
+    trained = [store.get(k).data for k in store.keys()]
+    assert sorted(d["variant"] for d in trained if "step" not in d) == ["absolute", "rope"]
     loaded = load_twin(tmp_path / "par" / "checkpoints" / "absolute" / "step_000004")
     assert loaded.config.position == "absolute" and loaded.model.embed_positions is not None
     assert load_twin(tmp_path / "par" / "checkpoints" / "rope" / "step_000004").config.position == "rope"

@@ -318,7 +318,7 @@ def check_study_config(out: str | os.PathLike, kind: str, config: Any, *, overwr
     >>> check_study_config(out, "sweep", {"ks": [3]})
     Traceback (most recent call last):
     ...
-    massmech.errors.RunDirError: ... holds a sweep run of another config (it differs in ks); ...
+    massmech.errors.RunDirError: ... holds an earlier sweep run of another config (it differs in ks); ...
     """
     found = read_manifest(out) if config is not None else None
     stored = None if found is None else found.get("config")
@@ -367,38 +367,62 @@ def study_lock(out: str | os.PathLike) -> Iterator[None]:
         fh.close()  # releases the lock
 
 
-def finish_study_dir(out: Path, kind: str, manifest_data: dict) -> None:
-    """Write a resumable study's final manifest, keeping its run kind."""
-    write_json(out / MANIFEST, manifest_data | {"run_kind": kind})
+def finish_study_dir(out: Path, kind: str, manifest_data: dict, files: list[str] | None = None) -> None:
+    """Write a resumable study's final manifest, keeping its run kind and the files it wrote."""
+    write_json(out / MANIFEST, manifest_data | {"run_kind": kind} | ({"files": files} if files is not None else {}))
+
+
+class Staged:
+    """What :func:`staged` yields: the temporary folder (``path``) and, once the block ends, the
+    files that moved into place (``files``, relative paths)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files: list[str] = []
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+
+def _written_before(out: Path) -> set[str]:
+    """The files the study run in ``out`` wrote last time (its manifest's ``files``)."""
+    found = read_manifest(out)
+    return set((found or {}).get("files") or ())
 
 
 @contextlib.contextmanager
-def staged(out: str | os.PathLike) -> Iterator[Path]:
-    """A temporary folder inside ``out`` whose entries replace ``out``'s when the block finishes.
+def staged(out: str | os.PathLike) -> Iterator[Staged]:
+    """A temporary folder inside ``out`` whose files replace ``out``'s when the block finishes.
 
-    Each file (and each folder, e.g. ``figures/``) moves into place with one rename, so a reader
-    sees a whole file or the previous one, never half of one; a failed block leaves nothing behind.
+    Each file moves into place with one rename, so a reader sees a whole file or the previous
+    one, never half of one; a failed block leaves nothing behind. Files the study wrote last time
+    (the manifest's ``files``) and no longer writes are removed; a file massmech did not write is
+    never touched, and one in the way of a new file stops the move before anything changes.
 
     >>> import tempfile, pathlib
     >>> out = pathlib.Path(tempfile.mkdtemp())
     >>> with staged(out) as tmp:
     ...     _ = (tmp / "figures").mkdir(), (tmp / "figures" / "a.png").write_text("x"), (tmp / "summary.json").write_text("{}")
-    >>> sorted(p.name for p in out.iterdir()), (out / "figures" / "a.png").read_text()
-    (['figures', 'summary.json'], 'x')
+    >>> sorted(p.name for p in out.iterdir()), (out / "figures" / "a.png").read_text(), tmp.files
+    (['figures', 'summary.json'], 'x', ['figures/a.png', 'summary.json'])
     """
     out = Path(out)
     tmp = out / f".staged-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    result = Staged(tmp)
     try:
-        yield tmp
-        for entry in sorted(tmp.iterdir()):
-            final = out / entry.name
-            if entry.is_dir() and final.is_dir() and not final.is_symlink():
-                old = out / f".old-{entry.name}-{uuid.uuid4().hex[:8]}"
-                os.replace(final, old)
-                os.replace(entry, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(entry, final)
+        yield result
+        new = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        before = _written_before(out)
+        foreign = [f for f in new if (out / f).exists() and f not in before and f not in RESULT_FILES]
+        if foreign:
+            raise RunDirError(f"{out} holds {', '.join(foreign[:5])}, which massmech did not write there and would "
+                              "replace: move it, or choose another --out")
+        for f in new:
+            (out / f).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / f, out / f)
+        for f in sorted(before - set(new) - {MANIFEST}):  # written last time, not this time
+            (out / f).unlink(missing_ok=True)
+        result.files = new
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

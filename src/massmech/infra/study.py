@@ -257,9 +257,9 @@ def run_study(
             if isinstance(table, pd.DataFrame):
                 table.to_parquet(tmp / f"{RESULTS}.parquet", index=False)
                 table.to_csv(tmp / f"{RESULTS}.csv", index=False)
-            summary = study.finish(config, table, tmp, ctx)
+            summary = study.finish(config, table, tmp.path, ctx)
             write_json(tmp / SUMMARY, summary)
         info = {s: m.info_dict() for s, m in ctx.models.items() if hasattr(m, "info_dict")} or None
         finish_study_dir(out, study.name, manifest(config, model_info=info, seed=getattr(config, "seed", None))
-                         | {"cell_version": {study.name: study.version}})
+                         | {"cell_version": {study.name: study.version}}, files=tmp.files)
     return table

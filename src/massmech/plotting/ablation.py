@@ -7,6 +7,7 @@ import os
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
+import pandas as pd
 import seaborn as sns
 
 from massmech.errors import AnalysisError
@@ -14,7 +15,7 @@ from massmech.plotting.style import ci_err, save, select_model, use_style
 
 
 # ------------------------------------------------------------------------ ablations
-def _condition_label(table) -> object:
+def _condition_label(table: pd.DataFrame) -> object:
     """``baseline`` / ``massive`` / ``control: <kind>`` per row of a sweep table."""
     return table.role.where(table.control.isna(), "control: " + table.control.fillna(""))
 
@@ -31,7 +32,7 @@ def _grouped_bars(ax, d, by: str, categories: list, whats: list[str], colors: di
     ax.set_xticks(np.arange(len(categories)))
 
 
-def ablation_bars(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+def ablation_bars(table: pd.DataFrame, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
     """The main result: accuracy per task for baseline, massive-disrupted and controls, 95% CIs.
 
     Parametric (memorised facts) and contextual tasks are drawn side by side.
@@ -66,7 +67,7 @@ def ablation_bars(table, *, model: str | None = None, out: str | os.PathLike | N
     return save(fig, out)
 
 
-def ablation_curve(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+def ablation_curve(table: pd.DataFrame, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
     """Accuracy against k (top-k rule) or lambda, massive vs control, one panel per task."""
     t, tasks, fig, axes = _task_panels(table, model)
     x = "k" if (t.rule == "topk").any() else "lam"
@@ -95,7 +96,7 @@ def ablation_curve(table, *, model: str | None = None, out: str | os.PathLike | 
     return save(fig, out)
 
 
-def ablation_layers(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+def ablation_layers(table: pd.DataFrame, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
     """Accuracy when only a range of layers is disrupted (early / middle / late / all)."""
     t, tasks, fig, axes = _task_panels(table, model)
     _check_single(t, ["task", "what", "layer_range"])
@@ -118,7 +119,7 @@ def ablation_layers(table, *, model: str | None = None, out: str | os.PathLike |
     return save(fig, out)
 
 
-def dose_response(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+def dose_response(table: pd.DataFrame, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
     """Accuracy against removed token variance, massive arm vs its variance-matched control.
 
     One panel per task: each top-k point of the massive arm (top-k dims by M replaced by their
@@ -166,7 +167,7 @@ def dose_response(table, *, model: str | None = None, out: str | os.PathLike | N
     return save(fig, out)
 
 
-def _task_panels(table, model: str | None):
+def _task_panels(table: pd.DataFrame, model: str | None):
     """One model's rows (with a ``what`` label), its tasks, and one panel per task."""
     use_style()
     t = _one_model(table, model)
@@ -187,7 +188,7 @@ def _check_single(t, keys: list[str]) -> None:
         )
 
 
-def _one_model(table, model: str | None):
+def _one_model(table: pd.DataFrame, model: str | None):
     t, model = select_model(table, model)
     if t.empty or not (t.role == "baseline").any():
         raise AnalysisError(f"no baseline rows for {model!r}: is this a sweep results table?")

@@ -330,8 +330,8 @@ def compare_emergence(
         >>> from massmech.plotting import compare_emergence
         >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), ["some text"], progress=False)
         >>> fig = compare_emergence({"tiny": mm.frequency_analysis(stats, context_len=64)})
-        >>> [ax.get_title() for ax in fig.axes]
-        ['Q', 'K', 'V']
+        >>> " ".join(ax.get_title() for ax in fig.axes)
+        'Q K V'
     """
     use_style()
     _check_key(analyses, "k", stage)

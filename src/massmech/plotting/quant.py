@@ -7,6 +7,7 @@ import os
 import matplotlib.patches
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
 
 from massmech.errors import AnalysisError
@@ -14,14 +15,14 @@ from massmech.plotting.style import ci_err, save, select_model, use_style
 
 
 # ------------------------------------------------------------------ quantization
-def _quant_model(table, model: str | None):
+def _quant_model(table: pd.DataFrame, model: str | None):
     t, model = select_model(table, model)
     if not (t.variant == "none").any():
         raise AnalysisError(f"no reference ('none') rows for {model!r}: is this a quant study table?")
     return t, f"{model} (base: {t.base.iloc[0]})"
 
 
-def quant_tasks(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+def quant_tasks(table: pd.DataFrame, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
     """Accuracy per task and weight quantizer, with 95% CIs: parametric vs contextual tasks.
 
     Args:
@@ -55,7 +56,7 @@ def quant_tasks(table, *, model: str | None = None, out: str | os.PathLike | Non
     return save(fig, out)
 
 
-def quant_preservation(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+def quant_preservation(table: pd.DataFrame, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
     """Massive-value preservation per quantizer: recall of the clean massive set (Q/K, pre/post
     RoPE), and the relative error of M on massive vs other dims of K post-RoPE."""
     use_style()
@@ -89,7 +90,7 @@ def quant_preservation(table, *, model: str | None = None, out: str | os.PathLik
     return save(fig, out)
 
 
-def quant_kv(table, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+def quant_kv(table: pd.DataFrame, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
     """KV-cache quantization: perplexity and contextual accuracy against bits per cached K value,
     per-token vs per-channel vs massive-aware keys."""
     use_style()

@@ -9,7 +9,8 @@ import matplotlib
 import matplotlib.patches  # noqa: E402,F401
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402,F401
-import numpy as np  # noqa: E402
+import numpy as np
+import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from massmech.errors import AnalysisError
@@ -38,7 +39,7 @@ def save(fig: plt.Figure, out: str | os.PathLike | None) -> plt.Figure:
     return fig
 
 
-def select_model(table, model: str | None):
+def select_model(table: pd.DataFrame, model: str | None):
     """The rows of ``model`` (default: the table's only model)."""
     models = list(dict.fromkeys(table.model))
     if model is None:

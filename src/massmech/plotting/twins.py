@@ -6,6 +6,7 @@ import os
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
 
 from massmech.errors import AnalysisError
@@ -83,7 +84,7 @@ def twins_bands(bands, *, out: str | os.PathLike | None = None) -> plt.Figure:
     return save(fig, out)
 
 
-def twins_disruption(table, *, out: str | os.PathLike | None = None) -> plt.Figure:
+def twins_disruption(table: pd.DataFrame, *, out: str | os.PathLike | None = None) -> plt.Figure:
     """RoPE twin: baseline vs top-k Q/K dims replaced by their mean vs k random dims, per metric."""
     use_style()
     metrics = list(dict.fromkeys(table.metric))

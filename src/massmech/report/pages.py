@@ -75,11 +75,22 @@ def _twins_table(summary: dict) -> str:
     return frame_markdown(pd.DataFrame(rows))
 
 
+def _study_name(kind: str) -> str:
+    """A run kind as its study's name (older kinds such as ``sweep`` included); other kinds as they are."""
+    from massmech.errors import ConfigError
+    from massmech.studies.registry import get_study
+
+    try:
+        return get_study(kind).name
+    except ConfigError:
+        return kind  # ablate, compare, quantize: not studies
+
+
 def render_run(run_dir: str | os.PathLike, *, title: str | None = None, link_base: str | None = None) -> str:
     """A run folder as one markdown page: provenance, main table, summary, figures.
 
     Args:
-        run_dir: A folder a massmech study wrote (analyze, sweep, quant-study, twins).
+        run_dir: A folder a massmech study wrote (analyze, ablation, quant, twins, or another command).
         title: Page title (default: the folder's name and kind).
         link_base: Prefix of the figure links (default: the run folder as given).
 
@@ -102,11 +113,11 @@ def render_run(run_dir: str | os.PathLike, *, title: str | None = None, link_bas
     summary_file = next((f for f in (run_dir / "summary.json", run_dir / "analysis" / "summary.json") if f.is_file()), None)
     summary = json.loads(summary_file.read_text()) if summary_file else {}
     table = _results(run_dir)
-    kind = p["kind"]
-    if kind == "sweep" and table is not None:
+    kind = _study_name(p["kind"])
+    if kind == "ablation" and table is not None:
         lines += ["Accuracy per condition; exact McNemar tests against the baseline and (massive rows) "
                   "against the matched control, Holm-corrected across the table.", "", ablation_markdown(table)]
-    elif kind == "quant-study" and table is not None:
+    elif kind == "quant" and table is not None:
         lines += ["One row per quantized variant; accuracy bold where the exact McNemar test against the "
                   "unquantized model survives Holm.", "", quant_markdown(table)]
     elif kind == "analyze" and "by_stage" in summary:

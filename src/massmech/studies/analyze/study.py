@@ -107,6 +107,7 @@ def emergence_summary(em: Emergence) -> dict:
     band factor 1 (``layer``; ``None`` if Q/K never stay above V), its range over the band factors
     (``by_factor``), and Q/K minus V concentration at that layer with its bootstrap interval.
 
+    >>> import pandas as pd
     >>> from massmech.core.emergence import Emergence
     >>> rows = [dict(factor=1.0, site=s, layer=0, minus_v=0.5, minus_v_low=0.2, minus_v_high=0.9) for s in "qk"]
     >>> emergence_summary(Emergence(pd.DataFrame(rows), {"q": {1.0: 0}, "k": {1.0: None}}, {}))["q"]

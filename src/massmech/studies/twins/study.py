@@ -325,6 +325,12 @@ class _Only:
     def run_unit(self, cfg: TwinsConfig, cells: Sequence[CellSpec], ctx: Context) -> dict:
         return TWINS_STUDY.run_unit(cfg, cells, ctx)
 
+    def consolidate(self, cfg: TwinsConfig, cells: dict[str, Cell]) -> dict[str, pd.DataFrame]:
+        return TWINS_STUDY.consolidate(cfg, cells)
+
+    def finish(self, cfg: TwinsConfig, tables: dict[str, pd.DataFrame], out: Path, ctx: Context) -> dict:
+        return TWINS_STUDY.finish(cfg, tables, out, ctx)
+
 
 def train_all(
     cfg: TwinsConfig,
