@@ -101,6 +101,26 @@ def test_ablate_json(tmp_path, capsys):
     assert rows.groupby("condition").correct.mean()["massive"] == res["massive"]["accuracy"]
 
 
+def test_ablate_own_file_as_written_says_what_it_measured(tmp_path, capsys):
+    """Issue 25: the prompt as the template makes it, shown; fewer rows than n used and said; a run
+    that cannot show an effect says so in the text; the massive arm tested against its control;
+    the examples table carries prompt and gold answer."""
+    rows = tmp_path / "caps.jsonl"
+    rows.write_text('{"q": "The capital of France is", "a": "Paris"}\n{"q": "The capital of Peru is", "a": "Lima"}\n')
+    out = tmp_path / "abl"
+    args = ["ablate", "--model", "tiny-llama", "--task-file", str(rows), "--field", "question=q", "--field", "answer=a",
+            "--template", "Q: {question}", "--n", "10", "--rule", "topk", "--k", "2", "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "first prompt: 'Q: The capital of" in text and "the task has 2 examples; all are used (asked for 10)" in text
+    assert "NOT EVALUABLE" in text and "massive vs control (same examples): McNemar b=" in text  # a random model
+    res = json.loads((out / "ablate.json").read_text())
+    assert res["n_asked"] == 10 and res["baseline"]["n"] == 2 and set(res["massive_vs_control"]) == {"b", "c", "p_value"}
+    assert json.loads((out / "manifest.json").read_text())["config"]["first_prompt"].startswith("Q: The capital of")
+    table = pd.read_parquet(out / "examples.parquet")
+    assert set(table.prompt.str[:3]) == {"Q: "} and set(table.gold.str.strip()) == {"Paris", "Lima"}
+
+
 def test_task_params_fit_a_small_context(capsys):
     """Passkey's default context does not fit tiny-llama; --task-param shortens it."""
     args = ["ablate", "--model", "tiny-llama", "--task", "passkey", "--n", "5", "--json"]
@@ -184,7 +204,7 @@ def test_doctor_flags_and_no_leaked_warnings(capsys):
     "extra, message",
     [
         (["--task", "capitals"], "unknown task"),
-        (["--task", "nba_team_city", "--n", "500"], "at most"),
+        (["--task", "kv_lookup", "--template", "Q: {question}"], "--template and --chat shape a --task-file"),
         (["--task", "kv_lookup", "--rule", "topk", "--k", "17"], "larger than d_head"),
         (["--task", "kv_lookup", "--stage", "post", "--model", "tiny-gpt2"], "no 'post' stage"),
         (["--task", "kv_lookup", "--disrupt-layers", "0-9"], "out of range"),

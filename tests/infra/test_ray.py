@@ -19,7 +19,6 @@ from massmech.infra.cells import CellStore  # noqa: E402
 from massmech.infra.executors import EXECUTORS, RayExecutor, resolve_executor  # noqa: E402
 from massmech.infra.study import Context, run_study  # noqa: E402
 from massmech.studies.ablation import SweepConfig, run_sweep  # noqa: E402
-from massmech.studies.ablation.study import ABLATION  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,7 +53,7 @@ def test_tiny_sweep_on_ray_equals_serial(tmp_path, local_ray):
     on_ray = run_sweep(cfg, tmp_path / "ray", executor=RayExecutor(workers=2), progress=False)
     key = ["model", "task", "condition"]
     assert serial.sort_values(key, ignore_index=True).equals(on_ray.sort_values(key, ignore_index=True))
-    store = CellStore(tmp_path / "ray" / "cells", "ablation", version=ABLATION.version)
+    store = CellStore(tmp_path / "ray" / "cells", squares.name, version=squares.version)
     assert len(store.keys()) == len(serial)
 
 
@@ -66,7 +65,7 @@ def test_a_worker_killed_mid_unit_is_retried_and_nothing_is_lost_or_duplicated(t
     table = run_study(squares, config, tmp_path / "ray", executor=RayExecutor(workers=2, retries=2), progress=False)
     assert marker.exists()  # the worker holding unit 5 was killed once, in the middle of it
     assert table.equals(serial)
-    store = CellStore(tmp_path / "ray" / "cells", "ablation", version=ABLATION.version)
+    store = CellStore(tmp_path / "ray" / "cells", squares.name, version=squares.version)
     assert sorted(store.get(k).data["i"] for k in store.keys()) == list(range(8))  # 0 lost, 0 duplicated
     pids = {store.get(k).data["pid"] for k in store.keys()}
     assert os.getpid() not in pids and len(pids) >= 2  # computed on Ray workers (incl. the restarted one)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from massmech.errors import RunDirError
-from massmech.studies.ablation import study as sweeps
 from massmech.studies.ablation import SweepConfig, layer_range, preset, run_sweep
+from massmech.studies.ablation import study as sweeps
 
 CFG = SweepConfig(
     models=("tiny-llama",), tasks=("kv_lookup", "sentiment"), n=6, rules=("topk",), ks=(1, 3),

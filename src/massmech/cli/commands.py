@@ -52,6 +52,10 @@ def add_ablate(sub: Any, fmt: Formatter) -> None:
                    help="--task-file answers: exact continuation, lettered multiple choice, yes/no, final number")
     a.add_argument("--kind", default="contextual", choices=["contextual", "parametric"], help="--task-file kind")
     a.add_argument("--n-shots", type=int, default=0, help="--task-file demonstrations drawn from the file")
+    a.add_argument("--template", metavar="TEXT",
+                   help="--task-file prompt template with {question} (and {context}, {choices}); default: the "
+                        "question as written (exact, number), with an Answer: cue (choice, yesno)")
+    a.add_argument("--chat", action="store_true", help="--task-file: ask each prompt as a user turn of the model's chat template")
     a.add_argument("--task-param", action="append", metavar="NAME=VALUE",
                    help="task parameter, repeatable, e.g. --task-param filler_repeats=2")
     a.add_argument("--n", type=int, default=100, help="examples (a task with fewer uses all it has, and says so)")
@@ -184,10 +188,13 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.task_file:
         from massmech.causal.tasks.custom import task_from_spec
 
-        task = task_from_spec(args.task_file, args.field or [], format=args.format, kind=args.kind, n_shots=args.n_shots)
+        task = task_from_spec(args.task_file, args.field or [], format=args.format, kind=args.kind, n_shots=args.n_shots,
+                              template=args.template, chat=args.chat)
+    elif args.template or args.chat:
+        raise ConfigError("--template and --chat shape a --task-file's prompts; a named task has its own")
     else:
         task = get_task(args.task, **params)
-    task.examples(args.n, args.seed)  # bad task or n: fail before loading a model
+    task.examples(min(args.n, task.max_n()), args.seed)  # a task that cannot make its examples: fail before loading a model
     if args.out:
         check_out(args.out, "ablate", overwrite=args.overwrite)
     from massmech.core.loading import load_model
@@ -207,6 +214,13 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         return 0
     print(f"{res['model']} / {res['task']} ({res['kind']}), disruption {res['condition']}, control {res['control_kind']}")
     print(f"  protocol: {res['protocol']}")
+    first = res["first_prompt"] if len(res["first_prompt"]) <= 160 else res["first_prompt"][:157] + "..."
+    print(f"  first prompt: {first!r}")
+    if res["n_asked"] != res["baseline"]["n"]:
+        print(f"  n: the task has {res['baseline']['n']} examples; all are used (asked for {res['n_asked']})")
+    if not res["evaluable"]:
+        print(f"  NOT EVALUABLE: the baseline ({res['baseline']['accuracy']:.3f}) is not clearly above chance "
+              f"({res['chance']:.3f}); no change below can show an effect of the disruption on this task")
     for name in ("baseline", "massive", "control"):
         r = res[name]
         test = "" if name == "baseline" else (
@@ -214,6 +228,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
             f"  McNemar b={r['b']} c={r['c']} p={r['p_value']:.3g}")
         print(f"  {name:9s} {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  n={r['n']}  "
               f"dims/example={r['n_dims']:.0f}  removed variance={r['removed_variance']:.2%}{test}")
+    v = res["massive_vs_control"]
+    print(f"  massive vs control (same examples): McNemar b={v['b']} c={v['c']} p={v['p_value']:.3g}")
     return 0
 
 

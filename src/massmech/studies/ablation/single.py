@@ -18,7 +18,7 @@ from massmech.core.models import LoadedModel
 from massmech.errors import DisruptionError
 from massmech.files.io import write_json
 from massmech.files.runs import atomic_run_dir, check_out, manifest
-from massmech.stats import evaluable
+from massmech.stats import evaluable, mcnemar_exact
 
 
 def _plain(x: Any, column: str) -> int | float | None:
@@ -26,6 +26,20 @@ def _plain(x: Any, column: str) -> int | float | None:
     if x is None or (isinstance(x, float) and x != x) or pd.isna(x):
         return None
     return int(x) if column in ("n", "b", "c") else float(x)
+
+
+def _gold(e: Any) -> str:
+    """The gold answer of an example as text (the gold option of a choice task)."""
+    return e.options[e.label] if e.options and e.label >= 0 else e.answer
+
+
+def _versus(df: pd.DataFrame, a: str, b: str) -> dict:
+    """The exact McNemar test of condition ``a`` against ``b`` on the same examples: ``b`` counts
+    examples right under ``a`` and wrong under ``b``, ``c`` the reverse."""
+    pa = df[df.condition == a].set_index("uid").correct.astype(float)
+    pb = df[df.condition == b].set_index("uid").correct.astype(float).reindex(pa.index)
+    b_, c_, p = mcnemar_exact(pa.to_numpy(), pb.to_numpy())
+    return {"b": b_, "c": c_, "p_value": p}
 
 
 def ablate(
@@ -48,7 +62,7 @@ def ablate(
         model: A spec or a loaded model.
         task: Task name (see :mod:`massmech.causal.tasks.builtin`), built with ``task_params`` (e.g.
             ``{"filler_repeats": 2}`` for a shorter passkey).
-        n: Examples.
+        n: Examples (a task with fewer uses all it has; ``n_asked`` records what was asked).
         disruption: The massive disruption (default: lambda rule, pre-RoPE Q and K, all layers).
         control: Control kind (default ``"matched"``: random non-massive dims removing as much
             token variance as the massive dims, per head; see :mod:`massmech.causal.disruption`).
@@ -56,14 +70,18 @@ def ablate(
         batch_size: Sequences per forward pass (results do not depend on it).
         out: Also write a run folder: ``ablate.json`` (this result), ``examples.parquet`` and
             ``.csv`` (one row per condition x example: ``condition, uid, group, correct, pred,
-            n_dims``) and ``manifest.json``. It must be new, empty or (with ``overwrite``) a
+            n_dims, prompt, gold``) and ``manifest.json``. It must be new, empty or (with ``overwrite``) a
             previous ablate run; checked before any work.
         overwrite: Replace a previous ablate run in ``out``.
         progress: Progress bar.
 
     Returns:
         ``{"baseline": {...}, "massive": {...}, "control": {...}, "model", "task", "condition",
-        "control_kind", "protocol", "chance", "evaluable"}`` (``evaluable``: the baseline is
+        "control_kind", "protocol", "chance", "evaluable", "n_asked", "first_prompt",
+        "massive_vs_control"}`` (``first_prompt``: what the model read first;
+        ``massive_vs_control``: the exact McNemar test of the massive condition against the control
+        on the same examples, ``b`` right under massive only, ``c`` under the control only, ``p_value``;
+        ``evaluable``: the baseline is
         clearly above chance, :func:`massmech.stats.evaluable`; if not, the task cannot show an
         effect on this model); each of the three is ``accuracy, ci_low, ci_high`` (Wilson),
         ``n``, ``n_dims`` (replaced cells per example), ``removed_variance`` (share of token
@@ -73,11 +91,12 @@ def ablate(
         delta_ci_high`` (Newcombe) for the disrupted ones.
 
     Raises:
-        TaskError: Unknown task, missing data package, or ``n`` beyond the data.
+        TaskError: Unknown task, or a missing data package.
         DisruptionError: A disruption the model cannot take (k > d_head, missing site, ...).
     """
     t = task if isinstance(task, Task) else get_task(task, **(task_params or {}))
-    t.examples(n, seed)  # n beyond the data: error before loading anything
+    asked, n = n, min(n, t.max_n())  # a task with fewer examples uses all it has (as the ablation study does)
+    examples = t.examples(n, seed)  # a task that cannot make them: error before loading anything
     disruption = disruption or Disruption(seed=seed)
     if control not in CONTROLS[1:]:
         raise DisruptionError(f"unknown control {control!r}; controls are {CONTROLS[1:]}")
@@ -101,9 +120,13 @@ def ablate(
     }
     chance = t.chance(n, seed)
     base = df[df.condition == BASELINE].correct
-    res |= {"chance": chance, "evaluable": evaluable(int(base.sum()), len(base), chance)}
+    res |= {"chance": chance, "evaluable": evaluable(int(base.sum()), len(base), chance), "n_asked": asked,
+            "first_prompt": examples[0].prompt, "massive_vs_control": _versus(df, "massive", "control")}
+    by_uid = {e.uid: e for e in examples}
+    df = df.assign(prompt=df.uid.map(lambda u: by_uid[u].prompt), gold=df.uid.map(lambda u: _gold(by_uid[u])))
     if out is not None:
-        config = {"model": lm.info.name, "task": t.name, "task_config": t.config(), "n": n, "seed": seed,
+        config = {"model": lm.info.name, "task": t.name, "task_config": t.config(), "n": n, "n_asked": asked,
+                  "first_prompt": examples[0].prompt, "seed": seed,
                   "disruption": disruption.to_dict(), "control": control, "batch_size": batch_size}
         with atomic_run_dir(out, "ablate", overwrite=overwrite) as tmp:
             write_json(tmp / "ablate.json", res)
