@@ -77,6 +77,8 @@ def test_unwritable_out_under_a_file(tmp_path, capsys):
 def test_unknown_model(capsys):
     assert main(["doctor", "--model", "nope"]) == 2
     assert "unknown model spec" in capsys.readouterr().err
+    assert main(["doctor", "--model", "./missing_folder"]) == 2  # a path: said to be missing, not "unknown"
+    assert "no such model folder or .gguf file: missing_folder" in capsys.readouterr().err
 
 
 def test_config_json_roundtrip():

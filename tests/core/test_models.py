@@ -138,6 +138,16 @@ def test_wrap_bridge_and_hf_model(tiny_models):
         mm.wrap(object())
 
 
+def test_wrap_refuses_a_tokenizer_larger_than_the_embedding(tiny_models):
+    """Issue 25: a 259-token tokenizer on a 100-row embedding failed later with an IndexError."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    small = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    with pytest.raises(ValueError, match="the tokenizer has 259 tokens but the model embeds only 100"):
+        mm.wrap(small, tiny_models["tiny-llama"].tokenizer)
+
+
 def test_cached_decoding_matches_a_full_forward(tiny):
     # transformers 5.2x passes the KV cache as `cache=`; without massmech's shim the bridge's
     # attention ignores it and every decode step attends to itself alone

@@ -217,7 +217,10 @@ def load_hf(
     if path.is_dir():
         model, tok = _from_pretrained(str(path), dtype, trust_remote_code=trust_remote_code, **extra)
         return model, tok, path.name, f"local: {path}"
-    if "/" not in spec_s or spec_s.startswith((".", "/", "~")):
+    if spec_s.startswith((".", "/", "~")):  # a path, not a hub id
+        raise ModelLoadError(f"no such model folder or .gguf file: {path} (it does not exist); give an existing "
+                             f"folder, a .gguf path, an embedded model ({', '.join(available_models())}) or a hub id")
+    if "/" not in spec_s:
         raise ModelLoadError(
             f"unknown model spec {spec_s!r}. Available offline: {', '.join(available_models())}; "
             "or pass a .gguf path, a local model directory, or a hub id 'org/name'."

@@ -258,6 +258,20 @@ class LoadedModel:
         return d
 
 
+def check_vocab(model: Any, tokenizer: Any) -> None:
+    """Refuse a tokenizer whose token ids reach past the model's embedding table (capture would
+    fail later with an ``IndexError``).
+
+    Raises:
+        ConfigError: The tokenizer has more tokens than the model embeds.
+    """
+    n_embed = int(model.get_input_embeddings().weight.shape[0])
+    n_tok = len(tokenizer)
+    if n_tok > n_embed:
+        raise ConfigError(f"the tokenizer has {n_tok} tokens but the model embeds only {n_embed} "
+                          f"(vocab_size={getattr(model.config, 'vocab_size', '?')}): pass the model's own tokenizer")
+
+
 def wrap(model: Any, tokenizer: Any = None, *, name: str | None = None) -> LoadedModel:
     """Wrap an already-built model.
 
@@ -299,6 +313,7 @@ def wrap(model: Any, tokenizer: Any = None, *, name: str | None = None) -> Loade
         if tokenizer is None:
             raise ConfigError("wrap(hf_model) needs the tokenizer: wrap(hf_model, tokenizer)")
         nm = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+        check_vocab(model, tokenizer)
         return LoadedModel(boot(model, tokenizer, nm), tokenizer, nm, "wrapped HF model")
     raise InputTypeError(
         f"cannot wrap a {type(model).__name__}: pass a TransformerBridge or a Hugging Face "
