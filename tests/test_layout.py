@@ -118,3 +118,14 @@ def test_every_error_has_the_one_base_and_keeps_its_builtin():
         if isinstance(cls, type) and issubclass(cls, Exception) and cls is not errors.MassmechError:
             assert issubclass(cls, errors.MassmechError), name
             assert len(cls.__mro__) > 3, f"{name} has no builtin base besides Exception"
+
+
+def test_every_test_a_docstring_or_page_cites_exists():
+    """A docstring or page that says "see tests/x.py" must point at a file that is there."""
+    root = SRC.parents[1]
+    cited = {}
+    for path in [*MODULES, *(root / "docs").rglob("*.md"), root / "README.md"]:
+        for ref in re.findall(r"tests/[A-Za-z0-9_/]+\.py", path.read_text()):
+            cited.setdefault(ref, str(path.relative_to(root)))
+    missing = {ref: where for ref, where in cited.items() if not (root / ref).is_file()}
+    assert cited and not missing, f"cited tests that do not exist: {missing}"

@@ -21,7 +21,7 @@ def kv_cache_compat() -> None:
     4.3's attention bridges look only for ``past_key_values``/``layer_past``, find nothing and
     skip the cache update, so every cached decode step attends to itself alone (generation
     through the bridge silently ignores the prompt). This forwards ``cache`` under the name
-    the bridge reads. ``tests/test_models.py`` checks cached decoding against a full forward.
+    the bridge reads. ``tests/core/test_models.py`` checks cached decoding against a full forward.
 
     >>> kv_cache_compat(); kv_cache_compat()  # installs the shim once
     >>> from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge

@@ -133,7 +133,7 @@ def quantize_cache(
 
     Called after the prefill, this is what ``QuantizedCache`` does to the prompt: the prefill
     itself attends to exact K/V, and every later step reads the quantized prompt cache (plus the
-    exact states of the new tokens). ``tests/test_quantize.py`` checks generations against
+    exact states of the new tokens). ``tests/studies/test_quantize.py`` checks generations against
     ``QuantizedCache(backend="quanto")``.
 
     Args:
