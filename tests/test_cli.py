@@ -58,6 +58,8 @@ def test_analyze_bad_input_leaves_nothing(tmp_path, capsys):
     assert "layer 7 out of range" in capsys.readouterr().err
     assert main(["analyze", "--model", "tiny-gpt2", "--out", str(out)]) == 2
     assert "no rotary position embedding" in capsys.readouterr().err
+    assert main(["analyze", "--model", "tiny-llama", "--out", str(out), "--n-tokens", "256"]) == 2
+    assert "needs at least 2" in capsys.readouterr().err  # one window: nothing for the emergence bootstrap
     assert list(tmp_path.iterdir()) == []
     # parameters of the frequency analysis are checked before the capture, too
     from massmech.studies.analyze import run_analyze

@@ -47,7 +47,7 @@ def test_analyses_scripts_run_on_tiny_models(tmp_path):
     runs = tmp_path / "runs"
     m = "tiny-llama"
     _run(["analyses/kv_quant_perplexity.py", "--model", m, "--out", str(runs / "quant-kv" / m)])
-    _run(["analyses/massive_low_band.py", "--model", m, "--tokens", "256", "--out", str(runs / "low_band")])
+    _run(["analyses/massive_low_band.py", "--model", m, "--tokens", "1024", "--out", str(runs / "low_band")])
     _run(["-m", "massmech", "twins", "--preset", "tiny", "--out", str(runs / "twins" / "demo"), "--workers", "1"])
     report = _run(["analyses/twins_report.py", "--out", str(runs / "twins" / "demo")])
     assert "## Scores at the final checkpoint" in report

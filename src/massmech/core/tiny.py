@@ -86,7 +86,7 @@ def tiny_model(name: str, seed: int) -> tuple[Any, Any]:
         hidden_size=64,
         intermediate_size=128,
         num_attention_heads=4,
-        max_position_embeddings=512,
+        max_position_embeddings=4096,  # real task prompts fit (byte tokens: one per character)
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

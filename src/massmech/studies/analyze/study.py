@@ -196,6 +196,10 @@ class AnalyzeStudy:
         model = ctx.model(cfg.model)
         check_config(cfg, model)  # also: a clear error for models without RoPE
         windows = self.windows(cfg, ctx)
+        if len(windows) < 2:
+            raise ConfigError(f"{len(windows)} window of {cfg.seq_len} tokens from n_tokens={cfg.n_tokens}: the emergence "
+                              f"bootstrap resamples windows and needs at least 2; raise --n-tokens to at least "
+                              f"{2 * cfg.seq_len} or lower --seq-len")
         load = {k: v for k, v in model.load_kwargs.items() if k != "device_map"}  # placement is not content
         parts = {"model": ctx.model_id(cfg.model), "load": load,
                  "weights": ctx.cached(("weights", cfg.model), lambda: weights_fingerprint(model)),
