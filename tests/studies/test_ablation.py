@@ -177,3 +177,22 @@ def test_paper_preset_takes_the_official_k_and_replacement_of_each_family(tmp_pa
         with pytest.raises(ValueError, match="leave ks empty"):
             preset("paper", **wrong)
     assert preset("paper", ks=(3,), paper_settings=False).ks == (3,)
+
+
+def test_a_unit_where_no_condition_can_run_records_each_error():
+    """Every condition of a unit failing (a control with too few dims on a tiny model) is recorded, not a crash."""
+    from massmech.errors import DisruptionError
+    from massmech.studies.ablation.study import _each_that_runs
+
+    def run(chosen):
+        raise DisruptionError(f"cannot run {[c.key for c in chosen]}")
+
+    class Cell:
+        def __init__(self, key):
+            self.key = key
+
+    df, errors = _each_that_runs(run, [Cell("a"), Cell("b")])
+    assert errors == {"a": "cannot run ['a']", "b": "cannot run ['b']"}
+    assert len(df) == 0 and {"uid", "correct", "n_dims", "removed_variance"} <= set(df.columns)
+    g = df[df.condition == "a"]
+    assert {str(u): bool(v) for u, v in zip(g.uid, g.correct, strict=True)} == {}

@@ -149,6 +149,9 @@ def run_sweep(
                      ctx=Context(load_options=load_options), overwrite=overwrite, kinds=SPEC.aliases)
 
 
+_EVALUATED = ["condition", "uid", "group", "correct", "pred", "n_dims", "removed_variance"]  # evaluate()'s table
+
+
 def _each_that_runs(run: Any, cells: list) -> tuple[pd.DataFrame, dict[str, str]]:
     """All conditions of a unit in shared passes; if one cannot run on this model (a control with
     too few dims, a rule that selects nothing), each alone, recording why the others failed."""
@@ -161,7 +164,7 @@ def _each_that_runs(run: Any, cells: list) -> tuple[pd.DataFrame, dict[str, str]
                 frames.append(run([c]))
             except (DisruptionError, NoOpDisruptionError) as err:
                 errors[c.key] = str(err)
-        return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["condition"])), errors
+        return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=_EVALUATED)), errors
 
 
 def _role(d: Disruption) -> str:
