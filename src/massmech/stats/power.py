@@ -157,7 +157,7 @@ def min_detectable_effect(
 
     >>> round(min_detectable_effect(100, 0.8, n_tests=28), 3)
     0.134
-    >>> min_detectable_effect(10, 0.4, n_tests=28) is None  # 4 successes can never reach p <= 0.05 / 28
+    >>> min_detectable_effect(10, 0.8, n_tests=28) is None  # 10 pairs: best p 2 / 2**10 > 0.05 / 28
     True
     """
     if not 0.0 < power < 1.0:
