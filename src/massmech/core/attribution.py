@@ -98,8 +98,9 @@ class PairLogits:
 
         >>> pl = pair_logits(torch.ones(2, 1, 4), torch.ones(2, 1, 4), RopeSpec.from_base(100, 4), 0, scale=5.0)
         >>> import math
-        >>> dataclasses.replace(pl, softcap=10.0).scores()[0, 0, 0].item(), 10 * math.tanh(20 / 10)
-        (9.6402..., 9.6402...)
+        >>> capped = dataclasses.replace(pl, softcap=10.0).scores()[0, 0, 0].item()  # softcap * tanh(total / softcap)
+        >>> round(capped, 4), round(10 * math.tanh(20 / 10), 4)
+        (9.6403, 9.6403)
         """
         total = self.total()
         return total if self.softcap is None else self.softcap * torch.tanh(total / self.softcap)

@@ -205,10 +205,10 @@ def predicted_table(
     >>> fa.summary["q.pre"]["critical_lift"]
     2.0
     """
-    pred = {layer: band_prediction(spec, layer, train_context) for layer in sorted(pairs.layer.unique())}
+    pred = {int(layer): band_prediction(spec, int(layer), train_context) for layer in pairs.layer.unique()}
     rows = []
     for (site, stage, layer), grp in pairs.groupby(["site", "stage", "layer"], sort=False):
-        bp = pred[layer]
+        bp = pred[int(layer)]
         hits = massive[(massive.site == site) & (massive.stage == stage) & (massive.layer == layer)]
         hits = hits[hits.pair >= 0]
         energy = grp.groupby("pair").energy.sum()
