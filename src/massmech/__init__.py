@@ -4,7 +4,8 @@ Data flows one way, and the subpackages follow it (imports point down only):
 
 * :mod:`massmech.core` — measurement: loading (:func:`load_model`, :func:`wrap`), RoPE read from
   the model (:class:`RopeSpec`), streaming capture (:func:`capture_stats`), detection
-  (:func:`detect_massive`), frequency analysis (:func:`frequency_analysis`), corpora.
+  (:func:`detect_massive`), frequency analysis (:func:`frequency_analysis`), the critical pair
+  (:func:`band_prediction`), attention logits by RoPE pair (:func:`attribute_logits`), corpora.
 * :mod:`massmech.diagnostics` — :func:`verify_rope`, :func:`doctor`.
 * :mod:`massmech.causal` — disruptions (:class:`Disruption`, :func:`disrupt`), tasks
   (:func:`get_task`), scoring (:func:`evaluate`).
@@ -57,6 +58,15 @@ _LAZY = {  # public name -> module that defines it
     "detect_massive": "massmech.core.detect",
     "FrequencyAnalysis": "massmech.core.frequency",
     "frequency_analysis": "massmech.core.frequency",
+    "BandPrediction": "massmech.core.critical",
+    "band_prediction": "massmech.core.critical",
+    "beyond_critical": "massmech.core.critical",
+    "critical_pair_from_frequencies": "massmech.core.critical",
+    "d_extra": "massmech.core.critical",
+    "PairLogits": "massmech.core.attribution",
+    "attribute_logits": "massmech.core.attribution",
+    "group_logits": "massmech.core.attribution",
+    "pair_logits": "massmech.core.attribution",
     "RopeReport": "massmech.diagnostics.verify_rope",
     "verify_rope": "massmech.diagnostics.verify_rope",
     "doctor": "massmech.diagnostics.doctor",

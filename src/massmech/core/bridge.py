@@ -159,3 +159,21 @@ def is_bridge(model: Any) -> bool:
     from transformer_lens.model_bridge import TransformerBridge
 
     return isinstance(model, TransformerBridge)
+
+
+def attention_scaling(bridge: Any, layer: int) -> tuple[float, float | None]:
+    """The factor a layer's attention multiplies ``q . k`` by, and its logit softcap (or ``None``).
+
+    Read where the bridge's attention reads them: the HF attention module's ``scaling`` (Gemma's
+    ``query_pre_attn_scalar ** -0.5``, not always ``d_head ** -0.5``) and
+    ``attn_logit_softcapping`` (Gemma 2), with the bridge's own fallback ``head_dim ** -0.5``.
+
+    >>> import massmech as mm
+    >>> attention_scaling(mm.load_model("tiny-llama").bridge, 0), attention_scaling(mm.load_model("tiny-gemma3").bridge, 0)
+    ((0.25, None), (0.0625, None))
+    """
+    bridge = getattr(bridge, "bridge", bridge)  # a LoadedModel holds its bridge
+    attn = unwrap(bridge.blocks[layer].attn)
+    head_dim = getattr(attn, "head_dim", None) or int(bridge.cfg.d_head)
+    softcap = getattr(attn, "attn_logit_softcapping", None)
+    return float(getattr(attn, "scaling", head_dim**-0.5)), None if softcap is None else float(softcap)

@@ -182,7 +182,10 @@ class FrequencyAnalysis:
         layers: Per (site, stage, layer): the concentration metrics (see module doc).
         massive: The massive dims (:func:`~massmech.detect_massive` at ``lam``).
         summary: Per ``"site.stage"``: headline numbers (JSON-ready).
-        params: The parameters used (context_len, fast_turns, n_bands, lam, threshold_share).
+        params: The parameters used (context_len, fast_turns, n_bands, lam, threshold_share,
+            and train_context when given).
+        predicted: With ``train_context``: the critical-pair prediction vs measurement per
+            (site, stage, layer) (:func:`massmech.core.critical.predicted_table`), else ``None``.
 
     >>> import torch
     >>> from massmech.core.activations import from_activations
@@ -199,6 +202,7 @@ class FrequencyAnalysis:
     massive: pd.DataFrame
     summary: dict
     params: dict = field(default_factory=dict)
+    predicted: pd.DataFrame | None = None
 
     def _fields(self) -> dict[str, object]:
         keys = list(self.summary)
@@ -247,7 +251,7 @@ class FrequencyAnalysis:
             True
         """
         with atomic_run_dir(path, "frequency-analysis", overwrite=overwrite) as tmp:
-            for t in _TABLES:
+            for t in _TABLES + ("predicted",) * (self.predicted is not None):
                 getattr(self, t).to_parquet(tmp / f"{t}.parquet", index=False)
             meta = {"format": "massmech.FrequencyAnalysis", "version": FORMAT_VERSION,
                     "summary": self.summary, "params": self.params}
@@ -277,7 +281,8 @@ class FrequencyAnalysis:
         meta = json.loads((path / "frequency.json").read_text())
         if meta.get("version", 0) > FORMAT_VERSION:
             raise AnalysisError(f"{path} has format version {meta['version']}; this massmech reads <= {FORMAT_VERSION}")
-        return cls(**_read_tables(path), summary=meta["summary"], params=meta["params"])
+        predicted = pd.read_parquet(path / "predicted.parquet") if (path / "predicted.parquet").is_file() else None
+        return cls(**_read_tables(path), summary=meta["summary"], params=meta["params"], predicted=predicted)
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike) -> FrequencyAnalysis:
@@ -320,6 +325,7 @@ def frequency_analysis(
     n_bands: int = 3,
     lam: float = 5.0,
     threshold_share: float = 0.75,
+    train_context: float | None = None,
 ) -> FrequencyAnalysis:
     """Where Q/K energy sits in the RoPE spectrum, per layer, with V as the control.
 
@@ -332,6 +338,9 @@ def frequency_analysis(
         threshold_share: Low-half energy fraction whose first crossing is the summary's
             ``threshold_layer`` (0.75 = 1.5x the uniform 0.5). Not the emergence layer: see
             :func:`massmech.core.emergence.emergence`.
+        train_context: The model's training context in tokens: adds the critical-pair
+            prediction (:mod:`massmech.core.critical`) as ``predicted`` and ``critical_*``
+            summary keys. ``None`` (default) leaves the output exactly as without it.
 
     Returns:
         :class:`FrequencyAnalysis`.
@@ -417,4 +426,11 @@ def frequency_analysis(
         "lam": lam,
         "threshold_share": threshold_share,
     }
-    return FrequencyAnalysis(pairs=pairs, layers=layers, massive=massive, summary=summary, params=params)
+    if train_context is None:
+        return FrequencyAnalysis(pairs=pairs, layers=layers, massive=massive, summary=summary, params=params)
+    from massmech.core.critical import predicted_table
+
+    predicted, extra = predicted_table(pairs, hits_all, spec, train_context)
+    summary = {key: {**value, **extra[key]} for key, value in summary.items()}
+    return FrequencyAnalysis(pairs=pairs, layers=layers, massive=massive, summary=summary,
+                             params={**params, "train_context": train_context}, predicted=predicted)

@@ -148,6 +148,18 @@ class RopeSpec:
         """
         return [self.base(layer) for layer in range(self.n_layers)]
 
+    def critical_pair(self, train_context: float, layer: int | None = None) -> float | list[float]:
+        """Liu et al.'s critical pair ``k*`` (see :mod:`massmech.core.critical`): per layer, or of one layer.
+
+        >>> round(RopeSpec.from_base(10_000, 128).critical_pair(4096, layer=0), 2)  # Llama-2
+        45.03
+        """
+        from massmech.core.critical import critical_pair_from_frequencies
+
+        if layer is not None:
+            return critical_pair_from_frequencies(self.frequencies(layer), train_context)
+        return [critical_pair_from_frequencies(self.frequencies(li), train_context) for li in range(self.n_layers)]
+
     def pair_dims(self, pair: int) -> tuple[int, int]:
         """The two dims of a head rotated together as pair ``pair``.
 

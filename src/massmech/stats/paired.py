@@ -1,4 +1,4 @@
-"""Statistics massmech reports, in one place: intervals, paired tests, corrections, token NLL.
+"""Intervals, paired tests and corrections of one column of per-example values against a baseline.
 
 Every study summarises per-example values the same way and with the same column names:
 
@@ -33,14 +33,10 @@ why 0/1 verdicts get exact tests.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from massmech.errors import AnalysisError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from torch import Tensor
 
 SUMMARY_COLUMNS = ("mean", "ci_low", "ci_high", "n")
 DELTA_COLUMNS = ("delta", "delta_ci_low", "delta_ci_high", "b", "c", "p_value")
@@ -48,6 +44,18 @@ DELTA_COLUMNS = ("delta", "delta_ci_low", "delta_ci_high", "b", "c", "p_value")
 
 def bootstrap_ci(values: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (resampling examples).
+
+    Args:
+        values: per-example values, 1-D.
+        n_boot: bootstrap replicates.
+        alpha: the interval covers ``1 - alpha``.
+        seed: seed of the resampling.
+
+    Returns:
+        ``(low, high)``.
+
+    Raises:
+        AnalysisError: no values.
 
     >>> bootstrap_ci(np.ones(5))
     (1.0, 1.0)
@@ -62,7 +70,17 @@ def bootstrap_ci(values: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05,
 
 
 def is_binary(values: np.ndarray) -> bool:
-    """Whether every value is 0 or 1 (verdicts), so exact binomial statistics apply."""
+    """Whether every value is 0 or 1 (verdicts), so exact binomial statistics apply.
+
+    Args:
+        values: per-example values.
+
+    Returns:
+        False for an empty array.
+
+    >>> is_binary(np.array([0, 1, 1])), is_binary(np.array([0.5, 1.0])), is_binary(np.array([]))
+    (True, False, False)
+    """
     values = np.asarray(values, dtype=float)
     return values.size > 0 and bool(np.isin(values, (0.0, 1.0)).all())
 
@@ -71,6 +89,17 @@ def wilson_ci(successes: int, n: int, *, alpha: float = 0.05) -> tuple[float, fl
     """Wilson score interval of a proportion ``successes / n``.
 
     The bounds at 0 and ``n`` successes are exactly 0 and 1 (not a rounding error away from them).
+
+    Args:
+        successes: number of successes, ``0 <= successes <= n``.
+        n: number of trials, positive.
+        alpha: the interval covers ``1 - alpha``.
+
+    Returns:
+        ``(low, high)``.
+
+    Raises:
+        AnalysisError: counts out of range.
 
     >>> [round(x, 4) for x in wilson_ci(4, 4)]
     [0.5101, 1.0]
@@ -96,6 +125,16 @@ def mcnemar_exact(values: np.ndarray, baseline: np.ndarray) -> tuple[int, int, f
     ``b`` counts examples right in ``values`` and wrong in ``baseline``, ``c`` the reverse; p is
     the two-sided exact binomial test of ``b`` out of ``b + c`` at 1/2 (1.0 without discordant pairs).
 
+    Args:
+        values: 0/1 verdicts of the condition.
+        baseline: 0/1 verdicts of the baseline on the same examples, same order.
+
+    Returns:
+        ``(b, c, p_value)``.
+
+    Raises:
+        AnalysisError: shapes differ, no examples, or values other than 0/1.
+
     >>> mcnemar_exact(np.array([0, 0, 0, 0, 1]), np.array([1, 1, 1, 1, 1]))
     (0, 4, 0.125)
     """
@@ -114,6 +153,17 @@ def newcombe_paired_ci(values: np.ndarray, baseline: np.ndarray, *, alpha: float
     """Newcombe's interval (1998, method 10) for the difference of paired proportions ``values - baseline``.
 
     Built from the Wilson intervals of both proportions and the phi correlation of the pairs.
+
+    Args:
+        values: 0/1 verdicts of the condition.
+        baseline: 0/1 verdicts of the baseline on the same examples, same order.
+        alpha: the interval covers ``1 - alpha``.
+
+    Returns:
+        ``(low, high)`` of ``mean(values) - mean(baseline)``.
+
+    Raises:
+        AnalysisError: shapes differ or no examples.
 
     >>> [round(x, 4) for x in newcombe_paired_ci(np.array([0, 0, 0, 0, 1]), np.array([1, 1, 1, 1, 1]))]
     [-0.9638, -0.1926]
@@ -139,6 +189,12 @@ def newcombe_paired_ci(values: np.ndarray, baseline: np.ndarray, *, alpha: float
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
     """Holm's step-down adjusted p-values (family-wise error), ``None`` entries left out and kept.
 
+    Args:
+        p_values: one family's p-values; ``None`` or NaN for rows without a test.
+
+    Returns:
+        Adjusted p-values in the input order (``None`` where the input had none).
+
     >>> holm([0.01, 0.04, None, 0.03])
     [0.03, 0.06, None, 0.06]
     """
@@ -155,16 +211,39 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
 def chance_normalised(accuracy: float, chance: float) -> float:
     """``(accuracy - chance) / (1 - chance)``: 0 at chance, 1 when perfect.
 
+    Args:
+        accuracy: observed accuracy.
+        chance: accuracy of guessing, below 1.
+
+    Returns:
+        The normalised accuracy (negative below chance).
+
+    Raises:
+        AnalysisError: ``chance >= 1``.
+
     >>> chance_normalised(0.75, 0.5)
     0.5
     """
+    if chance >= 1.0:
+        raise AnalysisError(f"chance_normalised needs chance < 1, got {chance}")
     return (accuracy - chance) / (1.0 - chance)
 
 
 def evaluable(successes: int, n: int, chance: float, *, floor: float = 0.1) -> bool:
-    """Whether a baseline can show an effect: its Wilson interval lies above ``chance`` and its
-    chance-normalised accuracy is at least ``floor``. Rows failing this are "not evaluable at
-    this scale", not evidence for or against anything.
+    """Whether a baseline can show an effect.
+
+    Its Wilson interval must lie above ``chance`` and its chance-normalised accuracy be at least
+    ``floor``. Rows failing this are "not evaluable at this scale", not evidence for or against
+    anything. See also :func:`massmech.stats.decidable` (whether a test could reach a level at all).
+
+    Args:
+        successes: baseline successes.
+        n: examples.
+        chance: accuracy of guessing.
+        floor: least chance-normalised accuracy.
+
+    Returns:
+        Whether the row is evaluable.
 
     >>> evaluable(57, 100, 0.5), evaluable(4, 100, 0.0), evaluable(40, 100, 0.0)
     (False, False, True)
@@ -183,11 +262,28 @@ def _paired(values: np.ndarray, baseline: np.ndarray) -> tuple[np.ndarray, np.nd
 def describe(
     values: np.ndarray, *, baseline: np.ndarray | None = None, n_boot: int = 2000, seed: int = 0,
 ) -> dict[str, float | int | None]:
-    """Mean, 95% interval and n of ``values``; with a ``baseline`` on the same examples (same
-    order), also the paired difference, its interval and a paired test (see the module docstring).
+    """Mean, 95% interval and n of ``values``, and the paired comparison with a baseline.
 
-    0/1 verdicts get Wilson / Newcombe intervals and the exact McNemar test (with ``b`` and
-    ``c``); other values get bootstrap intervals and ``p_value=None``.
+    With a ``baseline`` on the same examples (same order), also the paired difference, its
+    interval and a paired test (see the module docstring). 0/1 verdicts get Wilson / Newcombe
+    intervals and the exact McNemar test (with ``b`` and ``c``); other values get bootstrap
+    intervals and ``p_value=None``.
+
+    Args:
+        values: per-example values.
+        baseline: the baseline's values on the same examples, or None.
+        n_boot: bootstrap replicates (continuous values only).
+        seed: seed of the bootstrap.
+
+    Returns:
+        A row with :data:`SUMMARY_COLUMNS` and, with a baseline, :data:`DELTA_COLUMNS`.
+
+    Raises:
+        AnalysisError: no values, or a baseline on other examples.
+
+    >>> row = describe(np.array([0.2, 0.4]), baseline=np.array([0.1, 0.2]))
+    >>> round(row["mean"], 3), row["n"], round(row["delta"], 3), row["p_value"]
+    (0.3, 2, 0.15, None)
     """
     values = np.asarray(values, dtype=float)
     if values.size == 0:
@@ -207,24 +303,3 @@ def describe(
             b = c = p = None
         row |= {"delta": float(diff.mean()), "delta_ci_low": dlo, "delta_ci_high": dhi, "b": b, "c": c, "p_value": p}
     return row
-
-
-def token_nll(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Negative log-likelihood of each next token, in fp32: ``logits[:, :-1]`` predicts ``tokens[:, 1:]``.
-
-    Args:
-        logits: ``[batch, pos, vocab]``.
-        tokens: ``[batch, pos]`` token ids.
-
-    Returns:
-        ``[batch, pos - 1]``; mask padding yourself (``mask[:, 1:]``).
-
-    >>> import torch
-    >>> logits = torch.zeros(1, 3, 4)  # uniform over 4 tokens
-    >>> round(float(token_nll(logits, torch.tensor([[0, 1, 2]]))[0, 0]), 4) == round(float(np.log(4)), 4)
-    True
-    """
-    import torch
-
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    return -logp.gather(-1, tokens[:, 1:, None].to(logp.device))[..., 0]
