@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from massmech.causal.disruption import Disruption
-from massmech.causal.evaluate import _final_logits, encode, evaluate, generate_exact, summarize
+from massmech.causal.evaluate import encode, evaluate, generate_exact, summarize
 from massmech.causal.intervention import Intervention
 from massmech.causal.tasks.base import Example
 from massmech.causal.tasks.builtin import get_task
@@ -24,8 +24,8 @@ def test_scored_logits_equal_the_bridge_logits(tiny):
     mask[1, 6:] = 0  # right padding of row 1
     with torch.inference_mode():
         ref = tiny.bridge(tokens, attention_mask=mask)
-        where = [(0, t) for t in range(9)] + [(1, t) for t in range(6)]
-        got = _final_logits(tiny, tokens, mask, where)
+        where = torch.tensor([(0, t) for t in range(9)] + [(1, t) for t in range(6)])
+        got = tiny.final_logits(tokens, mask, where[:, 0], where[:, 1])
     expect = torch.cat([ref[0, :9], ref[1, :6]]).float()
     torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-4)
 
@@ -148,7 +148,7 @@ def test_bad_inputs(tiny_models):
     with pytest.raises(ValueError, match="conditions is empty"):
         evaluate(model, get_task("kv_lookup"), {}, n=2, progress=False)
     with pytest.raises(ValueError, match="context"):
-        evaluate(model, get_task("passkey", filler_repeats=40), {"b": None}, n=1, progress=False)
+        evaluate(model, get_task("passkey", filler_repeats=400), {"b": None}, n=1, progress=False)
     with pytest.raises(ValueError, match="needs answers"):
         evaluate(model, get_task("sentiment"), {"b": None}, n=2, scoring="exact", progress=False)
 

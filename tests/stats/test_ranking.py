@@ -20,7 +20,7 @@ def _placements_by_hand(pos, neg):
 
 def _cov(u, v):
     mu, mv = sum(u) / len(u), sum(v) / len(v)
-    return sum((a - mu) * (b - mv) for a, b in zip(u, v)) / (len(u) - 1)
+    return sum((a - mu) * (b - mv) for a, b in zip(u, v, strict=True)) / (len(u) - 1)
 
 
 def _scores(seed, m=25, n=30, decimals=1):

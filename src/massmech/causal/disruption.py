@@ -269,8 +269,8 @@ class Disruption:
         >>> hooks = Disruption(target="k", rule="topk", k=1).to_hooks(model)
         >>> [name for name, _ in hooks]  # K of each layer, then the end-of-forward guard
         ['blocks.0.attn.hook_k', 'blocks.1.attn.hook_k', 'ln_final.hook_in']
-        >>> with torch.inference_mode(), model.bridge.hooks(fwd_hooks=hooks):
-        ...     logits = model.bridge(torch.tensor([[5, 6, 7, 8]]))
+        >>> with torch.inference_mode(), model.hooks(hooks):
+        ...     logits = model.logits(torch.tensor([[5, 6, 7, 8]]))
         >>> tuple(logits.shape)
         (1, 4, 259)
         """

@@ -26,15 +26,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from massmech.causal.batch import batch_masks
 from massmech.causal.disruption import Disruption
 from massmech.causal.intervention import Intervention
 from massmech.causal.tasks.base import Example, Task
-from massmech.core.bridge import hf_model
-from massmech.core.models import LoadedModel
+from massmech.core.models import LoadedModel, pad_batch
 from massmech.core.qkvstats import QKVStats
 from massmech.errors import TaskError
 from massmech.stats import describe, token_nll
@@ -81,23 +79,6 @@ def encode(model: LoadedModel, ex: Example) -> tuple[list[int], list[list[int]]]
             f"{model.info.name}'s context of {model.info.n_ctx}: shorten the task"
         )
     return prompt, cont
-
-
-def _final_logits(model: LoadedModel, ids: Tensor, mask: Tensor, where: Sequence[tuple[int, int]]) -> Tensor:
-    """Logits ``[len(where), vocab]`` (fp32) at (row, position) pairs of one forward pass.
-
-    Runs the Hugging Face model inside the bridge (so every bridge hook fires) up to the final
-    norm, gathers the positions, then unembeds only those.
-    """
-    hf = hf_model(model)
-    hidden = hf.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [b, pos, d]
-    rows = torch.tensor([r for r, _ in where], device=hidden.device)
-    cols = torch.tensor([c for _, c in where], device=hidden.device)
-    logits = hf.get_output_embeddings()(hidden[rows, cols]).float()  # [n, vocab]
-    cap = getattr(hf.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
 
 
 def evaluate(
@@ -162,18 +143,13 @@ def evaluate(
     by_length = sorted(range(len(rows)), key=lambda j: -len(rows[j].ids))
     groups = [by_length] if fold else [[j for j in by_length if rows[j].cond == c] for c in range(len(names))]
     batches = [g[i : i + batch_size] for g in groups for i in range(0, len(g), batch_size)]
-    device = next(model.bridge.parameters()).device
+    device = model.device
     scores: dict[tuple[int, int], list] = {}  # (ex, cond) -> per option score / (ok, pred)
     dims: dict[tuple[int, int], tuple[int, float]] = {}
     with torch.inference_mode(), iv.active():
         for batch in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
             brows = [rows[j] for j in batch]
-            width = max(len(r.ids) for r in brows)
-            ids = torch.full((len(brows), width), _pad_id(model), dtype=torch.long)
-            full = torch.zeros((len(brows), width), dtype=torch.bool)
-            for k, r in enumerate(brows):
-                ids[k, : len(r.ids)] = torch.tensor(r.ids)
-                full[k, : len(r.ids)] = True
+            ids, full = pad_batch([r.ids for r in brows], model.pad_id)
             prompt = full.clone()
             for k, r in enumerate(brows):
                 prompt[k, r.n_prompt :] = False
@@ -182,9 +158,9 @@ def evaluate(
                 prompt, full, row_ids=torch.tensor([examples[r.ex].uid for r in brows]),
             )
             # scored positions: the logits at t predict token t + 1
-            where = [(k, t) for k, r in enumerate(brows) for t in range(r.n_prompt - 1, len(r.ids) - 1)]
+            where = torch.tensor([(k, t) for k, r in enumerate(brows) for t in range(r.n_prompt - 1, len(r.ids) - 1)])
             with batch_masks(full.to(device), prompt.to(device)):
-                logits = _final_logits(model, ids.to(device), full.long().to(device), where)
+                logits = model.final_logits(ids.to(device), full.long().to(device), where[:, 0], where[:, 1])
             if iv.passes != 1:
                 raise RuntimeError(f"the intervention's end-of-forward hook fired {iv.passes} times, not once")
             at = 0
@@ -254,33 +230,21 @@ def generate_exact(
     encoded = [encode(model, ex) for ex in examples]
     units = [(i, c) for c in range(len(names)) for i in range(len(examples))]
     units.sort(key=lambda u: -len(encoded[u[0]][0]))
-    hf = hf_model(model)
-    device = next(model.bridge.parameters()).device
-    pad = _pad_id(model)
+    device = model.device
     out = []
     with torch.inference_mode(), iv.active():
         for s in tqdm(range(0, len(units), batch_size), desc="generate", disable=not progress):
             batch = units[s : s + batch_size]
             prompts = [encoded[i][0] for i, _ in batch]
             golds = [encoded[i][1][0] for i, _ in batch]
-            width = max(map(len, prompts))
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.bool)
-            for k, p in enumerate(prompts):  # left padding
-                ids[k, width - len(p) :] = torch.tensor(p)
-                mask[k, width - len(p) :] = True
+            ids, mask = pad_batch(prompts, model.pad_id, left=True)
             iv.set_batch(
                 torch.tensor([c if conditions[names[c]] is not None else -1 for _, c in batch]),
                 mask, row_ids=torch.tensor([examples[i].uid for i, _ in batch]),
             )
             new = max_new_tokens or max(map(len, golds))
             with batch_masks(mask.to(device)):  # the prefill; decode steps are one token
-                gen = hf.generate(
-                    input_ids=ids.to(device), attention_mask=mask.long().to(device),
-                    max_new_tokens=new, do_sample=False, num_beams=1,
-                    repetition_penalty=1.0, pad_token_id=pad, eos_token_id=None,
-                    temperature=None, top_p=None, top_k=None,
-                )[:, width:].cpu()
+                gen = model.generate(ids.to(device), mask.to(device), new).cpu()
             for k, (i, c) in enumerate(batch):
                 g = gen[k, : len(golds[k])].tolist()
                 out.append(
@@ -312,14 +276,6 @@ def _resolve(examples, scoring, n, seed) -> tuple[list[Example], str]:
     return examples, scoring
 
 
-def _pad_id(model: LoadedModel) -> int:
-    tok = model.tokenizer
-    for t in (tok.pad_token_id, tok.eos_token_id, 0):
-        if t is not None:
-            return int(t)
-    return 0  # pragma: no cover
-
-
 def perplexity(
     model: LoadedModel,
     windows: Sequence[Sequence[int]],
@@ -346,20 +302,16 @@ def perplexity(
     windows = [list(w) for w in windows if len(w) >= 2]
     if not windows:
         raise TaskError("perplexity needs at least one window of two or more tokens")
-    device = next(model.bridge.parameters()).device
+    device = model.device
     total, count = 0.0, 0
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))  # equal lengths batch together
     with torch.inference_mode():
         for start in tqdm(range(0, len(order), batch_size), desc="perplexity", disable=not progress):
             rows = [windows[i] for i in order[start : start + batch_size]]
-            width = max(map(len, rows))
-            ids = torch.full((len(rows), width), _pad_id(model), dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, w in enumerate(rows):  # right padding: positions stay 0..len-1
-                ids[r, : len(w)] = torch.tensor(w)
-                mask[r, : len(w)] = 1
+            ids, mask = pad_batch(rows, model.pad_id)  # right padding: positions stay 0..len-1
+            mask = mask.long()
             with batch_masks(mask.to(device)):
-                logits = model.bridge(ids.to(device), attention_mask=mask.to(device), return_type="logits")
+                logits = model.logits(ids.to(device), mask.to(device))
             nll = token_nll(logits, ids.to(device))  # [b, pos-1], fp32
             keep = mask[:, 1:].bool().to(device)
             total += float(nll[keep].double().sum())

@@ -18,7 +18,7 @@ Example::
 
     d = Disruption(target="qk", stage="pre", rule="lambda", lam=5)
     with disrupt(model, d):
-        logits = model.bridge(tokens)            # tokens: [batch, pos], no padding
+        logits = model.logits(tokens)            # tokens: [batch, pos], no padding
 """
 
 from __future__ import annotations
@@ -40,9 +40,6 @@ from massmech.core.qkvstats import QKVStats
 from massmech.core.sites import from_heads, to_heads
 from massmech.errors import DisruptionError, NoOpDisruptionError
 
-# The end-of-forward marker: fires after every attention hook, on every architecture.
-_END_HOOK = "ln_final.hook_in"
-
 
 class Intervention:
     """Hooks that apply one condition per batch row (``None`` = undisturbed row).
@@ -53,7 +50,7 @@ class Intervention:
         calibration: Statistics for ``selection="calibration"`` / ``replace="calib_mean"``.
 
     Use: ``set_batch`` before each batch (which condition each row carries, which positions are
-    the prompt), then run the model inside ``model.bridge.hooks(fwd_hooks=iv.fwd_hooks)``
+    the prompt), then run the model inside ``model.hooks(iv.fwd_hooks)``
     (:meth:`active` does both). After each pass, ``last_changed``, ``last_selected`` and
     ``last_removed`` report per row how many activations changed, how many (layer, head, dim)
     cells were replaced, and the *removed variance*: the squared change of the replaced values
@@ -67,7 +64,7 @@ class Intervention:
     >>> iv = Intervention(model, [None, Disruption(rule="topk", k=1)])  # row 0: baseline, row 1: top-1
     >>> iv.set_batch(torch.tensor([-1, 1]), prompt_mask=torch.tensor([[True, True, True, False]] * 2))
     >>> with torch.inference_mode(), iv.active():
-    ...     _ = model.bridge(torch.tensor([[5, 6, 7, 8]] * 2), return_type=None)
+    ...     model.forward(torch.tensor([[5, 6, 7, 8]] * 2))
     >>> iv.last_selected.tolist(), iv.last_changed.tolist()  # 2 layers x 6 Q/K heads; x 3 prompt tokens
     ([0, 12], [0, 36])
     """
@@ -100,7 +97,7 @@ class Intervention:
         for (site, stage, layer), cis in self._where.items():
             name, heads_first = model.hook_name(site, stage, layer)
             self.fwd_hooks.append((name, self._make_hook(site, stage, layer, heads_first, cis)))
-        self.fwd_hooks.append((_END_HOOK, self._end_of_forward))
+        self.fwd_hooks.append((self.model.end_hook, self._end_of_forward))
         # one condition: ready for plain forward passes; several: set_batch must say which row has which
         self.set_batch(None if len(self.conditions) == 1 else torch.zeros(0, dtype=torch.long))
 
@@ -190,7 +187,7 @@ class Intervention:
     @contextlib.contextmanager
     def active(self) -> Iterator[Intervention]:
         """Context in which the model's forward passes carry these hooks."""
-        with self.model.bridge.hooks(fwd_hooks=self.fwd_hooks):
+        with self.model.hooks(self.fwd_hooks):
             yield self
 
     # ----------------------------------------------------------------- selection
@@ -277,7 +274,7 @@ class Intervention:
             here = (site, stage, layer)
             if here in self._seen:
                 raise RuntimeError(
-                    f"hook {here} fired twice without reaching {_END_HOOK}: a forward pass stopped "
+                    f"hook {here} fired twice without reaching {self.model.end_hook}: a forward pass stopped "
                     "early (stop_at_layer?), so the no-op check could not run; Intervention needs "
                     "complete forward passes"
                 )
@@ -392,7 +389,7 @@ def disrupt(
     >>> import massmech as mm
     >>> model = mm.load_model("tiny-llama")
     >>> with torch.inference_mode(), disrupt(model, Disruption(rule="topk", k=2)) as iv:
-    ...     _ = model.bridge(torch.tensor([[5, 6, 7, 8]]), return_type=None)
+    ...     model.forward(torch.tensor([[5, 6, 7, 8]]))
     >>> iv.last_selected.tolist(), round(float(iv.last_removed[0]), 2)
     ([24], 0.27)
     """

@@ -177,3 +177,36 @@ def attention_scaling(bridge: Any, layer: int) -> tuple[float, float | None]:
     head_dim = getattr(attn, "head_dim", None) or int(bridge.cfg.d_head)
     softcap = getattr(attn, "attn_logit_softcapping", None)
     return float(getattr(attn, "scaling", head_dim**-0.5)), None if softcap is None else float(softcap)
+
+
+def final_logits(bridge: Any, ids: Any, mask: Any, rows: Any, cols: Any) -> Any:
+    """Logits ``[len(rows), vocab]`` (fp32) at ``(rows[i], cols[i])`` of one forward pass.
+
+    Runs the Hugging Face model inside the bridge (so every bridge hook fires) up to the final
+    norm, gathers the positions, then unembeds only those, with the model's final logit softcap.
+
+    >>> import massmech as mm, torch
+    >>> model = mm.load_model("tiny-llama")
+    >>> ids = torch.tensor([[5, 6, 7]])
+    >>> out = final_logits(model.bridge, ids, torch.ones_like(ids), torch.tensor([0]), torch.tensor([2]))
+    >>> full = model.bridge(ids, return_type="logits")[0, 2]
+    >>> out.shape, torch.allclose(out[0], full.float(), atol=1e-5)
+    (torch.Size([1, 259]), True)
+    """
+    import torch
+
+    hf = hf_model(bridge)
+    hidden = hf.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [b, pos, d]
+    logits = hf.get_output_embeddings()(hidden[rows.to(hidden.device), cols.to(hidden.device)]).float()
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def greedy_generate(bridge: Any, ids: Any, mask: Any, *, max_new_tokens: int, pad_id: int) -> Any:
+    """Greedy continuations ``[batch, max_new_tokens]`` of left-padded ``ids`` (the bridge's hooks
+    fire on the prefill and on every decode step; no early stop at EOS)."""
+    return hf_model(bridge).generate(
+        input_ids=ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        repetition_penalty=1.0, pad_token_id=pad_id, eos_token_id=None, temperature=None, top_p=None, top_k=None,
+    )[:, ids.shape[1]:]
+

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from massmech.core.models import LoadedModel
+from massmech.core.models import LoadedModel, pad_batch
 from massmech.core.qkvstats import Key, QKVStats
 from massmech.core.sites import SITES, STAGES, to_heads
 from massmech.errors import CaptureError
@@ -210,15 +210,9 @@ def capture_stats(
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     n_tokens = 0
-    with torch.inference_mode(), model.bridge.hooks(fwd_hooks=fwd_hooks):
+    with torch.inference_mode(), model.hooks(fwd_hooks):
         for bi, batch in enumerate(tqdm(batches, desc="capture", unit="batch", disable=not progress)):
-            lens = [len(seqs[i]) for i in batch]
-            width = max(lens)
-            ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.bool)
-            for row, i in enumerate(batch):
-                ids[row, : lens[row]] = torch.tensor(seqs[i])
-                mask[row, : lens[row]] = True
+            ids, mask = pad_batch([seqs[i] for i in batch], pad_id=0)  # masked: the pad id is never seen
             sel = mask.clone()
             if exclude_first_token:
                 sel[:, 0] = False
@@ -226,11 +220,7 @@ def capture_stats(
             select.clear()
             rows, positions = sel.nonzero(as_tuple=True)
             select[device] = None if bool(sel.all()) else (_to_device(rows, device), _to_device(positions, device))
-            model.bridge(
-                _to_device(ids, device),
-                attention_mask=None if bool(mask.all()) else _to_device(mask.long(), device),
-                return_type=None,
-            )
+            model.forward(_to_device(ids, device), None if bool(mask.all()) else _to_device(mask.long(), device))
             bad = [names[k] for k in names if fired.get(k, 0) != bi + 1]
             if bad:
                 raise CaptureError(

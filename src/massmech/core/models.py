@@ -7,18 +7,47 @@ from, see :mod:`massmech.core.rope`) and maps sites to hooks (:mod:`massmech.cor
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from massmech.core import bridge as _bridge
 from massmech.core.bridge import boot, is_bridge, kv_cache_compat
 from massmech.core.rope import RopeSpec, rope_spec_from_tables
 from massmech.core.sites import SITES, STAGES, to_heads
 from massmech.errors import ConfigError, HookError, IndexRangeError, InputTypeError, RopeError
+
+#: The end-of-forward hook: fires after every attention hook, on every architecture.
+END_HOOK = "ln_final.hook_in"
+
+
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int = 0, *, left: bool = False
+) -> tuple[Int[Tensor, "batch width"], Bool[Tensor, "batch width"]]:
+    """Token lists as one padded batch: ids and a mask of the real tokens.
+
+    Right padding (default) keeps every sequence at positions ``0..len-1``; ``left=True`` pads on
+    the left, for generation.
+
+    >>> ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    >>> ids.tolist(), mask.tolist()
+    ([[5, 6, 7], [8, 0, 0]], [[True, True, True], [True, False, False]])
+    >>> pad_batch([[5, 6, 7], [8]], pad_id=1, left=True)[0].tolist()
+    [[5, 6, 7], [1, 1, 8]]
+    """
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for row, seq in enumerate(seqs):
+        cols = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, cols] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, cols] = True
+    return ids, mask
 
 
 @dataclass(frozen=True)
@@ -182,9 +211,57 @@ class LoadedModel:
         """``n`` fixed, content-free token ids ``[1, n]`` for structural probes."""
         vocab = int(self.bridge.cfg.d_vocab)
         ids = (torch.arange(n) * 7919 + 11) % max(vocab - 1, 1)
-        return ids[None].to(next(self.bridge.parameters()).device)
+        return ids[None].to(self.device)
 
     # -------------------------------------------------------------- forward
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (the first parameter's device)."""
+        return next(self.bridge.parameters()).device
+
+    @property
+    def pad_id(self) -> int:
+        """The id padding uses: the tokenizer's pad token, else its EOS, else 0 (always masked)."""
+        tok = self.tokenizer
+        return next((int(t) for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
+
+    end_hook = END_HOOK
+
+    def named_weights(self) -> Iterator[tuple[str, Tensor]]:
+        """The model's parameters under their plain Hugging Face names (what a weight fingerprint reads)."""
+        return _bridge.hf_model(self.bridge).named_parameters()
+
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Sequence[tuple[str, Any]]) -> Iterator[LoadedModel]:
+        """Context in which every forward pass of the model carries ``(hook name, fn)`` hooks."""
+        with self.bridge.hooks(fwd_hooks=list(fwd_hooks)):
+            yield self
+
+    def logits(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None) -> Float[Tensor, "batch pos vocab"]:
+        """One forward pass; logits in the model's dtype.
+
+        >>> import massmech as mm, torch
+        >>> mm.load_model("tiny-llama").logits(torch.tensor([[5, 6, 7]])).shape
+        torch.Size([1, 3, 259])
+        """
+        return self.bridge(ids, attention_mask=attention_mask, return_type="logits")
+
+    def forward(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None) -> None:
+        """One forward pass for its hooks only (no logits)."""
+        self.bridge(ids, attention_mask=attention_mask, return_type=None)
+
+    def final_logits(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor, rows: Int[Tensor, " n"],
+                     cols: Int[Tensor, " n"]) -> Float[Tensor, "n vocab"]:
+        """Logits (fp32, the model's softcap applied) at ``(rows[i], cols[i])`` only; see
+        :func:`massmech.core.bridge.final_logits`."""
+        return _bridge.final_logits(self.bridge, ids, attention_mask, rows, cols)
+
+    def generate(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor, max_new_tokens: int) -> Int[Tensor, "batch new"]:
+        """Greedy continuations of left-padded ``ids`` (hooks fire on every step; no early stop)."""
+        return _bridge.greedy_generate(self.bridge, ids, attention_mask, max_new_tokens=max_new_tokens,
+                                       pad_id=self.pad_id)
+
     def run_hooks(
         self,
         tokens: Int[Tensor, "batch pos"],
@@ -213,8 +290,8 @@ class LoadedModel:
             return fn
 
         fwd = [(name, make(key)) for key, name in hooks.items()]
-        with torch.inference_mode(), self.bridge.hooks(fwd_hooks=fwd):
-            self.bridge(tokens, attention_mask=attention_mask, return_type=None)
+        with torch.inference_mode(), self.hooks(fwd):
+            self.forward(tokens, attention_mask)
         missing = [name for key, name in hooks.items() if key not in out]
         if missing and require_all:
             raise HookError(f"hooks did not fire on {self.info.name}: {missing[:8]}")
@@ -239,9 +316,8 @@ class LoadedModel:
                 names[(site, stage, layer)], heads_first[(site, stage, layer)] = self.hook_name(
                     site, stage, layer
                 )
-        device = next(self.bridge.parameters()).device
-        mask = None if attention_mask is None else attention_mask.to(device)
-        acts = self.run_hooks(tokens.to(device), names, mask)
+        mask = None if attention_mask is None else attention_mask.to(self.device)
+        acts = self.run_hooks(tokens.to(self.device), names, mask)
         heads = {"q": self.info.n_heads, "k": self.info.n_kv_heads, "v": self.info.n_kv_heads}
         return {k: to_heads(v, heads_first[k], heads[k[0]]).float().cpu() for k, v in acts.items()}
 

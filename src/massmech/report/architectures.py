@@ -55,7 +55,7 @@ def architecture_row(name: str) -> dict[str, str]:
             steps.append("frequency")
         d = Disruption(target="qk", stage="pre", rule="topk", k=2)
         with torch.inference_mode(), disrupt(model, d):
-            model.bridge(torch.tensor(tokens), return_type="logits")
+            model.logits(torch.tensor(tokens))
         steps.append("disruption")
         row["pipeline"] = "ok"
     except MassmechError as err:  # a clear, documented limitation

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from massmech import plotting
-from massmech.core.bridge import hf_model
 from massmech.core.capture import capture_stats
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.core.corpus import bbc_news, hf_dataset_texts, text_file, token_windows
@@ -56,7 +55,7 @@ def weights_fingerprint(model: LoadedModel) -> str:
     """A hash of every parameter's name, shape, dtype, sum and sum of squares (fp64, on its device)."""
     rows = []
     with torch.inference_mode():
-        for name, p in hf_model(model).named_parameters():
+        for name, p in model.named_weights():
             x = p.detach().double()
             rows.append([name, list(p.shape), str(p.dtype), float(x.sum()), float((x * x).sum())])
     return data_hash(rows)

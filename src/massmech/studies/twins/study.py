@@ -192,7 +192,7 @@ def _bridge_forward(lm: LoadedModel, iv: Intervention | None = None) -> Callable
     def forward(x: Tensor, prompt: Tensor, rows: Tensor) -> Tensor:
         if iv is not None:
             iv.set_batch(torch.zeros(len(x), dtype=torch.long), prompt, torch.ones_like(prompt), row_ids=rows)
-        return lm.bridge(x.to(lm.info.device), return_type="logits")
+        return lm.logits(x.to(lm.device))
 
     return forward
 
