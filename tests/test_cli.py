@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -123,12 +124,41 @@ def test_ablate_own_file_as_written_says_what_it_measured(tmp_path, capsys):
     assert json.loads((out / "manifest.json").read_text())["config"]["first_prompt"].startswith("Q: The capital of")
     table = pd.read_parquet(out / "examples.parquet")
     assert set(table.prompt.str[:3]) == {"Q: "} and set(table.gold.str.strip()) == {"Paris", "Lima"}
+    assert res["separation"] is None and table.margin.isna().all()  # exact answers: no options to rank
+    assert set(table.source_id) == {f"{rows}, line 1", f"{rows}, line 2"}  # the user's own rows, by place
+
+
+def test_ablate_choice_task_keeps_each_option_and_reports_the_margin_auroc(tmp_path, capsys):
+    """Issue 25: a yes/no task keeps each option's log-probability and the margin, and ablate reports
+    the margin's AUROC (DeLong interval, paired test against the baseline) next to accuracy."""
+    from massmech.stats import auroc
+
+    rows = tmp_path / "facts.jsonl"
+    facts = [("Paris is in France.", "Yes"), ("Lima is in Peru.", "Yes"), ("Rome is in Spain.", "No"),
+             ("Oslo is in Chile.", "No"), ("Cairo is in Egypt.", "Yes"), ("Quito is in Japan.", "No")]
+    rows.write_text("".join(json.dumps({"q": q, "opts": ["Yes", "No"], "a": a}) + "\n" for q, a in facts))
+    out = tmp_path / "abl"
+    assert main(["ablate", "--model", "tiny-llama", "--task-file", str(rows), "--field", "question=q", "--field",
+                 "choices=opts", "--field", "answer=a", "--format", "choice", "--rule", "topk", "--k", "2",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "margin AUROC (logprob(option 0) - logprob(option 1)" in text and "DeLong vs baseline p=" in text
+    res = json.loads((out / "ablate.json").read_text())
+    table = pd.read_parquet(out / "examples.parquet")
+    base = table[table.condition == "baseline"]
+    lp = np.stack(base.logprobs.to_list())  # [example, option]
+    gold = (base.gold.str.strip() == "B").to_numpy().astype(int)  # option index of the gold answer (A. Yes, B. No)
+    np.testing.assert_allclose(base.margin, lp[np.arange(len(lp)), gold] - lp[np.arange(len(lp)), 1 - gold])
+    score = lp[:, 0] - lp[:, 1]  # recomputed by hand from the stored log-probabilities
+    assert res["separation"]["baseline"]["auroc"] == pytest.approx(auroc(score[gold == 0], score[gold == 1]))
+    sep = res["separation"]["massive"]
+    assert 0 <= sep["ci_low"] <= sep["auroc"] <= sep["ci_high"] <= 1 and 0 <= sep["p_vs_baseline"] <= 1
 
 
 def test_task_params_fit_a_small_context(capsys):
-    """Passkey's default context does not fit tiny-llama; --task-param shortens it."""
+    """A passkey longer than tiny-llama's context is refused; --task-param sets its length."""
     args = ["ablate", "--model", "tiny-llama", "--task", "passkey", "--n", "5", "--json"]
-    assert main(args) == 2 and "context" in capsys.readouterr().err
+    assert main([*args, "--task-param", "filler_repeats=400"]) == 2 and "context" in capsys.readouterr().err
     params = ["--task-param", "filler_repeats=1", "--task-param", "depths=(0.0, 1.0)"]
     # a random tiny model has no lambda-massive dims: the no-op guard names the examples by uid
     assert main([*args, *params, "--lam", "1000"]) == 2
@@ -212,7 +242,7 @@ def test_doctor_flags_and_no_leaked_warnings(capsys):
         (["--task", "kv_lookup", "--rule", "topk", "--k", "17"], "larger than d_head"),
         (["--task", "kv_lookup", "--stage", "post", "--model", "tiny-gpt2"], "no 'post' stage"),
         (["--task", "kv_lookup", "--disrupt-layers", "0-9"], "out of range"),
-        (["--task", "passkey"], "context"),
+        (["--task", "passkey", "--task-param", "filler_repeats=400"], "context"),
         (["--task", "kv_lookup", "--task-param", "n_pairs=99"], "n_pairs"),
         (["--task", "kv_lookup", "--task-param", "nonsense"], "NAME=VALUE"),
     ],
@@ -316,3 +346,16 @@ def test_the_cli_the_json_and_the_ledger_give_one_emergence_layer(tmp_path, caps
     p4 = ledger(tmp_path / "runs", ("tiny-llama",)).set_index("key").loc["P4"]
     for site, layer in printed.items():
         assert f"{site}: {'layer ' if layer != 'none' else ''}{layer} of" in p4.measured
+
+
+def test_a_study_whose_cell_cannot_run_finishes_the_rest_and_exits_nonzero(tmp_path, capsys):
+    """Issue 25: a cell that cannot run (no dim passes lambda = 1000 on a random model) is a row with
+    its reason; the baseline still runs; the command exits 1 with the failures listed."""
+    out = tmp_path / "sweep"
+    args = ["ablation", "--models", "tiny-llama", "--tasks", "kv_lookup", "--n", "4", "--lams", "1000",
+            "--controls", "lowest", "--out", str(out)]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "2 cell(s) could not run" in err and "selected no dim" in err
+    table = pd.read_parquet(out / "results.parquet")
+    assert table.error.isna().sum() == 1 and table[table.error.isna()].condition.tolist() == ["baseline"]

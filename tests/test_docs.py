@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 import types
@@ -24,6 +25,21 @@ DOCS = ROOT / "docs"
 EXTRA_PAGES: list[str] = ["README.md"]
 PAGES = sorted(p.relative_to(ROOT).as_posix() for p in DOCS.rglob("*.md") if "_ext" not in p.parts) + EXTRA_PAGES
 BLOCK = re.compile(r"^(?P<skip><!-- skip -->\n)?```python\n(?P<code>.*?)^```", re.S | re.M)
+
+
+BASH = re.compile(r"^(?P<run><!-- run -->\n)?```bash\n(?P<code>.*?)^```", re.S | re.M)
+
+
+def massmech_commands(text: str) -> list[tuple[list[str], bool]]:
+    """``(argv after "massmech", run)`` of every ``massmech`` command in a page's ```bash blocks
+    (continuation lines joined, comments dropped); ``run``: the block is marked ``<!-- run -->``."""
+    out = []
+    for m in BASH.finditer(text):
+        for line in m.group("code").replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["massmech"]:
+                out.append((words[1:], bool(m.group("run"))))
+    return out
 
 
 def python_blocks(text: str) -> list[tuple[int, str, bool]]:
@@ -101,9 +117,36 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
             exec(compile(code, f"{page}:{line}", "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - our own docs
         except Exception as err:  # noqa: BLE001 - report which block failed, with the error
             pytest.fail(f"{page}, the python block at line {line} failed: {type(err).__name__}: {err}")
+    from massmech.cli import main
+
+    for argv, run in massmech_commands((ROOT / page).read_text()):
+        if run:  # a command on the page's own files, run as written after its Python
+            assert main(argv) == 0, f"{page}: `massmech {shlex.join(argv)}` failed"
     from massmech import plotting
 
     plotting.close_all()
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if massmech_commands((ROOT / p).read_text())])
+def test_every_command_on_a_page_parses(page):
+    """Every ``massmech`` command shown is one the CLI takes: its command, flags and choices (the
+    ones on a page's own files also run, in test_page_examples_run)."""
+    from massmech.cli import build_parser
+
+    for argv, _ in massmech_commands((ROOT / page).read_text()):
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{page}: `massmech {shlex.join(argv)}` is not a command the CLI takes")
+
+
+def test_the_command_finder():
+    text = "```bash\nmassmech analyze --out x \\\n  --json  # c\nls\n```\n<!-- run -->\n```bash\nmassmech models\n```\n"
+    assert massmech_commands(text) == [(["analyze", "--out", "x", "--json"], False), (["models"], True)]
+    from massmech.cli import build_parser
+
+    with pytest.raises(SystemExit):  # what the page check catches: a flag the CLI does not take
+        build_parser().parse_args(["analyze", "--out", "x", "--no-such-flag"])
 
 
 def test_skipped_examples_stay_few():

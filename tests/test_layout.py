@@ -78,6 +78,28 @@ def test_transformer_lens_internals_live_in_one_module():
     assert not code, f"TransformerLens internals outside core/bridge.py: {code}"
 
 
+# Outside core, what may hold the Hugging Face model itself: the weight quantizers (they rewrite HF
+# decoder weights by their module names, as llmcompressor does) and doctor (its reference is plain
+# HF). Everything else goes through LoadedModel (logits, final_logits, hooks, generate, ...).
+HF_HOLDERS = {"diagnostics/doctor.py", "studies/quant/smoothing.py", "studies/quant/study.py",
+              "studies/quant/methods.py", "studies/quant/variants.py"}
+HF_CODE = re.compile(r"\bhf_model\(|\.base_model\b|get_output_embeddings|get_input_embeddings|"
+                     r"[\"']ln_final\.hook_in[\"']|[\"']blocks\.\{?|return_type=")
+
+
+def _code_lines(text: str) -> str:
+    """The module without docstring examples and comments (they may name hooks)."""
+    return "\n".join(line for line in text.splitlines()
+                     if not line.lstrip().startswith((">>>", "...", "#", "[", "'", '"')))
+
+
+def test_only_core_reaches_into_hugging_face_or_names_a_hook():
+    reaching = sorted(str(p.relative_to(SRC)) for p in MODULES
+                      if "core" not in p.relative_to(SRC).parts[:1] and HF_CODE.search(_code_lines(p.read_text())))
+    assert set(reaching) <= HF_HOLDERS, f"Hugging Face or hook internals outside core: {sorted(set(reaching) - HF_HOLDERS)}"
+    assert HF_CODE.search('hf = hf_model(model)') and HF_CODE.search('name = "blocks.0.attn.hook_k"')  # it can see
+
+
 def test_the_massive_rule_has_one_home():
     pattern = re.compile(r">\s*\w*\.?lam\s*\*|\.topk\(")
     homes = sorted(str(p.relative_to(SRC)) for p in MODULES if pattern.search(p.read_text()))

@@ -79,6 +79,7 @@ def test_cli_commands_take_the_placement_flags(tmp_path, capsys):
                  "--out", str(tmp_path / "sweep"), "--json"]) == 0
     store = CellStore(tmp_path / "sweep" / "cells", "ablation", version=get_study("ablation").version)
     assert {store.get(k).meta["parts"]["model"] for k in store.keys()} == {"tiny-llama@bfloat16"}
-    capsys.readouterr()
+    rows = json.loads(capsys.readouterr().out)["rows"]  # --json carries the results, not only counts
+    assert len(rows) == 3 and {r["task"] for r in rows} == {"kv_lookup"} and "p_holm" in rows[0]
     assert main(["ablation", "--models", "tiny-llama", "--out", str(tmp_path / "x"), "--device", "cpu", "--device-map", "auto"]) != 0
     assert "not both" in capsys.readouterr().err and not (tmp_path / "x").exists()  # refused before any work

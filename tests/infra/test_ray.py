@@ -53,7 +53,10 @@ def test_tiny_sweep_on_ray_equals_serial(tmp_path, local_ray):
     on_ray = run_sweep(cfg, tmp_path / "ray", executor=RayExecutor(workers=2), progress=False)
     key = ["model", "task", "condition"]
     assert serial.sort_values(key, ignore_index=True).equals(on_ray.sort_values(key, ignore_index=True))
-    store = CellStore(tmp_path / "ray" / "cells", squares.name, version=squares.version)
+    from massmech.studies.registry import get_study
+
+    ablation = get_study("ablation")
+    store = CellStore(tmp_path / "ray" / "cells", ablation.name, version=ablation.version)
     assert len(store.keys()) == len(serial)
 
 

@@ -86,3 +86,27 @@ def test_p7_and_o3_each_judge_their_own_variants_with_their_own_holm(tmp_path):
     assert verdict == "reproduces" and "1 of 2" in text and "rtn-w4-g64/passkey" in text and "qk-" not in text
     text, verdict = _qk_arm(tmp_path, "m")  # 0.016 × 2 comparisons < 0.05: only the random-rows-kept arm hurts
     assert verdict == "reproduces" and "1 of 2" in text and "qk-rtn-keep-random-w4-pc/passkey" in text
+
+
+def test_ablate_and_compare_pages_show_their_tables_and_models(runs, tmp_path, capsys):
+    """Issue 25: an ablate run's page has its conditions table (it printed only a header), a compare
+    run's page names its models and seed as '-' (it showed 'model - · seed None'), and --out onto a
+    folder or an unwritable path is a clear error, not a traceback."""
+    from massmech.causal.disruption import Disruption
+    from massmech.studies.ablation.single import ablate
+    from massmech.studies.compare import compare
+
+    ablate("tiny-llama", "kv_lookup", n=4, disruption=Disruption(rule="topk", k=2), out=tmp_path / "abl")
+    page = render_run(tmp_path / "abl")
+    assert "| condition | accuracy |" in page and "| massive |" in page and "Massive vs control" in page
+    analyze = runs / run_folder("analyze", "tiny-llama")
+    compare(analyze, analyze, labels=["a", "b"], out=tmp_path / "cmp")
+    page = render_run(tmp_path / "cmp")
+    assert "model tiny-llama, tiny-llama · seed - ·" in page and "| a | q | pre |" in page
+    (tmp_path / "folder").mkdir()
+    assert main(["report", str(tmp_path / "abl"), "--out", str(tmp_path / "folder")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["report", str(tmp_path / "abl"), "--out", str(blocker / "page.md")]) == 2
+    assert "cannot write the page" in capsys.readouterr().err

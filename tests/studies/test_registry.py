@@ -175,3 +175,19 @@ def test_a_study_spec_checks_itself():
     with pytest.raises(ConfigError, match="model_field"):
         StudySpec(name="x", version=1, help="", study="m:S", config="m:C", presets={"p": ""}, build="m:b",
                   run="m:r", quick="m:q", model_field="checkpoint")
+
+
+def test_cli_choices_are_the_vocabulary_the_code_uses():
+    """Flags list their choices from the same source as the code (issue 25): the analyze config's
+    axes equal what from_activations reads; the ablation config's those of Disruption."""
+    from dataclasses import fields
+
+    from massmech.causal import vocabulary
+    from massmech.core.activations import AXES
+    from massmech.studies.ablation.config import SweepConfig
+    from massmech.studies.analyze.config import AXES as CONFIG_AXES
+
+    assert set(CONFIG_AXES) == set(AXES)
+    choices = {f.name: f.metadata.get("choices") for f in fields(SweepConfig)}
+    assert choices["replace"] == vocabulary.REPLACEMENTS and choices["kv_cache"] == vocabulary.KV_CACHE
+    assert choices["selection"] == vocabulary.SELECTIONS and choices["controls"] == vocabulary.CONTROLS[1:]

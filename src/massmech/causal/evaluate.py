@@ -111,10 +111,12 @@ def evaluate(
 
     Returns:
         Tidy table, one row per (condition, example): ``condition, uid, group, correct, pred,
-        n_dims, removed_variance`` (``pred``: the argmax continuation at the answer positions, or
-        the chosen option; ``n_dims``: (layer, head, dim) cells replaced for that example;
-        ``removed_variance``: the share of the disrupted sites' token variance the replacement
-        removed, see :class:`~massmech.causal.intervention.Intervention`).
+        n_dims, removed_variance, logprobs, margin`` (``pred``: the argmax continuation at the
+        answer positions, or the chosen option; ``n_dims``: (layer, head, dim) cells replaced for
+        that example; ``removed_variance``: the share of the disrupted sites' token variance the
+        replacement removed, see :class:`~massmech.causal.intervention.Intervention`; choice
+        scoring only, else ``None``/NaN: ``logprobs``, each option's summed log-probability, and
+        ``margin``, the gold option's minus the best other option's, a threshold-free score).
 
     Raises:
         NoOpDisruptionError: A disruption changed nothing for some example.
@@ -126,7 +128,7 @@ def evaluate(
     >>> conditions = {"baseline": None, "massive": Disruption(rule="topk", k=2)}
     >>> df = evaluate(mm.load_model("tiny-llama"), get_task("kv_lookup", n_pairs=2), conditions, n=4, progress=False)
     >>> df.groupby("condition", sort=False).n_dims.max().to_dict(), df.columns.tolist()
-    ({'baseline': 0, 'massive': 24}, ['condition', 'uid', 'group', 'correct', 'pred', 'n_dims', 'removed_variance'])
+    ({'baseline': 0, 'massive': 24}, ['condition', 'uid', 'group', 'correct', 'pred', 'n_dims', 'removed_variance', 'logprobs', 'margin'])
     """
     examples, scoring = _resolve(examples, scoring, n, seed)
     if not conditions:
@@ -179,14 +181,18 @@ def evaluate(
     for c, name in enumerate(names):
         for i, ex in enumerate(examples):
             s = scores[(i, c)]
+            logprobs, margin = None, float("nan")
             if scoring == "exact":
                 correct, pred = s
             else:
                 choice = int(np.argmax(s))
                 correct, pred = choice == ex.label, ex.options[choice].strip()
+                logprobs = [float(v) for v in s]
+                margin = logprobs[ex.label] - max(v for o, v in enumerate(logprobs) if o != ex.label)
             out.append(
                 {"condition": name, "uid": ex.uid, "group": ex.group, "correct": bool(correct),
-                 "pred": pred, "n_dims": dims[(i, c)][0], "removed_variance": dims[(i, c)][1]}
+                 "pred": pred, "n_dims": dims[(i, c)][0], "removed_variance": dims[(i, c)][1],
+                 "logprobs": logprobs, "margin": margin}
             )
     return pd.DataFrame(out)
 
@@ -250,7 +256,7 @@ def generate_exact(
                 out.append(
                     {"condition": names[c], "uid": examples[i].uid, "group": examples[i].group,
                      "correct": g == golds[k], "pred": model.tokenizer.decode(g), "n_dims": -1,
-                     "removed_variance": float("nan")}
+                     "removed_variance": float("nan"), "logprobs": None, "margin": float("nan")}
                 )
     order = {name: j for j, name in enumerate(names)}
     uid_pos = {ex.uid: j for j, ex in enumerate(examples)}

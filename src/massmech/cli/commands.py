@@ -230,6 +230,16 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
               f"dims/example={r['n_dims']:.0f}  removed variance={r['removed_variance']:.2%}{test}")
     v = res["massive_vs_control"]
     print(f"  massive vs control (same examples): McNemar b={v['b']} c={v['c']} p={v['p_value']:.3g}")
+    sep = res["separation"]
+    if sep is not None:
+        print(f"  margin AUROC ({sep['score']}; positive: {sep['positive']}, threshold-free):")
+        if "error" in sep:
+            print(f"    not computed: {sep['error']}")
+        for name in ("baseline", "massive", "control"):
+            if name in sep:
+                r = sep[name]
+                vs = "" if name == "baseline" else f"  DeLong vs baseline p={r['p_vs_baseline']:.3g}"
+                print(f"    {name:9s} {r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]{vs}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,20 @@ def cmd_study(args: argparse.Namespace) -> int:
                   overwrite=args.overwrite, progress=not args.json)
     summary = json.loads((Path(args.out) / "summary.json").read_text()) | {"out_dir": str(Path(args.out).resolve())}
     if args.json:
+        table = Path(args.out) / "results.parquet"
+        if table.is_file():  # the results themselves, not only their counts
+            import pandas as pd
+
+            summary["rows"] = json.loads(pd.read_parquet(table).to_json(orient="records"))
         print(json.dumps(summary, indent=2, default=str))
     else:
         print("\n".join(summary_lines(spec.name, summary, Path(args.out))))
+    failed = summary.get("failed") or []
+    if failed:  # recorded as rows with their reason; the rest finished
+        print(f"{len(failed)} cell(s) could not run (rows with an `error` in the table):", file=sys.stderr)
+        for f in failed[:20]:
+            print(f"  {' / '.join(str(v) for k, v in f.items() if k != 'error')}: {f['error']}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -204,7 +204,15 @@ def final_logits(bridge: Any, ids: Any, mask: Any, rows: Any, cols: Any) -> Any:
 
 def greedy_generate(bridge: Any, ids: Any, mask: Any, *, max_new_tokens: int, pad_id: int) -> Any:
     """Greedy continuations ``[batch, max_new_tokens]`` of left-padded ``ids`` (the bridge's hooks
-    fire on the prefill and on every decode step; no early stop at EOS)."""
+    fire on the prefill and on every decode step; no early stop at EOS).
+
+    >>> import massmech as mm, torch
+    >>> model = mm.load_model("tiny-llama")
+    >>> ids = torch.tensor([[5, 6, 7]])
+    >>> new = greedy_generate(model.bridge, ids, torch.ones_like(ids), max_new_tokens=1, pad_id=0)
+    >>> new.item() == model.logits(ids)[0, -1].argmax().item()  # one greedy step: the last logit's argmax
+    True
+    """
     return hf_model(bridge).generate(
         input_ids=ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
         repetition_penalty=1.0, pad_token_id=pad_id, eos_token_id=None, temperature=None, top_p=None, top_k=None,

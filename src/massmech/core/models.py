@@ -216,25 +216,50 @@ class LoadedModel:
     # -------------------------------------------------------------- forward
     @property
     def device(self) -> torch.device:
-        """Where the model's weights are (the first parameter's device)."""
+        """Where the model's weights are (the first parameter's device).
+
+        >>> import massmech as mm
+        >>> mm.load_model("tiny-llama").device
+        device(type='cpu')
+        """
         return next(self.bridge.parameters()).device
 
     @property
     def pad_id(self) -> int:
-        """The id padding uses: the tokenizer's pad token, else its EOS, else 0 (always masked)."""
+        """The id padding uses: the tokenizer's pad token, else its EOS, else 0 (always masked).
+
+        >>> import massmech as mm
+        >>> mm.load_model("tiny-llama").pad_id  # the byte tokenizer's pad token
+        256
+        """
         tok = self.tokenizer
         return next((int(t) for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)
 
     end_hook = END_HOOK
 
     def named_weights(self) -> Iterator[tuple[str, Tensor]]:
-        """The model's parameters under their plain Hugging Face names (what a weight fingerprint reads)."""
+        """The Hugging Face model's parameters by name, as the bridge holds them (wrapper levels
+        included; :func:`~massmech.core.bridge.clean_name` removes them): what a weight fingerprint reads.
+
+        >>> import massmech as mm
+        >>> from massmech.core.bridge import clean_name
+        >>> clean_name(next(iter(mm.load_model("tiny-llama").named_weights()))[0])
+        'model.embed_tokens.weight'
+        """
         return _bridge.hf_model(self.bridge).named_parameters()
 
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str, Any]]) -> Iterator[LoadedModel]:
-        """Context in which every forward pass of the model carries ``(hook name, fn)`` hooks."""
+        """Context in which every forward pass of the model carries ``(hook name, fn)`` hooks.
+
+        >>> import massmech as mm, torch
+        >>> model, seen = mm.load_model("tiny-llama"), []
+        >>> with model.hooks([("blocks.0.attn.hook_k", lambda x, hook: seen.append(tuple(x.shape)))]):
+        ...     model.forward(torch.tensor([[5, 6, 7]]))
+        >>> seen
+        [(1, 3, 2, 16)]
+        """
         with self.bridge.hooks(fwd_hooks=list(fwd_hooks)):
             yield self
 
@@ -248,17 +273,36 @@ class LoadedModel:
         return self.bridge(ids, attention_mask=attention_mask, return_type="logits")
 
     def forward(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None) -> None:
-        """One forward pass for its hooks only (no logits)."""
+        """One forward pass for its hooks only (no logits).
+
+        >>> import massmech as mm, torch
+        >>> mm.load_model("tiny-llama").forward(torch.tensor([[5, 6, 7]])) is None
+        True
+        """
         self.bridge(ids, attention_mask=attention_mask, return_type=None)
 
     def final_logits(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor, rows: Int[Tensor, " n"],
                      cols: Int[Tensor, " n"]) -> Float[Tensor, "n vocab"]:
         """Logits (fp32, the model's softcap applied) at ``(rows[i], cols[i])`` only; see
-        :func:`massmech.core.bridge.final_logits`."""
+        :func:`massmech.core.bridge.final_logits`.
+
+        >>> import massmech as mm, torch
+        >>> ids = torch.tensor([[5, 6, 7], [8, 9, 9]])
+        >>> mm.load_model("tiny-llama").final_logits(ids, torch.ones_like(ids), torch.tensor([0, 1]),
+        ...                                           torch.tensor([2, 0])).shape
+        torch.Size([2, 259])
+        """
         return _bridge.final_logits(self.bridge, ids, attention_mask, rows, cols)
 
     def generate(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor, max_new_tokens: int) -> Int[Tensor, "batch new"]:
-        """Greedy continuations of left-padded ``ids`` (hooks fire on every step; no early stop)."""
+        """Greedy continuations of left-padded ``ids`` (hooks fire on every step; no early stop).
+
+        >>> import massmech as mm
+        >>> model = mm.load_model("tiny-llama")
+        >>> ids, mask = pad_batch([[5, 6, 7], [8]], model.pad_id, left=True)
+        >>> model.generate(ids, mask, 4).shape
+        torch.Size([2, 4])
+        """
         return _bridge.greedy_generate(self.bridge, ids, attention_mask, max_new_tokens=max_new_tokens,
                                        pad_id=self.pad_id)
 
@@ -340,6 +384,11 @@ def check_vocab(model: Any, tokenizer: Any) -> None:
 
     Raises:
         ConfigError: The tokenizer has more tokens than the model embeds.
+
+    >>> from massmech.core.tiny import tiny_model
+    >>> hf, tok = tiny_model("tiny-llama", seed=0)
+    >>> check_vocab(hf, tok) is None  # the model's own tokenizer fits
+    True
     """
     n_embed = int(model.get_input_embeddings().weight.shape[0])
     n_tok = len(tokenizer)

@@ -18,9 +18,9 @@ def token_nll(logits: Tensor, tokens: Tensor) -> Tensor:
     Returns:
         ``[batch, pos - 1]``; mask padding yourself (``mask[:, 1:]``).
 
-    >>> import torch
+    >>> import math, torch
     >>> logits = torch.zeros(1, 3, 4)  # uniform over 4 tokens
-    >>> round(float(token_nll(logits, torch.tensor([[0, 1, 2]]))[0, 0]), 4) == round(float(np.log(4)), 4)
+    >>> round(float(token_nll(logits, torch.tensor([[0, 1, 2]]))[0, 0]), 4) == round(math.log(4), 4)
     True
     """
     import torch

@@ -18,7 +18,8 @@ from matplotlib.figure import Figure
 from massmech import plotting
 from massmech.core.frequency import FrequencyAnalysis
 from massmech.errors import ConfigError, InputTypeError
-from massmech.files.runs import atomic_run_dir
+from massmech.files.io import write_json
+from massmech.files.runs import atomic_run_dir, manifest, read_manifest
 
 SUMMARY_COLUMNS = (
     "massive_count", "low_band_energy_fraction", "low_half_energy_fraction",
@@ -83,6 +84,15 @@ def _resolve(runs: Sequence[Run], labels: Sequence[str] | None) -> dict[str, Fre
     return dict(zip(names, analyses, strict=True))
 
 
+def _model_of(run: Run, label: str) -> str:
+    """The model a run measured: its manifest's, for a run folder; else the run's label."""
+    if isinstance(run, (str, os.PathLike)):
+        m = read_manifest(run) or {}
+        info, cfg = m.get("model") if isinstance(m.get("model"), dict) else {}, m.get("config") or {}
+        return info.get("name") or cfg.get("model") or label
+    return label
+
+
 def _table(analyses: dict[str, FrequencyAnalysis]) -> pd.DataFrame:
     rows = []
     for label, fa in analyses.items():
@@ -142,7 +152,11 @@ def compare(
         "compare_emergence": plotting.compare_emergence(analyses),
     }
     if out is not None:
+        config = {"runs": {label: str(run) if isinstance(run, (str, os.PathLike)) else "in memory"
+                           for label, run in zip(analyses, runs, strict=True)},
+                  "models": [_model_of(run, label) for label, run in zip(analyses, runs, strict=True)]}
         with atomic_run_dir(out, "compare", overwrite=overwrite) as tmp:
+            write_json(tmp / "manifest.json", manifest(config))
             table.to_csv(tmp / "compare.csv", index=False)
             table.to_parquet(tmp / "compare.parquet", index=False)
             for name, fig in figures.items():

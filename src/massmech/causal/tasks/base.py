@@ -164,6 +164,16 @@ class Task:
         """
         return {"name": self.name, **asdict(self)}
 
+    def source_ids(self) -> dict[int, str]:
+        """Each example's own id where it came from, by ``uid`` (your row's id or its place in the
+        file, for tasks from your data); empty for built-in tasks, whose ``uid`` is their id.
+
+        >>> from massmech.causal.tasks.builtin import get_task
+        >>> get_task("kv_lookup").source_ids()
+        {}
+        """
+        return {}
+
     # subclasses: the full candidate pool (deterministic in seed for synthetic tasks)
     def _pool(self, seed: int) -> list[Example]:  # pragma: no cover - abstract
         raise NotImplementedError

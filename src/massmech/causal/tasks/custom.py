@@ -208,6 +208,20 @@ class RecordTask(Task):
         """
         return self.examples(1, seed)[0].prompt
 
+    def source_ids(self) -> dict[int, str]:
+        """Your id of each example by ``uid``: the ``id`` column's value as written, else the row's
+        place in its source.
+
+        >>> rows = [{"k": "q-17", "q": "2 + 2 =", "a": "4"}, {"k": "q-18", "q": "3 + 3 =", "a": "6"}]
+        >>> task = RecordTask.from_records(rows, fields={"id": "k", "question": "q", "answer": "a"})
+        >>> sorted(task.source_ids().values())
+        ['q-17', 'q-18']
+        >>> RecordTask.from_records(rows, fields={"question": "q", "answer": "a"}).source_ids()[1]
+        'records, record 1 (0-based index)'
+        """
+        return {self._uid(row, i): str(row[self.fields["id"]]) if "id" in self.fields else self._at(i)
+                for i, row in enumerate(self.rows)}
+
     # ----------------------------------------------------------------- examples
     def _at(self, i: int) -> str:
         """Where row ``i`` is, for errors (see :mod:`massmech.causal.tasks.records`)."""

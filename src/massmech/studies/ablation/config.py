@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from massmech.causal.tasks.builtin import TASKS, is_task_name
-from massmech.causal.vocabulary import CONTROLS, paper_setting
+from massmech.causal.vocabulary import (
+    CONTROLS,
+    KV_CACHE,
+    REPLACEMENTS,
+    RULES,
+    SELECTIONS,
+    STAGES,
+    TARGETS,
+    paper_setting,
+)
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.errors import ConfigError, DisruptionError
 
@@ -52,7 +61,11 @@ class SweepConfig:
         layer_ranges: ``all``, ``early``, ``middle``, ``late`` or ``"a-b"``.
         controls: Control kinds evaluated next to each massive condition (default: random
             non-massive dims matched in removed variance, see :mod:`massmech.causal.disruption`).
-        selection, replace, kv_cache: See :class:`~massmech.causal.intervention.Disruption`.
+        selection: Where the massive dims are chosen: ``prompt`` (each example's own prompt, the
+            paper's) or ``calibration`` (a fixed set from a calibration corpus).
+        replace: What replaces them: ``mean`` (each dim's prompt mean), ``zero``, ``pooled_mean``
+            (one pooled mean per head, the paper's code) or ``calib_mean`` (the calibration mean).
+        kv_cache: ``prefill`` disrupts the prompt only; ``every_step`` every decoded token too.
         calib_tokens: Corpus tokens for ``selection="calibration"`` / ``replace="calib_mean"``.
         seed: Seed of the examples and of the random controls.
         batch_size: Sequences per forward pass.
@@ -65,16 +78,16 @@ class SweepConfig:
     models: Sequence[str] = (DEFAULT_MODEL,)
     tasks: Sequence[str] = tuple(TASKS)
     n: int = 100
-    rules: Sequence[str] = ("lambda",)
+    rules: Sequence[str] = field(default=("lambda",), metadata={"choices": tuple(r for r in RULES if r != "dims")})
     lams: Sequence[float] = (5.0,)
     ks: Sequence[int] = (4,)
-    targets: Sequence[str] = ("qk",)
-    stages: Sequence[str] = ("pre",)
+    targets: Sequence[str] = field(default=("qk",), metadata={"choices": tuple(TARGETS)})
+    stages: Sequence[str] = field(default=("pre",), metadata={"choices": STAGES})
     layer_ranges: Sequence[str] = ("all",)
-    controls: Sequence[str] = ("matched",)
-    selection: str = "prompt"
-    replace: str = "mean"
-    kv_cache: str = "prefill"
+    controls: Sequence[str] = field(default=("matched",), metadata={"choices": CONTROLS[1:]})
+    selection: str = field(default="prompt", metadata={"choices": SELECTIONS})
+    replace: str = field(default="mean", metadata={"choices": REPLACEMENTS})
+    kv_cache: str = field(default="prefill", metadata={"choices": KV_CACHE})
     calib_tokens: int = 4096
     seed: int = 0
     batch_size: int = 16

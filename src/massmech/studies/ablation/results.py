@@ -15,7 +15,7 @@ COLUMNS = [
     "stage", "layer_range", "accuracy", "ci_low", "ci_high", "n", "chance", "acc_norm", "evaluable",
     "n_dims", "removed_variance",
     "delta", "delta_ci_low", "delta_ci_high", "b", "c", "p_value", "p_holm",
-    "b_vs_matched", "c_vs_matched", "p_vs_matched", "p_vs_matched_holm", "error", "key",
+    "b_vs_matched", "c_vs_matched", "p_vs_matched", "p_vs_matched_holm", "error", "key", "task_spec",
 ]
 
 
@@ -53,6 +53,7 @@ def consolidate(cells: list[dict]) -> pd.DataFrame:
             row["b_vs_matched"], row["c_vs_matched"], row["p_vs_matched"] = mcnemar_exact(v.to_numpy(), m)
         rows.append(row)
     table = pd.DataFrame(rows, columns=COLUMNS)
+    table["task_spec"], table["task"] = table["task"], table["task"].map(_short_names(cells))
     # Holm across the table's evaluable comparisons; rows whose baseline is at chance or floor get none
     table["p_holm"] = holm([p if e else None for p, e in zip(table["p_value"], table["evaluable"], strict=True)])
     # a second family: each massive condition against its variance-matched control
@@ -64,6 +65,18 @@ def consolidate(cells: list[dict]) -> pd.DataFrame:
     for col in ("k", "b", "c", "b_vs_matched", "c_vs_matched"):
         table[col] = table[col].astype("Int64")
     return table
+
+
+def _short_names(cells: list[dict]) -> dict[str, str]:
+    """Each task spec's own name (``capitals``, not ``file:capitals.jsonl#question=...``), where the
+    names tell the specs apart; else the specs themselves (``task_spec`` always keeps them).
+
+    >>> cfg = {"name": "capitals"}
+    >>> _short_names([{"task": "file:capitals.jsonl#question=q", "task_config": cfg}, {"task": "passkey"}])
+    {'file:capitals.jsonl#question=q': 'capitals', 'passkey': 'passkey'}
+    """
+    names = {c["task"]: (c.get("task_config") or {}).get("name", c["task"]) for c in cells}
+    return names if len(set(names.values())) == len(names) else {t: t for t in names}
 
 
 def _point(cell: dict) -> tuple:

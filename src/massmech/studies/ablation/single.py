@@ -6,6 +6,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -18,7 +19,7 @@ from massmech.core.models import LoadedModel
 from massmech.errors import DisruptionError
 from massmech.files.io import write_json
 from massmech.files.runs import atomic_run_dir, check_out, manifest
-from massmech.stats import evaluable, mcnemar_exact
+from massmech.stats import auroc_ci, delong_paired_test, evaluable, mcnemar_exact
 
 
 def _plain(x: Any, column: str) -> int | float | None:
@@ -40,6 +41,33 @@ def _versus(df: pd.DataFrame, a: str, b: str) -> dict:
     pb = df[df.condition == b].set_index("uid").correct.astype(float).reindex(pa.index)
     b_, c_, p = mcnemar_exact(pa.to_numpy(), pb.to_numpy())
     return {"b": b_, "c": c_, "p_value": p}
+
+
+def _separation(df: pd.DataFrame, by_uid: dict) -> dict | None:
+    """How well the log-probability margin separates the two gold classes of a two-option task,
+    threshold-free: per condition the AUROC of ``logprob(option 0) - logprob(option 1)`` with
+    "the gold answer is option 0" as the positive class (DeLong interval), and for the disrupted
+    conditions DeLong's paired test against the baseline. ``None`` for other tasks; ``{"error":
+    ...}`` when a class has fewer than 2 examples."""
+    if any(len(e.options) != 2 for e in by_uid.values()):
+        return None
+    out: dict[str, Any] = {"score": "logprob(option 0) - logprob(option 1)", "positive": "gold is option 0"}
+    scored = {}
+    for name, g in df.groupby("condition", sort=False):
+        g = g.sort_values("uid")
+        score = np.array([lp[0] - lp[1] for lp in g.logprobs])
+        first = np.array([by_uid[u].label == 0 for u in g.uid])
+        scored[name] = (score[first], score[~first])
+    pos, neg = scored[BASELINE]
+    if min(len(pos), len(neg)) < 2:
+        return out | {"error": f"{len(pos)} examples with gold option 0 and {len(neg)} with option 1: AUROC needs 2 of each"}
+    for name, (p, q) in scored.items():
+        low, high = auroc_ci(p, q)
+        row = {"auroc": delong_paired_test(p, q, p, q).auc_a, "ci_low": low, "ci_high": high}
+        if name != BASELINE:
+            row["p_vs_baseline"] = delong_paired_test(p, q, pos, neg).p_value
+        out[name] = row
+    return out
 
 
 def ablate(
@@ -70,7 +98,7 @@ def ablate(
         batch_size: Sequences per forward pass (results do not depend on it).
         out: Also write a run folder: ``ablate.json`` (this result), ``examples.parquet`` and
             ``.csv`` (one row per condition x example: ``condition, uid, group, correct, pred,
-            n_dims, prompt, gold``) and ``manifest.json``. It must be new, empty or (with ``overwrite``) a
+            n_dims, removed_variance, logprobs, margin, prompt, gold, source_id``: your row's id or place) and ``manifest.json``. It must be new, empty or (with ``overwrite``) a
             previous ablate run; checked before any work.
         overwrite: Replace a previous ablate run in ``out``.
         progress: Progress bar.
@@ -78,7 +106,10 @@ def ablate(
     Returns:
         ``{"baseline": {...}, "massive": {...}, "control": {...}, "model", "task", "condition",
         "control_kind", "protocol", "chance", "evaluable", "n_asked", "first_prompt",
-        "massive_vs_control"}`` (``first_prompt``: what the model read first;
+        "massive_vs_control", "separation"}`` (``first_prompt``: what the model read first;
+        ``separation``: for two-option tasks, the AUROC of the log-probability margin per condition
+        with its DeLong interval and, disrupted, DeLong's paired test against the baseline, a
+        threshold-free measure next to accuracy; ``None`` for other tasks;
         ``massive_vs_control``: the exact McNemar test of the massive condition against the control
         on the same examples, ``b`` right under massive only, ``c`` under the control only, ``p_value``;
         ``evaluable``: the baseline is
@@ -123,7 +154,10 @@ def ablate(
     res |= {"chance": chance, "evaluable": evaluable(int(base.sum()), len(base), chance), "n_asked": asked,
             "first_prompt": examples[0].prompt, "massive_vs_control": _versus(df, "massive", "control")}
     by_uid = {e.uid: e for e in examples}
-    df = df.assign(prompt=df.uid.map(lambda u: by_uid[u].prompt), gold=df.uid.map(lambda u: _gold(by_uid[u])))
+    res["separation"] = _separation(df, by_uid)
+    own = t.source_ids()
+    df = df.assign(prompt=df.uid.map(lambda u: by_uid[u].prompt), gold=df.uid.map(lambda u: _gold(by_uid[u])),
+                   source_id=df.uid.map(lambda u: own.get(u, str(u))))
     if out is not None:
         config = {"model": lm.info.name, "task": t.name, "task_config": t.config(), "n": n, "n_asked": asked,
                   "first_prompt": examples[0].prompt, "seed": seed,

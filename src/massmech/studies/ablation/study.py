@@ -149,7 +149,7 @@ def run_sweep(
                      ctx=Context(load_options=load_options), overwrite=overwrite, kinds=SPEC.aliases)
 
 
-_EVALUATED = ["condition", "uid", "group", "correct", "pred", "n_dims", "removed_variance"]  # evaluate()'s table
+_EVALUATED = ["condition", "uid", "group", "correct", "pred", "n_dims", "removed_variance", "logprobs", "margin"]  # evaluate()'s table
 
 
 def _each_that_runs(run: Any, cells: list) -> tuple[pd.DataFrame, dict[str, str]]:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.errors import ConfigError
+
+#: The saved activations' axes (those :func:`massmech.core.activations.from_activations` reads;
+#: spelled here so that ``--help`` imports no torch; a test keeps the two equal).
+AXES = ("bthd", "bhtd", "thd")
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,9 @@ class AnalyzeConfig:
     rope_base: float | None = None
     d_head: int | None = None
     rotary_dim: int | None = None
-    axes: str = "bthd"
+    axes: str = field(default="bthd", metadata={"choices": AXES})
     n_heads: str | None = None
-    stage: str = "pre"
+    stage: str = field(default="pre", metadata={"choices": ("pre", "post")})
     layer: int = 0
 
     def to_json(self) -> str:
