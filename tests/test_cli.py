@@ -359,3 +359,29 @@ def test_a_study_whose_cell_cannot_run_finishes_the_rest_and_exits_nonzero(tmp_p
     assert "2 cell(s) could not run" in err and "selected no dim" in err
     table = pd.read_parquet(out / "results.parquet")
     assert table.error.isna().sum() == 1 and table[table.error.isna()].condition.tolist() == ["baseline"]
+
+
+def test_ablate_and_ablation_name_their_scorer(tmp_path, capsys):
+    """Issue 26: a scorer is part of the protocol: ablate and the ablation study take --scorer, say
+    which one they used, and a generating scorer's cells are their own (strict cells keep their keys)."""
+    base = ["ablate", "--model", "tiny-llama", "--task", "kv_lookup", "--n", "3", "--rule", "topk", "--k", "2", "--json"]
+    assert main([*base, "--scorer", "contains", "--max-new-tokens", "6"]) == 0
+    assert json.loads(capsys.readouterr().out)["scorer"] == "contains"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main([*base, "--scorer", "fuzzy"])
+    sweep = ["ablation", "--models", "tiny-llama", "--tasks", "kv_lookup", "sentiment", "--n", "3", "--rules", "topk",
+             "--ks", "2", "--controls", "lowest", "--json"]
+    assert main([*sweep, "--out", str(tmp_path / "s"), "--cells", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    assert main([*sweep, "--scorer", "first-line", "--out", str(tmp_path / "g"), "--cells", str(tmp_path / "c")]) == 0
+    rows = pd.DataFrame(json.loads(capsys.readouterr().out)["rows"])
+    assert dict(zip(rows.task, rows.scorer, strict=False)) == {"kv_lookup": "first-line", "sentiment": "choice"}
+    strict = pd.read_parquet(tmp_path / "s" / "results.parquet")
+    assert set(strict[strict.task == "kv_lookup"].scorer) == {"strict"}
+    # the choice task's cells are shared between the two runs; the exact task's are not
+    shared = set(strict.key) & set(rows.key)
+    assert shared == set(strict[strict.task == "sentiment"].key)
+    from massmech.report.tables import ablation_text
+
+    text = "\n".join(ablation_text(pd.read_parquet(tmp_path / "g" / "results.parquet"), "x"))
+    assert "Scored by choice: the option" in text and "first-line: the gold" in text

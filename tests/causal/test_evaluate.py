@@ -176,3 +176,31 @@ def test_perplexity_against_a_hand_computation():
     assert perplexity(model, windows)["perplexity"] == pytest.approx(vocab, rel=1e-5)
     with pytest.raises(ValueError, match="two or more tokens"):
         perplexity(model, [[1]])
+
+
+def test_scorers_read_what_the_model_generated(tiny_models):
+    """Issue 26: ``contains`` finds the gold answer anywhere in the greedy continuation (the paper's
+    ``label in answer``), ``first-line`` only before the first newline, ``strict`` needs the exact
+    tokens; the gold answers are cut from the model's own greedy output, so the verdicts are known."""
+    from massmech.causal.evaluate import score
+
+    model = tiny_models["tiny-llama"]
+    prompts = ["The key is", "Remember: 4 7 1. The number was"]
+    probe = [Example(uid=i, prompt=p, answer=" x") for i, p in enumerate(prompts)]
+    said = generate_exact(model, probe, {"b": None}, max_new_tokens=12, match="contains", progress=False).pred.tolist()
+    inner = [Example(uid=i, prompt=p, answer=" " + s.lstrip()[3:7]) for i, (p, s) in enumerate(zip(prompts, said, strict=True))]
+    got = generate_exact(model, inner, {"b": None}, max_new_tokens=12, match="contains", progress=False)
+    assert got.correct.all() and (got.pred == said).all()  # batch-mates and padding change nothing
+    strict = evaluate(model, inner, {"b": None}, progress=False)
+    assert not strict.correct.any()  # the answer starts 3 characters into the continuation
+    absent = [Example(uid=i, prompt=p, answer=" " + s + "zz") for i, (p, s) in enumerate(zip(prompts, said, strict=True))]
+    assert not generate_exact(model, absent, {"b": None}, max_new_tokens=12, match="contains", progress=False).correct.any()
+    first = generate_exact(model, inner, {"b": None}, max_new_tokens=12, match="first-line", progress=False)
+    assert first.correct.tolist() == ["\n" not in s.lstrip()[:7] for s in said]
+    d = Disruption(rule="topk", k=2)
+    gen = score(model, get_task("kv_lookup", n_pairs=2), {"b": None, "m": d}, scorer="contains", n=3, progress=False)
+    forced = score(model, get_task("kv_lookup", n_pairs=2), {"b": None, "m": d}, n=3, progress=False)
+    assert set(gen.scorer) == {"contains"} and set(forced.scorer) == {"strict"}
+    assert gen.n_dims.tolist() == forced.n_dims.tolist()  # the prompt pass's selection, kept through decoding
+    with pytest.raises(ValueError, match="unknown scorer"):
+        score(model, get_task("kv_lookup"), {"b": None}, scorer="fuzzy")

@@ -28,7 +28,7 @@ def test_sweep_table_and_resume_after_interrupt(tmp_path, monkeypatch):
     assert disrupted.lam.isna().all() and disrupted.k.notna().all()  # top-k rows carry no lambda
 
     calls = {"n": 0}
-    real = sweeps.evaluate
+    real = sweeps.score
 
     def dying(*a, **k):  # the second (model, task) group is killed midway
         calls["n"] += 1
@@ -36,13 +36,13 @@ def test_sweep_table_and_resume_after_interrupt(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(sweeps, "evaluate", dying)
+    monkeypatch.setattr(sweeps, "score", dying)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(CFG, tmp_path / "b", progress=False)
     partial = list((tmp_path / "b" / "cells" / "ablation").glob("*/cell.json"))
     assert len(partial) == n_cells // 2  # the finished group survived, nothing half-written
     assert not list((tmp_path / "b" / "cells" / "ablation").glob(".tmp*"))
-    monkeypatch.setattr(sweeps, "evaluate", real)
+    monkeypatch.setattr(sweeps, "score", real)
     calls["n"] = 0
     resumed = run_sweep(CFG, tmp_path / "b", progress=False)
     key = ["task", "condition"]
@@ -51,7 +51,7 @@ def test_sweep_table_and_resume_after_interrupt(tmp_path, monkeypatch):
     assert a.equals(b)
 
     # a rerun finds everything done: nothing is evaluated again
-    monkeypatch.setattr(sweeps, "evaluate", lambda *a, **k: pytest.fail("recomputed a finished cell"))
+    monkeypatch.setattr(sweeps, "score", lambda *a, **k: pytest.fail("recomputed a finished cell"))
     again = run_sweep(CFG, tmp_path / "b", progress=False)
     assert again.sort_values(key).reset_index(drop=True).equals(a)
 
@@ -69,7 +69,7 @@ def test_shared_cell_store_reuses_common_cells(tmp_path, monkeypatch):
     a = run_sweep(CFG, tmp_path / "a" / "nested", cells=store, progress=False)  # out is created
     assert (tmp_path / "a" / "nested" / "results.parquet").exists()
     small = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=6, rules=("topk",), ks=(3,), controls=("random",))
-    monkeypatch.setattr(sweeps, "evaluate", lambda *a, **k: pytest.fail("recomputed a cell the store holds"))
+    monkeypatch.setattr(sweeps, "score", lambda *a, **k: pytest.fail("recomputed a cell the store holds"))
     b = run_sweep(small, tmp_path / "b", cells=store, progress=False)
     assert len(b) == 3 and set(b.key) <= set(a.key)
 
@@ -114,13 +114,13 @@ def test_cells_of_an_older_schema_version_are_recomputed(tmp_path, monkeypatch):
     old = run_sweep(cfg, tmp_path, progress=False)  # written by "older code"
     monkeypatch.undo()
     calls = {"n": 0}
-    real = sweeps.evaluate
+    real = sweeps.score
 
     def counting(*a, **k):
         calls["n"] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(sweeps, "evaluate", counting)
+    monkeypatch.setattr(sweeps, "score", counting)
     new = run_sweep(cfg, tmp_path, progress=False)
     assert calls["n"] == 1  # every cell recomputed (one batched unit), none reused
     assert set(new.key).isdisjoint(old.key)
@@ -170,7 +170,7 @@ def test_paper_preset_takes_the_official_k_and_replacement_of_each_family(tmp_pa
     assert (conds[None].k, conds[None].replace) == (22, "zero")
     assert (conds["lowest"].replace, conds["matched"].replace) == ("pooled_mean", "zero")
     # a family without an official setting is refused before any cell runs; ks with paper_settings too
-    monkeypatch.setattr(sweeps, "evaluate", lambda *a, **k: pytest.fail("ran a cell"))
+    monkeypatch.setattr(sweeps, "score", lambda *a, **k: pytest.fail("ran a cell"))
     with pytest.raises(ValueError, match="no setting for Gemma3ForCausalLM"):
         run_sweep(preset("paper", models=("tiny-gemma3",), n=4, tasks=("kv_lookup",)), tmp_path / "b", progress=False)
     for wrong in (dict(ks=(3,)), dict(replace="zero")):  # never silently ignored

@@ -8,14 +8,22 @@
   paths alike). :func:`generate_exact`
   is the token-by-token generation path (KV cache) kept to prove that both agree.
 * **Multiple choice**: the option with the highest summed log-probability of its tokens.
+* **Scorers** of exact-answer tasks (:data:`~massmech.causal.vocabulary.SCORERS`, :func:`score`):
+  ``strict`` is the teacher-forced exact match above; ``contains`` generates greedily and asks
+  whether the gold answer (stripped) appears anywhere in the continuation, as the paper's code
+  does with its generated text (``if label in answer``, ``run_experiment.py`` of
+  MingyuJ666/Rope_with_LLM); ``first-line`` asks the same of its first line. A digit answer that
+  tokenizes as ``' '``, ``'9'``, ... fails ``strict`` when the model answers ``" the 99139"``;
+  the generating scorers see it.
 
 Several conditions (baseline, disruption, controls) are folded into one batch: each example is
 repeated once per condition and an :class:`~massmech.causal.intervention.Intervention` applies each
 row's own condition. Logits are computed only at the scored positions (the final hidden states
 are gathered before the unembedding), so memory does not scale with ``pos x vocab``.
 
-Accuracy comes with a percentile bootstrap confidence interval over examples; differences to
-the baseline with a paired bootstrap interval. :func:`perplexity` scores natural text.
+:func:`summarize` gives accuracy with its Wilson interval and, against the baseline, Newcombe's
+paired interval and the exact McNemar test (:mod:`massmech.stats.paired`). :func:`perplexity`
+scores natural text.
 """
 
 from __future__ import annotations
@@ -207,16 +215,20 @@ def generate_exact(
     batch_size: int = 16,
     max_new_tokens: int | None = None,
     calibration: QKVStats | None = None,
+    match: str = "exact",
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Exact match by greedy generation with a KV cache (the slow reference path).
+    """Exact match by greedy generation with a KV cache (the slow reference path), or a
+    generating scorer.
 
     Prompts are left-padded; each row's disruption acts on the prompt during prefill and, under
-    ``kv_cache="every_step"``, on every generated token. The verdict compares the first
-    ``len(answer)`` generated tokens with the gold tokens.
+    ``kv_cache="every_step"``, on every generated token. ``match="exact"`` compares the first
+    ``len(answer)`` generated tokens with the gold tokens; ``"contains"`` asks whether the gold
+    answer's text (stripped) appears in the decoded continuation, ``"first-line"`` in its first line.
 
     Args:
         max_new_tokens: Tokens to generate per batch; default: the longest gold answer in it.
+        match: ``exact``, ``contains`` or ``first-line`` (see the module docstring).
 
     Returns:
         The same table as :func:`evaluate` (``pred``: the decoded generated answer tokens).
@@ -230,6 +242,8 @@ def generate_exact(
     >>> len(generated), bool((generated.correct == forced.correct).all())  # the two paths agree
     (4, True)
     """
+    if match not in ("exact", "contains", "first-line"):
+        raise TaskError(f"match must be 'exact', 'contains' or 'first-line', got {match!r}")
     examples, scoring = _resolve(examples, "exact", n, seed)
     names = list(conditions)
     iv = Intervention(model, [conditions[k] for k in names], calibration=calibration)
@@ -252,16 +266,62 @@ def generate_exact(
             with batch_masks(mask.to(device)):  # the prefill; decode steps are one token
                 gen = model.generate(ids.to(device), mask.to(device), new).cpu()
             for k, (i, c) in enumerate(batch):
-                g = gen[k, : len(golds[k])].tolist()
+                if match == "exact":
+                    g = gen[k, : len(golds[k])].tolist()
+                    pred, correct = model.tokenizer.decode(g), g == golds[k]
+                else:
+                    pred = model.tokenizer.decode(gen[k].tolist(), skip_special_tokens=True)
+                    seen = pred.lstrip().split("\n", 1)[0] if match == "first-line" else pred
+                    correct = examples[i].answer.strip() in seen
                 out.append(
                     {"condition": names[c], "uid": examples[i].uid, "group": examples[i].group,
-                     "correct": g == golds[k], "pred": model.tokenizer.decode(g), "n_dims": -1,
-                     "removed_variance": float("nan"), "logprobs": None, "margin": float("nan")}
+                     "correct": correct, "pred": pred, "n_dims": int(iv.prompt_selected[k]),
+                     "removed_variance": float(iv.last_removed[k]), "logprobs": None, "margin": float("nan")}
                 )
     order = {name: j for j, name in enumerate(names)}
     uid_pos = {ex.uid: j for j, ex in enumerate(examples)}
     df = pd.DataFrame(out)
     return df.sort_values(by=["condition", "uid"], key=lambda s: s.map(order) if s.name == "condition" else s.map(uid_pos)).reset_index(drop=True)
+
+
+def score(
+    model: LoadedModel,
+    task: Task,
+    conditions: Mapping[str, Disruption | None],
+    *,
+    scorer: str = "strict",
+    max_new_tokens: int = 16,
+    n: int | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    calibration: QKVStats | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score a task under each condition with a named scorer (the module docstring lists them).
+
+    ``strict`` is :func:`evaluate`; ``contains`` and ``first-line`` generate ``max_new_tokens``
+    greedy tokens per example (:func:`generate_exact`). A choice task is always scored by its
+    options (a scorer of exact answers does not apply); the table's ``scorer`` column says which
+    scorer each row used.
+
+    >>> import massmech as mm
+    >>> from massmech.causal.tasks.builtin import get_task
+    >>> model, task = mm.load_model("tiny-llama"), get_task("kv_lookup", n_pairs=2)
+    >>> df = score(model, task, {"baseline": None}, scorer="contains", max_new_tokens=4, n=2, progress=False)
+    >>> df.scorer.unique().tolist(), len(df)
+    (['contains'], 2)
+    """
+    from massmech.causal.vocabulary import SCORERS
+
+    if scorer not in SCORERS:
+        raise TaskError(f"unknown scorer {scorer!r}; scorers are {', '.join(SCORERS)}")
+    if task.scoring == "choice" or scorer == "strict":
+        df = evaluate(model, task, conditions, n=n, seed=seed, batch_size=batch_size, calibration=calibration,
+                      progress=progress)
+        return df.assign(scorer="choice" if task.scoring == "choice" else "strict")
+    df = generate_exact(model, task, conditions, n=n, seed=seed, batch_size=batch_size, calibration=calibration,
+                        max_new_tokens=max_new_tokens, match=scorer, progress=progress)
+    return df.assign(scorer=scorer)
 
 
 def _resolve(examples, scoring, n, seed) -> tuple[list[Example], str]:

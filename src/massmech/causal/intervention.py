@@ -56,7 +56,8 @@ class Intervention:
     as a fraction of the token variance (about each dim's prompt mean) of the disrupted sites at
     the disrupted positions. Under mean replacement that is exactly the share of token variance
     the disruption removed; a control that replaces more dims of smaller variance can remove as
-    much (see ``control="matched"``).
+    much (see ``control="matched"``). ``prompt_selected`` keeps ``last_selected`` of the prompt
+    pass through the decode steps of a generation.
 
     >>> import massmech as mm
     >>> model = mm.load_model("tiny-llama")
@@ -131,6 +132,7 @@ class Intervention:
         self.passes = 0  # forward passes completed (end hook reached) since set_batch
         self.last_changed = self.last_selected = torch.zeros(0, dtype=torch.long)
         self.last_removed = torch.zeros(0, dtype=torch.float64)
+        self.prompt_selected = torch.zeros(0, dtype=torch.long)  # last_selected of the prompt pass
 
     def _new_pass(self) -> None:
         """Reset the per-pass state (counters are allocated by the first hook of the pass)."""
@@ -205,7 +207,7 @@ class Intervention:
         b = x.shape[0]
         changed, selected, removed = self._accountant.totals(b)
         if self._prefill:  # decode steps keep the prompt's account
-            self.last_removed = removed
+            self.last_removed, self.prompt_selected = removed, selected
         self.last_changed, self.last_selected = changed, selected
         self.passes += 1
         # After set_batch(row_condition=...), later passes are cached decode steps; in the

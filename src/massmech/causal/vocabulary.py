@@ -18,6 +18,13 @@ REPLACEMENTS = ("mean", "zero", "calib_mean", "pooled_mean")
 CONTROLS = (None, "matched", "lowest", "random", "band-low", "band-mid", "band-high")
 KV_CACHE = ("prefill", "every_step")
 
+SCORERS = ("strict", "contains", "first-line")
+SCORER_HELP = {
+    "strict": "every answer token is the argmax, teacher-forced (one pass; equal to greedy generation)",
+    "contains": "the gold answer appears anywhere in the greedy continuation (the paper's code: "
+                "`label in answer` in run_experiment.py)",
+    "first-line": "the gold answer appears in the first line of the greedy continuation",
+}
 REPLACE_HELP = {
     "mean": "each dim's mean over the prompt",
     "zero": "zero",

@@ -39,6 +39,8 @@ def add_ablate(sub: Any, fmt: Formatter) -> None:
         REPLACE_HELP,
         REPLACEMENTS,
         RULES,
+        SCORER_HELP,
+        SCORERS,
         TARGETS,
     )
 
@@ -73,6 +75,9 @@ def add_ablate(sub: Any, fmt: Formatter) -> None:
                    help="replacement: " + "; ".join(f"{k}: {v}" for k, v in REPLACE_HELP.items() if k != "calib_mean"))
     a.add_argument("--kv-cache", default="prefill", choices=list(KV_CACHE),
                    help="prefill: disrupt the prompt only; every_step: every decoded token too")
+    a.add_argument("--scorer", default="strict", choices=list(SCORERS),
+                   help="how an exact answer is scored: " + "; ".join(f"{k}: {v}" for k, v in SCORER_HELP.items()))
+    a.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per example for --scorer contains/first-line")
     a.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass (results do not depend on it)")
     a.add_argument("--seed", type=int, default=0, help="seed of the examples and of random controls")
     out_flags(a, "also write ablate.json, examples.parquet/.csv (per example) and manifest.json", required=False)
@@ -206,14 +211,15 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         target=args.target, stage=args.stage, rule=args.rule, lam=args.lam, k=args.k,
         layers=layers, kv_cache=args.kv_cache, seed=args.seed, replace=args.replace,
     )
-    res = ablate(model, task, n=args.n, disruption=d, control=args.control, seed=args.seed,
+    res = ablate(model, task, n=args.n, disruption=d, control=args.control, seed=args.seed, scorer=args.scorer,
+                 max_new_tokens=args.max_new_tokens,
                  batch_size=args.batch_size, task_params=params, out=args.out, overwrite=args.overwrite,
                  progress=not args.json)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
     print(f"{res['model']} / {res['task']} ({res['kind']}), disruption {res['condition']}, control {res['control_kind']}")
-    print(f"  protocol: {res['protocol']}")
+    print(f"  protocol: {res['protocol']}; scorer: {res['scorer']}")
     first = res["first_prompt"] if len(res["first_prompt"]) <= 160 else res["first_prompt"][:157] + "..."
     print(f"  first prompt: {first!r}")
     if res["n_asked"] != res["baseline"]["n"]:

@@ -4,7 +4,9 @@
 >>> t = pd.DataFrame([dict(model="m", task="passkey", role="baseline", control=None, evaluable=True, accuracy=0.9,
 ...                        ci_low=0.8, ci_high=0.95, n=100, removed_variance=0.0, b=0, c=0, p_value=float("nan"),
 ...                        p_holm=float("nan"), p_vs_matched=float("nan"))])
->>> print(ablation_markdown(t).splitlines()[2])
+>>> lines = ablation_markdown(t).splitlines()
+>>> print(lines[0]); print(lines[4])
+Scored by strict: every answer token is the argmax, teacher-forced (one pass; equal to greedy generation).
 | m | passkey | baseline | 0.90 [0.80, 0.95] | 100 | 0.00% | - | - |
 """
 
@@ -20,7 +22,12 @@ def ablation_markdown(table: pd.DataFrame) -> str:
     removed variance, the exact McNemar test against the baseline (b / c discordant pairs, p, Holm
     p across the table) and, for massive rows, against the matched control. Bold: a change that
     survives Holm on an evaluable task; rows at chance or floor are marked not evaluable."""
-    lines = ["| model | task | condition | accuracy [95% CI] | n | removed var. | vs baseline: b / c, p (Holm) "
+    from massmech.causal.vocabulary import SCORER_HELP
+
+    scorers = sorted(set(table["scorer"])) if "scorer" in table else ["strict"]  # tables before scorers: strict
+    said = "; ".join(f"{x}: {SCORER_HELP.get(x, 'the option with the highest log-probability')}" for x in scorers)
+    lines = [f"Scored by {said}.", "",
+             "| model | task | condition | accuracy [95% CI] | n | removed var. | vs baseline: b / c, p (Holm) "
              "| vs matched control: b / c, p (Holm) |", "|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         what = "baseline" if r.role == "baseline" else r.condition

@@ -17,6 +17,7 @@ from massmech.causal.vocabulary import (
     KV_CACHE,
     REPLACEMENTS,
     RULES,
+    SCORERS,
     SELECTIONS,
     STAGES,
     TARGETS,
@@ -66,6 +67,11 @@ class SweepConfig:
         replace: What replaces them: ``mean`` (each dim's prompt mean), ``zero``, ``pooled_mean``
             (one pooled mean per head, the paper's code) or ``calib_mean`` (the calibration mean).
         kv_cache: ``prefill`` disrupts the prompt only; ``every_step`` every decoded token too.
+        scorer: How exact-answer tasks are scored: ``strict`` (every answer token is the argmax,
+            teacher-forced), ``contains`` (the gold answer anywhere in ``max_new_tokens`` greedy
+            tokens, the paper's code) or ``first-line`` (in their first line); choice tasks are
+            scored by their options whatever this says.
+        max_new_tokens: Greedy tokens generated per example by ``contains`` and ``first-line``.
         calib_tokens: Corpus tokens for ``selection="calibration"`` / ``replace="calib_mean"``.
         seed: Seed of the examples and of the random controls.
         batch_size: Sequences per forward pass.
@@ -88,6 +94,8 @@ class SweepConfig:
     selection: str = field(default="prompt", metadata={"choices": SELECTIONS})
     replace: str = field(default="mean", metadata={"choices": REPLACEMENTS})
     kv_cache: str = field(default="prefill", metadata={"choices": KV_CACHE})
+    scorer: str = field(default="strict", metadata={"choices": SCORERS})
+    max_new_tokens: int = 16
     calib_tokens: int = 4096
     seed: int = 0
     batch_size: int = 16

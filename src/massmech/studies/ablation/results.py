@@ -11,7 +11,7 @@ from massmech.causal.evaluate import BASELINE
 from massmech.stats import chance_normalised, describe, evaluable, holm, mcnemar_exact
 
 COLUMNS = [
-    "model", "task", "kind", "scoring", "condition", "role", "control", "rule", "lam", "k", "target",
+    "model", "task", "kind", "scoring", "scorer", "condition", "role", "control", "rule", "lam", "k", "target",
     "stage", "layer_range", "accuracy", "ci_low", "ci_high", "n", "chance", "acc_norm", "evaluable",
     "n_dims", "removed_variance",
     "delta", "delta_ci_low", "delta_ci_high", "b", "c", "p_value", "p_holm",
@@ -35,6 +35,7 @@ def consolidate(cells: list[dict]) -> pd.DataFrame:
         d = c["disruption"] or {}
         row = {
             "model": c["model"], "task": c["task"], "kind": c["kind"], "scoring": c["scoring"],
+            "scorer": c.get("scorer", "strict" if c["scoring"] == "exact" else "choice"),
             "condition": c["condition"], "role": c["role"], "control": d.get("control"),
             # a rule's parameter only where it applies: a top-k row has no lambda, and vice versa
             "rule": d.get("rule"), "lam": d.get("lam") if d.get("rule") == "lambda" else None,

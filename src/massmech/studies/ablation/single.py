@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from massmech.causal.disruption import CONTROLS, Disruption
-from massmech.causal.evaluate import BASELINE, evaluate, summarize
+from massmech.causal.evaluate import BASELINE, score, summarize
 from massmech.causal.tasks.base import Task
 from massmech.causal.tasks.builtin import get_task
 from massmech.core.loading import load_model
@@ -77,6 +77,8 @@ def ablate(
     n: int = 100,
     disruption: Disruption | None = None,
     control: str = "matched",
+    scorer: str = "strict",
+    max_new_tokens: int = 16,
     seed: int = 0,
     batch_size: int = 16,
     task_params: dict | None = None,
@@ -94,6 +96,10 @@ def ablate(
         disruption: The massive disruption (default: lambda rule, pre-RoPE Q and K, all layers).
         control: Control kind (default ``"matched"``: random non-massive dims removing as much
             token variance as the massive dims, per head; see :mod:`massmech.causal.disruption`).
+        scorer: How an exact answer is scored (:data:`~massmech.causal.vocabulary.SCORERS`:
+            ``strict``, ``contains``: anywhere in ``max_new_tokens`` greedy tokens, the paper's code,
+            ``first-line``); a choice task is scored by its options.
+        max_new_tokens: Greedy tokens per example for the generating scorers.
         seed: Seed of the examples and of random controls.
         batch_size: Sequences per forward pass (results do not depend on it).
         out: Also write a run folder: ``ablate.json`` (this result), ``examples.parquet`` and
@@ -105,7 +111,7 @@ def ablate(
 
     Returns:
         ``{"baseline": {...}, "massive": {...}, "control": {...}, "model", "task", "condition",
-        "control_kind", "protocol", "chance", "evaluable", "n_asked", "first_prompt",
+        "control_kind", "protocol", "scorer", "chance", "evaluable", "n_asked", "first_prompt",
         "massive_vs_control", "separation"}`` (``first_prompt``: what the model read first;
         ``separation``: for two-option tasks, the AUROC of the log-probability margin per condition
         with its DeLong interval and, disrupted, DeLong's paired test against the baseline, a
@@ -137,7 +143,8 @@ def ablate(
     disruption.validate(lm)
     conds = {BASELINE: None, "massive": disruption, "control": replace(disruption, control=control)}
     torch.manual_seed(seed)
-    df = evaluate(lm, t, conds, n=n, seed=seed, batch_size=batch_size, progress=progress)
+    df = score(lm, t, conds, scorer=scorer, max_new_tokens=max_new_tokens, n=n, seed=seed, batch_size=batch_size,
+               progress=progress)
     s = summarize(df, seed=seed).set_index("condition")
     keep = ["accuracy", "ci_low", "ci_high", "n", "n_dims", "removed_variance", "p_value", "b", "c",
             "delta", "delta_ci_low", "delta_ci_high"]
@@ -147,7 +154,7 @@ def ablate(
     res |= {
         "model": lm.info.name, "task": t.name, "task_config": t.config(), "kind": t.kind,
         "condition": disruption.label(), "control_kind": control, "seed": seed,
-        "protocol": disruption.protocol(control),
+        "protocol": disruption.protocol(control), "scorer": str(df.scorer.iloc[0]),
     }
     chance = t.chance(n, seed)
     base = df[df.condition == BASELINE].correct
@@ -160,7 +167,8 @@ def ablate(
                    source_id=df.uid.map(lambda u: own.get(u, str(u))))
     if out is not None:
         config = {"model": lm.info.name, "task": t.name, "task_config": t.config(), "n": n, "n_asked": asked,
-                  "first_prompt": examples[0].prompt, "seed": seed,
+                  "first_prompt": examples[0].prompt, "seed": seed, "scorer": res["scorer"],
+                  "max_new_tokens": max_new_tokens,
                   "disruption": disruption.to_dict(), "control": control, "batch_size": batch_size}
         with atomic_run_dir(out, "ablate", overwrite=overwrite) as tmp:
             write_json(tmp / "ablate.json", res)

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from massmech.causal.disruption import Disruption
-from massmech.causal.evaluate import BASELINE, evaluate
+from massmech.causal.evaluate import BASELINE, score
 from massmech.causal.tasks.builtin import get_task
 from massmech.core.capture import capture_stats
 from massmech.core.corpus import calibration_split
@@ -39,12 +39,22 @@ from massmech.studies.ablation.config import SweepConfig
 from massmech.studies.ablation.results import consolidate
 
 
-def _cell_parts(model: str, task: dict, data: str, seed: int, cond: Disruption | None, calib: dict | None = None) -> dict:
+def _cell_parts(model: str, task: dict, data: str, seed: int, cond: Disruption | None, calib: dict | None = None,
+                scorer: dict | None = None) -> dict:
     parts = {"model": model, "task": task, "data": data, "seed": seed,
              "condition": None if cond is None else cond.to_dict()}
     if calib is not None:  # only calibration-based cells depend on the calibration corpus
         parts["calibration"] = calib
+    if scorer is not None:  # a generating scorer; strict cells keep the keys they always had
+        parts["scorer"] = scorer
     return parts
+
+
+def _scorer(config: SweepConfig, scoring: str) -> dict | None:
+    """The scorer part of a cell's key: ``None`` for the strict scorer and for choice tasks."""
+    if config.scorer == "strict" or scoring == "choice":
+        return None
+    return {"scorer": config.scorer, "max_new_tokens": config.max_new_tokens}
 
 
 class AblationStudy:
@@ -69,7 +79,7 @@ class AblationStudy:
                 for role, d, lr in [(BASELINE, None, "all")] + [(_role(d), d, lr) for d, lr in conds]:
                     needs = d is not None and (d.selection == "calibration" or d.replace == "calib_mean")
                     parts = _cell_parts(ctx.model_id(spec), task.config(), data, config.seed, d,
-                                        calib if needs else None)
+                                        calib if needs else None, _scorer(config, task.scoring))
                     key = cell_key(self.name, parts, version=self.version)
                     # the same cell twice in the grid (e.g. layer ranges that coincide) is one cell
                     cells.setdefault(key, CellSpec(key, parts, group=spec, unit=tname,
@@ -85,8 +95,9 @@ class AblationStudy:
 
         def run(chosen: list) -> pd.DataFrame:
             torch.manual_seed(config.seed)
-            return evaluate(model, task, {c.key: c.payload["disruption"] for c in chosen}, n=n, seed=config.seed,
-                            batch_size=config.batch_size, calibration=calibration, progress=False)
+            return score(model, task, {c.key: c.payload["disruption"] for c in chosen}, scorer=config.scorer,
+                         max_new_tokens=config.max_new_tokens, n=n, seed=config.seed, batch_size=config.batch_size,
+                         calibration=calibration, progress=False)
 
         df, errors = _each_that_runs(run, cells)
         chance = task.chance(n, config.seed)
@@ -101,6 +112,7 @@ class AblationStudy:
                 "n_dims": float(g.n_dims.mean()) if len(g) else None,
                 "removed_variance": float(g.removed_variance.mean()) if len(g) else None,
                 "chance": chance, "error": errors.get(c.key),
+                **({"scorer": used["scorer"]} if (used := _scorer(config, task.scoring)) else {}),
                 "verdicts": {str(u): bool(v) for u, v in zip(g.uid, g.correct, strict=True)},
             }, {})
         return out
@@ -149,7 +161,8 @@ def run_sweep(
                      ctx=Context(load_options=load_options), overwrite=overwrite, kinds=SPEC.aliases)
 
 
-_EVALUATED = ["condition", "uid", "group", "correct", "pred", "n_dims", "removed_variance", "logprobs", "margin"]  # evaluate()'s table
+_EVALUATED = ["condition", "uid", "group", "correct", "pred", "n_dims", "removed_variance", "logprobs", "margin",
+              "scorer"]  # evaluate()'s table
 
 
 def _each_that_runs(run: Any, cells: list) -> tuple[pd.DataFrame, dict[str, str]]:
