@@ -385,3 +385,19 @@ def test_ablate_and_ablation_name_their_scorer(tmp_path, capsys):
 
     text = "\n".join(ablation_text(pd.read_parquet(tmp_path / "g" / "results.parquet"), "x"))
     assert "Scored by choice: the option" in text and "first-line: the gold" in text
+
+
+def test_a_task_too_long_for_one_model_is_recorded_and_the_rest_finishes(tmp_path, capsys, monkeypatch):
+    """Issue 25: a passkey longer than tiny-llama's context no longer aborts the sweep midway: its
+    cells are rows with the reason, kv_lookup's cells run, and the command exits 1 naming them."""
+    out = tmp_path / "sweep"
+    args = ["ablation", "--models", "tiny-llama", "--tasks", "passkey", "kv_lookup", "--n", "3", "--rules", "topk",
+            "--ks", "2", "--controls", "lowest", "--out", str(out)]
+    import massmech.studies.ablation.study as study
+
+    long, original = study.get_task("passkey", filler_repeats=400), study.get_task
+    monkeypatch.setattr(study, "get_task", lambda name, **kw: long if name == "passkey" else original(name, **kw))
+    assert main(args) == 1
+    assert "more than tiny-llama's context" in capsys.readouterr().err
+    table = pd.read_parquet(out / "results.parquet")
+    assert table[table.task == "passkey"].error.notna().all() and table[table.task == "kv_lookup"].error.isna().all()

@@ -22,7 +22,8 @@ COLUMNS = [
 def consolidate(cells: list[dict]) -> pd.DataFrame:
     """The results table from finished cells (one row each; paired to the baseline of its model and task)."""
     base = {(c["model"], c["task"]): c["verdicts"] for c in cells if c["role"] == BASELINE}
-    ok = {mt: evaluable(int(sum(v.values())), len(v), _chance(cells, mt)) for mt, v in base.items()}
+    # a baseline that could not run (its error says why) has nothing to evaluate
+    ok = {mt: bool(v) and evaluable(int(sum(v.values())), len(v), _chance(cells, mt)) for mt, v in base.items()}
     matched = {_point(c): c["verdicts"] for c in cells if (c["disruption"] or {}).get("control") == "matched"}
     rows = []
     for c in cells:

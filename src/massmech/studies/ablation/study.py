@@ -31,7 +31,7 @@ from massmech.causal.tasks.builtin import get_task
 from massmech.core.capture import capture_stats
 from massmech.core.corpus import calibration_split
 from massmech.core.models import LoadedModel
-from massmech.errors import DisruptionError, NoOpDisruptionError
+from massmech.errors import DisruptionError, NoOpDisruptionError, TaskError
 from massmech.infra.cells import cell_key, data_hash
 from massmech.infra.study import CellSpec, Context, run_study
 from massmech.studies.ablation import SPEC
@@ -167,9 +167,12 @@ _EVALUATED = ["condition", "uid", "group", "correct", "pred", "n_dims", "removed
 
 def _each_that_runs(run: Any, cells: list) -> tuple[pd.DataFrame, dict[str, str]]:
     """All conditions of a unit in shared passes; if one cannot run on this model (a control with
-    too few dims, a rule that selects nothing), each alone, recording why the others failed."""
+    too few dims, a rule that selects nothing), each alone, recording why the others failed; if
+    the task itself cannot (a prompt longer than the model's context), every cell records why."""
     try:
         return run(cells), {}
+    except TaskError as err:  # the task cannot run on this model (a prompt longer than its context): no cell can
+        return pd.DataFrame(columns=_EVALUATED), {c.key: str(err) for c in cells}
     except (DisruptionError, NoOpDisruptionError):
         frames, errors = [], {}
         for c in cells:
