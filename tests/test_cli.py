@@ -401,3 +401,14 @@ def test_a_task_too_long_for_one_model_is_recorded_and_the_rest_finishes(tmp_pat
     assert "more than tiny-llama's context" in capsys.readouterr().err
     table = pd.read_parquet(out / "results.parquet")
     assert table[table.task == "passkey"].error.notna().all() and table[table.task == "kv_lookup"].error.isna().all()
+
+
+def test_a_sweep_says_when_a_task_has_fewer_examples_than_asked(tmp_path, capsys):
+    """Issue 25: ablate and the ablation study follow one rule: a task with fewer examples than --n
+    uses all it has, and both say so."""
+    rows = tmp_path / "caps.jsonl"
+    rows.write_text('{"q": "The capital of France is", "a": "Paris"}\n{"q": "The capital of Peru is", "a": "Lima"}\n')
+    spec = f"file:{rows}#question=q&answer=a&name=caps"
+    assert main(["ablation", "--models", "tiny-llama", "--tasks", spec, "--n", "10", "--rules", "topk", "--ks", "2",
+                 "--controls", "lowest", "--out", str(tmp_path / "s")]) == 0
+    assert "caps has 2 examples; all are used (asked for 10)" in capsys.readouterr().out

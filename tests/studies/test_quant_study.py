@@ -101,6 +101,19 @@ def test_group_size_that_does_not_divide_lists_sizes_and_writes_nothing(tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_a_prompt_beyond_the_context_fails_before_any_work(tmp_path, monkeypatch):
+    """Issue 25: a task longer than the model's context is refused in the plan (it failed after
+    19 s of quantizing), naming the example, and no folder is made."""
+    import massmech.studies.quant.study as study
+
+    long, original = study.get_task("passkey", filler_repeats=400), study.get_task
+    monkeypatch.setattr(study, "get_task", lambda name, **kw: long if name == "passkey" else original(name, **kw))
+    cfg = QuantStudyConfig(**(SMALL | {"tasks": ("kv_lookup", "passkey")}), variants=(QuantSpec("rtn", 4, 16),))
+    with pytest.raises(ValueError, match=r"example \d+ has \d+ tokens, more than tiny-llama's context of 4096"):
+        run_quant_study(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_smoothing_on_a_model_without_the_layout_fails_before_any_work(tmp_path):
     cfg = QuantStudyConfig(**(SMALL | {"model": "tiny-gpt2"}), variants=(QuantSpec.of("smoothquant"),))
     with pytest.raises(ValueError, match="Llama/Qwen2/Gemma-3"):

@@ -108,7 +108,7 @@ def summary_lines(study: str, summary: dict, out: Path) -> list[str]:
 
         from massmech.report.tables import ablation_text
 
-        return ablation_text(pd.read_parquet(out / "results.parquet"), out)
+        return ablation_text(pd.read_parquet(out / "results.parquet"), out, summary.get("n_asked"))
     if study == "twins":
         from massmech.report.tables import twins_lines
 

@@ -134,9 +134,22 @@ def analyze_lines(summary: dict, out: Path | str) -> list[str]:
     return lines
 
 
-def ablation_text(table: pd.DataFrame, out: Path | str) -> list[str]:
-    """What ``massmech ablation`` prints: the results table with the Holm-corrected tests."""
-    return [f"ablation -> {out}", "", ablation_markdown(table)]
+def ablation_text(table: pd.DataFrame, out: Path | str, n_asked: int | None = None) -> list[str]:
+    """What ``massmech ablation`` prints: the results table with the Holm-corrected tests, after a
+    line for each task that has fewer examples than ``n_asked`` (all of them are used)."""
+    return [f"ablation -> {out}", *short_tasks(table, n_asked), "", ablation_markdown(table)]
+
+
+def short_tasks(table: pd.DataFrame, n_asked: int | None) -> list[str]:
+    """A line for each task of a sweep table with fewer examples than asked for.
+
+    >>> short_tasks(pd.DataFrame({"task": ["facts", "facts", "passkey"], "n": [4, 4, 100]}), 100)
+    ['facts has 4 examples; all are used (asked for 100)']
+    """
+    if n_asked is None:
+        return []
+    n = table.groupby("task", sort=False).n.max()
+    return [f"{task} has {int(k)} examples; all are used (asked for {n_asked})" for task, k in n.items() if k < n_asked]
 
 
 def twins_lines(summary: dict, out: Path | str) -> list[str]:

@@ -123,6 +123,7 @@ class AblationStudy:
     def finish(self, config: SweepConfig, table: pd.DataFrame, out: Path, ctx: Context) -> dict:
         failed = table[table.error.notna()]
         return {"study": self.name, "cells": len(table), "models": list(config.models), "tasks": list(config.tasks),
+                "n_asked": config.n,
                 "conditions": int(table.condition.nunique()),
                 "failed": [{"model": r.model, "task": r.task, "condition": r.condition, "error": r.error}
                            for r in failed.itertuples()]}

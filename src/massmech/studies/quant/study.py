@@ -181,9 +181,10 @@ class QuantStudy:
 
     def plan(self, cfg: QuantStudyConfig, ctx: Context) -> list[CellSpec]:
         variants = cfg.all_variants()  # validated by QuantSpec
-        for name in cfg.tasks:
-            get_task(name).examples(cfg.n, cfg.seed)  # n beyond the data: error before any work
         lm = ctx.model(cfg.model)  # the weights variant_weights starts from (tiny models: seed 0)
+        for name in cfg.tasks:  # n beyond the data, or a prompt beyond the context: error before any work
+            for ex in get_task(name).examples(cfg.n, cfg.seed):
+                encode(lm, ex)
         for spec in variants:  # a group size or layout that does not fit: error before any work
             if spec.group_size is not None:
                 check_groups(hf_model(lm), spec.group_size)
