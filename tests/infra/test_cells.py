@@ -139,7 +139,7 @@ def _quant_measure():
 
 
 def _twins_measure():
-    from massmech.studies.twins.study import stats_tables
+    from massmech.studies.twins.measures import stats_tables
 
     model = mm.load_model("tiny-llama")
     stats = mm.capture_stats(model, _ids(), sites=("q", "k", "v"), stages=("pre",), progress=False)

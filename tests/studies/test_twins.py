@@ -245,7 +245,7 @@ def test_twin_disruption_rows_are_distinct_examples_with_prompt_only_statistics(
     statistics from the prompt only (they included the scored answer)."""
     import torch
 
-    from massmech.studies.twins.study import prompt_mask, row_values
+    from massmech.studies.twins.measures import prompt_mask, row_values
 
     toks = torch.arange(40 * 6).view(40, 6) % 50
     scored = torch.zeros(40, 6, dtype=torch.bool)
