@@ -185,24 +185,23 @@ def evaluate(
                 else:
                     lp = torch.log_softmax(lg, -1).gather(-1, gold[:, None]).sum().item()
                     scores.setdefault((r.ex, r.cond), [None] * len(examples[r.ex].options))[r.option] = lp
-    out = []
-    for c, name in enumerate(names):
-        for i, ex in enumerate(examples):
-            s = scores[(i, c)]
-            logprobs, margin = None, float("nan")
-            if scoring == "exact":
-                correct, pred = s
-            else:
-                choice = int(np.argmax(s))
-                correct, pred = choice == ex.label, ex.options[choice].strip()
-                logprobs = [float(v) for v in s]
-                margin = logprobs[ex.label] - max(v for o, v in enumerate(logprobs) if o != ex.label)
-            out.append(
-                {"condition": name, "uid": ex.uid, "group": ex.group, "correct": bool(correct),
-                 "pred": pred, "n_dims": dims[(i, c)][0], "removed_variance": dims[(i, c)][1],
-                 "logprobs": logprobs, "margin": margin}
-            )
-    return pd.DataFrame(out)
+    return pd.DataFrame([_row(name, ex, scoring, scores[(i, c)], dims[(i, c)])
+                         for c, name in enumerate(names) for i, ex in enumerate(examples)])
+
+
+def _row(condition: str, ex: Example, scoring: str, scored: list, dims: tuple[int, float]) -> dict:
+    """One row of :func:`evaluate`'s table: the verdict, what the model chose, and for choice
+    scoring each option's log-probability and the gold option's margin over the best other."""
+    logprobs, margin = None, float("nan")
+    if scoring == "exact":
+        correct, pred = scored
+    else:
+        choice = int(np.argmax(scored))
+        correct, pred = choice == ex.label, ex.options[choice].strip()
+        logprobs = [float(v) for v in scored]
+        margin = logprobs[ex.label] - max(v for o, v in enumerate(logprobs) if o != ex.label)
+    return {"condition": condition, "uid": ex.uid, "group": ex.group, "correct": bool(correct), "pred": pred,
+            "n_dims": dims[0], "removed_variance": dims[1], "logprobs": logprobs, "margin": margin}
 
 
 def generate_exact(
