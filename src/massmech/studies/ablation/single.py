@@ -19,7 +19,7 @@ from massmech.core.models import LoadedModel
 from massmech.errors import DisruptionError
 from massmech.files.io import write_json
 from massmech.files.runs import atomic_run_dir, check_out, manifest
-from massmech.stats import auroc_ci, delong_paired_test, evaluable, mcnemar_exact
+from massmech.stats import auroc, auroc_ci, delong_paired_test, evaluable, mcnemar_exact
 
 
 def _plain(x: Any, column: str) -> int | float | None:
@@ -55,15 +55,15 @@ def _separation(df: pd.DataFrame, by_uid: dict) -> dict | None:
     scored = {}
     for name, g in df.groupby("condition", sort=False):
         g = g.sort_values("uid")
-        score = np.array([lp[0] - lp[1] for lp in g.logprobs])
+        margin = np.array([lp[0] - lp[1] for lp in g.logprobs])
         first = np.array([by_uid[u].label == 0 for u in g.uid])
-        scored[name] = (score[first], score[~first])
+        scored[name] = (margin[first], margin[~first])
     pos, neg = scored[BASELINE]
     if min(len(pos), len(neg)) < 2:
         return out | {"error": f"{len(pos)} examples with gold option 0 and {len(neg)} with option 1: AUROC needs 2 of each"}
     for name, (p, q) in scored.items():
         low, high = auroc_ci(p, q)
-        row = {"auroc": delong_paired_test(p, q, p, q).auc_a, "ci_low": low, "ci_high": high}
+        row = {"auroc": auroc(p, q), "ci_low": low, "ci_high": high}
         if name != BASELINE:
             row["p_vs_baseline"] = delong_paired_test(p, q, pos, neg).p_value
         out[name] = row
