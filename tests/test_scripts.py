@@ -25,7 +25,9 @@ def _run(args: list[str], cwd: Path = ROOT) -> str:
 def test_reproduce_quick_on_a_tiny_model(tmp_path):
     """Every run the ledger reads, on tiny-llama, end to end: runs -> cells -> figures -> ledger -> strict docs build."""
     runs = tmp_path / "runs"
-    out = _run(["-m", "massmech", "reproduce", "--quick", "--models", "tiny-llama", "--runs", str(runs), "--json"])
+    # relative, as `make reproduce-quick` passes it (runs/quick): mkdocs reads docs_dir relative to its config
+    relative = os.path.relpath(runs, ROOT)
+    out = _run(["-m", "massmech", "reproduce", "--quick", "--models", "tiny-llama", "--runs", relative, "--json"])
     done = json.loads(out)
     from massmech.report.runs import RUNS, models_of, run_folder
 

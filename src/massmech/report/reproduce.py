@@ -77,7 +77,12 @@ def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str
 def quick_docs(project: Path, root: Path) -> tuple[Path, Path]:
     """A copy of the project's docs set-up under ``root`` (``docs/``, ``mkdocs.yml`` pointing there,
     the files its pages include), so a quick run regenerates and builds pages without touching
-    the project's. Returns ``(docs folder, mkdocs.yml)``."""
+    the project's. Returns ``(docs folder, mkdocs.yml)``.
+
+    Every path written into the copy is absolute: mkdocs reads ``docs_dir`` relative to the
+    config file, so a relative ``root`` (``runs/quick``) would point it at ``runs/quick/runs/quick``.
+    """
+    root = Path(root).resolve()
     docs = root / "docs"
     if docs.exists():
         shutil.rmtree(docs)
@@ -94,7 +99,11 @@ def quick_docs(project: Path, root: Path) -> tuple[Path, Path]:
 
 
 def build_site(config: Path, site: Path) -> Path:
-    """``mkdocs build --strict`` (as ``make docs``); a warning fails it with the build's own words."""
+    """``mkdocs build --strict`` (as ``make docs``); a warning fails it with the build's own words.
+
+    ``site`` is made absolute first: mkdocs reads a relative ``--site-dir`` against the config's folder.
+    """
+    site = Path(site).resolve()
     out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config),
                           "--site-dir", str(site)], capture_output=True, text=True,
                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
