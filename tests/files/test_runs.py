@@ -1,5 +1,6 @@
 """Output folders: massmech never deletes or writes into a folder it did not write (issue: data safety)."""
 
+import dataclasses
 import json
 import os
 import stat
@@ -197,3 +198,16 @@ def test_sweep_refuses_user_folders(tmp_path, monkeypatch):
         run_sweep(cfg, tmp_path / "new", cells=user, progress=False)
     assert sorted(p.name for p in user.iterdir()) == ["data.csv"]
     assert not (tmp_path / "new").exists()  # nothing created when an input is refused
+
+
+def test_a_field_added_after_a_run_is_no_difference_at_its_default():
+    """SweepConfig.granularities came after runs were made: their stored config lacks it, and a
+    rerun at the default resumes; a rerun that sets it is another config."""
+    from massmech.files.runs import config_diff
+    from massmech.studies.ablation.config import SweepConfig
+
+    old = dataclasses.asdict(SweepConfig(ks=(2,)))
+    del old["granularities"]
+    assert config_diff(old, SweepConfig(ks=(2,))) == []
+    assert config_diff(old, SweepConfig(ks=(2,), granularities=("dim", "pair"))) == ["granularities"]
+    assert config_diff(old, SweepConfig(ks=(3,))) == ["ks"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -196,3 +197,17 @@ def test_a_unit_where_no_condition_can_run_records_each_error():
     assert len(df) == 0 and {"uid", "correct", "n_dims", "removed_variance"} <= set(df.columns)
     g = df[df.condition == "a"]
     assert {str(u): bool(v) for u, v in zip(g.uid, g.correct, strict=True)} == {}
+
+
+def test_a_sweep_by_pair_and_by_coordinate(tmp_path):
+    """granularities crosses every condition with dim and pair; pair rows are their own conditions,
+    each tested against its own matched control, and the dim rows are the cells a dim-only sweep makes."""
+    cfg = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=4, rules=("topk",), ks=(1,), stages=("post",),
+                      granularities=("dim", "pair"))
+    t = run_sweep(cfg, tmp_path / "a", progress=False)
+    massive = t[t.role == "massive"].set_index("condition")
+    assert set(massive.index) == {"qk.post.top1", "qk.post.top1.pair"}
+    assert massive.loc["qk.post.top1.pair", "n_dims"] == 2 * massive.loc["qk.post.top1", "n_dims"]
+    assert "qk.post.top1.pair.ctrl-matched-s0" in set(t.condition)
+    only_dim = run_sweep(replace(cfg, granularities=("dim",)), tmp_path / "b", progress=False)
+    assert only_dim.set_index("condition").loc["qk.post.top1", "accuracy"] == massive.loc["qk.post.top1", "accuracy"]

@@ -30,7 +30,7 @@ def pooled_values(means: Float[Tensor, "r head d"], sel: Bool[Tensor, "r head d"
 
 def matched_dims(
     key: Float[Tensor, "r head d"], removed: Float[Tensor, "r head d"], sel: Bool[Tensor, "r head d"], *,
-    pooled: tuple[Tensor, Tensor, Tensor] | None = None, slack: float = 0.05,
+    pooled: tuple[Tensor, ...] | None = None, slack: float = 0.05,
 ) -> Bool[Tensor, "r head d"]:
     """Random non-selected dims per head whose removed variance matches that of ``sel``.
 
@@ -46,6 +46,8 @@ def matched_dims(
     removal is not a sum: pass ``pooled=(sumsq, means, count)`` (per dim the prompt's sum of
     squares and mean, per row the token count) and a set ``S`` is charged exactly
     ``sum(sumsq[S]) - count * sum(means[S])**2 / |S|``, its sum of squares about that scalar.
+    When each candidate stands for several dims (whole RoPE pairs), ``pooled`` takes a fourth
+    tensor, the dims per candidate, and ``means`` holds each candidate's sum of means.
 
     >>> removed = torch.tensor([[[9.0, 4.0, 3.0, 2.0, 1.0]]])      # dim 0 is the selected one
     >>> sel = torch.tensor([[[True, False, False, False, False]]])
@@ -63,6 +65,7 @@ def matched_dims(
         gain = torch.gather(removed, -1, order)
     else:
         sumsq, means = (torch.gather(t, -1, order) for t in pooled[:2])
+        size = torch.gather(pooled[3], -1, order) if len(pooled) > 3 else torch.ones_like(sumsq)
         count = pooled[2].reshape(-1, 1)  # [r, 1]: tokens per row
         ss, mu, n = torch.zeros_like(target), torch.zeros_like(target), torch.zeros_like(target)
     total = torch.zeros_like(target)
@@ -71,11 +74,11 @@ def matched_dims(
         if pooled is None:
             after = total + gain[..., j]
         else:
-            after = (ss + sumsq[..., j]) - count * (mu + means[..., j]) ** 2 / (n + 1)
+            after = (ss + sumsq[..., j]) - count * (mu + means[..., j]) ** 2 / (n + size[..., j])
         ok = free[..., j] & (after <= cap) & (target > 0)
         total = torch.where(ok, after, total)
         if pooled is not None:
-            ss, mu, n = ss + sumsq[..., j] * ok, mu + means[..., j] * ok, n + ok
+            ss, mu, n = ss + sumsq[..., j] * ok, mu + means[..., j] * ok, n + size[..., j] * ok
         take[..., j] = ok
     # then at most one more dim, the one (first in the random order) bringing the total closest to
     # the target, if it does: first fit alone stops short where every dim left would overshoot the cap
@@ -83,7 +86,7 @@ def matched_dims(
     if pooled is None:
         after = total[..., None] + gain
     else:
-        after = (ss[..., None] + sumsq) - count[..., None] * (mu[..., None] + means) ** 2 / (n[..., None] + 1)
+        after = (ss[..., None] + sumsq) - count[..., None] * (mu[..., None] + means) ** 2 / (n[..., None] + size)
     miss = (after - target[..., None]).abs().masked_fill(~left, float("inf"))
     best = miss.argmin(-1, keepdim=True)  # the first of equal misses
     better = torch.gather(miss, -1, best).squeeze(-1) < (total - target).abs()

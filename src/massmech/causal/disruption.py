@@ -18,6 +18,14 @@
   non-massive dims of one third of the RoPE pairs (``"band-low"``, ``"band-mid"``,
   ``"band-high"``). Count-matched controls usually remove far less variance than the massive
   dims: compare ``removed_variance``, not only ``n_dims``;
+* **granularity**: ``"dim"`` (default, the paper's code) replaces each selected coordinate;
+  ``"pair"`` replaces both coordinates of each RoPE pair that holds a selected one. A coordinate
+  and its partner rotate into each other (in the ``half`` layout the partner of ``i`` is
+  ``i + rotary_dim/2``): at ``dim`` granularity a coordinate replaced before RoPE gets its
+  untouched partner rotated back into it, and one replaced after leaves the partner's half of
+  the rotating component; ``pair`` removes the whole 2-D component. Its controls pick whole
+  pairs too (as many pairs, or as much removed variance); unrotated dims of a partial rotary
+  head count as units of one;
 * **kv_cache**: ``"prefill"`` (default) disrupts the prompt only; ``"every_step"`` also
   replaces each generated token's selected dims by the prompt's replacement values.
 
@@ -32,6 +40,7 @@ from typing import Any
 
 from massmech.causal.vocabulary import (
     CONTROLS,
+    GRANULARITIES,
     KV_CACHE,
     PAPER_SETTINGS,
     REPLACEMENTS,
@@ -45,7 +54,7 @@ from massmech.core.models import LoadedModel
 from massmech.core.qkvstats import QKVStats
 from massmech.errors import DisruptionError
 
-__all__ = ["CONTROLS", "KV_CACHE", "PAPER_SETTINGS", "REPLACEMENTS", "RULES", "SELECTIONS", "STAGES", "TARGETS",
+__all__ = ["CONTROLS", "GRANULARITIES", "KV_CACHE", "PAPER_SETTINGS", "REPLACEMENTS", "RULES", "SELECTIONS", "STAGES", "TARGETS",
            "Disruption", "paper_setting"]
 
 
@@ -67,6 +76,7 @@ class Disruption:
         control: ``None`` (disrupt the selected dims) or a control (see module docstring).
         kv_cache: ``"prefill"`` or ``"every_step"``.
         seed: Seed of the random controls.
+        granularity: ``"dim"`` (each selected coordinate) or ``"pair"`` (whole RoPE pairs).
 
     >>> d = Disruption(target="qk", stage="post", rule="topk", k=2)
     >>> d.sites, d.label()
@@ -90,6 +100,7 @@ class Disruption:
     control: str | None = None
     kv_cache: str = "prefill"
     seed: int = 0
+    granularity: str = "dim"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -100,6 +111,7 @@ class Disruption:
             ("replace", self.replace, REPLACEMENTS),
             ("control", self.control, CONTROLS),
             ("kv_cache", self.kv_cache, KV_CACHE),
+            ("granularity", self.granularity, GRANULARITIES),
         ):
             if value not in allowed:
                 raise DisruptionError(f"{name} must be one of {allowed}, got {value!r}")
@@ -150,13 +162,16 @@ class Disruption:
         """
         paper = (self.stage == "post" and self.rule == "topk" and self.replace in ("pooled_mean", "zero")
                  and self.target == "qk" and self.kv_cache == "prefill" and self.selection == "prompt"
-                 and self.layers is None and self.heads is None and self.control is None)
+                 and self.layers is None and self.heads is None and self.control is None
+                 and self.granularity == "dim")
         sel = {"lambda": f"dims above {self.lam:g}x the head's mean norm", "topk": f"top-{self.k} per head",
                "dims": f"dims {list(self.dims)}"}[self.rule]
         rep = {"mean": "each dim's prompt mean", "zero": "zero", "calib_mean": "calibration means",
                "pooled_mean": "one pooled mean per head"}[self.replace]
         where = f"{self.stage}-RoPE {','.join(s.upper() for s in self.sites)}"
         scope = "prompt only" if self.kv_cache == "prefill" else "prompt and every decoded token"
+        if self.granularity == "pair":
+            sel += ", whole RoPE pairs"
         text = f"{'the paper' if paper else 'massmech'}'s {'protocol' if paper else 'variant'} ({where}; {sel}; {rep}; {scope})"
         if control:
             text += " vs " + {"matched": "variance-matched random control", "lowest": "lowest-norm control",
@@ -166,10 +181,18 @@ class Disruption:
     def to_dict(self) -> dict:
         """All fields as a dict (see :meth:`from_dict`).
 
+        ``granularity`` came after the first cell version: at its default (``"dim"``) it is left
+        out, so the dict, and every cell key and pinned digest made from it, is what it was.
+
         >>> Disruption(layers=[0, 1]).to_dict()
         {'target': 'qk', 'stage': 'pre', 'rule': 'lambda', 'lam': 5.0, 'k': 4, 'dims': (), 'selection': 'prompt', 'replace': 'mean', 'layers': (0, 1), 'heads': None, 'control': None, 'kv_cache': 'prefill', 'seed': 0}
+        >>> Disruption(granularity="pair").to_dict()["granularity"]
+        'pair'
         """
-        return asdict(self)
+        d = asdict(self)
+        if d["granularity"] == "dim":
+            del d["granularity"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Disruption:
@@ -200,6 +223,8 @@ class Disruption:
             parts.append(self.replace)
         if self.kv_cache != "prefill":
             parts.append(self.kv_cache)
+        if self.granularity != "dim":
+            parts.append(self.granularity)
         if self.control:
             parts.append(f"ctrl-{self.control}" + (f"-s{self.seed}" if self.control != "lowest" else ""))
         return ".".join(parts)
@@ -238,6 +263,8 @@ class Disruption:
                 raise DisruptionError(f"heads {self.heads} out of range [0, {n}) for target {self.target!r}")
         if self.control and self.control.startswith("band") and model.rope_or_none is None:
             raise DisruptionError(f"control {self.control!r} needs RoPE pairs; {info.name} has no RoPE")
+        if self.granularity == "pair" and model.rope_or_none is None:
+            raise DisruptionError(f"granularity='pair' needs RoPE pairs; {info.name} has no RoPE: use 'dim'")
         if self.selection == "calibration" or self.replace == "calib_mean":
             if calibration is None:
                 raise DisruptionError(

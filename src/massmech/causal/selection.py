@@ -73,6 +73,12 @@ def select(
         keep = torch.zeros(n_heads, dtype=torch.bool)
         keep[list(c.heads)] = True
         sel &= keep.view(1, -1, 1).to(sel.device)
+    units = None
+    if c.granularity == "pair":
+        if pair is None:
+            raise DisruptionError("granularity='pair' needs the RoPE pair of each dim (pair=...); the model has no RoPE")
+        units = pair_units(pair.to(x.device))
+        sel = to_units(sel, units[0]).bool()[..., units[0]]  # every coordinate of a pair that has a selected one
     means = xf.sum(1) / count  # [r, head, d]: each dim's prompt mean
     if c.replace == "mean":
         value = means
@@ -87,10 +93,50 @@ def select(
         # what replacing each dim would remove over the prompt ([r, head, d]), for size-matched controls
         removed = ((x.float() - value[:, None]) ** 2 * w).sum(1) if c.control == "matched" else None
         pooled = ((xf * xf).sum(1), means, count) if c.replace == "pooled_mean" else None
-        sel = control_dims(c, m, sel, site=site, layer=layer, seeds=seeds, pair=pair, removed=removed, pooled=pooled)
+        if units is None:
+            sel = control_dims(c, m, sel, site=site, layer=layer, seeds=seeds, pair=pair, removed=removed,
+                               pooled=pooled)
+        else:  # the control picks whole pairs: its rule runs on per-pair totals, then back to dims
+            unit, unit_pair = units
+            pooled = pooled and (to_units(pooled[0], unit), to_units(pooled[1], unit), pooled[2],
+                                 to_units(torch.ones_like(m), unit))
+            sel = control_dims(c, to_units(m * m, unit).sqrt(), to_units(sel, unit).bool(), site=site, layer=layer,
+                               seeds=seeds, pair=unit_pair, removed=removed if removed is None else to_units(removed, unit),
+                               pooled=pooled)[..., unit]
         if c.replace == "pooled_mean":  # the control's own pooled scalar, as the official code's control
             value = pooled_values(means, sel)
     return sel, value
+
+
+def pair_units(pair: Int[Tensor, " d"]) -> tuple[Int[Tensor, " d"], Int[Tensor, " units"]]:
+    """The units of ``granularity="pair"``: each RoPE pair, then each unrotated dim on its own.
+
+    Returns:
+        ``(unit of each dim, RoPE pair of each unit)``; an unrotated unit's pair is ``-1``.
+
+    >>> import torch
+    >>> unit, unit_pair = pair_units(torch.tensor([0, 1, 0, 1, -1, -1]))  # half layout, 2 unrotated dims
+    >>> unit.tolist(), unit_pair.tolist()
+    ([0, 1, 0, 1, 2, 3], [0, 1, -1, -1])
+    """
+    n_pairs = int(pair.max()) + 1 if pair.numel() and int(pair.max()) >= 0 else 0
+    rest = pair < 0
+    unit = pair.clone()
+    unit[rest] = n_pairs + torch.arange(int(rest.sum()), device=pair.device)
+    unit_pair = torch.cat([torch.arange(n_pairs), torch.full((int(rest.sum()),), -1)]).to(pair.device)
+    return unit, unit_pair
+
+
+def to_units(t: Tensor, unit: Int[Tensor, " d"]) -> Float[Tensor, "rows head units"]:
+    """``t`` (``[rows, head, d]``) summed over the dims of each unit (booleans count).
+
+    >>> import torch
+    >>> to_units(torch.tensor([[[1.0, 2.0, 3.0, 4.0]]]), torch.tensor([0, 1, 0, 1])).tolist()
+    [[[4.0, 6.0]]]
+    """
+    t = t.double() if t.dtype == torch.bool else t
+    out = torch.zeros(*t.shape[:-1], int(unit.max()) + 1, dtype=t.dtype, device=t.device)
+    return out.index_add_(-1, unit, t)
 
 
 def control_dims(
@@ -103,7 +149,7 @@ def control_dims(
     seeds: Int[Tensor, " rows"],
     pair: Int[Tensor, " d"] | None = None,
     removed: Float[Tensor, "rows head d"] | None = None,
-    pooled: tuple[Tensor, Tensor, Tensor] | None = None,
+    pooled: tuple[Tensor, ...] | None = None,
 ) -> Bool[Tensor, "rows head d"]:
     """The dims control ``c.control`` replaces instead of ``sel``: as many per head among the
     allowed dims (or, ``"matched"``, as much removed variance, see

@@ -17,6 +17,11 @@ SELECTIONS = ("prompt", "calibration")
 REPLACEMENTS = ("mean", "zero", "calib_mean", "pooled_mean")
 CONTROLS = (None, "matched", "lowest", "random", "band-low", "band-mid", "band-high")
 KV_CACHE = ("prefill", "every_step")
+GRANULARITIES = ("dim", "pair")
+GRANULARITY_HELP = {
+    "dim": "each selected coordinate alone (the paper's code)",
+    "pair": "both coordinates of each selected RoPE pair (a control then picks whole pairs)",
+}
 
 SCORERS = ("strict", "contains", "first-line")
 SCORER_HELP = {

@@ -35,6 +35,8 @@ def add_ablate(sub: Any, fmt: Formatter) -> None:
     from massmech.causal.vocabulary import (
         CONTROL_HELP,
         CONTROLS,
+        GRANULARITIES,
+        GRANULARITY_HELP,
         KV_CACHE,
         REPLACE_HELP,
         REPLACEMENTS,
@@ -75,6 +77,8 @@ def add_ablate(sub: Any, fmt: Formatter) -> None:
                    help="replacement: " + "; ".join(f"{k}: {v}" for k, v in REPLACE_HELP.items() if k != "calib_mean"))
     a.add_argument("--kv-cache", default="prefill", choices=list(KV_CACHE),
                    help="prefill: disrupt the prompt only; every_step: every decoded token too")
+    a.add_argument("--granularity", default="dim", choices=list(GRANULARITIES),
+                   help="what is replaced: " + "; ".join(f"{k}: {v}" for k, v in GRANULARITY_HELP.items()))
     a.add_argument("--scorer", default="strict", choices=list(SCORERS),
                    help="how an exact answer is scored: " + "; ".join(f"{k}: {v}" for k, v in SCORER_HELP.items()))
     a.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per example for --scorer contains/first-line")
@@ -209,7 +213,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     layers = layer_range(args.disrupt_layers, model.info.n_layers)
     d = Disruption(
         target=args.target, stage=args.stage, rule=args.rule, lam=args.lam, k=args.k,
-        layers=layers, kv_cache=args.kv_cache, seed=args.seed, replace=args.replace,
+        layers=layers, kv_cache=args.kv_cache, seed=args.seed, replace=args.replace, granularity=args.granularity,
     )
     res = ablate(model, task, n=args.n, disruption=d, control=args.control, seed=args.seed, scorer=args.scorer,
                  max_new_tokens=args.max_new_tokens,

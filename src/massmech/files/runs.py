@@ -271,13 +271,21 @@ LOCK = ".massmech-lock"
 def config_diff(stored: Any, config: Any, *, extends: tuple[str, ...] = ()) -> list[str]:
     """Top-level fields in which two configs (dataclasses or their JSON dicts) differ, less ``extends``.
 
-    Values are compared as canonical JSON: tuples and lists, 5 and 5.0 are alike.
+    Values are compared as canonical JSON: tuples and lists, 5 and 5.0 are alike. A field that
+    ``stored`` lacks (the run predates it) is no difference while ``config``, a dataclass, holds
+    that field's default: the run was made with what the default now says.
 
     >>> config_diff({"ks": [2, 4], "n": 100}, {"ks": (3,), "n": 100.0})
     ['ks']
     """
     a = dataclasses.asdict(stored) if dataclasses.is_dataclass(stored) else dict(stored)
     b = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    if dataclasses.is_dataclass(config):
+        for f in dataclasses.fields(config):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if f.name not in a and f.name in b and default is not dataclasses.MISSING \
+                    and canonical(b[f.name]) == canonical(default):
+                a[f.name] = b[f.name]
     return sorted(k for k in set(a) | set(b)
                   if k not in extends and canonical(a.get(k)) != canonical(b.get(k)))
 

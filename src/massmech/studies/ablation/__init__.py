@@ -21,6 +21,7 @@ SPEC = register_study(StudySpec(
         "k": "top-k rule, k = 1, 4, 16, on three tasks",
         "layers": "lambda=5 on all / early / middle / late layers, three tasks",
         "dose": "dose-response: top-k, k = 1 ... 16, against the matched control at each k",
+        "pairs": "top-k, k = 1 and 4, by coordinate and by whole RoPE pair, each against its matched control",
     },
     build="massmech.studies.ablation.config:preset",
     run="massmech.studies.ablation.study:run_sweep",

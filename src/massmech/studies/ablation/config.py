@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -14,6 +15,7 @@ from typing import Any
 from massmech.causal.tasks.builtin import TASKS, is_task_name
 from massmech.causal.vocabulary import (
     CONTROLS,
+    GRANULARITIES,
     KV_CACHE,
     REPLACEMENTS,
     RULES,
@@ -67,6 +69,8 @@ class SweepConfig:
         replace: What replaces them: ``mean`` (each dim's prompt mean), ``zero``, ``pooled_mean``
             (one pooled mean per head, the paper's code) or ``calib_mean`` (the calibration mean).
         kv_cache: ``prefill`` disrupts the prompt only; ``every_step`` every decoded token too.
+        granularities: ``dim`` (each selected coordinate, the paper's code) and/or ``pair`` (both
+            coordinates of each selected RoPE pair; its controls pick whole pairs).
         scorer: How exact-answer tasks are scored: ``strict`` (every answer token is the argmax,
             teacher-forced), ``contains`` (the gold answer anywhere in ``max_new_tokens`` greedy
             tokens, the paper's code) or ``first-line`` (in their first line); choice tasks are
@@ -94,6 +98,7 @@ class SweepConfig:
     selection: str = field(default="prompt", metadata={"choices": SELECTIONS})
     replace: str = field(default="mean", metadata={"choices": REPLACEMENTS})
     kv_cache: str = field(default="prefill", metadata={"choices": KV_CACHE})
+    granularities: Sequence[str] = field(default=("dim",), metadata={"choices": GRANULARITIES})
     scorer: str = field(default="strict", metadata={"choices": SCORERS})
     max_new_tokens: int = 16
     calib_tokens: int = 4096
@@ -102,10 +107,11 @@ class SweepConfig:
     paper_settings: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("models", "tasks", "rules", "lams", "ks", "targets", "stages", "layer_ranges", "controls"):
+        for name in ("models", "tasks", "rules", "lams", "ks", "targets", "stages", "layer_ranges", "controls",
+                     "granularities"):
             v = getattr(self, name)
             object.__setattr__(self, name, tuple(v) if not isinstance(v, str) else (v,))
-        for name in ("models", "tasks", "rules", "targets", "stages", "layer_ranges"):
+        for name in ("models", "tasks", "rules", "targets", "stages", "layer_ranges", "granularities"):
             if not getattr(self, name):
                 raise ConfigError(f"SweepConfig.{name} is empty")
         for t in self.tasks:
@@ -155,17 +161,16 @@ class SweepConfig:
         points += [("topk", 5.0, k) for k in ks if "topk" in self.rules]
         for rule, lam, k in points:
             for target in self.targets:
-                for stage in self.stages:
-                    for lr in self.layer_ranges:
-                        layers = None if n_layers is None else layer_range(lr, n_layers)
-                        d = Disruption(
-                            target=target, stage=stage, rule=rule, lam=lam, k=k, layers=layers,
-                            selection=self.selection, replace=rep, kv_cache=self.kv_cache,
-                            seed=self.seed,
-                        )
-                        out.append((d, lr))
-                        out += [(replace(d.as_control(c), replace=lowest_rep) if c == "lowest" else d.as_control(c), lr)
-                                for c in self.controls]
+                for stage, lr, grain in itertools.product(self.stages, self.layer_ranges, self.granularities):
+                    layers = None if n_layers is None else layer_range(lr, n_layers)
+                    d = Disruption(
+                        target=target, stage=stage, rule=rule, lam=lam, k=k, layers=layers,
+                        selection=self.selection, replace=rep, kv_cache=self.kv_cache,
+                        seed=self.seed, granularity=grain,
+                    )
+                    out.append((d, lr))
+                    out += [(replace(d.as_control(c), replace=lowest_rep) if c == "lowest" else d.as_control(c), lr)
+                            for c in self.controls]
         return out
 
 
@@ -188,7 +193,10 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
       middle / late layers, three tasks;
     * ``dose``: the dose-response: top-k, k = 1, 2, 4, 8, 16, against the matched control at
       each k, three tasks: accuracy against removed variance for both arms
-      (:func:`massmech.plotting.dose_response`).
+      (:func:`massmech.plotting.dose_response`);
+    * ``pairs``: top-k, k = 1 and 4, each by coordinate and by whole RoPE pair
+      (``granularities``), each against its own matched control, three tasks. Its coordinate rows
+      are the ``dose`` sweep's cells.
     """
     base = {
         "main": dict(tasks=tuple(TASKS), controls=("matched", "lowest", "random")),
@@ -198,6 +206,8 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
         "layers": dict(tasks=FOCUS_TASKS, layer_ranges=("all", "early", "middle", "late"),
                        controls=("matched", "lowest")),
         "dose": dict(tasks=FOCUS_TASKS, rules=("topk",), ks=(1, 2, 4, 8, 16), controls=("matched",)),
+        "pairs": dict(tasks=FOCUS_TASKS, rules=("topk",), ks=(1, 4), granularities=("dim", "pair"),
+                      controls=("matched",)),
     }
     if name not in base:
         raise ConfigError(f"unknown sweep preset {name!r}; presets are {', '.join(base)}")
