@@ -50,6 +50,9 @@ def test_analyses_scripts_run_on_tiny_models(tmp_path):
     m = "tiny-llama"
     _run(["analyses/kv_quant_perplexity.py", "--model", m, "--out", str(runs / "quant-kv" / m)])
     _run(["analyses/massive_low_band.py", "--model", m, "--tokens", "1024", "--out", str(runs / "low_band")])
+    pairs = json.loads(_run(["analyses/pair_vs_dim.py", "--model", m, "--n", "8", "--ks", "1", "--tasks", "kv_lookup",
+                             "--out", str(runs / "pairs")]).splitlines()[-1])
+    assert [(r["task"], r["k"]) for r in pairs] == [("kv_lookup", 1)] and pairs[0]["n_dims_pair"] == 2 * pairs[0]["n_dims_dim"]
     _run(["-m", "massmech", "twins", "--preset", "tiny", "--out", str(runs / "twins" / "demo"), "--workers", "1"])
     report = _run(["analyses/twins_report.py", "--out", str(runs / "twins" / "demo")])
     assert "## Scores at the final checkpoint" in report

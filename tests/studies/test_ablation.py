@@ -207,6 +207,7 @@ def test_a_sweep_by_pair_and_by_coordinate(tmp_path):
     t = run_sweep(cfg, tmp_path / "a", progress=False)
     massive = t[t.role == "massive"].set_index("condition")
     assert set(massive.index) == {"qk.post.top1", "qk.post.top1.pair"}
+    assert massive.loc["qk.post.top1.pair", "granularity"] == "pair" and massive.loc["qk.post.top1", "granularity"] == "dim"
     assert massive.loc["qk.post.top1.pair", "n_dims"] == 2 * massive.loc["qk.post.top1", "n_dims"]
     assert "qk.post.top1.pair.ctrl-matched-s0" in set(t.condition)
     only_dim = run_sweep(replace(cfg, granularities=("dim",)), tmp_path / "b", progress=False)

@@ -12,7 +12,7 @@ from massmech.stats import chance_normalised, describe, evaluable, holm, mcnemar
 
 COLUMNS = [
     "model", "task", "kind", "scoring", "scorer", "condition", "role", "control", "rule", "lam", "k", "target",
-    "stage", "layer_range", "accuracy", "ci_low", "ci_high", "n", "chance", "acc_norm", "evaluable",
+    "stage", "granularity", "layer_range", "accuracy", "ci_low", "ci_high", "n", "chance", "acc_norm", "evaluable",
     "n_dims", "removed_variance",
     "delta", "delta_ci_low", "delta_ci_high", "b", "c", "p_value", "p_holm",
     "b_vs_matched", "c_vs_matched", "p_vs_matched", "p_vs_matched_holm", "error", "key", "task_spec",
@@ -41,7 +41,8 @@ def consolidate(cells: list[dict]) -> pd.DataFrame:
             # a rule's parameter only where it applies: a top-k row has no lambda, and vice versa
             "rule": d.get("rule"), "lam": d.get("lam") if d.get("rule") == "lambda" else None,
             "k": d.get("k") if d.get("rule") == "topk" else None, "target": d.get("target"),
-            "stage": d.get("stage"), "layer_range": c["layer_range"], "accuracy": stats["mean"],
+            "stage": d.get("stage"), "granularity": d.get("granularity", "dim") if d else None,
+            "layer_range": c["layer_range"], "accuracy": stats["mean"],
             "ci_low": stats["ci_low"], "ci_high": stats["ci_high"], "n": c["n"], "chance": c["chance"],
             "acc_norm": chance_normalised(stats["mean"], c["chance"]),
             "evaluable": ok.get((c["model"], c["task"])), "n_dims": c["n_dims"],
