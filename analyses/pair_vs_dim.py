@@ -81,4 +81,11 @@ for r in res.itertuples():
     print(f"| {r.task} | {r.k} | {r.n} | {r.baseline:.2f} | {r.acc_dim:.2f} | {r.acc_pair:.2f} "
           f"| {r.ctrl_dim:.2f} / {r.ctrl_pair:.2f} | {r.n_dims_dim:.0f} / {r.n_dims_pair:.0f} "
           f"| {r.var_dim:.1%} / {r.var_pair:.1%} / {r.var_ctrl_pair:.1%} | {r.b_pair_only} / {r.c_dim_only} | {ph} | {mde} |")
+# matched per site on each arm's own forward pass: a disruption that changes later layers changes what
+# its own later sites hold, so over all layers the two arms can end far apart in what they removed
+off = res[res.var_pair > 1.5 * res.var_ctrl_pair]
+for r in off.itertuples():
+    print(f"note: {r.task} k={r.k}: the pair arm removed {r.var_pair / r.var_ctrl_pair:.1f}x the variance of its "
+          "matched control (each is matched site by site on its own forward pass; the pair's changes upstream "
+          "grow what its later sites remove): that comparison is not matched in effect")
 print(json.dumps(json.loads(res.replace({np.nan: None}).to_json(orient="records"))))
