@@ -17,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 from transformers import PreTrainedTokenizerFast
 
+from massmech.core.twin import load_twin
 from massmech.studies.registry import get_study
 from massmech.studies.twins.config import TwinsConfig, Variant
 from massmech.studies.twins.data import load_corpus
 from massmech.studies.twins.measures import eval_sets, row_values, score
-from massmech.studies.twins.model import load_twin
 from massmech.studies.twins.study import train_all
 from massmech.studies.twins.train import checkpoint_dirs
 

@@ -151,7 +151,7 @@ def test_wrap_refuses_a_tokenizer_larger_than_the_embedding(tiny_models):
 def test_cached_decoding_matches_a_full_forward(tiny):
     # transformers 5.2x passes the KV cache as `cache=`; without massmech's shim the bridge's
     # attention ignores it and every decode step attends to itself alone
-    from massmech.diagnostics.doctor import kv_cache_error
+    from massmech.core.decoder import cached_step_error
 
     ids = tiny.probe_tokens(20)
-    assert kv_cache_error(tiny, ids) < 1e-4
+    assert cached_step_error(tiny, ids) < 1e-4

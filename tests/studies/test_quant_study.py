@@ -11,10 +11,10 @@ import torch
 
 from massmech import load_model, plotting
 from massmech.cli import main as cli
+from massmech.core.decoder import linears as decoder_linears
 from massmech.core.loading import load_hf
 from massmech.errors import QuantError
 from massmech.studies.quant.config import QuantSpec, QuantStudyConfig
-from massmech.studies.quant.methods import decoder_linears
 from massmech.studies.quant.smoothing import smoothing_names
 from massmech.studies.quant.study import run_quant_study
 from massmech.studies.quant.variants import apply_variant, compute_weights, variant_weights

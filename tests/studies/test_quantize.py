@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from massmech import QKVStats, load_model
+from massmech.core.decoder import linears
 from massmech.errors import QuantError
 from massmech.studies.quant.kv import (
     fake_quant_kv,
@@ -22,7 +23,6 @@ from massmech.studies.quant.methods import (
     gguf_round_trip,
     quantize_weights,
     rtn,
-    target_layers,
 )
 from massmech.studies.quant.preservation import massive_preservation
 
@@ -61,7 +61,7 @@ def test_quantize_weights_edits_exactly_the_decoder_linears(name):
     model = load_model(name)  # a fresh copy: quantization edits it in place
     hf = model.bridge.original_model
     before = {n: p.detach().clone() for n, p in hf.named_parameters()}
-    targets = {f"{n}.weight" for n in target_layers(model)}
+    targets = {f"{n}.weight" for n in linears(model)}
     tokens = model.probe_tokens(16)
     report = quantize_weights(model, "rtn", bits=4, group_size=32)
     changed = {n.replace("._original_component", "") for n, p in hf.named_parameters() if not torch.equal(p, before[n])}
@@ -197,7 +197,7 @@ def test_naive_activation_quantization():
     with torch.no_grad():
         clean = model.bridge(tokens)
         handles = quantize_activations(model)
-        assert len(handles) == len(target_layers(model))
+        assert len(handles) == len(linears(model))
         noisy = model.bridge(tokens)
         for h in handles:
             h.remove()

@@ -7,13 +7,13 @@ import tempfile
 import pytest
 import torch
 
+from massmech.core.decoder import blocks as decoder_blocks
 from massmech.core.loading import load_hf
 from massmech.errors import SmoothingError
 from massmech.studies.quant.methods import rtn
 from massmech.studies.quant.smoothing import (
     awq,
     block_maps,
-    decoder_blocks,
     smoothing_names,
     smoothquant,
 )

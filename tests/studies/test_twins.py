@@ -13,16 +13,17 @@ import torch
 
 import massmech as mm
 from massmech.cli import main
+from massmech.core.positions import MECHANISMS
 from massmech.core.tiny import byte_tokenizer_dir
-from massmech.errors import CorpusError, RopeError, TwinError
-from massmech.studies.twins import data as twin_data
-from massmech.studies.twins.config import TwinsConfig, Variant, preset
-from massmech.studies.twins.model import (
+from massmech.core.twin import (
     build_twin,
     initial_weights,
     load_twin,
     twin_config,
 )
+from massmech.errors import CorpusError, RopeError, TwinError
+from massmech.studies.twins import data as twin_data
+from massmech.studies.twins.config import TwinsConfig, Variant, preset
 from massmech.studies.twins.study import load_tables, train_all
 from massmech.studies.twins.train import (
     checkpoint_dirs,
@@ -30,7 +31,6 @@ from massmech.studies.twins.train import (
     prepare,
     train_variant,
 )
-from massmech.studies.twins.vocabulary import MECHANISMS
 
 # A few seconds of training: 2 layers, d_model 32, context 32, 4 rows per step.
 SMALL = TwinsConfig(
@@ -267,7 +267,7 @@ def test_twin_disruption_rows_are_distinct_examples_with_prompt_only_statistics(
 
 def test_seed_replicas_train_from_their_own_shared_init(tmp_path):
     """Issue 14, finding 10: every twin claim rested on one seed; replicas per seed, intervals over seeds."""
-    from massmech.studies.twins.model import load_twin
+    from massmech.core.twin import load_twin
     from massmech.studies.twins.train import checkpoint_dirs, train_variant
 
     cfg = dataclasses.replace(preset("tiny"), seeds=(1,))

@@ -221,7 +221,13 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
                  progress=not args.json)
     if args.json:
         print(json.dumps(res, indent=2))
-        return 0
+    else:
+        _print_ablation(res)
+    return 0
+
+
+def _print_ablation(res: dict) -> None:
+    """The result of one ``ablate`` run, for a reader."""
     print(f"{res['model']} / {res['task']} ({res['kind']}), disruption {res['condition']}, control {res['control_kind']}")
     print(f"  protocol: {res['protocol']}; scorer: {res['scorer']}")
     first = res["first_prompt"] if len(res["first_prompt"]) <= 160 else res["first_prompt"][:157] + "..."
@@ -250,7 +256,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
                 r = sep[name]
                 vs = "" if name == "baseline" else f"  DeLong vs baseline p={r['p_vs_baseline']:.3g}"
                 print(f"    {name:9s} {r['auroc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]{vs}")
-    return 0
 
 
 def _group_size(text: str) -> int | None | str:

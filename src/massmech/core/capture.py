@@ -11,7 +11,7 @@ to the host once, at the end. The result is a :class:`~massmech.core.qkvstats.QK
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -111,6 +111,77 @@ def _to_host(
     )
 
 
+def _resolve_layers(model: LoadedModel, layers: Sequence[int] | None) -> list[int]:
+    """The layer indices to capture (default all), each checked against the model's depth."""
+    layer_list = list(range(model.info.n_layers)) if layers is None else [int(x) for x in layers]
+    if not layer_list:
+        raise CaptureError("no layers selected")
+    for li in layer_list:
+        if not 0 <= li < model.info.n_layers:
+            raise CaptureError(f"layer {li} out of range: {model.info.name} has {model.info.n_layers}")
+    return layer_list
+
+
+class _Accumulator:
+    """The streaming sums of one capture: per (key, layer index) ``(sumsq, total, max_abs)``,
+    fp64, on the device of that layer's activations (a sharded model keeps each layer's statistics
+    on its own GPU), created by the layer's first hook call, updated in place on the device and
+    never read by the host until the end; and how often each hook fired."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.heads = {"q": model.info.n_heads, "k": model.info.n_kv_heads, "v": model.info.n_kv_heads}
+        self.device = torch.device(model.info.device)  # where the ids go (the embedding's device)
+        self.sums: dict[tuple[Key, int], tuple[Tensor, Tensor, Tensor]] = {}
+        self.fired: dict[tuple[Key, int], int] = {}
+        # this batch's counted tokens as (row, position) indices, per device: integer indexing has
+        # a size known to the host, where a boolean mask would make each hook wait for the device
+        self.select: dict[torch.device, tuple[Tensor, Tensor] | None] = {}
+
+    def count_only(self, sel: Tensor) -> None:
+        """The tokens of the next batch to count (``sel``: ``[b, pos]`` bool, on the host)."""
+        self.select.clear()
+        rows, positions = sel.nonzero(as_tuple=True)
+        self.select[self.device] = None if bool(sel.all()) else (_to_device(rows, self.device), _to_device(positions, self.device))
+
+    def _selection(self, device: torch.device) -> tuple[Tensor, Tensor] | None:
+        if device not in self.select:
+            here = self.select[self.device]
+            self.select[device] = None if here is None else (here[0].to(device), here[1].to(device))
+        return self.select[device]
+
+    def hook(self, key: Key, li: int, heads_first: bool) -> Callable[[Tensor, object], None]:
+        """The hook that adds one (site, stage, layer)'s activations to its sums."""
+        def fn(x: Tensor, hook: object) -> None:
+            self.fired[(key, li)] = self.fired.get((key, li), 0) + 1
+            x = to_heads(x, heads_first, self.heads[key[0]])  # [b, pos, head, d]
+            if (key, li) not in self.sums:
+                self.sums[(key, li)] = tuple(torch.zeros(x.shape[2:], dtype=torch.float64, device=x.device) for _ in range(3))
+            sumsq, total, max_abs = self.sums[(key, li)]
+            sel = self._selection(x.device)
+            xs = x.flatten(0, 1) if sel is None else x[sel]  # [tokens, head, d], in (row, position) order
+            # max |x| is exact in any dtype: the extremes of the activation itself (no |x| copy)
+            torch.maximum(max_abs, torch.maximum(xs.amax(0), xs.amin(0).neg()), out=max_abs)
+            # fp32 per batch, fp64 across batches; one fp32 temporary (the copy of a half-precision
+            # activation, squared in place after its sum; for fp32, x * x)
+            xf = xs.float()
+            total += xf.sum(0)
+            own = xf.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()  # a copy: ours to square
+            sumsq += (xf.square_() if own else xf * xf).sum(0)
+
+        return fn
+
+
+def _check_finite(sumsq: dict[Key, Tensor], max_abs: dict[Key, Tensor], layer_list: list[int]) -> None:
+    """A :class:`CaptureError` naming the site, stage and layers of any NaN/inf statistic."""
+    for key in sumsq:
+        if not (torch.isfinite(sumsq[key]).all() and torch.isfinite(max_abs[key]).all()):
+            bad_layers = sorted({layer_list[i] for i in range(len(layer_list)) if not torch.isfinite(sumsq[key][i]).all()})
+            raise CaptureError(
+                f"non-finite activations (NaN/inf) at site {key[0]} stage {key[1]}, layers "
+                f"{bad_layers or 'max_abs only'}: check the model's dtype (fp16 overflow?) and weights"
+            )
+
+
 def capture_stats(
     model: LoadedModel,
     data: Sequence[str] | Sequence[Sequence[int]] | Tensor,
@@ -155,57 +226,18 @@ def capture_stats(
     if batch_size < 1:
         raise CaptureError(f"batch_size must be >= 1, got {batch_size}")
     keys = _resolve_keys(model, sites, stages)
-    layer_list = list(range(model.info.n_layers)) if layers is None else [int(x) for x in layers]
-    if not layer_list:
-        raise CaptureError("no layers selected")
-    for li in layer_list:
-        if not 0 <= li < model.info.n_layers:
-            raise CaptureError(f"layer {li} out of range: {model.info.name} has {model.info.n_layers}")
+    layer_list = _resolve_layers(model, layers)
     seqs = _as_token_lists(model, data)
     if exclude_first_token and all(len(s) == 1 for s in seqs):
         raise CaptureError("exclude_first_token leaves no token: every sequence has length 1")
-
-    heads = {"q": model.info.n_heads, "k": model.info.n_kv_heads, "v": model.info.n_kv_heads}
-    device = torch.device(model.info.device)  # where the ids go (the embedding's device)
-    # (sumsq, total, max_abs) of one (key, layer index), fp64, on the device of that layer's
-    # activations (a sharded model keeps each layer's statistics on its own GPU): created by the
-    # layer's first hook call, updated in place on the device, never read by the host until the end
-    acc: dict[tuple[Key, int], tuple[Tensor, Tensor, Tensor]] = {}
-    fired: dict[tuple[Key, int], int] = {}
-    # this batch's counted tokens as (row, position) indices, per device: integer indexing has a
-    # size known to the host, where a boolean mask would make each hook wait for the device
-    select: dict[torch.device, tuple[Tensor, Tensor] | None] = {}
-
-    def make_hook(key: Key, li: int, heads_first: bool):
-        def hook(x: Tensor, hook: object) -> None:
-            fired[(key, li)] = fired.get((key, li), 0) + 1
-            x = to_heads(x, heads_first, heads[key[0]])  # [b, pos, head, d]
-            if (key, li) not in acc:
-                acc[(key, li)] = tuple(torch.zeros(x.shape[2:], dtype=torch.float64, device=x.device) for _ in range(3))
-            sumsq, total, max_abs = acc[(key, li)]
-            if x.device not in select:
-                here = select[device]
-                select[x.device] = None if here is None else (here[0].to(x.device), here[1].to(x.device))
-            sel = select[x.device]
-            xs = x.flatten(0, 1) if sel is None else x[sel]  # [tokens, head, d], in (row, position) order
-            # max |x| is exact in any dtype: the extremes of the activation itself (no |x| copy)
-            torch.maximum(max_abs, torch.maximum(xs.amax(0), xs.amin(0).neg()), out=max_abs)
-            # fp32 per batch, fp64 across batches; one fp32 temporary (the copy of a half-precision
-            # activation, squared in place after its sum; for fp32, x * x)
-            xf = xs.float()
-            total += xf.sum(0)
-            own = xf.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()  # a copy: ours to square
-            sumsq += (xf.square_() if own else xf * xf).sum(0)
-
-        return hook
-
+    acc = _Accumulator(model)
+    names = {}
     fwd_hooks = []
-    names: dict[tuple[Key, int], str] = {}
     for key in keys:
         for i, layer in enumerate(layer_list):
             name, heads_first = model.hook_name(key[0], key[1], layer)
             names[(key, i)] = name
-            fwd_hooks.append((name, make_hook(key, i, heads_first)))
+            fwd_hooks.append((name, acc.hook(key, i, heads_first)))
 
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -217,25 +249,13 @@ def capture_stats(
             if exclude_first_token:
                 sel[:, 0] = False
             n_tokens += int(sel.sum())  # counted on the host: the masks are built here
-            select.clear()
-            rows, positions = sel.nonzero(as_tuple=True)
-            select[device] = None if bool(sel.all()) else (_to_device(rows, device), _to_device(positions, device))
-            model.forward(_to_device(ids, device), None if bool(mask.all()) else _to_device(mask.long(), device))
-            bad = [names[k] for k in names if fired.get(k, 0) != bi + 1]
+            acc.count_only(sel)
+            model.forward(_to_device(ids, acc.device), None if bool(mask.all()) else _to_device(mask.long(), acc.device))
+            bad = [names[k] for k in names if acc.fired.get(k, 0) != bi + 1]
             if bad:
-                raise CaptureError(
-                    f"hooks did not fire exactly once per forward on {model.info.name}: {bad[:6]}"
-                )
-    sumsq, total, max_abs = _to_host(acc, keys, len(layer_list))
-    for key in keys:
-        if not (torch.isfinite(sumsq[key]).all() and torch.isfinite(max_abs[key]).all()):
-            bad_layers = sorted(
-                {layer_list[i] for i in range(len(layer_list)) if not torch.isfinite(sumsq[key][i]).all()}
-            )
-            raise CaptureError(
-                f"non-finite activations (NaN/inf) at site {key[0]} stage {key[1]}, layers "
-                f"{bad_layers or 'max_abs only'}: check the model's dtype (fp16 overflow?) and weights"
-            )
+                raise CaptureError(f"hooks did not fire exactly once per forward on {model.info.name}: {bad[:6]}")
+    sumsq, total, max_abs = _to_host(acc.sums, keys, len(layer_list))
+    _check_finite(sumsq, max_abs, layer_list)
     return QKVStats(
         model=model.info.name,
         layers=tuple(layer_list),

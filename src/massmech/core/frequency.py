@@ -317,6 +317,53 @@ def _read_tables(folder: Path) -> dict[str, pd.DataFrame]:
     return {t: pd.read_parquet(folder / f"{t}.parquet") for t in _TABLES}
 
 
+def _per_layer(pairs: pd.DataFrame, hits_all: pd.DataFrame, ctx_table: np.ndarray, row_of: dict[int, int],
+               half: int) -> pd.DataFrame:
+    """One row per (site, stage, layer): band energy fractions, effective pairs, massive dims' bands."""
+    rows = []
+    for (site, stage, layer), grp in pairs.groupby(["site", "stage", "layer"], sort=False):
+        total = grp.energy.sum()
+        low = grp.context_band == "low"
+        per_head = grp.pivot(index="head", columns="pair", values="energy").to_numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):  # a head with no energy: NaN
+            pr = np.nanmean(per_head.sum(1) ** 2 / (per_head**2).sum(1)) if per_head.any() else np.nan
+        hits = hits_all[(hits_all.site == site) & (hits_all.stage == stage) & (hits_all.layer == layer)]
+        rows.append(
+            {
+                "site": site,
+                "stage": stage,
+                "layer": layer,
+                "low_band_energy_fraction": grp.energy[low].sum() / total if total > 0 else np.nan,
+                "low_band_pair_fraction": float(np.mean(ctx_table[row_of[layer], :-1] == "low")),
+                "low_half_energy_fraction": grp.energy[grp.pair >= half].sum() / total if total > 0 else np.nan,
+                "effective_pairs": pr,
+                "n_massive": len(hits),
+                "massive_low_band_share": (hits.context_band == "low").mean() if len(hits) else np.nan,
+                "massive_low_half_share": (hits.pair >= half).mean() if len(hits) else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _per_site(layers: pd.DataFrame, pairs: pd.DataFrame, hits_all: pd.DataFrame, half: int,
+              threshold_share: float) -> dict[str, dict]:
+    """The summary per ``"site.stage"``: pooled over layers, and the first layer past the threshold."""
+    summary = {}
+    for (site, stage), grp in layers.groupby(["site", "stage"], sort=False):
+        sub = pairs[(pairs.site == site) & (pairs.stage == stage)]
+        hits = hits_all[(hits_all.site == site) & (hits_all.stage == stage)]
+        crossed = grp.layer[grp.low_half_energy_fraction >= threshold_share]
+        summary[f"{site}.{stage}"] = {
+            "massive_count": len(hits),
+            "low_band_energy_fraction": float(sub.energy[sub.context_band == "low"].sum() / sub.energy.sum()),
+            "low_half_energy_fraction": float(sub.energy[sub.pair >= half].sum() / sub.energy.sum()),
+            "massive_low_band_share": float((hits.context_band == "low").mean()) if len(hits) else None,
+            "effective_pairs": float(grp.effective_pairs.mean()),
+            "threshold_layer": int(crossed.min()) if len(crossed) else None,
+        }
+    return summary
+
+
 def frequency_analysis(
     stats: QKVStats,
     *,
@@ -383,42 +430,8 @@ def frequency_analysis(
     pair = spec.dim_to_pair()[massive.dim.to_numpy()]  # V grouped like Q/K; -1 outside rotary dims
     hit_band = ctx_table[massive.layer.map(row_of).to_numpy(), np.where(pair >= 0, pair, spec.n_pairs)]
     hits_all = massive.assign(pair=pair, context_band=hit_band)
-    rows = []
-    for (site, stage, layer), grp in pairs.groupby(["site", "stage", "layer"], sort=False):
-        total = grp.energy.sum()
-        low = grp.context_band == "low"
-        per_head = grp.pivot(index="head", columns="pair", values="energy").to_numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):  # a head with no energy: NaN
-            pr = np.nanmean(per_head.sum(1) ** 2 / (per_head**2).sum(1)) if per_head.any() else np.nan
-        hits = hits_all[(hits_all.site == site) & (hits_all.stage == stage) & (hits_all.layer == layer)]
-        rows.append(
-            {
-                "site": site,
-                "stage": stage,
-                "layer": layer,
-                "low_band_energy_fraction": grp.energy[low].sum() / total if total > 0 else np.nan,
-                "low_band_pair_fraction": float(np.mean(ctx_table[row_of[layer], :-1] == "low")),
-                "low_half_energy_fraction": grp.energy[grp.pair >= half].sum() / total if total > 0 else np.nan,
-                "effective_pairs": pr,
-                "n_massive": len(hits),
-                "massive_low_band_share": (hits.context_band == "low").mean() if len(hits) else np.nan,
-                "massive_low_half_share": (hits.pair >= half).mean() if len(hits) else np.nan,
-            }
-        )
-    layers = pd.DataFrame(rows)
-    summary = {}
-    for (site, stage), grp in layers.groupby(["site", "stage"], sort=False):
-        sub = pairs[(pairs.site == site) & (pairs.stage == stage)]
-        hits = hits_all[(hits_all.site == site) & (hits_all.stage == stage)]
-        crossed = grp.layer[grp.low_half_energy_fraction >= threshold_share]
-        summary[f"{site}.{stage}"] = {
-            "massive_count": len(hits),
-            "low_band_energy_fraction": float(sub.energy[sub.context_band == "low"].sum() / sub.energy.sum()),
-            "low_half_energy_fraction": float(sub.energy[sub.pair >= half].sum() / sub.energy.sum()),
-            "massive_low_band_share": float((hits.context_band == "low").mean()) if len(hits) else None,
-            "effective_pairs": float(grp.effective_pairs.mean()),
-            "threshold_layer": int(crossed.min()) if len(crossed) else None,
-        }
+    layers = _per_layer(pairs, hits_all, ctx_table, row_of, half)
+    summary = _per_site(layers, pairs, hits_all, half, threshold_share)
     params = {
         "context_len": context_len,
         "fast_turns": fast_turns,

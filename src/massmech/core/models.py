@@ -131,7 +131,7 @@ class LoadedModel:
                 sin = torch.stack([t[0] for t in tables[n_layers:]]).cpu()
                 if not sin.any() and bool((cos == cos[:, :1, :1]).all()):
                     # The rotary module rotates by angle 0 everywhere (e.g. the NoPE and
-                    # absolute-position twins of massmech.studies.twins.model): there is no RoPE.
+                    # absolute-position twins of massmech.core.twin): there is no RoPE.
                     has_rope = False
                     self._rope_problem = f"{name}'s rotary tables are the identity (no rotation at any position)"
                 else:

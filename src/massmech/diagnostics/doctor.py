@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from massmech.core.bridge import boot, hf_model
+from massmech.core import decoder
+from massmech.core.bridge import boot
 from massmech.core.capture import capture_stats
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.core.loading import check_device, load_hf, resolve_dtype
@@ -67,29 +67,10 @@ def logit_tolerance(dtype: str | torch.dtype, n_layers: int, logit_scale: float)
     return max(FP32_LOGIT_TOL, unit_roundoff(dtype) * (2 * n_layers + 2) * float(logit_scale))
 
 
-def kv_cache_error(model: LoadedModel, ids: torch.Tensor) -> float:
-    """Max |logit| difference between decoding the last token with a KV cache and a full forward.
-
-    Runs the Hugging Face model inside the bridge (every bridge component is in the path).
-    """
-    hf = hf_model(model)
-    ids = ids.to(next(hf.parameters()).device)
-    # transformers >= 5.2x names the cache argument `cache` (`past_key_values` is deprecated)
-    name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
-    with torch.inference_mode():
-        full = hf(ids).logits[:, -1].float()
-        prefix = hf(ids[:, :-1], use_cache=True)
-        cache = getattr(prefix, "cache", None) or prefix.past_key_values
-        step = hf(ids[:, -1:], **{name: cache}, use_cache=True).logits[:, -1].float()
-    return float((step - full).abs().max())
-
-
 def _subject(
     model: Any, tokenizer: Any, dtype: str | torch.dtype | None, device: str | None
 ) -> tuple[LoadedModel, Any, str | None]:
     """The model to check, a pristine HF reference of it (or ``None``), and why none."""
-    from transformers import PreTrainedModel
-
     if isinstance(model, (str, os.PathLike)):
         check_device(device)
         hf, tok, name, source = load_hf(model, dtype=dtype or torch.float32)
@@ -97,7 +78,7 @@ def _subject(
         if device is not None:
             hf.to(device), reference.to(device)
         return LoadedModel(boot(hf, tok, name), tok, name, source, spec=str(model)), reference, None
-    if isinstance(model, PreTrainedModel):
+    if decoder.is_hf_model(model):
         if tokenizer is None:
             raise ConfigError("doctor(hf_model) needs its tokenizer: doctor(hf_model, tokenizer)")
         # the user's model is the reference and is only run; the bridge wraps a copy
@@ -128,11 +109,8 @@ def _check_rope_config(model: Any, checks: dict, errors: dict) -> None:
     model's dtype in half precision, where the tables hold rounded frequencies)."""
     import numpy as np
 
-    from massmech.core.bridge import hf_model
-    from massmech.core.rope import RopeSpec
-
     try:
-        ref = RopeSpec.from_hf_config(hf_model(model).config)
+        ref = decoder.config_rope(model)
     except RopeError as err:
         checks["rope_matches_config"] = False
         errors["rope_matches_config"] = str(err)
@@ -145,6 +123,53 @@ def _check_rope_config(model: Any, checks: dict, errors: dict) -> None:
     checks["rope_matches_config"] = bool(same)
     if not same:
         errors["rope_matches_config"] = f"the model's tables give {got}, its config {ref}"
+
+
+def _check_logits(model: LoadedModel, reference: Any, why_not: str | None, ids: torch.Tensor,
+                  logit_tol: float | None, checks: dict, errors: dict, skipped: dict) -> tuple[float | None, float, dict]:
+    """``logits_match``: bridge vs the pristine Hugging Face model; returns the largest difference
+    (``None`` without a reference), the tolerance and the tolerance's rule with its inputs."""
+    with torch.inference_mode():
+        bridge_logits = model.logits(ids).float()
+        hf_logits = None if reference is None else decoder.lm_logits(reference, ids).float()
+    # the tolerance's scale: the pristine model's logits (the bridge's when there is none)
+    scale = float((bridge_logits if hf_logits is None else hf_logits).abs().max())
+    rule = {"rule": LOGIT_TOL_RULE, "unit_roundoff": unit_roundoff(model.info.dtype),
+            "n_layers": model.info.n_layers, "logit_scale": scale}
+    if logit_tol is None:
+        logit_tol = logit_tolerance(model.info.dtype, model.info.n_layers, scale)
+    else:
+        rule["rule"] = "given"
+    if hf_logits is None:
+        skipped["logits_match"] = why_not
+        return None, logit_tol, rule
+    max_diff = float((bridge_logits - hf_logits).abs().max())
+    checks["logits_match"] = max_diff <= logit_tol
+    if not checks["logits_match"]:
+        errors["logits_match"] = f"max |bridge - HF| = {max_diff:.3e} > {logit_tol:.3e}"
+    return max_diff, logit_tol, rule
+
+
+def _check_rope(model: LoadedModel, ids: torch.Tensor, checks: dict, errors: dict, skipped: dict) -> tuple[list[float], list[float]]:
+    """``rope_verified`` (or, without a post-RoPE hook, ``rope_matches_config``); returns the
+    spec's bases and the bases fitted to the observed rotation, per layer."""
+    try:
+        report = verify_rope(model, ids, raise_on_failure=False)
+    except RopeError as err:
+        if "post" in model.stages("q"):
+            checks["rope_verified"] = False
+            errors["rope_verified"] = str(err)
+        else:  # no post-RoPE hook (Phi-3, GPT-NeoX): the rotation cannot be observed; check the config
+            skipped["rope_verified"] = str(err)
+            _check_rope_config(model, checks, errors)
+        return [], []
+    checks["rope_verified"] = report.ok
+    if not report.ok:
+        errors["rope_verified"] = "; ".join(
+            f"layer {c.layer} {c.site}: angle {c.max_angle_error:.2e}, norm {c.max_norm_error:.2e}"
+            for c in report.failures()[:5]
+        )
+    return list(report.spec_bases), list(report.fitted_bases)
 
 
 def doctor(
@@ -196,60 +221,21 @@ def doctor(
     skipped: dict[str, str] = {}
 
     ids = torch.tensor([model.tokenize(DOCTOR_TEXT)[0]], device=model.info.device)
-    max_diff = None
-    with torch.inference_mode():
-        bridge_logits = model.bridge(ids, return_type="logits").float()
-        hf_logits = None if reference is None else reference(ids).logits.float()
-    # the tolerance's scale: the pristine model's logits (the bridge's when there is none)
-    scale = float((bridge_logits if hf_logits is None else hf_logits).abs().max())
-    rule = {"rule": LOGIT_TOL_RULE, "unit_roundoff": unit_roundoff(model.info.dtype),
-            "n_layers": model.info.n_layers, "logit_scale": scale}
-    if logit_tol is None:
-        logit_tol = logit_tolerance(model.info.dtype, model.info.n_layers, scale)
-    else:
-        rule["rule"] = "given"
-    if hf_logits is None:
-        skipped["logits_match"] = why_not
-    else:
-        max_diff = float((bridge_logits - hf_logits).abs().max())
-        checks["logits_match"] = max_diff <= logit_tol
-        if not checks["logits_match"]:
-            errors["logits_match"] = f"max |bridge - HF| = {max_diff:.3e} > {logit_tol:.3e}"
-
-    cache_diff = kv_cache_error(model, ids)
+    max_diff, logit_tol, rule = _check_logits(model, reference, why_not, ids, logit_tol, checks, errors, skipped)
+    cache_diff = decoder.cached_step_error(model, ids)
     checks["kv_cache"] = cache_diff <= max(logit_tol, 1e-3)
     if not checks["kv_cache"]:
         errors["kv_cache"] = (
             f"a cached decode step differs from the full forward by {cache_diff:.3e}: "
             "generation through the bridge would ignore or garble earlier tokens"
         )
-
     try:
         capture_stats(model, ids, progress=False)
         checks["hooks_fire"] = True
     except Exception as err:  # report, do not crash: the verdict is the product
         checks["hooks_fire"] = False
         errors["hooks_fire"] = str(err)
-
-    rope_bases: list[float] = []
-    fitted: list[float] = []
-    if model.has_rope:
-        try:
-            report = verify_rope(model, ids, raise_on_failure=False)
-            rope_bases, fitted = list(report.spec_bases), list(report.fitted_bases)
-            checks["rope_verified"] = report.ok
-            if not report.ok:
-                errors["rope_verified"] = "; ".join(
-                    f"layer {c.layer} {c.site}: angle {c.max_angle_error:.2e}, norm {c.max_norm_error:.2e}"
-                    for c in report.failures()[:5]
-                )
-        except RopeError as err:
-            if "post" in model.stages("q"):
-                checks["rope_verified"] = False
-                errors["rope_verified"] = str(err)
-            else:  # no post-RoPE hook (Phi-3, GPT-NeoX): the rotation cannot be observed; check the config
-                skipped["rope_verified"] = str(err)
-                _check_rope_config(model, checks, errors)
+    rope_bases, fitted = _check_rope(model, ids, checks, errors, skipped) if model.has_rope else ([], [])
     spec = model.rope_or_none
     return {
         "ok": all(checks.values()),

@@ -74,6 +74,36 @@ def _pairs(x: Tensor, spec: RopeSpec) -> Tensor:
     return torch.complex(xp[..., 0], xp[..., 1])
 
 
+def _check_site(spec: RopeSpec, layer: int, site: str, pre: torch.Tensor, post: torch.Tensor,
+                pos: torch.Tensor) -> tuple[RopeCheck, torch.Tensor]:
+    """The check of one (layer, site) from its pre- and post-RoPE activations
+    (``[batch, pos, head, d_head]``), and the frequency fitted to each pair's rotation."""
+    zp, zq = _pairs(pre, spec), _pairs(post, spec)  # [batch, pos, head, n_pairs]
+    scale = spec.scaling[layer]
+    # Rotation angle per (pos, pair), pooled over batch and heads, weighted by |z|^2.
+    prod = (zq * zp.conj()).sum(dim=(0, 2))  # [pos, n_pairs]
+    # A pair with (near) zero energy has no defined angle (QK-norm can zero dims).
+    defined = prod.abs() > 1e-10 * prod.abs().max()
+    angle = torch.angle(prod)
+    unwrapped = torch.from_numpy(np.unwrap(angle.numpy(), axis=0))
+    fitted = (pos[:, None] * unwrapped).sum(0) / (pos * pos).sum()  # [n_pairs]
+    fitted[~defined.all(0)] = float("nan")
+    expected = pos[:, None] * torch.tensor(spec.frequencies(layer))[None, :]
+    diff = torch.remainder(angle - expected + math.pi, 2 * math.pi) - math.pi
+    diff = torch.where(defined, diff, torch.zeros_like(diff))
+    norm_pre, norm_post = zp.abs(), zq.abs()
+    denom = norm_pre.max().clamp_min(1e-30)
+    norm_err = ((norm_post - scale * norm_pre).abs().max() / (scale * denom)).item()
+    if spec.rotary_dim < spec.d_head:
+        unrot = (post[..., spec.rotary_dim :] - pre[..., spec.rotary_dim :]).abs().max()
+        unrot_err = (unrot / pre.abs().max().clamp_min(1e-30)).item()
+    else:
+        unrot_err = 0.0
+    check = RopeCheck(layer=layer, site=site, max_angle_error=float(diff.abs().max()), max_norm_error=norm_err,
+                      unrotated_max_diff=unrot_err, fitted_freq=tuple(float(v) for v in fitted))
+    return check, fitted
+
+
 def verify_rope(
     model: LoadedModel,
     tokens: Tensor | None = None,
@@ -124,37 +154,8 @@ def verify_rope(
         for site in ("q", "k"):
             pre = acts[(site, "pre", layer)]  # [batch, pos, head, d_head]
             post = acts[(site, "post", layer)]
-            zp, zq = _pairs(pre, spec), _pairs(post, spec)  # [batch, pos, head, n_pairs]
-            scale = spec.scaling[layer]
-            # Rotation angle per (pos, pair), pooled over batch and heads, weighted by |z|^2.
-            prod = (zq * zp.conj()).sum(dim=(0, 2))  # [pos, n_pairs]
-            # A pair with (near) zero energy has no defined angle (QK-norm can zero dims).
-            defined = prod.abs() > 1e-10 * prod.abs().max()
-            angle = torch.angle(prod)
-            unwrapped = torch.from_numpy(np.unwrap(angle.numpy(), axis=0))
-            fitted = (pos[:, None] * unwrapped).sum(0) / (pos * pos).sum()  # [n_pairs]
-            fitted[~defined.all(0)] = float("nan")
-            expected = pos[:, None] * torch.tensor(spec.frequencies(layer))[None, :]
-            diff = torch.remainder(angle - expected + math.pi, 2 * math.pi) - math.pi
-            diff = torch.where(defined, diff, torch.zeros_like(diff))
-            norm_pre, norm_post = zp.abs(), zq.abs()
-            denom = norm_pre.max().clamp_min(1e-30)
-            norm_err = ((norm_post - scale * norm_pre).abs().max() / (scale * denom)).item()
-            if spec.rotary_dim < spec.d_head:
-                unrot = (post[..., spec.rotary_dim :] - pre[..., spec.rotary_dim :]).abs().max()
-                unrot_err = (unrot / pre.abs().max().clamp_min(1e-30)).item()
-            else:
-                unrot_err = 0.0
-            checks.append(
-                RopeCheck(
-                    layer=layer,
-                    site=site,
-                    max_angle_error=float(diff.abs().max()),
-                    max_norm_error=norm_err,
-                    unrotated_max_diff=unrot_err,
-                    fitted_freq=tuple(float(v) for v in fitted),
-                )
-            )
+            check, fitted = _check_site(spec, layer, site, pre, post, pos)
+            checks.append(check)
             freqs_layer.append(fitted.numpy())
         q_fit, k_fit = freqs_layer  # average q and k where both are defined
         both = np.where(np.isnan(q_fit), k_fit, np.where(np.isnan(k_fit), q_fit, (q_fit + k_fit) / 2))

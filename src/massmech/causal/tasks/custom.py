@@ -379,8 +379,7 @@ class RecordTask(Task):
             dataset = dataset[split]
         kwargs.setdefault("name", str(name or "dataset"))
         source = f"dataset {kwargs['name']}"
-        return cls.from_records(dataset.to_list(), source=source, origin=Origin(source, "row", note="0-based index"),
-                                **kwargs)
+        return cls.from_records(dataset.to_list(), source=source, origin=Origin(source, "row", note="0-based index"), **kwargs)
 
 
 def _flag(key: str, value: str) -> bool:
@@ -448,5 +447,4 @@ def task_from_spec(path: str, fields: Sequence[str], *, format: str = "exact", k
         if not sep:
             raise TaskError(f"--field takes NAME=COLUMN, got {item!r}")
         mapping[key.strip()] = column.strip()
-    return RecordTask.from_file(path, fields=mapping, format=format, kind=kind, n_shots=n_shots, template=template,
-                                chat=chat)
+    return RecordTask.from_file(path, fields=mapping, format=format, kind=kind, n_shots=n_shots, template=template, chat=chat)

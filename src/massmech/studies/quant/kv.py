@@ -21,11 +21,11 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from massmech.causal.batch import current_masks
+from massmech.core import decoder
 from massmech.core.models import LoadedModel
 from massmech.core.sites import from_heads, to_heads
 from massmech.errors import QuantError
 from massmech.studies.quant.config import KV_BITS
-from massmech.studies.quant.methods import decoder_linears, target_layers
 
 KV_AXES = ("token", "channel")
 
@@ -68,7 +68,7 @@ def quantize_activations(model: LoadedModel | nn.Module, bits: int = 8) -> list[
         real = None if masks is None or x.dim() != 3 else masks.at("full", x.shape[0], x.shape[1])
         return (fake_quant_per_sequence(x, bits, real), *args[1:])
 
-    layers = target_layers(model) if isinstance(model, LoadedModel) else decoder_linears(model)
+    layers = decoder.linears(model)
     return [mod.register_forward_pre_hook(pre_hook) for mod in layers.values()]
 
 

@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from massmech.core.bridge import clean_name, hf_model, is_wrapper
+from massmech.core import decoder
 from massmech.core.models import LoadedModel
 from massmech.errors import QuantError
 from massmech.studies.quant.config import GGUF_FORMATS
@@ -94,38 +94,6 @@ def bits_per_weight(method: str, bits: int | None = None, group_size: int | None
     raise QuantError(f"unknown weight method {method!r}; choose from {WEIGHT_METHODS}")
 
 
-def _clean(name: str) -> str:
-    return clean_name(name)
-
-
-def decoder_linears(hf_model: nn.Module) -> dict[str, nn.Module]:
-    """Every ``nn.Linear`` (or GPT-2 ``Conv1D``) of a Hugging Face model's decoder blocks, by clean
-    Hugging Face name (bridge wrappers left out); embeddings, norms and the LM head are not."""
-    from transformers.pytorch_utils import Conv1D
-
-    found = {}
-    for name, mod in hf_model.named_modules():
-        if isinstance(mod, (nn.Linear, Conv1D)) and not is_wrapper(mod):
-            clean = _clean(name)
-            if ".layers." in f".{clean}" or ".h." in f".{clean}":
-                found[clean] = mod
-    if not found:
-        raise QuantError(f"found no decoder linear layers in {type(hf_model).__name__}")
-    return found
-
-
-def weight_matrix(mod: nn.Module) -> Tensor:
-    """A linear layer's weight as ``[out, in]`` (GPT-2's ``Conv1D`` stores it transposed)."""
-    from transformers.pytorch_utils import Conv1D
-
-    return mod.weight.T if isinstance(mod, Conv1D) else mod.weight
-
-
-def target_layers(model: LoadedModel) -> dict[str, nn.Module]:
-    """The linear layers weight quantization edits (:func:`decoder_linears` of the bridged model)."""
-    return decoder_linears(hf_model(model))
-
-
 @dataclass(frozen=True)
 class WeightReport:
     """What :func:`quantize_weights` changed.
@@ -158,21 +126,19 @@ def quantize_weights(model: LoadedModel | nn.Module, method: str, *, bits: int |
         QuantError: Unknown method, bits the method does not support, a group size that does not
             divide a layer's input width; checked for every layer before any weight changes.
     """
-    from transformers.pytorch_utils import Conv1D
-
     if method not in WEIGHT_METHODS:
         raise QuantError(f"unknown weight method {method!r}; choose from {WEIGHT_METHODS}")
     if method in GGUF_FORMATS and bits is not None:
         raise QuantError(f"{method} has a fixed number of bits; pass bits=None")
     if method in GGUF_FORMATS and group_size is not None:
         raise QuantError(f"{method} has fixed 32-weight blocks; pass group_size=None")
-    layers = target_layers(model) if isinstance(model, LoadedModel) else decoder_linears(model)
+    layers = decoder.linears(model)
 
     def quant(w: Tensor) -> Tensor:
         return rtn(w, bits, group_size) if method == "rtn" else gguf_round_trip(w, GGUF_FORMATS[method])
 
     for name, mod in layers.items():  # validate everything first: no half-quantized model
-        w = weight_matrix(mod)
+        w = decoder.weight_matrix(mod)
         try:
             quant(w[:1])
         except QuantError as err:
@@ -181,13 +147,13 @@ def quantize_weights(model: LoadedModel | nn.Module, method: str, *, bits: int |
     n = 0
     with torch.no_grad():
         for mod in layers.values():
-            w = weight_matrix(mod)
+            w = decoder.weight_matrix(mod)
             q = quant(w)
             err2 += float((q.double() - w.double()).pow(2).sum())
             ref2 += float(w.double().pow(2).sum())
             bits_sum += bits_per_weight(method, bits, group_size, w.shape[1]) * w.numel()
             n += w.numel()
-            mod.weight.copy_(q.T if isinstance(mod, Conv1D) else q)
+            w.copy_(q)  # w is the layer's weight (a transposed view for Conv1D)
     return WeightReport(method, bits, group_size, tuple(layers), bits_sum / n, (err2 / ref2) ** 0.5 if ref2 else 0.0)
 
 
@@ -216,8 +182,6 @@ def gptq(hf_model: nn.Module, tokenizer: Any, windows: Sequence[Sequence[int]], 
             does not divide a layer's width.
     """
     _llmcompressor()
-    import tempfile
-
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     from compressed_tensors.quantization.lifecycle.forward import fake_quantize
     from datasets import Dataset
@@ -226,27 +190,18 @@ def gptq(hf_model: nn.Module, tokenizer: Any, windows: Sequence[Sequence[int]], 
 
     if bits not in RTN_BITS:
         raise QuantError(f"gptq supports bits {RTN_BITS}, got {bits}")
-    for name, mod in decoder_linears(hf_model).items():
+    for name, mod in decoder.linears(hf_model).items():
         if group_size is not None and mod.in_features % group_size:
             raise QuantError(f"{name}: group_size {group_size} does not divide the input width "
                              f"{mod.in_features}; sizes that do: {_divisors(mod.in_features)}")
     args = QuantizationArgs(num_bits=bits, type="int", symmetric=True,
                             strategy="channel" if group_size is None else "group", group_size=group_size)
-    recipe = GPTQModifier(config_groups={"g": QuantizationScheme(targets=["Linear"], weights=args)}, ignore=["lm_head"])
+    recipe = GPTQModifier(config_groups={"g": QuantizationScheme(targets=["Linear"], weights=args)}, ignore=[decoder.head_name(hf_model)])
     data = Dataset.from_dict({"input_ids": [list(w) for w in windows], "attention_mask": [[1] * len(w) for w in windows]})
-    config = hf_model.config
-    old_path, old_qc = config._name_or_path, config.__dict__.pop("quantization_config", None)
-    with tempfile.TemporaryDirectory() as tmp:  # oneshot re-reads the config from name_or_path
-        # a model dequantized from GGUF still says quant_method "gguf", which oneshot refuses
-        config.save_pretrained(tmp)
-        config._name_or_path = tmp
-        try:
-            oneshot(model=hf_model, processor=tokenizer, dataset=data, recipe=recipe,
-                    num_calibration_samples=len(windows), max_seq_length=max(map(len, windows)))
-        finally:
-            config._name_or_path = old_path
-            if old_qc is not None:
-                config.quantization_config = old_qc
+    # oneshot re-reads the config from its source folder, and refuses one that says quant_method "gguf"
+    with decoder.saved_config(hf_model) as hf:
+        oneshot(model=hf, processor=tokenizer, dataset=data, recipe=recipe,
+                num_calibration_samples=len(windows), max_seq_length=max(map(len, windows)))
     with torch.no_grad():
         for mod in hf_model.modules():
             scheme = getattr(mod, "quantization_scheme", None)

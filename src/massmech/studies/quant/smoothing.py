@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from massmech.core.bridge import clean_name, unwrap
+from massmech.core import decoder
 from massmech.errors import SmoothingError
 
 
@@ -57,51 +57,33 @@ class ScaleMap:
     parent: str
 
 
-def _get(block: nn.Module, name: str) -> nn.Module:
-    """Submodule by its Hugging Face name, through TransformerLens bridge wrappers if any."""
-    mod = block
-    for part in name.split("."):
-        mod = getattr(unwrap(mod), part)
-    return unwrap(mod)
-
-
 def block_maps(block: nn.Module, *, awq: bool) -> list[ScaleMap]:
     """The scale migrations of one decoder block (Llama, Qwen2, Mistral, Gemma-3 layouts; a
-    block inside a TransformerLens bridge works too).
+    block inside a TransformerLens bridge works too), named as the block names its modules.
 
     Raises:
         SmoothingError: The block lacks the expected attention/MLP projections (e.g. GPT-2).
     """
-    names = {clean_name(n) for n, _ in block.named_modules()}
-    need = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", "input_layernorm"}
-    if not need <= names:
+    missing = decoder.missing_roles(block, ("q", "k", "v", "o", "gate", "up", "down", "attn_norm"))
+    if missing:
         raise SmoothingError(
-            f"{type(block).__name__} is not a Llama/Qwen2/Gemma-3 style block (missing "
-            f"{sorted(need - names)}): smoothquant and awq support those decoders"
+            f"{type(block).__name__} is not a Llama/Qwen2/Gemma-3 style block (missing the "
+            f"{missing} modules): smoothquant and awq support those decoders"
         )
-    gemma = "pre_feedforward_layernorm" in names
-    mlp_norm = "pre_feedforward_layernorm" if gemma else "post_attention_layernorm"
-    qkv = ScaleMap("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn")
-    mlp = ScaleMap(mlp_norm, ("mlp.gate_proj", "mlp.up_proj"), "mlp")
+
+    def name(*roles: str) -> tuple[str, ...]:
+        return tuple(decoder.role_name(block, r) for r in roles)
+
+    qkv = ScaleMap(*name("attn_norm"), name("q", "k", "v"), *name("attn"))
+    mlp = ScaleMap(*name("mlp_norm"), name("gate", "up"), *name("mlp"))
     if not awq:
         return [qkv, mlp]
-    maps = [] if gemma else [qkv]
-    v, o = _get(block, "self_attn.v_proj"), _get(block, "self_attn.o_proj")
-    if v.out_features == o.in_features:
-        maps.append(ScaleMap("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj"))
-    return [*maps, mlp, ScaleMap("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj")]
-
-
-def decoder_blocks(hf_model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a Hugging Face causal LM (``model.layers``)."""
-    blocks = getattr(getattr(hf_model, "base_model", hf_model), "layers", None)
-    if not isinstance(blocks, nn.ModuleList):
-        raise SmoothingError(
-            f"{type(hf_model).__name__} has no decoder layers at .model.layers: smoothquant and awq "
-            "support Llama/Qwen2/Gemma-3 style decoders"
-        )
-    return blocks
+    # Gemma-3 blocks (a norm before and after each sublayer): llmcompressor's AWQ leaves the
+    # norm in front of Q/K/V alone
+    maps = [] if decoder.sandwich_norms(block) else [qkv]
+    if decoder.module(block, "v").out_features == decoder.module(block, "o").in_features:
+        maps.append(ScaleMap(*name("v"), name("o"), *name("o")))
+    return [*maps, mlp, ScaleMap(*name("up"), name("down"), *name("down"))]
 
 
 @torch.no_grad()
@@ -116,7 +98,7 @@ def fold_scales(block: nn.Module, m: ScaleMap, s: Tensor) -> None:
         smooth.weight.div_(s.to(smooth.weight.dtype)[:, None])
         if smooth.bias is not None:
             smooth.bias.div_(s.to(smooth.bias.dtype))
-    elif "Gemma" in type(smooth).__name__:  # Gemma RMSNorm scales by (1 + weight)
+    elif decoder.scales_by_one_plus(smooth):  # Gemma RMSNorm scales by (1 + weight)
         w = smooth.weight.float()
         smooth.weight.copy_(((1 + w) / s - 1).to(smooth.weight.dtype))
     else:
@@ -133,34 +115,6 @@ class _Calls:
     parent_inputs: dict[str, list[tuple[tuple, dict]]]
     act_stat: dict[str, Tensor]  # balance input: sum |x| (AWQ) or max |x| (SmoothQuant), per channel
     n_tokens: int = 0
-
-
-def _block_inputs(hf_model: nn.Module, windows: Sequence[Sequence[int]], batch_size: int) -> tuple[list[Tensor], list[list[dict]]]:
-    """Hidden states entering block 0, and every block's keyword arguments, per batch."""
-    blocks = decoder_blocks(hf_model)
-    device = next(hf_model.parameters()).device
-    lengths = {len(w) for w in windows}
-    if len(lengths) != 1:
-        raise SmoothingError(f"calibration windows must have one length (no padding), got {sorted(lengths)}")
-    hidden: list[Tensor] = []
-    kwargs: list[list[dict]] = [[] for _ in blocks]
-
-    def grab(i: int) -> Callable:
-        def hook(mod: nn.Module, args: tuple, kw: dict) -> None:
-            if i == 0:
-                hidden.append(args[0] if args else kw["hidden_states"])
-            kwargs[i].append({k: v for k, v in kw.items() if k != "hidden_states"})
-        return hook
-
-    handles = [b.register_forward_pre_hook(grab(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    try:
-        for start in range(0, len(windows), batch_size):
-            ids = torch.tensor([list(w) for w in windows[start : start + batch_size]], device=device)
-            hf_model(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return hidden, kwargs
 
 
 def _run_block(block: nn.Module, hidden: Tensor, kw: dict) -> Tensor:
@@ -221,8 +175,8 @@ def smoothquant(hf_model: nn.Module, windows: Sequence[Sequence[int]], *, alpha:
     """
     if not 0.0 <= alpha <= 1.0:
         raise SmoothingError(f"alpha must be in [0, 1], got {alpha}")
-    blocks = decoder_blocks(hf_model)
-    hidden, kwargs = _block_inputs(hf_model, windows, batch_size)
+    blocks = decoder.blocks(hf_model)
+    hidden, kwargs = decoder.block_inputs(hf_model, windows, batch_size)
     plans = []
     for i, block in enumerate(tqdm(blocks, desc="smoothquant calibration", disable=not progress)):
         maps = block_maps(block, awq=False)
@@ -363,8 +317,8 @@ def awq(
     if n_grid < 3:
         raise SmoothingError(f"n_grid must be >= 3, got {n_grid}")
     ratios = [-1.0] + [k / (n_grid - 2) for k in range(n_grid - 1)]  # -1: the identity
-    blocks = decoder_blocks(hf_model)
-    hidden, kwargs = _block_inputs(hf_model, windows, batch_size)
+    blocks = decoder.blocks(hf_model)
+    hidden, kwargs = decoder.block_inputs(hf_model, windows, batch_size)
     chosen = {}
     for i, block in enumerate(tqdm(blocks, desc="awq", disable=not progress)):
         maps = block_maps(block, awq=True)
@@ -387,7 +341,7 @@ def smoothing_names(hf_model: nn.Module, *, awq: bool) -> list[str]:
     """Names of the parameters a smoothing method may change besides the linear weights
     (the norms' weights and the smooth linears' biases), for change checks."""
     out = []
-    for i, block in enumerate(decoder_blocks(hf_model)):
+    for i, block in enumerate(decoder.blocks(hf_model)):
         for m in block_maps(block, awq=awq):
             mod: Any = block.get_submodule(m.smooth)
             out.append(f"layers.{i}.{m.smooth}.weight")

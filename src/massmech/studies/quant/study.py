@@ -26,7 +26,7 @@ import torch
 
 from massmech.causal.evaluate import encode, evaluate, perplexity, summarize
 from massmech.causal.tasks.builtin import get_task
-from massmech.core.bridge import hf_model
+from massmech.core import decoder
 from massmech.core.models import LoadedModel
 from massmech.errors import QuantError
 from massmech.infra.cells import cell_key, data_hash
@@ -36,14 +36,13 @@ from massmech.studies.quant import SPEC
 from massmech.studies.quant.config import PROTECTS, QuantSpec, QuantStudyConfig
 from massmech.studies.quant.data import StudyData, clean_stats, prepare
 from massmech.studies.quant.preservation import massive_preservation
-from massmech.studies.quant.smoothing import block_maps, decoder_blocks
+from massmech.studies.quant.smoothing import block_maps
 from massmech.studies.quant.variants import (
     apply_variant,
     base_format,
     bits_per_value,
     check_groups,
     kv_bits,
-    model_params,
     same_as_base_format,
     variant_weights,
 )
@@ -63,7 +62,7 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
               "bits": spec.bits, "group_size": spec.group_size, "alpha": spec.alpha if spec.method == "smoothquant" else None,
               "outlier_aware": spec.outlier_aware, "base": base, "same_as_base": same_as_base_format(spec.method, base)}
     rows, verdicts = [], []
-    params = {k: p.detach() for k, p in model_params(model).items()}
+    params = {k: p.detach() for k, p in decoder.parameters(model).items()}
     num = sum(float((v.double() - params[k].double()).pow(2).sum()) for k, v in weights.items())
     den = sum(float(params[k].double().pow(2).sum()) for k in weights)
     moved = spec.method in ("awq", "smoothquant")  # smoothing rescales weights by design
@@ -187,9 +186,9 @@ class QuantStudy:
                 encode(lm, ex)
         for spec in variants:  # a group size or layout that does not fit: error before any work
             if spec.group_size is not None:
-                check_groups(hf_model(lm), spec.group_size)
+                check_groups(lm, spec.group_size)
             if spec.method in ("awq", "smoothquant"):
-                for block in decoder_blocks(hf_model(lm)):
+                for block in decoder.blocks(lm):
                     block_maps(block, awq=spec.method == "awq")
         examples = data_hash({name: repr(get_task(name).examples(cfg.n, cfg.seed)) for name in cfg.tasks})
         cells = []

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from massmech.core.bridge import clean_name, hf_model
+from massmech.core import decoder
 from massmech.core.catalog import cache_dir
 from massmech.core.loading import load_hf
 from massmech.core.models import LoadedModel
@@ -43,11 +43,9 @@ from massmech.studies.quant.methods import (
     GGUF_FORMATS,
     SCALE_BITS,
     bits_per_weight,
-    decoder_linears,
     gptq,
     quantize_weights,
     rtn,
-    weight_matrix,
 )
 from massmech.studies.quant.smoothing import awq, smoothquant
 
@@ -120,16 +118,15 @@ def qk_keep_rows(model: str, calib: Sequence[Sequence[int]], *, lam: float = 5.0
 
 
 def _quantize_qk(hf: Any, bits: int, group_size: int | None, keep: dict[str, torch.Tensor] | None) -> None:
-    """RTN on every layer's q_proj and k_proj; rows in ``keep`` (``[layer, head, d_head]``) stay exact."""
-    for name, mod in decoder_linears(hf).items():
-        site = "q" if name.endswith("q_proj") else "k" if name.endswith("k_proj") else None
-        if site is None:
+    """RTN on every layer's W_q and W_k; rows in ``keep`` (``[layer, head, d_head]``) stay exact."""
+    for name, mod in decoder.linears(hf).items():
+        site, layer = decoder.linear_role(name)
+        if site not in ("q", "k"):
             continue
-        w = weight_matrix(mod)
+        w = decoder.weight_matrix(mod)
         with torch.no_grad():
             q = rtn(w.detach().float(), bits, group_size)
             if keep is not None:
-                layer = int(name.split("layers.")[1].split(".")[0])
                 rows = keep[site][layer].flatten().to(w.device)  # head-major: row = head * d_head + dim
                 if rows.numel() != w.shape[0]:
                     raise QuantError(f"{name}: {w.shape[0]} rows, but {rows.numel()} (head, dim) cells")
@@ -140,9 +137,9 @@ def _quantize_qk(hf: Any, bits: int, group_size: int | None, keep: dict[str, tor
 def check_groups(hf: Any, group_size: int | None) -> None:
     if group_size is None:
         return
-    for name, mod in decoder_linears(hf).items():
+    for name, mod in decoder.linears(hf).items():
         try:
-            rtn(weight_matrix(mod)[:1].detach(), 4, group_size)
+            rtn(decoder.weight_matrix(mod)[:1].detach(), 4, group_size)
         except QuantError as err:  # names the sizes that divide
             raise QuantError(f"{name}: {err}") from None
 
@@ -162,11 +159,6 @@ def variant_weights(model: str, spec: QuantSpec, cfg: QuantStudyConfig, calib: S
     return weights
 
 
-def model_params(model: LoadedModel) -> dict[str, torch.Tensor]:
-    hf = hf_model(model)
-    return {clean_name(n): p for n, p in hf.named_parameters(remove_duplicate=False)}
-
-
 @contextlib.contextmanager
 def apply_variant(model: LoadedModel, spec: QuantSpec, weights: dict[str, torch.Tensor], keep_k: torch.Tensor | None = None) -> Iterator[None]:
     """Put a variant into ``model`` for the duration of the block; everything is undone on exit.
@@ -177,7 +169,7 @@ def apply_variant(model: LoadedModel, spec: QuantSpec, weights: dict[str, torch.
         weights: Its changed parameters (:func:`variant_weights`).
         keep_k: Massive K dims kept by ``kv-massive-aware``.
     """
-    params = model_params(model)
+    params = decoder.parameters(model)
     missing = [k for k in weights if k not in params]
     if missing:
         raise QuantError(f"{len(missing)} quantized parameters are not in {model.info.name}, e.g. {missing[:3]}")
@@ -267,7 +259,7 @@ def bits_per_value(model: LoadedModel, spec: QuantSpec, weights: dict, data: Stu
     g = spec.group_size
     bits = sum(bits_per_weight("rtn", spec.bits, g, weights[k].shape[1]) * weights[k].numel() for k in lin)
     if spec.method in QK_METHODS:  # rows kept exact cost 16 bits instead
-        params = model_params(model)
+        params = decoder.parameters(model)
         for k in lin:
             kept = int((weights[k].to(params[k].dtype) == params[k].detach()).all(1).sum())
             bits += kept * weights[k].shape[1] * (16 - bits_per_weight("rtn", spec.bits, g, weights[k].shape[1]))

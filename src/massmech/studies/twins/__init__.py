@@ -1,8 +1,9 @@
 """The twins study: small models trained alike but for their position encoding (RoPE, absolute,
 none), traced to where massive values come from.
 
-Registered here; the code: :mod:`.config`, :mod:`.data`, :mod:`.model`, :mod:`.train`,
-:mod:`.study` (the cells and :func:`run_twins`), :mod:`.seeds`.
+Registered here; the code: :mod:`.config`, :mod:`.data`, :mod:`.train`,
+:mod:`.study` (the cells and :func:`run_twins`), :mod:`.seeds`; the models are
+:mod:`massmech.core.twin`.
 """
 
 from massmech.studies.registry import StudySpec, lazy_exports, register_study

@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from massmech.core.positions import MECHANISMS, check_mechanism
 from massmech.errors import TwinError
-from massmech.studies.twins.vocabulary import KINDS, MECHANISMS, check_kinds, check_mechanism
+from massmech.studies.twins.vocabulary import KINDS, check_kinds
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,8 @@ def train_tokenizer(vocab_size: int, path: Path, *, seed: int = 0, heldout_fract
         A ``PreTrainedTokenizerFast``.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+
+    from massmech.core.twin import fast_tokenizer
 
     n_min = 256 + len(SPECIALS)
     if vocab_size < n_min:
@@ -68,12 +69,7 @@ def train_tokenizer(vocab_size: int, path: Path, *, seed: int = 0, heldout_fract
         show_progress=False,
     )
     tk.train_from_iterator(train, trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
-        additional_special_tokens=list(SPECIALS[3:]),
-    )
-    tok.save_pretrained(str(path))
-    return tok
+    return fast_tokenizer(tk, path, pad="<pad>", bos="<bos>", eos="<eos>", extra=SPECIALS[3:])
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,16 +23,17 @@ from torch import Tensor
 from massmech.causal.disruption import Disruption
 from massmech.causal.intervention import Intervention
 from massmech.core.capture import capture_stats
+from massmech.core.decoder import lm_logits
 from massmech.core.detect import massive_mask
 from massmech.core.frequency import pair_energy
 from massmech.core.models import LoadedModel, wrap
 from massmech.core.qkvstats import QKVStats
 from massmech.core.rope import RopeSpec
+from massmech.core.twin import TwinLlamaForCausalLM, load_twin
 from massmech.files.io import sha256_file
 from massmech.stats import describe, token_nll
 from massmech.studies.twins.config import TWINS, TwinsConfig, Variant
 from massmech.studies.twins.data import KINDS, TwinCorpus, eval_set
-from massmech.studies.twins.model import TwinLlamaForCausalLM, load_twin
 
 SITES = ("q", "k", "v")
 
@@ -159,7 +160,7 @@ def eval_sets(cfg: TwinsConfig, corpus: TwinCorpus, context: int) -> dict[str, t
 
 
 def _hf_forward(model: TwinLlamaForCausalLM) -> Callable[..., Tensor]:
-    return lambda x, prompt, rows: model(x.to(model.device)).logits
+    return lambda x, prompt, rows: lm_logits(model, x)
 
 
 def _bridge_forward(lm: LoadedModel, iv: Intervention | None = None) -> Callable[..., Tensor]:

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from massmech.core.rope import RopeSpec
+from massmech.core.twin import load_twin
 from massmech.errors import RunNotFoundError, TwinError
 from massmech.files.io import write_json
 from massmech.infra.cells import Cell, cell_key
@@ -43,7 +44,6 @@ from massmech.studies.twins.measures import (
     wavelength_table,
     wrap_twin,
 )
-from massmech.studies.twins.model import load_twin
 from massmech.studies.twins.seeds import matched_accuracy, seed_table
 from massmech.studies.twins.train import (
     checkpoint_dirs,

@@ -28,6 +28,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from massmech.core.decoder import lm_logits
+from massmech.core.twin import (
+    TwinLlamaForCausalLM,
+    build_twin,
+    initial_weights,
+    load_tokenizer,
+    load_twin,
+    save_twin,
+    twin_config,
+)
 from massmech.errors import CorpusError, TwinError
 from massmech.files.io import write_json
 from massmech.files.runs import check_out, manifest, open_study_dir
@@ -37,14 +47,6 @@ from massmech.studies.twins.data import (
     batch,
     load_corpus,
     train_tokenizer,
-)
-from massmech.studies.twins.model import (
-    TwinLlamaForCausalLM,
-    build_twin,
-    initial_weights,
-    load_twin,
-    quiet_hf,
-    twin_config,
 )
 
 
@@ -78,8 +80,6 @@ def prepare(cfg: TwinsConfig, out: str | os.PathLike, *, overwrite: bool = False
         TwinError: ``out`` holds a twins run with a different config (and not ``overwrite``).
         CorpusError: The corpus holds too few tokens for the requested training.
     """
-    from transformers import PreTrainedTokenizerFast
-
     out = check_out(out, "twins", resume=True)  # never a folder massmech did not write
     saved = out / "config.json"
     if saved.is_file():
@@ -103,7 +103,7 @@ def prepare(cfg: TwinsConfig, out: str | os.PathLike, *, overwrite: bool = False
         tmp = Path(tempfile.mkdtemp(prefix="massmech-twin-tok-"))
         train_tokenizer(cfg.vocab_size, tmp, seed=cfg.seed, heldout_fraction=cfg.heldout_fraction)
     # Always from disk: the bridge re-opens a tokenizer by its path.
-    tok = PreTrainedTokenizerFast.from_pretrained(str(tmp if fresh else tok_dir))
+    tok = load_tokenizer(tmp if fresh else tok_dir)
     corpus = load_corpus(tok, seed=cfg.seed, heldout_fraction=cfg.heldout_fraction, alphabet=cfg.alphabet)
     need = cfg.steps * cfg.batch_size * (cfg.context + 1) * (1 - cfg.synthetic_share)
     have = len(corpus.train) * cfg.max_epochs
@@ -119,7 +119,7 @@ def prepare(cfg: TwinsConfig, out: str | os.PathLike, *, overwrite: bool = False
     if fresh:
         shutil.copytree(tmp, tok_dir, dirs_exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-        tok = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+        tok = load_tokenizer(tok_dir)
     if not saved.is_file():
         write_json(saved, cfg.to_dict())
     return tok, corpus
@@ -174,8 +174,7 @@ def _save(out: Path, cfg: TwinsConfig, v: Variant, model, opt, step: int, log: l
     final = _step_dir(out, v, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with quiet_hf():
-        model.save_pretrained(str(tmp))
+    save_twin(model, tmp)
     write_json(tmp / "manifest.json", manifest(cfg, model_info={"variant": v.name, "step": step}, seed=cfg.seed))
     torch.save({"step": step, "optimizer": opt.state_dict(), "log": log}, tmp / "trainer.pt")
     shutil.rmtree(final, ignore_errors=True)
@@ -256,7 +255,7 @@ def train_variant(
             x = batch(corpus, seed=cfg.seed_of(v), step=step, batch_size=rows, length=ctx + 1,
                       synthetic_share=cfg.synthetic_share, kinds=cfg.kinds).to(device)  # [rows, ctx + 1]
             with autocast(cfg.precision, device):
-                logits = model(x[:, :-1]).logits  # [rows, ctx, vocab]
+                logits = lm_logits(model, x[:, :-1])  # [rows, ctx, vocab]
             loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
             if not torch.isfinite(loss):
                 raise TwinError(f"{v.name}: loss is {loss.item()} at step {step}; lower lr")

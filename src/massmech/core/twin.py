@@ -16,26 +16,31 @@ order — is the same, so any difference in Q/K/V statistics is caused by the po
 The models are ordinary Hugging Face modules (``TwinLlamaForCausalLM``, registered with the
 ``Auto*`` classes under ``model_type="massmech_twin"``) that the TransformerLens bridge wraps
 with its Llama adapter, so :func:`massmech.wrap`, capture, detection and disruption work on them
-unchanged. Training lives in :mod:`massmech.studies.twins.train`, the study in :mod:`massmech.studies.twins.study`.
+unchanged. They live in core because they are models like any other (a study trains them:
+:mod:`massmech.studies.twins.train`; the study is :mod:`massmech.studies.twins.study`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaModel
 
+from massmech.core.positions import check_mechanism
 from massmech.errors import TwinError
-from massmech.studies.twins.vocabulary import check_mechanism
 
 
 class TwinLlamaConfig(LlamaConfig):
-    """A :class:`~transformers.LlamaConfig` plus ``position`` (one of :data:`MECHANISMS`)."""
+    """A transformers ``LlamaConfig`` plus ``position`` (one of :data:`~massmech.core.positions.MECHANISMS`).
+
+    >>> TwinLlamaConfig(position="nope").position, TwinLlamaConfig().model_type
+    ('nope', 'massmech_twin')
+    """
 
     model_type = "massmech_twin"
 
@@ -47,7 +52,12 @@ class TwinLlamaConfig(LlamaConfig):
 
 
 class NoRotation(nn.Module):
-    """Stands in for the rotary module: ``cos = 1``, ``sin = 0`` everywhere (identity rotation)."""
+    """Stands in for the rotary module: ``cos = 1``, ``sin = 0`` everywhere (identity rotation).
+
+    >>> cos, sin = NoRotation(4).forward(torch.zeros(1), torch.arange(3)[None])
+    >>> tuple(cos.shape), bool((cos == 1).all() and (sin == 0).all())
+    ((1, 3, 4), True)
+    """
 
     def __init__(self, head_dim: int) -> None:
         super().__init__()
@@ -59,7 +69,12 @@ class NoRotation(nn.Module):
 
 
 class TwinLlamaModel(LlamaModel):
-    """Llama body with the twin's position mechanism."""
+    """Llama body with the twin's position mechanism.
+
+    >>> cfg = twin_config("absolute", vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_mlp=32, max_positions=8)
+    >>> TwinLlamaModel(cfg).forward(input_ids=torch.tensor([[1, 2, 3]])).last_hidden_state.shape
+    torch.Size([1, 3, 16])
+    """
 
     config_class = TwinLlamaConfig
 
@@ -108,7 +123,12 @@ class TwinLlamaModel(LlamaModel):
 
 
 class TwinLlamaForCausalLM(LlamaForCausalLM):
-    """Causal LM head on :class:`TwinLlamaModel`."""
+    """Causal LM head on :class:`TwinLlamaModel`.
+
+    >>> cfg = twin_config("nope", vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_mlp=32, max_positions=8)
+    >>> TwinLlamaForCausalLM(cfg)(torch.tensor([[1, 2, 3]])).logits.shape
+    torch.Size([1, 3, 50])
+    """
 
     config_class = TwinLlamaConfig
 
@@ -134,7 +154,12 @@ def twin_config(
     rope_theta: float = 10_000.0,
     special_ids: dict[str, int] | None = None,
 ) -> TwinLlamaConfig:
-    """The Hugging Face config of one twin."""
+    """The Hugging Face config of one twin.
+
+    >>> cfg = twin_config("rope", vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_mlp=32, max_positions=8)
+    >>> cfg.position, cfg.head_dim, cfg.num_key_value_heads
+    ('rope', 8, 2)
+    """
     if d_model % n_heads:
         raise TwinError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
     if (d_model // n_heads) % 2:
@@ -165,6 +190,12 @@ def build_twin(config: TwinLlamaConfig, init: dict[str, torch.Tensor], position_
         config: The twin's config.
         init: State dict of the shared parameters (:func:`initial_weights`).
         position_seed: Seed of the learned position table (``absolute`` twins only).
+
+    >>> cfg = twin_config("absolute", vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_mlp=32, max_positions=8)
+    >>> init = initial_weights(cfg, seed=0)
+    >>> twin = build_twin(cfg, init, position_seed=1)
+    >>> torch.equal(twin.model.embed_tokens.weight, init["model.embed_tokens.weight"]), twin.model.embed_positions.num_embeddings
+    (True, 8)
     """
     model = TwinLlamaForCausalLM(config)
     state = model.state_dict()
@@ -182,7 +213,13 @@ def build_twin(config: TwinLlamaConfig, init: dict[str, torch.Tensor], position_
 
 
 def initial_weights(config: TwinLlamaConfig, seed: int) -> dict[str, torch.Tensor]:
-    """Seeded initial values of every parameter the twins share (built from a ``rope`` twin)."""
+    """Seeded initial values of every parameter the twins share (built from a ``rope`` twin).
+
+    >>> cfg = twin_config("nope", vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_mlp=32, max_positions=8)
+    >>> a, b = initial_weights(cfg, seed=0), initial_weights(cfg, seed=0)
+    >>> all(torch.equal(a[k], b[k]) for k in a), "model.embed_tokens.weight" in a
+    (True, True)
+    """
     shared = TwinLlamaConfig(**{**config.to_dict(), "position": "rope"})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -191,7 +228,7 @@ def initial_weights(config: TwinLlamaConfig, seed: int) -> dict[str, torch.Tenso
 
 
 @contextlib.contextmanager
-def quiet_hf() -> Iterator[None]:
+def _quiet_hf() -> Iterator[None]:
     """Silence transformers' per-file progress bars (many small checkpoints)."""
     from transformers.utils import logging as hf_logging
 
@@ -204,7 +241,68 @@ def quiet_hf() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def save_twin(model: TwinLlamaForCausalLM, path: str | os.PathLike) -> None:
+    """Save a twin (safetensors and its config) to the folder ``path``; :func:`load_twin` reads it.
+
+    >>> import tempfile
+    >>> cfg = twin_config("absolute", vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_mlp=32, max_positions=8)
+    >>> twin, folder = build_twin(cfg, initial_weights(cfg, seed=0), position_seed=1), tempfile.mkdtemp()
+    >>> save_twin(twin, folder)
+    >>> sorted(os.listdir(folder))
+    ['config.json', 'generation_config.json', 'model.safetensors']
+    """
+    with _quiet_hf():
+        model.save_pretrained(str(path))
+
+
 def load_twin(path: str | os.PathLike) -> TwinLlamaForCausalLM:
-    """A saved twin, with the eager attention it was trained with (bit-exact resumption)."""
-    with quiet_hf():
+    """A saved twin, with the eager attention it was trained with (bit-exact resumption).
+
+    >>> import tempfile
+    >>> cfg = twin_config("absolute", vocab_size=50, d_model=16, n_layers=1, n_heads=2, d_mlp=32, max_positions=8)
+    >>> twin, folder = build_twin(cfg, initial_weights(cfg, seed=0), position_seed=1), tempfile.mkdtemp()
+    >>> save_twin(twin, folder)
+    >>> back = load_twin(folder)
+    >>> back.config.position, torch.equal(back.model.embed_positions.weight, twin.model.embed_positions.weight)
+    ('absolute', True)
+    """
+    with _quiet_hf():
         return TwinLlamaForCausalLM.from_pretrained(str(path), attn_implementation="eager")
+
+
+def fast_tokenizer(tokenizer: Any, path: str | os.PathLike, *, pad: str, bos: str, eos: str,
+                   extra: Sequence[str] = ()) -> Any:
+    """A ``tokenizers.Tokenizer`` as a transformers fast tokenizer with its special tokens, saved
+    to the folder ``path`` (:func:`load_tokenizer` reads it).
+
+    >>> import tempfile
+    >>> from tokenizers import Tokenizer, models, pre_tokenizers
+    >>> tk = Tokenizer(models.WordLevel({"<pad>": 0, "<bos>": 1, "<eos>": 2, "hi": 3}, unk_token="<pad>"))
+    >>> tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    >>> folder = tempfile.mkdtemp()
+    >>> tok = fast_tokenizer(tk, folder, pad="<pad>", bos="<bos>", eos="<eos>")
+    >>> tok("hi hi")["input_ids"], tok.pad_token_id
+    ([3, 3], 0)
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad, bos_token=bos, eos_token=eos,
+                                  additional_special_tokens=list(extra))
+    tok.save_pretrained(str(path))
+    return tok
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """A fast tokenizer saved by :func:`fast_tokenizer` (``save_pretrained``), from its folder.
+
+    >>> import tempfile
+    >>> from tokenizers import Tokenizer, models
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = fast_tokenizer(Tokenizer(models.WordLevel({"<pad>": 0, "<bos>": 1, "<eos>": 2}, unk_token="<pad>")),
+    ...                    folder, pad="<pad>", bos="<bos>", eos="<eos>")
+    >>> load_tokenizer(folder).convert_tokens_to_ids(["<bos>", "<eos>"])
+    [1, 2]
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(path))
