@@ -30,12 +30,12 @@ def pooled_values(means: Float[Tensor, "r head d"], sel: Bool[Tensor, "r head d"
 
 def matched_dims(
     key: Float[Tensor, "r head d"], removed: Float[Tensor, "r head d"], sel: Bool[Tensor, "r head d"], *,
-    pooled: tuple[Tensor, ...] | None = None, slack: float = 0.05,
+    pooled: tuple[Tensor, ...] | None = None, slack: float = 0.05, scale: float = 1.0,
 ) -> Bool[Tensor, "r head d"]:
     """Random non-selected dims per head whose removed variance matches that of ``sel``.
 
     Dims are visited in the random order of ``key`` (``[r, head, d]``) and taken while the total
-    stays within ``1 + slack`` of what the selected dims remove (first fit: a dim that would
+    stays within ``1 + slack`` of ``scale`` times what the selected dims remove (first fit: a dim that would
     overshoot is skipped, later smaller ones may still fit); then one more dim is taken if it
     brings the total closer to the target (the first in that order, of those closest). None where
     nothing is selected.
@@ -57,7 +57,7 @@ def matched_dims(
     >>> matched_dims(torch.tensor([[[0.0, 0.1, 0.2]]]), torch.tensor([[[9.0, 6.0, 4.0]]]), three).int()  # but is closer
     tensor([[[0, 1, 1]]], dtype=torch.int32)
     """
-    target = (removed * sel).sum(-1)  # [r, head]: what the selected dims remove together
+    target = (removed * sel).sum(-1) * scale  # [r, head]: what the selected dims remove together, scaled
     cap = target * (1 + slack)
     order = torch.argsort(key.masked_fill(sel, float("inf")), dim=-1, stable=True)
     free = ~torch.gather(sel, -1, order)

@@ -77,6 +77,10 @@ class Disruption:
         kv_cache: ``"prefill"`` or ``"every_step"``.
         seed: Seed of the random controls.
         granularity: ``"dim"`` (each selected coordinate) or ``"pair"`` (whole RoPE pairs).
+        control_scale: How much the ``"matched"`` control removes, as a multiple of the selected
+            dims' removed variance (``"random"``: of their count, capped at every allowed dim).
+            1 matches in size; :func:`massmech.causal.klmatch.kl_match` finds the scale whose
+            control moves the next-token distribution on neutral text as much as the disruption.
 
     >>> d = Disruption(target="qk", stage="post", rule="topk", k=2)
     >>> d.sites, d.label()
@@ -101,6 +105,7 @@ class Disruption:
     kv_cache: str = "prefill"
     seed: int = 0
     granularity: str = "dim"
+    control_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -122,6 +127,11 @@ class Disruption:
         object.__setattr__(self, "lam", float(self.lam))  # 5 and 5.0 are one disruption
         object.__setattr__(self, "k", int(self.k))
         object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "control_scale", float(self.control_scale))
+        if not self.control_scale > 0:
+            raise DisruptionError(f"control_scale must be > 0, got {self.control_scale}")
+        if self.control_scale != 1.0 and self.control not in ("matched", "random"):
+            raise DisruptionError(f"control_scale scales the 'matched' or 'random' control; control is {self.control!r}")
         if self.rule == "lambda" and not self.lam > 0:
             raise DisruptionError(f"lam must be > 0, got {self.lam}")
         if self.rule == "topk" and self.k < 1:
@@ -142,14 +152,15 @@ class Disruption:
     def sites(self) -> tuple[str, ...]:
         return TARGETS[self.target]
 
-    def as_control(self, control: str = "matched") -> Disruption:
-        """The same disruption with a control instead of the selected dims.
+    def as_control(self, control: str = "matched", scale: float = 1.0) -> Disruption:
+        """The same disruption with a control instead of the selected dims (``scale``: see
+        ``control_scale``).
 
         >>> d = Disruption(rule="topk", k=1)
-        >>> d.as_control().label(), d.as_control("lowest").label()
-        ('qk.pre.top1.ctrl-matched-s0', 'qk.pre.top1.ctrl-lowest')
+        >>> d.as_control().label(), d.as_control("lowest").label(), d.as_control(scale=2.5).label()
+        ('qk.pre.top1.ctrl-matched-s0', 'qk.pre.top1.ctrl-lowest', 'qk.pre.top1.ctrl-matched-s0.x2.5')
         """
-        return replace(self, control=control)
+        return replace(self, control=control, control_scale=scale)
 
     def protocol(self, control: str | None = None) -> str:
         """What this disruption is, in words (every reported comparison states it).
@@ -181,8 +192,9 @@ class Disruption:
     def to_dict(self) -> dict:
         """All fields as a dict (see :meth:`from_dict`).
 
-        ``granularity`` came after the first cell version: at its default (``"dim"``) it is left
-        out, so the dict, and every cell key and pinned digest made from it, is what it was.
+        ``granularity`` and ``control_scale`` came after the first cell version: at their defaults
+        (``"dim"``, 1) they are left out, so the dict, and every cell key and pinned digest made
+        from it, is what it was.
 
         >>> Disruption(layers=[0, 1]).to_dict()
         {'target': 'qk', 'stage': 'pre', 'rule': 'lambda', 'lam': 5.0, 'k': 4, 'dims': (), 'selection': 'prompt', 'replace': 'mean', 'layers': (0, 1), 'heads': None, 'control': None, 'kv_cache': 'prefill', 'seed': 0}
@@ -190,8 +202,9 @@ class Disruption:
         'pair'
         """
         d = asdict(self)
-        if d["granularity"] == "dim":
-            del d["granularity"]
+        for name, default in (("granularity", "dim"), ("control_scale", 1.0)):
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -227,6 +240,8 @@ class Disruption:
             parts.append(self.granularity)
         if self.control:
             parts.append(f"ctrl-{self.control}" + (f"-s{self.seed}" if self.control != "lowest" else ""))
+            if self.control_scale != 1.0:
+                parts.append(f"x{self.control_scale:.4g}")
         return ".".join(parts)
 
     def validate(self, model: LoadedModel, calibration: QKVStats | None = None) -> None:

@@ -54,7 +54,8 @@ class Intervention:
     ``last_removed`` report per row how many activations changed, how many (layer, head, dim)
     cells were replaced, and the *removed variance*: the squared change of the replaced values
     as a fraction of the token variance (about each dim's prompt mean) of the disrupted sites at
-    the disrupted positions. Under mean replacement that is exactly the share of token variance
+    the disrupted positions (``last_removed_energy``: the same change as a fraction of their sum
+    of squares). Under mean replacement that is exactly the share of token variance
     the disruption removed; a control that replaces more dims of smaller variance can remove as
     much (see ``control="matched"``). ``prompt_selected`` keeps ``last_selected`` of the prompt
     pass through the decode steps of a generation.
@@ -131,7 +132,7 @@ class Intervention:
         self._new_pass()
         self.passes = 0  # forward passes completed (end hook reached) since set_batch
         self.last_changed = self.last_selected = torch.zeros(0, dtype=torch.long)
-        self.last_removed = torch.zeros(0, dtype=torch.float64)
+        self.last_removed = self.last_removed_energy = torch.zeros(0, dtype=torch.float64)
         self.prompt_selected = torch.zeros(0, dtype=torch.long)  # last_selected of the prompt pass
 
     def _new_pass(self) -> None:
@@ -208,6 +209,7 @@ class Intervention:
         changed, selected, removed = self._accountant.totals(b)
         if self._prefill:  # decode steps keep the prompt's account
             self.last_removed, self.prompt_selected = removed, selected
+            self.last_removed_energy = self._accountant.energy_share(b)
         self.last_changed, self.last_selected = changed, selected
         self.passes += 1
         # After set_batch(row_condition=...), later passes are cached decode steps; in the

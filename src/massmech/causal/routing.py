@@ -161,6 +161,7 @@ class Accountant:
         self.selected = torch.zeros(0, dtype=torch.long)
         self.removed = torch.zeros(0, dtype=torch.float64)  # squared change of replaced values
         self.variance = torch.zeros(0, dtype=torch.float64)  # token variance of the disrupted sites
+        self.energy = torch.zeros(0, dtype=torch.float64)  # their sum of squares
 
     @property
     def started(self) -> bool:
@@ -178,6 +179,7 @@ class Accountant:
         self.selected = torch.zeros(b, dtype=torch.long, device=device)
         self.removed = torch.zeros(b, dtype=torch.float64, device=device)
         self.variance = torch.zeros(b, dtype=torch.float64, device=device)
+        self.energy = torch.zeros(b, dtype=torch.float64, device=device)
 
     def count(self, rows: Tensor, *, changed: Tensor, selected: Tensor | None = None) -> None:
         """Add per-row counts of changed activations (and of selected cells)."""
@@ -203,9 +205,11 @@ class Accountant:
         a = apply[..., None, None].float()
         variance = (((old.float() - mean) ** 2) * a).flatten(1).sum(1)
         removed = (((new.float() - old.float()) ** 2) * a).flatten(1).sum(1)
+        energy = ((old.float() ** 2) * a).flatten(1).sum(1)
         dev = self.removed.device
         self.removed[rows.to(dev)] += removed.double().to(dev)
         self.variance[rows.to(dev)] += variance.double().to(dev)
+        self.energy[rows.to(dev)] += energy.double().to(dev)
 
     def totals(self, b: int) -> tuple[Tensor, Tensor, Tensor]:
         """``(changed, selected, removed share)`` per row on the CPU (zeros if no hook ran).
@@ -219,6 +223,23 @@ class Accountant:
         variance = self.variance.cpu()
         share = (self.removed.cpu() / variance.clamp_min(1e-30)).where(variance > 0, 0.0)
         return self.changed.cpu(), self.selected.cpu(), share
+
+    def energy_share(self, b: int) -> Tensor:
+        """Per row, the squared change as a share of the disrupted sites' sum of squares (their
+        *energy*; mean replacement of a dim with a large mean removes its variance, not its energy).
+
+        >>> acc = Accountant()
+        >>> acc.start(1, torch.device("cpu"))
+        >>> old = torch.tensor([1.0, 3.0]).view(1, 2, 1, 1)
+        >>> every = torch.ones(1, 2, dtype=torch.bool)
+        >>> acc.account(torch.tensor([0]), old, torch.full_like(old, 2.0), every, every)
+        >>> acc.energy_share(1).item()  # 2 of 1 + 9
+        0.2
+        """
+        if len(self.changed) != b:
+            return torch.zeros(b, dtype=torch.float64)
+        energy = self.energy.cpu()
+        return (self.removed.cpu() / energy.clamp_min(1e-30)).where(energy > 0, 0.0)
 
 
 def check_changed(

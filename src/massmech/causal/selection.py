@@ -98,8 +98,8 @@ def select(
                                pooled=pooled)
         else:  # the control picks whole pairs: its rule runs on per-pair totals, then back to dims
             unit, unit_pair = units
-            pooled = pooled and (to_units(pooled[0], unit), to_units(pooled[1], unit), pooled[2],
-                                 to_units(torch.ones_like(m), unit))
+            if pooled is not None:  # per pair: its sums of squares and of means, and its size in dims
+                pooled = (to_units(pooled[0], unit), to_units(pooled[1], unit), pooled[2], to_units(torch.ones_like(m), unit))
             sel = control_dims(c, to_units(m * m, unit).sqrt(), to_units(sel, unit).bool(), site=site, layer=layer,
                                seeds=seeds, pair=unit_pair, removed=removed if removed is None else to_units(removed, unit),
                                pooled=pooled)[..., unit]
@@ -168,7 +168,7 @@ def control_dims(
     n = sel.sum(-1, keepdim=True)  # [r, head, 1]
     if c.control == "matched":
         key = counter_uniform(c.seed, seeds, layer, site, tuple(m.shape[1:])).to(m.device)
-        return matched_dims(key, removed, sel, pooled=pooled)
+        return matched_dims(key, removed, sel, pooled=pooled, scale=c.control_scale)
     if c.control == "lowest":
         key = m.double()
     else:
@@ -178,6 +178,8 @@ def control_dims(
         band = equal_count_bands(int(pair.max()) + 1, 3)
         in_band = torch.as_tensor([p >= 0 and band[p] == c.control.removeprefix("band-") for p in pair.tolist()])
         allowed &= in_band.to(m.device).view(1, 1, -1)
+    if c.control_scale != 1.0:  # a scaled count: as many as asked, at most every allowed dim
+        n = torch.minimum(torch.round(n * c.control_scale), allowed.sum(-1, keepdim=True))
     short = allowed.sum(-1, keepdim=True) < n  # [r, head, 1]
     if short.any():
         r, h, _ = short.nonzero()[0].tolist()

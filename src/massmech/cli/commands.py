@@ -73,6 +73,9 @@ def add_ablate(sub: Any, fmt: Formatter) -> None:
     a.add_argument("--layers", dest="disrupt_layers", help=argparse.SUPPRESS)  # old name
     a.add_argument("--control", default="matched", choices=[c for c in CONTROLS if c],
                    help="control dims replaced instead: " + "; ".join(f"{k}: {v}" for k, v in CONTROL_HELP.items()))
+    a.add_argument("--kl-match", action="store_true",
+                   help="match the control (matched or random) in effect: scale it until its next-token KL on "
+                        "neutral text (BBC news, not the task) is within 10%% of the disruption's")
     a.add_argument("--replace", default="mean", choices=[r for r in REPLACEMENTS if r != "calib_mean"],
                    help="replacement: " + "; ".join(f"{k}: {v}" for k, v in REPLACE_HELP.items() if k != "calib_mean"))
     a.add_argument("--kv-cache", default="prefill", choices=list(KV_CACHE),
@@ -218,7 +221,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     res = ablate(model, task, n=args.n, disruption=d, control=args.control, seed=args.seed, scorer=args.scorer,
                  max_new_tokens=args.max_new_tokens,
                  batch_size=args.batch_size, task_params=params, out=args.out, overwrite=args.overwrite,
-                 progress=not args.json)
+                 progress=not args.json, kl_match=args.kl_match)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -246,6 +249,13 @@ def _print_ablation(res: dict) -> None:
               f"dims/example={r['n_dims']:.0f}  removed variance={r['removed_variance']:.2%}{test}")
     v = res["massive_vs_control"]
     print(f"  massive vs control (same examples): McNemar b={v['b']} c={v['c']} p={v['p_value']:.3g}")
+    if res["kl_match"]:
+        m = res["kl_match"]
+        print(f"  on neutral text ({m['n_tokens']} tokens): KL massive {m['kl_massive']:.4g} vs control "
+              f"x{m['control_scale']:.3g} {m['kl_control']:.4g} ({'matched' if m['matched'] else 'NOT matched'} "
+              f"within {m['tol']:.0%}); removed variance {m['removed_variance_massive']:.2%} vs "
+              f"{m['removed_variance_control']:.2%}; removed energy {m['removed_energy_massive']:.2%} vs "
+              f"{m['removed_energy_control']:.2%}")
     sep = res["separation"]
     if sep is not None:
         print(f"  margin AUROC ({sep['score']}; positive: {sep['positive']}, threshold-free):")

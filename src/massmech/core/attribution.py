@@ -244,12 +244,7 @@ def attribute_logits(
     """
     spec = model.rope
     layers = range(model.info.n_layers) if layers is None else list(layers)
-    hooks = {}
-    for layer in layers:
-        hooks[("q", layer)] = model.hook_name("q", "post", layer)[0]
-        hooks[("k", layer)] = model.hook_name("k", "post", layer)[0]
-        if check:
-            hooks[("s", layer)] = f"blocks.{layer}.attn.hook_attn_scores"
+    hooks = _hooks(model, layers, check)
     device = next(model.bridge.parameters()).device
     mask = None if attention_mask is None else attention_mask.to(device)
     acts = model.run_hooks(tokens.to(device), hooks, mask)
@@ -263,6 +258,17 @@ def attribute_logits(
             pl = dataclasses.replace(pl, max_error=_check(pl, acts[("s", layer)], model.info.name))
         out[layer] = dataclasses.replace(pl, contributions=pl.contributions.cpu())
     return out
+
+
+def _hooks(model: LoadedModel, layers: Iterable[int], scores: bool) -> dict[tuple[str, int], str]:
+    """The post-RoPE Q and K hooks of each layer (and its ``hook_attn_scores`` to check against)."""
+    hooks = {}
+    for layer in layers:
+        hooks[("q", layer)] = model.hook_name("q", "post", layer)[0]
+        hooks[("k", layer)] = model.hook_name("k", "post", layer)[0]
+        if scores:
+            hooks[("s", layer)] = f"blocks.{layer}.attn.hook_attn_scores"
+    return hooks
 
 
 def _check(pl: PairLogits, scores: Tensor, name: str) -> float:
@@ -279,3 +285,38 @@ def _check(pl: PairLogits, scores: Tensor, name: str) -> float:
             f"(tolerance {tol:.3g}): the post-RoPE Q/K are not what this attention multiplies"
         )
     return err
+
+
+def query_logits(
+    model: LoadedModel, tokens: Int[Tensor, "1 pos"], query: int, layers: Iterable[int] | None = None,
+) -> dict[int, PairLogits]:
+    """Per-pair attention logits of one query position against every key up to it, layer by layer.
+
+    What :func:`attribute_logits` gives for one row of the logits, at a fraction of its memory
+    (``head * (query + 1) * (n_pairs + 1)`` floats per layer), checked the same way against the
+    model's ``hook_attn_scores``. ``contributions`` is ``[1, head, 1, query + 1, part]``.
+
+    >>> import massmech as mm
+    >>> model = mm.load_model("tiny-llama")
+    >>> ids = torch.tensor(model.tokenize("hello world"))
+    >>> one, full = query_logits(model, ids, 5, layers=[1])[1], attribute_logits(model, ids, layers=[1])[1]
+    >>> torch.allclose(one.contributions[0, :, 0], full.contributions[0, :, 5, :6], atol=1e-6), one.max_error < 1e-5
+    (True, True)
+    """
+    if tokens.dim() != 2 or tokens.shape[0] != 1:
+        raise InputTypeError(f"query_logits takes one sequence [1, pos], got {tuple(tokens.shape)}")
+    if not 0 <= query < tokens.shape[1]:
+        raise IndexRangeError(f"query position {query} is outside the {tokens.shape[1]} tokens")
+    spec = model.rope
+    layers = range(model.info.n_layers) if layers is None else list(layers)
+    acts = model.run_hooks(tokens.to(model.device), _hooks(model, layers, True), None)
+    out = {}
+    for layer in layers:
+        q = to_heads(acts[("q", layer)], False, model.info.n_heads)[:, query : query + 1]
+        k = to_heads(acts[("k", layer)], False, model.info.n_kv_heads)[:, : query + 1]
+        scale, softcap = attention_scaling(model.bridge, layer)
+        pl = pair_logits(q, k, spec, layer, scale=scale, softcap=softcap)
+        scores = acts[("s", layer)][:, :, query : query + 1, : query + 1]  # [1, head, 1, keys]
+        pl = dataclasses.replace(pl, max_error=_check(pl, scores, model.info.name))
+        out[layer] = dataclasses.replace(pl, contributions=pl.contributions.cpu())
+    return out

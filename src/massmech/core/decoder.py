@@ -202,7 +202,7 @@ def head_name(model: Any) -> str:
     """
     hf = hf_of(model)
     head = hf.get_output_embeddings()
-    return next(clean_name(n) for n, m in hf.named_modules() if m is head)
+    return next((clean_name(n) for n, m in hf.named_modules() if m is head and n), "lm_head")
 
 
 def weight_matrix(mod: nn.Module) -> Tensor:

@@ -70,6 +70,23 @@ def _separation(df: pd.DataFrame, by_uid: dict) -> dict | None:
     return out
 
 
+#: The neutral text of an effect-matched control: BBC news windows (the calibration split's).
+KL_WINDOWS, KL_WINDOW_LEN = 16, 128
+
+
+def _control(lm: LoadedModel, disruption: Disruption, control: str, kl_match: bool, seed: int) -> tuple[Disruption, dict | None]:
+    """The control condition, scaled to the disruption's KL on neutral text with ``kl_match``
+    (and the match's row), else matched in size."""
+    if not kl_match:
+        return replace(disruption, control=control), None
+    from massmech.causal.klmatch import kl_match as match
+    from massmech.core.corpus import calibration_split
+
+    windows, _ = calibration_split(lm, calib_tokens=KL_WINDOWS * KL_WINDOW_LEN, seq_len=KL_WINDOW_LEN, seed=seed)
+    found = match(lm, disruption, windows, control=control)
+    return found.control, found.row()
+
+
 def ablate(
     model: str | LoadedModel,
     task: str | Task,
@@ -85,6 +102,7 @@ def ablate(
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    kl_match: bool = False,
 ) -> dict:
     """Baseline vs massive-disrupted vs control accuracy on one task (the ``ablate`` CLI).
 
@@ -108,6 +126,11 @@ def ablate(
             previous ablate run; checked before any work.
         overwrite: Replace a previous ablate run in ``out``.
         progress: Progress bar.
+        kl_match: Match the control in effect, not only in size: scale it
+            (:func:`massmech.causal.klmatch.kl_match`) until its next-token KL on neutral text
+            (:data:`KL_WINDOWS` BBC news windows of :data:`KL_WINDOW_LEN` tokens, not the task)
+            is within 10% of the disruption's; ``kl_match`` in the result has KL, removed variance
+            and removed energy of both arms, the scale and whether the match was reached.
 
     Returns:
         ``{"baseline": {...}, "massive": {...}, "control": {...}, "model", "task", "condition",
@@ -141,7 +164,8 @@ def ablate(
         check_out(out, "ablate", overwrite=overwrite)
     lm = load_model(model) if isinstance(model, str) else model
     disruption.validate(lm)
-    conds = {BASELINE: None, "massive": disruption, "control": replace(disruption, control=control)}
+    ctrl, matched = _control(lm, disruption, control, kl_match, seed)
+    conds = {BASELINE: None, "massive": disruption, "control": ctrl}
     torch.manual_seed(seed)
     df = score(lm, t, conds, scorer=scorer, max_new_tokens=max_new_tokens, n=n, seed=seed, batch_size=batch_size,
                progress=progress)
@@ -154,7 +178,8 @@ def ablate(
     res |= {
         "model": lm.info.name, "task": t.name, "task_config": t.config(), "kind": t.kind,
         "condition": disruption.label(), "control_kind": control, "seed": seed,
-        "protocol": disruption.protocol(control), "scorer": str(df.scorer.iloc[0]),
+        "protocol": disruption.protocol(control) + (" (scaled to equal KL on neutral text)" if matched else ""),
+        "scorer": str(df.scorer.iloc[0]), "kl_match": matched,
     }
     chance = t.chance(n, seed)
     base = df[df.condition == BASELINE].correct
@@ -169,7 +194,8 @@ def ablate(
         config = {"model": lm.info.name, "task": t.name, "task_config": t.config(), "n": n, "n_asked": asked,
                   "first_prompt": examples[0].prompt, "seed": seed, "scorer": res["scorer"],
                   "max_new_tokens": max_new_tokens,
-                  "disruption": disruption.to_dict(), "control": control, "batch_size": batch_size}
+                  "disruption": disruption.to_dict(), "control": control, "batch_size": batch_size,
+                  "control_disruption": ctrl.to_dict()}
         with atomic_run_dir(out, "ablate", overwrite=overwrite) as tmp:
             write_json(tmp / "ablate.json", res)
             df.to_parquet(tmp / "examples.parquet", index=False)
