@@ -9,7 +9,8 @@ KL, removed variance and removed energy of both arms on the neutral text, the ex
 of massive vs control on the same examples (b: right under massive only, c: under the control
 only), Holm across the evaluable rows, and the family's minimum detectable drop (80% power).
 
-Usage: python analyses/kl_matched.py [--model smollm2-135m] [--n 100] [--k 1] [--out runs/klmatch]
+Usage: python analyses/kl_matched.py [--model smollm2-135m] [--n 100] [--k 1] [--disrupt-layers all]
+       [--out runs/klmatch]
 Last line: JSON, one record per (task, granularity).
 """
 
@@ -18,8 +19,9 @@ import json
 from pathlib import Path
 
 from massmech.causal.disruption import Disruption
+from massmech.core.loading import load_model
 from massmech.stats import holm, min_detectable_effect
-from massmech.studies.ablation import ablate
+from massmech.studies.ablation import ablate, layer_range
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--model", default="smollm2-135m")
@@ -27,18 +29,22 @@ ap.add_argument("--n", type=int, default=100)
 ap.add_argument("--k", type=int, default=1)
 ap.add_argument("--tasks", nargs="+", default=["kv_lookup", "passkey"])
 ap.add_argument("--granularities", nargs="+", default=["dim", "pair"])
+ap.add_argument("--disrupt-layers", default="all", help="all, early, middle, late or 'a-b' (e.g. 0-0: layer 0 only)")
 ap.add_argument("--out", default="runs/klmatch")
 args = ap.parse_args()
 
+model = load_model(args.model)
 rows = []
 for task in args.tasks:
     for gran in args.granularities:
-        out = Path(args.out) / f"{args.model}-{task}-top{args.k}-{gran}-n{args.n}"
+        where = "" if args.disrupt_layers == "all" else f"-L{args.disrupt_layers}"
+        out = Path(args.out) / f"{args.model}-{task}-top{args.k}-{gran}{where}-n{args.n}"
         if (out / "ablate.json").is_file():  # this exact run was made before: reuse it
             res = json.loads((out / "ablate.json").read_text())
         else:
-            d = Disruption(target="qk", stage="pre", rule="topk", k=args.k, granularity=gran)
-            res = ablate(args.model, task, n=args.n, disruption=d, control="matched", kl_match=True, out=out,
+            layers = layer_range(args.disrupt_layers, model.info.n_layers)
+            d = Disruption(target="qk", stage="pre", rule="topk", k=args.k, granularity=gran, layers=layers)
+            res = ablate(model, task, n=args.n, disruption=d, control="matched", kl_match=True, out=out,
                          progress=True)
         m, v = res["kl_match"], res["massive_vs_control"]
         rows.append({"task": task, "granularity": gran, "k": args.k, "n": res["baseline"]["n"],
@@ -53,7 +59,8 @@ for r, ph in zip(rows, holm([r["p"] if r["evaluable"] else None for r in rows]),
     r["p_holm"] = ph
     r["mde"] = min_detectable_effect(r["n"], r["baseline"], n_tests=max(family, 1)) if r["evaluable"] else None
 
-print(f"{args.model}: massive vs effect-matched control (pre-RoPE top-{args.k}, prompt mean, prompt only, strict "
+print(f"{args.model}: massive vs effect-matched control (pre-RoPE top-{args.k}, layers {args.disrupt_layers}, "
+      "prompt mean, prompt only, strict "
       f"scorer); control scaled to the massive arm's next-token KL on neutral text; exact McNemar massive vs "
       f"control, Holm across {family} evaluable rows")
 print("| task | unit | n | baseline | massive | KL-matched ctrl | ctrl scale | KL massive / ctrl (nats/token) "
