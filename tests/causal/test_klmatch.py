@@ -100,3 +100,5 @@ def test_ablate_runs_the_effect_matched_control_and_reports_both_arms(tmp_path):
     ran = json.loads((tmp_path / "abl" / "manifest.json").read_text())["config"]["control_disruption"]
     assert Disruption.from_dict(ran).control_scale == m["control_scale"]  # the manifest records the control that ran
     assert ablate("tiny-llama", "kv_lookup", n=4, disruption=Disruption(rule="topk", k=2))["kl_match"] is None
+    with pytest.raises(DisruptionError, match="scales the 'matched' or 'random'"):
+        ablate("no-such-model", "kv_lookup", n=4, control="lowest", kl_match=True)  # refused before any load

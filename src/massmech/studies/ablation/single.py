@@ -160,6 +160,8 @@ def ablate(
     disruption = disruption or Disruption(seed=seed)
     if control not in CONTROLS[1:]:
         raise DisruptionError(f"unknown control {control!r}; controls are {CONTROLS[1:]}")
+    if kl_match and control not in ("matched", "random"):  # before loading anything
+        raise DisruptionError(f"kl_match scales the 'matched' or 'random' control, got {control!r}")
     if out is not None:
         check_out(out, "ablate", overwrite=overwrite)
     lm = load_model(model) if isinstance(model, str) else model
