@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from massmech.causal.evaluate import encode
+from massmech.causal.selection import pair_units, to_units
 from massmech.causal.tasks.base import Example, Task
 from massmech.core.attribution import UNROTATED, PairLogits, group_logits, query_logits
 from massmech.core.detect import massive_mask
@@ -58,15 +59,11 @@ def needle_positions(model: LoadedModel, ex: Example, prompt: Sequence[int]) -> 
 
 def _massive_pairs(q: torch.Tensor, k: torch.Tensor, model: LoadedModel, lam: float) -> torch.Tensor:
     """``[head, n_pairs]`` bool: pairs with a massive Q or K dim (lambda rule on the prompt's M)."""
-    spec = model.rope
     m_q = q.float().pow(2).sum(0).sqrt()  # [head, d]
     m_k = k.float().pow(2).sum(0).sqrt().repeat_interleave(m_q.shape[0] // k.shape[1], dim=0)
     hit = massive_mask(m_q, rule="lambda", lam=lam) | massive_mask(m_k, rule="lambda", lam=lam)
-    pair = torch.as_tensor(spec.dim_to_pair())
-    out = torch.zeros(m_q.shape[0], spec.n_pairs, dtype=torch.bool)
-    for d in torch.nonzero(pair >= 0).flatten().tolist():
-        out[:, pair[d]] |= hit[:, d]
-    return out
+    unit, _ = pair_units(torch.as_tensor(model.rope.dim_to_pair()))  # the pairs first, then unrotated dims
+    return to_units(hit[None], unit)[0, :, : model.rope.n_pairs] > 0
 
 
 def _advantages(parts: torch.Tensor, needle: list[int]) -> dict[str, torch.Tensor]:
@@ -131,10 +128,9 @@ def edge_attribution(model: LoadedModel, task: Task, *, n: int = 20, seed: int =
         prompt = encode(model, ex)[0]
         needle = needle_positions(model, ex, prompt)
         query = len(prompt) - 1
-        ids = torch.tensor([prompt])
-        acts = model.run_sites(ids, [("q", "post"), ("k", "post")], layers=layers)
-        for layer, pl in query_logits(model, ids, query, layers).items():
-            massive = _massive_pairs(acts[("q", "post", layer)][0], acts[("k", "post", layer)][0], model, lam)
+        qk: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for layer, pl in query_logits(model, torch.tensor([prompt]), query, layers, keep=qk).items():
+            massive = _massive_pairs(*qk[layer], model, lam)
             bands = context_bands(model.rope, layer, len(prompt))
             rows += _rows(pl, massive, bands, [p for p in needle if p < query], ex.uid)
     return pd.DataFrame(rows)

@@ -288,13 +288,16 @@ def _check(pl: PairLogits, scores: Tensor, name: str) -> float:
 
 
 def query_logits(
-    model: LoadedModel, tokens: Int[Tensor, "1 pos"], query: int, layers: Iterable[int] | None = None,
+    model: LoadedModel, tokens: Int[Tensor, "1 pos"], query: int, layers: Iterable[int] | None = None, *,
+    keep: dict[int, tuple[Tensor, Tensor]] | None = None,
 ) -> dict[int, PairLogits]:
     """Per-pair attention logits of one query position against every key up to it, layer by layer.
 
     What :func:`attribute_logits` gives for one row of the logits, at a fraction of its memory
     (``head * (query + 1) * (n_pairs + 1)`` floats per layer), checked the same way against the
-    model's ``hook_attn_scores``. ``contributions`` is ``[1, head, 1, query + 1, part]``.
+    model's ``hook_attn_scores``. ``contributions`` is ``[1, head, 1, query + 1, part]``. A dict
+    passed as ``keep`` receives each layer's post-RoPE Q and K of the whole sequence (CPU,
+    ``[pos, head, d_head]``), captured by the same forward pass.
 
     >>> import massmech as mm
     >>> model = mm.load_model("tiny-llama")
@@ -302,6 +305,10 @@ def query_logits(
     >>> one, full = query_logits(model, ids, 5, layers=[1])[1], attribute_logits(model, ids, layers=[1])[1]
     >>> torch.allclose(one.contributions[0, :, 0], full.contributions[0, :, 5, :6], atol=1e-6), one.max_error < 1e-5
     (True, True)
+    >>> qk = {}
+    >>> _ = query_logits(model, ids, 5, layers=[0], keep=qk)
+    >>> [tuple(t.shape) for t in qk[0]]  # Q and K of every position, from the same pass
+    [(12, 4, 16), (12, 2, 16)]
     """
     if tokens.dim() != 2 or tokens.shape[0] != 1:
         raise InputTypeError(f"query_logits takes one sequence [1, pos], got {tuple(tokens.shape)}")
@@ -312,10 +319,12 @@ def query_logits(
     acts = model.run_hooks(tokens.to(model.device), _hooks(model, layers, True), None)
     out = {}
     for layer in layers:
-        q = to_heads(acts[("q", layer)], False, model.info.n_heads)[:, query : query + 1]
-        k = to_heads(acts[("k", layer)], False, model.info.n_kv_heads)[:, : query + 1]
+        q_all = to_heads(acts[("q", layer)], False, model.info.n_heads)
+        k_all = to_heads(acts[("k", layer)], False, model.info.n_kv_heads)
+        if keep is not None:
+            keep[layer] = (q_all[0].float().cpu(), k_all[0].float().cpu())
         scale, softcap = attention_scaling(model.bridge, layer)
-        pl = pair_logits(q, k, spec, layer, scale=scale, softcap=softcap)
+        pl = pair_logits(q_all[:, query : query + 1], k_all[:, : query + 1], spec, layer, scale=scale, softcap=softcap)
         scores = acts[("s", layer)][:, :, query : query + 1, : query + 1]  # [1, head, 1, keys]
         pl = dataclasses.replace(pl, max_error=_check(pl, scores, model.info.name))
         out[layer] = dataclasses.replace(pl, contributions=pl.contributions.cpu())
