@@ -72,7 +72,7 @@ def test_docs_and_readme_block_are_regenerated(runs, tmp_path):
 def test_p7_and_o3_each_judge_their_own_variants_with_their_own_holm(tmp_path):
     import pandas as pd
 
-    from massmech.report.ledger import _qk_arm, _quant_protect
+    from massmech.report.rules import qk_arm, quant_protect
 
     rows = [("none", "none", False, None, None, None)]
     rows += [("rtn-w4-g64", "rtn", False, 0, 9, 0.004), ("awq-w4-g64", "awq", True, 0, 1, 1.0),
@@ -82,9 +82,9 @@ def test_p7_and_o3_each_judge_their_own_variants_with_their_own_holm(tmp_path):
                            kind="contextual", n=40, b=b, c=c, p_value=p, evaluable=True, p_holm=1.0)
                       for v, m, o, b, c, p in rows])
     t.to_parquet(tmp_path / "results.parquet")
-    text, verdict = _quant_protect(tmp_path, "m")  # the stored whole-table p_holm (1.0) is not what decides
+    text, verdict = quant_protect(tmp_path, "m")  # the stored whole-table p_holm (1.0) is not what decides
     assert verdict == "reproduces" and "1 of 2" in text and "rtn-w4-g64/passkey" in text and "qk-" not in text
-    text, verdict = _qk_arm(tmp_path, "m")  # 0.016 × 2 comparisons < 0.05: only the random-rows-kept arm hurts
+    text, verdict = qk_arm(tmp_path, "m")  # 0.016 × 2 comparisons < 0.05: only the random-rows-kept arm hurts
     assert verdict == "reproduces" and "1 of 2" in text and "qk-rtn-keep-random-w4-pc/passkey" in text
 
 

@@ -1,7 +1,8 @@
 """The claim ledger: every claim of the paper, and ours, with the run that tests it and a verdict.
 
-Each :class:`Claim` names its source, the command that makes its run folder, and a rule that
-reads that folder and returns, per model, what was measured and a verdict:
+Each :class:`Claim` names its source, the run that tests it, and the versions of its
+:class:`Rule`; a rule's judge (:mod:`massmech.report.rules`) reads the run folder and returns, per
+model, what was measured and a verdict:
 
 * **reproduces**: the measurement meets the claim's rule (stated with the claim);
 * **partly**: it holds in part (stated how);
@@ -10,8 +11,11 @@ reads that folder and returns, per model, what was measured and a verdict:
 * **not run**: the run folder is missing; the command makes it;
 * **not testable offline**: what is needed (e.g. a pretrained non-RoPE model) is not available.
 
-The rules are fixed here, before looking at any number; :func:`ledger_markdown` renders the page
-``docs/ledger.md`` from the run folders, so rerunning the studies regenerates it.
+A rule is a versioned entry with the date and commit that fixed it and the family its error rate
+holds over; a changed rule is a new version, never an edit, and the ledger shows the verdict of
+every version, and whether each run was made after its rule was fixed (the manifest's time).
+:func:`ledger_markdown` renders the page ``docs/ledger.md`` from the run folders, so rerunning the
+studies regenerates it.
 Source of the paper's claims: the abstract of Jin et al., ICML 2025 (arXiv 2502.01563), as quoted
 in the README of the official code (github.com/MingyuJ666/Rope_with_LLM).
 """
@@ -19,6 +23,7 @@ in the README of the official code (github.com/MingyuJ666/Rope_with_LLM).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 from collections.abc import Callable
@@ -26,286 +31,185 @@ from pathlib import Path
 
 import pandas as pd
 
+from massmech.report import rules
 from massmech.report.pages import GENERATED
+from massmech.report.rules import NoData, run_finished
 from massmech.report.runs import MODELS, command, models_of, run_folder
-from massmech.report.tables import emergence_lines
-from massmech.stats import holm
-from massmech.studies.quant.config import QK_METHODS
+
+Judge = Callable[[Path, str], tuple[str, str]]  # (run folder, model) -> (measured, verdict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One version of a claim's rule: what it says, the judge that applies it, and when it was fixed.
+
+    A rule is never edited after it is committed: a change is a new version, and the ledger shows the
+    verdict of every version. ``fixed`` and ``commit`` are those of the commit that added the
+    version (``tests/report/test_ledger.py`` checks them against git); both are empty while the
+    version is not yet committed, and its verdicts then say so.
+
+    Attributes:
+        version: 1, 2, ...
+        text: The rule as stated in the ledger.
+        judge: Reads a run folder and returns ``(measured, verdict)`` for one model.
+        scope: The family the verdict's error rate holds over (e.g. a Holm family).
+        fixed: ISO time of the commit that fixed this version.
+        commit: That commit (short hash).
+        why: What changed from the version before, and what was known when it was fixed.
+    """
+
+    version: int
+    text: str
+    judge: Judge
+    scope: str
+    fixed: str = ""
+    commit: str = ""
+    why: str = ""
+
+    def timing(self, created: str | None) -> str:
+        """Whether a run made at ``created`` (its manifest's ISO time) came after this rule was fixed.
+
+        >>> r = Rule(1, "t", lambda p, m: ("", ""), "s", fixed="2026-11-30T06:30:43+00:00", commit="74d10f0")
+        >>> r.timing("2026-12-01T00:00:00+00:00"), r.timing("2026-11-29T00:00:00+00:00")
+        ('run after rule', 'rule after run')
+        >>> Rule(2, "t", lambda p, m: ("", ""), "s").timing("2026-12-01T00:00:00+00:00")
+        'rule not committed'
+        """
+        if not self.commit:
+            return "rule not committed"
+        if not created:
+            return "run time unknown"
+        after = dt.datetime.fromisoformat(created) > dt.datetime.fromisoformat(self.fixed)
+        return "run after rule" if after else "rule after run"
 
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    """One model's measurement of one claim."""
+    """One model's measurement of one claim under one rule version."""
 
     model: str
     measured: str
     verdict: str
     run: str
+    version: int = 1
+    timing: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-    """A claim, where it comes from, how it is tested, and the rule deciding the verdict."""
+    """A claim, where it comes from, the run that tests it, and its rule's versions (oldest first)."""
 
     key: str
     claim: str
     source: str
-    rule: str
     run: str  # a key of massmech.report.runs.RUNS
-    judge: Callable[[Path, str], tuple[str, str]]  # (run folder, model) -> (measured, verdict)
+    rules: tuple[Rule, ...]
     ours: bool = False
 
+    @property
+    def rule(self) -> Rule:
+        """The newest version."""
+        return self.rules[-1]
+
     def findings(self, root: Path, models: tuple[str, ...] = MODELS) -> list[Finding]:
-        """One finding per model (the twins: one for the toy twins)."""
+        """One finding per model and rule version (the twins: one model, the toy twins)."""
         out = []
         for model in models_of(self.run, models):
             folder, cmd = run_folder(self.run, model), command(self.run, model, str(root))
             path = root / folder
             if not (path / "manifest.json").is_file() or not run_finished(path):
-                out.append(Finding(model, f"`{cmd}`", "not run", folder))
+                out += [Finding(model, f"`{cmd}`", "not run", folder, r.version) for r in self.rules]
                 continue
-            try:
-                measured, verdict = self.judge(path, model)
-            except _NoData as why:
-                measured, verdict = f"{why}; `{cmd}`", "not run"
-            out.append(Finding(model, measured, verdict, folder))
+            created = json.loads((path / "manifest.json").read_text()).get("created")
+            for r in self.rules:
+                try:
+                    measured, verdict = r.judge(path, model)
+                except NoData as why:
+                    measured, verdict = f"{why}; `{cmd}`", "not run"
+                out.append(Finding(model, measured, verdict, folder, r.version, r.timing(created)))
         return out
 
 
-class _NoData(Exception):
-    """The run folder exists but holds nothing for this model."""
-
-
-def run_finished(path: Path) -> bool:
-    """Whether a run folder holds its results (a study still running has only its manifest).
-
-    >>> run_finished(Path("no/such/run"))
-    False
-    """
-    return any((path / f).is_file() for f in ("summary.json", "analysis/summary.json", "results.parquet"))
-
-
-def _summary(path: Path) -> dict:
-    f = path / "summary.json" if (path / "summary.json").is_file() else path / "analysis" / "summary.json"
-    return json.loads(f.read_text())
-
-
-# --------------------------------------------------------------------------- rules
-def _low_frequency(path: Path, model: str) -> tuple[str, str]:
-    s = _summary(path)["by_stage"]
-    q, k = s["q.pre"]["massive_low_band_share"], s["k.pre"]["massive_low_band_share"]
-    eq, ek = s["q.pre"]["low_band_energy_fraction"], s["k.pre"]["low_band_energy_fraction"]
-    if q is None or k is None:
-        return "no λ-massive dim in Q or K (nothing to locate)", "not evaluable"
-    text = (f"massive dims in the low band: Q {q:.0%}, K {k:.0%}; low-band energy Q {eq:.0%}, K {ek:.0%} "
-            f"(λ=5, pre-RoPE)")
-    verdict = "reproduces" if min(q, k) >= 0.9 else "partly" if min(q, k) >= 0.5 else "contradicted"
-    return text, verdict
-
-
-def _across_heads(path: Path, model: str) -> tuple[str, str]:
-    m = pd.read_parquet(path / "massive.parquet")
-    m = m[(m.stage == "pre") & m.site.isin(["q", "k"])]
-    shares = []
-    for (_, _), g in m.groupby(["site", "layer"]):
-        heads = g["head"].nunique()
-        if heads < 2:
-            continue
-        modal = g.pair.mode().iloc[0]
-        shares.append(g[g.pair == modal]["head"].nunique() / heads)
-    if not shares:
-        return "fewer than two heads with massive dims in any layer", "not evaluable"
-    share = float(pd.Series(shares).mean())
-    verdict = "reproduces" if share >= 0.5 else "partly" if share >= 0.25 else "contradicted"
-    return (f"heads with massive dims that share their layer's most common pair: {share:.0%} "
-            f"(mean over {len(shares)} Q/K layers)", verdict)
-
-
-def _qk_not_v(path: Path, model: str) -> tuple[str, str]:
-    s = _summary(path)["by_stage"]
-    q, k, v = s["q.pre"]["massive_count"], s["k.pre"]["massive_count"], s["v.pre"]["massive_count"]
-    if min(q, k) == 0:
-        return f"λ-massive dims: Q {q}, K {k}, V {v} (none in Q or K to compare V with)", "not evaluable"
-    verdict = "reproduces" if v == 0 and min(q, k) > 0 else "partly" if v < 0.1 * min(q, k) else "contradicted"
-    return f"λ-massive dims: Q {q}, K {k}, V {v}", verdict
-
-
-def _early(path: Path, model: str) -> tuple[str, str]:
-    s = _summary(path)
-    n, em = s["n_layers"], s["emergence"]
-    main = {site: em[site]["layer"] for site in ("q", "k")}
-    m = pd.read_parquet(path / "massive.parquet")
-    first = {site: (int(m[(m.site == site) & (m.stage == "pre")].layer.min()) if ((m.site == site) & (m.stage == "pre")).any()
-                    else None) for site in ("q", "k")}
-    text = ("; ".join(line.strip() for line in emergence_lines(s)[1:])
-            + "; first layer with a λ-massive dim (λ = 5, pre-RoPE): "
-            + ", ".join(f"{site.upper()} {'none' if v is None else v}" for site, v in first.items()))
-    early = [v is not None and v < n / 4 for v in main.values()]
-    return text, "reproduces" if all(early) else "partly" if any(early) else "contradicted"
-
-
-def _sweep_rows(path: Path, model: str, kind: str) -> pd.DataFrame:
-    t = pd.read_parquet(path / "results.parquet")
-    t = t[(t.model == model) & (t.kind == kind)]
-    if t.empty:
-        raise _NoData(f"no {kind} rows for {model} in {path}")
-    return t
-
-
-def _n(rows: pd.DataFrame) -> str:
-    lo, hi = int(rows.n.min()), int(rows.n.max())
-    return f"n = {lo}" if lo == hi else f"n = {lo}–{hi}"
-
-
-def _contextual(path: Path, model: str) -> tuple[str, str]:
-    t = _sweep_rows(path, model, "contextual")
-    ev = t[(t.role == "massive") & t.evaluable]
-    if ev.empty:
-        return "no contextual task is evaluable (baselines at chance or floor)", "not evaluable"
-    drop = ev[(ev.p_holm < 0.05) & (ev.delta < 0)]
-    vs = ev[(ev.p_vs_matched_holm < 0.05) & (ev.c_vs_matched > ev.b_vs_matched)]
-    deltas = ", ".join(f"{r.task} {r.delta:+.2f}" for r in ev.itertuples())
-    text = (f"`{ev.condition.iloc[0]}`, {_n(ev)}: "
-            f"{len(drop)} of {len(ev)} evaluable contextual tasks drop vs baseline (exact McNemar, Holm): {deltas}; "
-            f"{len(vs)} of {len(ev)} also below the variance-matched control")
-    verdict = ("reproduces" if len(drop) == len(ev) and len(vs) == len(ev)
-               else "partly" if len(drop) else "contradicted")
-    return text, verdict
-
-
-def _parametric(path: Path, model: str) -> tuple[str, str]:
-    t = _sweep_rows(path, model, "parametric")
-    ev = t[(t.role == "massive") & t.evaluable]
-    if ev.empty:
-        return "no parametric task is evaluable (baselines at chance or floor)", "not evaluable"
-    drop = ev[(ev.p_holm < 0.05) & (ev.delta < 0)]
-    deltas = ", ".join(f"{r.task} {r.delta:+.2f}" for r in ev.itertuples())
-    text = (f"`{ev.condition.iloc[0]}`, {_n(ev)}: "
-            f"{len(drop)} of {len(ev)} evaluable parametric tasks drop vs baseline (Holm): {deltas}")
-    verdict = "reproduces" if not len(drop) else "partly" if len(drop) < len(ev) else "contradicted"
-    return text, verdict
-
-
-def _matched(path: Path, model: str) -> tuple[str, str]:
-    t = pd.read_parquet(path / "results.parquet")
-    if not (t.model == model).any():
-        raise _NoData(f"no rows for {model} in {path}")
-    ev = t[(t.model == model) & (t.role == "massive") & t.evaluable]
-    if ev.empty:
-        return "no task is evaluable (baselines at chance or floor)", "not evaluable"
-    sep = ev[(ev.p_vs_matched_holm < 0.05) & (ev.c_vs_matched > ev.b_vs_matched)]
-    names = ", ".join(f"{r.task} ({r.kind})" for r in sep.itertuples()) or "none"
-    text = f"massive below its variance-matched control (Holm) on {len(sep)} of {len(ev)} evaluable tasks: {names}"
-    above = ev[(ev.p_vs_matched_holm < 0.05) & (ev.b_vs_matched > ev.c_vs_matched)]
-    if len(above):  # the other direction: the same variance taken from random dims hurts more
-        text += f"; above it on {len(above)}: " + ", ".join(f"{r.task} ({r.kind})" for r in above.itertuples())
-    ratio = (ev.set_index("task").removed_variance
-             / t[(t.model == model) & (t.control == "matched")].set_index("task").removed_variance).dropna()
-    if len(ratio):
-        text += f" (control's removed variance ÷ massive's: {1 / ratio.max():.2f}–{1 / ratio.min():.2f})"
-    verdict = "reproduces" if len(sep) == len(ev) else "partly" if len(sep) else "contradicted"
-    return text, verdict
-
-
-def _quant_protect(path: Path, model: str, *, qk_arm: bool = False) -> tuple[str, str]:
-    """The whole-model quantizers (P7), or the W_q/W_k-only arm (O3), each with Holm across its own
-    (variant, evaluable contextual task) comparisons."""
-    t = pd.read_parquet(path / "results.parquet")
-    acc = t[(t.measure == "accuracy") & (t.kind == "contextual") & (t.variant != "none")]
-    acc = acc[acc.method.isin(QK_METHODS) == qk_arm]
-    ev = acc[acc.evaluable.isin([True])]
-    if ev.empty:
-        return "no contextual task is evaluable" if len(acc) else "no such variant in this run", "not evaluable"
-    ev = ev.assign(p_holm=pd.Series(holm(ev.p_value.tolist()), index=ev.index, dtype=float))
-    hurt = ev[(ev.p_holm < 0.05) & (ev.c > ev.b)]
-    text = (f"{len(hurt)} of {len(ev)} (variant, contextual task) pairs significantly below the unquantized model "
-            f"({_n(ev)}, exact McNemar, Holm across these {len(ev)})"
-            + (": " + ", ".join(f"{r.variant}/{r.task}" for r in hurt.itertuples()) if len(hurt) else ""))
-    if hurt.empty:
-        return text + "; no quantizer moves contextual accuracy at this n", "not evaluable"
-    protects = hurt.outlier_aware.astype(bool)
-    verdict = "reproduces" if not protects.any() else "partly" if (~protects).any() else "contradicted"
-    return text, verdict
-
-
-def _qk_arm(path: Path, model: str) -> tuple[str, str]:
-    text, verdict = _quant_protect(path, model, qk_arm=True)
-    return "W_q/W_k only, 4 bits, massive rows kept vs random rows kept vs none: " + text, verdict
-
-
-def _rope_cause(path: Path, model: str) -> tuple[str, str]:
-    summary = _summary(path)
-    tw = summary["twins"]
-
-    def holds(r: dict, factor: float) -> bool:  # RoPE's weaker of Q/K above every other twin's stronger
-        rope = min(r["rope"]["q"], r["rope"]["k"])
-        return all(rope > factor * max(v["q"], v["k"]) for m, v in r.items() if m != "rope" and isinstance(v, dict))
-
-    others = {m: max(r["q"], r["k"]) for m, r in tw.items() if m != "rope"}
-    text = ("largest per-head max/mean of M (later layers, final step): RoPE twin Q/K "
-            f"{tw['rope']['q']:.1f}/{tw['rope']['k']:.1f}; " + ", ".join(f"{m} {v:.1f}" for m, v in others.items()))
-    seeds = {k: v for k, v in summary.get("seeds", {}).items() if k.endswith(".k.max_ratio") and v["n_seeds"] > 1}
-    if seeds:
-        text += "; K over " + str(max(v["n_seeds"] for v in seeds.values())) + " seeds (mean, 95% t interval): " + ", ".join(
-            f"{k.split('.')[0]} {v['mean']:.1f} [{v['ci'][0]:.1f}, {v['ci'][1]:.1f}]" for k, v in seeds.items())
-    matched = summary.get("matched_accuracy") or {}
-    at_level = {m: r for m, r in matched.items() if isinstance(r, dict) and {"q", "k"} <= set(r)}
-    if "rope" in at_level and matched.get("level") is not None:
-        text += (f"; at matched in-context accuracy ({matched['level']:.2f}): RoPE Q/K "
-                 f"{at_level['rope']['q']:.1f}/{at_level['rope']['k']:.1f}, " + ", ".join(
-                     f"{m} {max(r['q'], r['k']):.1f}" for m, r in at_level.items() if m != "rope"))
-        if matched["level"] < 0.05:  # descriptive only: the verdict's rule is unchanged
-            text += " (a level near floor: the weakest twin never learns the in-context tasks at this scale)"
-    text += " (toy twins trained here; no pretrained non-RoPE model offline)"
-    checks = [tw] + ([at_level] if "rope" in at_level else [])
-    verdict = ("reproduces" if all(holds(r, 1.5) for r in checks)
-               else "partly" if all(holds(r, 1.0) for r in checks) else "contradicted")
-    return text, verdict
-
-
-def _wavelength(path: Path, model: str) -> tuple[str, str]:
-    w = _summary(path).get("wavelength", {})
-    vals = [v for r in w.values() for v in r.values() if v == v]
-    if not vals:
-        return "no RoPE variant wavelengths in the summary", "not evaluable"
-    return (f"peak pair wavelength ÷ training context, RoPE variants: {min(vals):.2f}–{max(vals):.2f} "
-            "(inside the low band: longer than the context)", "reproduces" if min(vals) >= 1 else "partly")
-
-
 PAPER = "Jin et al. 2025, abstract"
+FIRST = dict(fixed="2026-11-30T06:30:43+00:00", commit="74d10f0",
+             why="the ledger's first commit; SmolLM2's analyze and ablation results were already in the README "
+                 "(3bd9c35), so this version was not fixed before those numbers")
+ONE = "one measurement per model (no test, no family)"
+SWEEP = ("Holm across the run's evaluable comparisons with the baseline; a second Holm family for the massive rows "
+         "against their variance-matched controls")
+V2 = "issue 26's audit, after the version-1 verdicts were known: "
+P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one is below the variance-matched "
+                "control, counting only comparisons that can reach α (baseline's or control's successes, first Holm "
+                "step): reproduces; some drop: partly; no control comparison decidable (both arms at floor): not "
+                "evaluable; each task shows its family's minimum detectable effect",
+             rules.contextual_v2, SWEEP, why=V2 + "a comparison whose arms are both at floor cannot reach α and was "
+                                           "counted as a non-difference")
 CLAIMS: tuple[Claim, ...] = (
-    Claim("P1", "Massive values are concentrated in low-frequency dimensions", PAPER,
-          "≥ 90% of Q and K λ-massive dims in the low band (wavelength beyond the context): reproduces; ≥ 50%: partly",
-          "analyze", _low_frequency),
-    Claim("P2", "... across different attention heads", PAPER,
-          "heads with massive dims share their layer's most common pair: ≥ 50% reproduces, ≥ 25% partly",
-          "analyze", _across_heads),
-    Claim("P3", "... exclusively in Q and K, absent in V", PAPER,
-          "V has no λ-massive dim: reproduces; fewer than 10% of Q's or K's: partly", "analyze", _qk_not_v),
+    Claim("P1", "Massive values are concentrated in low-frequency dimensions", PAPER, "analyze", (
+        Rule(1, "≥ 90% of Q and K λ-massive dims in the low band (wavelength beyond the context): reproduces; "
+                "≥ 50%: partly", rules.low_frequency, ONE, **FIRST),)),
+    Claim("P2", "... across different attention heads", PAPER, "analyze", (
+        Rule(1, "heads with massive dims share their layer's most common pair: ≥ 50% reproduces, ≥ 25% partly",
+             rules.across_heads, ONE, **FIRST),)),
+    Claim("P3", "... exclusively in Q and K, absent in V", PAPER, "analyze", (
+        Rule(1, "V has no λ-massive dim: reproduces; fewer than 10% of Q's or K's: partly", rules.qk_not_v, ONE, **FIRST),
+        Rule(2, "V's λ-massive dims fewer than 10% of the fewer of Q's and K's: reproduces; fewer than 25%: partly",
+             rules.qk_not_v_v2, ONE, why=V2 + "V's few λ-massive dims sit at layer 0 only; 'absent' read as 'below "
+                                       "10% of Q and K'"))),
     Claim("P4", "Massive values appear from the early layers on", "Jin et al. 2025, Sec. 3 (concentration by layer)",
-          "robust emergence layer (massmech.core.emergence, band factor 1) in the first quarter of the layers for "
-          "Q and K: reproduces; one of them: partly", "analyze", _early),
-    Claim("P5", "Disrupting massive values wrecks contextual knowledge understanding", PAPER,
-          "every evaluable contextual task drops vs baseline and vs the variance-matched control (Holm): reproduces; "
-          "some drop: partly", "main", _contextual),
-    Claim("P6", "... while retrieval of parametric knowledge mostly survives", PAPER,
-          "no evaluable parametric task drops vs baseline (Holm): reproduces; some: partly; all: contradicted",
-          "main", _parametric),
-    Claim("P7", "Quantizers failing to protect massive values degrade contextual knowledge more", PAPER,
-          "only quantizers that do not protect outliers hurt contextual tasks (Holm): reproduces",
-          "quant", _quant_protect),
-    Claim("P8", "Massive values are induced by RoPE", PAPER,
-          "RoPE twin's Q/K max/mean > 1.5× every non-RoPE twin's, at the final step and at matched in-context "
-          "accuracy: reproduces; larger: partly", "twins", _rope_cause),
+          "analyze", (
+              Rule(1, "robust emergence layer (massmech.core.emergence, band factor 1) in the first quarter of the "
+                      "layers for Q and K: reproduces; one of them: partly", rules.early, ONE, **FIRST),
+              Rule(2, "first layer with a λ-massive Q dim and K dim in the first quarter of the layers, and the "
+                      "robust concentration layer too: reproduces; first layers only, or one of Q and K: partly",
+                   rules.early_v2, ONE, why=V2 + "the claim is where massive values appear; version 1 read where they "
+                                           "concentrate (Gemma-3's Q: layer 14 of 18)"))),
+    Claim("P5", "Disrupting massive values wrecks contextual knowledge understanding", PAPER, "main", (
+        Rule(1, "every evaluable contextual task drops vs baseline and vs the variance-matched control (Holm): "
+                "reproduces; some drop: partly", rules.contextual, SWEEP, **FIRST),
+        P5_V2)),
+    Claim("P6", "... while retrieval of parametric knowledge mostly survives", PAPER, "main", (
+        Rule(1, "no evaluable parametric task drops vs baseline (Holm): reproduces; some: partly; all: contradicted",
+             rules.parametric, SWEEP, **FIRST),)),
+    Claim("P7", "Quantizers failing to protect massive values degrade contextual knowledge more", PAPER, "quant", (
+        Rule(1, "only quantizers that do not protect outliers hurt contextual tasks (Holm): reproduces",
+             rules.quant_protect, "Holm across this model's (whole-model variant, evaluable contextual task) pairs",
+             fixed="2026-11-30T12:22:12+00:00", commit="e90a639",
+             why="its Holm family (the whole-model variants only) was redefined after the quant runs existed"),)),
+    Claim("P8", "Massive values are induced by RoPE", PAPER, "twins", (
+        Rule(1, "RoPE twin's Q/K max/mean > 1.5× every non-RoPE twin's, at the final step and at matched "
+                "in-context accuracy: reproduces; larger: partly", rules.rope_cause,
+             "descriptive (ratios; seeds with t intervals); no test", fixed="2026-11-30T10:36:32+00:00",
+             commit="06d17c4", why="tightened (the matched-accuracy check) after the twins' data existed"),
+        Rule(2, "as version 1, but a check at floor accuracy (matched level < 0.05) is not evaluable and the "
+                "remaining checks decide", rules.rope_cause_v2, "descriptive (ratios; seeds with t intervals); no test",
+             why=V2 + "the matched level was 0.01: a comparison at floor says nothing about RoPE"))),
     Claim("O1", "Size matters: massive dims vs random dims removing the same token variance", "massmech (issue 14)",
-          "massive below its variance-matched control on every evaluable task: reproduces", "main", _matched, ours=True),
+          "main", (Rule(1, "massive below its variance-matched control on every evaluable task: reproduces", rules.matched,
+                        "Holm across the run's massive-vs-matched-control comparisons", **FIRST),), ours=True),
     Claim("O2", "The paper's protocol (post-RoPE, the official top-k and replacement per family, prompt only) on "
           "contextual tasks; Gemma-3 has no official setting: Gemma-2's (k = 22, zero) as a named variant",
-          "official code, modeling_llama.py (`if q_len != 1`)", "as P5", "paper", _contextual, ours=True),
+          "official code, modeling_llama.py (`if q_len != 1`)", "paper", (
+              Rule(1, "as P5", rules.contextual, SWEEP, **FIRST),
+              dataclasses.replace(P5_V2, text="as P5 version 2",
+                                  why=V2 + "on Gemma-3 both arms sit at 0.00 with 0 discordant pairs")), ours=True),
     Claim("O3", "Quantizing only W_q/W_k: keeping the massive rows in full precision protects contextual tasks",
-          "massmech (issue 14)", "as P7, on the Q/K-only arm", "quant", _qk_arm, ours=True),
+          "massmech (issue 14)", "quant", (
+              Rule(1, "as P7, on the Q/K-only arm", rules.qk_arm,
+                   "Holm across this model's (Q/K-only variant, evaluable contextual task) pairs",
+                   fixed="2026-11-30T12:22:12+00:00", commit="e90a639",
+                   why="its Holm family (the Q/K-only variants only) was redefined after the quant runs existed"),),
+          ours=True),
     Claim("O4", "The twins' peak Q/K pair has a wavelength longer than the training context", "massmech twins",
-          "every RoPE variant's peak wavelength ≥ its context", "twins", _wavelength, ours=True),
+          "twins", (
+              Rule(1, "every RoPE variant's peak wavelength ≥ its context", rules.wavelength,
+                   "descriptive, one training run per variant", **FIRST),
+              Rule(2, "the peak moves with the context as the critical pair k* does: with RoPE twins at two "
+                      "contexts, every peak ≥ its context and m = ln(peak wavelength ratio) / ln(context ratio) "
+                      "≥ 0.5: reproduces; m > 0: partly; else contradicted; one context: not evaluable",
+                   rules.wavelength_v2, "descriptive, one training run per variant",
+                   why=V2 + "62% of the pairs already exceed a 128-token context: version 1 passes at the base "
+                            "rate")), ours=True),
 )
 NOT_TESTABLE = (
     ("P9", "The values of low-frequency dimensions are less affected by position information", PAPER,
@@ -316,18 +220,46 @@ NOT_TESTABLE = (
 )
 
 
-def ledger(root: str | os.PathLike = "runs", models: tuple[str, ...] = MODELS) -> pd.DataFrame:
-    """Every claim × model: measured, verdict, run folder (a tidy table)."""
+def ledger(root: str | os.PathLike = "runs", models: tuple[str, ...] = MODELS, *,
+           versions: str = "newest") -> pd.DataFrame:
+    """Every claim × model under its newest rule (``versions="all"``: a row per rule version too).
+
+    A tidy table: key, claim, source, ours, version, rule, scope, fixed, commit, model, measured,
+    verdict, run, timing (whether the run came after the rule was fixed) and, with ``newest``,
+    ``earlier``: the verdicts of the older versions (``"v1 partly"``).
+    """
+    if versions not in ("newest", "all"):
+        raise ValueError(f"versions is 'newest' or 'all', not {versions!r}")
     root = Path(root)
     rows = []
     for c in CLAIMS:
-        for f in c.findings(root, models):
-            rows.append({"key": c.key, "claim": c.claim, "source": c.source, "ours": c.ours, "rule": c.rule,
-                         **dataclasses.asdict(f)})
+        found = c.findings(root, models)
+        for f in found:
+            if versions == "newest" and f.version != c.rule.version:
+                continue
+            r = c.rules[f.version - 1]
+            earlier = "; ".join(f"v{o.version} {o.verdict}" for o in found
+                                if o.model == f.model and o.version < f.version)
+            rows.append({"key": c.key, "claim": c.claim, "source": c.source, "ours": c.ours, "rule": r.text,
+                         "scope": r.scope, "fixed": r.fixed, "commit": r.commit, **dataclasses.asdict(f),
+                         **({"earlier": earlier} if versions == "newest" else {})})
     for key, claim, source, why in NOT_TESTABLE:
         rows.append({"key": key, "claim": claim, "source": source, "ours": False, "rule": "-", "model": "-",
-                     "measured": why, "verdict": "not testable offline", "run": "-"})
+                     "measured": why, "verdict": "not testable offline", "run": "-", "version": 0, "earlier": ""})
     return pd.DataFrame(rows)
+
+
+def _rule_lines() -> list[str]:
+    lines = ["## Rules and their versions", "",
+             "A rule is fixed in a commit and never edited; a change is a new version, and the tables above show "
+             "the newest version's verdict with the older ones beside it. *timing* says whether the run was made "
+             "after the rule was fixed (a rule fixed after its run was written knowing the numbers).", ""]
+    for c in CLAIMS:
+        for r in c.rules:
+            when = f"fixed {r.fixed[:10]} in `{r.commit}`" if r.commit else "not yet committed"
+            lines.append(f"- **{c.key} v{r.version}** ({when}; scope: {r.scope}): {r.text}."
+                         + (f" *Why:* {r.why}." if r.why else ""))
+    return lines
 
 
 def ledger_markdown(root: str | os.PathLike = "runs", models: tuple[str, ...] = MODELS) -> str:
@@ -336,13 +268,16 @@ def ledger_markdown(root: str | os.PathLike = "runs", models: tuple[str, ...] = 
     lines = [GENERATED, "# Claim ledger", "",
              "Every claim of the paper (Jin et al., ICML 2025; the abstract's claims as quoted in the official "
              "code's README) and of massmech, the run that tests it, what was measured and a verdict by the "
-             "rule stated with the claim (fixed before the numbers). Regenerate with "
-             "`massmech report --ledger runs --out docs/ledger.md`.", ""]
+             "newest version of the claim's rule (every version, its date, commit and family-wise scope are listed "
+             "below). Regenerate with `massmech report --ledger runs --out docs/ledger.md`.", ""]
     for part, ours in (("The paper's claims", False), ("massmech's own findings", True)):
-        lines += [f"## {part}", "", "| # | claim | model | measured | verdict | rule |", "|---|---|---|---|---|---|"]
+        lines += [f"## {part}", "", "| # | claim | model | measured | verdict | earlier versions | timing |",
+                  "|---|---|---|---|---|---|---|"]
         for r in t[t.ours == ours].itertuples():
-            lines.append(f"| {r.key} | {r.claim} | {r.model} | {r.measured} | **{r.verdict}** | {r.rule} |")
+            version = f" (v{r.version})" if r.version else ""
+            lines.append(f"| {r.key} | {r.claim} | {r.model} | {r.measured} | **{r.verdict}**{version} | "
+                         f"{r.earlier or '-'} | {r.timing if isinstance(r.timing, str) and r.timing else '-'} |")
         lines.append("")
     counts = t.verdict.value_counts()
-    lines += ["Verdicts: " + ", ".join(f"{v} {n}" for v, n in counts.items()) + "."]
-    return "\n".join(lines) + "\n"
+    lines += ["Verdicts (newest rules): " + ", ".join(f"{v} {n}" for v, n in counts.items()) + ".", ""]
+    return "\n".join(lines + _rule_lines()) + "\n"

@@ -140,7 +140,7 @@ def render_run(run_dir: str | os.PathLike, *, title: str | None = None, link_bas
                   "against the matched control, Holm-corrected across the table.", "", ablation_markdown(table)]
     elif kind == "quant" and table is not None:
         lines += ["One row per quantized variant; accuracy bold where the exact McNemar test against the "
-                  "unquantized model survives Holm.", "", quant_markdown(table)]
+                  "unquantized model survives Holm." + _gguf_base(p["model"]), "", quant_markdown(table)]
     elif kind == "analyze" and "by_stage" in summary:
         lines += [f"{summary.get('n_tokens')} tokens of {summary.get('corpus')}, context {summary.get('context_len')}.",
                   "", _analyze_table(summary)]
@@ -177,3 +177,14 @@ def write_page(path: str | os.PathLike, text: str) -> Path:
         return atomic_write(path, lambda tmp: tmp.write_text(text))
     except OSError as err:
         raise RunDirError(f"cannot write the page to {path}: {err.strerror or err}; pick another --out") from None
+
+
+def _gguf_base(model: str) -> str:
+    """The caveat of a quant page whose "unquantized" base is itself a dequantized GGUF file."""
+    from massmech.core.catalog import EMBEDDED_MODELS
+
+    if model not in EMBEDDED_MODELS:
+        return ""
+    return (f" The unquantized base of {model} is its embedded GGUF file dequantized to fp32 (SmolLM2: Q4_1 and one Q8_0 tensor; "
+            "Gemma-3: a Q4_K_M file, a mix of types), not the original bf16 weights: the reference is already quantized once.")
+

@@ -1,0 +1,186 @@
+"""The ledger's rules are versioned, fixed in git before they are changed, and their new versions
+answer issue 26's audit (each test below fails under the version-1 rule it replaces)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from massmech.report import rules
+from massmech.report.ledger import CLAIMS, Rule, ledger, ledger_markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+def _joined(source: str) -> str:
+    """Python source with adjacent string literals joined (a rule's text is wrapped over lines)."""
+    return re.sub(r'"\s*\n\s*"', "", source)
+
+
+def test_every_claim_numbers_its_versions_and_states_a_scope():
+    for c in CLAIMS:
+        assert [r.version for r in c.rules] == list(range(1, len(c.rules) + 1)), c.key
+        assert all(r.scope and r.text for r in c.rules), c.key
+        assert all(r.why for r in c.rules if r.version > 1), c.key  # a new version says what changed
+        assert all(bool(r.fixed) == bool(r.commit) for r in c.rules), c.key
+
+
+def _not_fixed_as_said(r: Rule) -> list[str]:
+    """What is wrong with a committed version: its text not in its commit, or another date."""
+    files = [f for f in ("src/massmech/report/ledger.py", "src/massmech/report/rules.py")
+             if f in _git("ls-tree", "-r", "--name-only", r.commit)]
+    text = _joined("".join(_git("show", f"{r.commit}:{f}") for f in files))
+    wrong = [] if r.text in text else [f"v{r.version}: its text is not in {r.commit}"]
+    date = _git("show", "-s", "--format=%aI", r.commit).strip()
+    return wrong + ([] if date == r.fixed else [f"v{r.version}: fixed {r.fixed}, but {r.commit} is of {date}"])
+
+
+HISTORY = pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs git history")
+
+
+@HISTORY
+def test_a_committed_rule_was_fixed_in_its_commit_at_its_time():
+    """The commit of each version holds the rule's text as it reads now, at the date the ledger gives."""
+    committed = [(c.key, r) for c in CLAIMS for r in c.rules if r.commit]
+    assert len(committed) >= len(CLAIMS)
+    assert [(key, why) for key, r in committed for why in _not_fixed_as_said(r)] == []
+
+
+@HISTORY
+def test_the_rule_check_can_fail():
+    """An edited text, or another date, is caught."""
+    r = CLAIMS[0].rules[0]
+    assert _not_fixed_as_said(dataclasses.replace(r, text=r.text + " (edited)"))
+    assert _not_fixed_as_said(dataclasses.replace(r, fixed="2026-12-31T00:00:00+00:00"))
+
+
+def test_timing_says_whether_a_run_came_after_its_rule():
+    r = Rule(1, "t", rules.qk_not_v, "s", fixed="2026-11-30T06:30:43+00:00", commit="74d10f0")
+    assert r.timing("2026-11-30T06:30:44+00:00") == "run after rule"
+    assert r.timing("2026-11-30T06:30:42+00:00") == "rule after run"
+    assert Rule(2, "t", rules.qk_not_v, "s").timing("2030-01-01T00:00:00+00:00") == "rule not committed"
+
+
+def _analyze(path: Path, q: int, k: int, v: int, massive: list[tuple[str, int]], n_layers: int = 16,
+             robust: tuple[int, int] = (0, 0)) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    by = {f"{s}.pre": {"massive_count": c} for s, c in (("q", q), ("k", k), ("v", v))}
+    (path / "summary.json").write_text(json.dumps({
+        "by_stage": by, "n_layers": n_layers,
+        "emergence": {"q": {"layer": robust[0]}, "k": {"layer": robust[1]}}}))
+    pd.DataFrame([{"site": s, "stage": "pre", "layer": layer} for s, layer in massive]).to_parquet(
+        path / "massive.parquet")
+    return path
+
+
+def test_p3_v2_reads_absent_in_v_as_below_ten_percent(tmp_path):
+    p = _analyze(tmp_path, 272, 70, 2, [("q", 3), ("k", 0), ("v", 0), ("v", 0)])
+    assert rules.qk_not_v(p, "m")[1] == "partly"
+    text, verdict = rules.qk_not_v_v2(p, "m")
+    assert verdict == "reproduces" and "V = 2.9%" in text and "layer 0" in text
+    assert rules.qk_not_v_v2(_analyze(tmp_path / "b", 10, 10, 3, [("v", 1)]), "m")[1] == "contradicted"
+
+
+def test_p4_v2_reads_the_first_layer_and_shows_the_robust_one(tmp_path):
+    # Gemma-3's shape: Q first appears at layer 1 but concentrates at 14 of 18
+    p = _analyze(tmp_path, 5, 5, 0, [("q", 1), ("q", 14), ("k", 0)], n_layers=18, robust=(14, 0))
+    assert rules.early_v2(p, "m")[1] == "partly"  # appears early, concentrates late
+    p = _analyze(tmp_path / "b", 5, 5, 0, [("q", 1), ("k", 0)], n_layers=18, robust=(2, 0))
+    text, verdict = rules.early_v2(p, "m")
+    assert verdict == "reproduces" and "first layer with a λ-massive dim (λ = 5, pre-RoPE): Q 1, K 0" in text
+    p = _analyze(tmp_path / "c", 5, 5, 0, [("q", 9), ("k", 12)], n_layers=18, robust=(0, 0))
+    assert rules.early_v2(p, "m")[1] == "contradicted"  # a robust layer early is not where they appear
+
+
+def _sweep(path: Path, rows: list[dict]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    base = dict(model="m", kind="contextual", role="massive", evaluable=True, condition="qk.post.top22.zero", n=100)
+    pd.DataFrame([{**base, **r} for r in rows]).to_parquet(path / "results.parquet")
+    return path
+
+
+def _row(task: str, acc: float, b: int, c: int, p: float, bm: int, cm: int, pm: float) -> dict:
+    return dict(task=task, accuracy=acc, delta=(b - c) / 100, b=b, c=c, p_value=p, p_holm=p,
+                b_vs_matched=bm, c_vs_matched=cm, p_vs_matched=pm, p_vs_matched_holm=pm)
+
+
+def test_p5_v2_a_control_at_floor_is_not_evaluable(tmp_path):
+    """O2 on Gemma-3: massive and control both at 0.00, 0 discordant."""
+    p = _sweep(tmp_path, [_row("passkey", 0.0, 0, 80, 1e-24, 0, 0, 1.0), _row("kv", 0.0, 0, 25, 6e-8, 0, 0, 1.0)])
+    assert rules.contextual(p, "m")[1] == "partly"  # version 1 reads "no difference" as a result
+    text, verdict = rules.contextual_v2(p, "m")
+    assert verdict == "not evaluable" and "undecidable" in text and "0 of 0" in text and "MDE" in text
+
+
+def test_p5_v2_counts_a_decidable_control(tmp_path):
+    p = _sweep(tmp_path, [_row("passkey", 0.2, 0, 60, 1e-18, 0, 30, 1e-9), _row("kv", 0.1, 0, 20, 1e-6, 5, 30, 1e-5)])
+    text, verdict = rules.contextual_v2(p, "m")
+    assert verdict == "reproduces" and "2 of 2 with a decidable control comparison" in text
+    # control successes follow from the massive arm's counts: 20 - 0 + 30 = 50 and 10 - 5 + 30 = 35
+    assert "control 50/100 right" in text and "control 35/100 right" in text
+
+
+def _twins(path: Path, variants: list[dict], waves: dict, level: float | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    config = {"d_model": 64, "n_heads": 2, "context": 128, "rope_theta": 10_000.0, "variants": variants}
+    (path / "manifest.json").write_text(json.dumps({"config": config}))
+    twins = {"rope": {"q": 4.2, "k": 4.4}, "absolute": {"q": 1.6, "k": 1.6}, "nope": {"q": 2.2, "k": 2.2}}
+    matched = {} if level is None else {"level": level, "rope": {"q": 1.0, "k": 1.0}, "nope": {"q": 2.4, "k": 2.4}}
+    (path / "summary.json").write_text(json.dumps({"wavelength": {k: {"q": v, "k": v} for k, v in waves.items()},
+                                                   "twins": twins, "matched_accuracy": matched}))
+    return path
+
+
+TWINS = [{"mechanism": m, "context": None, "rope_theta": None, "seed": None} for m in ("rope", "absolute", "nope")]
+CTX512 = {"mechanism": "rope", "context": 512, "rope_theta": None, "seed": None}
+
+
+def test_o4_v2_the_peak_must_move_with_the_context(tmp_path):
+    one = _twins(tmp_path / "one", TWINS, {"rope": 2.76})
+    assert rules.wavelength(one, "t")[1] == "reproduces"  # version 1: at the base rate
+    text, verdict = rules.wavelength_v2(one, "t")
+    assert verdict == "not evaluable" and "base rate" in text
+    moved = _twins(tmp_path / "moved", [*TWINS, CTX512], {"rope": 2.76, "rope-ctx512": 2.182})
+    text, verdict = rules.wavelength_v2(moved, "t")
+    assert verdict == "reproduces" and "m = 0.83" in text  # ln(4 * 2.182 / 2.76) / ln 4
+    still = _twins(tmp_path / "still", [*TWINS, CTX512], {"rope": 2.76, "rope-ctx512": 2.76 / 4})
+    assert rules.wavelength_v2(still, "t")[1] == "contradicted"  # same pair at 4x the context: did not move
+
+
+def test_p8_v2_leaves_out_a_check_at_floor(tmp_path):
+    p = _twins(tmp_path, TWINS, {"rope": 2.76}, level=0.01)
+    assert rules.rope_cause(p, "t")[1] == "contradicted"  # the floor check (RoPE 1.0 vs nope 2.4) decides
+    text, verdict = rules.rope_cause_v2(p, "t")
+    assert verdict == "reproduces" and "at floor: not evaluable" in text
+    above = _twins(tmp_path / "b", TWINS, {"rope": 2.76}, level=0.30)
+    assert rules.rope_cause_v2(above, "t") == rules.rope_cause(above, "t")
+
+
+def test_the_ledger_shows_every_version(tmp_path):
+    from massmech.report.runs import run_folder
+    from massmech.studies.analyze import AnalyzeConfig, run_analyze
+
+    run_analyze(AnalyzeConfig(model="tiny-llama", n_tokens=256, seq_len=64, heatmap_layers=()),
+                tmp_path / run_folder("analyze", "tiny-llama"), progress=False)
+    t = ledger(tmp_path, models=("tiny-llama",), versions="all")
+    p3 = t[(t.key == "P3") & (t.model == "tiny-llama")].set_index("version")
+    assert list(p3.index) == [1, 2] and p3.loc[1, "rule"] != p3.loc[2, "rule"]
+    assert p3.loc[1, "timing"] == "run after rule"  # v1 was fixed on 2026-11-30, the run made now
+    assert (t[t.key == "P5"].verdict == "not run").all()  # no sweep here: every version says so
+    newest = ledger(tmp_path, models=("tiny-llama",))
+    row = newest[(newest.key == "P3") & (newest.model == "tiny-llama")].iloc[0]
+    assert row.version == 2 and row.earlier == f"v1 {p3.loc[1, 'verdict']}" and row.verdict == p3.loc[2, "verdict"]
+    text = ledger_markdown(tmp_path, models=("tiny-llama",))
+    assert f"| **{row.verdict}** (v2) | v1 {p3.loc[1, 'verdict']} |" in text
+    assert "**P3 v2**" in text and "## Rules and their versions" in text and "scope:" in text
