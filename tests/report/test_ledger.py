@@ -184,3 +184,40 @@ def test_the_ledger_shows_every_version(tmp_path):
     text = ledger_markdown(tmp_path, models=("tiny-llama",))
     assert f"| **{row.verdict}** (v2) | v1 {p3.loc[1, 'verdict']} |" in text
     assert "**P3 v2**" in text and "## Rules and their versions" in text and "scope:" in text
+
+
+def _interaction_run(path: Path, drops: dict[str, tuple[str, int, int]], n: int = 40) -> Path:
+    """A sweep run folder with its cells: per task (kind, baseline right, massive right)."""
+    rows = []
+    for task, (kind, right_base, right_massive) in drops.items():
+        for role, right in (("baseline", right_base), ("massive", right_massive)):
+            key = f"{task}-{role}"
+            cell = path / "cells" / "ablation" / key
+            cell.mkdir(parents=True)
+            verdicts = {str(u): u < right for u in range(n)}
+            (cell / "cell.json").write_text(json.dumps({"data": {"verdicts": verdicts}}))
+            rows.append(dict(model="m", task=task, kind=kind, role=role, key=key, evaluable=True,
+                             condition="baseline" if role == "baseline" else "qk.pre.lam5", control=None,
+                             rule="lambda", lam=5.0, accuracy=right / n, n=n))
+    pd.DataFrame(rows).to_parquet(path / "results.parquet")
+    return path
+
+
+def test_p6_v2_tests_the_claim_as_an_interaction(tmp_path):
+    """Version 1 reads a parametric drop as "partly"; version 2 asks whether contextual tasks lose more."""
+    same = {"ctx1": ("contextual", 30, 15), "ctx2": ("contextual", 30, 15),
+            "par1": ("parametric", 30, 15), "par2": ("parametric", 30, 15)}
+    text, verdict = rules.parametric_v2(_interaction_run(tmp_path / "same", same), "m")
+    assert verdict == "not evaluable" and "= +0.00" in text  # both lose half: no interaction
+    more = {"ctx1": ("contextual", 30, 3), "ctx2": ("contextual", 30, 0),
+            "par1": ("parametric", 30, 29), "par2": ("parametric", 30, 27)}
+    text, verdict = rules.parametric_v2(_interaction_run(tmp_path / "more", more), "m")
+    assert verdict == "reproduces" and "relative drop contextual 95%" in text and "parametric 7%" in text
+    half = {**more, "par1": ("parametric", 30, 15), "par2": ("parametric", 30, 15)}
+    assert rules.parametric_v2(_interaction_run(tmp_path / "half", half), "m")[1] == "partly"
+    less = {"ctx1": ("contextual", 30, 29),  # the kinds swapped "ctx2": ("contextual", 30, 27),
+            "par1": ("parametric", 30, 3), "par2": ("parametric", 30, 0)}
+    assert rules.parametric_v2(_interaction_run(tmp_path / "less", less), "m")[1] == "contradicted"
+    (tmp_path / "less" / "cells" / "ablation" / "ctx1-massive" / "cell.json").unlink()
+    assert rules.parametric_v2(tmp_path / "less", "m") == (
+        f"per-example verdicts not in {tmp_path / 'less' / 'cells'} (the interaction needs them)", "not evaluable")

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from massmech.infra.cells import CELL_FILE
+from massmech.infra.study import CELLS
 from massmech.report.tables import emergence_lines
-from massmech.stats import holm
+from massmech.stats import holm, paired_bootstrap_interaction
 from massmech.stats.power import decidable, min_detectable_effect
 from massmech.studies.quant.config import QK_METHODS
 from massmech.studies.twins.config import Variant
@@ -396,3 +398,67 @@ def wavelength_v2(path: Path, model: str) -> tuple[str, str]:
              f"m = {moved:.2f} of the way")
     beyond = min(r["ratio"] for r in same) >= 1
     return text, "reproduces" if beyond and moved >= 0.5 else "partly" if moved > 0 else "contradicted"
+
+
+def _verdicts(path: Path, key: str) -> dict[str, bool] | None:
+    """A cell's per-example verdicts, from the run's own cell store (``None``: not there)."""
+    f = path / CELLS / "ablation" / key / CELL_FILE
+    return json.loads(f.read_text()).get("data", {}).get("verdicts") if f.is_file() else None
+
+
+def _paired(path: Path, t: pd.DataFrame, rows: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Per task row, its baseline's and its own verdicts on the same examples (``None``: not stored)."""
+    out = []
+    for r in rows.itertuples():
+        base = t[(t.model == r.model) & (t.task == r.task) & (t.role == "baseline")]
+        b, d = (_verdicts(path, k) for k in (base.key.iloc[0] if len(base) else "", r.key))
+        if not b or not d:
+            return None
+        uids = sorted(set(b) & set(d))
+        out.append((np.array([b[u] for u in uids], float), np.array([d[u] for u in uids], float)))
+    return out
+
+
+def parametric_v2(path: Path, model: str) -> tuple[str, str]:
+    """P6 v2: the claim as an interaction, the relative drop of contextual tasks minus that of
+    parametric tasks (:func:`massmech.stats.paired_bootstrap_interaction`: tasks weighted equally, a
+    95% interval resampling tasks, then examples within them, pairs kept together).
+
+    Interval above 0 and parametric tasks lose at most a quarter: reproduces; above 0 but they lose
+    more: partly (contextual tasks lose more, parametric ones do not survive); interval holding 0:
+    not evaluable (no difference could be told at this n); below 0: contradicted. Evaluable tasks
+    of the run's first massive condition; the matched control's interaction is shown beside it.
+    """
+    t = pd.read_parquet(path / "results.parquet")
+    kinds = {k: _evaluable(path, model, k) for k in ("contextual", "parametric")}
+    if any(v.empty for v in kinds.values()):
+        return "needs evaluable contextual and parametric tasks", "not evaluable"
+    cond = kinds["contextual"].condition.iloc[0]
+    arms = {"massive": {k: v[v.condition == cond] for k, v in kinds.items()}}
+    ctrl = t[(t.model == model) & (t.control == "matched") & t.evaluable.isin([True])]
+    first = kinds["contextual"].iloc[0]
+    for col in ("rule", "lam", "k", "target", "stage", "granularity", "layer_range"):  # the same grid point
+        if col in t:
+            ctrl = ctrl[(ctrl[col] == first[col]) | (ctrl[col].isna() & pd.isna(first[col]))]
+    if not ctrl.empty:
+        arms["control"] = {k: ctrl[ctrl.kind == k] for k in kinds}
+    found = {}
+    for arm, rows in arms.items():
+        pairs = {k: _paired(path, t, v) for k, v in rows.items()}
+        if all(pairs.values()):
+            found[arm] = paired_bootstrap_interaction(pairs["contextual"], pairs["parametric"], n_boot=2000, seed=0)
+    if "massive" not in found:
+        return f"per-example verdicts not in {path / CELLS} (the interaction needs them)", "not evaluable"
+
+    def said(r) -> str:
+        return (f"relative drop contextual {r.drop_contextual:.0%} ({r.n_tasks_contextual} tasks, n = {r.n_contextual}) "
+                f"− parametric {r.drop_parametric:.0%} ({r.n_tasks_parametric} tasks, n = {r.n_parametric}) = "
+                f"{r.estimate:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]")
+
+    m = found["massive"]
+    text = f"`{cond}`, interaction (95% paired bootstrap over tasks and examples): {said(m)}"
+    if "control" in found:
+        text += f"; variance-matched control: {said(found['control'])}"
+    if m.ci_low > 0:
+        return text, "reproduces" if m.drop_parametric <= 0.25 else "partly"
+    return text, "contradicted" if m.ci_high < 0 else "not evaluable"
