@@ -177,7 +177,7 @@ CLAIMS: tuple[Claim, ...] = (
                 "parametric tasks lose at most 25%: reproduces; above 0 but they lose more: partly; holding 0: not "
                 "evaluable; below 0: contradicted",
              rules.parametric_v2, "one interval per model (no family); the control's interval shown beside it",
-             why=V2 + "version 1 read 'survives' from 'not significant' and compared no kinds; measured relative "
+             fixed="2026-12-04T10:31:53+00:00", commit="db7226e", why=V2 + "version 1 read 'survives' from 'not significant' and compared no kinds; measured relative "
                       "drops were 53% vs 46% (SmolLM2) and 48% vs 27% (Gemma-3)"))),
     Claim("P7", "Quantizers failing to protect massive values degrade contextual knowledge more", PAPER, "quant", (
         Rule(1, "only quantizers that do not protect outliers hurt contextual tasks (Holm): reproduces",
