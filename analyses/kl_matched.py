@@ -9,8 +9,12 @@ KL, removed variance and removed energy of both arms on the neutral text, the ex
 of massive vs control on the same examples (b: right under massive only, c: under the control
 only), Holm across the evaluable rows, and the family's minimum detectable drop (80% power).
 
+``--control band-matched`` draws the control from the RoPE thirds of each head's massive dims
+(issue 26.2's same-band control); ``--replace zero`` removes the values themselves, not only their
+fluctuation (mean replacement keeps 89-98% of the massive dims' energy); each is KL-matched too.
+
 Usage: python analyses/kl_matched.py [--model smollm2-135m] [--n 100] [--k 1] [--disrupt-layers all]
-       [--out runs/klmatch]
+       [--control matched|band-matched|random] [--replace mean|zero] [--out runs/klmatch]
 Last line: JSON, one record per (task, granularity).
 """
 
@@ -30,6 +34,8 @@ ap.add_argument("--k", type=int, default=1)
 ap.add_argument("--tasks", nargs="+", default=["kv_lookup", "passkey"])
 ap.add_argument("--granularities", nargs="+", default=["dim", "pair"])
 ap.add_argument("--disrupt-layers", default="all", help="all, early, middle, late or 'a-b' (e.g. 0-0: layer 0 only)")
+ap.add_argument("--control", default="matched", choices=["matched", "band-matched", "random"])
+ap.add_argument("--replace", default="mean", choices=["mean", "zero"])
 ap.add_argument("--out", default="runs/klmatch")
 args = ap.parse_args()
 
@@ -38,13 +44,15 @@ rows = []
 for task in args.tasks:
     for gran in args.granularities:
         where = "" if args.disrupt_layers == "all" else f"-L{args.disrupt_layers}"
-        out = Path(args.out) / f"{args.model}-{task}-top{args.k}-{gran}{where}-n{args.n}"
+        variant = "".join(f"-{v}" for v, default in ((args.control, "matched"), (args.replace, "mean")) if v != default)
+        out = Path(args.out) / f"{args.model}-{task}-top{args.k}-{gran}{where}{variant}-n{args.n}"
         if (out / "ablate.json").is_file():  # this exact run was made before: reuse it
             res = json.loads((out / "ablate.json").read_text())
         else:
             layers = layer_range(args.disrupt_layers, model.info.n_layers)
-            d = Disruption(target="qk", stage="pre", rule="topk", k=args.k, granularity=gran, layers=layers)
-            res = ablate(model, task, n=args.n, disruption=d, control="matched", kl_match=True, out=out,
+            d = Disruption(target="qk", stage="pre", rule="topk", k=args.k, granularity=gran, layers=layers,
+                           replace=args.replace)
+            res = ablate(model, task, n=args.n, disruption=d, control=args.control, kl_match=True, out=out,
                          progress=True)
         m, v = res["kl_match"], res["massive_vs_control"]
         rows.append({"task": task, "granularity": gran, "k": args.k, "n": res["baseline"]["n"],
@@ -60,8 +68,8 @@ for r, ph in zip(rows, holm([r["p"] if r["evaluable"] else None for r in rows]),
     r["mde"] = min_detectable_effect(r["n"], r["baseline"], n_tests=max(family, 1)) if r["evaluable"] else None
 
 print(f"{args.model}: massive vs effect-matched control (pre-RoPE top-{args.k}, layers {args.disrupt_layers}, "
-      "prompt mean, prompt only, strict "
-      f"scorer); control scaled to the massive arm's next-token KL on neutral text; exact McNemar massive vs "
+      f"replacement {args.replace}, prompt only, strict scorer, control {args.control}"
+      f"); control scaled to the massive arm's next-token KL on neutral text; exact McNemar massive vs "
       f"control, Holm across {family} evaluable rows")
 print("| task | unit | n | baseline | massive | KL-matched ctrl | ctrl scale | KL massive / ctrl (nats/token) "
       "| removed var. neutral (massive / ctrl) | removed energy neutral (massive / ctrl) | removed var. task "

@@ -299,3 +299,29 @@ def test_matched_control_under_the_pooled_scalar_removes_as_much(tiny_models):
         got.append(float(((s - s.mean(0).mean()) ** 2).sum()))
     np.testing.assert_allclose(sum(got), sum(target), rtol=0.10)
     assert float(iv.last_removed[0]) == pytest.approx(float(massive.last_removed[0]), rel=0.10)
+
+
+def test_band_matched_control_stays_in_the_massive_dims_band(tiny_models):
+    """Issue 26, item 2: the same-band control, matched in removed variance, draws only from the RoPE
+    thirds that hold each head's selected dims."""
+    model = tiny_models["tiny-qwen2"]
+    tokens = model.probe_tokens(24)
+    x = model.run_sites(tokens, [("k", "pre")], layers=[0])[("k", "pre", 0)].double()
+    d = Disruption(target="k", rule="topk", k=2, layers=(0,))
+    sel, _, _ = _expected(x.numpy(), "topk", k=2)
+    var = ((x - x.mean(1, keepdim=True)) ** 2).sum(1).numpy()  # [1, h, d]
+    pair = model.rope.dim_to_pair()
+    third = np.where(pair >= 0, pair * 3 // model.rope.n_pairs, -1)
+    held = [set(third[sel[0, h]]) for h in range(sel.shape[1])]
+    after, _ = _observe(model, d.as_control("band-matched"), tokens, "k", 0)
+    picked = (after != x.float()).any(1).numpy()[0]  # [h, d]
+    assert picked.any() and not (picked & sel[0]).any()
+    plain = (_observe(model, d.as_control("matched"), tokens, "k", 0)[0] != x.float()).any(1).numpy()[0]
+    outside = 0
+    for h in range(picked.shape[0]):
+        assert set(third[picked[h]]) <= held[h], h  # only the bands of this head's massive dims
+        outside += int(not set(third[plain[h]]) <= held[h])
+        target, pool = (var[0, h] * sel[0, h]).sum(), (var[0, h] * (~sel[0, h]) * np.isin(third, list(held[h]))).sum()
+        if pool >= 1.2 * target:  # enough variance in the band: matched as the plain control is
+            assert (var[0, h] * picked[h]).sum() == pytest.approx(target, rel=0.10)
+    assert outside > 0  # the plain control does leave the band: the restriction is doing something

@@ -45,7 +45,7 @@ def test_control_scale_keeps_old_keys_and_names_itself():
     d = Disruption(rule="topk", k=1).as_control("matched", 2.0)
     assert d.to_dict()["control_scale"] == 2.0 and d.label().endswith(".x2")
     assert Disruption.from_dict(d.to_dict()) == d
-    with pytest.raises(DisruptionError, match="scales the 'matched' or 'random'"):
+    with pytest.raises(DisruptionError, match="scales the 'matched', 'band-matched' or 'random'"):
         Disruption(control_scale=2.0)
     with pytest.raises(DisruptionError, match="> 0"):
         Disruption(control="matched", control_scale=0)
@@ -67,7 +67,7 @@ def test_neutral_kl_is_the_hand_computed_kl_and_does_not_depend_on_the_batch():
     assert 0 < e.removed_energy <= e.removed_variance
 
 
-@pytest.mark.parametrize("control", ["matched", "random"])
+@pytest.mark.parametrize("control", ["matched", "band-matched", "random"])
 def test_kl_match_finds_a_control_of_equal_effect_or_says_it_did_not(control):
     model = load_model("tiny-qwen2")
     d = Disruption(rule="topk", k=1)
@@ -100,5 +100,5 @@ def test_ablate_runs_the_effect_matched_control_and_reports_both_arms(tmp_path):
     ran = json.loads((tmp_path / "abl" / "manifest.json").read_text())["config"]["control_disruption"]
     assert Disruption.from_dict(ran).control_scale == m["control_scale"]  # the manifest records the control that ran
     assert ablate("tiny-llama", "kv_lookup", n=4, disruption=Disruption(rule="topk", k=2))["kl_match"] is None
-    with pytest.raises(DisruptionError, match="scales the 'matched' or 'random'"):
+    with pytest.raises(DisruptionError, match="scales a variance-matched or the 'random'"):
         ablate("no-such-model", "kv_lookup", n=4, control="lowest", kl_match=True)  # refused before any load

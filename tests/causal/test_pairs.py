@@ -97,12 +97,13 @@ def test_pair_controls_pick_as_many_whole_pairs_elsewhere(layout, rotary, contro
         assert set(np.flatnonzero(ctrl[r, h].numpy()).tolist()) == set(best)
 
 
+@pytest.mark.parametrize("control", ["matched", "band-matched"])
 @pytest.mark.parametrize("replace", ["mean", "pooled_mean"])
-def test_pair_matched_control_removes_as_much_variance(replace):
+def test_pair_matched_control_removes_as_much_variance(replace, control):
     x = _x(rows=3, heads=4, d=64, pos=40, seed=2, massive=2.0, shift=1.0)
     d = Disruption(rule="topk", k=1, granularity="pair", replace=replace)
     sel, value = _select(d, x, "half", 64)
-    ctrl, cvalue = _select(d.as_control("matched"), x, "half", 64)
+    ctrl, cvalue = _select(d.as_control(control), x, "half", 64)
     xd = x.double()
 
     def removed(s, v):  # sum over tokens and the replaced dims of the squared change
@@ -110,6 +111,11 @@ def test_pair_matched_control_removes_as_much_variance(replace):
     target, got = removed(sel, value), removed(ctrl, cvalue)
     assert not (sel & ctrl).any() and ctrl.sum() % 2 == 0
     assert got == pytest.approx(target, rel=0.10)
+    if control == "band-matched":  # whole pairs of the selected pair's third only
+        third = (torch.arange(64) % 32) * 3 // 32
+        for r in range(sel.shape[0]):
+            for h in range(sel.shape[1]):
+                assert set(third[ctrl[r, h]].tolist()) <= set(third[sel[r, h]].tolist())
 
 
 def test_pair_granularity_through_the_hooks(tiny_models):

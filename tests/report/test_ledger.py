@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from massmech.report import rules
+from massmech.report import rules, rules_v2
 from massmech.report.ledger import CLAIMS, Rule, ledger, ledger_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,20 +87,20 @@ def _analyze(path: Path, q: int, k: int, v: int, massive: list[tuple[str, int]],
 def test_p3_v2_reads_absent_in_v_as_below_ten_percent(tmp_path):
     p = _analyze(tmp_path, 272, 70, 2, [("q", 3), ("k", 0), ("v", 0), ("v", 0)])
     assert rules.qk_not_v(p, "m")[1] == "partly"
-    text, verdict = rules.qk_not_v_v2(p, "m")
+    text, verdict = rules_v2.qk_not_v_v2(p, "m")
     assert verdict == "reproduces" and "V = 2.9%" in text and "layer 0" in text
-    assert rules.qk_not_v_v2(_analyze(tmp_path / "b", 10, 10, 3, [("v", 1)]), "m")[1] == "contradicted"
+    assert rules_v2.qk_not_v_v2(_analyze(tmp_path / "b", 10, 10, 3, [("v", 1)]), "m")[1] == "contradicted"
 
 
 def test_p4_v2_reads_the_first_layer_and_shows_the_robust_one(tmp_path):
     # Gemma-3's shape: Q first appears at layer 1 but concentrates at 14 of 18
     p = _analyze(tmp_path, 5, 5, 0, [("q", 1), ("q", 14), ("k", 0)], n_layers=18, robust=(14, 0))
-    assert rules.early_v2(p, "m")[1] == "partly"  # appears early, concentrates late
+    assert rules_v2.early_v2(p, "m")[1] == "partly"  # appears early, concentrates late
     p = _analyze(tmp_path / "b", 5, 5, 0, [("q", 1), ("k", 0)], n_layers=18, robust=(2, 0))
-    text, verdict = rules.early_v2(p, "m")
+    text, verdict = rules_v2.early_v2(p, "m")
     assert verdict == "reproduces" and "first layer with a λ-massive dim (λ = 5, pre-RoPE): Q 1, K 0" in text
     p = _analyze(tmp_path / "c", 5, 5, 0, [("q", 9), ("k", 12)], n_layers=18, robust=(0, 0))
-    assert rules.early_v2(p, "m")[1] == "contradicted"  # a robust layer early is not where they appear
+    assert rules_v2.early_v2(p, "m")[1] == "contradicted"  # a robust layer early is not where they appear
 
 
 def _sweep(path: Path, rows: list[dict]) -> Path:
@@ -119,13 +119,13 @@ def test_p5_v2_a_control_at_floor_is_not_evaluable(tmp_path):
     """O2 on Gemma-3: massive and control both at 0.00, 0 discordant."""
     p = _sweep(tmp_path, [_row("passkey", 0.0, 0, 80, 1e-24, 0, 0, 1.0), _row("kv", 0.0, 0, 25, 6e-8, 0, 0, 1.0)])
     assert rules.contextual(p, "m")[1] == "partly"  # version 1 reads "no difference" as a result
-    text, verdict = rules.contextual_v2(p, "m")
+    text, verdict = rules_v2.contextual_v2(p, "m")
     assert verdict == "not evaluable" and "undecidable" in text and "0 of 0" in text and "MDE" in text
 
 
 def test_p5_v2_counts_a_decidable_control(tmp_path):
     p = _sweep(tmp_path, [_row("passkey", 0.2, 0, 60, 1e-18, 0, 30, 1e-9), _row("kv", 0.1, 0, 20, 1e-6, 5, 30, 1e-5)])
-    text, verdict = rules.contextual_v2(p, "m")
+    text, verdict = rules_v2.contextual_v2(p, "m")
     assert verdict == "reproduces" and "2 of 2 with a decidable control comparison" in text
     # control successes follow from the massive arm's counts: 20 - 0 + 30 = 50 and 10 - 5 + 30 = 35
     assert "control 50/100 right" in text and "control 35/100 right" in text
@@ -149,22 +149,22 @@ CTX512 = {"mechanism": "rope", "context": 512, "rope_theta": None, "seed": None}
 def test_o4_v2_the_peak_must_move_with_the_context(tmp_path):
     one = _twins(tmp_path / "one", TWINS, {"rope": 2.76})
     assert rules.wavelength(one, "t")[1] == "reproduces"  # version 1: at the base rate
-    text, verdict = rules.wavelength_v2(one, "t")
+    text, verdict = rules_v2.wavelength_v2(one, "t")
     assert verdict == "not evaluable" and "base rate" in text
     moved = _twins(tmp_path / "moved", [*TWINS, CTX512], {"rope": 2.76, "rope-ctx512": 2.182})
-    text, verdict = rules.wavelength_v2(moved, "t")
+    text, verdict = rules_v2.wavelength_v2(moved, "t")
     assert verdict == "reproduces" and "m = 0.83" in text  # ln(4 * 2.182 / 2.76) / ln 4
     still = _twins(tmp_path / "still", [*TWINS, CTX512], {"rope": 2.76, "rope-ctx512": 2.76 / 4})
-    assert rules.wavelength_v2(still, "t")[1] == "contradicted"  # same pair at 4x the context: did not move
+    assert rules_v2.wavelength_v2(still, "t")[1] == "contradicted"  # same pair at 4x the context: did not move
 
 
 def test_p8_v2_leaves_out_a_check_at_floor(tmp_path):
     p = _twins(tmp_path, TWINS, {"rope": 2.76}, level=0.01)
     assert rules.rope_cause(p, "t")[1] == "contradicted"  # the floor check (RoPE 1.0 vs nope 2.4) decides
-    text, verdict = rules.rope_cause_v2(p, "t")
+    text, verdict = rules_v2.rope_cause_v2(p, "t")
     assert verdict == "reproduces" and "at floor: not evaluable" in text
     above = _twins(tmp_path / "b", TWINS, {"rope": 2.76}, level=0.30)
-    assert rules.rope_cause_v2(above, "t") == rules.rope_cause(above, "t")
+    assert rules_v2.rope_cause_v2(above, "t") == rules.rope_cause(above, "t")
 
 
 def test_the_ledger_shows_every_version(tmp_path):
@@ -207,17 +207,17 @@ def test_p6_v2_tests_the_claim_as_an_interaction(tmp_path):
     """Version 1 reads a parametric drop as "partly"; version 2 asks whether contextual tasks lose more."""
     same = {"ctx1": ("contextual", 30, 15), "ctx2": ("contextual", 30, 15),
             "par1": ("parametric", 30, 15), "par2": ("parametric", 30, 15)}
-    text, verdict = rules.parametric_v2(_interaction_run(tmp_path / "same", same), "m")
+    text, verdict = rules_v2.parametric_v2(_interaction_run(tmp_path / "same", same), "m")
     assert verdict == "not evaluable" and "= +0.00" in text  # both lose half: no interaction
     more = {"ctx1": ("contextual", 30, 3), "ctx2": ("contextual", 30, 0),
             "par1": ("parametric", 30, 29), "par2": ("parametric", 30, 27)}
-    text, verdict = rules.parametric_v2(_interaction_run(tmp_path / "more", more), "m")
+    text, verdict = rules_v2.parametric_v2(_interaction_run(tmp_path / "more", more), "m")
     assert verdict == "reproduces" and "relative drop contextual 95%" in text and "parametric 7%" in text
     half = {**more, "par1": ("parametric", 30, 15), "par2": ("parametric", 30, 15)}
-    assert rules.parametric_v2(_interaction_run(tmp_path / "half", half), "m")[1] == "partly"
+    assert rules_v2.parametric_v2(_interaction_run(tmp_path / "half", half), "m")[1] == "partly"
     less = {"ctx1": ("contextual", 30, 29),  # the kinds swapped "ctx2": ("contextual", 30, 27),
             "par1": ("parametric", 30, 3), "par2": ("parametric", 30, 0)}
-    assert rules.parametric_v2(_interaction_run(tmp_path / "less", less), "m")[1] == "contradicted"
+    assert rules_v2.parametric_v2(_interaction_run(tmp_path / "less", less), "m")[1] == "contradicted"
     (tmp_path / "less" / "cells" / "ablation" / "ctx1-massive" / "cell.json").unlink()
-    assert rules.parametric_v2(tmp_path / "less", "m") == (
+    assert rules_v2.parametric_v2(tmp_path / "less", "m") == (
         f"per-example verdicts not in {tmp_path / 'less' / 'cells'} (the interaction needs them)", "not evaluable")

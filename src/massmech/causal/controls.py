@@ -31,6 +31,7 @@ def pooled_values(means: Float[Tensor, "r head d"], sel: Bool[Tensor, "r head d"
 def matched_dims(
     key: Float[Tensor, "r head d"], removed: Float[Tensor, "r head d"], sel: Bool[Tensor, "r head d"], *,
     pooled: tuple[Tensor, ...] | None = None, slack: float = 0.05, scale: float = 1.0,
+    allowed: Bool[Tensor, "r head d"] | None = None,
 ) -> Bool[Tensor, "r head d"]:
     """Random non-selected dims per head whose removed variance matches that of ``sel``.
 
@@ -48,6 +49,7 @@ def matched_dims(
     ``sum(sumsq[S]) - count * sum(means[S])**2 / |S|``, its sum of squares about that scalar.
     When each candidate stands for several dims (whole RoPE pairs), ``pooled`` takes a fourth
     tensor, the dims per candidate, and ``means`` holds each candidate's sum of means.
+    ``allowed`` (``[r, head, d]``) limits the candidates (e.g. to the selected dims' RoPE band).
 
     >>> removed = torch.tensor([[[9.0, 4.0, 3.0, 2.0, 1.0]]])      # dim 0 is the selected one
     >>> sel = torch.tensor([[[True, False, False, False, False]]])
@@ -59,8 +61,9 @@ def matched_dims(
     """
     target = (removed * sel).sum(-1) * scale  # [r, head]: what the selected dims remove together, scaled
     cap = target * (1 + slack)
-    order = torch.argsort(key.masked_fill(sel, float("inf")), dim=-1, stable=True)
-    free = ~torch.gather(sel, -1, order)
+    blocked = sel if allowed is None else sel | ~allowed
+    order = torch.argsort(key.masked_fill(blocked, float("inf")), dim=-1, stable=True)
+    free = ~torch.gather(blocked, -1, order)
     if pooled is None:
         gain = torch.gather(removed, -1, order)
     else:

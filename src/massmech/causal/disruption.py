@@ -42,6 +42,7 @@ from massmech.causal.vocabulary import (
     CONTROLS,
     GRANULARITIES,
     KV_CACHE,
+    MATCHED_CONTROLS,
     PAPER_SETTINGS,
     REPLACEMENTS,
     RULES,
@@ -130,8 +131,9 @@ class Disruption:
         object.__setattr__(self, "control_scale", float(self.control_scale))
         if not self.control_scale > 0:
             raise DisruptionError(f"control_scale must be > 0, got {self.control_scale}")
-        if self.control_scale != 1.0 and self.control not in ("matched", "random"):
-            raise DisruptionError(f"control_scale scales the 'matched' or 'random' control; control is {self.control!r}")
+        if self.control_scale != 1.0 and self.control not in (*MATCHED_CONTROLS, "random"):
+            raise DisruptionError(f"control_scale scales the {', '.join(map(repr, MATCHED_CONTROLS))} or 'random' "
+                                  f"control; control is {self.control!r}")
         if self.rule == "lambda" and not self.lam > 0:
             raise DisruptionError(f"lam must be > 0, got {self.lam}")
         if self.rule == "topk" and self.k < 1:
@@ -186,6 +188,7 @@ class Disruption:
         text = f"{'the paper' if paper else 'massmech'}'s {'protocol' if paper else 'variant'} ({where}; {sel}; {rep}; {scope})"
         if control:
             text += " vs " + {"matched": "variance-matched random control", "lowest": "lowest-norm control",
+                              "band-matched": "variance-matched random control of the same RoPE band",
                               "random": "count-matched random control"}.get(control, f"{control} control")
         return text
 

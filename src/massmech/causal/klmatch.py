@@ -25,6 +25,7 @@ from torch import Tensor
 
 from massmech.causal.disruption import Disruption
 from massmech.causal.intervention import Intervention
+from massmech.causal.vocabulary import MATCHED_CONTROLS
 from massmech.core.models import LoadedModel
 from massmech.errors import DisruptionError
 
@@ -145,7 +146,7 @@ def kl_match(model: LoadedModel, disruption: Disruption, windows: Tensor | Seque
     whether it is within ``tol``).
 
     Raises:
-        DisruptionError: ``disruption`` is itself a control, ``control`` is not ``"matched"`` or
+        DisruptionError: ``disruption`` is itself a control, ``control`` is not variance-matched or
             ``"random"``, or the windows are not one length.
 
     >>> import massmech as mm
@@ -157,8 +158,9 @@ def kl_match(model: LoadedModel, disruption: Disruption, windows: Tensor | Seque
     """
     if disruption.control is not None:
         raise DisruptionError(f"kl_match matches a control to a disruption; {disruption.label()} is a control already")
-    if control not in ("matched", "random"):
-        raise DisruptionError(f"kl_match scales the 'matched' or 'random' control, got {control!r}")
+    if control not in (*MATCHED_CONTROLS, "random"):
+        raise DisruptionError(f"kl_match scales a variance-matched ({', '.join(MATCHED_CONTROLS)}) or the 'random' "
+                              f"control, got {control!r}")
     if not isinstance(windows, Tensor):
         if len({len(w) for w in windows}) != 1:
             raise DisruptionError("kl_match needs windows of one length (no padding)")

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from massmech.causal.controls import counter_uniform, matched_dims, pooled_values
 from massmech.causal.disruption import Disruption
+from massmech.causal.vocabulary import MATCHED_CONTROLS
 from massmech.core.detect import massive_mask
 from massmech.core.frequency import equal_count_bands
 from massmech.core.qkvstats import QKVStats
@@ -91,7 +92,7 @@ def select(
         value = calibration.mean(site, stage)[li].float().to(x.device).expand(r, n_heads, d_head)
     if c.control is not None:
         # what replacing each dim would remove over the prompt ([r, head, d]), for size-matched controls
-        removed = ((x.float() - value[:, None]) ** 2 * w).sum(1) if c.control == "matched" else None
+        removed = ((x.float() - value[:, None]) ** 2 * w).sum(1) if c.control in MATCHED_CONTROLS else None
         pooled = ((xf * xf).sum(1), means, count) if c.replace == "pooled_mean" else None
         if units is None:
             sel = control_dims(c, m, sel, site=site, layer=layer, seeds=seeds, pair=pair, removed=removed,
@@ -139,6 +140,24 @@ def to_units(t: Tensor, unit: Int[Tensor, " d"]) -> Float[Tensor, "rows head uni
     return out.index_add_(-1, unit, t)
 
 
+def same_band(sel: Bool[Tensor, "rows head d"], pair: Int[Tensor, " d"]) -> Bool[Tensor, "rows head d"]:
+    """Per head, the rotated dims whose RoPE pair lies in a band (equal-count thirds of the pairs,
+    :func:`~massmech.core.frequency.equal_count_bands`) that holds one of the head's selected dims.
+
+    >>> pair = torch.tensor([0, 1, 2, 3, 4, 5, -1])   # six pairs, high, high, mid, mid, low, low; one unrotated
+    >>> sel = torch.tensor([[[False, False, False, False, True, False, False]]])
+    >>> same_band(sel, pair).int().tolist()              # the low third: pairs 4 and 5
+    [[[0, 0, 0, 0, 1, 1, 0]]]
+    """
+    rotated = pair >= 0
+    names = equal_count_bands(int(pair.max()) + 1, 3)
+    band = torch.as_tensor([["high", "mid", "low"].index(names[p]) if p >= 0 else 0 for p in pair.tolist()],
+                           device=sel.device)
+    one_hot = torch.nn.functional.one_hot(band, 3).bool() & rotated.to(sel.device)[:, None]  # [d, band]
+    held = (sel[..., :, None] & one_hot).any(-2)  # [r, head, band]: a selected dim in that band
+    return held[..., band] & rotated.to(sel.device)
+
+
 def control_dims(
     c: Disruption,
     m: Float[Tensor, "rows head d"],
@@ -166,9 +185,10 @@ def control_dims(
     [[[1, 0, 0, 0]]]
     """
     n = sel.sum(-1, keepdim=True)  # [r, head, 1]
-    if c.control == "matched":
+    if c.control in MATCHED_CONTROLS:
         key = counter_uniform(c.seed, seeds, layer, site, tuple(m.shape[1:])).to(m.device)
-        return matched_dims(key, removed, sel, pooled=pooled, scale=c.control_scale)
+        allowed = same_band(sel, pair) if c.control == "band-matched" else None
+        return matched_dims(key, removed, sel, pooled=pooled, scale=c.control_scale, allowed=allowed)
     if c.control == "lowest":
         key = m.double()
     else:

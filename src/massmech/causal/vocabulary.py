@@ -15,7 +15,8 @@ STAGES = ("pre", "post")
 RULES = ("lambda", "topk", "dims")
 SELECTIONS = ("prompt", "calibration")
 REPLACEMENTS = ("mean", "zero", "calib_mean", "pooled_mean")
-CONTROLS = (None, "matched", "lowest", "random", "band-low", "band-mid", "band-high")
+CONTROLS = (None, "matched", "lowest", "random", "band-low", "band-mid", "band-high", "band-matched")
+MATCHED_CONTROLS = ("matched", "band-matched")  # controls matched in removed variance
 KV_CACHE = ("prefill", "every_step")
 GRANULARITIES = ("dim", "pair")
 GRANULARITY_HELP = {
@@ -43,6 +44,8 @@ CONTROL_HELP = {
     "band-low": "as many random non-massive dims of the slowest third of the RoPE pairs",
     "band-mid": "the same, middle third",
     "band-high": "the same, fastest third",
+    "band-matched": "random non-massive dims of the same thirds of the RoPE pairs as each head's massive dims, "
+                    "removing the same token variance",
 }
 
 # The official code's setting per model family, read in MingyuJ666/Rope_with_LLM at 443a763:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from massmech.report import rules
+from massmech.report import rules, rules_v2
 from massmech.report.pages import GENERATED
 from massmech.report.rules import NoData, run_finished
 from massmech.report.runs import MODELS, command, models_of, run_folder
@@ -143,7 +143,7 @@ P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one
                 "control, counting only comparisons that can reach α (baseline's or control's successes, first Holm "
                 "step): reproduces; some drop: partly; no control comparison decidable (both arms at floor): not "
                 "evaluable; each task shows its family's minimum detectable effect",
-             rules.contextual_v2, SWEEP, **ISSUE_26, why=V2 + "a comparison whose arms are both at floor cannot reach α and was "
+             rules_v2.contextual_v2, SWEEP, **ISSUE_26, why=V2 + "a comparison whose arms are both at floor cannot reach α and was "
                                            "counted as a non-difference")
 CLAIMS: tuple[Claim, ...] = (
     Claim("P1", "Massive values are concentrated in low-frequency dimensions", PAPER, "analyze", (
@@ -155,7 +155,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("P3", "... exclusively in Q and K, absent in V", PAPER, "analyze", (
         Rule(1, "V has no λ-massive dim: reproduces; fewer than 10% of Q's or K's: partly", rules.qk_not_v, ONE, **FIRST),
         Rule(2, "V's λ-massive dims fewer than 10% of the fewer of Q's and K's: reproduces; fewer than 25%: partly",
-             rules.qk_not_v_v2, ONE, **ISSUE_26, why=V2 + "V's few λ-massive dims sit at layer 0 only; 'absent' read as 'below "
+             rules_v2.qk_not_v_v2, ONE, **ISSUE_26, why=V2 + "V's few λ-massive dims sit at layer 0 only; 'absent' read as 'below "
                                        "10% of Q and K'"))),
     Claim("P4", "Massive values appear from the early layers on", "Jin et al. 2025, Sec. 3 (concentration by layer)",
           "analyze", (
@@ -163,7 +163,7 @@ CLAIMS: tuple[Claim, ...] = (
                       "layers for Q and K: reproduces; one of them: partly", rules.early, ONE, **FIRST),
               Rule(2, "first layer with a λ-massive Q dim and K dim in the first quarter of the layers, and the "
                       "robust concentration layer too: reproduces; first layers only, or one of Q and K: partly",
-                   rules.early_v2, ONE, **ISSUE_26, why=V2 + "the claim is where massive values appear; version 1 read where they "
+                   rules_v2.early_v2, ONE, **ISSUE_26, why=V2 + "the claim is where massive values appear; version 1 read where they "
                                            "concentrate (Gemma-3's Q: layer 14 of 18)"))),
     Claim("P5", "Disrupting massive values wrecks contextual knowledge understanding", PAPER, "main", (
         Rule(1, "every evaluable contextual task drops vs baseline and vs the variance-matched control (Holm): "
@@ -176,7 +176,7 @@ CLAIMS: tuple[Claim, ...] = (
                 "equally), 95% paired bootstrap over tasks and examples, evaluable tasks: interval above 0 and "
                 "parametric tasks lose at most 25%: reproduces; above 0 but they lose more: partly; holding 0: not "
                 "evaluable; below 0: contradicted",
-             rules.parametric_v2, "one interval per model (no family); the control's interval shown beside it",
+             rules_v2.parametric_v2, "one interval per model (no family); the control's interval shown beside it",
              fixed="2026-12-04T10:31:53+00:00", commit="db7226e", why=V2 + "version 1 read 'survives' from 'not significant' and compared no kinds; measured relative "
                       "drops were 53% vs 46% (SmolLM2) and 48% vs 27% (Gemma-3)"))),
     Claim("P7", "Quantizers failing to protect massive values degrade contextual knowledge more", PAPER, "quant", (
@@ -190,7 +190,7 @@ CLAIMS: tuple[Claim, ...] = (
              "descriptive (ratios; seeds with t intervals); no test", fixed="2026-11-30T10:36:32+00:00",
              commit="06d17c4", why="tightened (the matched-accuracy check) after the twins' data existed"),
         Rule(2, "as version 1, but a check at floor accuracy (matched level < 0.05) is not evaluable and the "
-                "remaining checks decide", rules.rope_cause_v2, "descriptive (ratios; seeds with t intervals); no test",
+                "remaining checks decide", rules_v2.rope_cause_v2, "descriptive (ratios; seeds with t intervals); no test",
              **ISSUE_26, why=V2 + "the matched level was 0.01: a comparison at floor says nothing about RoPE"))),
     Claim("O1", "Size matters: massive dims vs random dims removing the same token variance", "massmech (issue 14)",
           "main", (Rule(1, "massive below its variance-matched control on every evaluable task: reproduces", rules.matched,
@@ -215,7 +215,7 @@ CLAIMS: tuple[Claim, ...] = (
               Rule(2, "the peak moves with the context as the critical pair k* does: with RoPE twins at two "
                       "contexts, every peak ≥ its context and m = ln(peak wavelength ratio) / ln(context ratio) "
                       "≥ 0.5: reproduces; m > 0: partly; else contradicted; one context: not evaluable",
-                   rules.wavelength_v2, "descriptive, one training run per variant",
+                   rules_v2.wavelength_v2, "descriptive, one training run per variant",
                    **ISSUE_26, why=V2 + "62% of the pairs already exceed a 128-token context: version 1 passes at the base "
                             "rate")), ours=True),
 )

@@ -9,7 +9,7 @@ model, the twins), and its command is the study's own CLI (``massmech <study> --
 >>> run_folder("paper", "gemma3-270m")
 'ablation/paper-k22-zero/gemma3-270m'
 >>> print(command("paper", "gemma3-270m"))
-massmech ablation --preset paper --models gemma3-270m --no-paper-settings --ks 22 --replace zero --out runs/ablation/paper-k22-zero/gemma3-270m
+massmech ablation --preset paper --models gemma3-270m --n 300 --no-paper-settings --ks 22 --replace zero --out runs/ablation/paper-k22-zero/gemma3-270m
 """
 
 from __future__ import annotations
@@ -61,13 +61,16 @@ class LedgerRun:
         return self.presets.get(model, self.preset)
 
 
+LEDGER_N = 300  # examples per task in the ledger's sweeps (fewer where a task's pool is smaller)
+
 #: run key -> the run (the claims of :mod:`massmech.report.ledger` name these keys)
 RUNS: dict[str, LedgerRun] = {
     "analyze": LedgerRun("analyze", "ledger"),
-    "main": LedgerRun("ablation", "main"),
+    # n = 300 where a task's pool allows (issue 26: drops of 0.06-0.08 need n of 300-600 to be seen)
+    "main": LedgerRun("ablation", "main", overrides={"n": LEDGER_N}),
     # Gemma-3 has no official setting: the paper's protocol with Gemma-2's k = 22 and zero replacement, named so
-    "paper": LedgerRun("ablation", "paper", per_model={"gemma3-270m": {"paper_settings": False, "ks": (22,),
-                                                                       "replace": "zero"}},
+    "paper": LedgerRun("ablation", "paper", overrides={"n": LEDGER_N},
+                       per_model={"gemma3-270m": {"paper_settings": False, "ks": (22,), "replace": "zero"}},
                        names={"gemma3-270m": "paper-k22-zero"}),
     "quant": LedgerRun("quant", "full", presets={"gemma3-270m": "core"}),
     "twins": LedgerRun("twins", "demo", models=(), overrides={"seeds": (1, 2)}),

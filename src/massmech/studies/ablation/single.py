@@ -14,6 +14,7 @@ from massmech.causal.disruption import CONTROLS, Disruption
 from massmech.causal.evaluate import BASELINE, score, summarize
 from massmech.causal.tasks.base import Task
 from massmech.causal.tasks.builtin import get_task
+from massmech.causal.vocabulary import MATCHED_CONTROLS
 from massmech.core.loading import load_model
 from massmech.core.models import LoadedModel
 from massmech.errors import DisruptionError
@@ -160,8 +161,8 @@ def ablate(
     disruption = disruption or Disruption(seed=seed)
     if control not in CONTROLS[1:]:
         raise DisruptionError(f"unknown control {control!r}; controls are {CONTROLS[1:]}")
-    if kl_match and control not in ("matched", "random"):  # before loading anything
-        raise DisruptionError(f"kl_match scales the 'matched' or 'random' control, got {control!r}")
+    if kl_match and control not in (*MATCHED_CONTROLS, "random"):  # before loading anything
+        raise DisruptionError(f"kl_match scales a variance-matched or the 'random' control, got {control!r}")
     if out is not None:
         check_out(out, "ablate", overwrite=overwrite)
     lm = load_model(model) if isinstance(model, str) else model
