@@ -159,6 +159,7 @@ def test_massive_rows_are_tested_against_their_matched_control(tmp_path):
 def test_paper_preset_takes_the_official_k_and_replacement_of_each_family(tmp_path, monkeypatch):
     cfg = preset("paper", models=("tiny-llama", "tiny-qwen2"), n=4, tasks=("kv_lookup",))
     t = run_sweep(cfg, tmp_path / "a", progress=False)
+    assert set(t.scorer) == {"contains"}  # the paper's scorer: the answer anywhere in the greedy continuation
     massive = t[t.role == "massive"].set_index("model")
     assert massive.loc["tiny-llama", "k"] == 1 and massive.loc["tiny-qwen2", "k"] == 3
     disrupted = t[t.role != "baseline"]

@@ -155,7 +155,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("P3", "... exclusively in Q and K, absent in V", PAPER, "analyze", (
         Rule(1, "V has no λ-massive dim: reproduces; fewer than 10% of Q's or K's: partly", rules.qk_not_v, ONE, **FIRST),
         Rule(2, "V's λ-massive dims fewer than 10% of the fewer of Q's and K's: reproduces; fewer than 25%: partly",
-             rules_v2.qk_not_v_v2, ONE, **ISSUE_26, why=V2 + "V's few λ-massive dims sit at layer 0 only; 'absent' read as 'below "
+             rules_v2.qk_not_v_v2, ONE, **ISSUE_26, why=V2 + "SmolLM2's V has 2 λ-massive dims, at layer 0; 'absent' read as 'below "
                                        "10% of Q and K'"))),
     Claim("P4", "Massive values appear from the early layers on", "Jin et al. 2025, Sec. 3 (concentration by layer)",
           "analyze", (

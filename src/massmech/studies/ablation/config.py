@@ -176,6 +176,9 @@ class SweepConfig:
 
 # The sweeps behind the paper figures and the analyses scripts (one definition, used by both).
 FOCUS_TASKS = ("country_capital", "kv_lookup", "passkey")
+# The paper's code scores `label in answer` over up to 512 generated tokens (run_experiment.py, Llama
+# and Qwen); 32 greedy tokens here, enough for every built-in answer, at a CPU's cost.
+PAPER_NEW_TOKENS = 32
 
 
 def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, **overrides) -> SweepConfig:
@@ -187,7 +190,8 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
       the official k and replacement of each model's family (``paper_settings``: k = 1 for
       Llama-family models such as SmolLM2 and 3 for Qwen2, one pooled scalar per head; k = 22 set
       to zero for Gemma-2), prompt only, decode steps untouched; the lowest-norm control and the
-      variance-matched one. Other families (Gemma-3) have no official setting and are refused:
+      variance-matched one, and the paper's scorer (``contains``: the gold answer anywhere in 32
+      greedy tokens). Other families (Gemma-3) have no official setting and are refused:
       pass ``paper_settings=False, ks=(K,), replace=...`` and name the variant;
     * ``k``: top-k rule, k = 1, 4, 16, three tasks; ``layers``: lambda=5 on all / early /
       middle / late layers, three tasks;
@@ -201,7 +205,8 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
     base = {
         "main": dict(tasks=tuple(TASKS), controls=("matched", "lowest", "random")),
         "paper": dict(tasks=tuple(TASKS), rules=("topk",), ks=(), paper_settings=True, stages=("post",),
-                      replace="pooled_mean", kv_cache="prefill", controls=("lowest", "matched")),
+                      replace="pooled_mean", kv_cache="prefill", controls=("lowest", "matched"),
+                      scorer="contains", max_new_tokens=PAPER_NEW_TOKENS),
         "k": dict(tasks=FOCUS_TASKS, rules=("topk",), ks=(1, 4, 16), controls=("matched", "lowest")),
         "layers": dict(tasks=FOCUS_TASKS, layer_ranges=("all", "early", "middle", "late"),
                        controls=("matched", "lowest")),
