@@ -43,6 +43,22 @@ def test_qk_norm_pre_site_is_normed_and_heads_first(tiny_models):
     assert acts[("k", "pre", 0)].shape == (1, 7, 1, 16)
 
 
+def test_qk_norm_models_also_give_the_site_before_the_norm(tiny_models):
+    """Issue 26, item 5: ``raw`` is the projection before QK-norm; ``pre`` is it normalised per
+    (token, head) and scaled by one gain vector, so ``pre * rms(raw) / raw`` is that gain everywhere."""
+    g = tiny_models["tiny-gemma3"]
+    assert g.stages("q") == ("raw", "pre", "post") and g.stages("v") == ("pre",)
+    assert g.hook_name("k", "raw", 1) == ("blocks.1.attn.hook_k", False)
+    assert tiny_models["tiny-llama"].stages("q") == ("pre", "post")  # no QK-norm: no raw site
+    for site in ("q", "k"):
+        acts = g.run_sites(g.probe_tokens(9), [(site, "raw"), (site, "pre")], layers=[1])
+        raw, normed = acts[(site, "raw", 1)].double(), acts[(site, "pre", 1)].double()
+        gain = normed * raw.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() / raw  # [b, pos, head, d]
+        flat = gain.reshape(-1, gain.shape[-1])
+        assert torch.allclose(flat, flat[:1].expand_as(flat), rtol=1e-3, atol=1e-3), site
+        assert not torch.allclose(raw, normed, rtol=0.1)  # the norm does change the values
+
+
 def test_unknown_spec_lists_options():
     with pytest.raises(mm.ModelLoadError, match="smollm2-135m.*tiny-llama"):
         mm.load_model("no-such-model")

@@ -78,7 +78,8 @@ def _analyze(path: Path, q: int, k: int, v: int, massive: list[tuple[str, int]],
     by = {f"{s}.pre": {"massive_count": c} for s, c in (("q", q), ("k", k), ("v", v))}
     (path / "summary.json").write_text(json.dumps({
         "by_stage": by, "n_layers": n_layers,
-        "emergence": {"q": {"layer": robust[0]}, "k": {"layer": robust[1]}}}))
+        "emergence": {s: {"layer": layer, "by_factor": {"1": layer}, "minus_v": 0.5, "minus_v_low": 0.4,
+                          "minus_v_high": 0.6} for s, layer in zip("qk", robust, strict=True)}}))
     pd.DataFrame([{"site": s, "stage": "pre", "layer": layer} for s, layer in massive]).to_parquet(
         path / "massive.parquet")
     return path
@@ -98,7 +99,7 @@ def test_p4_v2_reads_the_first_layer_and_shows_the_robust_one(tmp_path):
     assert rules_v2.early_v2(p, "m")[1] == "partly"  # appears early, concentrates late
     p = _analyze(tmp_path / "b", 5, 5, 0, [("q", 1), ("k", 0)], n_layers=18, robust=(2, 0))
     text, verdict = rules_v2.early_v2(p, "m")
-    assert verdict == "reproduces" and "first layer with a λ-massive dim (λ = 5, pre-RoPE): Q 1, K 0" in text
+    assert verdict == "reproduces" and "first layer with a λ-massive dim (λ = 5, pre-RoPE): Q 1, K 0 of 18" in text
     p = _analyze(tmp_path / "c", 5, 5, 0, [("q", 9), ("k", 12)], n_layers=18, robust=(0, 0))
     assert rules_v2.early_v2(p, "m")[1] == "contradicted"  # a robust layer early is not where they appear
 
@@ -175,14 +176,16 @@ def test_the_ledger_shows_every_version(tmp_path):
                 tmp_path / run_folder("analyze", "tiny-llama"), progress=False)
     t = ledger(tmp_path, models=("tiny-llama",), versions="all")
     p3 = t[(t.key == "P3") & (t.model == "tiny-llama")].set_index("version")
-    assert list(p3.index) == [1, 2] and p3.loc[1, "rule"] != p3.loc[2, "rule"]
+    assert list(p3.index) == [1, 2, 3] and p3.loc[1, "rule"] != p3.loc[2, "rule"]
     assert p3.loc[1, "timing"] == "run after rule"  # v1 was fixed on 2026-11-30, the run made now
+    assert p3.loc[3, "measured"] == p3.loc[2, "measured"]  # no QK-norm: v3 is v2
     assert (t[t.key == "P5"].verdict == "not run").all()  # no sweep here: every version says so
     newest = ledger(tmp_path, models=("tiny-llama",))
     row = newest[(newest.key == "P3") & (newest.model == "tiny-llama")].iloc[0]
-    assert row.version == 2 and row.earlier == f"v1 {p3.loc[1, 'verdict']}" and row.verdict == p3.loc[2, "verdict"]
+    earlier = f"v1 {p3.loc[1, 'verdict']}; v2 {p3.loc[2, 'verdict']}"
+    assert row.version == 3 and row.earlier == earlier and row.verdict == p3.loc[3, "verdict"]
     text = ledger_markdown(tmp_path, models=("tiny-llama",))
-    assert f"| **{row.verdict}** (v2) | v1 {p3.loc[1, 'verdict']} |" in text
+    assert f"| **{row.verdict}** (v3) | {earlier} |" in text
     assert "**P3 v2**" in text and "## Rules and their versions" in text and "scope:" in text
 
 
@@ -221,3 +224,21 @@ def test_p6_v2_tests_the_claim_as_an_interaction(tmp_path):
     (tmp_path / "less" / "cells" / "ablation" / "ctx1-massive" / "cell.json").unlink()
     assert rules_v2.parametric_v2(tmp_path / "less", "m") == (
         f"per-example verdicts not in {tmp_path / 'less' / 'cells'} (the interaction needs them)", "not evaluable")
+
+
+def test_p1_to_p3_are_judged_before_qk_norm_where_there_is_one(tmp_path):
+    """Issue 26, item 5: on a QK-norm model the analyze run holds both sites, and the newest rules of
+    P1-P3 judge the one the projection weights produce, the post-norm site beside it."""
+    from massmech.studies.analyze import AnalyzeConfig, run_analyze
+
+    out = tmp_path / "g"
+    run_analyze(AnalyzeConfig(model="tiny-gemma3", n_tokens=256, seq_len=64, heatmap_layers=()), out, progress=False)
+    by_stage = json.loads((out / "summary.json").read_text())["by_stage"]
+    assert {"q.raw", "k.raw", "q.pre", "k.pre", "v.pre"} <= set(by_stage) and "v.raw" not in by_stage
+    assert rules_v2.weights_stage(out) == "raw"
+    for judge, old in ((rules_v2.low_frequency_v2, rules.low_frequency), (rules_v2.across_heads_v2, rules.across_heads),
+                       (rules_v2.qk_not_v_v3, rules_v2.qk_not_v_v2)):
+        text, verdict = judge(out, "tiny-gemma3")
+        assert text.startswith("before QK-norm") and "after it" in text
+        assert verdict == old(out, "tiny-gemma3", stage="raw")[1]  # the raw site decides
+        assert text.endswith(f"[{old(out, 'tiny-gemma3', stage='pre')[1]} there]")

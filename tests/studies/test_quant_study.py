@@ -233,6 +233,20 @@ def test_kv_bits_count_the_scales_at_the_real_length():
     assert kv_bits(model, QuantSpec.of("kv-per-token", 4), data, tokens=40) == pytest.approx(4 + 32 / model.info.d_head)
 
 
+def test_qk_keep_rows_are_read_where_the_weights_produce_them():
+    """Issue 26, item 5: on a QK-norm model the protected rows come from Q/K before the norm, not from
+    the normed values whose shared gain decides what looks massive there."""
+    from massmech.core.capture import capture_stats
+    from massmech.core.detect import massive_mask
+    from massmech.studies.quant.variants import qk_keep_rows
+
+    stats = capture_stats(load_model("tiny-gemma3"), CALIB, sites=("q", "k"), stages=("raw", "pre"), progress=False)
+    rows = qk_keep_rows("tiny-gemma3", CALIB, lam=1.1)
+    for site in ("q", "k"):
+        raw, normed = (massive_mask(stats.norm(site, st), lam=1.1) for st in ("raw", "pre"))
+        assert torch.equal(rows[site], raw) and not torch.equal(raw, normed), site
+
+
 def test_qk_only_arm_keeps_the_massive_rows_or_as_many_others():
     """Issue 14, finding 9: the mechanism tested directly: only W_q/W_k quantized, the rows making
     the massive Q/K dims kept exact, against the same number of other rows kept (equal bits)."""

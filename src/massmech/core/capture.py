@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from massmech.core.models import LoadedModel, pad_batch
 from massmech.core.qkvstats import Key, QKVStats
-from massmech.core.sites import SITES, STAGES, to_heads
+from massmech.core.sites import CAPTURE_STAGES, SITES, to_heads
 from massmech.errors import CaptureError
 
 
@@ -59,8 +59,8 @@ def _resolve_keys(
             raise CaptureError(f"unknown site {s!r}; sites are {SITES}")
     if stages is not None:
         for st in stages:
-            if st not in STAGES:
-                raise CaptureError(f"unknown stage {st!r}; stages are {STAGES}")
+            if st not in CAPTURE_STAGES:
+                raise CaptureError(f"unknown stage {st!r}; stages are {CAPTURE_STAGES}")
     keys = [
         (s, st)
         for s in sites
@@ -200,8 +200,9 @@ def capture_stats(
         data: Texts (tokenized with the model's tokenizer and its special tokens), token id
             sequences, or a ``[batch, pos]`` tensor of ids (no padding).
         sites: Any of ``"q"``, ``"k"``, ``"v"``.
-        stages: ``"pre"`` and/or ``"post"`` RoPE; ``None`` = every stage the model has. V has
-            only ``"pre"``; a requested stage no requested site has is an error.
+        stages: ``"pre"`` and/or ``"post"`` RoPE (and ``"raw"``, before QK-norm, on a QK-norm
+            model); ``None`` = every stage the model has. V has only ``"pre"``; a requested stage
+            no requested site has is an error.
         layers: Layer indices (default all).
         batch_size: Sequences per forward pass (sequences are sorted by length to limit padding).
         exclude_first_token: Leave out each sequence's first token (often an attention sink).

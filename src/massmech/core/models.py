@@ -19,7 +19,7 @@ from torch import Tensor
 from massmech.core import bridge as _bridge
 from massmech.core.bridge import boot, is_bridge, kv_cache_compat
 from massmech.core.rope import RopeSpec, rope_spec_from_tables
-from massmech.core.sites import SITES, STAGES, to_heads
+from massmech.core.sites import RAW, SITES, STAGES, to_heads
 from massmech.errors import ConfigError, HookError, IndexRangeError, InputTypeError, RopeError
 
 #: The end-of-forward hook: fires after every attention hook, on every architecture.
@@ -174,12 +174,14 @@ class LoadedModel:
 
     # ---------------------------------------------------------------- sites
     def stages(self, site: str) -> tuple[str, ...]:
-        """Stages this model has for a site (``"v"`` has only ``"pre"``)."""
+        """Stages this model has for a site (``"v"`` has only ``"pre"``; Q and K of a QK-norm model
+        also ``"raw"``, before the norm: :mod:`massmech.core.sites`)."""
         if site not in SITES:
             raise ConfigError(f"unknown site {site!r}; sites are {SITES}")
-        if site == "v" or not self._has_post[site]:
+        if site == "v":
             return ("pre",)
-        return STAGES
+        stages = STAGES if self._has_post[site] else ("pre",)
+        return (RAW, *stages) if self._qk_norm else stages
 
     def hook_name(self, site: str, stage: str, layer: int) -> tuple[str, bool]:
         """TransformerLens hook for ``(site, stage, layer)`` and whether it is heads-first.
@@ -196,6 +198,8 @@ class LoadedModel:
             raise IndexRangeError(f"layer {layer} out of range: {self.info.name} has {self.info.n_layers}")
         if stage == "post":
             return f"blocks.{layer}.attn.hook_rot_{site}", False
+        if stage == RAW:
+            return f"blocks.{layer}.attn.hook_{site}", False
         if site != "v" and self._qk_norm:
             return f"blocks.{layer}.attn.hook_{site}_normed", True
         return f"blocks.{layer}.attn.hook_{site}", False

@@ -6,8 +6,14 @@ site    stage    hook                                                        lay
 q / k   ``pre``  ``blocks.L.attn.hook_q_normed`` with QK-norm (Gemma 3,     ``[b, head, pos, d]``
                  Qwen 3), else ``blocks.L.attn.hook_q`` — the input of RoPE  ``[b, pos, head, d]``
 q / k   ``post`` ``blocks.L.attn.hook_rot_q``                                ``[b, pos, head, d]``
+q / k   ``raw``  ``blocks.L.attn.hook_q``, QK-norm models only: the projection  ``[b, pos, head, d]``
+                 as the weights produce it, before the norm's gain
 v       ``pre``  ``blocks.L.attn.hook_v`` (V is never rotated: one stage)   ``[b, pos, head, d]``
 ======  =======  ==========================================================  ==================
+
+On a QK-norm model ``pre`` is after the norm: its gain (one vector shared by every head) can make
+a dim massive that the projection did not, so both are captured (``raw`` and ``pre``, issue 26).
+Disruptions act on ``pre`` and ``post`` only.
 
 Models whose QK-norm acts before the heads are split (OLMo-2) give ``hook_q_normed`` flat,
 ``[b, pos, head * d]``: :func:`to_heads` and :func:`from_heads` turn every layout into
@@ -21,7 +27,9 @@ from __future__ import annotations
 from torch import Tensor
 
 SITES = ("q", "k", "v")
-STAGES = ("pre", "post")
+STAGES = ("pre", "post")  # where a disruption acts
+RAW = "raw"  # Q/K before QK-norm (QK-norm models only)
+CAPTURE_STAGES = (RAW, *STAGES)
 
 
 def to_heads(x: Tensor, heads_first: bool, n_heads: int) -> Tensor:

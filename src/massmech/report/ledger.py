@@ -139,6 +139,9 @@ SWEEP = ("Holm across the run's evaluable comparisons with the baseline; a secon
          "against their variance-matched controls")
 ISSUE_26 = dict(fixed="2026-12-04T10:29:09+00:00", commit="299924d")  # the version-2 rules
 V2 = "issue 26's audit, after the version-1 verdicts were known: "
+WEIGHTS = Rule(2, "", rules_v2.low_frequency_v2, ONE,  # each claim states its text in full
+               why=V2 + "on Gemma-3 the pre-RoPE site is after QK-norm, whose gains (6.4 on Q, 8.9 on K in the "
+                        "massive dims against 1.8-2.1 elsewhere) make dims massive that the projection did not")
 P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one is below the variance-matched "
                 "control, counting only comparisons that can reach α (baseline's or control's successes, first Holm "
                 "step): reproduces; some drop: partly; no control comparison decidable (both arms at floor): not "
@@ -148,15 +151,25 @@ P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one
 CLAIMS: tuple[Claim, ...] = (
     Claim("P1", "Massive values are concentrated in low-frequency dimensions", PAPER, "analyze", (
         Rule(1, "≥ 90% of Q and K λ-massive dims in the low band (wavelength beyond the context): reproduces; "
-                "≥ 50%: partly", rules.low_frequency, ONE, **FIRST),)),
+                "≥ 50%: partly", rules.low_frequency, ONE, **FIRST),
+        dataclasses.replace(WEIGHTS, text="as version 1, judged before QK-norm where the model has one (the site "
+                                          "W_q and W_k produce), the site after the norm reported beside it"))),
     Claim("P2", "... across different attention heads", PAPER, "analyze", (
         Rule(1, "heads with massive dims share their layer's most common pair: ≥ 50% reproduces, ≥ 25% partly",
-             rules.across_heads, ONE, **FIRST),)),
+             rules.across_heads, ONE, **FIRST),
+        dataclasses.replace(WEIGHTS, text="as version 1, judged before QK-norm where the model has one (the site "
+                                          "W_q and W_k produce), the site after the norm reported beside it",
+                            judge=rules_v2.across_heads_v2,
+                            why=WEIGHTS.why + "; the norm's gain is one vector shared by every head, so after it "
+                                              "'shared across heads' is architectural"))),
     Claim("P3", "... exclusively in Q and K, absent in V", PAPER, "analyze", (
         Rule(1, "V has no λ-massive dim: reproduces; fewer than 10% of Q's or K's: partly", rules.qk_not_v, ONE, **FIRST),
         Rule(2, "V's λ-massive dims fewer than 10% of the fewer of Q's and K's: reproduces; fewer than 25%: partly",
              rules_v2.qk_not_v_v2, ONE, **ISSUE_26, why=V2 + "SmolLM2's V has 2 λ-massive dims, at layer 0; 'absent' read as 'below "
-                                       "10% of Q and K'"))),
+                                       "10% of Q and K'"),
+        dataclasses.replace(WEIGHTS, version=3, judge=rules_v2.qk_not_v_v3,
+                            text="as version 2, judged before QK-norm where the model has one (the site W_q and "
+                                 "W_k produce), the site after the norm reported beside it"))),
     Claim("P4", "Massive values appear from the early layers on", "Jin et al. 2025, Sec. 3 (concentration by layer)",
           "analyze", (
               Rule(1, "robust emergence layer (massmech.core.emergence, band factor 1) in the first quarter of the "

@@ -40,10 +40,10 @@ def summary_of(path: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- rules
-def low_frequency(path: Path, model: str) -> tuple[str, str]:
+def low_frequency(path: Path, model: str, *, stage: str = "pre") -> tuple[str, str]:
     s = summary_of(path)["by_stage"]
-    q, k = s["q.pre"]["massive_low_band_share"], s["k.pre"]["massive_low_band_share"]
-    eq, ek = s["q.pre"]["low_band_energy_fraction"], s["k.pre"]["low_band_energy_fraction"]
+    q, k = s[f"q.{stage}"]["massive_low_band_share"], s[f"k.{stage}"]["massive_low_band_share"]
+    eq, ek = s[f"q.{stage}"]["low_band_energy_fraction"], s[f"k.{stage}"]["low_band_energy_fraction"]
     if q is None or k is None:
         return "no λ-massive dim in Q or K (nothing to locate)", "not evaluable"
     text = (f"massive dims in the low band: Q {q:.0%}, K {k:.0%}; low-band energy Q {eq:.0%}, K {ek:.0%} "
@@ -52,9 +52,9 @@ def low_frequency(path: Path, model: str) -> tuple[str, str]:
     return text, verdict
 
 
-def across_heads(path: Path, model: str) -> tuple[str, str]:
+def across_heads(path: Path, model: str, *, stage: str = "pre") -> tuple[str, str]:
     m = pd.read_parquet(path / "massive.parquet")
-    m = m[(m.stage == "pre") & m.site.isin(["q", "k"])]
+    m = m[(m.stage == stage) & m.site.isin(["q", "k"])]
     shares = []
     for (_, _), g in m.groupby(["site", "layer"]):
         heads = g["head"].nunique()

@@ -17,21 +17,24 @@ from massmech.infra.study import CELLS
 from massmech.report.rules import (
     ALPHA,
     NOT_EVALUABLE,
+    across_heads,
     evaluable_rows,
+    low_frequency,
     n_text,
     rope_cause,
     rope_verdict,
     summary_of,
 )
+from massmech.report.tables import emergence_lines
 from massmech.stats import paired_bootstrap_interaction
 from massmech.stats.power import decidable, min_detectable_effect
 from massmech.studies.twins.config import Variant
 
 
-def qk_not_v_v2(path: Path, model: str) -> tuple[str, str]:
+def qk_not_v_v2(path: Path, model: str, *, stage: str = "pre") -> tuple[str, str]:
     """P3 v2: V's λ-massive dims below 10% of the fewer of Q's and K's: reproduces; below 25%: partly."""
     s = summary_of(path)["by_stage"]
-    q, k, v = s["q.pre"]["massive_count"], s["k.pre"]["massive_count"], s["v.pre"]["massive_count"]
+    q, k, v = s[f"q.{stage}"]["massive_count"], s[f"k.{stage}"]["massive_count"], s["v.pre"]["massive_count"]
     if min(q, k) == 0:
         return f"λ-massive dims: Q {q}, K {k}, V {v} (none in Q or K to compare V with)", "not evaluable"
     share = v / min(q, k)
@@ -65,8 +68,9 @@ def early_v2(path: Path, model: str) -> tuple[str, str]:
     def said(d: dict) -> str:
         return ", ".join(f"{site.upper()} {'none' if v is None else v}" for site, v in d.items())
 
-    text = (f"first layer with a λ-massive dim (λ = 5, pre-RoPE): {said(first)}; robust concentration layer "
-            f"(bootstrap over chunks, band factor 1): {said(robust)}; of {n} layers (first quarter: < {n / 4:g})")
+    text = (f"first layer with a λ-massive dim (λ = 5, pre-RoPE): {said(first)} of {n} layers (first quarter: "
+            f"< {n / 4:g}); robust concentration layer, "
+            + "; ".join(line.strip() for line in emergence_lines(s)[1:]))
     if all(map(early, first.values())):
         return text, "reproduces" if all(map(early, robust.values())) else "partly"
     return text, "partly" if any(map(early, first.values())) else "contradicted"
@@ -251,3 +255,38 @@ def parametric_v2(path: Path, model: str) -> tuple[str, str]:
     if m.ci_low > 0:
         return text, "reproduces" if m.drop_parametric <= 0.25 else "partly"
     return text, "contradicted" if m.ci_high < 0 else "not evaluable"
+
+
+# --------------------------------------------------------------------------- where the weights act
+def weights_stage(path: Path) -> str:
+    """The pre-RoPE site the projection weights produce: ``raw`` (before QK-norm) where the run
+    captured it, else ``pre``."""
+    return "raw" if "q.raw" in summary_of(path)["by_stage"] else "pre"
+
+
+def _at_weights(judge, path: Path, model: str) -> tuple[str, str]:
+    """A judge at the site the weights produce; on a QK-norm model, the post-norm site beside it."""
+    stage = weights_stage(path)
+    text, verdict = judge(path, model, stage=stage)
+    if stage == "pre":
+        return text, verdict
+    after, after_verdict = judge(path, model, stage="pre")
+    return (f"before QK-norm (what W_q/W_k produce): {text}; after it (the norm's shared gain applied): {after} "
+            f"[{after_verdict} there]", verdict)
+
+
+def low_frequency_v2(path: Path, model: str) -> tuple[str, str]:
+    """P1 v2: version 1 judged at the site the projection weights produce (before QK-norm)."""
+    return _at_weights(low_frequency, path, model)
+
+
+def across_heads_v2(path: Path, model: str) -> tuple[str, str]:
+    """P2 v2: version 1 judged before QK-norm, where the norm's gain, shared by every head, cannot
+    make the heads agree."""
+    return _at_weights(across_heads, path, model)
+
+
+def qk_not_v_v3(path: Path, model: str) -> tuple[str, str]:
+    """P3 v3: version 2 judged before QK-norm (V has no norm: one site)."""
+    return _at_weights(qk_not_v_v2, path, model)
+

@@ -9,7 +9,7 @@ from massmech.studies.registry import StudySpec, lazy_exports, register_study
 
 SPEC = register_study(StudySpec(
     name="analyze",
-    version=2,  # 2: one QKVStats per chunk of windows (the emergence bootstrap); 1: one capture
+    version=3,  # 3: Q/K before QK-norm too (raw); 2: one QKVStats per chunk of windows; 1: one capture
     help="the main job: Q/K/V statistics on natural text, frequency analysis, emergence layer, figures",
     study="massmech.studies.analyze.study:ANALYZE",
     config="massmech.studies.analyze.config:AnalyzeConfig",

@@ -9,7 +9,8 @@ from massmech.studies.registry import StudySpec, lazy_exports, register_study
 
 SPEC = register_study(StudySpec(
     name="quant",
-    version=3,  # 3: W8A8 activation scales per sequence, KV per-channel ranges from the prompt; 2: zero dims
+    version=4,  # 4: keep-massive rows read before QK-norm; 3: W8A8 scales per sequence, KV per-channel
+    # ranges from the prompt; 2: zero dims
     help="a grid of quantized variants of one model into one resumable table",
     study="massmech.studies.quant.study:QUANT",
     config="massmech.studies.quant.config:QuantStudyConfig",

@@ -98,17 +98,21 @@ def qk_keep_rows(model: str, calib: Sequence[Sequence[int]], *, lam: float = 5.0
                  seed: int = 0) -> dict[str, torch.Tensor]:
     """Rows of each layer's W_q and W_k to keep exact: those producing the massive pre-RoPE Q/K
     dims on the calibration windows (lambda rule, per head), or with ``random`` the same number of
-    other rows in each head (seeded): ``{"q": [layer, head, d_head] bool, "k": ...}``."""
+    other rows in each head (seeded): ``{"q": [layer, head, d_head] bool, "k": ...}``.
+
+    The dims are read where the weights produce them: on a QK-norm model before the norm (``raw``),
+    whose gain would otherwise choose the rows (issue 26)."""
     from massmech.core.capture import capture_stats
     from massmech.core.detect import massive_mask
     from massmech.core.loading import load_model
 
     lm = load_model(model)
-    stats = capture_stats(lm, [list(w) for w in calib], sites=("q", "k"), stages=("pre",), progress=False)
+    stage = lm.stages("q")[0]  # "raw" before QK-norm, else "pre"
+    stats = capture_stats(lm, [list(w) for w in calib], sites=("q", "k"), stages=(stage,), progress=False)
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for site in ("q", "k"):
-        sel = massive_mask(stats.norm(site, "pre"), lam=lam)  # [layer, head, d]
+        sel = massive_mask(stats.norm(site, stage), lam=lam)  # [layer, head, d]
         if random:  # the same count per head among the other dims
             key = torch.rand(sel.shape, generator=gen).masked_fill(sel, float("inf"))
             rank = key.argsort(-1).argsort(-1)
