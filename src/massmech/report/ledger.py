@@ -140,6 +140,7 @@ SWEEP = ("Holm across the run's evaluable comparisons with the baseline; a secon
 ISSUE_26 = dict(fixed="2026-12-04T10:29:09+00:00", commit="299924d")  # the version-2 rules
 V2 = "issue 26's audit, after the version-1 verdicts were known: "
 WEIGHTS = Rule(2, "", rules_v2.low_frequency_v2, ONE,  # each claim states its text in full
+               fixed="2026-12-04T11:17:36+00:00", commit="8c26763",
                why=V2 + "on Gemma-3 the pre-RoPE site is after QK-norm, whose gains (6.4 on Q, 8.9 on K in the "
                         "massive dims against 1.8-2.1 elsewhere) make dims massive that the projection did not")
 P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one is below the variance-matched "
