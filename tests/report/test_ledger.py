@@ -222,8 +222,9 @@ def test_p6_v2_tests_the_claim_as_an_interaction(tmp_path):
             "par1": ("parametric", 30, 3), "par2": ("parametric", 30, 0)}
     assert rules_v2.parametric_v2(_interaction_run(tmp_path / "less", less), "m")[1] == "contradicted"
     (tmp_path / "less" / "cells" / "ablation" / "ctx1-massive" / "cell.json").unlink()
+    where = f"{tmp_path / 'less' / 'examples.parquet'} nor {tmp_path / 'less' / 'cells'}"
     assert rules_v2.parametric_v2(tmp_path / "less", "m") == (
-        f"per-example verdicts not in {tmp_path / 'less' / 'cells'} (the interaction needs them)", "not evaluable")
+        f"per-example verdicts not in {where} (the interaction needs them)", "not evaluable")
 
 
 def test_p1_to_p3_are_judged_before_qk_norm_where_there_is_one(tmp_path):
@@ -242,3 +243,18 @@ def test_p1_to_p3_are_judged_before_qk_norm_where_there_is_one(tmp_path):
         assert text.startswith("before QK-norm") and "after it" in text
         assert verdict == old(out, "tiny-gemma3", stage="raw")[1]  # the raw site decides
         assert text.endswith(f"[{old(out, 'tiny-gemma3', stage='pre')[1]} there]")
+
+
+def test_a_sweep_keeps_its_per_example_verdicts_in_its_folder(tmp_path):
+    """Whatever cell store a sweep uses (reproduce shares one), its folder holds every verdict."""
+    from massmech.studies.ablation import SweepConfig, run_sweep
+
+    out = tmp_path / "sweep"
+    t = run_sweep(SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=4, rules=("topk",), ks=(1,)), out,
+                  cells=tmp_path / "shared", progress=False)
+    ex = pd.read_parquet(out / "examples.parquet")
+    assert not (out / "cells").exists() and len(ex) == 4 * len(t)
+    for r in t.itertuples():
+        mine = ex[ex.key == r.key]
+        assert mine.correct.mean() == pytest.approx(r.accuracy) and rules_v2._verdicts(out, r.key) == dict(
+            zip(mine.uid, mine.correct, strict=True))

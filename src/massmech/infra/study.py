@@ -80,6 +80,9 @@ class Context:
         #: they are not part of any cell key; a ``dtype`` other than float32 is (:meth:`model_id`).
         #: Workers of every executor load with the same options.
         self.load_options: dict[str, Any] = {k: v for k, v in (load_options or {}).items() if v is not None}
+        #: the study's stored cells, set by :func:`run_study` before ``finish`` (e.g. to write
+        #: per-example tables into the run folder, whichever cell store holds them)
+        self.cells: dict[str, Cell] = {}
 
     def model_id(self, spec: str) -> str:
         """The model as cell keys name it: its spec, plus ``@dtype`` when not loaded in float32.
@@ -253,6 +256,7 @@ def run_study(
         stored = compute_cells(study, config, store_of(study, root), executor=executor, ctx=ctx, progress=progress,
                                planned=planned)
         table = study.consolidate(config, stored)
+        ctx.cells = stored
         with staged(out) as tmp:
             if isinstance(table, pd.DataFrame):
                 table.to_parquet(tmp / f"{RESULTS}.parquet", index=False)

@@ -28,6 +28,7 @@ from massmech.report.rules import (
 from massmech.report.tables import emergence_lines
 from massmech.stats import paired_bootstrap_interaction
 from massmech.stats.power import decidable, min_detectable_effect
+from massmech.studies.ablation import EXAMPLES
 from massmech.studies.twins.config import Variant
 
 
@@ -194,7 +195,12 @@ def wavelength_v2(path: Path, model: str) -> tuple[str, str]:
 
 
 def _verdicts(path: Path, key: str) -> dict[str, bool] | None:
-    """A cell's per-example verdicts, from the run's own cell store (``None``: not there)."""
+    """A cell's per-example verdicts: from the run's ``examples.parquet``, else from its own cell
+    store (a run made before that table existed); ``None``: in neither."""
+    table = path / EXAMPLES
+    if table.is_file():
+        ex = pd.read_parquet(table, filters=[("key", "==", key)])
+        return dict(zip(ex.uid.astype(str), ex.correct.astype(bool), strict=True)) or None
     f = path / CELLS / "ablation" / key / CELL_FILE
     return json.loads(f.read_text()).get("data", {}).get("verdicts") if f.is_file() else None
 
@@ -241,7 +247,8 @@ def parametric_v2(path: Path, model: str) -> tuple[str, str]:
         if all(pairs.values()):
             found[arm] = paired_bootstrap_interaction(pairs["contextual"], pairs["parametric"], n_boot=2000, seed=0)
     if "massive" not in found:
-        return f"per-example verdicts not in {path / CELLS} (the interaction needs them)", "not evaluable"
+        return (f"per-example verdicts not in {path / EXAMPLES} nor {path / CELLS} (the interaction needs them)",
+                "not evaluable")
 
     def said(r) -> str:
         return (f"relative drop contextual {r.drop_contextual:.0%} ({r.n_tasks_contextual} tasks, n = {r.n_contextual}) "

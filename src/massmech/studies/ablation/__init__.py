@@ -7,6 +7,8 @@ tests), :mod:`.single` (one ablation, the ``ablate`` command).
 
 from massmech.studies.registry import StudySpec, lazy_exports, register_study
 
+EXAMPLES = "examples.parquet"  # a sweep's per-example verdicts: model, task, condition, key, uid, correct
+
 SPEC = register_study(StudySpec(
     name="ablation",
     # 4: the matched control sized exactly under pooled_mean and topped up with the closest dim;

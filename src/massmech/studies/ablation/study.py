@@ -34,7 +34,7 @@ from massmech.core.models import LoadedModel
 from massmech.errors import DisruptionError, NoOpDisruptionError, TaskError
 from massmech.infra.cells import cell_key, data_hash
 from massmech.infra.study import CellSpec, Context, run_study
-from massmech.studies.ablation import SPEC
+from massmech.studies.ablation import EXAMPLES, SPEC
 from massmech.studies.ablation.config import SweepConfig
 from massmech.studies.ablation.results import consolidate
 
@@ -121,6 +121,7 @@ class AblationStudy:
         return consolidate([cell.data for cell in cells.values()])
 
     def finish(self, config: SweepConfig, table: pd.DataFrame, out: Path, ctx: Context) -> dict:
+        examples_table(ctx.cells).to_parquet(out / EXAMPLES, index=False)  # each example's verdict, in the run
         failed = table[table.error.notna()]
         return {"study": self.name, "cells": len(table), "models": list(config.models), "tasks": list(config.tasks),
                 "n_asked": config.n,
@@ -130,6 +131,19 @@ class AblationStudy:
 
 
 ABLATION = AblationStudy()
+
+
+def examples_table(cells: dict) -> pd.DataFrame:
+    """One row per (cell, example): what a paired test or bootstrap over examples needs.
+
+    >>> class C:
+    ...     data = {"model": "m", "task": "t", "condition": "baseline", "key": "k1", "verdicts": {"3": True}}
+    >>> examples_table({"k1": C()}).to_dict("records")
+    [{'model': 'm', 'task': 't', 'condition': 'baseline', 'key': 'k1', 'uid': '3', 'correct': True}]
+    """
+    rows = [{"model": c.data["model"], "task": c.data["task"], "condition": c.data["condition"], "key": key,
+             "uid": uid, "correct": bool(v)} for key, c in cells.items() for uid, v in c.data["verdicts"].items()]
+    return pd.DataFrame(rows, columns=["model", "task", "condition", "key", "uid", "correct"])
 
 
 def run_sweep(
