@@ -132,7 +132,7 @@ class Claim:
 
 PAPER = "Jin et al. 2025, abstract"
 FIRST = dict(fixed="2026-11-30T06:30:43+00:00", commit="74d10f0",
-             why="the ledger's first commit; SmolLM2's analyze and ablation results were already in the README "
+             why="the ledger's first commit; SmolLM2's results (its V count, the ablation tables) were in the README "
                  "(3bd9c35), so this version was not fixed before those numbers")
 ONE = "one measurement per model (no test, no family)"
 SWEEP = ("Holm across the run's evaluable comparisons with the baseline; a second Holm family for the massive rows "
