@@ -221,6 +221,9 @@ def test_p6_v2_tests_the_claim_as_an_interaction(tmp_path):
     less = {"ctx1": ("contextual", 30, 29),  # the kinds swapped "ctx2": ("contextual", 30, 27),
             "par1": ("parametric", 30, 3), "par2": ("parametric", 30, 0)}
     assert rules_v2.parametric_v2(_interaction_run(tmp_path / "less", less), "m")[1] == "contradicted"
+    few = {"ctx1": ("contextual", 2, 1), "par1": ("parametric", 1, 1)}  # resamples with a baseline of 0
+    text, verdict = rules_v2.parametric_v2(_interaction_run(tmp_path / "few", few, n=4), "m")
+    assert verdict == "not evaluable" and text.startswith("the interaction cannot be computed")
     (tmp_path / "less" / "cells" / "ablation" / "ctx1-massive" / "cell.json").unlink()
     where = f"{tmp_path / 'less' / 'examples.parquet'} nor {tmp_path / 'less' / 'cells'}"
     assert rules_v2.parametric_v2(tmp_path / "less", "m") == (

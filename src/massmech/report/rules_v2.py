@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from massmech.errors import AnalysisError
 from massmech.infra.cells import CELL_FILE
 from massmech.infra.study import CELLS
 from massmech.report.rules import (
@@ -245,7 +246,14 @@ def parametric_v2(path: Path, model: str) -> tuple[str, str]:
     for arm, rows in arms.items():
         pairs = {k: _paired(path, t, v) for k, v in rows.items()}
         if all(pairs.values()):
-            found[arm] = paired_bootstrap_interaction(pairs["contextual"], pairs["parametric"], n_boot=2000, seed=0)
+            try:
+                found[arm] = paired_bootstrap_interaction(pairs["contextual"], pairs["parametric"], n_boot=2000,
+                                                          seed=0)
+            except AnalysisError as err:  # e.g. a resample whose baseline is all wrong (few examples)
+                found[arm] = err
+    if isinstance(found.get("massive"), AnalysisError):
+        return f"the interaction cannot be computed: {found['massive']}", "not evaluable"
+    found = {arm: r for arm, r in found.items() if not isinstance(r, AnalysisError)}
     if "massive" not in found:
         return (f"per-example verdicts not in {path / EXAMPLES} nor {path / CELLS} (the interaction needs them)",
                 "not evaluable")
