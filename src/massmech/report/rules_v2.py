@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from massmech.core.critical import beyond_critical
 from massmech.errors import AnalysisError
 from massmech.infra.cells import CELL_FILE
 from massmech.infra.study import CELLS
@@ -178,7 +179,7 @@ def wavelength_v2(path: Path, model: str) -> tuple[str, str]:
         return "no RoPE variant wavelengths in the summary", "not evaluable"
     r0 = next((r for r in runs if r["default"]), runs[0])
     freq = r0["base"] ** (-np.arange(0, r0["d_head"], 2) / r0["d_head"])
-    base_rate = float((2 * np.pi / freq > r0["context"]).mean())
+    base_rate = float(beyond_critical(freq, r0["context"]).mean())  # pairs at or beyond k*
     text = ("peak pair wavelength ÷ its context: " + ", ".join(f"{r['name']} {r['ratio']:.2f}" for r in runs)
             + f"; base rate (pairs beyond the context at T = {r0['context']}): {base_rate:.0%}")
     same = [r for r in runs if r["base"] == r0["base"] and not r["seeded"]]
