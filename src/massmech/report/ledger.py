@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from massmech.report import rules, rules_v2
+from massmech.report import rules, rules_mechanism, rules_v2
 from massmech.report.pages import GENERATED
 from massmech.report.rules import NoData, run_finished
 from massmech.report.runs import MODELS, command, models_of, run_folder
@@ -206,6 +206,16 @@ CLAIMS: tuple[Claim, ...] = (
         Rule(2, "as version 1, but a check at floor accuracy (matched level < 0.05) is not evaluable and the "
                 "remaining checks decide", rules_v2.rope_cause_v2, "descriptive (ratios; seeds with t intervals); no test",
              **ISSUE_26, why=V2 + "the matched level was 0.01: a comparison at floor says nothing about RoPE"))),
+    Claim("P9", "The values of low-frequency dimensions are less affected by position information", PAPER, "shift", (
+        Rule(1, "64 BBC texts of 128 tokens moved 16, 64 and 256 positions later by a prefix of unrelated BBC text "
+                "(RoPE itself is shift-invariant, so what changes is the model's own Q/K); per layer, the relative "
+                "change of each equal-count third of the RoPE pairs' attention-logit contributions among the texts' "
+                "own tokens (sum of |change| over sum of |contribution|, pooled over texts). At every shift the "
+                "slowest third changes least in at least 2/3 of the layers: reproduces; in at most 1/3 of the layers "
+                "(its chance level) at every shift: contradicted; otherwise partly. Q and K before RoPE beside it",
+             rules_mechanism.position_shift, "descriptive over layers (layers are not independent units: no test)",
+             why="new (issue 27): P9 was 'not testable offline'; fixed before any position-shift run on a real model "
+                 "(only the tiny random models of the tests had run)"),)),
     Claim("O1", "Size matters: massive dims vs random dims removing the same token variance", "massmech (issue 14)",
           "main", (Rule(1, "massive below its variance-matched control on every evaluable task: reproduces", rules.matched,
                         "Holm across the run's massive-vs-matched-control comparisons", **FIRST),), ours=True),
@@ -234,9 +244,6 @@ CLAIMS: tuple[Claim, ...] = (
                             "rate")), ours=True),
 )
 NOT_TESTABLE = (
-    ("P9", "The values of low-frequency dimensions are less affected by position information", PAPER,
-     "definitional for RoPE (a pair whose wavelength exceeds the context turns less than once); no measurement "
-     "beyond the band tables of `massmech analyze` adds to it"),
     ("P10", "Pretrained models without RoPE show no such concentration", "Jin et al. 2025 (RoPE vs non-RoPE models)",
      "no pretrained non-RoPE model is available offline; the twins (P8) test it on toy models"),
 )

@@ -73,6 +73,7 @@ RUNS: dict[str, LedgerRun] = {
                        per_model={"gemma3-270m": {"paper_settings": False, "ks": (22,), "replace": "zero"}},
                        names={"gemma3-270m": "paper-k22-zero"}),
     "quant": LedgerRun("quant", "full", presets={"gemma3-270m": "core"}),
+    "shift": LedgerRun("shift", "ledger"),
     "twins": LedgerRun("twins", "demo", models=(), overrides={"seeds": (1, 2)}),
     # the grid sweeps (no claim of their own: results pages and figures), on the first model asked for
     **{g: LedgerRun("ablation", g, first_only=True) for g in ("dose", "k", "layers")},
