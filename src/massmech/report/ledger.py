@@ -214,6 +214,7 @@ CLAIMS: tuple[Claim, ...] = (
                 "slowest third changes least in at least 2/3 of the layers: reproduces; in at most 1/3 of the layers "
                 "(its chance level) at every shift: contradicted; otherwise partly. Q and K before RoPE beside it",
              rules_mechanism.position_shift, "descriptive over layers (layers are not independent units: no test)",
+             fixed="2026-12-04T13:53:16+00:00", commit="8522412",
              why="new (issue 27): P9 was 'not testable offline'; fixed before any position-shift run on a real model "
                  "(only the tiny random models of the tests had run)"),)),
     Claim("O1", "Size matters: massive dims vs random dims removing the same token variance", "massmech (issue 14)",
