@@ -49,6 +49,8 @@ def band_dims(spec: RopeSpec, bands: np.ndarray) -> dict[str, Tensor]:
     >>> {b: d.tolist() for b, d in band_dims(spec, np.array(["high", "mid", "low"])).items()}
     {'high': [0, 3], 'mid': [1, 4], 'low': [2, 5], 'unrotated': [6, 7]}
     """
+    if np.shape(bands) != (spec.n_pairs,):
+        raise InputTypeError(f"a band per pair needs shape ({spec.n_pairs},), got {np.shape(bands)}")
     idx = spec.pair_index()
     out = {str(b): idx[torch.as_tensor(bands == b)].flatten().sort().values for b in dict.fromkeys(bands.tolist())}
     if spec.rotary_dim < spec.d_head:
@@ -97,7 +99,7 @@ def shift_changes(
     if not len(prefix):
         raise InputTypeError("an empty prefix moves nothing: give at least one token")
     spec = model.rope
-    layers = range(model.info.n_layers) if layers is None else list(layers)
+    layers = list(range(model.info.n_layers)) if layers is None else list(layers)
     examples = list(range(texts.shape[0])) if examples is None else list(examples)
     bands = equal_count_bands(spec.n_pairs, 3)
     dims = band_dims(spec, bands)

@@ -80,6 +80,13 @@ def _spectrum(root: Path, model: str, path: Path) -> object:
     return plotting.spectrum(a["fa"], a["layers"], out=path)
 
 
+def _shift(root: Path, model: str, path: Path) -> object:
+    from massmech.studies.shift.study import CHANGES
+
+    rel = pd.read_parquet(_run(root, "shift", model) / CHANGES)
+    return plotting.shift_curve(rel.assign(model=model), out=path)
+
+
 def _from_table(run: str, draw: Callable) -> Callable[[Path, str, Path], object]:
     return lambda root, model, path: draw(_table(root, run, model), out=path)
 
@@ -100,6 +107,7 @@ FIGURES: dict[str, Figure] = {
     "quant_tasks": Figure("quant", _from_table("quant", plotting.quant_tasks)),
     "quant_preservation": Figure("quant", _from_table("quant", plotting.quant_preservation)),
     "quant_kv": Figure("quant", _from_table("quant", plotting.quant_kv)),
+    "shift": Figure("shift", _shift),
     "twins_trajectory": Figure("twins", _from_twins("trajectory", plotting.twins_trajectory), per_model=False),
     "twins_bands": Figure("twins", _from_twins("bands", plotting.twins_bands), per_model=False),
     "twins_disruption": Figure("twins", _from_twins("disruption", plotting.twins_disruption), per_model=False),
