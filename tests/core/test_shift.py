@@ -31,21 +31,21 @@ def _reference(model, text_ids, lead, prefix, layer, skip):
                      for key, x in acts.items()})
     d, n = model.rope.d_head, len(text_ids) - skip
     thirds = np.array_split(np.arange(d // 2), 3)  # equal-count thirds of the pairs, fastest first (half layout)
-    dims = {b: sorted([*p, *(p + d // 2)]) for b, p in zip(("high", "mid", "low"), thirds)}
+    dims = {b: sorted([*p, *(p + d // 2)]) for b, p in zip(("high", "mid", "low"), thirds, strict=True)}
     starts = (len(lead) + skip, len(lead) + len(prefix) + skip)
     scale = attention_scaling(model.bridge, layer)[0]
     group = model.info.n_heads // model.info.n_kv_heads
     out = {}
     for band, ds in dims.items():
         c = []
-        for run, s in zip(runs, starts):
+        for run, s in zip(runs, starts, strict=True):
             q, k = run[("q", "post")][s:s + n][..., ds], run[("k", "post")][s:s + n][..., ds]
             c.append(torch.stack([torch.stack([torch.stack([scale * (q[i, h] @ k[j, h // group]) for j in range(n)])
                                                for i in range(n)]) for h in range(q.shape[1])]))
         tril = torch.ones(n, n).tril().bool()
         out[("logit", band)] = (float((c[1] - c[0]).abs()[:, tril].sum()), float(c[0].abs()[:, tril].sum()))
         for site in "qk":
-            a, b = (run[(site, "pre")][s:s + n][..., ds] for run, s in zip(runs, starts))
+            a, b = (run[(site, "pre")][s:s + n][..., ds] for run, s in zip(runs, starts, strict=True))
             out[(site, band)] = (float(((b - a) ** 2).sum()), float((a ** 2).sum()))
     return out
 
