@@ -51,7 +51,7 @@ def test_bad_configs_are_refused_and_quick_is_smaller():
 
 def _write(path, least: dict[str, list[bool]]):
     rows = [dict(shift=s, measure=m, layer=i, low=0.1, least_other=0.2, slow_least=v)
-            for m, by in least.items() for s, flags in zip((16, 256), by) for i, v in enumerate(flags)]
+            for m, by in least.items() for s, flags in zip((16, 256), by, strict=True) for i, v in enumerate(flags)]
     path.mkdir()
     pd.DataFrame(rows).to_parquet(path / SLOW)
     pd.DataFrame([dict(shift=256, layer=0, measure="logit", band=b, change=1.0, base=2.0, relative=r)
