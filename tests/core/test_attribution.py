@@ -129,3 +129,22 @@ def test_group_logits_partition_the_total():
         group_logits(pl, {"a": [True, False]})
     with pytest.raises(IndexRangeError):
         group_logits(pl, {"a": [6]})
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_band_logits_equal_the_pairs_grouped(tiny_models, name):
+    """The matmul-per-band path (position shift) equals pair_logits + group_logits (GQA; partial rotary: its doctest)."""
+    from massmech.core.attribution import band_logits
+    from massmech.core.frequency import equal_count_bands
+
+    model = tiny_models[name]
+    tokens = torch.tensor(model.tokenize(TEXT))
+    qk = {}
+    attribution.query_logits(model, tokens, 5, layers=[1], keep=qk)
+    q, k = qk[1]
+    bands = equal_count_bands(model.rope.n_pairs, 3)
+    fast = band_logits(q, k, model.rope, 1, bands, scale=0.25)
+    slow = group_logits(pair_logits(q, k, model.rope, 1, scale=0.25), bands)
+    assert list(fast) == list(slow) == ["high", "mid", "low"]
+    for band in fast:
+        torch.testing.assert_close(fast[band], slow[band], rtol=1e-5, atol=1e-5)

@@ -209,6 +209,42 @@ def group_logits(
     return out
 
 
+def band_logits(
+    q_rot: Float[Tensor, "*batch q_pos head d_head"],
+    k_rot: Float[Tensor, "*batch k_pos kv_head d_head"],
+    spec: RopeSpec,
+    layer: int,
+    bands: np.ndarray,
+    *,
+    scale: float,
+) -> dict[str, Float[Tensor, "*batch head q_pos k_pos"]]:
+    """``group_logits(pair_logits(...), bands)`` as one matmul per band, without the per-pair tensor.
+
+    Memory is ``batch * head * q_pos * k_pos`` floats per band instead of that times the pairs: for
+    long sequences or many pairs. The unrotated dims of a partial rotary head are ``"unrotated"``.
+
+    >>> spec = RopeSpec.from_base(10_000, 8, rotary_dim=6)
+    >>> q, k = torch.randn(5, 2, 8), torch.randn(5, 1, 8)
+    >>> bands = np.array(["high", "mid", "low"])
+    >>> fast, slow = band_logits(q, k, spec, 0, bands, scale=0.5), group_logits(pair_logits(q, k, spec, 0, scale=0.5), bands)
+    >>> list(fast) == list(slow), all(torch.allclose(fast[b], slow[b], atol=1e-6) for b in fast)
+    (True, True)
+    """
+    spec._check_layer(layer)
+    names = _assignment(bands, spec.n_pairs)
+    q, k = q_rot.float(), k_rot.float()
+    if q.shape[-1] != spec.d_head or k.shape[-1] != spec.d_head:
+        raise InputTypeError(f"q/k have d_head {q.shape[-1]}/{k.shape[-1]}, the RoPE spec {spec.d_head}")
+    if q.shape[-2] % k.shape[-2]:
+        raise InputTypeError(f"{q.shape[-2]} query heads cannot share {k.shape[-2]} kv heads evenly")
+    k = k.repeat_interleave(q.shape[-2] // k.shape[-2], dim=-2)
+    idx = spec.pair_index()
+    groups = {name: idx[[p for p, n in enumerate(names) if n == name]].flatten() for name in dict.fromkeys(names)}
+    if spec.rotary_dim < spec.d_head:
+        groups[UNROTATED] = torch.arange(spec.rotary_dim, spec.d_head)
+    return {name: torch.einsum("...qhd,...khd->...hqk", q[..., d], k[..., d]) * scale for name, d in groups.items()}
+
+
 def attribute_logits(
     model: LoadedModel,
     tokens: Int[Tensor, "batch pos"],

@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from massmech.core.attribution import UNROTATED, group_logits, pair_logits
+from massmech.core.attribution import UNROTATED, band_logits
 from massmech.core.bridge import attention_scaling
 from massmech.core.frequency import equal_count_bands
 from massmech.core.models import LoadedModel
@@ -113,7 +113,7 @@ def shift_changes(
     for layer in layers:
         (a, b) = ({key: x[:, s : s + n] for key, x in run[layer].items()} for run, s in zip(runs, starts, strict=True))
         scale, _ = attention_scaling(model.bridge, layer)
-        la, lb = (group_logits(pair_logits(r["q.post"], r["k.post"], spec, layer, scale=scale), bands) for r in (a, b))
+        la, lb = (band_logits(r["q.post"], r["k.post"], spec, layer, bands, scale=scale) for r in (a, b))
         for band in la:
             change = ((lb[band] - la[band]).abs() * causal).sum((-1, -2, -3))  # per example
             base = (la[band].abs() * causal).sum((-1, -2, -3))
