@@ -89,6 +89,35 @@ def test_heads_and_layers_restrict_the_disruption(tiny_models):
     assert int(iv.last_selected[0]) == 2
 
 
+def test_units_disrupt_each_head_in_its_own_layer_only(tiny_models):
+    model = tiny_models["tiny-llama"]
+    tokens = model.probe_tokens(10)
+    before = model.run_sites(tokens, [("q", "pre")], layers=[0, 1])
+    d = Disruption(target="q", rule="topk", k=2, units=[(1, 2), (0, 3)])
+    for layer, head, units in ((0, 3, d.units), (1, 2, [(1, 2)])):  # layer 1 seen with layer 0 left alone
+        after, iv = _observe(model, Disruption(target="q", rule="topk", k=2, units=units), tokens, "q", layer)
+        diff = (after != before[("q", "pre", layer)]).any(1)  # [b, head, d]
+        others = [h for h in range(model.info.n_heads) if h != head]
+        assert diff[:, head].sum() == 2 and not diff[:, others].any(), (layer, head)
+        assert int(iv.last_selected[0]) == 2 * len(units)  # 2 dims in each unit
+    after0, _ = _observe(model, Disruption(target="q", rule="topk", k=2, units=[(1, 2)]), tokens, "q", 0)
+    assert torch.equal(after0, before[("q", "pre", 0)])  # no unit in layer 0: nothing there
+    every = Disruption(target="q", rule="topk", k=2, units=[(la, 1) for la in range(model.info.n_layers)])
+    with torch.inference_mode():
+        with disrupt(model, every):
+            a = model.bridge(tokens)
+        with disrupt(model, Disruption(target="q", rule="topk", k=2, heads=(1,))):
+            b = model.bridge(tokens)
+    assert torch.equal(a, b)  # head 1 in every layer, as units, is heads=(1,)
+    assert "units" not in Disruption().to_dict() and d.label() == "q.pre.top2.U0:3,1:2"
+    with pytest.raises(DisruptionError, match="leave layers and heads"):
+        Disruption(units=[(0, 1)], layers=[0])
+    with pytest.raises(DisruptionError, match="out of range"):
+        Disruption(target="k", units=[(0, model.info.n_kv_heads)]).validate(model)
+    with pytest.raises(DisruptionError, match="layers out of range"):
+        Disruption(units=[(model.info.n_layers, 0)]).validate(model)
+
+
 @pytest.mark.parametrize("control", ["lowest", "random", "band-low", "band-high"])
 def test_controls_pick_the_same_count_elsewhere(tiny_models, control):
     model = tiny_models["tiny-qwen2"]

@@ -9,7 +9,8 @@
 * **replacement**: the per-dim mean over the prompt's tokens (default), zero, the
   calibration mean, or ``"pooled_mean"``: one scalar per head, the mean over the selected dims
   of each dim's prompt mean (what the paper's public code does; equal to ``"mean"`` at k = 1);
-* **layers** and **heads** (default all);
+* **layers** and **heads** (default all), or **units**: explicit ``(layer, head)`` pairs (e.g. the
+  heads an attribution ranked first), each head disrupted in its own layer only;
 * a **control** elsewhere in the same heads. ``"matched"`` (the default of studies): random
   non-massive dims, taken in a seeded random order per head until the variance they remove is
   closest to what the rule's dims remove there (matched in size, not only in count). The others
@@ -74,6 +75,7 @@ class Disruption:
         replace: ``"mean"`` over the prompt's tokens, ``"zero"``, or ``"calib_mean"``.
         layers: Layers to disrupt (``None`` = all).
         heads: Heads to disrupt (``None`` = all; K heads are the KV heads).
+        units: ``(layer, head)`` pairs to disrupt instead of ``layers`` x ``heads`` (``None``: those).
         control: ``None`` (disrupt the selected dims) or a control (see module docstring).
         kv_cache: ``"prefill"`` or ``"every_step"``.
         seed: Seed of the random controls.
@@ -107,6 +109,7 @@ class Disruption:
     seed: int = 0
     granularity: str = "dim"
     control_scale: float = 1.0
+    units: Sequence[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -125,6 +128,13 @@ class Disruption:
             v = getattr(self, name)
             if v is not None:
                 object.__setattr__(self, name, tuple(int(x) for x in v))
+        if self.units is not None:
+            units = tuple(sorted({(int(a), int(b)) for a, b in self.units}))
+            if not units or min(min(u) for u in units) < 0:
+                raise DisruptionError(f"units must be non-empty (layer, head) pairs >= 0, got {self.units}")
+            if self.layers is not None or self.heads is not None:
+                raise DisruptionError("units name (layer, head) pairs: leave layers and heads at None")
+            object.__setattr__(self, "units", units)
         object.__setattr__(self, "lam", float(self.lam))  # 5 and 5.0 are one disruption
         object.__setattr__(self, "k", int(self.k))
         object.__setattr__(self, "seed", int(self.seed))
@@ -154,6 +164,26 @@ class Disruption:
     def sites(self) -> tuple[str, ...]:
         return TARGETS[self.target]
 
+    def layer_list(self, n_layers: int) -> list[int]:
+        """The layers it acts in.
+
+        >>> Disruption(units=[(3, 0), (1, 2), (3, 1)]).layer_list(4), Disruption(layers=[2]).layer_list(4)
+        ([1, 3], [2])
+        """
+        if self.units is not None:
+            return sorted({layer for layer, _ in self.units})
+        return list(self.layers) if self.layers is not None else list(range(n_layers))
+
+    def heads_at(self, layer: int) -> tuple[int, ...] | None:
+        """The heads it acts on in ``layer`` (``None``: all).
+
+        >>> Disruption(units=[(3, 0), (1, 2), (3, 1)]).heads_at(3), Disruption(heads=[1]).heads_at(0)
+        ((0, 1), (1,))
+        """
+        if self.units is not None:
+            return tuple(h for la, h in self.units if la == layer)
+        return self.heads
+
     def as_control(self, control: str = "matched", scale: float = 1.0) -> Disruption:
         """The same disruption with a control instead of the selected dims (``scale``: see
         ``control_scale``).
@@ -175,7 +205,7 @@ class Disruption:
         """
         paper = (self.stage == "post" and self.rule == "topk" and self.replace in ("pooled_mean", "zero")
                  and self.target == "qk" and self.kv_cache == "prefill" and self.selection == "prompt"
-                 and self.layers is None and self.heads is None and self.control is None
+                 and self.layers is None and self.heads is None and self.units is None and self.control is None
                  and self.granularity == "dim")
         sel = {"lambda": f"dims above {self.lam:g}x the head's mean norm", "topk": f"top-{self.k} per head",
                "dims": f"dims {list(self.dims)}"}[self.rule]
@@ -185,6 +215,8 @@ class Disruption:
         scope = "prompt only" if self.kv_cache == "prefill" else "prompt and every decoded token"
         if self.granularity == "pair":
             sel += ", whole RoPE pairs"
+        if self.units is not None:
+            sel += f", only in {len(self.units)} (layer, head) units"
         text = f"{'the paper' if paper else 'massmech'}'s {'protocol' if paper else 'variant'} ({where}; {sel}; {rep}; {scope})"
         if control:
             text += " vs " + {"matched": "variance-matched random control", "lowest": "lowest-norm control",
@@ -195,8 +227,8 @@ class Disruption:
     def to_dict(self) -> dict:
         """All fields as a dict (see :meth:`from_dict`).
 
-        ``granularity`` and ``control_scale`` came after the first cell version: at their defaults
-        (``"dim"``, 1) they are left out, so the dict, and every cell key and pinned digest made
+        ``granularity``, ``control_scale`` and ``units`` came after the first cell version: at their
+        defaults (``"dim"``, 1, ``None``) they are left out, so the dict, and every cell key and pinned digest made
         from it, is what it was.
 
         >>> Disruption(layers=[0, 1]).to_dict()
@@ -205,7 +237,7 @@ class Disruption:
         'pair'
         """
         d = asdict(self)
-        for name, default in (("granularity", "dim"), ("control_scale", 1.0)):
+        for name, default in (("granularity", "dim"), ("control_scale", 1.0), ("units", None)):
             if d[name] == default:
                 del d[name]
         return d
@@ -218,8 +250,14 @@ class Disruption:
         >>> d = Disruption(rule="dims", dims=[3, 7], heads=[0])
         >>> Disruption.from_dict(json.loads(json.dumps(d.to_dict()))) == d
         True
+        >>> u = Disruption(units=[(2, 1), (0, 3)])
+        >>> Disruption.from_dict(json.loads(json.dumps(u.to_dict()))) == u
+        True
         """
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if d.get("units") is not None:
+            d["units"] = tuple(tuple(u) for u in d["units"])
+        return cls(**d)
 
     def label(self) -> str:
         """Short, stable, human-readable name (used as a condition id in sweeps).
@@ -233,6 +271,8 @@ class Disruption:
             parts.append(f"L{min(self.layers)}-{max(self.layers)}" if _is_range(self.layers) else "L" + ",".join(map(str, self.layers)))
         if self.heads is not None:
             parts.append("H" + ",".join(map(str, self.heads)))
+        if self.units is not None:
+            parts.append("U" + ",".join(f"{la}:{h}" for la, h in self.units))
         if self.selection != "prompt":
             parts.append(self.selection)
         if self.replace != "mean":
@@ -275,10 +315,13 @@ class Disruption:
             raise DisruptionError(f"dims {self.dims} out of range: d_head={info.d_head} of {info.name}")
         if self.layers is not None and not all(0 <= x < info.n_layers for x in self.layers):
             raise DisruptionError(f"layers {self.layers} out of range: {info.name} has {info.n_layers}")
-        if self.heads is not None:
+        if self.heads is not None or self.units is not None:
             n = min(info.n_heads if s == "q" else info.n_kv_heads for s in self.sites)
-            if not all(0 <= h < n for h in self.heads):
-                raise DisruptionError(f"heads {self.heads} out of range [0, {n}) for target {self.target!r}")
+            heads = self.heads if self.units is None else [h for _, h in self.units]
+            if not all(0 <= h < n for h in heads):
+                raise DisruptionError(f"heads {sorted(set(heads))} out of range [0, {n}) for target {self.target!r}")
+        if self.units is not None and not all(layer < info.n_layers for layer, _ in self.units):
+            raise DisruptionError(f"units {self.units} name layers out of range: {info.name} has {info.n_layers}")
         if self.control and self.control.startswith("band") and model.rope_or_none is None:
             raise DisruptionError(f"control {self.control!r} needs RoPE pairs; {info.name} has no RoPE")
         if self.granularity == "pair" and model.rope_or_none is None:
@@ -297,7 +340,7 @@ class Disruption:
                 )
             if calibration.model != info.name:
                 raise DisruptionError(f"calibration is from {calibration.model!r}, not {info.name!r}")
-            layers = self.layers if self.layers is not None else range(info.n_layers)
+            layers = self.layer_list(info.n_layers)
             absent = [x for x in layers if x not in calibration.layers]
             if absent:
                 raise DisruptionError(f"the calibration statistics lack layers {absent}")

@@ -89,7 +89,7 @@ class Intervention:
             if c is None:
                 continue
             for site in c.sites:
-                for layer in c.layers if c.layers is not None else range(model.info.n_layers):
+                for layer in c.layer_list(model.info.n_layers):
                     where.setdefault((site, c.stage, layer), []).append(ci)
         self.fwd_hooks: list[tuple[str, Any]] = []
         for (site, stage, layer), cis in where.items():

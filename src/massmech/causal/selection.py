@@ -70,9 +70,10 @@ def select(
     else:
         sel = torch.zeros_like(m, dtype=torch.bool)
         sel[..., list(c.dims)] = True
-    if c.heads is not None:
+    heads = c.heads_at(layer)
+    if heads is not None:
         keep = torch.zeros(n_heads, dtype=torch.bool)
-        keep[list(c.heads)] = True
+        keep[list(heads)] = True
         sel &= keep.view(1, -1, 1).to(sel.device)
     units = None
     if c.granularity == "pair":
