@@ -35,7 +35,6 @@ from massmech.core.bridge import attention_scaling
 from massmech.core.frequency import equal_count_bands
 from massmech.core.models import LoadedModel
 from massmech.core.rope import RopeSpec
-from massmech.core.sites import to_heads
 from massmech.errors import InputTypeError
 
 MEASURES = ("logit", "q", "k")
@@ -105,13 +104,15 @@ def shift_changes(
     dims = band_dims(spec, bands)
     lead_t = torch.tensor([list(lead)] * texts.shape[0], dtype=torch.long).reshape(texts.shape[0], len(lead))
     pre_t = torch.tensor([list(prefix)] * texts.shape[0], dtype=torch.long)
-    runs = [_capture(model, torch.cat(parts, 1), layers) for parts in ((lead_t, texts), (lead_t, pre_t, texts))]
+    keys = [(site, stage) for site in ("q", "k") for stage in ("pre", "post")]
+    runs = [model.run_sites(torch.cat(parts, 1), keys, layers) for parts in ((lead_t, texts), (lead_t, pre_t, texts))]
     starts = (len(lead) + skip, len(lead) + len(prefix) + skip)
     n = texts.shape[1] - skip
     causal = torch.ones(n, n, dtype=torch.bool).tril()
     rows = []
     for layer in layers:
-        (a, b) = ({key: x[:, s : s + n] for key, x in run[layer].items()} for run, s in zip(runs, starts, strict=True))
+        (a, b) = ({f"{site}.{stage}": x[:, s : s + n] for (site, stage, la), x in run.items() if la == layer}
+                  for run, s in zip(runs, starts, strict=True))
         scale, _ = attention_scaling(model.bridge, layer)
         la, lb = (band_logits(r["q.post"], r["k.post"], spec, layer, bands, scale=scale) for r in (a, b))
         for band in la:
@@ -129,21 +130,6 @@ def shift_changes(
 def _rows(examples: list[int], layer: int, measure: str, band: str, change: Tensor, base: Tensor) -> list[dict]:
     return [dict(example=e, layer=layer, measure=measure, band=band, change=float(c), base=float(b))
             for e, c, b in zip(examples, change.tolist(), base.tolist(), strict=True)]
-
-
-def _capture(model: LoadedModel, ids: Tensor, layers: list[int]) -> dict[int, dict[str, Tensor]]:
-    """Pre- and post-RoPE Q and K of every layer, ``[batch, pos, head, d_head]`` in fp32 on the CPU."""
-    hooks, heads_first = {}, {}
-    for layer in layers:
-        for site in ("q", "k"):
-            for stage in ("pre", "post"):
-                hooks[(layer, f"{site}.{stage}")], heads_first[(layer, f"{site}.{stage}")] = model.hook_name(site, stage, layer)
-    acts = model.run_hooks(ids.to(model.device), hooks)
-    heads = {"q": model.info.n_heads, "k": model.info.n_kv_heads}
-    out: dict[int, dict[str, Tensor]] = {layer: {} for layer in layers}
-    for (layer, key), x in acts.items():
-        out[layer][key] = to_heads(x, heads_first[(layer, key)], heads[key[0]]).float().cpu()
-    return out
 
 
 def relative_changes(table: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
