@@ -36,8 +36,8 @@ def position_shift(path: Path, model: str) -> tuple[str, str]:
         raise NoData(f"no attention-logit rows in {path / SLOW}")
     largest = max(logit)
     med = rel[(rel.measure == "logit") & (rel["shift"] == largest)].groupby("band").relative.median()
-    parts = [f"slowest third changes least in {a}/{n} layers at shift {s}" for s, (a, n) in sorted(logit.items())]
-    text = ("attention logits: " + ", ".join(parts)
+    parts = [f"{a}/{n} layers at shift {s}" for s, (a, n) in sorted(logit.items())]
+    text = ("attention logits: the slowest third changes least in " + ", ".join(parts)
             + f"; median relative change at shift {largest}: "
             + ", ".join(f"{b} {med[b]:.3f}" for b in BAND_LINE if b in med.index))
     for site in ("q", "k"):
