@@ -151,3 +151,43 @@ def summarize_edges(df: pd.DataFrame) -> pd.DataFrame:
                 n=("uid", "nunique")).reset_index()
     out["share"] = out.advantage / out.total.where(out.total != 0)
     return out
+
+
+def rank_heads(model: LoadedModel, task: Task, *, n: int = 20, seed: int = 1, lam: float = 5.0,
+               progress: bool = False) -> pd.DataFrame:
+    """Heads ranked by the needle advantage their massive pairs carry (see :func:`edge_attribution`).
+
+    Args:
+        model, task: The model and a task whose answer stands in its prompt (passkey, kv_lookup).
+        n, seed: The examples the ranking is made on (keep them apart from those it is tested on).
+        lam: Lambda of the massive rule, for the massive pairs and for ``q_massive``.
+
+    Returns:
+        One row per ``(layer, head)``: ``score`` (the massive pairs' needle advantage, mean over the
+        examples, logit units), ``total`` (the whole needle advantage), ``q_massive`` (the share of
+        the examples whose prompt gives the head a λ-massive Q dim before RoPE: what a Q disruption
+        can replace there), ``eligible`` (``q_massive >= 0.5``) and ``rank`` (1 = the largest score
+        among the eligible heads; 0 for the others).
+
+    >>> import massmech as mm
+    >>> from massmech.causal.tasks.builtin import get_task
+    >>> r = rank_heads(mm.load_model("tiny-llama"), get_task("passkey"), n=2, lam=1.5)
+    >>> len(r), r.columns.tolist()  # 2 layers x 4 heads
+    (8, ['layer', 'head', 'score', 'total', 'q_massive', 'eligible', 'rank'])
+    """
+    df = edge_attribution(model, task, n=n, seed=seed, lam=lam, progress=progress)
+    needle = df[(df.edge == "needle") & (df.grouping == "massive") & (df.group == "massive")]
+    if needle.empty:
+        raise ValueError(f"{task.name}: no example's answer stands in its prompt: nothing to rank heads by")
+    out = needle.groupby(["layer", "head"]).agg(score=("advantage", "mean"), total=("total", "mean")).reset_index()
+    hits = torch.zeros(model.info.n_layers, model.info.n_heads)
+    for ex in task.examples(n, seed):
+        acts = model.run_sites(torch.tensor([encode(model, ex)[0]]), [("q", "pre")])
+        for (_, _, layer), x in acts.items():
+            m = x[0].pow(2).sum(0).sqrt()  # [head, d]: the prompt's M
+            hits[layer] += massive_mask(m, rule="lambda", lam=lam).any(-1).float()
+    out["q_massive"] = [float(hits[la, h]) / n for la, h in zip(out["layer"], out["head"], strict=True)]
+    out["eligible"] = out.q_massive >= 0.5
+    order = out[out.eligible].score.rank(ascending=False, method="first")
+    out["rank"] = order.reindex(out.index).fillna(0).astype(int)
+    return out

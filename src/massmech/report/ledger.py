@@ -243,6 +243,20 @@ CLAIMS: tuple[Claim, ...] = (
                    rules_v2.wavelength_v2, "descriptive, one training run per variant",
                    **ISSUE_26, why=V2 + "62% of the pairs already exceed a 128-token context: version 1 passes at the base "
                             "rate")), ours=True),
+    Claim("O5", "The heads whose massive RoPE pairs carry the needle's attention are where replacing massive values "
+          "hurts retrieval", "massmech (issue 27)", "heads", (
+              Rule(1, "per retrieval task (passkey, kv_lookup; exact-match scoring of the task), heads whose Q has a "
+                      "λ-massive dim on at least half of 20 ranking prompts (seed 1) are ranked by the needle advantage "
+                      "their massive pairs carry at the answer position; Q's massive pairs (λ = 5, whole pairs, the "
+                      "prompt mean, before RoPE, prompt only) are replaced in the top 8 heads, or in 8 other eligible "
+                      "heads (5 seeded draws), on 200 other examples (seed 0). The control draws' mean accuracy minus "
+                      "the top heads' has its paired bootstrap interval (over examples, Bonferroni over the tasks) above "
+                      "0 on every evaluable task: reproduces; below 0 on some task: contradicted; no evaluable task: not "
+                      "evaluable; otherwise partly",
+                   rules_mechanism.retrieval_heads,
+                   "paired bootstrap per task, Bonferroni over the tasks (each interval at 1 - 0.05/2)",
+                   why="new (issue 27); fixed before any heads run on a real model (only tiny random models had run)"),),
+          ours=True),
 )
 NOT_TESTABLE = (
     ("P10", "Pretrained models without RoPE show no such concentration", "Jin et al. 2025 (RoPE vs non-RoPE models)",

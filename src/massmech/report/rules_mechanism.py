@@ -50,3 +50,32 @@ def position_shift(path: Path, model: str) -> tuple[str, str]:
     if max(fractions) <= 1 / 3:
         return text, "contradicted"
     return text, "partly"
+
+
+def retrieval_heads(path: Path, model: str) -> tuple[str, str]:
+    """O5 v1: on every evaluable retrieval task the control draws' accuracy minus the top heads' has
+    its (Bonferroni) bootstrap interval above 0: reproduces; below 0 on some task: contradicted; no
+    evaluable task: not evaluable; otherwise partly."""
+    from massmech.studies.heads.study import COMPARISON
+
+    if not (path / COMPARISON).is_file() or not (path / "results.parquet").is_file():
+        raise NoData(f"no {COMPARISON} in {path}")
+    comp, res = pd.read_parquet(path / COMPARISON), pd.read_parquet(path / "results.parquet")
+    removed = res.assign(arm=res.condition.str.replace(r"-\d+$", "", regex=True)).groupby(["task", "arm"]).removed_variance.mean()
+    parts, signs = [], []
+    for r in comp.itertuples():
+        text = (f"{r.task}: baseline {r.baseline:.2f}, top heads {r.top:.2f}, other heads {r.others:.2f} "
+                f"(n = {r.n}), difference {r.difference:+.2f} [{r.level:.1%}: {r.ci_low:+.2f}, {r.ci_high:+.2f}], "
+                f"removed variance {removed.get((r.task, 'top'), float('nan')):.3f} vs "
+                f"{removed.get((r.task, 'other'), float('nan')):.3f}")
+        if not r.evaluable:
+            text += " (not evaluable: baseline at chance or floor)"
+        else:
+            signs.append(1 if r.ci_low > 0 else -1 if r.ci_high < 0 else 0)
+        parts.append(text)
+    text = "; ".join(parts)
+    if not signs:
+        return text, "not evaluable"
+    if -1 in signs:
+        return text, "contradicted"
+    return text, "reproduces" if all(s == 1 for s in signs) else "partly"

@@ -74,6 +74,7 @@ RUNS: dict[str, LedgerRun] = {
                        names={"gemma3-270m": "paper-k22-zero"}),
     "quant": LedgerRun("quant", "full", presets={"gemma3-270m": "core"}),
     "shift": LedgerRun("shift", "ledger"),
+    "heads": LedgerRun("heads", "ledger"),
     "twins": LedgerRun("twins", "demo", models=(), overrides={"seeds": (1, 2)}),
     # the grid sweeps (no claim of their own: results pages and figures), on the first model asked for
     **{g: LedgerRun("ablation", g, first_only=True) for g in ("dose", "k", "layers")},
