@@ -255,6 +255,7 @@ CLAIMS: tuple[Claim, ...] = (
                       "evaluable; otherwise partly",
                    rules_mechanism.retrieval_heads,
                    "paired bootstrap per task, Bonferroni over the tasks (each interval at 1 - 0.05/2)",
+                   fixed="2026-12-04T14:38:16+00:00", commit="a32bb60",
                    why="new (issue 27); fixed before any heads run on a real model (only tiny random models had run)"),),
           ours=True),
 )
