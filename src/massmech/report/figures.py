@@ -87,6 +87,15 @@ def _shift(root: Path, model: str, path: Path) -> object:
     return plotting.shift_curve(rel.assign(model=model), out=path)
 
 
+def _heads(root: Path, model: str, path: Path, task: str) -> object:
+    from massmech.studies.heads.study import RANKING
+
+    run = _run(root, "heads", model)
+    ranking, results = pd.read_parquet(run / RANKING), pd.read_parquet(run / "results.parquet")
+    return plotting.heads_figure(ranking[ranking.task == task], results[results.task == task], task=task, model=model,
+                                 out=path)
+
+
 def _from_table(run: str, draw: Callable) -> Callable[[Path, str, Path], object]:
     return lambda root, model, path: draw(_table(root, run, model), out=path)
 
@@ -108,6 +117,8 @@ FIGURES: dict[str, Figure] = {
     "quant_preservation": Figure("quant", _from_table("quant", plotting.quant_preservation)),
     "quant_kv": Figure("quant", _from_table("quant", plotting.quant_kv)),
     "shift": Figure("shift", _shift),
+    **{f"heads_{task}": Figure("heads", lambda root, model, path, task=task: _heads(root, model, path, task))
+       for task in ("passkey", "kv_lookup")},
     "twins_trajectory": Figure("twins", _from_twins("trajectory", plotting.twins_trajectory), per_model=False),
     "twins_bands": Figure("twins", _from_twins("bands", plotting.twins_bands), per_model=False),
     "twins_disruption": Figure("twins", _from_twins("disruption", plotting.twins_disruption), per_model=False),
