@@ -35,7 +35,8 @@ from massmech.core.tiny import tiny_model
 from massmech.errors import ModelLoadError
 
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CONVERSION_FORMAT = 1  # bump when the layout of converted checkpoints changes (old ones are not reused)
+CONVERSION_FORMAT = 2  # bump when the layout of converted checkpoints changes (old ones are not reused)
+# 2: a tied weight is saved under its source name (model.embed_tokens.weight, not lm_head.weight)
 DTYPES = {name: getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(name, name))
           for name in DTYPE_NAMES}
 
@@ -338,7 +339,6 @@ def _from_gguf(path: Path, dtype: torch.dtype, *, sha: str | None = None, **extr
 
 def _convert_gguf(path: Path, folder: Path) -> None:
     """Dequantize a GGUF file once (fp32) into ``folder``: safetensors weights, config, tokenizer."""
-    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
@@ -355,7 +355,7 @@ def _convert_gguf(path: Path, folder: Path) -> None:
         config.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"))
+        _save_weights(model, tmp / "model.safetensors")
         tok.save_pretrained(tmp)
         try:
             os.replace(tmp, folder)
@@ -364,6 +364,26 @@ def _convert_gguf(path: Path, folder: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_weights(model: Any, path: Path) -> None:
+    """Save a model's weights as safetensors, each tied weight once under its source's name.
+
+    ``safetensors.torch.save_model`` keeps one name of a tied pair, ``lm_head.weight``; loading
+    that, transformers finds ``model.embed_tokens.weight`` missing and fills it with random
+    numbers (a vocab x d_model normal draw, ~1 s for Gemma-3) before tying it to the loaded one.
+    Saved under the tie's source name, the load reads it directly; the weights are the same.
+    """
+    from safetensors.torch import save_file, save_model
+
+    state = model.state_dict()
+    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        if target in state and source in state and state[target].data_ptr() == state[source].data_ptr():
+            del state[target]
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    except RuntimeError:  # other tensors share memory: let safetensors choose the names
+        save_model(model, str(path))
 
 
 def _smollm2_gguf() -> Path:
