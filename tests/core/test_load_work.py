@@ -75,3 +75,26 @@ def test_tied_weights_are_saved_under_the_name_they_load_by(tmp_path, monkeypatc
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
     assert ((hf.config.vocab_size, hf.config.hidden_size), "cpu") not in drawn  # no random draw of the embedding
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in hf.state_dict().items())
+
+
+def test_a_converted_tokenizer_lists_its_added_tokens(tmp_path, monkeypatch):
+    """tokenizer_config.json names the added tokens: from_pretrained need not parse tokenizer.json for them."""
+    import builtins
+    import json
+    from pathlib import Path
+
+    from massmech.core.loading import _record_added_tokens
+
+    _, tok = tiny_model("tiny-llama", seed=0)
+    tok.save_pretrained(tmp_path)
+    before = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    _record_added_tokens(tmp_path)
+    assert set(json.loads((tmp_path / "tokenizer_config.json").read_text())["added_tokens_decoder"]) == {"256", "257", "258"}
+    opened, real_open = [], builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: opened.append(Path(f).name) or real_open(f, *a, **k))
+    after = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    monkeypatch.undo()
+    assert "tokenizer.json" not in opened  # (the backend reads it in Rust, once)
+    assert after.backend_tokenizer.to_str() == before.backend_tokenizer.to_str()
+    assert after.added_tokens_decoder == before.added_tokens_decoder and after.special_tokens_map == before.special_tokens_map
+    assert [after(t).input_ids for t in TEXTS] == [before(t).input_ids for t in TEXTS]
