@@ -257,7 +257,8 @@ def forward_until(bridge: Any, ids: Any, mask: Any = None, *, until: str | None 
 
     Hooks registered before the pass fire as in a full pass up to ``until``; what comes after it
     is not computed (from ``ln_final.hook_in``: the final norm and the unembedding, most of a short
-    pass of a model with a large vocabulary, 262k tokens for Gemma-3). ``until=None``: a full pass.
+    pass of a model with a large vocabulary, 262k tokens for Gemma-3). ``until=None``, or a hook
+    the bridge does not have: a full pass.
 
     >>> import massmech as mm, torch
     >>> model, seen = mm.load_model("tiny-llama"), []
@@ -266,7 +267,7 @@ def forward_until(bridge: Any, ids: Any, mask: Any = None, *, until: str | None 
     >>> seen
     ['blocks.1.attn.hook_k']
     """
-    if until is None:
+    if until is None or until not in bridge.hook_dict:
         return bridge(ids, attention_mask=mask, return_type=None)
 
     def stop(x: Any, hook: Any) -> None:
