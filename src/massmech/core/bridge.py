@@ -8,6 +8,7 @@ or through TransformerLens' public hook API.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,75 @@ def reloadable_tokenizer(tokenizer: Any) -> Any:
     return AutoTokenizer.from_pretrained(folder)
 
 
+def _reopens(tokenizer: Any) -> bool:
+    """Whether TransformerLens' ``get_tokenizer_with_bos`` would re-open this tokenizer from its path
+    (it has a BOS token, and ``add_bos_token`` in its ``init_kwargs``, else its attribute, is falsy)."""
+    flag = tokenizer.init_kwargs.get("add_bos_token")
+    return tokenizer.bos_token is not None and not (getattr(tokenizer, "add_bos_token", False) if flag is None else flag)
+
+
+def _clone_backend(backend: Any) -> Any:
+    """A ``tokenizers.Tokenizer`` equal to ``backend`` (same ``to_str()``), made without re-parsing it.
+
+    The vocabulary model, normalizer, pre-tokenizer, decoder and post-processor objects are shared
+    (transformers and TransformerLens replace these, never edit them in place); the added tokens,
+    truncation and padding are the clone's own, so tokens added to one do not reach the other.
+    """
+    from tokenizers import Tokenizer
+
+    clone = Tokenizer(backend.model)
+    for part in ("normalizer", "pre_tokenizer", "post_processor", "decoder"):
+        if getattr(backend, part) is not None:
+            setattr(clone, part, getattr(backend, part))
+    added = backend.get_added_tokens_decoder()  # id -> AddedToken; re-added in id order, keeping the ids
+    run: list = []
+    for token in [added[i] for i in sorted(added)] + [None]:  # one call per run of (non-)special tokens:
+        if run and (token is None or token.special != run[-1].special):  # one at a time is quadratic
+            (clone.add_special_tokens if run[-1].special else clone.add_tokens)(run)
+            run = []
+        run.append(token)
+    if backend.truncation:
+        clone.enable_truncation(**backend.truncation)
+    if backend.padding:
+        clone.enable_padding(**backend.padding)
+    clone.encode_special_tokens = backend.encode_special_tokens
+    if clone.get_added_tokens_decoder() != added:  # ids came out otherwise: copy it the slow way
+        return Tokenizer.from_str(backend.to_str())
+    return clone
+
+
+def bridge_tokenizer(tokenizer: Any) -> Any:
+    """The tokenizer to hand the bridge: the one TransformerLens would make, made without re-parsing.
+
+    TransformerLens' ``get_tokenizer_with_bos`` re-opens a tokenizer whose ``add_bos_token`` is
+    falsy from its ``name_or_path`` with ``add_bos_token=True`` (parsing ``tokenizer.json`` again:
+    about 2.5 s for Gemma-3's 262k tokens), then edits what it got (padding side, missing special
+    tokens). For a fast tokenizer this returns that tokenizer ready-made: a copy of ``tokenizer``
+    with ``add_bos_token=True`` (which TransformerLens keeps as it is), sharing the parsed
+    vocabulary, so TransformerLens' edits land on the copy and ``tokenizer`` stays as it was.
+    Other tokenizers go through :func:`reloadable_tokenizer`, as TransformerLens handles them.
+
+    >>> from massmech.core.tiny import tiny_model
+    >>> _, tok = tiny_model("tiny-llama", seed=0)
+    >>> twin = bridge_tokenizer(tok)
+    >>> twin is tok, twin.add_bos_token, tok.add_bos_token, twin("hi").input_ids == tok("hi").input_ids
+    (False, True, False, True)
+    """
+    from transformers import TokenizersBackend
+
+    if not (_reopens(tokenizer) and isinstance(tokenizer, TokenizersBackend)):
+        return reloadable_tokenizer(tokenizer)
+    vocab = {k: v for k, v in vars(tokenizer).items() if k in ("_vocab", "_merges")}  # read only at __init__
+    memo = {id(tokenizer._tokenizer): _clone_backend(tokenizer._tokenizer), **{id(v): v for v in vocab.values()}}
+    twin = copy.deepcopy(tokenizer, memo)
+    twin.init_kwargs.setdefault("name_or_path", tokenizer.name_or_path)  # TransformerLens pops it
+    twin.init_kwargs["add_bos_token"] = True  # as from_pretrained(..., add_bos_token=True) records it
+    if hasattr(twin, "_should_update_post_processor"):
+        twin._should_update_post_processor = True  # likewise (an explicit add_bos_token sets it)
+    twin.add_bos_token = True  # rebuilds the post-processor with BOS, as __init__ does
+    return twin
+
+
 def boot(hf_model: Any, tokenizer: Any, name: str) -> Any:
     """Boot a ``TransformerBridge`` around a Hugging Face causal LM (no hub call).
 
@@ -76,7 +146,7 @@ def boot(hf_model: Any, tokenizer: Any, name: str) -> Any:
 
     Args:
         hf_model: The Hugging Face model; modified in place.
-        tokenizer: Its tokenizer (an in-memory one is saved to a folder first).
+        tokenizer: Its tokenizer; the bridge gets :func:`bridge_tokenizer` of it.
         name: The bridge's model name.
 
     >>> from massmech.core.tiny import tiny_model
@@ -91,8 +161,7 @@ def boot(hf_model: Any, tokenizer: Any, name: str) -> Any:
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
     hf_model.eval()
-    tokenizer = reloadable_tokenizer(tokenizer)
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer)
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=bridge_tokenizer(tokenizer))
     bridge.eval()
     return bridge
 
@@ -177,6 +246,39 @@ def attention_scaling(bridge: Any, layer: int) -> tuple[float, float | None]:
     head_dim = getattr(attn, "head_dim", None) or int(bridge.cfg.d_head)
     softcap = getattr(attn, "attn_logit_softcapping", None)
     return float(getattr(attn, "scaling", head_dim**-0.5)), None if softcap is None else float(softcap)
+
+
+class _Stopped(Exception):
+    """Raised by the hook that ends a :func:`forward_until` pass."""
+
+
+def forward_until(bridge: Any, ids: Any, mask: Any = None, *, until: str | None = None) -> None:
+    """One forward pass for its hooks only, ending where hook ``until`` fires (the rest is skipped).
+
+    Hooks registered before the pass fire as in a full pass up to ``until``; what comes after it
+    is not computed (from ``ln_final.hook_in``: the final norm and the unembedding, most of a short
+    pass of a model with a large vocabulary, 262k tokens for Gemma-3). ``until=None``, or a hook
+    the bridge does not have: a full pass.
+
+    >>> import massmech as mm, torch
+    >>> model, seen = mm.load_model("tiny-llama"), []
+    >>> with model.hooks([(h, lambda x, hook, h=h: seen.append(h)) for h in ("blocks.1.attn.hook_k", "unembed.hook_in")]):
+    ...     forward_until(model.bridge, torch.tensor([[5, 6, 7]]), until="ln_final.hook_in")
+    >>> seen
+    ['blocks.1.attn.hook_k']
+    """
+    if until is None or until not in bridge.hook_dict:
+        return bridge(ids, attention_mask=mask, return_type=None)
+
+    def stop(x: Any, hook: Any) -> None:
+        raise _Stopped
+
+    try:
+        with bridge.hooks(fwd_hooks=[(until, stop)]):
+            bridge(ids, attention_mask=mask, return_type=None)
+    except _Stopped:
+        pass
+    return None
 
 
 def final_logits(bridge: Any, ids: Any, mask: Any, rows: Any, cols: Any) -> Any:

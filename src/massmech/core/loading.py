@@ -35,7 +35,9 @@ from massmech.core.tiny import tiny_model
 from massmech.errors import ModelLoadError
 
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CONVERSION_FORMAT = 1  # bump when the layout of converted checkpoints changes (old ones are not reused)
+CONVERSION_FORMAT = 2  # bump when the layout of converted checkpoints changes (old ones are not reused)
+# 2: a tied weight is saved under its source name (model.embed_tokens.weight, not lm_head.weight), and
+# tokenizer_config.json lists the added tokens (else each load parses tokenizer.json once more for them)
 DTYPES = {name: getattr(torch, {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(name, name))
           for name in DTYPE_NAMES}
 
@@ -338,7 +340,6 @@ def _from_gguf(path: Path, dtype: torch.dtype, *, sha: str | None = None, **extr
 
 def _convert_gguf(path: Path, folder: Path) -> None:
     """Dequantize a GGUF file once (fp32) into ``folder``: safetensors weights, config, tokenizer."""
-    from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
@@ -355,8 +356,9 @@ def _convert_gguf(path: Path, folder: Path) -> None:
         config.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"))
+        _save_weights(model, tmp / "model.safetensors")
         tok.save_pretrained(tmp)
+        _record_added_tokens(tmp)
         try:
             os.replace(tmp, folder)
         except OSError:
@@ -364,6 +366,41 @@ def _convert_gguf(path: Path, folder: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _save_weights(model: Any, path: Path) -> None:
+    """Save a model's weights as safetensors, each tied weight once under its source's name.
+
+    ``safetensors.torch.save_model`` keeps one name of a tied pair, ``lm_head.weight``; loading
+    that, transformers finds ``model.embed_tokens.weight`` missing and fills it with random
+    numbers (a vocab x d_model normal draw, ~1 s for Gemma-3) before tying it to the loaded one.
+    Saved under the tie's source name, the load reads it directly; the weights are the same.
+    """
+    from safetensors.torch import save_file, save_model
+
+    state = model.state_dict()
+    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        if target in state and source in state and state[target].data_ptr() == state[source].data_ptr():
+            del state[target]
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
+    except RuntimeError:  # other tensors share memory: let safetensors choose the names
+        save_model(model, str(path))
+
+
+def _record_added_tokens(folder: Path) -> None:
+    """Copy ``tokenizer.json``'s added tokens into ``tokenizer_config.json`` as ``added_tokens_decoder``.
+
+    Without it, ``from_pretrained`` reads them from ``tokenizer.json``: one more full parse of it
+    per load (0.5-1 s for Gemma-3's 33 MB file). Both routes build the same ``AddedToken`` objects.
+    """
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if "added_tokens_decoder" in config or not (folder / "tokenizer.json").is_file():
+        return
+    added = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", [])
+    config["added_tokens_decoder"] = {str(token.pop("id")): token for token in added}
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _smollm2_gguf() -> Path:

@@ -113,7 +113,7 @@ class LoadedModel:
         ]
         wanted = {hook: hook for hook in candidates if hook in bridge.hook_dict}
         n_ctx = int(cfg.n_ctx)
-        fired = self.run_hooks(self.probe_tokens(min(64, n_ctx)), wanted, require_all=False)
+        fired = self.run_hooks(self.probe_tokens(min(64, n_ctx)), wanted, require_all=False, until=END_HOOK)
         self._qk_norm = "blocks.0.attn.hook_q_normed" in fired
         self._has_post = {s: f"blocks.0.attn.hook_rot_{s}" in fired for s in ("q", "k")}
         self._rope: RopeSpec | None = None
@@ -252,7 +252,6 @@ class LoadedModel:
         """
         return _bridge.hf_model(self.bridge).named_parameters()
 
-
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str, Any]]) -> Iterator[LoadedModel]:
         """Context in which every forward pass of the model carries ``(hook name, fn)`` hooks.
@@ -316,7 +315,7 @@ class LoadedModel:
         hooks: dict[Any, str],
         attention_mask: Int[Tensor, "batch pos"] | None = None,
         *,
-        require_all: bool = True,
+        require_all: bool = True, until: str | None = None,
     ) -> dict[Any, Tensor]:
         """One forward pass that returns copies of the named hook activations.
 
@@ -325,6 +324,7 @@ class LoadedModel:
             hooks: ``key -> hook name``.
             attention_mask: 1 for real tokens, 0 for padding.
             require_all: Every hook must fire (default); else return those that did.
+            until: End the pass where this hook fires (:func:`~massmech.core.bridge.forward_until`).
 
         Raises:
             RuntimeError: A required hook did not fire (names it).
@@ -339,7 +339,7 @@ class LoadedModel:
 
         fwd = [(name, make(key)) for key, name in hooks.items()]
         with torch.inference_mode(), self.hooks(fwd):
-            self.forward(tokens, attention_mask)
+            _bridge.forward_until(self.bridge, tokens, attention_mask, until=until)
         missing = [name for key, name in hooks.items() if key not in out]
         if missing and require_all:
             raise HookError(f"hooks did not fire on {self.info.name}: {missing[:8]}")
