@@ -251,7 +251,8 @@ def capture_stats(
                 sel[:, 0] = False
             n_tokens += int(sel.sum())  # counted on the host: the masks are built here
             acc.count_only(sel)
-            model.forward(_to_device(ids, acc.device), None if bool(mask.all()) else _to_device(mask.long(), acc.device))
+            model.forward(_to_device(ids, acc.device), None if bool(mask.all()) else _to_device(mask.long(), acc.device),
+                          until=model.end_hook)  # Q/K/V only: no final norm or unembedding
             bad = [names[k] for k in names if acc.fired.get(k, 0) != bi + 1]
             if bad:
                 raise CaptureError(f"hooks did not fire exactly once per forward on {model.info.name}: {bad[:6]}")

@@ -275,14 +275,14 @@ class LoadedModel:
         """
         return self.bridge(ids, attention_mask=attention_mask, return_type="logits")
 
-    def forward(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None) -> None:
-        """One forward pass for its hooks only (no logits).
+    def forward(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None, *, until: str | None = None) -> None:
+        """One forward pass for its hooks only (no logits); ``until``: end it where that hook fires.
 
         >>> import massmech as mm, torch
-        >>> mm.load_model("tiny-llama").forward(torch.tensor([[5, 6, 7]])) is None
+        >>> mm.load_model("tiny-llama").forward(torch.tensor([[5, 6, 7]]), until=END_HOOK) is None
         True
         """
-        self.bridge(ids, attention_mask=attention_mask, return_type=None)
+        _bridge.forward_until(self.bridge, ids, attention_mask, until=until)
 
     def final_logits(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor, rows: Int[Tensor, " n"],
                      cols: Int[Tensor, " n"]) -> Float[Tensor, "n vocab"]:
@@ -365,7 +365,7 @@ class LoadedModel:
                     site, stage, layer
                 )
         mask = None if attention_mask is None else attention_mask.to(self.device)
-        acts = self.run_hooks(tokens.to(self.device), names, mask)
+        acts = self.run_hooks(tokens.to(self.device), names, mask, until=END_HOOK)  # no unembedding
         heads = {"q": self.info.n_heads, "k": self.info.n_kv_heads, "v": self.info.n_kv_heads}
         return {k: to_heads(v, heads_first[k], heads[k[0]]).float().cpu() for k, v in acts.items()}
 
