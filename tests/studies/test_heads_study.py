@@ -85,3 +85,13 @@ def test_the_o5_judge_applies_its_rule(tmp_path, rows, verdict):
     assert got == verdict and "passkey: baseline 0.90, top heads 0.50" in measured
     with pytest.raises(NoData):
         retrieval_heads(tmp_path / "nothing", "m")
+
+
+def test_too_few_eligible_heads_is_a_recorded_finding_not_a_crash(tmp_path, tiny_models):
+    cfg = HeadsConfig(model="tiny-llama", tasks=("passkey",), n=4, n_rank=2, top=5, draws=1, lam=1.2)  # 8 heads < 2 x 5
+    table = run_heads(cfg, tmp_path / "run", model=tiny_models["tiny-llama"], progress=False)
+    assert table.empty
+    comp = pd.read_parquet(tmp_path / "run" / COMPARISON)
+    assert "lower top" in comp.error[0] and not comp.evaluable[0]
+    measured, verdict = retrieval_heads(tmp_path / "run", "tiny-llama")
+    assert verdict == "not evaluable" and "lower top" in measured

@@ -64,6 +64,9 @@ def retrieval_heads(path: Path, model: str) -> tuple[str, str]:
     removed = res.assign(arm=res.condition.str.replace(r"-\d+$", "", regex=True)).groupby(["task", "arm"]).removed_variance.mean()
     parts, signs = [], []
     for r in comp.itertuples():
+        if isinstance(getattr(r, "error", None), str):
+            parts.append(f"{r.task}: not evaluable ({r.error})")
+            continue
         text = (f"{r.task}: baseline {r.baseline:.2f}, top heads {r.top:.2f}, other heads {r.others:.2f} "
                 f"(n = {r.n}), difference {r.difference:+.2f} [{r.level:.1%}: {r.ci_low:+.2f}, {r.ci_high:+.2f}], "
                 f"removed variance {removed.get((r.task, 'top'), float('nan')):.3f} vs "

@@ -68,9 +68,10 @@ def preset(name: str, **overrides) -> HeadsConfig:
 
 
 def quick(config: HeadsConfig) -> HeadsConfig:
-    """The ``massmech reproduce --quick`` version: 8 examples, 4 to rank on, 2 draws.
+    """The ``massmech reproduce --quick`` version: 8 examples, 4 to rank on, the top 4 heads, 2 draws.
 
-    >>> quick(preset("ledger")).n, quick(preset("ledger")).draws
-    (8, 2)
+    >>> quick(preset("ledger")).n, quick(preset("ledger")).top, quick(preset("ledger")).draws
+    (8, 4, 2)
     """
-    return replace(config, n=min(config.n, 8), n_rank=min(config.n_rank, 4), draws=min(config.draws, 2))
+    return replace(config, n=min(config.n, 8), n_rank=min(config.n_rank, 4), top=min(config.top, 4),
+                   draws=min(config.draws, 2))

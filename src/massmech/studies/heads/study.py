@@ -39,6 +39,7 @@ from massmech.studies.heads.config import HeadsConfig
 RANKING = "ranking.parquet"  # per task, layer and head: score, eligibility, rank, arm
 COMPARISON = "comparison.parquet"  # per task: the top arm against the control draws and the baseline
 EXAMPLES = "examples.parquet"  # per task, condition and example: correct, n_dims, removed_variance
+COLUMNS = ["model", "task", "condition", "accuracy", "ci_low", "ci_high", "n", "n_dims", "removed_variance"]
 
 
 def q_pairs(lam: float, units: Sequence[tuple[int, int]]) -> Disruption:
@@ -116,7 +117,11 @@ class HeadsStudy:
         for cell in cells:
             task = get_task(cell.payload)
             ranking = rank_heads(model, task, n=cfg.n_rank, seed=cfg.rank_seed, lam=cfg.lam)
-            arms = head_arms(ranking, cfg.top, cfg.draws, cfg.seed)
+            try:
+                arms = head_arms(ranking, cfg.top, cfg.draws, cfg.seed)
+            except AnalysisError as err:  # too few heads with massive Q dims: a finding, kept as the cell
+                out[cell.key] = ({"task": task.name, "error": str(err)}, {"ranking": ranking.assign(task=task.name, role="")})
+                continue
             role = {u: arm for arm, units in arms.items() for u in units}
             ranking["role"] = [role.get((int(a), int(b)), "") for a, b in zip(ranking["layer"], ranking["head"], strict=True)]
             seen = {e.prompt for e in task.examples(cfg.n_rank, cfg.rank_seed)}
@@ -131,28 +136,32 @@ class HeadsStudy:
     def consolidate(self, cfg: HeadsConfig, cells: dict[str, Cell]) -> pd.DataFrame:
         rows = []
         for cell in cells.values():
+            if "error" in cell.data:
+                continue
             for cond, g in cell.tables["examples"].groupby("condition", sort=False):
                 k, n = int(g.correct.sum()), len(g)
                 lo, hi = wilson_ci(k, n)
                 rows.append({"model": cfg.model, "task": cell.data["task"], "condition": cond, "accuracy": k / n,
                              "ci_low": lo, "ci_high": hi, "n": n, "n_dims": float(g.n_dims.mean()),
                              "removed_variance": float(g.removed_variance.mean())})
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows, columns=COLUMNS)
 
     def finish(self, cfg: HeadsConfig, table: pd.DataFrame, out: Path, ctx: Context) -> dict:
         cells = list(ctx.cells.values())
         alpha = 0.05 / len(cells)  # Bonferroni over the tasks
-        comparison = pd.DataFrame([{"task": c.data["task"], **compare(c.tables["examples"], c.data["chance"], alpha)}
+        comparison = pd.DataFrame([{"task": c.data["task"], "error": None, **compare(c.tables["examples"], c.data["chance"], alpha)}
+                                   if "error" not in c.data else {"task": c.data["task"], "error": c.data["error"], "evaluable": False}
                                    for c in cells])
         comparison.to_parquet(out / COMPARISON, index=False)
         pd.concat([c.tables["ranking"] for c in cells], ignore_index=True).to_parquet(out / RANKING, index=False)
-        pd.concat([c.tables["examples"] for c in cells], ignore_index=True).to_parquet(out / EXAMPLES, index=False)
-        for c in cells:
+        ran = [c for c in cells if "error" not in c.data]
+        pd.concat([c.tables["examples"] for c in ran] or [pd.DataFrame()], ignore_index=True).to_parquet(out / EXAMPLES, index=False)
+        for c in ran:
             task = c.data["task"]
             plotting.heads_figure(c.tables["ranking"], table[table.task == task], task=task, model=cfg.model,
                                   out=out / "figures" / f"heads_{task}")
         plotting.close_all()
-        return {"model": cfg.model, "arms": {c.data["task"]: c.data["arms"] for c in cells},
+        return {"model": cfg.model, "arms": {c.data["task"]: c.data["arms"] for c in ran},
                 "comparison": comparison.to_dict("records")}
 
 
