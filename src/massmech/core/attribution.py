@@ -139,18 +139,23 @@ def pair_logits(
     [2.0, 4.0]
     """
     spec._check_layer(layer)
-    q, k = q_rot.float(), k_rot.float()
-    if q.shape[-1] != spec.d_head or k.shape[-1] != spec.d_head:
-        raise InputTypeError(f"q/k have d_head {q.shape[-1]}/{k.shape[-1]}, the RoPE spec {spec.d_head}")
-    if q.shape[-2] % k.shape[-2]:
-        raise InputTypeError(f"{q.shape[-2]} query heads cannot share {k.shape[-2]} kv heads evenly")
-    k = k.repeat_interleave(q.shape[-2] // k.shape[-2], dim=-2)
+    q, k = _fp32_heads(q_rot, k_rot, spec)
     idx = spec.pair_index().to(q.device)
     parts = torch.einsum("...qhpc,...khpc->...hqkp", q[..., idx], k[..., idx])
     if spec.rotary_dim < spec.d_head:
         rest = torch.einsum("...qhd,...khd->...hqk", q[..., spec.rotary_dim:], k[..., spec.rotary_dim:])
         parts = torch.cat([parts, rest[..., None]], dim=-1)
     return PairLogits(parts * scale, layer=layer, scale=float(scale), n_pairs=spec.n_pairs, softcap=softcap)
+
+
+def _fp32_heads(q_rot: Tensor, k_rot: Tensor, spec: RopeSpec) -> tuple[Tensor, Tensor]:
+    """Q and K in fp32, K's heads repeated to Q's (grouped-query attention), shapes checked."""
+    q, k = q_rot.float(), k_rot.float()
+    if q.shape[-1] != spec.d_head or k.shape[-1] != spec.d_head:
+        raise InputTypeError(f"q/k have d_head {q.shape[-1]}/{k.shape[-1]}, the RoPE spec {spec.d_head}")
+    if q.shape[-2] % k.shape[-2]:
+        raise InputTypeError(f"{q.shape[-2]} query heads cannot share {k.shape[-2]} kv heads evenly")
+    return q, k.repeat_interleave(q.shape[-2] // k.shape[-2], dim=-2)
 
 
 def _assignment(groups: Mapping[str, np.ndarray | Sequence[int] | Tensor] | np.ndarray, n_pairs: int) -> list[str]:
@@ -232,12 +237,7 @@ def band_logits(
     """
     spec._check_layer(layer)
     names = _assignment(bands, spec.n_pairs)
-    q, k = q_rot.float(), k_rot.float()
-    if q.shape[-1] != spec.d_head or k.shape[-1] != spec.d_head:
-        raise InputTypeError(f"q/k have d_head {q.shape[-1]}/{k.shape[-1]}, the RoPE spec {spec.d_head}")
-    if q.shape[-2] % k.shape[-2]:
-        raise InputTypeError(f"{q.shape[-2]} query heads cannot share {k.shape[-2]} kv heads evenly")
-    k = k.repeat_interleave(q.shape[-2] // k.shape[-2], dim=-2)
+    q, k = _fp32_heads(q_rot, k_rot, spec)
     idx = spec.pair_index()
     groups = {name: idx[[p for p, n in enumerate(names) if n == name]].flatten() for name in dict.fromkeys(names)}
     if spec.rotary_dim < spec.d_head:

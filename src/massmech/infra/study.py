@@ -267,3 +267,14 @@ def run_study(
         finish_study_dir(out, study.name, manifest(config, model_info=info, seed=getattr(config, "seed", None))
                          | {"cell_version": {study.name: study.version}}, files=tmp.files)
     return table
+
+
+def run_with_model(study: Study[C, T], config: C, out: str | os.PathLike, *, model: Any = None, executor: Any = None,
+                   cells: str | os.PathLike | None = None, load_options: dict | None = None, overwrite: bool = False,
+                   progress: bool = True) -> T:
+    """:func:`run_study` for a study whose config names one model (``config.model``): a model already
+    loaded (``model``) is the one used, and the manifest names it."""
+    if model is not None:
+        config = dataclasses.replace(config, model=model.spec or model.info.name)
+    ctx = Context(models={config.model: model} if model is not None else None, load_options=load_options)
+    return run_study(study, config, out, executor=executor, cells=cells, ctx=ctx, progress=progress, overwrite=overwrite)

@@ -14,7 +14,6 @@ draws' mean accuracy minus the top arm's, with a paired bootstrap interval over 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from massmech.causal.tasks.builtin import get_task
 from massmech.core.models import LoadedModel
 from massmech.errors import AnalysisError
 from massmech.infra.cells import Cell, cell_key
-from massmech.infra.study import CellSpec, Context, run_study
+from massmech.infra.study import CellSpec, Context, run_with_model
 from massmech.stats import bootstrap_ci, evaluable, mcnemar_exact, wilson_ci
 from massmech.studies.heads import SPEC
 from massmech.studies.heads.config import HeadsConfig
@@ -182,7 +181,5 @@ def run_heads(config: HeadsConfig, out: str | os.PathLike, *, model: LoadedModel
         model: A model already loaded (the manifest names it).
         executor, cells, load_options, overwrite, progress: As :func:`massmech.infra.study.run_study`.
     """
-    if model is not None:
-        config = dataclasses.replace(config, model=model.spec or model.info.name)
-    ctx = Context(models={config.model: model} if model is not None else None, load_options=load_options)
-    return run_study(HEADS, config, out, executor=executor, cells=cells, ctx=ctx, progress=progress, overwrite=overwrite)
+    return run_with_model(HEADS, config, out, model=model, executor=executor, cells=cells, load_options=load_options,
+                          overwrite=overwrite, progress=progress)

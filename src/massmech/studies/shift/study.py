@@ -24,7 +24,7 @@ from massmech.core.models import LoadedModel
 from massmech.core.shift import relative_changes, shift_changes, slow_band_least
 from massmech.errors import ConfigError, CorpusError
 from massmech.infra.cells import Cell, cell_key, data_hash
-from massmech.infra.study import CellSpec, Context, run_study
+from massmech.infra.study import CellSpec, Context, run_with_model
 from massmech.studies.analyze.study import weights_fingerprint
 from massmech.studies.shift import SPEC
 from massmech.studies.shift.config import ShiftConfig
@@ -135,7 +135,5 @@ def run_shift(config: ShiftConfig, out: str | os.PathLike, *, model: LoadedModel
         model: A model already loaded (the manifest names it).
         executor, cells, load_options, overwrite, progress: As :func:`massmech.infra.study.run_study`.
     """
-    if model is not None:
-        config = dataclasses.replace(config, model=model.spec or model.info.name)
-    ctx = Context(models={config.model: model} if model is not None else None, load_options=load_options)
-    return run_study(SHIFT, config, out, executor=executor, cells=cells, ctx=ctx, progress=progress, overwrite=overwrite)
+    return run_with_model(SHIFT, config, out, model=model, executor=executor, cells=cells, load_options=load_options,
+                          overwrite=overwrite, progress=progress)
