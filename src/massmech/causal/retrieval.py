@@ -158,8 +158,10 @@ def rank_heads(model: LoadedModel, task: Task, *, n: int = 20, seed: int = 1, la
     """Heads ranked by the needle advantage their massive pairs carry (see :func:`edge_attribution`).
 
     Args:
-        model, task: The model and a task whose answer stands in its prompt (passkey, kv_lookup).
-        n, seed: The examples the ranking is made on (keep them apart from those it is tested on).
+        model: The model.
+        task: A task whose answer stands in its prompt (passkey, kv_lookup).
+        n: Examples the ranking is made on.
+        seed: Their seed (keep them apart from the examples the heads are tested on).
         lam: Lambda of the massive rule, for the massive pairs and for ``q_massive``.
 
     Returns:

@@ -123,7 +123,9 @@ def add_reproduce(sub: Any, formatter: type) -> None:
                    help="each study's quick config into runs/quick, and the docs into a copy there (CI runs this)")
     r.add_argument("--runs", metavar="DIR", help="the runs root (default: runs, or runs/quick with --quick)")
     r.add_argument("--models", metavar="M1,M2", help="the ledger's models (default: the embedded models)")
-    r.add_argument("--only", metavar="RUN,RUN", help="only these runs (analyze, main, paper, quant, twins, dose, k, layers)")
+    from massmech.report.runs import RUNS  # light: no torch
+
+    r.add_argument("--only", metavar="RUN,RUN", help=f"only these runs ({', '.join(RUNS)})")
     r.add_argument("--no-docs", action="store_true", help="make the runs only (no figures, ledger, docs or site)")
     r.add_argument("--executor", default="serial", choices=["serial", "processes", "ray"], help="who computes the cells")
     r.add_argument("--json", action="store_true", help="print what ran, its seconds and the ledger rows left unjudged")

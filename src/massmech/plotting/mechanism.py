@@ -67,10 +67,10 @@ def heads_figure(ranking: pd.DataFrame, results: pd.DataFrame, *, task: str, mod
 
     use_style()
     grid = ranking.pivot_table(index="layer", columns="head", values="score")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8.5, 3.4), gridspec_kw={"width_ratios": [1.3, 1]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6), gridspec_kw={"width_ratios": [1.3, 1], "wspace": 0.5})
     lim = float(abs(grid.values).max()) or 1.0
     im = left.imshow(grid.values, aspect="auto", cmap="vlag", vmin=-lim, vmax=lim, origin="lower")
-    fig.colorbar(im, ax=left, label="needle advantage of massive pairs (logit)")
+    fig.colorbar(im, ax=left, label="massive pairs' needle advantage")
     for r in ranking[ranking.role == "top"].itertuples():
         left.add_patch(plt.Rectangle((r.head - 0.5, r.layer - 0.5), 1, 1, fill=False, lw=1.5, color="black"))
     left.set_xlabel("head")

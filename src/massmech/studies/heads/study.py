@@ -179,7 +179,11 @@ def run_heads(config: HeadsConfig, out: str | os.PathLike, *, model: LoadedModel
 
     Args:
         model: A model already loaded (the manifest names it).
-        executor, cells, load_options, overwrite, progress: As :func:`massmech.infra.study.run_study`.
+        executor: Who computes the cells (see :func:`massmech.infra.study.run_study`).
+        cells: A shared cell store (default ``out/cells``).
+        load_options: How the model is loaded (``dtype``, ``device``, ``device_map``).
+        overwrite: Replace the results of a run of another config in ``out``.
+        progress: Progress bars.
     """
     return run_with_model(HEADS, config, out, model=model, executor=executor, cells=cells, load_options=load_options,
                           overwrite=overwrite, progress=progress)
