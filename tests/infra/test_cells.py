@@ -102,6 +102,8 @@ PINS = {
     "quant": (4, "a1035405c0512227"),  # 4: keep-massive rows before QK-norm (tiny-llama has none: same digest)
     "twins": (2, ("9311ce6e33ad4242", "215d13e7ba933388")),  # 2: the training cells moved into this store
     "analyze": (3, "5cc60f7e49833f5e"),  # 3: raw Q/K on QK-norm models (tiny-llama has none: same digest)
+    "shift": (1, "c998e619b654827a"),
+    "heads": (1, "3b2b5daaeed47c56"),
 }
 
 
@@ -173,6 +175,26 @@ def _twins_train_measure():
         return [round(r["loss"], 4) for r in train_variant(cfg, "rope", out, device="cpu", progress=False)]
 
 
+def _shift_measure():
+    from massmech.core.shift import shift_changes
+
+    model = mm.load_model("tiny-llama")
+    t = shift_changes(model, _ids()[:, 1:], [5, 6, 7, 8], lead=[1])
+    return t.round(4).to_dict(orient="records")
+
+
+def _heads_measure():
+    from massmech.causal.retrieval import rank_heads
+    from massmech.causal.tasks.builtin import get_task
+    from massmech.studies.heads.study import q_pairs
+
+    model = mm.load_model("tiny-llama")
+    ranking = rank_heads(model, get_task("passkey"), n=2, lam=1.2).round(4).to_dict(orient="records")
+    df = mm.evaluate(model, get_task("kv_lookup"), {"baseline": None, "top": q_pairs(1.2, [(0, 1), (1, 2)])}, n=4,
+                     progress=False)
+    return [ranking, [[r.condition, int(r.uid), bool(r.correct), int(r.n_dims)] for r in df.itertuples()]]
+
+
 def test_every_study_with_cells_has_a_pin():
     assert set(PINS) == set(CELL_VERSIONS)
 
@@ -180,7 +202,7 @@ def test_every_study_with_cells_has_a_pin():
 @pytest.mark.parametrize("study", sorted(PINS))
 def test_measure_outputs_are_pinned_with_the_cell_version(study):
     measure = {"ablation": _ablation_measure, "quant": _quant_measure, "twins": _twins_measures,
-               "analyze": _analyze_measure}[study]
+               "analyze": _analyze_measure, "shift": _shift_measure, "heads": _heads_measure}[study]
     version, digest = PINS[study]
     out = measure()
     got = (CELL_VERSIONS[study], tuple(map(_digest, out)) if isinstance(digest, tuple) else _digest(out))
