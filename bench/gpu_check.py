@@ -1,6 +1,7 @@
-"""The core path on an accelerator, on a random-init model shaped like Llama-3-8B, in bf16.
+"""The core path on an accelerator, on a random-init model shaped like a 1B-8B Llama, in bf16.
 
-One prepared script for a lent GPU (issue 16): no weights travel, the model is built on the device.
+One prepared script for a lent GPU (issues 16 and 28): no weights travel, the model is built on
+the device. Shapes: Llama-3.2-1B (``1b``), Llama-2-7B (``7b``), Llama-3-8B (``8b``), ``tiny``.
 
 1. **doctor**: bridge == HF logits (within the dtype's depth-scaled tolerance, reported with its
    rule), KV cache, hooks fire, RoPE verified.
@@ -16,7 +17,7 @@ One prepared script for a lent GPU (issue 16): no weights travel, the model is b
 ``--size tiny --device cpu`` runs in seconds (the test suite runs it so it cannot rot). The last
 line printed is one JSON object (also written to ``--out/gpu_check.json``).
 
-    python bench/gpu_check.py --size 8b --device cuda --out $OUT
+    python bench/gpu_check.py --size 7b --device cuda --out $OUT
 """
 
 from __future__ import annotations
@@ -35,29 +36,39 @@ from massmech.causal.disruption import Disruption
 from massmech.causal.tasks import get_task
 from massmech.core.loading import resolve_dtype
 
-SIZES = {  # Llama-3-8B: 32 layers, d_model 4096, 32 heads, 8 KV heads, d_head 128, theta 500000
+SIZES = {
+    # Llama-3.2-1B: 16 layers, d_model 2048, 32 heads, 8 KV heads, d_head 64, theta 500000
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, head_dim=64),
+    # Llama-2-7B: 32 layers, d_model 4096, 32 heads, no grouped KV, d_head 128, theta 10000
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, head_dim=128),
+    # Llama-3-8B: 32 layers, d_model 4096, 32 heads, 8 KV heads, d_head 128, theta 500000
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=8, head_dim=128),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16),
 }
-PLAN = {"8b": dict(batch=8, seq=4096, n=64, twins="paper"), "tiny": dict(batch=2, seq=64, n=4, twins="tiny")}
+ROPE = {"1b": (500_000.0, 8192), "7b": (10_000.0, 4096), "8b": (500_000.0, 8192), "tiny": (500_000.0, 8192)}
+PLAN = {"1b": dict(batch=8, seq=4096, n=64, twins="paper"), "7b": dict(batch=8, seq=4096, n=64, twins="paper"),
+        "8b": dict(batch=8, seq=4096, n=64, twins="paper"), "tiny": dict(batch=2, seq=64, n=4, twins="tiny")}
 
 
 def build(size: str, device: str, dtype: torch.dtype):
     """A random-init Llama of that shape, built on the device in ``dtype``, and its tokenizer."""
-    return build_llama(SIZES[size], device, dtype)
+    theta, positions = ROPE[size]
+    return build_llama(SIZES[size], device, dtype, rope_theta=theta, max_positions=positions)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=sorted(SIZES), default="8b")
+    ap.add_argument("--size", choices=sorted(SIZES), default="7b")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--twins-steps", type=int, default=None, help="default: 100 (8b) or 4 (tiny)")
+    ap.add_argument("--twins-steps", type=int, default=None, help="default: 100 (4 for tiny)")
     ap.add_argument("--out", default=None, help="folder for gpu_check.json")
     ap.add_argument("--sections", default="doctor,capture,evaluation,twins", help="comma-separated subset to run")
-    ap.add_argument("--n", type=int, default=None, help="kv_lookup examples (default: 64 for 8b, 4 for tiny)")
+    ap.add_argument("--n", type=int, default=None, help="kv_lookup examples (default: 64; 4 for tiny)")
     args = ap.parse_args()
     plan, dev = dict(PLAN[args.size]), args.device
     plan["n"] = args.n or plan["n"]
@@ -144,7 +155,7 @@ def _twins(args, plan: dict, dev: str, result: dict) -> None:
     from massmech.studies.twins.config import preset
     from massmech.studies.twins.train import prepare, train_variant
 
-    steps = args.twins_steps or (100 if args.size == "8b" else 4)
+    steps = args.twins_steps or (4 if args.size == "tiny" else 100)
     full = preset(plan["twins"])
     cfg = full.replace(steps=steps, checkpoints=(steps,), warmup=min(full.warmup, steps))
     with tempfile.TemporaryDirectory() as tmp:
