@@ -104,6 +104,55 @@ def test_units_are_routed_by_model_and_large_groups_split_over_idle_workers():
     assert sum(map(len, _assign(two, 16))) == 4 and len(_assign(two, 16)) == 4  # never more workers than units
 
 
+def _drain(schedule, workers, seconds, load):
+    """Simulate ``workers`` free workers on ``schedule``: each unit takes ``seconds[group]`` per cell,
+    a model ``load[group]`` to load. Returns (units handed out, loads, makespan)."""
+    import heapq
+
+    clock = [(0.0, w, None) for w in range(workers)]
+    handed, loads, end = [], [], 0.0
+    while clock:
+        t, w, holding = heapq.heappop(clock)
+        nxt = schedule.next(holding)
+        if nxt is None:
+            end = max(end, t)
+            continue
+        group, unit = nxt
+        extra = load[group] if group != holding else 0.0
+        loads += [group] if group != holding else []
+        took = seconds[group] * len(unit)
+        schedule.record(group, cells=len(unit), seconds=took, load_seconds=extra if extra else None)
+        handed.append(unit)
+        heapq.heappush(clock, (t + extra + took, w, group))
+    return handed, loads, end
+
+
+def test_the_unit_scheduler_hands_out_every_unit_once_and_loads_a_model_twice_only_when_it_pays():
+    from massmech.infra.executors import UnitScheduler
+
+    def units(group, n):
+        return [[CellSpec(f"{group}{i}", {}, group, str(i))] for i in range(n)]
+
+    work = units("big", 8) + units("small", 2)
+    handed, loads, end = _drain(UnitScheduler(work, 2), 2, {"big": 1.0, "small": 1.0}, {"big": 0.1, "small": 0.1})
+    assert sorted(u[0].key for u in handed) == sorted(u[0].key for u in work)  # each unit exactly once
+    assert loads.count("big") == 2 and end < 6.5  # cheap load: the free worker joins; the bound by model is 8
+    handed, loads, end = _drain(UnitScheduler(work, 2), 2, {"big": 1.0, "small": 1.0}, {"big": 50.0, "small": 0.1})
+    assert len(handed) == 10 and loads.count("big") == 1  # a load that costs more than the work left: never twice
+    prior = {"big": {"load_seconds": 50.0, "cell_seconds": 1.0}}
+    s = UnitScheduler(units("big", 8), 2, prior=prior)  # two workers, one model, a load dearer than the work
+    assert s.next(None)[0] == "big" and s.next(None) is None
+    s = UnitScheduler(units("big", 8), 2)  # nothing measured: split by share of the cells, as before
+    assert s.next(None)[0] == "big" and s.next(None)[0] == "big"
+
+
+def test_cells_keep_their_timing_for_the_next_plan(tmp_path):
+    run_study(SQUARES, {"n": 4}, tmp_path / "run", progress=False)
+    store = CellStore(tmp_path / "run" / "cells", SQUARES.name, version=SQUARES.version)
+    timings = store.timings()
+    assert set(timings) == {"even", "odd"} and all(t["cell_seconds"] >= 0 for t in timings.values())
+
+
 def test_another_config_into_the_same_folder_is_refused_before_any_work(tmp_path):
     out = tmp_path / "run"
     first = run_study(SQUARES, {"n": 4}, out, progress=False)

@@ -127,12 +127,14 @@ class CellStore:
         return Cell(key, meta, meta.get("data"), tables, folder)
 
     def put(self, key: str, parts: dict, *, data: Any = None, tables: dict | None = None,
-            files: dict[str, Callable[[Path], object]] | None = None) -> Path:
+            files: dict[str, Callable[[Path], object]] | None = None, timing: dict | None = None) -> Path:
         """Write a cell atomically (a temp folder renamed into place) with its provenance.
 
         Args:
             data: A JSON payload. tables: name -> DataFrame (stored as parquet).
             files: file name -> a function writing that file at the path it is given.
+            timing: How long it took (``group``, ``cell_seconds``, ``load_seconds``), read back by
+                :meth:`timings`; provenance, not part of the key.
         """
         if key != self.key(parts):
             raise StoreError(f"key {key} does not match its parts for study {self.study!r} v{self.version}")
@@ -152,6 +154,7 @@ class CellStore:
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 **_provenance(),
                 "tables": sorted(tables), "files": sorted(files or {}), "data": data,
+                **({"timing": timing} if timing else {}),
             }
             write_json(tmp / CELL_FILE, json.loads(json.dumps(meta, default=jsonable)))  # payload as given
             final = self.folder / key
@@ -165,6 +168,28 @@ class CellStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+
+    def timings(self) -> dict[str, dict[str, float]]:
+        """Per group (model) of the current-version cells: the median ``cell_seconds`` and
+        ``load_seconds`` recorded when they were computed (what a scheduler plans a rerun with).
+
+        >>> import tempfile
+        >>> store = CellStore(tempfile.mkdtemp(), "ablation", version=4)
+        >>> parts = {"model": "m", "task": "t"}
+        >>> _ = store.put(store.key(parts), parts, timing={"group": "m", "cell_seconds": 2.0, "load_seconds": 0.5})
+        >>> store.timings()
+        {'m': {'cell_seconds': 2.0, 'load_seconds': 0.5}}
+        """
+        import statistics
+
+        seen: dict[str, dict[str, list[float]]] = {}
+        for _, meta in _cells(self.folder):
+            t = meta.get("timing") if meta.get("version") == self.version else None
+            if isinstance(t, dict) and t.get("group") is not None:
+                for name in ("cell_seconds", "load_seconds"):
+                    if isinstance(t.get(name), int | float):
+                        seen.setdefault(t["group"], {}).setdefault(name, []).append(float(t[name]))
+        return {g: {name: statistics.median(v) for name, v in d.items()} for g, d in seen.items()}
 
     def keys(self) -> list[str]:
         """Keys of the current-version cells in the store."""

@@ -5,10 +5,12 @@
   so each worker loads each of its models once (a large group is split over idle workers); each
   worker writes its cells to the shared :class:`~massmech.infra.cells.CellStore` as they finish,
   so a killed worker or driver loses only the units in flight and a rerun resumes.
-* :class:`RayExecutor`: the same on a Ray cluster (``pip install 'massmech[ray]'``): one actor per
-  model group (a large group split over several), each unit a task on its actor with the
-  resources it asks for; a worker killed mid-unit is restarted and the unit retried; cells are
-  written to the store by the workers, so the store must sit on a filesystem every node sees.
+* :class:`RayExecutor`: the same on a Ray cluster (``pip install 'massmech[ray]'``), scheduled by
+  unit: each free actor is handed its next unit by :class:`UnitScheduler`, from its own model's
+  units while any are left, then from another model's when that model's load is cheap next to
+  its remaining cells (measured in this run, or kept in the cell store from earlier runs). A
+  worker killed mid-unit is restarted and the unit retried; cells are written to the store by the
+  workers, so the store must sit on a filesystem every node sees.
 
 An executor is any object with ``run(study, config, units, store, ctx, *, total, done, progress)``.
 Whoever computes a cell, the store is the same, so a study started with one executor and finished
@@ -20,7 +22,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -68,6 +71,81 @@ def _assign(units: Sequence[Sequence[CellSpec]], workers: int) -> list[list[list
     for chunk in sorted(_chunks(units, workers), key=lambda c: -sum(map(len, c))):
         min(plan, key=lambda p: sum(map(len, p))).extend(chunk)
     return [p for p in plan if p]
+
+
+class UnitScheduler:
+    """Which unit a free worker computes next: units of the model it holds while any are left,
+    then another model's.
+
+    A worker whose model has no units left takes a model nobody holds (the most cells first);
+    failing that it joins a model that others hold when that pays: with ``m`` workers on it,
+    ``W`` seconds of its cells left and ``L`` seconds to load it, one more worker ends it sooner
+    iff ``L < W / m``. ``L`` and the seconds per cell are measured as units finish
+    (:meth:`record`), else taken from ``prior`` (:meth:`CellStore.timings`); while neither is
+    known, a model is split by its share of the cells (``workers x cells / all cells``). A worker
+    given nothing is done: units are only ever taken, so nothing worth joining appears later.
+
+    >>> from massmech.infra.study import CellSpec
+    >>> units = [[CellSpec(f"{g}{i}", {}, group=g, unit=str(i))] for g, n in (("a", 3), ("b", 1)) for i in range(n)]
+    >>> s = UnitScheduler(units, workers=2)
+    >>> [s.next(None)[0], s.next(None)[0]]  # one worker per model
+    ['a', 'b']
+    >>> s.record("b", cells=1, seconds=10.0, load_seconds=0.1); s.record("a", cells=1, seconds=10.0, load_seconds=0.1)
+    >>> s.next("b")[0]  # b is done; a has 2 units (20 s) left and loads in 0.1 s: join it
+    'a'
+    """
+
+    def __init__(self, units: Sequence[Sequence[CellSpec]], workers: int,
+                 prior: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        self.queues: dict[str, deque[list[CellSpec]]] = {}
+        for unit in sorted(units, key=len, reverse=True):
+            self.queues.setdefault(unit[0].group, deque()).append(list(unit))
+        self.workers, self.total = workers, sum(map(len, units))
+        self.on: dict[str, int] = dict.fromkeys(self.queues, 0)
+        prior = prior or {}
+        self.load = {g: prior[g]["load_seconds"] for g in self.queues if "load_seconds" in prior.get(g, {})}
+        self.cell = {g: prior[g]["cell_seconds"] for g in self.queues if "cell_seconds" in prior.get(g, {})}
+        self._measured: dict[str, list[float]] = {}
+
+    def __repr__(self) -> str:
+        left = {g: sum(map(len, q)) for g, q in self.queues.items()}
+        return f"UnitScheduler(workers={self.workers}, cells_left={left})"
+
+    def record(self, group: str, *, cells: int, seconds: float, load_seconds: float | None) -> None:
+        """A unit of ``cells`` cells of ``group`` took ``seconds`` (less its load); the model took
+        ``load_seconds`` to load, if it was loaded for it."""
+        sums = self._measured.setdefault(group, [0.0, 0.0])
+        sums[0] += seconds
+        sums[1] += cells
+        self.cell[group] = sums[0] / max(sums[1], 1)
+        if load_seconds is not None:
+            self.load[group] = load_seconds
+
+    def next(self, holding: str | None) -> tuple[str, list[CellSpec]] | None:
+        """``(group, unit)`` for a worker holding ``holding``'s model (or none), or ``None``: done."""
+        if holding is not None and self.queues.get(holding):
+            return holding, self.queues[holding].popleft()
+        left = {g: sum(map(len, q)) for g, q in self.queues.items() if q}
+        if not left:
+            return None
+        nobody = [g for g in left if not self.on[g]]
+        if nobody:
+            group = max(nobody, key=left.__getitem__)
+        else:
+            worth = [g for g in left if self._worth_joining(g, left[g])]
+            if not worth:
+                return None
+            group = max(worth, key=lambda g: left[g] * self.cell.get(g, 1.0) / self.on[g])
+        if holding is not None:
+            self.on[holding] -= 1
+        self.on[group] += 1
+        return group, self.queues[group].popleft()
+
+    def _worth_joining(self, group: str, cells_left: int) -> bool:
+        load, cell, m = self.load.get(group), self.cell.get(group), self.on[group]
+        if load is None or cell is None:
+            return round(self.workers * cells_left / self.total) > m
+        return load < cells_left * cell / m
 
 
 def _check_shareable(ctx: Context, workers: str) -> None:
@@ -173,22 +251,34 @@ class _CellWorker:
         self.study, self.config, self.ctx = study, config, ctx
         self.store = CellStore(root, study.name, version=version)
 
-    def run(self, unit: list[CellSpec]) -> list[str]:
+    def run(self, unit: list[CellSpec]) -> dict:
+        """Compute a unit (its model loaded here if not yet; other models dropped) and say how long it took."""
+        import time
+
+        group = unit[0].group
+        self.ctx.release(keep=group)
+        loaded = group in self.ctx.models
         # a retried unit (its worker was killed) skips the cells it had already written
         todo = [c for c in unit if c.key not in self.store]
+        start = time.perf_counter()
         if todo:
             run_units(self.study, self.config, [todo], self.store, self.ctx)
-        return [c.key for c in unit]
+        load = None if loaded or group not in self.ctx.load_seconds else self.ctx.load_seconds[group]
+        return {"keys": [c.key for c in unit], "cells": len(todo), "load_seconds": load,
+                "seconds": max(0.0, time.perf_counter() - start - (load or 0.0))}
 
     def pid(self) -> int:
         return os.getpid()
 
 
 class RayExecutor:
-    """Cells as tasks on a Ray cluster: one actor per model group, units as its tasks.
+    """Cells as tasks on a Ray cluster: ``workers`` actors, each handed one unit at a time.
 
-    The cells of a group (a model spec) go to one actor, or to several when the group is large
-    and workers are idle, so a model is loaded once per actor, not once per cell. Each actor asks
+    :class:`UnitScheduler` decides which: a worker stays on its model while that model has units,
+    then takes a model nobody holds, or joins one whose load is cheap next to its remaining cells
+    (a worker holds one model at a time: a large model is never loaded twice on one worker, and a
+    second worker loads it only when that pays). Load and cell times are measured as units finish
+    and kept in each cell's provenance, so a rerun plans with the last run's. Each actor asks
     Ray for ``cpus`` CPUs and ``gpus`` GPUs; Ray runs as many as the cluster holds and starts the
     next when one finishes its units (its resources are released). A worker killed in the middle
     of a unit is restarted (``retries`` times) and the unit retried: its cells are written once,
@@ -249,13 +339,22 @@ class RayExecutor:
         actor = ray.remote(_CellWorker).options(num_cpus=self.cpus, num_gpus=gpus, max_restarts=self.retries,
                                                max_task_retries=self.retries)
         threads = max(1, int(self.cpus))
+        schedule = UnitScheduler(units, workers, prior=store.timings())
         pending: dict[Any, tuple[Any, list[CellSpec]]] = {}
-        left: dict[Any, int] = {}
-        for chunk in _chunks(units, workers):
+        holding: dict[Any, str | None] = {}
+
+        def feed(a: Any) -> None:
+            nxt = schedule.next(holding[a])
+            if nxt is None:
+                ray.kill(a, no_restart=True)  # its resources go to whoever still waits
+                return
+            holding[a] = nxt[0]
+            pending[a.run.remote(nxt[1])] = (a, nxt[1])
+
+        for _ in range(workers):
             a = actor.remote(study, config, str(store.root), store.version, threads, ctx.worker())
-            left[a] = len(chunk)
-            for unit in chunk:
-                pending[a.run.remote(list(unit))] = (a, list(unit))
+            holding[a] = None
+            feed(a)
         wanted = {c.key for u in units for c in u}
         errors: list[BaseException] = []
         with tqdm(total=total, initial=done, desc=f"{study.name} cells (ray)", unit="cell", disable=not progress) as bar:
@@ -264,18 +363,19 @@ class RayExecutor:
                 for ref in ready:
                     a, unit = pending.pop(ref)
                     try:
-                        ray.get(ref)
+                        report = ray.get(ref)
                     except Exception as e:  # a unit's error (or its actor gone for good): keep the others going
                         errors.append(getattr(e, "cause", None) or e)
                     else:
+                        if report["cells"]:
+                            schedule.record(unit[0].group, cells=report["cells"], seconds=report["seconds"],
+                                            load_seconds=report["load_seconds"])
                         lost = [c.key for c in unit if c.key not in store]
                         if lost:
                             errors.append(ConfigError(
                                 f"a Ray worker computed {len(lost)} cells that are not in the store at {store.root}: "
                                 "on a cluster put the cell store (--cells) on a filesystem every node sees"))
-                    left[a] -= 1
-                    if not left[a]:
-                        ray.kill(a, no_restart=True)  # its resources go to the next actor
+                    feed(a)
                 bar.n = done + sum(k in store for k in wanted)
                 bar.refresh()
         if errors:

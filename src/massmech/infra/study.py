@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -73,6 +74,8 @@ class Context:
         self._loader = loader
         self._models: dict[str, Any] = dict(models or {})
         self._cache: dict[Any, Any] = {}
+        #: seconds each model took to load in this context (what a scheduler weighs against its cells)
+        self.load_seconds: dict[str, float] = {}
         # models handed in (or a custom loader) exist in this process only: workers cannot share them
         self.local_only = loader is not None or bool(models)
         #: keyword arguments of :func:`~massmech.core.loading.load_model`: ``device``,
@@ -98,13 +101,20 @@ class Context:
     def model(self, spec: str) -> Any:
         """The loaded model of a group, loaded on first use."""
         if spec not in self._models:
+            start = time.perf_counter()
             if self._loader is None:
                 from massmech.core.loading import load_model
 
                 self._models[spec] = load_model(spec, **self.load_options)
             else:
                 self._models[spec] = self._loader(spec)
+            self.load_seconds[spec] = time.perf_counter() - start
         return self._models[spec]
+
+    def release(self, keep: str) -> None:
+        """Drop every loaded model but ``keep``'s (a worker moving to another model's cells holds one)."""
+        for spec in [s for s in self._models if s != keep]:
+            del self._models[spec]
 
     def worker(self) -> Context:
         """A fresh context for a worker process: the same load options and run folder, no models yet."""
@@ -158,15 +168,20 @@ def units_of(cells: Sequence[CellSpec]) -> list[list[CellSpec]]:
 
 def run_units(study: Study, config: Any, units: Sequence[Sequence[CellSpec]], store: CellStore, ctx: Context,
               on_cell: Callable[[], None] | None = None) -> None:
-    """Compute units one after another in this process, each cell stored as soon as its unit ends."""
+    """Compute units one after another in this process, each cell stored as soon as its unit ends,
+    with its timing (seconds per cell of its unit, less any model load; the load's seconds)."""
     for unit in units:
+        loads, start = dict(ctx.load_seconds), time.perf_counter()
         results = study.run_unit(config, unit, ctx)
+        load = sum(v for k, v in ctx.load_seconds.items() if loads.get(k) != v)
+        timing = {"group": unit[0].group, "cell_seconds": max(0.0, time.perf_counter() - start - load) / len(unit),
+                  "load_seconds": ctx.load_seconds.get(unit[0].group)}
         missing = [c.key for c in unit if c.key not in results]
         if missing:
             raise RuntimeError(f"{study.name}: run_unit returned no result for cells {missing}")  # a bug
         for c in unit:
             data, tables, *files = results[c.key]
-            store.put(c.key, c.parts, data=data, tables=tables, files=files[0] if files else None)
+            store.put(c.key, c.parts, data=data, tables=tables, files=files[0] if files else None, timing=timing)
             if on_cell is not None:
                 on_cell()
 
