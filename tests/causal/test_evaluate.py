@@ -204,3 +204,34 @@ def test_scorers_read_what_the_model_generated(tiny_models):
     assert gen.n_dims.tolist() == forced.n_dims.tolist()  # the prompt pass's selection, kept through decoding
     with pytest.raises(ValueError, match="unknown scorer"):
         score(model, get_task("kv_lookup"), {"b": None}, scorer="fuzzy")
+
+
+def test_rank_scores_the_gold_answer_against_the_prompts_distractors(tiny_models):
+    """Issue 26: ``rank`` = the gold answer's summed log-probability against the task's distractors,
+    recomputed here by hand with one plain forward per (example, option); chance 1/(1 + distractors)."""
+    from massmech.causal.evaluate import score
+    from massmech.errors import TaskError
+
+    model, task = tiny_models["tiny-llama"], get_task("kv_lookup", n_pairs=3)
+    d = Disruption(rule="topk", k=2)
+    df = score(model, task, {"b": None, "m": d}, scorer="rank", n=4, progress=False)
+    assert set(df.scorer) == {"rank"} and len(df) == 8
+    sizes = [1 + len(task.distractors(ex)) for ex in task.examples(4)]  # a value listed twice is one option
+    assert task.chance(4, scorer="rank") == pytest.approx(np.mean([1 / k for k in sizes])) and max(sizes) == 3
+    for ex, row in zip(task.examples(4), df[df.condition == "b"].itertuples(), strict=True):
+        options = (ex.answer, *task.distractors(ex))
+        assert len(set(options)) == len(options) and ex.answer not in options[1:]
+        by_hand = []
+        for option in options:
+            prompt, (cont,) = encode(model, Example(uid=0, prompt=ex.prompt, options=(option,), label=0))
+            ids = torch.tensor([prompt + cont])
+            with torch.inference_mode():
+                lp = torch.log_softmax(model.bridge(ids)[0].float(), -1)
+            by_hand.append(sum(float(lp[len(prompt) - 1 + t, tok]) for t, tok in enumerate(cont)))
+        np.testing.assert_allclose(row.logprobs, by_hand, rtol=1e-4, atol=1e-4)
+        assert row.correct == (int(np.argmax(by_hand)) == 0)
+        assert row.margin == pytest.approx(by_hand[0] - max(by_hand[1:]), abs=1e-4)
+    assert (df[df.condition == "m"].n_dims > 0).all()  # the disruption acts under rank too
+    with pytest.raises(TaskError, match="no distractors"):  # passkey's prompt holds one number
+        score(model, get_task("passkey"), {"b": None}, scorer="rank", n=2, progress=False)
+    assert get_task("knowledge_conflict").distractors(get_task("knowledge_conflict").examples(1)[0]) == (" Oslo",)

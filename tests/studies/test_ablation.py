@@ -213,3 +213,20 @@ def test_a_sweep_by_pair_and_by_coordinate(tmp_path):
     assert "qk.post.top1.pair.ctrl-matched-s0" in set(t.condition)
     only_dim = run_sweep(replace(cfg, granularities=("dim",)), tmp_path / "b", progress=False)
     assert only_dim.set_index("condition").loc["qk.post.top1", "accuracy"] == massive.loc["qk.post.top1", "accuracy"]
+
+
+def test_a_sweep_under_the_rank_scorer(tmp_path):
+    """scorer="rank": exact tasks are ranked against their distractors (chance above 0, own cells,
+    the scorer in every row); a task without distractors is refused before any folder or cell."""
+    from massmech.errors import TaskError
+
+    cfg = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup", "sentiment"), n=4, rules=("topk",), ks=(1,),
+                      controls=("lowest",), scorer="rank")
+    t = run_sweep(cfg, tmp_path / "rank", progress=False)
+    kv = t[t.task == "kv_lookup"]
+    assert set(kv.scorer) == {"rank"} and (kv.chance > 0.1).all() and set(t[t.task == "sentiment"].scorer) == {"choice"}
+    strict = run_sweep(replace(cfg, scorer="strict"), tmp_path / "strict", progress=False)
+    assert set(strict[strict.task == "kv_lookup"].chance) == {0.0}  # other cells, other chance
+    with pytest.raises(TaskError, match="no distractors"):
+        run_sweep(replace(cfg, tasks=("passkey",)), tmp_path / "passkey", progress=False)
+    assert not (tmp_path / "passkey" / "cells").exists()

@@ -14,7 +14,10 @@
   does with its generated text (``if label in answer``, ``run_experiment.py`` of
   MingyuJ666/Rope_with_LLM); ``first-line`` asks the same of its first line. A digit answer that
   tokenizes as ``' '``, ``'9'``, ... fails ``strict`` when the model answers ``" the 99139"``;
-  the generating scorers see it.
+  the generating scorers see it. ``rank`` asks no generation: the gold answer is one option
+  among the task's distractors (:meth:`~massmech.causal.tasks.base.Task.distractors`) and the
+  example is scored as multiple choice (summed log-probability of each option's tokens; ``margin``
+  is the gold's minus the best distractor's); chance is ``1 / (1 + distractors)``.
 
 Several conditions (baseline, disruption, controls) are folded into one batch: each example is
 repeated once per condition and an :class:`~massmech.causal.intervention.Intervention` applies each
@@ -299,9 +302,13 @@ def score(
     """Score a task under each condition with a named scorer (the module docstring lists them).
 
     ``strict`` is :func:`evaluate`; ``contains`` and ``first-line`` generate ``max_new_tokens``
-    greedy tokens per example (:func:`generate_exact`). A choice task is always scored by its
-    options (a scorer of exact answers does not apply); the table's ``scorer`` column says which
-    scorer each row used.
+    greedy tokens per example (:func:`generate_exact`); ``rank`` scores the gold answer against
+    the task's distractors as multiple choice (:func:`ranked`). A choice task is always scored by
+    its options (a scorer of exact answers does not apply); the table's ``scorer`` column says
+    which scorer each row used.
+
+    Raises:
+        TaskError: An unknown scorer, or ``rank`` on a task without distractors (before any compute).
 
     >>> import massmech as mm
     >>> from massmech.causal.tasks.builtin import get_task
@@ -318,9 +325,30 @@ def score(
         df = evaluate(model, task, conditions, n=n, seed=seed, batch_size=batch_size, calibration=calibration,
                       progress=progress)
         return df.assign(scorer="choice" if task.scoring == "choice" else "strict")
+    if scorer == "rank":
+        examples = ranked(task, task.examples(n if n is not None else task.max_n(), seed))
+        df = evaluate(model, examples, conditions, scoring="choice", batch_size=batch_size, calibration=calibration,
+                      progress=progress)
+        return df.assign(scorer="rank")
     df = generate_exact(model, task, conditions, n=n, seed=seed, batch_size=batch_size, calibration=calibration,
                         max_new_tokens=max_new_tokens, match=scorer, progress=progress)
     return df.assign(scorer=scorer)
+
+
+def ranked(task: Task, examples: Sequence[Example]) -> list[Example]:
+    """``examples`` as multiple choice for the ``rank`` scorer: the gold answer (option 0) and the
+    task's distractors, same uid, prompt and group.
+
+    Raises:
+        TaskError: The task has no distractors (:meth:`~massmech.causal.tasks.base.Task.distractors`).
+
+    >>> from massmech.causal.tasks.builtin import get_task
+    >>> task = get_task("kv_lookup", n_pairs=3)
+    >>> ex = ranked(task, task.examples(1))[0]; ex.options, ex.label
+    ((' 886', ' 678', ' 347'), 0)
+    """
+    return [Example(uid=ex.uid, prompt=ex.prompt, options=(ex.answer, *task.distractors(ex)), label=0,
+                    group=ex.group, chat=ex.chat) for ex in examples]
 
 
 def _resolve(examples, scoring, n, seed) -> tuple[list[Example], str]:

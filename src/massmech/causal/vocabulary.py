@@ -24,12 +24,14 @@ GRANULARITY_HELP = {
     "pair": "both coordinates of each selected RoPE pair (a control then picks whole pairs)",
 }
 
-SCORERS = ("strict", "contains", "first-line")
+SCORERS = ("strict", "contains", "first-line", "rank")
 SCORER_HELP = {
     "strict": "every answer token is the argmax, teacher-forced (one pass; equal to greedy generation)",
     "contains": "the gold answer appears anywhere in the greedy continuation (the paper's code: "
                 "`label in answer` in run_experiment.py)",
     "first-line": "the gold answer appears in the first line of the greedy continuation",
+    "rank": "the gold answer's summed log-probability is the highest among it and the task's distractors "
+            "(kv_lookup: the prompt's other values; knowledge_conflict: the memorised capital); chance 1/(1 + distractors)",
 }
 REPLACE_HELP = {
     "mean": "each dim's mean over the prompt",

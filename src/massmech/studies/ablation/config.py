@@ -73,8 +73,9 @@ class SweepConfig:
             coordinates of each selected RoPE pair; its controls pick whole pairs).
         scorer: How exact-answer tasks are scored: ``strict`` (every answer token is the argmax,
             teacher-forced), ``contains`` (the gold answer anywhere in ``max_new_tokens`` greedy
-            tokens, the paper's code) or ``first-line`` (in their first line); choice tasks are
-            scored by their options whatever this says.
+            tokens, the paper's code), ``first-line`` (in their first line) or ``rank`` (the gold
+            answer against the task's distractors, as multiple choice); choice tasks are scored by
+            their options whatever this says.
         max_new_tokens: Greedy tokens generated per example by ``contains`` and ``first-line``.
         calib_tokens: Corpus tokens for ``selection="calibration"`` / ``replace="calib_mean"``.
         seed: Seed of the examples and of the random controls.

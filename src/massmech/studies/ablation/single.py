@@ -117,7 +117,7 @@ def ablate(
             token variance as the massive dims, per head; see :mod:`massmech.causal.disruption`).
         scorer: How an exact answer is scored (:data:`~massmech.causal.vocabulary.SCORERS`:
             ``strict``, ``contains``: anywhere in ``max_new_tokens`` greedy tokens, the paper's code,
-            ``first-line``); a choice task is scored by its options.
+            ``first-line``, ``rank``: against the task's distractors); a choice task is scored by its options.
         max_new_tokens: Greedy tokens per example for the generating scorers.
         seed: Seed of the examples and of random controls.
         batch_size: Sequences per forward pass (results do not depend on it).
@@ -184,7 +184,7 @@ def ablate(
         "protocol": disruption.protocol(control) + (" (scaled to equal KL on neutral text)" if matched else ""),
         "scorer": str(df.scorer.iloc[0]), "kl_match": matched,
     }
-    chance = t.chance(n, seed)
+    chance = t.chance(n, seed, scorer=scorer)
     base = df[df.condition == BASELINE].correct
     res |= {"chance": chance, "evaluable": evaluable(int(base.sum()), len(base), chance), "n_asked": asked,
             "first_prompt": examples[0].prompt, "massive_vs_control": _versus(df, "massive", "control")}

@@ -54,6 +54,8 @@ def _scorer(config: SweepConfig, scoring: str) -> dict | None:
     """The scorer part of a cell's key: ``None`` for the strict scorer and for choice tasks."""
     if config.scorer == "strict" or scoring == "choice":
         return None
+    if config.scorer == "rank":  # generates nothing
+        return {"scorer": "rank"}
     return {"scorer": config.scorer, "max_new_tokens": config.max_new_tokens}
 
 
@@ -74,8 +76,11 @@ class AblationStudy:
             for tname in config.tasks:
                 task = get_task(tname)
                 n = min(config.n, task.max_n())
+                examples = task.examples(n, config.seed)
+                if config.scorer == "rank" and task.scoring == "exact":
+                    task.distractors(examples[0])  # a task without distractors is refused before any compute
                 # the examples themselves enter the key: a changed prompt or dataset never reuses a cell
-                data = data_hash(repr(task.examples(n, config.seed)))
+                data = data_hash(repr(examples))
                 for role, d, lr in [(BASELINE, None, "all")] + [(_role(d), d, lr) for d, lr in conds]:
                     needs = d is not None and (d.selection == "calibration" or d.replace == "calib_mean")
                     parts = _cell_parts(ctx.model_id(spec), task.config(), data, config.seed, d,
@@ -100,7 +105,7 @@ class AblationStudy:
                          calibration=calibration, progress=False)
 
         df, errors = _each_that_runs(run, cells)
-        chance = task.chance(n, config.seed)
+        chance = task.chance(n, config.seed, scorer=config.scorer)
         out = {}
         for c in cells:
             g, d = df[df.condition == c.key], c.payload["disruption"]
