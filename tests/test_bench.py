@@ -70,3 +70,9 @@ def test_eval_speed_ratios_run_tiny():
     assert 0 <= r["upstream_verdict_agreement"] == e["verdict_agreement"] <= 1
     assert e["n_verdicts"] == 2 * 2 and e["max_new_tokens"] == 4
     assert "teacher_forced_speedup" not in r  # only the section asked for ran
+
+
+def test_ledger_time_splits_reproduce_by_study():
+    r = _last_json(["bench/ledger_time.py", "--quick", "--only", "analyze", "--models", "tiny-llama", "--no-docs"])
+    assert set(r["studies_seconds"]) == {"analyze"} and r["total_seconds"] >= r["studies_seconds"]["analyze"] > 0
+    assert list(r["runs_seconds"]) == ["analyze/ledger/tiny-llama"] and "P5 / tiny-llama" in r["not_judged"]

@@ -1,0 +1,65 @@
+"""The wall time of the whole ledger: ``massmech reproduce`` (full or ``--quick``), split by study.
+
+A researcher's real wait is every run the ledger reads, then the figures, the ledger, the docs and
+the site (issue 28). This runs ``python -m massmech reproduce`` once in a fresh process into a
+fresh runs root (a temp folder, so no cell is reused: the time from nothing) unless ``--runs``
+names one to resume, and reads the per-run seconds that ``reproduce`` records in its
+``reproduce.json``:
+
+* ``total_seconds``: the command's wall time, start-up and imports included;
+* ``runs_seconds``: each run folder's seconds; ``studies_seconds``: those summed per study;
+* ``docs_seconds``: the rest (figures, ledger, docs, site, start-up).
+
+The ratio of the full time to the studies' bare forward passes (issue 28's goal of 1.5) needs a
+count of every study's forward passes, which no study reports yet: it is not computed here.
+
+Usage: python bench/ledger_time.py [--quick] [--only RUN,RUN] [--models M1,M2] [--no-docs] [--runs DIR]
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="each study's quick config (what CI runs)")
+    ap.add_argument("--only", default=None, help="only these runs (reproduce --only)")
+    ap.add_argument("--no-docs", action="store_true", help="the runs only")
+    ap.add_argument("--runs", default=None, help="a runs root to use (default: a fresh temp folder)")
+    ap.add_argument("--models", default=None, help="the ledger's models (reproduce --models; default: the embedded)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="massmech-ledger-time-") as tmp:
+        root = Path(args.runs or Path(tmp) / "runs")
+        cmd = [sys.executable, "-m", "massmech", "reproduce", "--runs", str(root), "--json"]
+        cmd += ["--quick"] * args.quick + ["--no-docs"] * args.no_docs + (["--only", args.only] if args.only else [])
+        cmd += ["--models", args.models] if args.models else []
+        env = {**os.environ, "TQDM_DISABLE": "1"}
+        start, started = time.perf_counter(), time.time()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        total = time.perf_counter() - start
+        record_file = root / "reproduce.json"  # exit 1 with a fresh record = rows left unjudged (--only)
+        if not record_file.exists() or record_file.stat().st_mtime < started:
+            sys.exit(f"reproduce failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        record = json.loads(record_file.read_text())
+    runs = record["seconds"]
+    studies: dict[str, float] = {}
+    for folder, seconds in runs.items():  # run folders are STUDY/PRESET/MODEL
+        studies[folder.split("/")[0]] = round(studies.get(folder.split("/")[0], 0.0) + seconds, 1)
+    for folder, seconds in sorted(runs.items(), key=lambda kv: -kv[1]):
+        print(f"{folder:45s} {seconds:8.1f} s", flush=True)
+    print(json.dumps({"quick": args.quick, "total_seconds": round(total, 1), "studies_seconds": studies,
+                      "docs_seconds": round(total - sum(runs.values()), 1), "runs_seconds": runs,
+                      "not_judged": record.get("not_judged", []), "cpus": os.cpu_count()}))
+
+
+if __name__ == "__main__":
+    main()
