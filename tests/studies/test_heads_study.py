@@ -10,7 +10,7 @@ from massmech.causal.retrieval import rank_heads
 from massmech.causal.tasks.builtin import get_task
 from massmech.errors import AnalysisError, ConfigError
 from massmech.report.rules import NoData
-from massmech.report.rules_mechanism import retrieval_heads
+from massmech.report.rules_mechanism import retrieval_heads, retrieval_heads_v2
 from massmech.studies.heads.config import HeadsConfig
 from massmech.studies.heads.study import COMPARISON, RANKING, compare, head_arms, run_heads
 
@@ -85,6 +85,21 @@ def test_the_o5_judge_applies_its_rule(tmp_path, rows, verdict):
     assert got == verdict and "passkey: baseline 0.90, top heads 0.50" in measured
     with pytest.raises(NoData):
         retrieval_heads(tmp_path / "nothing", "m")
+
+
+@pytest.mark.parametrize("rows,v1,v2", [
+    ([("passkey", 0.0, -0.02, 0.02, True), ("kv_lookup", 0.0, -0.05, 0.03, True)], "partly", "no difference detected"),
+    ([("passkey", 0.3, 0.2, 0.4, True), ("kv_lookup", 0.0, -0.1, 0.1, True)], "partly", "partly"),
+    ([("passkey", 0.0, -0.02, 0.02, True), ("kv_lookup", -0.2, -0.3, -0.1, True)], "contradicted", "contradicted"),
+    ([("passkey", 0.0, -0.02, 0.02, False)], "not evaluable", "not evaluable"),
+])
+def test_o5_v2_names_a_null_no_difference_detected(tmp_path, rows, v1, v2):
+    _write(tmp_path / "run", rows)
+    assert retrieval_heads(tmp_path / "run", "m")[1] == v1
+    measured, got = retrieval_heads_v2(tmp_path / "run", "m")
+    assert got == v2
+    if v2 == "no difference detected":
+        assert measured.endswith("a difference within ±0.04 could not be told from 0")  # the wider half-width
 
 
 def test_too_few_eligible_heads_is_a_recorded_finding_not_a_crash(tmp_path, tiny_models):

@@ -256,7 +256,14 @@ CLAIMS: tuple[Claim, ...] = (
                    rules_mechanism.retrieval_heads,
                    "paired bootstrap per task, Bonferroni over the tasks (each interval at 1 - 0.05/2)",
                    fixed="2026-12-04T14:38:16+00:00", commit="a32bb60",
-                   why="new (issue 27); fixed before any heads run on a real model (only tiny random models had run)"),),
+                   why="new (issue 27); fixed before any heads run on a real model (only tiny random models had run)"),
+              Rule(2, "as version 1, but when every evaluable task's interval holds 0 the verdict is 'no difference "
+                      "detected', with the largest half-width (the smallest difference it could have shown); 'partly' "
+                      "is left for some tasks above 0 and the rest holding 0",
+                   rules_mechanism.retrieval_heads_v2,
+                   "paired bootstrap per task, Bonferroni over the tasks (each interval at 1 - 0.05/2)",
+                   why="version 1 calls a null 'partly'; fixed after SmolLM2's v1 verdict (no difference: +0.00 "
+                       "[-0.02, +0.02] on kv_lookup) was known, while Gemma-3's run was in progress with no result seen")),
           ours=True),
 )
 NOT_TESTABLE = (

@@ -52,17 +52,16 @@ def position_shift(path: Path, model: str) -> tuple[str, str]:
     return text, "partly"
 
 
-def retrieval_heads(path: Path, model: str) -> tuple[str, str]:
-    """O5 v1: on every evaluable retrieval task the control draws' accuracy minus the top heads' has
-    its (Bonferroni) bootstrap interval above 0: reproduces; below 0 on some task: contradicted; no
-    evaluable task: not evaluable; otherwise partly."""
+def _heads_comparisons(path: Path) -> tuple[str, list[tuple[int, float]]]:
+    """The heads run's comparison per task as text, and per evaluable task (sign of the
+    interval: 1 above 0, -1 below, 0 holding 0; its half-width)."""
     from massmech.studies.heads.study import COMPARISON
 
     if not (path / COMPARISON).is_file() or not (path / "results.parquet").is_file():
         raise NoData(f"no {COMPARISON} in {path}")
     comp, res = pd.read_parquet(path / COMPARISON), pd.read_parquet(path / "results.parquet")
     removed = res.assign(arm=res.condition.str.replace(r"-\d+$", "", regex=True)).groupby(["task", "arm"]).removed_variance.mean()
-    parts, signs = [], []
+    parts, decided = [], []
     for r in comp.itertuples():
         if isinstance(getattr(r, "error", None), str):
             parts.append(f"{r.task}: not evaluable ({r.error})")
@@ -74,11 +73,31 @@ def retrieval_heads(path: Path, model: str) -> tuple[str, str]:
         if not r.evaluable:
             text += " (not evaluable: baseline at chance or floor)"
         else:
-            signs.append(1 if r.ci_low > 0 else -1 if r.ci_high < 0 else 0)
+            decided.append((1 if r.ci_low > 0 else -1 if r.ci_high < 0 else 0, (r.ci_high - r.ci_low) / 2))
         parts.append(text)
-    text = "; ".join(parts)
+    return "; ".join(parts), decided
+
+
+def retrieval_heads(path: Path, model: str) -> tuple[str, str]:
+    """O5 v1: on every evaluable retrieval task the control draws' accuracy minus the top heads' has
+    its (Bonferroni) bootstrap interval above 0: reproduces; below 0 on some task: contradicted; no
+    evaluable task: not evaluable; otherwise partly."""
+    text, decided = _heads_comparisons(path)
+    signs = [s for s, _ in decided]
     if not signs:
         return text, "not evaluable"
     if -1 in signs:
         return text, "contradicted"
     return text, "reproduces" if all(s == 1 for s in signs) else "partly"
+
+
+def retrieval_heads_v2(path: Path, model: str) -> tuple[str, str]:
+    """O5 v2: as v1, but when every evaluable task's interval holds 0 the verdict is "no difference
+    detected", with the largest half-width (the smallest difference those intervals could have
+    shown); "partly" is left for some tasks above 0 and the rest holding 0."""
+    text, decided = _heads_comparisons(path)
+    signs = [s for s, _ in decided]
+    if signs and all(s == 0 for s in signs):
+        widest = max(w for _, w in decided)
+        return f"{text}; a difference within ±{widest:.2f} could not be told from 0", "no difference detected"
+    return retrieval_heads(path, model)
