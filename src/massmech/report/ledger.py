@@ -262,6 +262,7 @@ CLAIMS: tuple[Claim, ...] = (
                       "is left for some tasks above 0 and the rest holding 0",
                    rules_mechanism.retrieval_heads_v2,
                    "paired bootstrap per task, Bonferroni over the tasks (each interval at 1 - 0.05/2)",
+                   fixed="2026-12-04T17:50:27+00:00", commit="a9b732e",
                    why="version 1 calls a null 'partly'; fixed after SmolLM2's v1 verdict (no difference: +0.00 "
                        "[-0.02, +0.02] on kv_lookup) was known, while Gemma-3's run was in progress with no result seen")),
           ours=True),
