@@ -7,6 +7,8 @@ model, what was measured and a verdict:
 * **reproduces**: the measurement meets the claim's rule (stated with the claim);
 * **partly**: it holds in part (stated how);
 * **contradicted**: the measurement goes against it;
+* **no difference detected**: every decidable interval holds 0; the measured text gives the
+  smallest difference it could have shown (never read as "survives");
 * **not evaluable**: the run exists but cannot decide (tasks at chance or floor, nothing moves);
 * **not run**: the run folder is missing; the command makes it;
 * **not testable offline**: what is needed (e.g. a pretrained non-RoPE model) is not available.
