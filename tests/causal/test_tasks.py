@@ -110,3 +110,25 @@ def test_chat_examples_use_the_models_template():
     assert [model.tokenizer.decode(o) for o in options] == ["Yes", "No"]
     prompt, _ = encode(model, get_task("capital_yesno", chat=False).examples(1)[0])
     assert "<|im_start|>" not in model.tokenizer.decode(prompt)
+
+
+@pytest.mark.parametrize("name", ["country_capital", "city_country", "nba_team_city"])
+def test_zero_shot_variants_ask_the_same_items_without_demonstrations(name):
+    """Issue 26: the parametric prompts' 3 demonstrations make them partly contextual; the _0shot
+    variants ask the same items (same uids and answers, so paired) with the query line alone, and
+    rank against the same 4 distractors drawn from the task's own answers."""
+    from massmech.causal.tasks.builtin import get_task
+
+    few, zero = get_task(name), get_task(f"{name}_0shot")
+    n = min(20, zero.max_n())
+    a, b = few.examples(n), zero.examples(n)
+    assert [(e.uid, e.answer) for e in a] == [(e.uid, e.answer) for e in b] and zero.kind == "parametric"
+    assert all(z.prompt == f.prompt.splitlines()[-1] and "\n" not in z.prompt for f, z in zip(a, b, strict=True))
+    answers = {e.answer for e in few._pool(0)}
+    for f, z in zip(a, b, strict=True):
+        d = zero.distractors(z)
+        assert d == few.distractors(f) and len(set(d)) == 4 and f.answer not in d and set(d) <= answers
+    assert zero.chance(n, scorer="rank") == pytest.approx(0.2)
+    fields = {"country_capital": {"min_population"}, "city_country": {"per_country"}, "nba_team_city": set()}
+    assert set(few.config()) == {"name", *fields[name]}  # no new key part: stored cells of these tasks stay valid
+    assert zero.config() == {**few.config(), "name": f"{name}_0shot"}  # the built-in task's keys are unchanged

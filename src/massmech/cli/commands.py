@@ -48,7 +48,7 @@ def add_ablate(sub: Any, fmt: Formatter) -> None:
 
     a = sub.add_parser("ablate", help="baseline vs massive-disrupted vs control accuracy on one task", formatter_class=fmt)
     model_flags(a, DEFAULT_MODEL)
-    a.add_argument("--task", help="task name (`massmech tasks` lists them)")
+    a.add_argument("--task", help="task name (an unknown name lists the tasks)")
     a.add_argument("--task-file", help="your own task: a .jsonl/.json/.csv/.parquet file (instead of --task)")
     a.add_argument("--field", action="append", metavar="NAME=COLUMN",
                    help="--task-file columns, repeatable: question=, answer= (required), context=, choices=, id=")

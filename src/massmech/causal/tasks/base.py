@@ -9,6 +9,7 @@ per label. The offline suite is :mod:`massmech.causal.tasks.builtin`.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -61,6 +62,8 @@ class Task:
     kind: ClassVar[str] = ""  # "parametric" | "contextual"
     scoring: ClassVar[str] = ""  # "exact" | "choice"
     balanced: ClassVar[bool] = False  # draw the same number of examples per group
+    n_shots: ClassVar[int] = 3  # demonstrations in the prompt, for the tasks that give some
+    pool_distractors: ClassVar[int] = 0  # rank scorer: wrong answers drawn from the task's own answers
 
     def examples(self, n: int, seed: int = 0) -> list[Example]:
         """``n`` examples, deterministic in ``seed``.
@@ -151,7 +154,9 @@ class Task:
         """The wrong answers the ``rank`` scorer ranks ``example``'s gold answer against (each with
         its leading space, none equal to the gold answer). A task with exact answers that has
         natural distractors in its prompt overrides this (``kv_lookup``: the other values;
-        ``knowledge_conflict``: the memorised capital).
+        ``knowledge_conflict``: the memorised capital). A task with ``pool_distractors = k``
+        (the parametric ones: k = 4) draws k other answers of its own pool, seeded by the
+        example's uid and answer (so a task and its zero-shot variant rank against the same ones).
 
         Raises:
             TaskError: The task has none (e.g. ``passkey``: its prompt holds one number).
@@ -161,6 +166,10 @@ class Task:
         >>> ex.answer, get_task("knowledge_conflict").distractors(ex)
         (' Amsterdam', (' Oslo',))
         """
+        if self.pool_distractors:
+            others = [a for a in _answers(self) if a != example.answer]
+            rng = random.Random(f"distractors/{example.uid}/{example.answer}")
+            return tuple(rng.sample(others, min(self.pool_distractors, len(others))))
         raise TaskError(
             f"task {self.name!r} has no distractors for the rank scorer (its prompt offers no wrong "
             "answers to rank the gold one against): score it with --scorer strict, contains or first-line"
@@ -220,3 +229,9 @@ def _by_group(pool: Sequence[Example]) -> dict[str, list[Example]]:
     for ex in pool:
         groups.setdefault(ex.group, []).append(ex)
     return groups
+
+
+@functools.lru_cache(maxsize=16)
+def _answers(task: Task) -> tuple[str, ...]:
+    """The distinct gold answers of a task's pool, sorted (the pool of its drawn distractors)."""
+    return tuple(sorted({e.answer for e in task._pool(0)}))

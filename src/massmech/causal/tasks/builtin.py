@@ -55,6 +55,7 @@ class CountryCapital(Task):
     """
 
     name: ClassVar[str] = "country_capital"
+    pool_distractors: ClassVar[int] = 4
     kind: ClassVar[str] = "parametric"
     scoring: ClassVar[str] = "exact"
     min_population: int = 1_000_000
@@ -67,7 +68,7 @@ class CountryCapital(Task):
             # an answer readable from the prompt would make the fact contextual
             if country in shots or r["population"] < self.min_population or capital in country or country in capital:
                 continue
-            prompt = _few_shot("The capital of {} is", _CAPITAL_SHOTS, country)
+            prompt = _few_shot("The capital of {} is", _CAPITAL_SHOTS[: self.n_shots], country)
             out.append(Example(uid=int(r["geonameid"]), prompt=prompt, answer=" " + capital, group=r["continentcode"]))
         return out
 
@@ -84,6 +85,7 @@ class CityCountry(Task):
     """
 
     name: ClassVar[str] = "city_country"
+    pool_distractors: ClassVar[int] = 4
     kind: ClassVar[str] = "parametric"
     scoring: ClassVar[str] = "exact"
     per_country: int = 2
@@ -101,7 +103,7 @@ class CityCountry(Task):
             if name in shots or name == clean(r["capital"]) or name in country or country in name:
                 continue
             taken[r["iso"]] = taken.get(r["iso"], 0) + 1
-            prompt = _few_shot("{} is a city in", _CITY_SHOTS, name)
+            prompt = _few_shot("{} is a city in", _CITY_SHOTS[: self.n_shots], name)
             out.append(Example(uid=int(city["geonameid"]), prompt=prompt, answer=" " + country, group=r["iso"]))
         return out
 
@@ -150,6 +152,7 @@ class NbaTeamCity(Task):
     """
 
     name: ClassVar[str] = "nba_team_city"
+    pool_distractors: ClassVar[int] = 4
     kind: ClassVar[str] = "parametric"
     scoring: ClassVar[str] = "exact"
 
@@ -159,7 +162,7 @@ class NbaTeamCity(Task):
         for team_id, _abbr, nickname, _year, city, *_ in nba_teams():
             if nickname in shots:
                 continue
-            prompt = _few_shot("The {} are an NBA team from", _NBA_SHOTS, nickname)
+            prompt = _few_shot("The {} are an NBA team from", _NBA_SHOTS[: self.n_shots], nickname)
             out.append(Example(uid=int(team_id), prompt=prompt, answer=" " + city, group=city))
         return out
 
@@ -404,7 +407,7 @@ TASKS: dict[str, type[Task]] = {
         CountryCapital, CityCountry, CountryContinent, NbaTeamCity,
         Passkey, KVLookup, KnowledgeConflict, Sentiment, GSM8K,
     )
-} | YESNO_TASKS
+} | YESNO_TASKS  # and the zero-shot variants (massmech.causal.tasks.zeroshot), added by the package
 PARAMETRIC = tuple(n for n, t in TASKS.items() if t.kind == "parametric")
 CONTEXTUAL = tuple(n for n, t in TASKS.items() if t.kind == "contextual")
 
