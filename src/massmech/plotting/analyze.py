@@ -224,7 +224,16 @@ def spectrum(
     stage: str = "pre",
     out: str | os.PathLike | None = None,
 ) -> plt.Figure:
-    """Per-pair energy share (mean over heads) against wavelength, log axis, context marked."""
+    """Per-pair energy share (mean over heads) against wavelength, log axis, context marked; with an
+    analysis made with ``train_context``, the predicted critical pair k* too (the pair whose
+    wavelength equals the training context: :mod:`massmech.core.critical`).
+
+    >>> import massmech as mm
+    >>> stats = mm.capture_stats(mm.load_model("tiny-llama"), ["some text"], progress=False)
+    >>> fig = spectrum(mm.frequency_analysis(stats, context_len=64, train_context=128), [0])
+    >>> [t.get_text() for t in fig.axes[0].texts]
+    [' context', ' k* (training context 128)']
+    """
     use_style()
     pairs = analysis.pairs
     missing = set(layers) - set(pairs.layer)
@@ -247,7 +256,13 @@ def spectrum(
         ax.set_title(f"{SITE_LABEL[site]} ({'grouped as Q/K pairs' if site == 'v' else stage + '-RoPE'})")
         ax.set_xlabel("wavelength (tokens, log)")
         ax.set_ylabel("share of head energy")
-    axes[0][0].text(analysis.params["context_len"], axes[0][0].get_ylim()[1] * 0.95, " context", fontsize=7)
+    top = axes[0][0].get_ylim()[1]
+    axes[0][0].text(analysis.params["context_len"], top * 0.95, " context", fontsize=7)
+    train = analysis.params.get("train_context")
+    if train:
+        for ax in axes[0]:
+            ax.axvline(train, color="tab:red", ls=":", lw=1)
+        axes[0][0].text(train, top * 0.85, f" k* (training context {train:g})", fontsize=7, color="tab:red")
     fig.tight_layout()
     return save(fig, out)
 
@@ -273,7 +288,8 @@ def compare_spectrum(
     The x axis is each pair's wavelength divided by the run's context length (log), so runs with
     different bases, pair counts or contexts line up (right of 1: the low band). The y axis is the
     share times ``n_pairs`` (1 = uniform), so head sizes compare too. Layers with different bases
-    (Gemma 3) sit at their median wavelength.
+    (Gemma 3) sit at their median wavelength. A run analysed with ``train_context`` gets a dotted
+    line in its colour at its predicted critical pair k* (wavelength = training context).
 
     Args:
         analyses: Run label -> :class:`~massmech.FrequencyAnalysis`, one line each.
@@ -296,8 +312,10 @@ def compare_spectrum(
         d = fa.pairs[(fa.pairs.site == site) & (fa.pairs.stage == stage)]
         n_pairs = d.pair.nunique()
         g = d.groupby("pair").agg(share=("share", "mean"), wavelength=("wavelength", "median"))
-        ax.plot(g.wavelength / fa.params["context_len"], g.share * n_pairs, marker="o", ms=2.5, lw=1.2,
-                label=f"{label} ({n_pairs} pairs)")
+        line, = ax.plot(g.wavelength / fa.params["context_len"], g.share * n_pairs, marker="o", ms=2.5, lw=1.2,
+                        label=f"{label} ({n_pairs} pairs)")
+        if fa.params.get("train_context"):  # the predicted critical pair k*, in the run's colour
+            ax.axvline(fa.params["train_context"] / fa.params["context_len"], color=line.get_color(), ls=":", lw=1)
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", ls="--", lw=1)
     ax.axhline(1.0, color="grey", ls=":", lw=1)
