@@ -7,8 +7,13 @@
   prompt from the prompt's own Q/K (``selection="prompt"``, the paper) or once from a
   calibration corpus (``selection="calibration"``);
 * **replacement**: the per-dim mean over the prompt's tokens (default), zero, the
-  calibration mean, or ``"pooled_mean"``: one scalar per head, the mean over the selected dims
-  of each dim's prompt mean (what the paper's public code does; equal to ``"mean"`` at k = 1);
+  calibration mean, ``"pooled_mean"``: one scalar per head, the mean over the selected dims
+  of each dim's prompt mean (what the paper's public code does; equal to ``"mean"`` at k = 1), or,
+  after RoPE only, ``"rotated_mean"``: the prompt's mean *before* RoPE, rotated to each position
+  by the model's own tables (:mod:`massmech.core.rotation`). A post-RoPE ``"mean"`` averages a
+  pair's vector over positions where it points in different directions (a fast pair's mean is
+  near zero); the rotated mean is the value a pre-RoPE ``"mean"`` disruption of the same dims
+  leaves after RoPE, so a post-RoPE selection can be replaced consistently with the rotation;
 * **layers** and **heads** (default all), or **units**: explicit ``(layer, head)`` pairs (e.g. the
   heads an attribution ranked first), each head disrupted in its own layer only;
 * a **control** elsewhere in the same heads. ``"matched"`` (the default of studies): random
@@ -72,7 +77,8 @@ class Disruption:
         k: Dims per head of the top-k rule.
         dims: Explicit dims (``rule="dims"``), applied in every selected head.
         selection: ``"prompt"`` (each prompt's own M) or ``"calibration"`` (fixed, from a corpus).
-        replace: ``"mean"`` over the prompt's tokens, ``"zero"``, or ``"calib_mean"``.
+        replace: ``"mean"`` over the prompt's tokens, ``"zero"``, ``"calib_mean"``, ``"pooled_mean"`` or
+            ``"rotated_mean"`` (``stage="post"`` only).
         layers: Layers to disrupt (``None`` = all).
         heads: Heads to disrupt (``None`` = all; K heads are the KV heads).
         units: ``(layer, head)`` pairs to disrupt instead of ``layers`` x ``heads`` (``None``: those).
@@ -144,6 +150,9 @@ class Disruption:
         if self.control_scale != 1.0 and self.control not in (*MATCHED_CONTROLS, "random"):
             raise DisruptionError(f"control_scale scales the {', '.join(map(repr, MATCHED_CONTROLS))} or 'random' "
                                   f"control; control is {self.control!r}")
+        if self.replace == "rotated_mean" and self.stage != "post":
+            raise DisruptionError("replace='rotated_mean' puts the pre-RoPE mean, rotated, into post-RoPE Q/K: use "
+                                  "stage='post' (before RoPE the prompt mean, replace='mean', is already that)")
         if self.rule == "lambda" and not self.lam > 0:
             raise DisruptionError(f"lam must be > 0, got {self.lam}")
         if self.rule == "topk" and self.k < 1:
@@ -210,7 +219,8 @@ class Disruption:
         sel = {"lambda": f"dims above {self.lam:g}x the head's mean norm", "topk": f"top-{self.k} per head",
                "dims": f"dims {list(self.dims)}"}[self.rule]
         rep = {"mean": "each dim's prompt mean", "zero": "zero", "calib_mean": "calibration means",
-               "pooled_mean": "one pooled mean per head"}[self.replace]
+               "pooled_mean": "one pooled mean per head",
+               "rotated_mean": "the pre-RoPE prompt mean rotated to each position"}[self.replace]
         where = f"{self.stage}-RoPE {','.join(s.upper() for s in self.sites)}"
         scope = "prompt only" if self.kv_cache == "prefill" else "prompt and every decoded token"
         if self.granularity == "pair":
@@ -324,6 +334,9 @@ class Disruption:
             raise DisruptionError(f"units {self.units} name layers out of range: {info.name} has {info.n_layers}")
         if self.control and self.control.startswith("band") and model.rope_or_none is None:
             raise DisruptionError(f"control {self.control!r} needs RoPE pairs; {info.name} has no RoPE")
+        if self.replace == "rotated_mean" and model.rope_or_none is None:
+            raise DisruptionError(f"replace='rotated_mean' rotates by the model's RoPE tables; {info.name} has no "
+                                  "readable ones (model.rope says why): use replace='mean'")
         if self.granularity == "pair" and model.rope_or_none is None:
             raise DisruptionError(f"granularity='pair' needs RoPE pairs; {info.name} has no RoPE: use 'dim'")
         if self.selection == "calibration" or self.replace == "calib_mean":

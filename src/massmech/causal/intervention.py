@@ -36,7 +36,8 @@ from massmech.causal.routing import Accountant, RowRouter, check_changed
 from massmech.causal.selection import select
 from massmech.core.models import LoadedModel
 from massmech.core.qkvstats import QKVStats
-from massmech.core.sites import from_heads, to_heads
+from massmech.core.rotation import Rotation
+from massmech.core.sites import from_heads, table_hooks, to_heads
 from massmech.errors import DisruptionError
 
 
@@ -92,6 +93,13 @@ class Intervention:
                 for layer in c.layer_list(model.info.n_layers):
                     where.setdefault((site, c.stage, layer), []).append(ci)
         self.fwd_hooks: list[tuple[str, Any]] = []
+        # RoPE tables of this pass, per layer, where a condition places a rotated mean
+        self._tables: dict[int, list[Tensor | None]] = {
+            layer: [None, None] for ci, c in enumerate(self.conditions) if c is not None and c.replace == "rotated_mean"
+            for layer in c.layer_list(model.info.n_layers)}
+        for layer in self._tables:
+            for t, name in enumerate(table_hooks(layer)):
+                self.fwd_hooks.append((name, self._table_hook(layer, t)))
         for (site, stage, layer), cis in where.items():
             name, heads_first = model.hook_name(site, stage, layer)
             self.fwd_hooks.append((name, self._make_hook(site, stage, layer, heads_first, cis)))
@@ -138,6 +146,8 @@ class Intervention:
     def _new_pass(self) -> None:
         """Reset the per-pass state (counters are allocated by the first hook of the pass)."""
         self._seen: set[tuple] = set()
+        for tables in self._tables.values():
+            tables[:] = [None, None]
         self._accountant.reset()
 
     @contextlib.contextmanager
@@ -162,6 +172,19 @@ class Intervention:
 
         return hook
 
+    def _table_hook(self, layer: int, t: int):
+        def hook(x: Tensor, hook: Any) -> None:
+            self._tables[layer][t] = x  # read by this layer's post-RoPE hooks; cleared at the end of the pass
+
+        return hook
+
+    def _rotation(self, layer: int, rows: Tensor) -> Rotation:
+        cos, sin = self._tables[layer]
+        if cos is None or sin is None:
+            raise DisruptionError(f"layer {layer}'s RoPE tables ({', '.join(table_hooks(layer))}) did not fire before "
+                                  "its post-RoPE Q/K in this pass, so a rotated mean cannot be placed")
+        return Rotation(cos, sin, self.model.rope.layout).rows(rows)
+
     def _enter(self, here: tuple[str, str, int], y: Tensor) -> None:
         """Checks at a disrupting hook: each fires once per pass; no one-token prompt; counters ready."""
         if here in self._seen:
@@ -185,17 +208,19 @@ class Intervention:
     def _disrupt(self, ci: int, site: str, stage: str, layer: int, y: Tensor, rows: Tensor, out: Tensor) -> None:
         """Condition ``ci`` on its rows of one site: select (prompt pass) or reuse (decode step), replace, count."""
         c, key, yr = self.conditions[ci], (ci, site, stage, layer), y[rows]  # yr: [r, pos, head, d]
+        rotation = self._rotation(layer, rows) if c.replace == "rotated_mean" else None
         if self._prefill:
             stat, apply = self._router.masks(c, rows, y.shape[1], y.device)
             sel, value = select(c, yr, stat, site=site, stage=stage, layer=layer, seeds=self._router.seeds(rows),
-                                pair=self._pair, calibration=self.calibration)
+                                pair=self._pair, calibration=self.calibration, rotation=rotation)
             self._cache[key] = (sel, value)
         elif c.kv_cache == "every_step":  # cached decode step: new tokens only
             sel, value = self._cache[key]
             apply = torch.ones(yr.shape[:2], dtype=torch.bool, device=y.device)
         else:
             return
-        new = torch.where(apply[:, :, None, None] & sel[:, None], value[:, None].to(y.dtype), yr)
+        placed = value[:, None] if rotation is None else rotation.apply(value)  # a rotated mean: this pass's positions
+        new = torch.where(apply[:, :, None, None] & sel[:, None], placed.to(y.dtype), yr)
         self._accountant.count(rows, changed=(new != yr).flatten(1).sum(1),
                                selected=sel.flatten(1).sum(1) if self._prefill else None)
         if self._prefill:

@@ -19,6 +19,7 @@ from massmech.causal.vocabulary import MATCHED_CONTROLS
 from massmech.core.detect import massive_mask
 from massmech.core.frequency import equal_count_bands
 from massmech.core.qkvstats import QKVStats
+from massmech.core.rotation import Rotation
 from massmech.errors import DisruptionError
 
 
@@ -33,8 +34,12 @@ def select(
     seeds: Int[Tensor, " rows"],
     pair: Int[Tensor, " d"] | None = None,
     calibration: QKVStats | None = None,
+    rotation: Rotation | None = None,
 ) -> tuple[Bool[Tensor, "rows head d"], Float[Tensor, "rows head d"]]:
     """The dims ``c`` replaces in each row and head, and their replacement values.
+
+    Under ``replace="rotated_mean"`` the values are the prompt's means *before* RoPE (``rotation``
+    undoes the rotation of ``x``); ``rotation.apply(value)`` places them at each position.
 
     Args:
         c: The disruption.
@@ -47,6 +52,7 @@ def select(
             dims never depend on its batch-mates.
         pair: RoPE pair of each dim (``-1``: not rotated); needed by the band controls.
         calibration: Statistics of ``selection="calibration"`` / ``replace="calib_mean"``.
+        rotation: The rows' RoPE tables in this pass (``replace="rotated_mean"`` only).
 
     >>> import torch
     >>> x = torch.ones(1, 3, 1, 4)
@@ -84,6 +90,10 @@ def select(
     means = xf.sum(1) / count  # [r, head, d]: each dim's prompt mean
     if c.replace == "mean":
         value = means
+    elif c.replace == "rotated_mean":
+        if rotation is None:
+            raise DisruptionError("replace='rotated_mean' needs the rows' RoPE tables (rotation=...)")
+        value = (rotation.undo(x) * w).sum(1) / count  # each dim's prompt mean before RoPE
     elif c.replace == "zero":
         value = torch.zeros_like(m)
     elif c.replace == "pooled_mean":
@@ -93,7 +103,8 @@ def select(
         value = calibration.mean(site, stage)[li].float().to(x.device).expand(r, n_heads, d_head)
     if c.control is not None:
         # what replacing each dim would remove over the prompt ([r, head, d]), for size-matched controls
-        removed = ((x.float() - value[:, None]) ** 2 * w).sum(1) if c.control in MATCHED_CONTROLS else None
+        placed = rotation.apply(value) if c.replace == "rotated_mean" else value[:, None]  # at each position
+        removed = ((x.float() - placed) ** 2 * w).sum(1) if c.control in MATCHED_CONTROLS else None
         pooled = ((xf * xf).sum(1), means, count) if c.replace == "pooled_mean" else None
         if units is None:
             sel = control_dims(c, m, sel, site=site, layer=layer, seeds=seeds, pair=pair, removed=removed,

@@ -14,7 +14,7 @@ TARGETS = {"q": ("q",), "k": ("k",), "qk": ("q", "k")}
 STAGES = ("pre", "post")
 RULES = ("lambda", "topk", "dims")
 SELECTIONS = ("prompt", "calibration")
-REPLACEMENTS = ("mean", "zero", "calib_mean", "pooled_mean")
+REPLACEMENTS = ("mean", "zero", "calib_mean", "pooled_mean", "rotated_mean")
 CONTROLS = (None, "matched", "lowest", "random", "band-low", "band-mid", "band-high", "band-matched")
 MATCHED_CONTROLS = ("matched", "band-matched")  # controls matched in removed variance
 KV_CACHE = ("prefill", "every_step")
@@ -38,6 +38,8 @@ REPLACE_HELP = {
     "zero": "zero",
     "calib_mean": "each dim's mean over a calibration corpus",
     "pooled_mean": "one pooled mean per head (the paper's code)",
+    "rotated_mean": "post-RoPE only: the prompt's mean before RoPE, rotated to each position (what the rotation "
+                    "gives; a post-RoPE 'mean' averages vectors that point in different directions)",
 }
 CONTROL_HELP = {
     "matched": "random non-massive dims removing the same token variance per head",

@@ -19,7 +19,7 @@ from torch import Tensor
 from massmech.core import bridge as _bridge
 from massmech.core.bridge import boot, is_bridge, kv_cache_compat
 from massmech.core.rope import RopeSpec, rope_spec_from_tables
-from massmech.core.sites import RAW, SITES, STAGES, to_heads
+from massmech.core.sites import RAW, SITES, STAGES, table_hooks, to_heads
 from massmech.errors import ConfigError, HookError, IndexRangeError, InputTypeError, RopeError
 
 #: The end-of-forward hook: fires after every attention hook, on every architecture.
@@ -109,8 +109,7 @@ class LoadedModel:
         # One probe forward tells which hooks really fire (some bridges register hooks that
         # never do, e.g. hook_rot_q on GPT-NeoX) and yields the cos/sin tables RoPE is read from.
         candidates = [f"blocks.0.attn.hook_{s}" for s in ("q_normed", "rot_q", "rot_k")] + [
-            f"blocks.{li}.attn.hook_{t}" for t in ("cos", "sin") for li in range(n_layers)
-        ]
+            table_hooks(li)[t] for t in (0, 1) for li in range(n_layers)]
         wanted = {hook: hook for hook in candidates if hook in bridge.hook_dict}
         n_ctx = int(cfg.n_ctx)
         fired = self.run_hooks(self.probe_tokens(min(64, n_ctx)), wanted, require_all=False, until=END_HOOK)
@@ -119,7 +118,7 @@ class LoadedModel:
         self._rope: RopeSpec | None = None
         self._rope_problem = f"{name} has no rotary position embedding (it is not a RoPE model)"
         if has_rope:
-            tables = [fired.get(f"blocks.{li}.attn.hook_{t}") for t in ("cos", "sin") for li in range(n_layers)]
+            tables = [fired.get(table_hooks(li)[t]) for t in (0, 1) for li in range(n_layers)]
             if any(t is None for t in tables):
                 self._rope_problem = (
                     f"{name} uses RoPE but its TransformerLens bridge exposes no firing "

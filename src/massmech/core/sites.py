@@ -55,3 +55,13 @@ def from_heads(y: Tensor, like: Tensor, heads_first: bool) -> Tensor:
     if like.dim() == 3:
         return y.reshape(like.shape)
     return y.transpose(1, 2) if heads_first else y
+
+
+def table_hooks(layer: int) -> tuple[str, str]:
+    """The hooks of the cos and sin tables RoPE uses in ``layer`` (``[batch or 1, pos, rotary_dim]``;
+    they fire before ``hook_rot_q`` of the same layer).
+
+    >>> table_hooks(3)
+    ('blocks.3.attn.hook_cos', 'blocks.3.attn.hook_sin')
+    """
+    return f"blocks.{layer}.attn.hook_cos", f"blocks.{layer}.attn.hook_sin"
