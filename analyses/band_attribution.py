@@ -8,37 +8,30 @@ prompt's length) and by massive pairs (lambda rule, per head, on that prompt's p
 Prints per task and edge the mean advantage (logit units; mean over examples, layers and heads)
 carried by each group, and its share of the edge's total.
 
-Usage: python analyses/band_attribution.py [--model smollm2-135m] [--n 20] [--out runs/attribute]
+Runs (or resumes) the ``attribute`` study into ``--out`` (cells, ``bands.parquet``, the heat maps).
+
+Usage: python analyses/band_attribution.py [--model smollm2-135m] [--n 20] [--out runs/attribute/<model>-n<n>]
 Last line: JSON, one record per (task, edge, grouping, group).
 """
 
 import argparse
 import json
-from pathlib import Path
 
 import pandas as pd
 
-from massmech.causal.retrieval import edge_attribution
-from massmech.causal.tasks.builtin import get_task
-from massmech.core.loading import load_model
+from massmech.studies.attribute import AttributeConfig, run_attribute
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--model", default="smollm2-135m")
 ap.add_argument("--n", type=int, default=20)
 ap.add_argument("--tasks", nargs="+", default=["passkey", "kv_lookup"])
-ap.add_argument("--out", default="runs/attribute")
+ap.add_argument("--out", default=None)
 args = ap.parse_args()
 
-model = load_model(args.model)
+cfg = AttributeConfig(model=args.model, tasks=tuple(args.tasks), n=args.n)
+table = run_attribute(cfg, args.out or f"runs/attribute/{args.model}-n{args.n}", progress=True)
 records = []
-for task in args.tasks:
-    path = Path(args.out) / f"{args.model}-{task}-n{args.n}.parquet"
-    if path.is_file():  # this exact run was made before: reuse it
-        df = pd.read_parquet(path)
-    else:
-        df = edge_attribution(model, get_task(task), n=args.n, progress=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        df.to_parquet(path, index=False)
+for task, df in table.groupby("task", sort=False):
     total = df.drop_duplicates(["uid", "layer", "head", "edge"]).groupby("edge").total.mean()
     n_pairs = df[df.grouping == "massive"].groupby(["uid", "layer", "head", "edge"]).pairs.sum().mean()
     pooled = df.groupby(["edge", "grouping", "group"], sort=False).agg(advantage=("advantage", "mean"),

@@ -53,6 +53,9 @@ def test_analyses_scripts_run_on_tiny_models(tmp_path):
     pairs = json.loads(_run(["analyses/pair_vs_dim.py", "--model", m, "--n", "8", "--ks", "1", "--tasks", "kv_lookup",
                              "--out", str(runs / "pairs")]).splitlines()[-1])
     assert [(r["task"], r["k"]) for r in pairs] == [("kv_lookup", 1)] and pairs[0]["n_dims_pair"] == 2 * pairs[0]["n_dims_dim"]
+    bands = json.loads(_run(["analyses/band_attribution.py", "--model", m, "--n", "2", "--tasks", "passkey",
+                             "--out", str(runs / "attribute")]).splitlines()[-1])
+    assert {(r["edge"], r["grouping"]) for r in bands} == {(e, g) for e in ("needle", "sink") for g in ("band", "massive")}
     _run(["-m", "massmech", "twins", "--preset", "tiny", "--out", str(runs / "twins" / "demo"), "--workers", "1"])
     report = _run(["analyses/twins_report.py", "--out", str(runs / "twins" / "demo")])
     assert "## Scores at the final checkpoint" in report

@@ -58,15 +58,21 @@ def test_an_answer_not_in_the_prompt_has_only_the_sink_edge():
     assert set(df.edge) == {"sink"}
 
 
-def test_the_attribute_command_writes_its_tables_and_refuses_bad_layers(tmp_path, capsys):
+def test_the_attribute_study_writes_its_tables_and_refuses_bad_layers(tmp_path, capsys):
     import pandas as pd
 
     from massmech.cli import main
 
     out = tmp_path / "attr"
-    assert main(["attribute", "--model", "tiny-llama", "--task", "passkey", "--n", "2", "--layers", "0",
+    assert main(["attribute", "--model", "tiny-llama", "--tasks", "passkey", "--n", "2", "--layers", "0",
                  "--out", str(out)]) == 0
-    assert "needle: total" in capsys.readouterr().out
-    assert set(pd.read_parquet(out / "edges.parquet").layer) == {0} and (out / "summary.csv").is_file()
-    assert main(["attribute", "--model", "tiny-llama", "--task", "passkey", "--layers", "one"]) == 2
-    assert "--layers takes comma-separated" in capsys.readouterr().err
+    assert "passkey / needle: total" in capsys.readouterr().out
+    assert set(pd.read_parquet(out / "results.parquet").layer) == {0}
+    bands = pd.read_parquet(out / "bands.parquet")
+    assert {"needle", "sink"} <= set(bands.edge) and (out / "figures" / "attribution_passkey.png").is_file()
+    with pytest.raises(SystemExit) as err:  # argparse: a layer that is not a number
+        main(["attribute", "--model", "tiny-llama", "--tasks", "passkey", "--layers", "one", "--out", str(out)])
+    assert err.value.code == 2 and "expected comma-separated ints" in capsys.readouterr().err
+    assert main(["attribute", "--model", "tiny-llama", "--tasks", "passkey", "--layers", "9",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "layers (9,) out of range" in capsys.readouterr().err and not (tmp_path / "other").exists()

@@ -104,6 +104,7 @@ PINS = {
     "analyze": (3, "5cc60f7e49833f5e"),  # 3: raw Q/K on QK-norm models (tiny-llama has none: same digest)
     "shift": (1, "c998e619b654827a"),
     "heads": (1, "3b2b5daaeed47c56"),
+    "attribute": (1, "3bffe2c4dcb3c578"),
 }
 
 
@@ -195,6 +196,14 @@ def _heads_measure():
     return [ranking, [[r.condition, int(r.uid), bool(r.correct), int(r.n_dims)] for r in df.itertuples()]]
 
 
+def _attribute_measure():
+    from massmech.causal.retrieval import edge_attribution
+    from massmech.causal.tasks.builtin import get_task
+
+    df = edge_attribution(mm.load_model("tiny-llama"), get_task("passkey"), n=2, lam=1.2)
+    return df.round(4).to_dict(orient="records")
+
+
 def test_every_study_with_cells_has_a_pin():
     assert set(PINS) == set(CELL_VERSIONS)
 
@@ -202,7 +211,8 @@ def test_every_study_with_cells_has_a_pin():
 @pytest.mark.parametrize("study", sorted(PINS))
 def test_measure_outputs_are_pinned_with_the_cell_version(study):
     measure = {"ablation": _ablation_measure, "quant": _quant_measure, "twins": _twins_measures,
-               "analyze": _analyze_measure, "shift": _shift_measure, "heads": _heads_measure}[study]
+               "analyze": _analyze_measure, "shift": _shift_measure, "heads": _heads_measure,
+               "attribute": _attribute_measure}[study]
     version, digest = PINS[study]
     out = measure()
     got = (CELL_VERSIONS[study], tuple(map(_digest, out)) if isinstance(digest, tuple) else _digest(out))

@@ -1,9 +1,9 @@
 """massmech: massive values in the queries and keys of RoPE self-attention.
 
 Studies, one command each (their flags come from their configs): analyze (the main job),
-ablation (was sweep), quant (was quant-study), twins; reproduce runs every study the claim
-ledger reads, then the figures, the ledger and the docs. Tools: doctor, ablate (one
-ablation), attribute (attention logits by RoPE band), quantize (one quantized variant), compare,
+ablation (was sweep), quant (was quant-study), twins, heads, shift, attribute (attention logits
+by RoPE band); reproduce runs every study the claim ledger reads, then the figures, the ledger
+and the docs. Tools: doctor, ablate (one ablation), quantize (one quantized variant), compare,
 report, cells, models.
 `massmech COMMAND --help` describes each.
 
@@ -19,7 +19,6 @@ import os
 import sys
 import warnings
 
-from massmech.cli.attribute import add_attribute
 from massmech.cli.commands import ADD
 from massmech.cli.studies import add_reproduce, add_study_commands
 from massmech.errors import MassmechError
@@ -46,7 +45,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_study_commands(sub, _HELP, only)
     add_reproduce(sub, _HELP)
-    for add in (*ADD, add_attribute):
+    for add in ADD:
         add(sub, _HELP)
     return p
 

@@ -113,6 +113,13 @@ def summary_lines(study: str, summary: dict, out: Path) -> list[str]:
         from massmech.report.tables import twins_lines
 
         return twins_lines(summary, out)
+    if study == "attribute":
+        lines = [f"{summary['model']}: attention logit advantage at the answer position, mean over the examples, "
+                 f"{summary['layers']} layers and every head (logit units) -> {out}"]
+        for task, edges in summary["advantage"].items():
+            lines += [f"  {task} / {edge}: total {e['total']:+.3f}  ("
+                      + "; ".join(f"{g}: {v:+.3f}" for g, v in e["groups"].items()) + ")" for edge, e in edges.items()]
+        return lines
     return [f"{study} -> {out}: results.parquet, summary.json"]
 
 

@@ -64,6 +64,23 @@ class CellSpec:
     payload: Any = None  # what run_unit needs beyond the config (picklable)
 
 
+def unit_cells(study: Study, group: str, units: Sequence[str], parts_of: Callable[[str], dict]) -> list[CellSpec]:
+    """One cell per unit (e.g. per task of one model): its key from ``parts_of(unit)``, the unit as payload.
+
+    >>> class S: name, version = "demo", 1
+    >>> [(c.unit, c.parts) for c in unit_cells(S(), "m", ["a", "b"], lambda u: {"task": u})]
+    [('a', {'task': 'a'}), ('b', {'task': 'b'})]
+    """
+    from massmech.infra.cells import cell_key
+
+    cells = []
+    for unit in units:
+        parts = parts_of(unit)
+        cells.append(CellSpec(cell_key(study.name, parts, version=study.version), parts, group=group, unit=unit,
+                              payload=unit))
+    return cells
+
+
 class Context:
     """Per-worker state: loaded models (one per group, loaded once), cached derived objects, and
     the run folder (``out``: where a study keeps files larger than cells, e.g. checkpoints)."""

@@ -1,4 +1,5 @@
-"""Figures of the mechanism studies: the position shift (:mod:`massmech.studies.shift`) and the retrieval heads (:mod:`massmech.studies.heads`)."""
+"""Figures of the mechanism studies: the position shift (:mod:`massmech.studies.shift`), the retrieval heads
+(:mod:`massmech.studies.heads`) and the band attribution (:mod:`massmech.studies.attribute`)."""
 
 from __future__ import annotations
 
@@ -84,4 +85,47 @@ def heads_figure(ranking: pd.DataFrame, results: pd.DataFrame, *, task: str, mod
     right.set_ylim(0, 1)
     right.set_title("Q's massive pairs replaced in")
     fig.suptitle(f"{model} {task}: retrieval heads".strip(), y=1.03)
+    return save(fig, out)
+
+
+EDGE_TITLE = {"needle": "retrieval: needle vs other tokens", "sink": "sink: first token vs the rest"}
+
+
+def band_heatmap(bands: pd.DataFrame, *, task: str = "", model: str = "",
+                 out: str | os.PathLike | None = None) -> plt.Figure:
+    """Per edge (retrieval, sink), a layer x RoPE band heat map of the logit advantage each band carries
+    (mean over examples and heads; each panel's colour scale centred on 0), with the share of the edge's
+    total that the band carries over all layers in the column labels.
+
+    Args:
+        bands: :func:`massmech.causal.retrieval.summarize_edges` rows of one task (``grouping == "band"``
+            rows are drawn).
+
+    >>> b = pd.DataFrame(dict(edge=["needle"] * 4 + ["sink"] * 4, grouping="band", group=["low", "high"] * 4,
+    ...                       layer=[0, 0, 1, 1] * 2, advantage=[2.0, 0.1, 1.0, -0.2, 5.0, 0.3, 4.0, 0.0],
+    ...                       total=[2.1, 2.1, 0.8, 0.8, 5.3, 5.3, 4.0, 4.0]))
+    >>> len(band_heatmap(b, task="passkey").axes)  # two panels and their colour bars
+    4
+    """
+    use_style()
+    d = bands[bands.grouping == "band"]
+    edges = [e for e in EDGE_TITLE if e in set(d.edge)]
+    fig, axes = plt.subplots(1, len(edges), figsize=(3.6 * len(edges), 0.5 + 0.16 * d.layer.nunique() + 1.6),
+                             squeeze=False)
+    for ax, edge in zip(axes[0], edges, strict=True):
+        e = d[d.edge == edge]
+        cols = [b for b in BAND_ORDER if b in set(e.group)]
+        grid = e.pivot_table(index="layer", columns="group", values="advantage")[cols]
+        per_layer_total = e.groupby("layer").total.first()
+        share = grid.sum() / per_layer_total.sum() if per_layer_total.sum() else grid.sum() * float("nan")
+        lim = float(abs(grid.values).max()) or 1.0
+        im = ax.imshow(grid.values, aspect="auto", cmap="vlag", vmin=-lim, vmax=lim, origin="lower")
+        fig.colorbar(im, ax=ax, label="logit advantage")
+        ax.set_xticks(range(len(cols)), [f"{c}\n{share[c]:.0%}" for c in cols])
+        ax.set_yticks(range(len(grid)), [str(x) for x in grid.index])
+        ax.tick_params(axis="y", labelsize=6)
+        ax.set_xlabel("RoPE band (share of the total over layers)")
+        ax.set_ylabel("layer")
+        ax.set_title(EDGE_TITLE[edge])
+    fig.suptitle(f"{model} {task}: attention at the answer position by RoPE band".strip(), y=1.02)
     return save(fig, out)

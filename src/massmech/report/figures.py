@@ -96,6 +96,15 @@ def _heads(root: Path, model: str, path: Path, task: str) -> object:
                                  out=path)
 
 
+def _attribution(root: Path, model: str, path: Path, task: str) -> object:
+    from massmech.studies.attribute.study import BANDS
+
+    bands = pd.read_parquet(_run(root, "attribute", model) / BANDS)
+    if task not in set(bands.task):
+        raise MissingRun(f"{root / run_folder('attribute', model)} has no {task} rows: `{command('attribute', model, str(root))}`")
+    return plotting.band_heatmap(bands[bands.task == task], task=task, model=model, out=path)
+
+
 def _from_table(run: str, draw: Callable) -> Callable[[Path, str, Path], object]:
     return lambda root, model, path: draw(_table(root, run, model), out=path)
 
@@ -118,6 +127,8 @@ FIGURES: dict[str, Figure] = {
     "quant_kv": Figure("quant", _from_table("quant", plotting.quant_kv)),
     "shift": Figure("shift", _shift),
     **{f"heads_{task}": Figure("heads", lambda root, model, path, task=task: _heads(root, model, path, task))
+       for task in ("passkey", "kv_lookup")},
+    **{f"attribution_{task}": Figure("attribute", lambda root, model, path, task=task: _attribution(root, model, path, task))
        for task in ("passkey", "kv_lookup")},
     "twins_trajectory": Figure("twins", _from_twins("trajectory", plotting.twins_trajectory), per_model=False),
     "twins_bands": Figure("twins", _from_twins("bands", plotting.twins_bands), per_model=False),

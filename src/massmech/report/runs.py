@@ -75,6 +75,7 @@ RUNS: dict[str, LedgerRun] = {
     "quant": LedgerRun("quant", "full", presets={"gemma3-270m": "core"}),
     "shift": LedgerRun("shift", "ledger"),
     "heads": LedgerRun("heads", "ledger"),
+    "attribute": LedgerRun("attribute", "ledger"),  # no claim of its own: the band heat maps of the gallery
     "twins": LedgerRun("twins", "demo", models=(), overrides={"seeds": (1, 2)}),
     # the grid sweeps (no claim of their own: results pages and figures), on the first model asked for
     **{g: LedgerRun("ablation", g, first_only=True) for g in ("dose", "k", "layers")},

@@ -1,6 +1,7 @@
 """One registry of studies: a study is one folder that registers a :class:`StudySpec`.
 
-Each subpackage of :mod:`massmech.studies` (``analyze``, ``ablation``, ``heads``, ``quant``, ``shift``, ``twins``, or
+Each subpackage of :mod:`massmech.studies` (``analyze``, ``ablation``, ``attribute``, ``heads``, ``quant``, ``shift``,
+``twins``, or
 yours) registers its spec in its ``__init__.py`` with :func:`register_study`, naming what it
 provides as ``"module:attribute"`` strings, so registering imports nothing heavy: the CLI builds
 ``massmech --help`` from the registry without importing torch. Everything else derives from it:
@@ -14,7 +15,7 @@ provides as ``"module:attribute"`` strings, so registering imports nothing heavy
 ``tests/studies/test_registry.py`` fails if any of these drift from the registry.
 
 >>> sorted(studies())
-['ablation', 'analyze', 'heads', 'quant', 'shift', 'twins']
+['ablation', 'analyze', 'attribute', 'heads', 'quant', 'shift', 'twins']
 >>> get_study("sweep").name  # an older name of the ablation study still finds it
 'ablation'
 >>> get_study("ablation").preset("k", model="tiny-llama", n=4).ks

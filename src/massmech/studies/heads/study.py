@@ -29,8 +29,8 @@ from massmech.causal.retrieval import rank_heads
 from massmech.causal.tasks.builtin import get_task
 from massmech.core.models import LoadedModel
 from massmech.errors import AnalysisError
-from massmech.infra.cells import Cell, cell_key
-from massmech.infra.study import CellSpec, Context, run_with_model
+from massmech.infra.cells import Cell
+from massmech.infra.study import CellSpec, Context, run_with_model, unit_cells
 from massmech.stats import bootstrap_ci, evaluable, mcnemar_exact, wilson_ci
 from massmech.studies.heads import SPEC
 from massmech.studies.heads.config import HeadsConfig
@@ -103,13 +103,9 @@ class HeadsStudy:
 
     def plan(self, cfg: HeadsConfig, ctx: Context) -> list[CellSpec]:
         ctx.model(cfg.model).rope  # noqa: B018 - a model without RoPE: its clear error before any folder
-        cells = []
-        for task in cfg.tasks:
-            parts = {"model": ctx.model_id(cfg.model), "task": get_task(task).config(), "n": cfg.n, "seed": cfg.seed,
-                     "n_rank": cfg.n_rank, "rank_seed": cfg.rank_seed, "top": cfg.top, "draws": cfg.draws, "lam": cfg.lam}
-            cells.append(CellSpec(cell_key(self.name, parts, version=self.version), parts, group=cfg.model, unit=task,
-                                  payload=task))
-        return cells
+        return unit_cells(self, cfg.model, cfg.tasks, lambda task: {
+            "model": ctx.model_id(cfg.model), "task": get_task(task).config(), "n": cfg.n, "seed": cfg.seed,
+            "n_rank": cfg.n_rank, "rank_seed": cfg.rank_seed, "top": cfg.top, "draws": cfg.draws, "lam": cfg.lam})
 
     def run_unit(self, cfg: HeadsConfig, cells: Sequence[CellSpec], ctx: Context) -> dict:
         model, out = ctx.model(cfg.model), {}
