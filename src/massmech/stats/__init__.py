@@ -34,6 +34,7 @@ from massmech.stats.paired import (
     is_binary,
     mcnemar_exact,
     newcombe_paired_ci,
+    sign_test,
     wilson_ci,
 )
 from massmech.stats.power import decidable, mcnemar_power, min_detectable_effect, min_p_value
@@ -59,6 +60,7 @@ __all__ = [
     "min_detectable_effect",
     "min_p_value",
     "newcombe_paired_ci",
+    "sign_test",
     "paired_bootstrap_interaction",
     "token_nll",
     "wilson_ci",

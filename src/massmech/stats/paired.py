@@ -138,15 +138,23 @@ def mcnemar_exact(values: np.ndarray, baseline: np.ndarray) -> tuple[int, int, f
     >>> mcnemar_exact(np.array([0, 0, 0, 0, 1]), np.array([1, 1, 1, 1, 1]))
     (0, 4, 0.125)
     """
-    from scipy.stats import binomtest
-
     values, baseline = _paired(values, baseline)
     if not (is_binary(values) and is_binary(baseline)):
         raise AnalysisError("mcnemar_exact needs 0/1 verdicts on both sides")
     b = int(((values == 1) & (baseline == 0)).sum())
     c = int(((values == 0) & (baseline == 1)).sum())
-    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
-    return b, c, min(1.0, p)
+    return b, c, sign_test(b, c)
+
+
+def sign_test(up: int, down: int) -> float:
+    """Two-sided exact sign test: ``up`` of ``up + down`` at 1/2 (1.0 when both are 0; ties left out).
+
+    >>> sign_test(0, 4), sign_test(9, 1)
+    (0.125, 0.021484375)
+    """
+    from scipy.stats import binomtest
+
+    return 1.0 if up + down == 0 else min(1.0, float(binomtest(up, up + down, 0.5).pvalue))
 
 
 def newcombe_paired_ci(values: np.ndarray, baseline: np.ndarray, *, alpha: float = 0.05) -> tuple[float, float]:
