@@ -284,6 +284,7 @@ CLAIMS: tuple[Claim, ...] = (
                       "highest-energy pair sits relative to k* is shown beside it",
                    rules_mechanism.band_prediction,
                    "sign test over layers per (RoPE base, site), Holm across the model's tests",
+                   fixed="2026-12-04T21:09:16+00:00", commit="984849d",
                    why="new (issue 27, part 1); fixed after the analyze runs existed, before any k* hit rate was "
                        "computed on them (their tables hold every wavelength, so the verdict needs no new run)"),),
           ours=True),
