@@ -114,3 +114,31 @@ def test_analyze_cli_on_saved_activations(tmp_path, capsys):
     assert mm.QKVStats.load(out / "stats.npz").layers == (1,)
     assert main([*args[:-2], "--out", str(tmp_path / "bad"), "--d-head", "32"]) == 2  # clean error, no folder
     assert "d_head=32" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_analyze_on_saved_activations_predicts_the_band_from_a_cited_training_context(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from massmech.cli import main
+
+    model = mm.load_model("tiny-llama")
+    acts = model.run_sites(_tokens(), [("q", "pre"), ("k", "pre")], layers=[0])
+    paths = []
+    for site in ("q", "k"):
+        save_file({"x": acts[(site, "pre", 0)].contiguous()}, tmp_path / f"{site}.safetensors")
+        paths.append(f"{site}={tmp_path / f'{site}.safetensors'}")
+    args = ["analyze", "--activations", ",".join(paths), "--rope-base", str(model.rope.base(0)), "--d-head",
+            str(model.info.d_head), "--stage", "pre", "--lam", "1.15", "--json", "--train-context", "64"]
+    assert main([*args, "--out", str(tmp_path / "nosource")]) == 2  # a context without its source: refused
+    assert "train_context_source" in capsys.readouterr().err and not (tmp_path / "nosource").exists()
+    out = tmp_path / "run"
+    assert main([*args, "--train-context-source", "a made-up test value", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["train_context"] == {"tokens": 64, "source": "a made-up test value"}
+    predicted = pd.read_parquet(out / "predicted.parquet")
+    k_star = model.rope.critical_pair(64, layer=0)
+    assert set(predicted.site) == {"q", "k"} and predicted.critical_pair.iloc[0] == pytest.approx(k_star)
+    assert mm.FrequencyAnalysis.from_run(out).predicted is not None
+    assert "critical_hit_rate" in summary["by_stage"]["q.pre"]

@@ -307,7 +307,9 @@ class FrequencyAnalysis:
         if "by_stage" not in summary:
             raise AnalysisError(f"{run_dir}/summary.json has no 'by_stage': not an analyze run")
         params = summary.get("params") or {"context_len": summary.get("context_len")}
-        return cls(**_read_tables(run_dir), summary=summary["by_stage"], params=params)
+        predicted = run_dir / "predicted.parquet"
+        return cls(**_read_tables(run_dir), summary=summary["by_stage"], params=params,
+                   predicted=pd.read_parquet(predicted) if predicted.is_file() else None)
 
 
 def _read_tables(folder: Path) -> dict[str, pd.DataFrame]:

@@ -54,6 +54,11 @@ class AnalyzeConfig:
             tensor whose heads differ (e.g. axes swapped) is refused before any work.
         stage: ``pre`` or ``post`` RoPE: where the activations were taken.
         layer: The activations' layer (its label in the tables).
+        train_context: The model's training context in tokens: adds the critical-pair prediction
+            (:mod:`massmech.core.critical`: ``predicted.parquet``, k* on the spectra). Needs
+            ``train_context_source``.
+        train_context_source: Where that context is stated (a paper, model card or config): an
+            input with a source, never a guess.
     """
 
     model: str = DEFAULT_MODEL
@@ -85,6 +90,16 @@ class AnalyzeConfig:
     n_heads: str | None = None
     stage: str = field(default="pre", metadata={"choices": ("pre", "post")})
     layer: int = 0
+    train_context: int | None = None
+    train_context_source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.train_context is not None and (self.train_context < 2 or not self.train_context_source.strip()):
+            raise ConfigError(f"train_context={self.train_context} needs train_context >= 2 and train_context_source: "
+                              "where the training context is stated (a paper, model card or config), e.g. "
+                              "--train-context 4096 --train-context-source 'Llama 2 paper, Table 1'")
+        if self.train_context is None and self.train_context_source:
+            raise ConfigError("train_context_source is given without train_context")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

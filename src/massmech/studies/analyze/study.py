@@ -230,7 +230,7 @@ class AnalyzeStudy:
         stats = QKVStats.merge(chunks)
         context = int(stats.meta["max_len"]) if cfg.activations else cfg.seq_len
         fa = frequency_analysis(stats, context_len=context, fast_turns=cfg.fast_turns, n_bands=cfg.n_bands,
-                                lam=cfg.lam, threshold_share=cfg.threshold_share)
+                                lam=cfg.lam, threshold_share=cfg.threshold_share, train_context=cfg.train_context)
         em = None if cfg.activations else emergence(chunks, context_len=cfg.seq_len, factors=cfg.emergence_factors,
                                                      n_boot=cfg.n_boot, seed=cfg.seed)
         return AnalyzeResult(chunks, stats, fa, em)
@@ -239,7 +239,7 @@ class AnalyzeStudy:
         stats, fa, em = result.stats, result.analysis, result.emergence
         stats.save(out / "stats.npz")
         stats.to_frame().to_parquet(out / "stats.parquet", index=False)
-        for name in ("massive", "pairs", "layers"):
+        for name in ("massive", "pairs", "layers") + ("predicted",) * (fa.predicted is not None):
             getattr(fa, name).to_parquet(out / f"{name}.parquet", index=False)
         figures = out / "figures"
         if cfg.activations:
@@ -266,7 +266,9 @@ class AnalyzeStudy:
         return {"model": stats.model, "n_layers": n_layers, "n_tokens": stats.n_tokens,
                 "context_len": int(fa.params["context_len"]), "corpus": corpus,
                 "emergence": None if em is None else emergence_summary(em),  # one layer of saved tensors: none
-                "by_stage": fa.summary, "params": fa.params}
+                "by_stage": fa.summary, "params": fa.params,
+                **({"train_context": {"tokens": cfg.train_context, "source": cfg.train_context_source}}
+                   if cfg.train_context else {})}
 
 
 ANALYZE = AnalyzeStudy()
