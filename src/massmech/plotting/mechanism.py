@@ -110,9 +110,9 @@ def band_heatmap(bands: pd.DataFrame, *, task: str = "", model: str = "",
     use_style()
     d = bands[bands.grouping == "band"]
     edges = [e for e in EDGE_TITLE if e in set(d.edge)]
-    fig, axes = plt.subplots(1, len(edges), figsize=(3.6 * len(edges), 0.5 + 0.16 * d.layer.nunique() + 1.6),
-                             squeeze=False)
-    for ax, edge in zip(axes[0], edges, strict=True):
+    fig, axes = plt.subplots(1, len(edges), figsize=(3.8 * len(edges), 0.5 + 0.16 * d.layer.nunique() + 1.6),
+                             squeeze=False, gridspec_kw={"wspace": 0.55})
+    for i, (ax, edge) in enumerate(zip(axes[0], edges, strict=True)):
         e = d[d.edge == edge]
         cols = [b for b in BAND_ORDER if b in set(e.group)]
         grid = e.pivot_table(index="layer", columns="group", values="advantage")[cols]
@@ -124,8 +124,9 @@ def band_heatmap(bands: pd.DataFrame, *, task: str = "", model: str = "",
         ax.set_xticks(range(len(cols)), [f"{c}\n{share[c]:.0%}" for c in cols])
         ax.set_yticks(range(len(grid)), [str(x) for x in grid.index])
         ax.tick_params(axis="y", labelsize=6)
-        ax.set_xlabel("RoPE band (share of the total over layers)")
-        ax.set_ylabel("layer")
+        ax.set_xlabel("RoPE band (share over layers)")
+        if i == 0:
+            ax.set_ylabel("layer")
         ax.set_title(EDGE_TITLE[edge])
     fig.suptitle(f"{model} {task}: attention at the answer position by RoPE band".strip(), y=1.02)
     return save(fig, out)
