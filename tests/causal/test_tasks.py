@@ -132,3 +132,19 @@ def test_zero_shot_variants_ask_the_same_items_without_demonstrations(name):
     fields = {"country_capital": {"min_population"}, "city_country": {"per_country"}, "nba_team_city": set()}
     assert set(few.config()) == {"name", *fields[name]}  # no new key part: stored cells of these tasks stay valid
     assert zero.config() == {**few.config(), "name": f"{name}_0shot"}  # the built-in task's keys are unchanged
+
+
+def test_yes_no_questions_get_an_answer_cue_without_a_chat_template(tiny_models):
+    from massmech.causal.evaluate import encode
+    from massmech.causal.tasks.yesno import CapitalYesNo
+
+    model = tiny_models["tiny-llama"]  # a byte tokenizer with no chat template, like Gemma-3's GGUF
+    assert not getattr(model.tokenizer, "chat_template", None)
+    ex = CapitalYesNo().examples(1)[0]
+    text = model.tokenizer.decode(encode(model, ex)[0], skip_special_tokens=True)
+    assert text == f"Question: {ex.prompt}\nAnswer:" and ex.prompt.endswith("Answer Yes or No.")
+    bare = CapitalYesNo(cue=False).examples(1)[0]
+    assert model.tokenizer.decode(encode(model, bare)[0], skip_special_tokens=True) == bare.prompt
+    plain = CapitalYesNo(chat=False).examples(1)[0]  # chat=False was always cued
+    assert plain.prompt == f"Question: {ex.prompt}\nAnswer:" and not plain.plain
+    assert CapitalYesNo().config() != CapitalYesNo(cue=False).config()  # cells of the two never mix

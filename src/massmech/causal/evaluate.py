@@ -32,7 +32,7 @@ scores natural text.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -66,7 +66,7 @@ def encode(model: LoadedModel, ex: Example) -> tuple[list[int], list[list[int]]]
     """Prompt ids (with the tokenizer's special tokens) and the ids of each scored continuation.
 
     An example with ``chat=True`` is asked as a user turn of the model's chat template (instruct
-    models); without a template it is asked as plain text.
+    models); without a template it is asked as plain text (its ``plain`` form when it has one).
 
     >>> import massmech as mm
     >>> encode(mm.load_model("tiny-llama"), Example(uid=0, prompt="2+2=", answer=" 4"))  # byte tokens, BOS 257
@@ -80,7 +80,7 @@ def encode(model: LoadedModel, ex: Example) -> tuple[list[int], list[list[int]]]
         prompt = list(model.tokenizer(text, add_special_tokens=False).input_ids)  # the template has its own BOS
         tails = [t.lstrip() for t in tails]
     else:
-        prompt = model.tokenize(ex.prompt)[0]
+        prompt = model.tokenize(ex.plain if ex.chat and ex.plain else ex.prompt)[0]
     if not all(tails):
         raise TaskError(f"example {ex.uid} has an empty answer/option")
     cont = [list(model.tokenizer(t, add_special_tokens=False).input_ids) for t in tails]
@@ -347,8 +347,7 @@ def ranked(task: Task, examples: Sequence[Example]) -> list[Example]:
     >>> ex = ranked(task, task.examples(1))[0]; ex.options, ex.label
     ((' 886', ' 678', ' 347'), 0)
     """
-    return [Example(uid=ex.uid, prompt=ex.prompt, options=(ex.answer, *task.distractors(ex)), label=0,
-                    group=ex.group, chat=ex.chat) for ex in examples]
+    return [replace(ex, answer="", options=(ex.answer, *task.distractors(ex)), label=0) for ex in examples]
 
 
 def _resolve(examples, scoring, n, seed) -> tuple[list[Example], str]:

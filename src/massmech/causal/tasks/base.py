@@ -31,9 +31,11 @@ class Example:
         group: Label used for balancing and reporting (class, continent, needle depth ...).
         chat: Ask the prompt as a user turn of the model's chat template when it has one (the
             answer or option then follows the assistant header, without its leading space).
+        plain: With ``chat``, what a model without a chat template reads instead of ``prompt``
+            (e.g. the question with an ``Answer:`` cue); empty: ``prompt``.
 
     >>> Example(uid=0, prompt="The capital of France is", answer=" Paris")
-    Example(uid=0, prompt='The capital of France is', answer=' Paris', options=(), label=-1, group='', chat=False)
+    Example(uid=0, prompt='The capital of France is', answer=' Paris', options=(), label=-1, group='', chat=False, plain='')
     """
 
     uid: int
@@ -43,6 +45,7 @@ class Example:
     label: int = -1
     group: str = ""
     chat: bool = False
+    plain: str = ""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ class YesNoTask(Task):
     Attributes:
         chat: Ask through the model's chat template when it has one (default; the paper's
             instruct-model format). Plain text otherwise.
+        cue: A model without a chat template reads the question with an answer cue
+            (``Question: ... Answer:``, as under ``chat=False``); without it the prompt ends at
+            "Answer Yes or No." and the next token need not be an answer at all.
 
     >>> ex = CapitalYesNo(chat=False).examples(1)[0]; print(ex.prompt + ex.options[ex.label])
     Question: Is Zagreb the capital of The Netherlands? Answer Yes or No.
@@ -53,6 +56,7 @@ class YesNoTask(Task):
     balanced: ClassVar[bool] = True
     both: ClassVar[bool] = False  # small fact pools: ask every fact as a true and as a false statement
     chat: bool = True
+    cue: bool = True
 
     def _facts(self) -> Iterator[tuple[int, str, str]]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -66,10 +70,10 @@ class YesNoTask(Task):
             for yes in (True, False) if self.both else (rng.random() < 0.5,):
                 value = true if yes else rng.choice([v for v in values if v != true])
                 prompt = template.format(value) + " Answer Yes or No."
-                if not self.chat:
-                    prompt = f"Question: {prompt}\nAnswer:"
-                out.append(Example(uid=2 * uid + (not yes) if self.both else uid, prompt=prompt, options=_OPTIONS,
-                                   label=0 if yes else 1, group="yes" if yes else "no", chat=self.chat))
+                cued = f"Question: {prompt}\nAnswer:"
+                out.append(Example(uid=2 * uid + (not yes) if self.both else uid, prompt=prompt if self.chat else cued,
+                                   options=_OPTIONS, label=0 if yes else 1, group="yes" if yes else "no",
+                                   chat=self.chat, plain=cued if self.chat and self.cue else ""))
         return out
 
 
