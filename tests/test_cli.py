@@ -117,13 +117,13 @@ def test_ablate_own_file_as_written_says_what_it_measured(tmp_path, capsys):
             "--template", "Q: {question}", "--n", "10", "--rule", "topk", "--k", "2", "--out", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "first prompt: 'Q: The capital of" in text and "the task has 2 examples; all are used (asked for 10)" in text
+    assert "first prompt: '<bos>Q: The capital of" in text and "the task has 2 examples; all are used (asked for 10)" in text
     assert "NOT EVALUABLE" in text and "massive vs control (same examples): McNemar b=" in text  # a random model
     res = json.loads((out / "ablate.json").read_text())
     assert res["n_asked"] == 10 and res["baseline"]["n"] == 2 and set(res["massive_vs_control"]) == {"b", "c", "p_value"}
-    assert json.loads((out / "manifest.json").read_text())["config"]["first_prompt"].startswith("Q: The capital of")
+    assert json.loads((out / "manifest.json").read_text())["config"]["first_prompt"].startswith("<bos>Q: The capital of")
     table = pd.read_parquet(out / "examples.parquet")
-    assert set(table.prompt.str[:3]) == {"Q: "} and set(table.gold.str.strip()) == {"Paris", "Lima"}
+    assert set(table.prompt.str[:8]) == {"<bos>Q: "} and set(table.gold.str.strip()) == {"Paris", "Lima"}
     assert res["separation"] is None and table.margin.isna().all()  # exact answers: no options to rank
     assert set(table.source_id) == {f"{rows}, line 1", f"{rows}, line 2"}  # the user's own rows, by place
 

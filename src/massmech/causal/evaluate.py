@@ -92,6 +92,17 @@ def encode(model: LoadedModel, ex: Example) -> tuple[list[int], list[list[int]]]
     return prompt, cont
 
 
+def read_text(model: LoadedModel, ex: Example) -> str:
+    r"""The prompt exactly as the model reads it (its chat template or plain form, special tokens included).
+
+    >>> import massmech as mm
+    >>> from massmech.causal.tasks.yesno import CapitalYesNo
+    >>> read_text(mm.load_model("tiny-llama"), CapitalYesNo().examples(1)[0])  # no chat template: the cued form
+    '<bos>Question: Is Zagreb the capital of The Netherlands? Answer Yes or No.\nAnswer:'
+    """
+    return model.tokenizer.decode(encode(model, ex)[0], skip_special_tokens=False)
+
+
 def evaluate(
     model: LoadedModel,
     examples: Sequence[Example] | Task,

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from massmech.causal.disruption import CONTROLS, Disruption
-from massmech.causal.evaluate import BASELINE, score, summarize
+from massmech.causal.evaluate import BASELINE, read_text, score, summarize
 from massmech.causal.tasks.base import Task
 from massmech.causal.tasks.builtin import get_task
 from massmech.causal.vocabulary import MATCHED_CONTROLS
@@ -187,15 +187,15 @@ def ablate(
     chance = t.chance(n, seed, scorer=scorer)
     base = df[df.condition == BASELINE].correct
     res |= {"chance": chance, "evaluable": evaluable(int(base.sum()), len(base), chance), "n_asked": asked,
-            "first_prompt": examples[0].prompt, "massive_vs_control": _versus(df, "massive", "control")}
+            "first_prompt": read_text(lm, examples[0]), "massive_vs_control": _versus(df, "massive", "control")}
     by_uid = {e.uid: e for e in examples}
     res["separation"] = _separation(df, by_uid)
     own = t.source_ids()
-    df = df.assign(prompt=df.uid.map(lambda u: by_uid[u].prompt), gold=df.uid.map(lambda u: _gold(by_uid[u])),
+    df = df.assign(prompt=df.uid.map(lambda u: read_text(lm, by_uid[u])), gold=df.uid.map(lambda u: _gold(by_uid[u])),
                    source_id=df.uid.map(lambda u: own.get(u, str(u))))
     if out is not None:
         config = {"model": lm.info.name, "task": t.name, "task_config": t.config(), "n": n, "n_asked": asked,
-                  "first_prompt": examples[0].prompt, "seed": seed, "scorer": res["scorer"],
+                  "first_prompt": res["first_prompt"], "seed": seed, "scorer": res["scorer"],
                   "max_new_tokens": max_new_tokens,
                   "disruption": disruption.to_dict(), "control": control, "batch_size": batch_size,
                   "control_disruption": ctrl.to_dict()}
