@@ -95,7 +95,8 @@ def band_heatmap(bands: pd.DataFrame, *, task: str = "", model: str = "",
                  out: str | os.PathLike | None = None) -> plt.Figure:
     """Per edge (retrieval, sink), a layer x RoPE band heat map of the logit advantage each band carries
     (mean over examples and heads; each panel's colour scale centred on 0), with the share of the edge's
-    total that the band carries over all layers in the column labels.
+    total that the band carries over all layers in the column labels, and the band's share of the pairs
+    (its base rate) beneath.
 
     Args:
         bands: :func:`massmech.causal.retrieval.summarize_edges` rows of one task (``grouping == "band"``
@@ -121,10 +122,13 @@ def band_heatmap(bands: pd.DataFrame, *, task: str = "", model: str = "",
         lim = float(abs(grid.values).max()) or 1.0
         im = ax.imshow(grid.values, aspect="auto", cmap="vlag", vmin=-lim, vmax=lim, origin="lower")
         fig.colorbar(im, ax=ax, label="logit advantage")
-        ax.set_xticks(range(len(cols)), [f"{c}\n{share[c]:.0%}" for c in cols])
+        pairs = e.groupby("group").pairs.mean()[cols] if "pairs" in e else None  # each band's size: its base rate
+        ax.set_xticks(range(len(cols)), [f"{c}\n{share[c]:.0%}" + (f"\n[{pairs[c] / pairs.sum():.0%}]"
+                                                                   if pairs is not None and pairs.sum() else "")
+                                         for c in cols])
         ax.set_yticks(range(len(grid)), [str(x) for x in grid.index])
         ax.tick_params(axis="y", labelsize=6)
-        ax.set_xlabel("RoPE band (share over layers)")
+        ax.set_xlabel("RoPE band: share of the advantage\n[share of the pairs]")
         if i == 0:
             ax.set_ylabel("layer")
         ax.set_title(EDGE_TITLE[edge])
