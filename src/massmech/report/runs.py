@@ -72,6 +72,8 @@ RUNS: dict[str, LedgerRun] = {
     "paper": LedgerRun("ablation", "paper", overrides={"n": LEDGER_N},
                        per_model={"gemma3-270m": {"paper_settings": False, "ks": (22,), "replace": "zero"}},
                        names={"gemma3-270m": "paper-k22-zero"}),
+    # issue 26: the same disruption scored by rank, where a bare-space first token cannot fail an answer
+    "rank": LedgerRun("ablation", "rank", overrides={"n": LEDGER_N}),
     "quant": LedgerRun("quant", "full", presets={"gemma3-270m": "core"}),
     "shift": LedgerRun("shift", "ledger"),
     "heads": LedgerRun("heads", "ledger"),

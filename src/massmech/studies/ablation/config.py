@@ -177,6 +177,10 @@ class SweepConfig:
 
 # The sweeps behind the paper figures and the analyses scripts (one definition, used by both).
 FOCUS_TASKS = ("country_capital", "kv_lookup", "passkey")
+# The exact-answer tasks with distractors to rank the gold answer against (Task.distractors): the
+# `rank` sweep's tasks (its contextual ones and its parametric ones, with and without demonstrations).
+RANK_TASKS = ("kv_lookup", "knowledge_conflict", "country_capital", "city_country", "nba_team_city",
+              "country_capital_0shot", "city_country_0shot", "nba_team_city_0shot")
 # The paper's code scores `label in answer` over up to 512 generated tokens (run_experiment.py, Llama
 # and Qwen); 32 greedy tokens here, enough for every built-in answer, at a CPU's cost.
 PAPER_NEW_TOKENS = 32
@@ -194,6 +198,10 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
       variance-matched one, and the paper's scorer (``contains``: the gold answer anywhere in 32
       greedy tokens). Other families (Gemma-3) have no official setting and are refused:
       pass ``paper_settings=False, ks=(K,), replace=...`` and name the variant;
+    * ``rank``: ``main``'s massive and matched arms on the exact-answer tasks with distractors
+      (:data:`RANK_TASKS`), scored by rank: the gold answer's log-probability against the prompt's
+      other values (kv_lookup), the memorised capital (knowledge_conflict) or 4 other answers of the
+      task (parametric tasks, also zero-shot); no first token can fail it on a bare space;
     * ``k``: top-k rule, k = 1, 4, 16, three tasks; ``layers``: lambda=5 on all / early /
       middle / late layers, three tasks;
     * ``dose``: the dose-response: top-k, k = 1, 2, 4, 8, 16, against the matched control at
@@ -205,6 +213,7 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
     """
     base = {
         "main": dict(tasks=tuple(TASKS), controls=("matched", "lowest", "random")),
+        "rank": dict(tasks=RANK_TASKS, scorer="rank", controls=("matched",)),
         "paper": dict(tasks=tuple(TASKS), rules=("topk",), ks=(), paper_settings=True, stages=("post",),
                       replace="pooled_mean", kv_cache="prefill", controls=("lowest", "matched"),
                       scorer="contains", max_new_tokens=PAPER_NEW_TOKENS),
