@@ -151,6 +151,7 @@ P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one
                 "evaluable; each task shows its family's minimum detectable effect",
              rules_v2.contextual_v2, SWEEP, **ISSUE_26, why=V2 + "a comparison whose arms are both at floor cannot reach α and was "
                                            "counted as a non-difference")
+RANK_RULES = dict(fixed="2026-12-04T21:27:40+00:00", commit="07dfff5")  # O7 and O8 version 1
 RANK_FIRST_LOOKS = ("fixed after first looks on SmolLM2 only (massmech ablate, lambda = 5 pre-RoPE, n = 150-200, "
                     "runs/rank): kv_lookup 0.49 / massive 0.41 / control 0.35, knowledge_conflict 0.98 / 0.79 / 0.91, "
                     "country_capital_0shot 0.83 / 0.68 / 0.51; the judge is the earlier version's, unchanged, so "
@@ -297,13 +298,14 @@ CLAIMS: tuple[Claim, ...] = (
               Rule(1, "as P5 version 2, on the rank sweep (the gold answer's summed log-probability highest among it "
                       "and its distractors: kv_lookup the prompt's other values, knowledge_conflict the memorised "
                       "capital; chance 1 / (1 + distractors))",
-                   rules_v2.contextual_v2, SWEEP, why="new (issue 26, item 1); " + RANK_FIRST_LOOKS),), ours=True),
+                   rules_v2.contextual_v2, SWEEP, **RANK_RULES, why="new (issue 26, item 1); " + RANK_FIRST_LOOKS),),
+          ours=True),
     Claim("O8", "P6 as an interaction, scored by rank, parametric tasks with and without demonstrations",
           "massmech (issue 26, items 1 and 3)", "rank", (
               Rule(1, "as P6 version 2, on the rank sweep; the parametric tasks rank the gold answer against 4 other "
                       "answers of the task, and their zero-shot variants (no demonstration) count as parametric tasks",
                    rules_v2.parametric_v2, "one interval per model (no family); the control's interval shown beside it",
-                   why="new (issue 26, items 1 and 3); " + RANK_FIRST_LOOKS),), ours=True),
+                   **RANK_RULES, why="new (issue 26, items 1 and 3); " + RANK_FIRST_LOOKS),), ours=True),
 )
 NOT_TESTABLE = (
     ("P10", "Pretrained models without RoPE show no such concentration", "Jin et al. 2025 (RoPE vs non-RoPE models)",
