@@ -46,9 +46,9 @@ def test_an_upward_share_below_half_is_only_partly(tmp_path):
     assert got == "partly" and "0.25 beyond k* vs 0.12" in text
 
 
-def test_no_cited_context_or_no_tables_is_no_data(tmp_path):
-    with pytest.raises(NoData, match="no cited training context"):
-        band_prediction(_write(tmp_path / "run", [1.0] * 8, [1.0] * 8), "tiny-llama")
+def test_no_cited_context_is_not_evaluable_and_no_tables_is_no_data(tmp_path):
+    text, verdict = band_prediction(_write(tmp_path / "run", [1.0] * 8, [1.0] * 8), "tiny-llama")
+    assert verdict == "not evaluable" and "no cited training context" in text
     with pytest.raises(NoData, match="no massive.parquet"):
         band_prediction(tmp_path / "empty", "gemma3-270m")
 
