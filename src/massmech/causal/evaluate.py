@@ -298,17 +298,9 @@ def generate_exact(
 
 
 def score(
-    model: LoadedModel,
-    task: Task,
-    conditions: Mapping[str, Disruption | None],
-    *,
-    scorer: str = "strict",
-    max_new_tokens: int = 16,
-    n: int | None = None,
-    seed: int = 0,
-    batch_size: int = 16,
-    calibration: QKVStats | None = None,
-    progress: bool = True,
+    model: LoadedModel, task: Task, conditions: Mapping[str, Disruption | None], *, scorer: str = "strict",
+    max_new_tokens: int = 16, n: int | None = None, seed: int = 0, batch_size: int = 16,
+    calibration: QKVStats | None = None, progress: bool = True,
 ) -> pd.DataFrame:
     """Score a task under each condition with a named scorer (the module docstring lists them).
 

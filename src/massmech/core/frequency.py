@@ -281,8 +281,7 @@ class FrequencyAnalysis:
         meta = json.loads((path / "frequency.json").read_text())
         if meta.get("version", 0) > FORMAT_VERSION:
             raise AnalysisError(f"{path} has format version {meta['version']}; this massmech reads <= {FORMAT_VERSION}")
-        predicted = pd.read_parquet(path / "predicted.parquet") if (path / "predicted.parquet").is_file() else None
-        return cls(**_read_tables(path), summary=meta["summary"], params=meta["params"], predicted=predicted)
+        return cls(**_read_tables(path), summary=meta["summary"], params=meta["params"])
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike) -> FrequencyAnalysis:
@@ -307,16 +306,17 @@ class FrequencyAnalysis:
         if "by_stage" not in summary:
             raise AnalysisError(f"{run_dir}/summary.json has no 'by_stage': not an analyze run")
         params = summary.get("params") or {"context_len": summary.get("context_len")}
-        predicted = run_dir / "predicted.parquet"
-        return cls(**_read_tables(run_dir), summary=summary["by_stage"], params=params,
-                   predicted=pd.read_parquet(predicted) if predicted.is_file() else None)
+        return cls(**_read_tables(run_dir), summary=summary["by_stage"], params=params)
 
 
 def _read_tables(folder: Path) -> dict[str, pd.DataFrame]:
     missing = [f"{t}.parquet" for t in _TABLES if not (folder / f"{t}.parquet").is_file()]
     if missing:
         raise RunNotFoundError(f"{folder} lacks {', '.join(missing)}")
-    return {t: pd.read_parquet(folder / f"{t}.parquet") for t in _TABLES}
+    tables = {t: pd.read_parquet(folder / f"{t}.parquet") for t in _TABLES}
+    if (folder / "predicted.parquet").is_file():  # an analysis made with train_context
+        tables["predicted"] = pd.read_parquet(folder / "predicted.parquet")
+    return tables
 
 
 def _per_layer(pairs: pd.DataFrame, hits_all: pd.DataFrame, ctx_table: np.ndarray, row_of: dict[int, int],
@@ -367,14 +367,8 @@ def _per_site(layers: pd.DataFrame, pairs: pd.DataFrame, hits_all: pd.DataFrame,
 
 
 def frequency_analysis(
-    stats: QKVStats,
-    *,
-    context_len: int | None = None,
-    fast_turns: float = 8.0,
-    n_bands: int = 3,
-    lam: float = 5.0,
-    threshold_share: float = 0.75,
-    train_context: float | None = None,
+    stats: QKVStats, *, context_len: int | None = None, fast_turns: float = 8.0, n_bands: int = 3,
+    lam: float = 5.0, threshold_share: float = 0.75, train_context: float | None = None,
 ) -> FrequencyAnalysis:
     """Where Q/K energy sits in the RoPE spectrum, per layer, with V as the control.
 
