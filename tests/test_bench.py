@@ -76,3 +76,10 @@ def test_ledger_time_splits_reproduce_by_study():
     r = _last_json(["bench/ledger_time.py", "--quick", "--only", "analyze", "--models", "tiny-llama", "--no-docs"])
     assert set(r["studies_seconds"]) == {"analyze"} and r["total_seconds"] >= r["studies_seconds"]["analyze"] > 0
     assert list(r["runs_seconds"]) == ["analyze/ledger/tiny-llama"] and "P5 / tiny-llama" in r["not_judged"]
+
+
+def test_load_time_runs_tiny():
+    r = _last_json(["bench/load_time.py", "--models", "tiny-llama", "--repeats", "1"])
+    tiny = r["models"]["tiny-llama"]
+    assert r["warm_seconds"] == tiny["warm_seconds"] > 0 and tiny["imports_seconds"] > 0
+    assert r["goal"] == {"warm_seconds": 5.0, "cold_over_warm": 8.0}

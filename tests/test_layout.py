@@ -13,10 +13,10 @@ import massmech
 
 SRC = Path(massmech.__file__).parent
 MODULES = sorted(p for p in SRC.rglob("*.py") if "__pycache__" not in p.parts)
-# Imports point left only, with no exception: the ground floor (errors, _notebook) imports nothing
+# Imports point left only, with no exception: the ground floor (errors, _notebook, _gc) imports nothing
 # of massmech, and the package's front door (__init__, __main__) may name anything.
 LAYERS = ["files", "stats", "core", "diagnostics", "causal", "plotting", "infra", "studies", "report", "cli"]
-GROUND = {"errors", "_notebook"}
+GROUND = {"errors", "_notebook", "_gc"}
 FRONT = {"__init__", "__main__"}
 
 

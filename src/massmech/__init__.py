@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from massmech._gc import gc_paused
 from massmech.errors import (
     CaptureError,
     DisruptionError,
@@ -99,12 +100,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(_SUBMODULES[name])
-    else:
+    if name not in _LAZY and name not in _SUBMODULES:
         raise AttributeError(f"module 'massmech' has no attribute {name!r}")
+    with gc_paused():  # a first use imports torch and more: no collection walks them midway
+        module = importlib.import_module(_LAZY.get(name) or _SUBMODULES[name])
+    value = getattr(module, name) if name in _LAZY else module
     globals()[name] = value
     return value
 

@@ -98,3 +98,23 @@ def test_a_converted_tokenizer_lists_its_added_tokens(tmp_path, monkeypatch):
     assert after.backend_tokenizer.to_str() == before.backend_tokenizer.to_str()
     assert after.added_tokens_decoder == before.added_tokens_decoder and after.special_tokens_map == before.special_tokens_map
     assert [after(t).input_ids for t in TEXTS] == [before(t).input_ids for t in TEXTS]
+
+
+def test_a_load_holds_the_garbage_collector_off_and_gives_it_back(monkeypatch):
+    """Collections walking the tokenizer's millions of objects cost Gemma-3 1.9 s of a first load."""
+    import gc
+
+    import massmech.core.loading as loading
+
+    seen = []
+    boot = loading.boot
+    monkeypatch.setattr(loading, "boot", lambda *a, **k: (seen.append(gc.isenabled()), boot(*a, **k))[1])
+    assert gc.isenabled()
+    mm.load_model("tiny-llama")
+    assert seen == [False] and gc.isenabled()
+    gc.disable()  # a caller who turned it off keeps it off
+    try:
+        mm.load_model("tiny-llama")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

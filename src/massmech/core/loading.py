@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from massmech._gc import gc_paused
 from massmech.core.bridge import boot
 from massmech.core.catalog import (
     ARCH_MODELS,
@@ -167,14 +168,15 @@ def load_model(
     dtype = resolve_dtype(dtype)
     device = check_device(device)
     device_map = check_device_map(device_map, device, offload_folder)
-    hf_model, tokenizer, name, source = load_hf(spec, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code,
-                                                device_map=device_map, offload_folder=offload_folder)
-    if device is not None:
-        hf_model.to(device)
-    kwargs = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, "trust_remote_code": trust_remote_code}
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    return LoadedModel(boot(hf_model, tokenizer, name), tokenizer, name, source, spec=str(spec), load_kwargs=kwargs)
+    with gc_paused():  # a load makes millions of lasting objects: no collection walks them midway
+        hf_model, tokenizer, name, source = load_hf(spec, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code,
+                                                    device_map=device_map, offload_folder=offload_folder)
+        if device is not None:
+            hf_model.to(device)
+        kwargs = {"dtype": str(dtype).removeprefix("torch."), "seed": seed, "trust_remote_code": trust_remote_code}
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        return LoadedModel(boot(hf_model, tokenizer, name), tokenizer, name, source, spec=str(spec), load_kwargs=kwargs)
 
 
 def load_hf(
