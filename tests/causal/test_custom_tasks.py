@@ -179,6 +179,24 @@ def test_bad_templates_are_refused():
         Task.from_records(FACTS, fields=QA, template="{} {question.upper}")
 
 
+def test_a_chat_default_keeps_its_cue_for_a_model_without_a_chat_template():
+    """Issue 26: chat drops the Answer: cue for the assistant's turn; with no chat template to give
+    that turn (Gemma-3's GGUF, the tiny models), the model reads the cued prompt instead."""
+    import massmech as mm
+    from massmech.causal.evaluate import read_text
+
+    row = [{"q": "Is Lima in Peru?", "a": True}]
+    chat = Task.from_records(row, fields=QA, format="yesno", chat=True)
+    ex = chat.examples(1)[0]
+    assert (ex.prompt, ex.plain) == ("Is Lima in Peru? Answer Yes or No.", "Is Lima in Peru? Answer Yes or No.\nAnswer:")
+    assert read_text(mm.load_model("tiny-llama"), ex).endswith("Answer Yes or No.\nAnswer:")
+    assert chat.config()["plain_template"] == "{question} Answer Yes or No.\nAnswer:"
+    # no cue to keep (exact), a template of the user's, or no chat: nothing changes, keys included
+    for task in (Task.from_records(FACTS, fields=QA, chat=True), Task.from_records(row, fields=QA, format="yesno"),
+                 Task.from_records(row, fields=QA, format="yesno", chat=True, template="{question}")):
+        assert task.examples(1)[0].plain == "" and "plain_template" not in task.config()
+
+
 def test_config_changes_with_template_and_chat():
     plain = Task.from_records(FACTS, fields=QA).config()
     templated = Task.from_records(FACTS, fields=QA, template="{question}\nAnswer:").config()

@@ -27,7 +27,7 @@ name (``{{`` and ``}}`` are literal braces). The default (:func:`default_templat
 ``choice`` and ``yesno`` end with an ``Answer:`` cue. A mapped context comes first, on its own
 line; a row with an empty context reads without it. ``chat=True`` asks each prompt as a user turn
 of the model's chat template (the defaults then drop the ``Answer:`` cue: the assistant's turn is
-the cue).
+the cue; a model without a chat template reads the prompt with it, :attr:`RecordTask.plain_template`).
 
 >>> task = RecordTask.from_records([{"q": f"{i} + 1 =", "a": str(i + 1)} for i in range(20)],
 ...                                fields={"question": "q", "answer": "a"}, name="add_one")
@@ -54,65 +54,16 @@ from urllib.parse import unquote
 
 from massmech.causal.tasks.base import Example, Task
 from massmech.causal.tasks.records import Origin, _hub_reachable, blank, check_row, read_rows
+from massmech.causal.tasks.templates import (
+    FORMATS,
+    MAPPED,
+    default_template,
+    template_columns,
+)
 from massmech.errors import TaskError
 
-FORMATS = ("exact", "choice", "yesno", "number")
-MAPPED = ("question", "context", "choices")  # template names that mean the mapped fields
-_BODY = {"exact": "{question}", "number": "{question}", "choice": "{question}\n{choices}",
-         "yesno": "{question} Answer Yes or No."}
-_CUE = {"choice": "\nAnswer:", "yesno": "\nAnswer:"}
 _TRUE, _FALSE = {"true", "yes", "1", "t", "y"}, {"false", "no", "0", "f", "n"}
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def default_template(format: str, context: bool = False, chat: bool = False) -> str:
-    """The prompt template a :class:`RecordTask` uses when it is given none.
-
-    ``exact`` and ``number``: the question as written. ``choice``: the question, the lettered
-    options, ``Answer:``. ``yesno``: the question, `` Answer Yes or No.``, ``Answer:``. With a
-    mapped ``context`` it comes first, on its own line; under ``chat`` the final ``Answer:`` cue
-    is left out (the assistant's turn is the cue).
-
-    >>> default_template("exact"), default_template("exact", context=True)
-    ('{question}', '{context}\\n{question}')
-    >>> default_template("yesno"), default_template("yesno", chat=True)
-    ('{question} Answer Yes or No.\\nAnswer:', '{question} Answer Yes or No.')
-    >>> default_template("choice")
-    '{question}\\n{choices}\\nAnswer:'
-    """
-    if format not in FORMATS:
-        raise TaskError(f"format must be one of {FORMATS}, got {format!r}")
-    return ("{context}\n" if context else "") + _BODY[format] + ("" if chat else _CUE.get(format, ""))
-
-
-def template_columns(template: str, fields: Mapping[str, str]) -> tuple[str, ...]:
-    """The row columns a template names besides the mapped ``{question}``, ``{context}``, ``{choices}``.
-
-    Raises:
-        TaskError: Unbalanced braces, a positional ``{}``, attribute or index access, or the answer.
-
-    >>> template_columns("{topic}: {question}", {"question": "q", "answer": "a"})
-    ('topic',)
-    >>> template_columns("{question} {a}", {"question": "q", "answer": "a"})
-    Traceback (most recent call last):
-    ...
-    massmech.errors.TaskError: template '{question} {a}' shows the answer ({a}); a prompt holds what the model reads before it answers
-    """
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as err:
-        raise TaskError(f"template {template!r}: {err}; write {{{{ and }}}} for a literal brace") from None
-    columns = []
-    for name in names:
-        if not name or name.isdigit() or any(c in name for c in ".[]"):
-            raise TaskError(f"template {template!r}: {{{name}}} is not a field name; name {{question}}, "
-                            "{context}, {choices} or a column, with no positional {} or attribute/index access")
-        if name in ("answer", fields.get("answer")):
-            raise TaskError(f"template {template!r} shows the answer ({{{name}}}); a prompt holds what the model "
-                            "reads before it answers")
-        if not (name in MAPPED and name in fields) and name not in columns:
-            columns.append(name)
-    return tuple(columns)
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,6 +135,13 @@ class RecordTask(Task):
             return self.template
         return default_template(self.format, "context" in self.fields, self.chat)
 
+    @property
+    def plain_template(self) -> str | None:
+        """What a model without a chat template reads under ``chat`` with the default template: the
+        prompt with its ``Answer:`` cue (the chat default leaves it to the assistant's turn); else ``None``."""
+        plain = default_template(self.format, "context" in self.fields)
+        return plain if self.chat and self.template is None and plain != self.prompt_template else None
+
     def config(self) -> dict:
         """Name, mapping, format, template, chat and a hash of the rows (what a result depends on), JSON.
 
@@ -193,7 +151,8 @@ class RecordTask(Task):
         blob = json.dumps(list(self.rows), sort_keys=True, default=str).encode()
         return {"name": self.task_name, "source": self.source, "fields": dict(self.fields), "format": self.format,
                 "template": self.prompt_template, "chat": self.chat, "kind": self.task_kind, "n_shots": self.n_shots,
-                "rows": len(self.rows), "rows_sha256": hashlib.sha256(blob).hexdigest()[:16]}
+                "rows": len(self.rows), "rows_sha256": hashlib.sha256(blob).hexdigest()[:16],
+                **({"plain_template": self.plain_template} if self.plain_template else {})}
 
     def first_prompt(self, seed: int = 0) -> str:
         """The prompt of the first example ``examples(n, seed)`` gives, for any ``n``: what the model
@@ -257,10 +216,10 @@ class RecordTask(Task):
             raise TaskError(f"{self._at(i)}: the answer {text!r} is neither a letter, an index nor one of the choices")
         return "", tuple(" " + x for x in letters), label
 
-    def _render(self, row: Mapping, i: int) -> str:
-        """The row's prompt: the template filled in (leading blank lines dropped: an empty context)."""
-        values = {}
-        for name in [n for _, n, _, _ in string.Formatter().parse(self.prompt_template) if n]:
+    def _render(self, row: Mapping, i: int, template: str | None = None) -> str:
+        """The row's prompt: the template (default: the task's) filled in, leading blank lines dropped."""
+        values, template = {}, template or self.prompt_template
+        for name in [n for _, n, _, _ in string.Formatter().parse(template) if n]:
             column = self.fields[name] if name in MAPPED and name in self.fields else name
             value = row[column]
             if column == self.fields.get("choices"):
@@ -268,9 +227,9 @@ class RecordTask(Task):
             else:
                 values[name] = "" if blank(value) else str(value).strip()
         try:
-            return self.prompt_template.format_map(values).lstrip("\n")
+            return template.format_map(values).lstrip("\n")
         except (KeyError, ValueError, IndexError, TypeError) as err:
-            raise TaskError(f"{self._at(i)}: the template {self.prompt_template!r} does not render "
+            raise TaskError(f"{self._at(i)}: the template {template!r} does not render "
                             f"({err.__class__.__name__}: {err})") from None
 
     def _solved(self, row: Mapping, i: int) -> str:
@@ -283,14 +242,14 @@ class RecordTask(Task):
         ids = [self._uid(row, i) for i, row in enumerate(self.rows)]
         shots = sorted(random.Random(f"shots/{seed}").sample(range(len(self.rows)), self.n_shots))
         head = "".join(self._solved(self.rows[i], i) + "\n\n" for i in shots)
-        out = []
+        out, plain = [], self.plain_template
         for i, row in enumerate(self.rows):
             if i in shots:
                 continue
             answer, options, label = self._answer(row, i)
-            group = "" if label < 0 else options[label].strip()
             out.append(Example(uid=ids[i], prompt=head + self._render(row, i), answer=answer, options=options,
-                               label=label, group=group, chat=self.chat))
+                               label=label, group="" if label < 0 else options[label].strip(), chat=self.chat,
+                               plain=head + self._render(row, i, plain) if plain else ""))
         return out
 
     def _uid(self, row: Mapping, i: int) -> int:
