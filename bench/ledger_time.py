@@ -10,8 +10,13 @@ names one to resume, and reads the per-run seconds that ``reproduce`` records in
 * ``runs_seconds``: each run folder's seconds; ``studies_seconds``: those summed per study;
 * ``docs_seconds``: the rest (figures, ledger, docs, site, start-up).
 
-The ratio of the full time to the studies' bare forward passes (issue 28's goal of 1.5) needs a
-count of every study's forward passes, which no study reports yet: it is not computed here.
+* ``forward_seconds``: each study's seconds inside forward passes (``reproduce`` reads
+  ``massmech.core.clock.FORWARDS`` around each run: every pass of every model it loads, the
+  passes cut short included); ``forward_ratio`` = ``total_seconds`` ÷ their sum, issue 28's
+  ratio of the whole wait to the forward passes (goal <= 1.5). The hooks a pass runs (capture,
+  disruption) are timed as part of it, so this is a lower bound of the ratio to *bare* passes.
+  Training passes of the twins (forward and backward) are not forward passes of a loaded model and
+  count as overhead here.
 
 Usage: python bench/ledger_time.py [--quick] [--only RUN,RUN] [--models M1,M2] [--no-docs] [--runs DIR]
 The last line printed is one JSON object.
@@ -50,15 +55,20 @@ def main() -> None:
         if not record_file.exists() or record_file.stat().st_mtime < started:
             sys.exit(f"reproduce failed ({done.returncode}):\n{done.stderr[-3000:]}")
         record = json.loads(record_file.read_text())
-    runs = record["seconds"]
+    runs, forward = record["seconds"], record.get("forward_seconds", {})
     studies: dict[str, float] = {}
+    in_forward: dict[str, float] = {}
     for folder, seconds in runs.items():  # run folders are STUDY/PRESET/MODEL
-        studies[folder.split("/")[0]] = round(studies.get(folder.split("/")[0], 0.0) + seconds, 1)
+        study = folder.split("/")[0]
+        studies[study] = round(studies.get(study, 0.0) + seconds, 1)
+        in_forward[study] = round(in_forward.get(study, 0.0) + (forward.get(folder) or 0.0), 3)
     for folder, seconds in sorted(runs.items(), key=lambda kv: -kv[1]):
-        print(f"{folder:45s} {seconds:8.1f} s", flush=True)
+        print(f"{folder:45s} {seconds:8.1f} s   in forward passes {forward.get(folder) or 0.0:8.1f} s", flush=True)
+    passes = sum(in_forward.values())
     print(json.dumps({"quick": args.quick, "total_seconds": round(total, 1), "studies_seconds": studies,
-                      "docs_seconds": round(total - sum(runs.values()), 1), "runs_seconds": runs,
-                      "not_judged": record.get("not_judged", []), "cpus": os.cpu_count()}))
+                      "forward_seconds": in_forward, "forward_ratio": round(total / passes, 2) if passes else None,
+                      "forward_ratio_goal": 1.5, "docs_seconds": round(total - sum(runs.values()), 1),
+                      "runs_seconds": runs, "not_judged": record.get("not_judged", []), "cpus": os.cpu_count()}))
 
 
 if __name__ == "__main__":

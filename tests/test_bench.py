@@ -76,6 +76,9 @@ def test_ledger_time_splits_reproduce_by_study():
     r = _last_json(["bench/ledger_time.py", "--quick", "--only", "analyze", "--models", "tiny-llama", "--no-docs"])
     assert set(r["studies_seconds"]) == {"analyze"} and r["total_seconds"] >= r["studies_seconds"]["analyze"] > 0
     assert list(r["runs_seconds"]) == ["analyze/ledger/tiny-llama"] and "P5 / tiny-llama" in r["not_judged"]
+    # the capture's passes are timed, and they are part of the study's time
+    assert 0 < r["forward_seconds"]["analyze"] <= r["studies_seconds"]["analyze"] + 0.1
+    assert r["forward_ratio"] == pytest.approx(r["total_seconds"] / r["forward_seconds"]["analyze"], rel=0.01) and r["forward_ratio"] >= 1
 
 
 def test_load_time_runs_tiny():

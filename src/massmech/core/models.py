@@ -18,6 +18,7 @@ from torch import Tensor
 
 from massmech.core import bridge as _bridge
 from massmech.core.bridge import boot, is_bridge, kv_cache_compat
+from massmech.core.clock import time_forwards
 from massmech.core.rope import RopeSpec, rope_spec_from_tables
 from massmech.core.sites import RAW, SITES, STAGES, table_hooks, to_heads
 from massmech.errors import ConfigError, HookError, IndexRangeError, InputTypeError, RopeError
@@ -103,6 +104,7 @@ class LoadedModel:
         self.tokenizer = tokenizer
         self.spec = spec  # what load_model was given (None for wrapped models): doctor reloads it
         self.load_kwargs = load_kwargs or {}
+        time_forwards(_bridge.hf_model(bridge))  # its passes count in massmech.core.clock.FORWARDS
         cfg = bridge.cfg
         has_rope = getattr(cfg, "positional_embedding_type", "") == "rotary"
         n_layers = int(cfg.n_layers)
@@ -137,18 +139,10 @@ class LoadedModel:
                     self._rope = rope_spec_from_tables(cos, sin, int(cfg.d_head))
         param = next(bridge.parameters())
         self.info = ModelInfo(
-            name=name,
-            source=source,
-            architecture=str(getattr(cfg, "architecture", None) or type(bridge).__name__),
-            n_layers=n_layers,
-            n_heads=int(cfg.n_heads),
-            n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
-            d_head=int(cfg.d_head),
-            n_ctx=n_ctx,
-            has_rope=has_rope,
-            qk_norm=self._qk_norm,
-            dtype=str(param.dtype).removeprefix("torch."),
-            device=str(param.device),
+            name=name, source=source, architecture=str(getattr(cfg, "architecture", None) or type(bridge).__name__),
+            n_layers=n_layers, n_heads=int(cfg.n_heads), n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+            d_head=int(cfg.d_head), n_ctx=n_ctx, has_rope=has_rope, qk_norm=self._qk_norm,
+            dtype=str(param.dtype).removeprefix("torch."), device=str(param.device),
         )
 
     # ----------------------------------------------------------------- RoPE

@@ -33,6 +33,8 @@ class Reproduction:
 
     root: Path
     seconds: dict[str, float] = field(default_factory=dict)
+    # folder -> seconds inside forward passes in this process (massmech.core.clock; None: other workers ran them)
+    forward_seconds: dict[str, float | None] = field(default_factory=dict)
     docs: Path | None = None
     site: Path | None = None
     ledger: object = None  # the ledger table
@@ -53,8 +55,10 @@ def project_root(start: str | os.PathLike = ".") -> Path | None:
 
 
 def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str, ...] = (),
-            progress: bool = True, executor: str | None = None) -> dict[str, float]:
-    """Make (or resume) every ledger run under ``root``; returns folder -> seconds."""
+            progress: bool = True, executor: str | None = None) -> tuple[dict[str, float], dict[str, float | None]]:
+    """Make (or resume) every ledger run under ``root``; returns folder -> seconds, and folder ->
+    seconds inside forward passes (``None`` when an executor other than serial ran them elsewhere)."""
+    from massmech.core.clock import FORWARDS
     from massmech.studies.registry import get_study
 
     unknown = sorted(set(only) - set(RUNS))
@@ -62,16 +66,17 @@ def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str
         raise ConfigError(f"unknown run(s) {unknown}; runs are {', '.join(RUNS)}")
     plan = [(run, model) for run in RUNS if not only or run in only for model in models_of(run, models)]
     configs = {(run, m): config_of(run, m, quick=quick) for run, m in plan}  # every config checked before any work
-    seconds = {}
+    seconds, forward = {}, {}
     for (run, model), cfg in configs.items():
         folder = run_folder(run, model)
         if progress:
             print(f"reproduce: {folder}", file=sys.stderr, flush=True)
-        start = time.perf_counter()
+        start, clock = time.perf_counter(), FORWARDS.snapshot()
         get_study(RUNS[run].study).runner()(cfg, root / folder, cells=root / "cells", executor=executor,
                                             progress=progress)
         seconds[folder] = round(time.perf_counter() - start, 1)
-    return seconds
+        forward[folder] = round(FORWARDS.since(clock).seconds, 3) if executor in (None, "serial") else None
+    return seconds, forward
 
 
 def quick_docs(project: Path, root: Path) -> tuple[Path, Path]:
@@ -140,8 +145,8 @@ def reproduce(
 
     root = Path(root or ("runs/quick" if quick else "runs"))
     root.mkdir(parents=True, exist_ok=True)
-    result = Reproduction(root, run_all(root, quick=quick, models=models, only=only, progress=progress,
-                                        executor=executor))
+    result = Reproduction(root, *run_all(root, quick=quick, models=models, only=only, progress=progress,
+                                         executor=executor))
     table = ledger(root, models)
     result.ledger = table
     result.not_judged = [f"{r.key} / {r.model}" for r in table.itertuples() if r.verdict == "not run"]
@@ -155,5 +160,5 @@ def reproduce(
             write_docs(root, project / "docs", figures_dir=project / "figures", models=models)
             result.docs, result.site = project / "docs", build_site(project / "mkdocs.yml", project / "site")
     write_json(root / "reproduce.json", {"quick": quick, "models": list(models), "seconds": result.seconds,
-                                         "not_judged": result.not_judged})
+                                         "forward_seconds": result.forward_seconds, "not_judged": result.not_judged})
     return result
