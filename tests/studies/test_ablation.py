@@ -230,3 +230,42 @@ def test_a_sweep_under_the_rank_scorer(tmp_path):
     with pytest.raises(TaskError, match="no distractors"):
         run_sweep(replace(cfg, tasks=("passkey",)), tmp_path / "passkey", progress=False)
     assert not (tmp_path / "passkey" / "cells").exists()
+
+
+def test_a_control_matched_in_effect_sits_beside_the_size_matched_one(tmp_path, monkeypatch):
+    """Issue 26.2: the kl control is the matched one scaled to the massive condition's KL on neutral
+    text, found once per model and condition (not per task); its row and its massive row show KL,
+    removed variance and energy of both arms, and the massive row is tested against it too."""
+    import json as json_
+
+    from massmech.causal import klmatch
+    from massmech.stats import mcnemar_exact
+
+    searches = []
+    real = sweeps.neutral_kl_match
+    monkeypatch.setattr(sweeps, "neutral_kl_match", lambda *a, **k: (searches.append(a[1].label()), real(*a, **k))[1])
+    cfg = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup", "passkey"), n=6, rules=("topk",), ks=(1,),
+                      controls=("matched", "kl"))
+    t = run_sweep(cfg, tmp_path / "s", progress=False)
+    assert searches == ["qk.pre.top1"]  # one search serves both tasks
+    assert sorted(t.control.dropna().unique()) == ["kl", "matched"] and (t.control == "kl").sum() == 2
+    kl = t[t.control == "kl"].iloc[0]
+    found = klmatch.neutral_kl_match(__import__("massmech").load_model("tiny-llama"),
+                                     __import__("massmech").Disruption(rule="topk", k=1))
+    assert kl.condition == found.control.label() and kl.kl_scale == found.control.control_scale
+    assert kl.kl_matched and abs(kl.kl_control / kl.kl_massive - 1) <= 0.10
+    for task in ("kv_lookup", "passkey"):
+        m = t[(t.task == task) & (t.role == "massive")].iloc[0]
+        assert (m.kl_massive, m.kl_control, m.removed_energy_massive) == (kl.kl_massive, kl.kl_control,
+                                                                          kl.removed_energy_massive)
+        cells = {json_.loads((p / "cell.json").read_text())["data"]["key"]: json_.loads((p / "cell.json").read_text())["data"]
+                 for p in (tmp_path / "s" / "cells" / "ablation").iterdir()}
+        mine = cells[m.key]["verdicts"]
+        other = cells[t[(t.task == task) & (t.control == "kl")].key.iloc[0]]["verdicts"]
+        uids = sorted(mine)
+        assert (m.b_vs_kl, m.c_vs_kl, m.p_vs_kl) == mcnemar_exact(np.array([mine[u] for u in uids], float),
+                                                                  np.array([other[u] for u in uids], float))
+    # the size-matched comparison is untouched by the kl row (a scale of 1 would share its grid point)
+    plain = run_sweep(replace(cfg, controls=("matched",)), tmp_path / "plain", progress=False)
+    cols = ["task", "condition", "accuracy", "b_vs_matched", "c_vs_matched", "p_vs_matched"]
+    assert t[t.control != "kl"][cols].reset_index(drop=True).equals(plain[cols].reset_index(drop=True))

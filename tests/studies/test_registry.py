@@ -179,7 +179,7 @@ def test_a_study_spec_checks_itself():
 
 def test_cli_choices_are_the_vocabulary_the_code_uses():
     """Flags list their choices from the same source as the code (issue 25): the analyze config's
-    axes equal what from_activations reads; the ablation config's those of Disruption."""
+    axes equal what from_activations reads; the ablation config's those of Disruption (controls: and a sweep's kl)."""
     from dataclasses import fields
 
     from massmech.causal import vocabulary
@@ -190,4 +190,4 @@ def test_cli_choices_are_the_vocabulary_the_code_uses():
     assert set(CONFIG_AXES) == set(AXES)
     choices = {f.name: f.metadata.get("choices") for f in fields(SweepConfig)}
     assert choices["replace"] == vocabulary.REPLACEMENTS and choices["kv_cache"] == vocabulary.KV_CACHE
-    assert choices["selection"] == vocabulary.SELECTIONS and choices["controls"] == vocabulary.CONTROLS[1:]
+    assert choices["selection"] == vocabulary.SELECTIONS and choices["controls"] == vocabulary.SWEEP_CONTROLS == (*vocabulary.CONTROLS[1:], "kl")

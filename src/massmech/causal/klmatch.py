@@ -193,3 +193,27 @@ def kl_match(model: LoadedModel, disruption: Disruption, windows: Tensor | Seque
     best = min(tried, key=lambda s: (abs(tried[s].kl - target.kl), s))
     return KLMatch(disruption, disruption.as_control(control, best), target, tried[best], close(tried[best].kl), tol,
                    tuple((s, e.kl) for s, e in tried.items()))
+
+
+#: The neutral text of an effect-matched control: BBC news windows (the calibration split's).
+KL_WINDOWS, KL_WINDOW_LEN = 16, 128
+
+
+def neutral_kl_match(model: LoadedModel, disruption: Disruption, *, control: str = "matched", seed: int = 0) -> KLMatch:
+    """:func:`kl_match` on the neutral text every massmech run uses: :data:`KL_WINDOWS` BBC news
+    windows of :data:`KL_WINDOW_LEN` tokens (:func:`massmech.core.corpus.calibration_split`, not the task).
+
+    >>> import massmech as mm
+    >>> m = neutral_kl_match(mm.load_model("tiny-llama"), Disruption(rule="topk", k=1))
+    >>> m.control.control, m.matched
+    ('matched', True)
+    """
+    from massmech.core.corpus import calibration_split
+
+    windows, _ = calibration_split(model, calib_tokens=KL_WINDOWS * KL_WINDOW_LEN, seq_len=KL_WINDOW_LEN, seed=seed)
+    return kl_match(model, disruption, windows, control=control)
+
+
+#: What a KL-matched control depends on besides its disruption and model (part of a sweep cell's key).
+NEUTRAL_KL = {"corpus": "bbc_news", "split": "calibration_split", "windows": KL_WINDOWS, "window_len": KL_WINDOW_LEN,
+              "tol": KL_TOL, "control": "matched"}

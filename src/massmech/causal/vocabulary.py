@@ -17,6 +17,8 @@ SELECTIONS = ("prompt", "calibration")
 REPLACEMENTS = ("mean", "zero", "calib_mean", "pooled_mean", "rotated_mean")
 CONTROLS = (None, "matched", "lowest", "random", "band-low", "band-mid", "band-high", "band-matched")
 MATCHED_CONTROLS = ("matched", "band-matched")  # controls matched in removed variance
+# a sweep's controls: a Disruption's, and "kl" (the matched control scaled to the disruption's KL on neutral text)
+SWEEP_CONTROLS = (*CONTROLS[1:], "kl")
 KV_CACHE = ("prefill", "every_step")
 GRANULARITIES = ("dim", "pair")
 GRANULARITY_HELP = {

@@ -152,6 +152,18 @@ P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one
              rules_v2.contextual_v2, SWEEP, **ISSUE_26, why=V2 + "a comparison whose arms are both at floor cannot reach α and was "
                                            "counted as a non-difference")
 RANK_RULES = dict(fixed="2026-12-04T21:27:40+00:00", commit="07dfff5")  # O7 and O8 version 1
+EFFECT_RULES = dict(fixed="", commit="")  # O9 and O10 version 1
+EFFECT_RULE = ("as P5 version 2, on the {run} sweep (rank tasks, scored by rank), with the control matched in effect: "
+               "the variance-matched control scaled until its next-token KL on neutral text (16 BBC news windows of "
+               "128 tokens, not the task) is within a tenth of the massive condition's; each condition's KL, removed "
+               "variance and removed energy on those windows and the control's scale are shown, and a match that "
+               "could not come within a tenth is said so (the verdict stands, the text names it)")
+EFFECT_WHY = ("new (issue 26, item 2): a change in a massive K dim is multiplied by a huge Q value in the same dim, so "
+              "a control of equal removed variance is not a control of equal effect; fixed before any run of the "
+              "{run} sweep, after first looks in earlier sessions (massmech ablate --kl-match and "
+              "analyses/kl_matched.py, strict scorer), e.g. SmolLM2 kv_lookup, n = 300, lambda = 5 pre-RoPE mean: "
+              "baseline 0.40 / massive 0.11 / KL-matched control 0.06 (KL 0.64 vs 0.61, control scale 2); the judge "
+              "is P5 version 2's, unchanged, so nothing in it was chosen from them")
 RANK_FIRST_LOOKS = ("fixed after first looks on SmolLM2 only (massmech ablate, lambda = 5 pre-RoPE, n = 150-200, "
                     "runs/rank): kv_lookup 0.49 / massive 0.41 / control 0.35, knowledge_conflict 0.98 / 0.79 / 0.91, "
                     "country_capital_0shot 0.83 / 0.68 / 0.51; the judge is the earlier version's, unchanged, so "
@@ -306,6 +318,16 @@ CLAIMS: tuple[Claim, ...] = (
                       "answers of the task, and their zero-shot variants (no demonstration) count as parametric tasks",
                    rules_v2.parametric_v2, "one interval per model (no family); the control's interval shown beside it",
                    **RANK_RULES, why="new (issue 26, items 1 and 3); " + RANK_FIRST_LOOKS),), ours=True),
+    Claim("O9", "P5 against a control matched in effect: disrupting massive values hurts contextual tasks more than "
+          "disrupting other dims that move the model as much on neutral text", "massmech (issue 26, item 2)", "effect", (
+              Rule(1, EFFECT_RULE.format(run="effect") + "; the massive dims are replaced by their prompt mean",
+                   rules_v2.contextual_kl, SWEEP.replace("variance-matched", "KL-matched"), **EFFECT_RULES,
+                   why=EFFECT_WHY.format(run="effect")),), ours=True),
+    Claim("O10", "O9 with the value removed: the massive dims set to zero, against other dims set to zero that move "
+          "the model as much on neutral text", "massmech (issue 26, item 2)", "effect-zero", (
+              Rule(1, EFFECT_RULE.format(run="effect-zero") + "; the massive dims (and the control's) are set to zero",
+                   rules_v2.contextual_kl, SWEEP.replace("variance-matched", "KL-matched"), **EFFECT_RULES,
+                   why=EFFECT_WHY.format(run="effect-zero")),), ours=True),
 )
 NOT_TESTABLE = (
     ("P10", "Pretrained models without RoPE show no such concentration", "Jin et al. 2025 (RoPE vs non-RoPE models)",

@@ -79,15 +79,16 @@ def early_v2(path: Path, model: str) -> tuple[str, str]:
     return text, "partly" if any(map(early, first.values())) else "contradicted"
 
 
-def _successes(rows: pd.DataFrame) -> pd.DataFrame:
-    """Each massive row's successes, its baseline's and its matched control's, from its own counts.
+def _successes(rows: pd.DataFrame, against: str = "matched") -> pd.DataFrame:
+    """Each massive row's successes, its baseline's and its control's (``against``: ``matched`` or
+    ``kl``), from its own counts.
 
     ``b``/``c`` against the baseline: disrupted right only / baseline right only; against the
     control: massive right only / control right only. So baseline = massive + c - b and
-    control = massive - b_vs_matched + c_vs_matched.
+    control = massive - b_vs_<control> + c_vs_<control>.
     """
     s = (rows.accuracy * rows.n).round().astype(int)
-    ctrl = s - rows.b_vs_matched.astype("Int64") + rows.c_vs_matched.astype("Int64")
+    ctrl = s - rows[f"b_vs_{against}"].astype("Int64") + rows[f"c_vs_{against}"].astype("Int64")
     return rows.assign(s_massive=s, s_baseline=s + rows.c.astype(int) - rows.b.astype(int), s_control=ctrl)
 
 
@@ -105,29 +106,50 @@ def contextual_v2(path: Path, model: str) -> tuple[str, str]:
     evaluable``: both remove the task, so the massive dims cannot be told apart from any others.
     Each task also shows the smallest drop its family detects with 80% power (MDE).
     """
+    return _contextual(path, model, "matched")
+
+
+def contextual_kl(path: Path, model: str) -> tuple[str, str]:
+    """O9 and O10: P5 version 2's judge with the control matched in effect (``kl``: the variance-matched
+    control scaled to the massive condition's next-token KL on neutral text) instead of in size.
+    The text shows each massive condition's KL on the neutral windows against its control's, the
+    control's scale, and whether the match came within a tenth."""
+    t = pd.read_parquet(path / "results.parquet")
+    rows = t[(t.model == model) & (t.role == "massive") & t.kl_massive.notna()] if "kl_massive" in t else t[:0]
+    if rows.empty:
+        return f"no KL-matched control (control kind 'kl') in {path / 'results.parquet'}", "not evaluable"
+    r = rows.iloc[0]
+    text, verdict = _contextual(path, model, "kl")
+    return (f"neutral-text KL massive {r.kl_massive:.3g} vs control {r.kl_control:.3g} nats/token (control scale "
+            f"{r.kl_scale:.3g}x the matched one, {'within' if r.kl_matched else 'NOT within'} a tenth); removed energy "
+            f"{r.removed_energy_massive:.3g} vs {r.removed_energy_control:.3g}; {text}"), verdict
+
+
+def _contextual(path: Path, model: str, against: str) -> tuple[str, str]:
     t = pd.read_parquet(path / "results.parquet")
     ev = evaluable_rows(path, model, "contextual")
     if ev.empty:
         return NOT_EVALUABLE.format(kind="contextual"), "not evaluable"
-    ev = _successes(ev)
-    m_base, m_ctrl = _family(t, "p_holm"), _family(t, "p_vs_matched_holm")
+    ev = _successes(ev, against)
+    m_base, m_ctrl = _family(t, "p_holm"), _family(t, f"p_vs_{against}_holm")
     dec_base = [decidable(int(r.s_baseline), int(r.n), alpha=ALPHA, n_tests=m_base) for r in ev.itertuples()]
     dec_ctrl = [r.s_control is not pd.NA and decidable(int(r.s_control), int(r.n), alpha=ALPHA, n_tests=m_ctrl)
                 for r in ev.itertuples()]
     ev = ev.assign(dec_base=dec_base, dec_ctrl=dec_ctrl)
     drop = ev[ev.dec_base & (ev.p_holm < 0.05) & (ev.delta < 0)]
     decided = ev[ev.dec_ctrl]
-    below = decided[(decided.p_vs_matched_holm < 0.05) & (decided.c_vs_matched > decided.b_vs_matched)]
+    below = decided[(decided[f"p_vs_{against}_holm"] < 0.05) & (decided[f"c_vs_{against}"] > decided[f"b_vs_{against}"])]
+    control = {"matched": "variance-matched", "kl": "KL-matched"}[against]
 
     def one(r) -> str:
         mde = min_detectable_effect(int(r.n), r.s_baseline / r.n, alpha=ALPHA, n_tests=m_base)
-        ctrl = (f"control {r.s_control}/{r.n} right, b/c {r.b_vs_matched}/{r.c_vs_matched}"
+        ctrl = (f"control {r.s_control}/{r.n} right, b/c {getattr(r, f'b_vs_{against}')}/{getattr(r, f'c_vs_{against}')}"
                 + ("" if r.dec_ctrl else ", undecidable"))
         return f"{r.task} {r.delta:+.2f} (MDE {'-' if mde is None else f'{mde:.2f}'}; {ctrl})"
 
     text = (f"`{ev.condition.iloc[0]}`, {n_text(ev)}, Holm over {m_base} (vs baseline) and {m_ctrl} (vs control): "
             f"{len(drop)} of {len(ev)} evaluable contextual tasks drop vs baseline; {len(below)} of {len(decided)} "
-            f"with a decidable control comparison below the variance-matched control: "
+            f"with a decidable control comparison below the {control} control: "
             + "; ".join(one(r) for r in ev.itertuples()))
     if decided.empty:
         return text + " (the control removes the task too: nothing to tell them apart)", "not evaluable"

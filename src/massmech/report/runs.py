@@ -74,6 +74,9 @@ RUNS: dict[str, LedgerRun] = {
                        names={"gemma3-270m": "paper-k22-zero"}),
     # issue 26: the same disruption scored by rank, where a bare-space first token cannot fail an answer
     "rank": LedgerRun("ablation", "rank", overrides={"n": LEDGER_N}),
+    # issue 26, item 2: controls matched in effect (KL on neutral text), with the mean and with zero
+    "effect": LedgerRun("ablation", "effect", overrides={"n": LEDGER_N}),
+    "effect-zero": LedgerRun("ablation", "effect-zero", overrides={"n": LEDGER_N}),
     "quant": LedgerRun("quant", "full", presets={"gemma3-270m": "core"}),
     "shift": LedgerRun("shift", "ledger"),
     "heads": LedgerRun("heads", "ledger"),

@@ -21,6 +21,9 @@ SPEC = register_study(StudySpec(
         "main": "every task; lambda=5 pre-RoPE massive dims vs the matched, lowest-norm and random controls",
         "paper": "the paper's protocol: post-RoPE, the official top-k and replacement per family, prompt only",
         "rank": "main's massive and matched arms on the tasks with distractors, scored by rank (gold vs distractors)",
+        "effect": "rank's grid against controls matched in size, in size within the same RoPE bands, and in effect "
+                  "(KL on neutral text)",
+        "effect-zero": "effect with the massive dims (and each control's) set to zero",
         "k": "top-k rule, k = 1, 4, 16, on three tasks",
         "layers": "lambda=5 on all / early / middle / late layers, three tasks",
         "dose": "dose-response: top-k, k = 1 ... 16, against the matched control at each k",

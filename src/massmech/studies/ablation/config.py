@@ -14,7 +14,6 @@ from typing import Any
 
 from massmech.causal.tasks.builtin import TASKS, is_task_name
 from massmech.causal.vocabulary import (
-    CONTROLS,
     GRANULARITIES,
     KV_CACHE,
     REPLACEMENTS,
@@ -22,6 +21,7 @@ from massmech.causal.vocabulary import (
     SCORERS,
     SELECTIONS,
     STAGES,
+    SWEEP_CONTROLS,
     TARGETS,
     paper_setting,
 )
@@ -63,7 +63,9 @@ class SweepConfig:
         stages: ``pre`` and/or ``post``.
         layer_ranges: ``all``, ``early``, ``middle``, ``late`` or ``"a-b"``.
         controls: Control kinds evaluated next to each massive condition (default: random
-            non-massive dims matched in removed variance, see :mod:`massmech.causal.disruption`).
+            non-massive dims matched in removed variance, see :mod:`massmech.causal.disruption`);
+            ``kl``: that control scaled to the massive condition's KL on neutral text
+            (:func:`massmech.causal.klmatch.kl_match`, once per model and condition).
         selection: Where the massive dims are chosen: ``prompt`` (each example's own prompt, the
             paper's) or ``calibration`` (a fixed set from a calibration corpus).
         replace: What replaces them: ``mean`` (each dim's prompt mean), ``zero``, ``pooled_mean``
@@ -95,7 +97,7 @@ class SweepConfig:
     targets: Sequence[str] = field(default=("qk",), metadata={"choices": tuple(TARGETS)})
     stages: Sequence[str] = field(default=("pre",), metadata={"choices": STAGES})
     layer_ranges: Sequence[str] = ("all",)
-    controls: Sequence[str] = field(default=("matched",), metadata={"choices": CONTROLS[1:]})
+    controls: Sequence[str] = field(default=("matched",), metadata={"choices": SWEEP_CONTROLS})
     selection: str = field(default="prompt", metadata={"choices": SELECTIONS})
     replace: str = field(default="mean", metadata={"choices": REPLACEMENTS})
     kv_cache: str = field(default="prefill", metadata={"choices": KV_CACHE})
@@ -119,8 +121,8 @@ class SweepConfig:
             if not is_task_name(t):
                 raise ConfigError(f"unknown task {t!r}; tasks are {', '.join(TASKS)}")
         for c in self.controls:
-            if c not in CONTROLS[1:]:
-                raise ConfigError(f"unknown control {c!r}; controls are {CONTROLS[1:]}")
+            if c not in SWEEP_CONTROLS:
+                raise ConfigError(f"unknown control {c!r}; controls are {SWEEP_CONTROLS}")
         if self.n < 1:
             raise ConfigError(f"n must be >= 1, got {self.n}")
         if any(r not in ("lambda", "topk") for r in self.rules):
@@ -171,7 +173,7 @@ class SweepConfig:
                     )
                     out.append((d, lr))
                     out += [(replace(d.as_control(c), replace=lowest_rep) if c == "lowest" else d.as_control(c), lr)
-                            for c in self.controls]
+                            for c in self.controls if c != "kl"]  # the kl control is found per model (plan)
         return out
 
 
@@ -181,6 +183,8 @@ FOCUS_TASKS = ("country_capital", "kv_lookup", "passkey")
 # `rank` sweep's tasks (its contextual ones and its parametric ones, with and without demonstrations).
 RANK_TASKS = ("kv_lookup", "knowledge_conflict", "country_capital", "city_country", "nba_team_city",
               "country_capital_0shot", "city_country_0shot", "nba_team_city_0shot")
+# The controls of the `effect` sweeps: matched in size, in size within the same RoPE bands, in effect.
+EFFECT_CONTROLS = ("matched", "band-matched", "kl")
 # The paper's code scores `label in answer` over up to 512 generated tokens (run_experiment.py, Llama
 # and Qwen); 32 greedy tokens here, enough for every built-in answer, at a CPU's cost.
 PAPER_NEW_TOKENS = 32
@@ -202,6 +206,11 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
       (:data:`RANK_TASKS`), scored by rank: the gold answer's log-probability against the prompt's
       other values (kv_lookup), the memorised capital (knowledge_conflict) or 4 other answers of the
       task (parametric tasks, also zero-shot); no first token can fail it on a bare space;
+    * ``effect``: ``rank``'s grid with three controls of each massive condition: matched in
+      removed variance, matched in variance within the same RoPE bands (``band-matched``), and
+      matched in effect (``kl``: scaled to the condition's next-token KL on neutral text);
+      ``effect-zero``: the same with the massive dims set to zero (the value removed, not only its
+      fluctuation), each control then matched to that;
     * ``k``: top-k rule, k = 1, 4, 16, three tasks; ``layers``: lambda=5 on all / early /
       middle / late layers, three tasks;
     * ``dose``: the dose-response: top-k, k = 1, 2, 4, 8, 16, against the matched control at
@@ -214,6 +223,8 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
     base = {
         "main": dict(tasks=tuple(TASKS), controls=("matched", "lowest", "random")),
         "rank": dict(tasks=RANK_TASKS, scorer="rank", controls=("matched",)),
+        "effect": dict(tasks=RANK_TASKS, scorer="rank", controls=EFFECT_CONTROLS),
+        "effect-zero": dict(tasks=RANK_TASKS, scorer="rank", controls=EFFECT_CONTROLS, replace="zero"),
         "paper": dict(tasks=tuple(TASKS), rules=("topk",), ks=(), paper_settings=True, stages=("post",),
                       replace="pooled_mean", kv_cache="prefill", controls=("lowest", "matched"),
                       scorer="contains", max_new_tokens=PAPER_NEW_TOKENS),

@@ -12,6 +12,7 @@ import torch
 
 from massmech.causal.disruption import CONTROLS, Disruption
 from massmech.causal.evaluate import BASELINE, read_text, score, summarize
+from massmech.causal.klmatch import neutral_kl_match
 from massmech.causal.tasks.base import Task
 from massmech.causal.tasks.builtin import get_task
 from massmech.causal.vocabulary import MATCHED_CONTROLS
@@ -71,20 +72,12 @@ def _separation(df: pd.DataFrame, by_uid: dict) -> dict | None:
     return out
 
 
-#: The neutral text of an effect-matched control: BBC news windows (the calibration split's).
-KL_WINDOWS, KL_WINDOW_LEN = 16, 128
-
-
 def _control(lm: LoadedModel, disruption: Disruption, control: str, kl_match: bool, seed: int) -> tuple[Disruption, dict | None]:
     """The control condition, scaled to the disruption's KL on neutral text with ``kl_match``
     (and the match's row), else matched in size."""
     if not kl_match:
         return replace(disruption, control=control), None
-    from massmech.causal.klmatch import kl_match as match
-    from massmech.core.corpus import calibration_split
-
-    windows, _ = calibration_split(lm, calib_tokens=KL_WINDOWS * KL_WINDOW_LEN, seq_len=KL_WINDOW_LEN, seed=seed)
-    found = match(lm, disruption, windows, control=control)
+    found = neutral_kl_match(lm, disruption, control=control, seed=seed)
     return found.control, found.row()
 
 
@@ -129,7 +122,7 @@ def ablate(
         progress: Progress bar.
         kl_match: Match the control in effect, not only in size: scale it
             (:func:`massmech.causal.klmatch.kl_match`) until its next-token KL on neutral text
-            (:data:`KL_WINDOWS` BBC news windows of :data:`KL_WINDOW_LEN` tokens, not the task)
+            (:func:`~massmech.causal.klmatch.neutral_kl_match`: BBC news windows, not the task)
             is within 10% of the disruption's; ``kl_match`` in the result has KL, removed variance
             and removed energy of both arms, the scale and whether the match was reached.
 

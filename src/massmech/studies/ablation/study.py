@@ -18,6 +18,7 @@ target x stage x layer range; and for each of those one disruption per control k
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 
 from massmech.causal.disruption import Disruption
 from massmech.causal.evaluate import BASELINE, score
+from massmech.causal.klmatch import NEUTRAL_KL, neutral_kl_match
 from massmech.causal.tasks.builtin import get_task
 from massmech.core.capture import capture_stats
 from massmech.core.corpus import calibration_split
@@ -81,15 +83,20 @@ class AblationStudy:
                     task.distractors(examples[0])  # a task without distractors is refused before any compute
                 # the examples themselves enter the key: a changed prompt or dataset never reuses a cell
                 data = data_hash(repr(examples))
-                for role, d, lr in [(BASELINE, None, "all")] + [(_role(d), d, lr) for d, lr in conds]:
+                # the kl control: the matched one, scaled on this model to the massive condition's neutral KL
+                kl = [("control", d, lr, True) for d, lr in conds if "kl" in config.controls and d.control is None]
+                for role, d, lr, by_kl in [(BASELINE, None, "all", False)] + [(_role(d), d, lr, False) for d, lr in conds] + kl:
                     needs = d is not None and (d.selection == "calibration" or d.replace == "calib_mean")
-                    parts = _cell_parts(ctx.model_id(spec), task.config(), data, config.seed, d,
-                                        calib if needs else None, _scorer(config, task.scoring))
+                    parts = _cell_parts(ctx.model_id(spec), task.config(), data, config.seed,
+                                        d.as_control("matched") if by_kl else d, calib if needs else None,
+                                        _scorer(config, task.scoring))
+                    if by_kl:
+                        parts["kl_match"] = NEUTRAL_KL
                     key = cell_key(self.name, parts, version=self.version)
                     # the same cell twice in the grid (e.g. layer ranges that coincide) is one cell
                     cells.setdefault(key, CellSpec(key, parts, group=spec, unit=tname,
                                                    payload={"task": tname, "n": n, "role": role, "disruption": d,
-                                                            "layer_range": lr}))
+                                                            "layer_range": lr, "kl": by_kl}))
         return list(cells.values())
 
     def run_unit(self, config: SweepConfig, cells, ctx: Context) -> dict:
@@ -97,18 +104,32 @@ class AblationStudy:
         model = ctx.model(spec)
         calibration = ctx.cached(("calibration", spec), lambda: _calibration(model, config)) if _needs_calibration(config) else None
         task = get_task(tname)
+        # each kl control's match, found once per model and massive condition (the same for every task)
+        found, unmatched = {}, {}
+        for c in (c for c in cells if c.payload.get("kl")):
+            d = c.payload["disruption"]
+            try:
+                found[c.key] = ctx.cached(("kl", spec, json.dumps(d.to_dict(), sort_keys=True)),
+                                          lambda d=d: neutral_kl_match(model, d, seed=config.seed))
+            except (DisruptionError, NoOpDisruptionError) as err:  # e.g. too few dims to draw the control from
+                unmatched[c.key] = f"no KL-matched control: {err}"
+        conditions = {c.key: found[c.key].control if c.key in found else
+                      c.payload["disruption"].as_control("matched") if c.key in unmatched else c.payload["disruption"]
+                      for c in cells}
 
         def run(chosen: list) -> pd.DataFrame:
             torch.manual_seed(config.seed)
-            return score(model, task, {c.key: c.payload["disruption"] for c in chosen}, scorer=config.scorer,
+            return score(model, task, {c.key: conditions[c.key] for c in chosen}, scorer=config.scorer,
                          max_new_tokens=config.max_new_tokens, n=n, seed=config.seed, batch_size=config.batch_size,
                          calibration=calibration, progress=False)
 
-        df, errors = _each_that_runs(run, cells)
+        runnable = [c for c in cells if c.key not in unmatched]
+        df, errors = _each_that_runs(run, runnable) if runnable else (pd.DataFrame(columns=_EVALUATED), {})
+        errors |= unmatched
         chance = task.chance(n, config.seed, scorer=config.scorer)
         out = {}
         for c in cells:
-            g, d = df[df.condition == c.key], c.payload["disruption"]
+            g, d = df[df.condition == c.key], conditions[c.key]
             out[c.key] = ({
                 "key": c.key, "model": spec, "task": tname, "kind": task.kind, "scoring": task.scoring,
                 "task_config": task.config(), "n": int(len(g)), "seed": config.seed,
@@ -118,6 +139,7 @@ class AblationStudy:
                 "removed_variance": float(g.removed_variance.mean()) if len(g) else None,
                 "chance": chance, "error": errors.get(c.key),
                 **({"scorer": used["scorer"]} if (used := _scorer(config, task.scoring)) else {}),
+                **({"control_kind": "kl", "kl_match": found[c.key].row()} if c.key in found else {}),
                 "verdicts": {str(u): bool(v) for u, v in zip(g.uid, g.correct, strict=True)},
             }, {})
         return out
