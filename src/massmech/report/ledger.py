@@ -152,7 +152,7 @@ P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one
              rules_v2.contextual_v2, SWEEP, **ISSUE_26, why=V2 + "a comparison whose arms are both at floor cannot reach α and was "
                                            "counted as a non-difference")
 RANK_RULES = dict(fixed="2026-12-04T21:27:40+00:00", commit="07dfff5")  # O7 and O8 version 1
-EFFECT_RULES = dict(fixed="", commit="")  # O9 and O10 version 1
+EFFECT_RULES = dict(fixed="2026-12-05T00:56:29+00:00", commit="8a68150")  # O9 and O10 version 1
 EFFECT_RULE = ("as P5 version 2, on the {run} sweep (rank tasks, scored by rank), with the control matched in effect: "
                "the variance-matched control scaled until its next-token KL on neutral text (16 BBC news windows of "
                "128 tokens, not the task) is within a tenth of the massive condition's; each condition's KL, removed "
