@@ -152,18 +152,15 @@ P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one
              rules_v2.contextual_v2, SWEEP, **ISSUE_26, why=V2 + "a comparison whose arms are both at floor cannot reach α and was "
                                            "counted as a non-difference")
 RANK_RULES = dict(fixed="2026-12-04T21:27:40+00:00", commit="07dfff5")  # O7 and O8 version 1
-EFFECT_RULES = dict(fixed="2026-12-05T00:56:29+00:00", commit="8a68150")  # O9 and O10 version 1
-EFFECT_RULE = ("as P5 version 2, on the {run} sweep (rank tasks, scored by rank), with the control matched in effect: "
-               "the variance-matched control scaled until its next-token KL on neutral text (16 BBC news windows of "
-               "128 tokens, not the task) is within a tenth of the massive condition's; each condition's KL, removed "
-               "variance and removed energy on those windows and the control's scale are shown, and a match that "
-               "could not come within a tenth is said so (the verdict stands, the text names it)")
+EFFECT_RULES = dict(fixed="", commit="")  # O9 and O10 version 1
 EFFECT_WHY = ("new (issue 26, item 2): a change in a massive K dim is multiplied by a huge Q value in the same dim, so "
               "a control of equal removed variance is not a control of equal effect; fixed before any run of the "
               "{run} sweep, after first looks in earlier sessions (massmech ablate --kl-match and "
               "analyses/kl_matched.py, strict scorer), e.g. SmolLM2 kv_lookup, n = 300, lambda = 5 pre-RoPE mean: "
               "baseline 0.40 / massive 0.11 / KL-matched control 0.06 (KL 0.64 vs 0.61, control scale 2); the judge "
-              "is P5 version 2's, unchanged, so nothing in it was chosen from them")
+              "is P5 version 2's, unchanged, so nothing in it was chosen from them; first committed in 8a68150 with "
+              "the same content built from a template, re-fixed as literal text (which the ledger's test reads) "
+              "before any run")
 RANK_FIRST_LOOKS = ("fixed after first looks on SmolLM2 only (massmech ablate, lambda = 5 pre-RoPE, n = 150-200, "
                     "runs/rank): kv_lookup 0.49 / massive 0.41 / control 0.35, knowledge_conflict 0.98 / 0.79 / 0.91, "
                     "country_capital_0shot 0.83 / 0.68 / 0.51; the judge is the earlier version's, unchanged, so "
@@ -320,12 +317,18 @@ CLAIMS: tuple[Claim, ...] = (
                    **RANK_RULES, why="new (issue 26, items 1 and 3); " + RANK_FIRST_LOOKS),), ours=True),
     Claim("O9", "P5 against a control matched in effect: disrupting massive values hurts contextual tasks more than "
           "disrupting other dims that move the model as much on neutral text", "massmech (issue 26, item 2)", "effect", (
-              Rule(1, EFFECT_RULE.format(run="effect") + "; the massive dims are replaced by their prompt mean",
+              Rule(1, "as P5 version 2, on the effect sweep (rank tasks, scored by rank), with the control matched in "
+                      "effect: the variance-matched control scaled until its next-token KL on neutral text (16 BBC news "
+                      "windows of 128 tokens, not the task) is within a tenth of the massive condition's; each "
+                      "condition's KL, removed variance and removed energy on those windows and the control's scale are "
+                      "shown, and a match that could not come within a tenth is said so (the verdict stands, the text "
+                      "names it); the massive dims are replaced by their prompt mean",
                    rules_v2.contextual_kl, SWEEP.replace("variance-matched", "KL-matched"), **EFFECT_RULES,
                    why=EFFECT_WHY.format(run="effect")),), ours=True),
     Claim("O10", "O9 with the value removed: the massive dims set to zero, against other dims set to zero that move "
           "the model as much on neutral text", "massmech (issue 26, item 2)", "effect-zero", (
-              Rule(1, EFFECT_RULE.format(run="effect-zero") + "; the massive dims (and the control's) are set to zero",
+              Rule(1, "as O9 version 1, on the effect-zero sweep: the massive dims (and the control's) are set to "
+                      "zero, and the control is scaled to the KL of that disruption",
                    rules_v2.contextual_kl, SWEEP.replace("variance-matched", "KL-matched"), **EFFECT_RULES,
                    why=EFFECT_WHY.format(run="effect-zero")),), ours=True),
 )
