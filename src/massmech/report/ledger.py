@@ -152,7 +152,7 @@ P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one
              rules_v2.contextual_v2, SWEEP, **ISSUE_26, why=V2 + "a comparison whose arms are both at floor cannot reach α and was "
                                            "counted as a non-difference")
 RANK_RULES = dict(fixed="2026-12-04T21:27:40+00:00", commit="07dfff5")  # O7 and O8 version 1
-EFFECT_RULES = dict(fixed="", commit="")  # O9 and O10 version 1
+EFFECT_RULES = dict(fixed="2026-12-05T00:57:41+00:00", commit="7b52ea2")  # O9 and O10 version 1
 EFFECT_WHY = ("new (issue 26, item 2): a change in a massive K dim is multiplied by a huge Q value in the same dim, so "
               "a control of equal removed variance is not a control of equal effect; fixed before any run of the "
               "{run} sweep, after first looks in earlier sessions (massmech ablate --kl-match and "
