@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from massmech.errors import RunDirError
@@ -269,3 +270,20 @@ def test_a_control_matched_in_effect_sits_beside_the_size_matched_one(tmp_path, 
     plain = run_sweep(replace(cfg, controls=("matched",)), tmp_path / "plain", progress=False)
     cols = ["task", "condition", "accuracy", "b_vs_matched", "c_vs_matched", "p_vs_matched"]
     assert t[t.control != "kl"][cols].reset_index(drop=True).equals(plain[cols].reset_index(drop=True))
+
+
+def test_a_kl_control_that_cannot_be_found_records_why_and_leaves_the_matched_one_alone(tmp_path, monkeypatch):
+    from massmech.errors import DisruptionError
+
+    def refuse(*args, **kwargs):
+        raise DisruptionError("too few dims to draw from")
+
+    monkeypatch.setattr(sweeps, "neutral_kl_match", refuse)
+    cfg = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=6, rules=("topk",), ks=(1,),
+                      controls=("matched", "kl"))
+    t = run_sweep(cfg, tmp_path / "s", progress=False)
+    kl = t[t.control == "kl"].iloc[0]
+    assert "no KL-matched control: too few dims to draw from" in kl.error and kl.n == 0
+    massive = t[t.role == "massive"].iloc[0]
+    assert massive.b_vs_matched + massive.c_vs_matched >= 0 and massive.p_vs_matched == massive.p_vs_matched
+    assert pd.isna(massive.p_vs_kl) and pd.isna(massive.kl_massive)

@@ -139,7 +139,8 @@ class AblationStudy:
                 "removed_variance": float(g.removed_variance.mean()) if len(g) else None,
                 "chance": chance, "error": errors.get(c.key),
                 **({"scorer": used["scorer"]} if (used := _scorer(config, task.scoring)) else {}),
-                **({"control_kind": "kl", "kl_match": found[c.key].row()} if c.key in found else {}),
+                **({"control_kind": "kl", "kl_match": found[c.key].row() if c.key in found else None}
+                   if c.payload.get("kl") else {}),
                 "verdicts": {str(u): bool(v) for u, v in zip(g.uid, g.correct, strict=True)},
             }, {})
         return out
