@@ -39,7 +39,13 @@ class ForwardClock:
         self.tokens += tokens
 
     def snapshot(self) -> ForwardClock:
-        """A copy of the totals now (to subtract later with :meth:`since`)."""
+        """A copy of the totals now (to subtract later with :meth:`since`).
+
+        >>> clock = ForwardClock(seconds=1.0, passes=2, tokens=10)
+        >>> copy = clock.snapshot(); clock.add(0.5, tokens=4)
+        >>> copy, clock.since(copy)
+        (ForwardClock(seconds=1.0, passes=2, tokens=10), ForwardClock(seconds=0.5, passes=1, tokens=4))
+        """
         return replace(self)
 
     def since(self, start: ForwardClock) -> ForwardClock:

@@ -138,7 +138,14 @@ class RecordTask(Task):
     @property
     def plain_template(self) -> str | None:
         """What a model without a chat template reads under ``chat`` with the default template: the
-        prompt with its ``Answer:`` cue (the chat default leaves it to the assistant's turn); else ``None``."""
+        prompt with its ``Answer:`` cue (the chat default leaves it to the assistant's turn); else ``None``.
+
+        >>> rows = [{"q": "Is Lima in Peru?", "a": True}]
+        >>> RecordTask.from_records(rows, fields={"question": "q", "answer": "a"}, format="yesno", chat=True).plain_template
+        '{question} Answer Yes or No.\\nAnswer:'
+        >>> RecordTask.from_records(rows, fields={"question": "q", "answer": "a"}, format="yesno").plain_template is None
+        True
+        """
         plain = default_template(self.format, "context" in self.fields)
         return plain if self.chat and self.template is None and plain != self.prompt_template else None
 
