@@ -191,6 +191,10 @@ def test_a_chat_default_keeps_its_cue_for_a_model_without_a_chat_template():
     assert (ex.prompt, ex.plain) == ("Is Lima in Peru? Answer Yes or No.", "Is Lima in Peru? Answer Yes or No.\nAnswer:")
     assert read_text(mm.load_model("tiny-llama"), ex).endswith("Answer Yes or No.\nAnswer:")
     assert chat.config()["plain_template"] == "{question} Answer Yes or No.\nAnswer:"
+    # demonstrations read as the question does: with the cue
+    rows = [{"q": f"Is city {i} in Peru?", "a": i % 2 == 0} for i in range(6)]
+    shot = Task.from_records(rows, fields=QA, format="yesno", chat=True, n_shots=1).examples(1)[0]
+    assert shot.plain.count("Answer Yes or No.\nAnswer:") == 2 and "Answer:" not in shot.prompt
     # no cue to keep (exact), a template of the user's, or no chat: nothing changes, keys included
     for task in (Task.from_records(FACTS, fields=QA, chat=True), Task.from_records(row, fields=QA, format="yesno"),
                  Task.from_records(row, fields=QA, format="yesno", chat=True, template="{question}")):

@@ -239,24 +239,25 @@ class RecordTask(Task):
             raise TaskError(f"{self._at(i)}: the template {template!r} does not render "
                             f"({err.__class__.__name__}: {err})") from None
 
-    def _solved(self, row: Mapping, i: int) -> str:
+    def _solved(self, row: Mapping, i: int, template: str | None = None) -> str:
         answer, options, label = self._answer(row, i)
-        return self._render(row, i) + (answer if not options else options[label])
+        return self._render(row, i, template) + (answer if not options else options[label])
 
     def _pool(self, seed: int) -> list[Example]:
         import random
 
         ids = [self._uid(row, i) for i, row in enumerate(self.rows)]
         shots = sorted(random.Random(f"shots/{seed}").sample(range(len(self.rows)), self.n_shots))
-        head = "".join(self._solved(self.rows[i], i) + "\n\n" for i in shots)
         out, plain = [], self.plain_template
+        head = "".join(self._solved(self.rows[i], i) + "\n\n" for i in shots)
+        plain_head = "".join(self._solved(self.rows[i], i, plain) + "\n\n" for i in shots) if plain else ""
         for i, row in enumerate(self.rows):
             if i in shots:
                 continue
             answer, options, label = self._answer(row, i)
             out.append(Example(uid=ids[i], prompt=head + self._render(row, i), answer=answer, options=options,
                                label=label, group="" if label < 0 else options[label].strip(), chat=self.chat,
-                               plain=head + self._render(row, i, plain) if plain else ""))
+                               plain=plain_head + self._render(row, i, plain) if plain else ""))
         return out
 
     def _uid(self, row: Mapping, i: int) -> int:
