@@ -106,7 +106,7 @@ def contextual_v2(path: Path, model: str) -> tuple[str, str]:
     evaluable``: both remove the task, so the massive dims cannot be told apart from any others.
     Each task also shows the smallest drop its family detects with 80% power (MDE).
     """
-    return _contextual(path, model, "matched")
+    return _contextual(path, pd.read_parquet(path / "results.parquet"), model, "matched")
 
 
 def contextual_kl(path: Path, model: str) -> tuple[str, str]:
@@ -119,14 +119,14 @@ def contextual_kl(path: Path, model: str) -> tuple[str, str]:
     if rows.empty:
         return f"no KL-matched control (control kind 'kl') in {path / 'results.parquet'}", "not evaluable"
     r = rows.iloc[0]
-    text, verdict = _contextual(path, model, "kl")
+    text, verdict = _contextual(path, t, model, "kl")
     return (f"neutral-text KL massive {r.kl_massive:.3g} vs control {r.kl_control:.3g} nats/token (control scale "
             f"{r.kl_scale:.3g}x the matched one, {'within' if r.kl_matched else 'NOT within'} a tenth); removed energy "
             f"{r.removed_energy_massive:.3g} vs {r.removed_energy_control:.3g}; {text}"), verdict
 
 
-def _contextual(path: Path, model: str, against: str) -> tuple[str, str]:
-    t = pd.read_parquet(path / "results.parquet")
+def _contextual(path: Path, t: pd.DataFrame, model: str, against: str) -> tuple[str, str]:
+    """P5 version 2's judge on the run at ``path`` (its results table ``t``) against the ``matched`` or ``kl`` control."""
     ev = evaluable_rows(path, model, "contextual")
     if ev.empty:
         return NOT_EVALUABLE.format(kind="contextual"), "not evaluable"

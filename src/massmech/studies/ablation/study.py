@@ -106,16 +106,16 @@ class AblationStudy:
         task = get_task(tname)
         # each kl control's match, found once per model and massive condition (the same for every task)
         found, unmatched = {}, {}
+        conditions = {c.key: c.payload["disruption"] for c in cells}
         for c in (c for c in cells if c.payload.get("kl")):
             d = c.payload["disruption"]
+            conditions[c.key] = d.as_control("matched")  # what it would have been scaled from
             try:
                 found[c.key] = ctx.cached(("kl", spec, json.dumps(d.to_dict(), sort_keys=True)),
                                           lambda d=d: neutral_kl_match(model, d, seed=config.seed))
+                conditions[c.key] = found[c.key].control
             except (DisruptionError, NoOpDisruptionError) as err:  # e.g. too few dims to draw the control from
                 unmatched[c.key] = f"no KL-matched control: {err}"
-        conditions = {c.key: found[c.key].control if c.key in found else
-                      c.payload["disruption"].as_control("matched") if c.key in unmatched else c.payload["disruption"]
-                      for c in cells}
 
         def run(chosen: list) -> pd.DataFrame:
             torch.manual_seed(config.seed)
