@@ -14,7 +14,10 @@ names one to resume, and reads the per-run seconds that ``reproduce`` records in
   ``massmech.core.clock.FORWARDS`` around each run: every pass of every model it loads, the
   passes cut short included); ``forward_ratio`` = ``total_seconds`` ÷ their sum, issue 28's
   ratio of the whole wait to the forward passes (goal <= 1.5). The hooks a pass runs (capture,
-  disruption) are timed as part of it, so this is a lower bound of the ratio to *bare* passes.
+  disruption) are timed as part of it, so this is a lower bound of the ratio to *bare* passes;
+* ``hook_seconds``: the part of those seconds spent in massmech's hooks (each hook given to
+  ``LoadedModel.hooks`` is timed); ``bare_ratio`` = ``total_seconds`` ÷ (forward − hook seconds),
+  the ratio to bare passes (each pass's own compute: what the hooks leave).
   Training passes of the twins (forward and backward) are not forward passes of a loaded model and
   count as overhead here.
 
@@ -55,19 +58,24 @@ def main() -> None:
         if not record_file.exists() or record_file.stat().st_mtime < started:
             sys.exit(f"reproduce failed ({done.returncode}):\n{done.stderr[-3000:]}")
         record = json.loads(record_file.read_text())
-    runs, forward = record["seconds"], record.get("forward_seconds", {})
+    runs, forward, hooked = record["seconds"], record.get("forward_seconds", {}), record.get("hook_seconds", {})
     studies: dict[str, float] = {}
     in_forward: dict[str, float] = {}
+    in_hooks: dict[str, float] = {}
     for folder, seconds in runs.items():  # run folders are STUDY/PRESET/MODEL
         study = folder.split("/")[0]
         studies[study] = round(studies.get(study, 0.0) + seconds, 1)
         in_forward[study] = round(in_forward.get(study, 0.0) + (forward.get(folder) or 0.0), 3)
+        in_hooks[study] = round(in_hooks.get(study, 0.0) + (hooked.get(folder) or 0.0), 3)
     for folder, seconds in sorted(runs.items(), key=lambda kv: -kv[1]):
-        print(f"{folder:45s} {seconds:8.1f} s   in forward passes {forward.get(folder) or 0.0:8.1f} s", flush=True)
+        print(f"{folder:45s} {seconds:8.1f} s   in forward passes {forward.get(folder) or 0.0:8.1f} s"
+              f"   in hooks {hooked.get(folder) or 0.0:7.1f} s", flush=True)
     passes = sum(in_forward.values())
+    bare = passes - sum(in_hooks.values())
     print(json.dumps({"quick": args.quick, "total_seconds": round(total, 1), "studies_seconds": studies,
                       "forward_seconds": in_forward, "forward_ratio": round(total / passes, 2) if passes else None,
-                      "forward_ratio_goal": 1.5, "docs_seconds": round(total - sum(runs.values()), 1),
+                      "forward_ratio_goal": 1.5,
+                      "hook_seconds": in_hooks, "bare_ratio": round(total / bare, 2) if bare > 0 else None, "docs_seconds": round(total - sum(runs.values()), 1),
                       "runs_seconds": runs, "not_judged": record.get("not_judged", []), "cpus": os.cpu_count()}))
 
 

@@ -79,6 +79,10 @@ def test_ledger_time_splits_reproduce_by_study():
     # the capture's passes are timed, and they are part of the study's time
     assert 0 < r["forward_seconds"]["analyze"] <= r["studies_seconds"]["analyze"] + 0.1
     assert r["forward_ratio"] == pytest.approx(r["total_seconds"] / r["forward_seconds"]["analyze"], rel=0.01) and r["forward_ratio"] >= 1
+    # the capture's hooks are timed inside those passes; the bare ratio leaves them out
+    hooks = r["hook_seconds"]["analyze"]
+    assert 0 < hooks < r["forward_seconds"]["analyze"]
+    assert r["bare_ratio"] == pytest.approx(r["total_seconds"] / (r["forward_seconds"]["analyze"] - hooks), rel=0.01)
 
 
 def test_load_time_runs_tiny():

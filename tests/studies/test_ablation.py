@@ -76,6 +76,20 @@ def test_shared_cell_store_reuses_common_cells(tmp_path, monkeypatch):
     assert len(b) == 3 and set(b.key) <= set(a.key)
 
 
+def test_another_runs_cells_folder_is_shared_as_it_is(tmp_path, monkeypatch):
+    a = run_sweep(CFG, tmp_path / "a", progress=False)  # its cells live in a/cells (no manifest of their own)
+    small = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=6, rules=("topk",), ks=(3,), controls=("random",))
+    monkeypatch.setattr(sweeps, "score", lambda *a, **k: pytest.fail("recomputed a cell the other run holds"))
+    b = run_sweep(small, tmp_path / "b", cells=tmp_path / "a" / "cells", progress=False)
+    assert len(b) == 3 and set(b.key) <= set(a.key)
+    assert not (tmp_path / "a" / "cells" / "manifest.json").exists()  # the other run's folder is not restamped
+    user = tmp_path / "mine" / "cells"
+    user.mkdir(parents=True)
+    (user / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="not a massmech run folder"):  # a user's folder named cells: still refused
+        run_sweep(small, tmp_path / "c", cells=user, progress=False)
+
+
 def test_coinciding_grid_points_are_one_cell(tmp_path):
     # on a 2-layer model "middle" and "late" are both layer 1: one cell, not two
     cfg = SweepConfig(models=("tiny-llama",), tasks=("kv_lookup",), n=4, rules=("topk",), ks=(2, 2),

@@ -199,7 +199,7 @@ def study_flags(p: argparse.ArgumentParser, executor: str = "serial") -> None:
                    help="study folder: new, or a previous run of this study and config (resumed)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of a run of another config in --out (its cells stay; without it: refused)")
-    p.add_argument("--cells", metavar="DIR", help="a cell store shared between runs (default: OUT/cells)")
+    p.add_argument("--cells", metavar="DIR", help="a cell store shared between runs, or another run's RUN/cells (default: OUT/cells)")
     placement_flags(p, "every model")
     p.add_argument("--executor", default=executor, choices=list(EXECUTOR_HELP),
                    help="who computes the cells: " + "; ".join(f"{k}: {v}" for k, v in EXECUTOR_HELP.items()))

@@ -11,7 +11,9 @@ bound of the ratio to *bare* passes. On CUDA the clock synchronizes before it re
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,17 +22,21 @@ from typing import Any
 class ForwardClock:
     """Running totals of the forward passes of every timed model in this process.
 
+    ``hook_seconds`` is the part of ``seconds`` spent in the hooks massmech ran inside the passes
+    (captures, disruptions: see :func:`timed_hook`); ``seconds - hook_seconds`` is the bare passes.
+
     >>> clock = ForwardClock()
-    >>> clock.add(0.5, tokens=64); clock.add(0.25, tokens=8)
+    >>> clock.add(0.5, tokens=64); clock.add(0.25, tokens=8); clock.add_hook(0.1)
     >>> clock
-    ForwardClock(seconds=0.75, passes=2, tokens=72)
+    ForwardClock(seconds=0.75, passes=2, tokens=72, hook_seconds=0.1)
     >>> clock.since(ForwardClock(seconds=0.5, passes=1, tokens=64))
-    ForwardClock(seconds=0.25, passes=1, tokens=8)
+    ForwardClock(seconds=0.25, passes=1, tokens=8, hook_seconds=0.1)
     """
 
     seconds: float = 0.0
     passes: int = 0
     tokens: int = 0
+    hook_seconds: float = 0.0
 
     def add(self, seconds: float, *, tokens: int) -> None:
         """Count one pass of ``tokens`` tokens (batch x positions) that took ``seconds``."""
@@ -38,19 +44,24 @@ class ForwardClock:
         self.passes += 1
         self.tokens += tokens
 
+    def add_hook(self, seconds: float) -> None:
+        """Count ``seconds`` spent in a massmech hook inside a pass."""
+        self.hook_seconds += seconds
+
     def snapshot(self) -> ForwardClock:
         """A copy of the totals now (to subtract later with :meth:`since`).
 
         >>> clock = ForwardClock(seconds=1.0, passes=2, tokens=10)
         >>> copy = clock.snapshot(); clock.add(0.5, tokens=4)
         >>> copy, clock.since(copy)
-        (ForwardClock(seconds=1.0, passes=2, tokens=10), ForwardClock(seconds=0.5, passes=1, tokens=4))
+        (ForwardClock(seconds=1.0, passes=2, tokens=10, hook_seconds=0.0), ForwardClock(seconds=0.5, passes=1, tokens=4, hook_seconds=0.0))
         """
         return replace(self)
 
     def since(self, start: ForwardClock) -> ForwardClock:
         """The passes counted after ``start`` was taken."""
-        return ForwardClock(self.seconds - start.seconds, self.passes - start.passes, self.tokens - start.tokens)
+        return ForwardClock(self.seconds - start.seconds, self.passes - start.passes, self.tokens - start.tokens,
+                            self.hook_seconds - start.hook_seconds)
 
 
 #: The process's clock: every model :func:`time_forwards` was given adds to it.
@@ -63,8 +74,16 @@ def _tokens(args: tuple, kwargs: dict) -> int:
     return int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
 
 
+#: The timed passes now running, outermost first: a pass inside another (the root's base model
+#: called by the root) is part of the outer one and is not counted again.
+_RUNNING: list[tuple[float, int]] = []
+
+
 def time_forwards(module: Any) -> None:
     """Time every forward pass of ``module`` into :data:`FORWARDS` (idempotent).
+
+    Its ``base_model`` (the stack without the LM head), when it has one, is timed too: massmech's
+    position-gathering logits call it directly. A pass of one inside a pass of the other counts once.
 
     >>> import torch
     >>> lin = torch.nn.Linear(2, 2)
@@ -74,11 +93,15 @@ def time_forwards(module: Any) -> None:
     >>> (FORWARDS.since(before).passes, FORWARDS.since(before).tokens)
     (1, 15)
     """
+    base = getattr(module, "base_model", None)
+    for m in (module, base) if base is not None and base is not module else (module,):
+        _time(m)
+
+
+def _time(module: Any) -> None:
     if getattr(module, "_massmech_clock", False):
         return
     import torch
-
-    started: list[tuple[float, int]] = []
 
     def _sync() -> None:
         param = next(module.parameters(), None)
@@ -86,15 +109,39 @@ def time_forwards(module: Any) -> None:
             torch.cuda.synchronize(param.device)
 
     def pre(mod: Any, args: tuple, kwargs: dict) -> None:
-        _sync()
-        started.append((time.perf_counter(), _tokens(args, kwargs)))
+        if not _RUNNING:
+            _sync()
+        _RUNNING.append((time.perf_counter(), _tokens(args, kwargs)))
 
     def post(mod: Any, args: tuple, kwargs: dict, output: Any) -> None:
-        if started:
+        if not _RUNNING:
+            return
+        start, tokens = _RUNNING.pop()
+        if not _RUNNING:  # the outermost pass ended
             _sync()
-            start, tokens = started.pop()
             FORWARDS.add(time.perf_counter() - start, tokens=tokens)
 
     module.register_forward_pre_hook(pre, with_kwargs=True)
     module.register_forward_hook(post, with_kwargs=True, always_call=True)
     module._massmech_clock = True
+
+
+def timed_hook(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a TransformerLens hook) with its seconds added to :data:`FORWARDS`'s ``hook_seconds``.
+
+    On CUDA this is the host's time in the hook (kernels it launches may finish later).
+
+    >>> before = FORWARDS.snapshot()
+    >>> timed_hook(lambda x, hook: x + 1)(1, hook=None), FORWARDS.since(before).hook_seconds > 0
+    (2, True)
+    """
+
+    @functools.wraps(fn)
+    def hook(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            FORWARDS.add_hook(time.perf_counter() - start)
+
+    return hook

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from massmech.core import bridge as _bridge
 from massmech.core.bridge import boot, is_bridge, kv_cache_compat
-from massmech.core.clock import time_forwards
+from massmech.core.clock import time_forwards, timed_hook
 from massmech.core.rope import RopeSpec, rope_spec_from_tables
 from massmech.core.sites import RAW, SITES, STAGES, table_hooks, to_heads
 from massmech.errors import ConfigError, HookError, IndexRangeError, InputTypeError, RopeError
@@ -256,7 +256,7 @@ class LoadedModel:
         >>> seen
         [(1, 3, 2, 16)]
         """
-        with self.bridge.hooks(fwd_hooks=list(fwd_hooks)):
+        with self.bridge.hooks(fwd_hooks=[(name, timed_hook(fn)) for name, fn in fwd_hooks]):  # their seconds counted
             yield self
 
     def logits(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None) -> Float[Tensor, "batch pos vocab"]:

@@ -43,6 +43,7 @@ from massmech.files.runs import (
     finish_study_dir,
     manifest,
     open_study_dir,
+    read_manifest,
     staged,
     study_lock,
 )
@@ -170,6 +171,12 @@ class Study(Protocol[C, T]):
     def finish(self, config: C, table: T, out: Path, ctx: Context) -> dict: ...
 
 
+def _run_cells(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is the cell store of another massmech run (``RUN/cells``): shared as it is."""
+    folder = Path(folder)
+    return folder.name == CELLS and folder.is_dir() and read_manifest(folder.parent) is not None
+
+
 def store_of(study: Study, root: str | os.PathLike) -> CellStore:
     """The cell store of a study under ``root``, at its schema version."""
     return CellStore(root, study.name, version=study.version)
@@ -262,7 +269,7 @@ def run_study(
 
     Writes ``out/results.parquet`` and ``.csv`` (when the table is a DataFrame), the study's own
     files (``finish``), ``out/summary.json`` and ``out/manifest.json``; the cells live in
-    ``out/cells`` or in a shared store (``cells=``). ``executor`` is ``"serial"`` (default),
+    ``out/cells`` or in a shared store (``cells=``: a store folder, or another run's ``RUN/cells``). ``executor`` is ``"serial"`` (default),
     ``"processes"``, ``"ray"`` or an executor object (see :mod:`massmech.infra.executors`).
 
     ``out`` may hold a previous run of the same study and config (it is resumed); a run of
@@ -275,7 +282,7 @@ def run_study(
     executor = resolve_executor(executor)  # a bad name: error before any work
     kind = (study.name, *kinds)
     check_out(out, kind, resume=True)  # refuses a folder massmech did not write, before any work
-    if cells is not None:
+    if cells is not None and not _run_cells(cells):
         check_out(cells, "cells", resume=True)
     check_study_config(out, study.name, config, overwrite=overwrite)  # another config: refused before any work
     ctx = ctx or Context()
@@ -284,7 +291,7 @@ def run_study(
     out = open_study_dir(out, kind)
     with study_lock(out):
         out = open_study_dir(out, kind, config, overwrite=overwrite)
-        root = open_study_dir(cells, "cells") if cells is not None else out / CELLS
+        root = out / CELLS if cells is None else Path(cells) if _run_cells(cells) else open_study_dir(cells, "cells")
         stored = compute_cells(study, config, store_of(study, root), executor=executor, ctx=ctx, progress=progress,
                                planned=planned)
         table = study.consolidate(config, stored)

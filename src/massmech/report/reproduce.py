@@ -35,6 +35,7 @@ class Reproduction:
     seconds: dict[str, float] = field(default_factory=dict)
     # folder -> seconds inside forward passes in this process (massmech.core.clock; None: other workers ran them)
     forward_seconds: dict[str, float | None] = field(default_factory=dict)
+    hook_seconds: dict[str, float | None] = field(default_factory=dict)  # the part of those in massmech's hooks
     docs: Path | None = None
     site: Path | None = None
     ledger: object = None  # the ledger table
@@ -55,9 +56,11 @@ def project_root(start: str | os.PathLike = ".") -> Path | None:
 
 
 def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str, ...] = (),
-            progress: bool = True, executor: str | None = None) -> tuple[dict[str, float], dict[str, float | None]]:
-    """Make (or resume) every ledger run under ``root``; returns folder -> seconds, and folder ->
-    seconds inside forward passes (``None`` when an executor other than serial ran them elsewhere)."""
+            progress: bool = True, executor: str | None = None
+            ) -> tuple[dict[str, float], dict[str, float | None], dict[str, float | None]]:
+    """Make (or resume) every ledger run under ``root``; returns folder -> seconds, folder ->
+    seconds inside forward passes, and folder -> the part of those in massmech's hooks (both
+    ``None`` when an executor other than serial ran them elsewhere)."""
     from massmech.core.clock import FORWARDS
     from massmech.studies.registry import get_study
 
@@ -66,7 +69,7 @@ def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str
         raise ConfigError(f"unknown run(s) {unknown}; runs are {', '.join(RUNS)}")
     plan = [(run, model) for run in RUNS if not only or run in only for model in models_of(run, models)]
     configs = {(run, m): config_of(run, m, quick=quick) for run, m in plan}  # every config checked before any work
-    seconds, forward = {}, {}
+    seconds, forward, hooks = {}, {}, {}
     for (run, model), cfg in configs.items():
         folder = run_folder(run, model)
         if progress:
@@ -75,8 +78,10 @@ def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str
         get_study(RUNS[run].study).runner()(cfg, root / folder, cells=root / "cells", executor=executor,
                                             progress=progress)
         seconds[folder] = round(time.perf_counter() - start, 1)
-        forward[folder] = round(FORWARDS.since(clock).seconds, 3) if executor in (None, "serial") else None
-    return seconds, forward
+        spent = FORWARDS.since(clock) if executor in (None, "serial") else None
+        forward[folder] = None if spent is None else round(spent.seconds, 3)
+        hooks[folder] = None if spent is None else round(spent.hook_seconds, 3)
+    return seconds, forward, hooks
 
 
 def quick_docs(project: Path, root: Path) -> tuple[Path, Path]:
@@ -160,5 +165,6 @@ def reproduce(
             write_docs(root, project / "docs", figures_dir=project / "figures", models=models)
             result.docs, result.site = project / "docs", build_site(project / "mkdocs.yml", project / "site")
     write_json(root / "reproduce.json", {"quick": quick, "models": list(models), "seconds": result.seconds,
-                                         "forward_seconds": result.forward_seconds, "not_judged": result.not_judged})
+                                         "forward_seconds": result.forward_seconds,
+                                         "hook_seconds": result.hook_seconds, "not_judged": result.not_judged})
     return result
