@@ -151,13 +151,17 @@ def test_smollm2_ablate_controls_replace_as_many_dims(smollm2):
     assert res["massive"]["n"] == res["control"]["n"] == 12
 
 
-def test_smollm2_base_is_q4_1_so_a_q4_1_round_trip_is_a_no_op(smollm2):
+def test_smollm2_base_is_q4_1_so_a_q4_1_round_trip_is_a_no_op(smollm2, monkeypatch):
     """The embedded SmolLM2 is itself Q4_1: the study says so and flags the no-op round trip."""
     from massmech.studies.quant.config import QuantSpec
     from massmech.studies.quant.variants import base_format, compute_weights, same_as_base_format
 
     base = base_format(smollm2)
     assert base == "GGUF Q4_1 100% (q/k: Q4_1)"
+    import gguf
+
+    monkeypatch.setattr(gguf, "GGUFReader", lambda *a, **k: pytest.fail("read the GGUF file a second time"))
+    assert base_format(smollm2) == base  # the file is parsed once per process (seconds: its whole vocabulary)
     assert same_as_base_format("gguf-q4_1", base) and not same_as_base_format("gguf-q4_0", base)
     assert compute_weights("smollm2-135m", QuantSpec("gguf-q4_1"), []) == {}  # not one weight moves
     assert len(compute_weights("smollm2-135m", QuantSpec("gguf-q4_0"), [])) == 210  # every decoder matrix

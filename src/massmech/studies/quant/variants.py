@@ -13,6 +13,7 @@ format the weights already have (a no-op by construction).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import re
@@ -213,15 +214,23 @@ def base_format(model: LoadedModel) -> str:
     m = re.search(r"(\S+\.gguf)$", source)
     if not m:
         return "float (not a quantized file)"
-    from gguf import GGUFReader
-
     from massmech.core.loading import _gemma3_gguf, _smollm2_gguf
 
     find = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": lambda: _gemma3_gguf(assemble=True)[0]}.get(model.info.name)
-    path = find() if find else Path(source.split(": ", 1)[-1])
+    path = Path(find() if find else source.split(": ", 1)[-1]).resolve()
+    stat = path.stat()
+    return _gguf_format(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_format(path: str, size: int, mtime_ns: int) -> str:
+    """:func:`base_format` of one GGUF file, read once per process (a read parses all its
+    metadata, the vocabulary included: seconds); ``size`` and ``mtime_ns`` key a changed file anew."""
+    from gguf import GGUFReader
+
     sizes: dict[str, int] = {}
     qk: set[str] = set()
-    for t in GGUFReader(str(path)).tensors:
+    for t in GGUFReader(path).tensors:
         if t.name.startswith("blk.") and t.name.endswith(".weight") and len(t.shape) == 2:
             kind = t.tensor_type.name
             sizes[kind] = sizes.get(kind, 0) + int(t.n_elements)
