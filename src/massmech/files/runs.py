@@ -214,8 +214,9 @@ def check_out(
     return out
 
 
-def _stamp(folder: Path, kind: str, files: list[str] | None, *, config: dict | None = None) -> None:
-    """Add the run kind (and the list of what massmech wrote, and the config) to the folder's manifest."""
+def _stamp(folder: Path, kind: str, files: list[str] | None, *, config: dict | None = None,
+           extra: dict | None = None) -> None:
+    """Add the run kind (and the list of what massmech wrote, the config, ``extra``) to the folder's manifest."""
     found = {}
     try:
         found = json.loads((folder / MANIFEST).read_text())
@@ -224,6 +225,7 @@ def _stamp(folder: Path, kind: str, files: list[str] | None, *, config: dict | N
     found["run_kind"] = kind
     if config is not None:
         found["config"] = config
+    found.update(extra or {})
     if files is not None:
         found["files"] = sorted(set(files) | {MANIFEST})
     write_json(folder / MANIFEST, found)
@@ -291,14 +293,15 @@ def config_diff(stored: Any, config: Any, *, extends: tuple[str, ...] = ()) -> l
 
 
 def open_study_dir(out: str | os.PathLike, kind: Kind, config: Any = None, *, overwrite: bool = False,
-                   extends: tuple[str, ...] = ()) -> Path:
+                   extends: tuple[str, ...] = (), cells: str | os.PathLike | None = None) -> Path:
     """Create (or reopen, to resume) the folder of a resumable study, marked with its kind and config.
 
     A new or empty folder is created and stamped at once, so a study killed before its first
     result is still recognised; an existing one must be a massmech study of the same kind *and
     config*: a rerun of the same config resumes, another config is refused unless ``overwrite``
     (then its results are replaced; its cells stay, keyed by content). Fields in ``extends`` may
-    change on a resume (e.g. more training steps).
+    change on a resume (e.g. more training steps). ``cells``: the cell store the run uses, recorded
+    relative to ``out`` (see :func:`cells_of`).
 
     Raises:
         RunDirError: See :func:`check_out`; or ``out`` holds a run of another config.
@@ -310,8 +313,27 @@ def open_study_dir(out: str | os.PathLike, kind: Kind, config: Any = None, *, ov
         (out / name).unlink(missing_ok=True)
     if config is not None or read_manifest(out) is None:
         cfg = None if config is None else (dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
-        _stamp(out, _kinds(kind)[0], None, config=cfg)
+        extra = None if cells is None else {CELLS_KEY: os.path.relpath(Path(cells).absolute(), out.absolute())}
+        _stamp(out, _kinds(kind)[0], None, config=cfg, extra=extra)
     return out
+
+
+#: the manifest key of the cell store a study run uses, relative to its folder
+CELLS_KEY = "cells"
+
+
+def cells_of(out: str | os.PathLike) -> Path | None:
+    """The cell store the study run in ``out`` recorded (``None``: no run, or one from before the record).
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> out = open_study_dir(root / "a" / "run", "sweep", {"ks": [2]}, cells=root / "shared")
+    >>> cells_of(out) == root / "a" / "run" / ".." / ".." / "shared", cells_of(root / "nothing")
+    (True, None)
+    """
+    found = read_manifest(out)
+    rel = (found or {}).get(CELLS_KEY)
+    return Path(out) / rel if isinstance(rel, str) else None
 
 
 def check_study_config(out: str | os.PathLike, kind: str, config: Any, *, overwrite: bool = False,

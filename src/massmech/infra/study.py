@@ -38,6 +38,7 @@ import pandas as pd
 from massmech.errors import ConfigError, StudyInterrupted
 from massmech.files.io import write_json
 from massmech.files.runs import (
+    CELLS_KEY,
     check_out,
     check_study_config,
     finish_study_dir,
@@ -290,8 +291,8 @@ def run_study(
     planned = study.plan(config, ctx)  # a config the model or data cannot take: refused before any folder appears
     out = open_study_dir(out, kind)
     with study_lock(out):
-        out = open_study_dir(out, kind, config, overwrite=overwrite)
         root = out / CELLS if cells is None else Path(cells) if _run_cells(cells) else open_study_dir(cells, "cells")
+        out = open_study_dir(out, kind, config, overwrite=overwrite, cells=root)  # the store recorded: a rerun finds it
         stored = compute_cells(study, config, store_of(study, root), executor=executor, ctx=ctx, progress=progress,
                                planned=planned)
         table = study.consolidate(config, stored)
@@ -304,7 +305,8 @@ def run_study(
             write_json(tmp / SUMMARY, summary)
         info = {s: m.info_dict() for s, m in ctx.models.items() if hasattr(m, "info_dict")} or None
         finish_study_dir(out, study.name, manifest(config, model_info=info, seed=getattr(config, "seed", None))
-                         | {"cell_version": {study.name: study.version}}, files=tmp.files)
+                         | {"cell_version": {study.name: study.version}, CELLS_KEY: (read_manifest(out) or {}).get(CELLS_KEY)},
+                         files=tmp.files)
     return table
 
 

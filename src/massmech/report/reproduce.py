@@ -24,6 +24,7 @@ from pathlib import Path
 
 from massmech.errors import ConfigError, RunDirError
 from massmech.files.io import write_json
+from massmech.files.runs import cells_of
 from massmech.report.runs import MODELS, RUNS, config_of, models_of, run_folder
 
 
@@ -55,6 +56,16 @@ def project_root(start: str | os.PathLike = ".") -> Path | None:
     return None
 
 
+def _cells(root: Path, folder: str) -> Path:
+    """The cell store of a run: the one it recorded, or its own (a run made by hand before the
+    record), or the runs root's shared one; so a rerun never recomputes cells it already has."""
+    recorded = cells_of(root / folder)
+    if recorded is not None and recorded.is_dir():
+        return recorded
+    own = root / folder / "cells"
+    return own if own.is_dir() else root / "cells"
+
+
 def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str, ...] = (),
             progress: bool = True, executor: str | None = None
             ) -> tuple[dict[str, float], dict[str, float | None], dict[str, float | None]]:
@@ -75,7 +86,7 @@ def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str
         if progress:
             print(f"reproduce: {folder}", file=sys.stderr, flush=True)
         start, clock = time.perf_counter(), FORWARDS.snapshot()
-        get_study(RUNS[run].study).runner()(cfg, root / folder, cells=root / "cells", executor=executor,
+        get_study(RUNS[run].study).runner()(cfg, root / folder, cells=_cells(root, folder), executor=executor,
                                             progress=progress)
         seconds[folder] = round(time.perf_counter() - start, 1)
         spent = FORWARDS.since(clock) if executor in (None, "serial") else None
