@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from massmech.files.runs import environment, manifest
+from massmech.files.provenance import environment, manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,8 @@ from massmech.studies.quant.variants import apply_variant, compute_weights, vari
 
 CALIB = torch.randint(0, 200, (4, 64), generator=torch.Generator().manual_seed(1)).tolist()
 SMALL = dict(model="tiny-llama", tasks=("country_capital", "kv_lookup"), n=4, calib_tokens=512, eval_tokens=512, seq_len=128)
-COLUMNS = ["model", "variant", "method", "family", "bits", "group_size", "alpha", "outlier_aware", "base",
+COLUMNS = ["model", "variant", "method", "family", "bits", "group_size", "alpha", "sites", "layers", "draw",
+           "outlier_aware", "base",
            "same_as_base", "measure", "site", "stage", "task", "kind", "value", "ci_low", "ci_high", "n",
            "b", "c", "p_value", "chance", "acc_norm", "evaluable", "p_holm"]
 
@@ -38,6 +39,9 @@ def _cache(tmp_path, monkeypatch):
     (dict(method="gguf-q4_0", bits=4), "no bits setting"),
     (dict(method="kv-per-token", bits=4, group_size=32), "takes no group size"),
     (dict(method="smoothquant", bits=8, alpha=1.5), "alpha must be in"),
+    (dict(method="qk-rtn", bits=4, sites="v"), "sites must be one of"),
+    (dict(method="qk-rtn", bits=4, draw=-1), "draw >= 0"),
+    (dict(method="rtn", bits=4, draw=1), "settings of the qk-\\* methods only"),
 ])
 def test_bad_specs(kwargs, match):
     with pytest.raises(QuantError, match=match):
@@ -170,6 +174,8 @@ def test_study_table_schema_and_determinism(tmp_path, monkeypatch):
     kv_bits = a[(a.variant == "kv-massive-aware-2b") & (a.measure == "bits_per_value")]
     assert set(kv_bits.task.dropna()) == set(cfg.tasks)  # per task, from its real prompt lengths
     assert (tmp_path / "a" / "manifest.json").exists() and (tmp_path / "a" / "results.csv").exists()
+    examples = pd.read_parquet(tmp_path / "a" / "examples.parquet")  # what paired tests across variants read
+    assert len(examples) == 5 * 2 * 4 and set(examples.variant) == set(a.variant)
     ppl = a[a.measure == "perplexity"].set_index("variant").value
     assert ppl["rtn-w4-g16"] != ppl["none"] and ppl["w8a8-naive"] != ppl["none"]  # no silent no-op
     err = a[(a.measure == "rel_error_other") & (a.site == "k") & (a.stage == "post")].set_index("variant").value
@@ -289,3 +295,36 @@ def test_gemma3_awq_leaves_attention_projections_as_rtn():
     mlp = [k for k in rtn if "mlp" in k]
     assert any(not torch.equal(awq[k], rtn[k]) for k in mlp)
     assert "not q/k/v/o on Gemma-3" in PROTECTS["awq"]
+
+
+def test_qk_variants_by_part_and_draw():
+    """Issue 26, item 6: W_q or W_k alone, local or global layers, and stochastic roundings (one per
+    draw, repeatable), with keep-random's rows drawn anew per draw."""
+    from massmech.studies.quant.variants import qk_keep_rows
+
+    k_only = compute_weights("tiny-llama", QuantSpec("qk-rtn", 4, None, sites="k"), CALIB)
+    assert k_only and all(k.endswith("k_proj.weight") for k in k_only)
+    with pytest.raises(QuantError, match="no sliding_attention layer"):
+        compute_weights("tiny-llama", QuantSpec("qk-rtn", 4, None, layers="local"), CALIB)
+    hf, *_ = load_hf("tiny-gemma3")
+    local = [i for i, t in enumerate(hf.config.layer_types) if t == "sliding_attention"]
+    assert 0 < len(local) < hf.config.num_hidden_layers
+    changed = compute_weights("tiny-gemma3", QuantSpec("qk-rtn", 4, None, layers="local"), CALIB)
+    assert changed and {int(k.split("layers.")[1].split(".")[0]) for k in changed} == set(local)
+    one, again, two, nearest = (compute_weights("tiny-llama", QuantSpec("qk-rtn", 4, None, draw=d), CALIB)
+                                for d in (1, 1, 2, 0))
+    assert set(one) == set(two) == set(nearest)
+    assert all(torch.equal(one[k], again[k]) for k in one)  # a draw is repeatable
+    assert any(not torch.equal(one[k], two[k]) for k in one) and any(not torch.equal(one[k], nearest[k]) for k in one)
+    rows = [qk_keep_rows("tiny-llama", CALIB, lam=1.1, random=True, seed=s)["q"] for s in (0, 1_000_004)]
+    assert torch.equal(rows[0].sum(-1), rows[1].sum(-1)) and not torch.equal(rows[0], rows[1])
+
+
+def test_stochastic_rounding_is_unbiased():
+    from massmech.studies.quant.methods import rtn
+
+    w = torch.full((1, 4096), 0.03)
+    w[0, 0] = 0.7  # scale 0.1: 0.03 rounds to 0 nearest, to 0.1 with probability 0.3 stochastically
+    assert rtn(w, 4)[0, 1:].abs().max() == 0
+    mean = rtn(w, 4, generator=torch.Generator().manual_seed(3))[0, 1:].mean()
+    assert abs(float(mean) - 0.03) < 0.004  # 4095 draws: standard error 0.0007

@@ -102,6 +102,11 @@ def add_quantize(sub: Any, fmt: Formatter) -> None:
     q.add_argument("--group-size", type=_group_size, default="auto", help="input weights per scale for rtn/gptq/awq; "
                    "'none' = per row; auto = 64 at 4 bits, per row at 8")
     q.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant migration strength")
+    q.add_argument("--sites", default="qk", choices=("qk", "q", "k"), help="qk-* only: quantize W_q and W_k, or one")
+    q.add_argument("--layers", default="all", choices=("all", "local", "global"),
+                   help="qk-* only: every layer, or the sliding-window (local) or full-attention (global) ones")
+    q.add_argument("--draw", type=int, default=0, help="qk-* only: 0 rounds to nearest; d >= 1 rounds stochastically "
+                   "(seed d) and redraws qk-rtn-keep-random's rows")
     q.add_argument("--tasks", help="comma-separated task names (default: country_capital, city_country, "
                    "passkey, kv_lookup, knowledge_conflict)")
     q.add_argument("--n", type=int, default=40, help="examples per task")
@@ -283,7 +288,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     from massmech.studies.quant.config import DEFAULT_TASKS, QuantSpec, QuantStudyConfig
     from massmech.studies.quant.study import run_quant_study, summary_json
 
-    spec = QuantSpec.of(args.method, args.bits, args.group_size, args.alpha)
+    spec = QuantSpec.of(args.method, args.bits, args.group_size, args.alpha, sites=args.sites, layers=args.layers,
+                        draw=args.draw)
     tasks = tuple(t for t in (args.tasks.split(",") if args.tasks else DEFAULT_TASKS) if t)
     cfg = QuantStudyConfig(model=args.model, variants=(spec,), tasks=tasks, n=args.n, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:

@@ -200,7 +200,7 @@ class CellStore:
 def _provenance() -> dict:
     """massmech version, git hash and package versions: read once per process, not once per cell
     (``git`` is a subprocess)."""
-    from massmech.files.runs import git_hash, versions
+    from massmech.files.provenance import git_hash, versions
 
     packages = versions()
     return {"massmech": packages.get("massmech"), "git": git_hash(), "packages": packages}

@@ -37,12 +37,12 @@ import pandas as pd
 
 from massmech.errors import ConfigError, StudyInterrupted
 from massmech.files.io import write_json
+from massmech.files.provenance import manifest
 from massmech.files.runs import (
     CELLS_KEY,
     check_out,
     check_study_config,
     finish_study_dir,
-    manifest,
     open_study_dir,
     read_manifest,
     staged,

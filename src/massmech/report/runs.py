@@ -78,6 +78,8 @@ RUNS: dict[str, LedgerRun] = {
     "effect": LedgerRun("ablation", "effect", overrides={"n": LEDGER_N}),
     "effect-zero": LedgerRun("ablation", "effect-zero", overrides={"n": LEDGER_N}),
     "quant": LedgerRun("quant", "full", presets={"gemma3-270m": "core"}),
+    # issue 26, item 6: O3 over 10 stochastic roundings and random-row draws, n = 100
+    "quant-draws": LedgerRun("quant", "qk-draws", overrides={"n": 100}),
     "shift": LedgerRun("shift", "ledger"),
     "heads": LedgerRun("heads", "ledger"),
     "attribute": LedgerRun("attribute", "ledger"),  # no claim of its own: the band heat maps of the gallery

@@ -4,7 +4,8 @@
 module                    what
 ========================  ==================================================================
 :mod:`.paired`            per-example summaries against a baseline: Wilson and Newcombe
-                          intervals, the exact McNemar test, Holm, bootstrap, :func:`describe`
+                          intervals, the exact McNemar and sign-flip tests, Holm, bootstrap,
+                          :func:`describe`
 :mod:`.power`             what a paired 0/1 comparison can detect: exact power of the exact
                           McNemar test, minimal detectable drop, decidable baselines
 :mod:`.interaction`       contextual vs parametric relative drop, hierarchical paired bootstrap
@@ -34,6 +35,7 @@ from massmech.stats.paired import (
     is_binary,
     mcnemar_exact,
     newcombe_paired_ci,
+    sign_flip_exact,
     sign_test,
     wilson_ci,
 )
@@ -60,6 +62,7 @@ __all__ = [
     "min_detectable_effect",
     "min_p_value",
     "newcombe_paired_ci",
+    "sign_flip_exact",
     "sign_test",
     "paired_bootstrap_interaction",
     "token_nll",

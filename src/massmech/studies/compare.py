@@ -19,7 +19,8 @@ from massmech import plotting
 from massmech.core.frequency import FrequencyAnalysis
 from massmech.errors import ConfigError, InputTypeError
 from massmech.files.io import write_json
-from massmech.files.runs import atomic_run_dir, manifest, read_manifest
+from massmech.files.provenance import manifest
+from massmech.files.runs import atomic_run_dir, read_manifest
 
 SUMMARY_COLUMNS = (
     "massive_count", "low_band_energy_fraction", "low_half_energy_fraction",

@@ -20,7 +20,8 @@ from massmech.core.loading import load_model
 from massmech.core.models import LoadedModel
 from massmech.errors import DisruptionError
 from massmech.files.io import write_json
-from massmech.files.runs import atomic_run_dir, check_out, manifest
+from massmech.files.provenance import manifest
+from massmech.files.runs import atomic_run_dir, check_out
 from massmech.stats import auroc, auroc_ci, delong_paired_test, evaluable, mcnemar_exact
 
 

@@ -7,6 +7,8 @@ and :func:`run_quant_study`), :mod:`.methods`, :mod:`.smoothing`, :mod:`.kv`, :m
 
 from massmech.studies.registry import StudySpec, lazy_exports, register_study
 
+EXAMPLES = "examples.parquet"  # per variant, task and example: correct (what paired tests across variants need)
+
 SPEC = register_study(StudySpec(
     name="quant",
     version=4,  # 4: keep-massive rows read before QK-norm; 3: W8A8 scales per sequence, KV per-channel
@@ -20,6 +22,8 @@ SPEC = register_study(StudySpec(
         "weights": "weight-only and W8A8 variants",
         "kv": "KV-cache variants at 4 and 2 bits",
         "qk": "W_q/W_k only at 4 bits: massive rows kept exact, random rows kept, none",
+        "qk-draws": "qk, then 10 stochastic roundings of it, keep-random's rows drawn anew each time (O11)",
+        "qk-parts": "qk on W_q only, W_k only, local layers only, global layers only (round to nearest)",
     },
     build="massmech.studies.quant.config:preset",
     run="massmech.studies.quant.study:run_quant_study",

@@ -28,6 +28,13 @@ on Gemma-3 AWQ leaves q/k/v/o alone, so its Q/K weights are RTN's, see
 the cached K channels; only ``qk-rtn-keep-massive`` protects the weights that *make* the Q/K
 massive values, and ``qk-rtn-keep-random`` tells whether that protection matters more than
 protecting any rows at equal bits.
+
+The ``qk-*`` variants also take a part of the model and a draw (issue 26, item 6: one rounding
+and one draw of rows is not a result): ``sites`` (``"qk"``, ``"q"`` or ``"k"``: which of W_q and
+W_k are quantized), ``layers`` (``"all"``, or ``"local"``/``"global"``: Gemma-3's sliding-window
+and full-attention layers) and ``draw`` (0: round to nearest, the other rows drawn with the study's
+seed; ``d >= 1``: stochastic rounding, unbiased, seeded by ``d``, and another draw of the random
+rows; the same ``d`` gives every method the same rounding noise, so arms pair by draw).
 """
 
 from __future__ import annotations
@@ -63,13 +70,21 @@ KV_GRID = tuple((m, b, None) for b in (4, 2) for m in KV_METHODS)
 # the mechanism itself: only W_q/W_k quantized, per row at 4 bits (the harshest RTN), with the
 # massive rows or as many other rows kept exact
 QK_GRID = tuple((m, 4, None) for m in QK_METHODS)
+QK_DRAWS = 10  # rounding realizations (and random-row draws) of the "qk-draws" grid
+QK_SITES = ("qk", "q", "k")
+QK_LAYERS = ("all", "local", "global")
+# O3 at more than one rounding: each draw 1..10 of the three qk methods, at 4 bits per row
+QK_DRAWS_GRID = tuple((m, 4, None, {"draw": d}) for d in range(1, QK_DRAWS + 1) for m in QK_METHODS)
+# O3 by part: Q only, K only, local only, global only (round to nearest)
+QK_PARTS_GRID = tuple((m, 4, None, part) for part in ({"sites": "q"}, {"sites": "k"}, {"layers": "local"},
+                                                      {"layers": "global"}) for m in QK_METHODS)
 # "core": the questions' variants, most telling first (outlier-aware vs blind at 4 and 8 bits, KV
 # at 4 then 2 bits); what 2 CPU cores could run on Gemma-3-270M in the time we had
 CORE_GRID = (("awq", 4, 64), ("rtn", 4, 64), ("smoothquant", 8, None), ("w8a8-naive", 8, None),
              *((m, 4, None) for m in KV_METHODS), ("gptq", 4, 64), *((m, 2, None) for m in KV_METHODS),
              ("rtn", 8, None), ("gguf-q4_0", None, None))
 GRIDS = {"full": WEIGHT_GRID + KV_GRID + QK_GRID, "core": CORE_GRID + QK_GRID, "weights": WEIGHT_GRID, "kv": KV_GRID,
-         "qk": QK_GRID}
+         "qk": QK_GRID, "qk-draws": QK_GRID + QK_DRAWS_GRID, "qk-parts": QK_GRID + QK_PARTS_GRID}
 
 
 # What each method protects from its own rounding (see the module docstring); None: nothing.
@@ -83,6 +98,9 @@ PROTECTS = {
 }
 
 
+_PART_DEFAULTS = {"sites": "qk", "layers": "all", "draw": 0}
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """One quantized variant.
@@ -92,12 +110,19 @@ class QuantSpec:
         bits: Bits per weight (or per cached value); ``None`` for ``none`` and GGUF formats.
         group_size: Input weights per scale for ``rtn``/``gptq``/``awq`` (``None``: per row).
         alpha: SmoothQuant's migration strength.
+        sites: ``qk-*`` only: ``"qk"``, ``"q"`` or ``"k"``, the projections quantized.
+        layers: ``qk-*`` only: ``"all"``, ``"local"`` or ``"global"`` (sliding-window or full-attention layers).
+        draw: ``qk-*`` only: 0 rounds to nearest; ``d >= 1`` rounds stochastically, seeded by ``d``,
+            and draws ``qk-rtn-keep-random``'s rows anew.
     """
 
     method: str
     bits: int | None = None
     group_size: int | None = None
     alpha: float = 0.5
+    sites: str = "qk"
+    layers: str = "all"
+    draw: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -113,21 +138,57 @@ class QuantSpec:
             raise QuantError(f"group_size must be >= 1, got {self.group_size}")
         if not 0.0 <= self.alpha <= 1.0:
             raise QuantError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.sites not in QK_SITES or self.layers not in QK_LAYERS or self.draw < 0:
+            raise QuantError(f"sites must be one of {QK_SITES}, layers one of {QK_LAYERS} and draw >= 0; got "
+                             f"{self.sites!r}, {self.layers!r}, {self.draw}")
+        if self.method not in QK_METHODS and self.part != ("qk", "all", 0):
+            raise QuantError(f"sites, layers and draw are settings of the qk-* methods only, not of {self.method}")
 
     @classmethod
-    def of(cls, method: str, bits: int | None = None, group_size: int | None | str = "auto", alpha: float = 0.5) -> QuantSpec:
+    def of(cls, method: str, bits: int | None = None, group_size: int | None | str = "auto", alpha: float = 0.5,
+           **part: Any) -> QuantSpec:
         """A spec with the method's defaults filled in: bits (4 for weight-only, 8 for W8A8, 4 for
-        KV) and, with ``group_size="auto"``, groups of 64 at 4 bits and per row at 8 bits."""
+        KV) and, with ``group_size="auto"``, groups of 64 at 4 bits and per row at 8 bits;
+        ``part``: ``sites``, ``layers``, ``draw`` of a ``qk-*`` method.
+
+        >>> QuantSpec.of("qk-rtn", group_size=None, sites="k", draw=2).label
+        'qk-rtn-w4-pc-k-d2'
+        """
         if method not in METHODS:
             raise QuantError(f"unknown method {method!r}; methods are {', '.join(METHODS)}")
         bits = DEFAULT_BITS.get(method) if bits is None else bits
         if group_size == "auto":
             group_size = DEFAULT_GROUP if (method in GROUPED and bits == 4) else None
-        return cls(method, bits, group_size, alpha)
+        return cls(method, bits, group_size, alpha, **part)
+
+    @property
+    def part(self) -> tuple[str, str, int]:
+        """``(sites, layers, draw)``: which part of W_q/W_k a ``qk-*`` variant quantizes, and its draw."""
+        return (self.sites, self.layers, self.draw)
+
+    def key_dict(self) -> dict[str, Any]:
+        """The spec as a dict for cache and cell keys: ``sites``/``layers``/``draw`` only when not
+        their defaults, so the keys of the variants that existed before them are unchanged.
+
+        >>> QuantSpec("qk-rtn", 4).key_dict() == {"method": "qk-rtn", "bits": 4, "group_size": None, "alpha": 0.5}
+        True
+        >>> QuantSpec("qk-rtn", 4, draw=3).key_dict()["draw"]
+        3
+        """
+        return {k: v for k, v in asdict(self).items() if k not in _PART_DEFAULTS or v != _PART_DEFAULTS[k]}
 
     @property
     def label(self) -> str:
-        """Short unique name, e.g. ``rtn-w4-g64``, ``smoothquant-w8a8-a0.5``, ``kv-per-token-4b``."""
+        """Short unique name, e.g. ``rtn-w4-g64``, ``smoothquant-w8a8-a0.5``, ``kv-per-token-4b``,
+        ``qk-rtn-keep-massive-w4-pc-k-global-d3`` (K only, global layers, draw 3).
+
+        >>> QuantSpec("qk-rtn-keep-random", 4, sites="q", layers="local", draw=2).label
+        'qk-rtn-keep-random-w4-pc-q-local-d2'
+        """
+        suffix = "".join(f"-{v}" for v, d in ((self.sites, "qk"), (self.layers, "all")) if v != d)
+        return self._label() + suffix + (f"-d{self.draw}" if self.draw else "")
+
+    def _label(self) -> str:
         if self.method == "none" or self.method in GGUF_FORMATS:
             return self.method
         if self.method in KV_METHODS:
@@ -209,14 +270,16 @@ class QuantStudyConfig:
 
 
 def preset(grid: str = "full", **overrides: Any) -> QuantStudyConfig:
-    """The study over a named grid (:data:`GRIDS`: ``full``, ``core``, ``weights``, ``kv``, ``qk``).
+    """The study over a named grid (:data:`GRIDS`: ``full``, ``core``, ``weights``, ``kv``, ``qk``,
+    ``qk-draws``, ``qk-parts``).
 
-    >>> len(preset("qk", model="tiny-llama").variants)
-    3
+    >>> len(preset("qk", model="tiny-llama").variants), len(preset("qk-draws").variants)
+    (3, 33)
     """
     if grid not in GRIDS:
         raise QuantError(f"unknown grid {grid!r}; grids are {', '.join(GRIDS)}")
-    return QuantStudyConfig(**({"variants": tuple(QuantSpec(m, b, g) for m, b, g in GRIDS[grid])} | overrides))
+    variants = tuple(QuantSpec(m, b, g, **(rest[0] if rest else {})) for m, b, g, *rest in GRIDS[grid])
+    return QuantStudyConfig(**({"variants": variants} | overrides))
 
 
 def study_config(model: str, grid: str = "full", **overrides: Any) -> QuantStudyConfig:
@@ -233,12 +296,17 @@ QUICK_GRID = (("rtn", 4, 64), ("kv-per-token", 2, None), *QK_GRID)  # one of eac
 
 def quick(config: QuantStudyConfig) -> QuantStudyConfig:
     """The ``massmech reproduce --quick`` version: one variant of each family the config has
-    (:data:`QUICK_GRID`), 8 examples per task, less calibration and held-out text.
+    (:data:`QUICK_GRID`), the ``qk-*`` variants of the first other part or draw it has, 8 examples
+    per task, less calibration and held-out text.
 
     >>> [v.label for v in quick(preset("full")).variants][:2], quick(preset("full")).n
     (['rtn-w4-g64', 'kv-per-token-2b'], 8)
+    >>> [v.label for v in quick(preset("qk-draws")).variants][-1]
+    'qk-rtn-keep-random-w4-pc-d1'
     """
     families = {v.family for v in config.variants}
     keep = tuple(v for m, b, g in QUICK_GRID if (v := QuantSpec(m, b, g)).family in families)
+    parts = [v.part for v in config.variants if v.part != ("qk", "all", 0)]
+    keep += tuple(v for v in config.variants if parts and v.part == parts[0])
     return replace(config, variants=keep, n=min(config.n, 8), calib_tokens=min(config.calib_tokens, 1024),
                    eval_tokens=min(config.eval_tokens, 1024), seq_len=min(config.seq_len, 256))

@@ -40,11 +40,22 @@ def _divisors(n: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------- weights
-def rtn(w: Float[Tensor, "out inp"], bits: int, group_size: int | None = None) -> Float[Tensor, "out inp"]:
+def rtn(w: Float[Tensor, "out inp"], bits: int, group_size: int | None = None, *,
+        generator: torch.Generator | None = None) -> Float[Tensor, "out inp"]:
     """Symmetric round-to-nearest fake-quant of a weight matrix.
 
     Each output row (or each group of ``group_size`` consecutive input weights in a row) gets
     ``scale = max|w| / (2**(bits-1) - 1)``; values become ``clamp(round(w / scale)) * scale``.
+    With a ``generator`` the rounding is stochastic instead: ``floor(w / scale + u)``, ``u`` uniform
+    in [0, 1), so each value rounds up with probability equal to its fraction (unbiased), one
+    realization per seed.
+
+    >>> w = torch.tensor([[0.7, 0.1, -0.3]])
+    >>> rtn(w, 4)  # scale 0.1: the grid is multiples of 0.1
+    tensor([[ 0.7000,  0.1000, -0.3000]])
+    >>> g = torch.Generator().manual_seed(0)
+    >>> bool(((rtn(torch.tensor([[0.7, 0.04]]), 4, generator=g) - torch.tensor([[0.7, 0.0]])).abs() <= 0.1 + 1e-6).all())
+    True
 
     Raises:
         QuantError: ``bits`` not in (4, 8), or ``group_size`` does not divide the input width
@@ -60,7 +71,11 @@ def rtn(w: Float[Tensor, "out inp"], bits: int, group_size: int | None = None) -
     x = w.detach().float().reshape(out_f, in_f // g, g)  # [out, groups, g]
     scale = x.abs().amax(-1, keepdim=True) / qmax
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.clamp(torch.round(x / safe), -qmax, qmax)
+    if generator is None:
+        q = torch.round(x / safe)
+    else:
+        q = torch.floor(x / safe + torch.rand(x.shape, generator=generator, dtype=x.dtype))
+    q = torch.clamp(q, -qmax, qmax)
     return (q * scale).reshape(out_f, in_f).to(w.dtype)
 
 

@@ -32,8 +32,8 @@ from massmech.errors import QuantError
 from massmech.infra.cells import cell_key, data_hash
 from massmech.infra.study import CellSpec, Context, run_study
 from massmech.stats import chance_normalised, evaluable, holm, mcnemar_exact
-from massmech.studies.quant import SPEC
-from massmech.studies.quant.config import PROTECTS, QuantSpec, QuantStudyConfig
+from massmech.studies.quant import EXAMPLES, SPEC
+from massmech.studies.quant.config import PROTECTS, QK_METHODS, QuantSpec, QuantStudyConfig
 from massmech.studies.quant.data import StudyData, clean_stats, prepare
 from massmech.studies.quant.preservation import massive_preservation
 from massmech.studies.quant.smoothing import block_maps
@@ -43,6 +43,7 @@ from massmech.studies.quant.variants import (
     bits_per_value,
     check_groups,
     kv_bits,
+    qk_layers,
     same_as_base_format,
     variant_weights,
 )
@@ -60,6 +61,7 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
     base = data.extra["base"]
     common = {"model": model.info.name, "variant": spec.label, "method": spec.method, "family": spec.family,
               "bits": spec.bits, "group_size": spec.group_size, "alpha": spec.alpha if spec.method == "smoothquant" else None,
+              "sites": spec.sites, "layers": spec.layers, "draw": spec.draw,
               "outlier_aware": spec.outlier_aware, "base": base, "same_as_base": same_as_base_format(spec.method, base)}
     rows, verdicts = [], []
     params = {k: p.detach() for k, p in decoder.parameters(model).items()}
@@ -190,10 +192,12 @@ class QuantStudy:
             if spec.method in ("awq", "smoothquant"):
                 for block in decoder.blocks(lm):
                     block_maps(block, awq=spec.method == "awq")
+            if spec.method in QK_METHODS:
+                qk_layers(decoder.hf_of(lm).config, spec.layers)  # local/global on a model without them
         examples = data_hash({name: repr(get_task(name).examples(cfg.n, cfg.seed)) for name in cfg.tasks})
         cells = []
         for spec in variants:
-            parts = {"spec": asdict(spec), "cfg": asdict(replace(cfg, variants=())), "examples": examples}
+            parts = {"spec": spec.key_dict(), "cfg": asdict(replace(cfg, variants=())), "examples": examples}
             if ctx.model_id(cfg.model) != cfg.model:  # another dtype: cells of its own (float32 keys unchanged)
                 parts["model_id"] = ctx.model_id(cfg.model)
             cells.append(CellSpec(cell_key(self.name, parts, version=self.version), parts, group=cfg.model,
@@ -219,6 +223,9 @@ class QuantStudy:
         return paired_tests(results, verdicts, seed=cfg.seed)
 
     def finish(self, cfg: QuantStudyConfig, table: pd.DataFrame, out: Path, ctx: Context) -> dict:
+        verdicts = [c.tables["verdicts"].assign(variant=c.data["variant"]) for c in ctx.cells.values()]
+        pd.concat(verdicts, ignore_index=True)[["variant", "task", "uid", "correct"]].to_parquet(out / EXAMPLES,
+                                                                                                  index=False)
         return {"study": self.name, "model": cfg.model, "base": str(table.base.iloc[0]),
                 "variants": {v: summary_json(table, v) for v in dict.fromkeys(table.variant)}}
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ from massmech.studies.quant.smoothing import awq, smoothquant
 
 # ------------------------------------------------------------------------- weights
 def _spec_key(model: str, spec: QuantSpec, cfg: QuantStudyConfig) -> str:
-    key = {"model": model, "spec": asdict(spec), "calib_tokens": cfg.calib_tokens,
+    key = {"model": model, "spec": spec.key_dict(), "calib_tokens": cfg.calib_tokens,
            "seq_len": cfg.seq_len, "seed": cfg.seed, "v": CACHE_VERSION}
     if spec.method in QK_METHODS:  # the kept rows depend on the massive rule
         key["lam"] = cfg.lam
@@ -89,8 +88,11 @@ def compute_weights(model: str, spec: QuantSpec, calib: Sequence[Sequence[int]],
     elif m == "w8a8-naive":
         quantize_weights(hf, "rtn", bits=8)
     elif m in QK_METHODS:
-        keep = None if m == "qk-rtn" else qk_keep_rows(model, calib, lam=lam, random=m == "qk-rtn-keep-random", seed=seed)
-        _quantize_qk(hf, bits, g, keep)
+        draw_seed = seed if spec.draw == 0 else seed * 1_000_003 + spec.draw  # draw d: other rows, other rounding
+        keep = None if m == "qk-rtn" else qk_keep_rows(model, calib, lam=lam, random=m == "qk-rtn-keep-random",
+                                                        seed=draw_seed)
+        rounding = None if spec.draw == 0 else torch.Generator().manual_seed(draw_seed)
+        _quantize_qk(hf, bits, g, keep, sites=spec.sites, layers=qk_layers(hf.config, spec.layers), generator=rounding)
     state = hf.state_dict()
     return {k: v.detach().clone().contiguous() for k, v in state.items() if k in clean and not torch.equal(v, clean[k])}
 
@@ -122,15 +124,39 @@ def qk_keep_rows(model: str, calib: Sequence[Sequence[int]], *, lam: float = 5.0
     return out
 
 
-def _quantize_qk(hf: Any, bits: int, group_size: int | None, keep: dict[str, torch.Tensor] | None) -> None:
-    """RTN on every layer's W_q and W_k; rows in ``keep`` (``[layer, head, d_head]``) stay exact."""
+def qk_layers(config: Any, which: str) -> list[int] | None:
+    """The layers a ``qk-*`` variant quantizes: ``None`` for ``"all"``; for ``"local"``/``"global"``
+    those whose ``config.layer_types`` entry is sliding-window / full attention.
+
+    Raises:
+        QuantError: The model has no layer of that kind (every layer is global on Llama-style models).
+
+    >>> from types import SimpleNamespace
+    >>> qk_layers(SimpleNamespace(layer_types=["sliding_attention", "full_attention"]), "local")
+    [0]
+    """
+    if which == "all":
+        return None
+    types = list(getattr(config, "layer_types", None) or ["full_attention"] * int(config.num_hidden_layers))
+    want = "sliding_attention" if which == "local" else "full_attention"
+    chosen = [i for i, t in enumerate(types) if t == want]
+    if not chosen:
+        raise QuantError(f"layers={which!r}: the model has no {want} layer (its layer types: {sorted(set(types))}); "
+                         "use layers='all'")
+    return chosen
+
+
+def _quantize_qk(hf: Any, bits: int, group_size: int | None, keep: dict[str, torch.Tensor] | None, *,
+                 sites: str = "qk", layers: list[int] | None = None, generator: torch.Generator | None = None) -> None:
+    """RTN on W_q and W_k (``sites``) of ``layers`` (``None``: every layer); rows in ``keep``
+    (``[layer, head, d_head]``) stay exact; ``generator``: stochastic rounding (see :func:`rtn`)."""
     for name, mod in decoder.linears(hf).items():
         site, layer = decoder.linear_role(name)
-        if site not in ("q", "k"):
+        if site not in ("q", "k") or site not in sites or (layers is not None and layer not in layers):
             continue
         w = decoder.weight_matrix(mod)
         with torch.no_grad():
-            q = rtn(w.detach().float(), bits, group_size)
+            q = rtn(w.detach().float(), bits, group_size, generator=generator)
             if keep is not None:
                 rows = keep[site][layer].flatten().to(w.device)  # head-major: row = head * d_head + dim
                 if rows.numel() != w.shape[0]:

@@ -40,7 +40,8 @@ from massmech.core.twin import (
 )
 from massmech.errors import CorpusError, TwinError
 from massmech.files.io import write_json
-from massmech.files.runs import check_out, manifest, open_study_dir
+from massmech.files.provenance import manifest
+from massmech.files.runs import check_out, open_study_dir
 from massmech.studies.twins.config import TWINS, TwinsConfig, Variant
 from massmech.studies.twins.data import (
     TwinCorpus,

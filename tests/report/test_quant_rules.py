@@ -1,0 +1,48 @@
+"""O11: keep-massive vs keep-random over paired stochastic draws, one example one unit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from massmech.report.rules_quant import KEEP_MASSIVE, KEEP_RANDOM, PLAIN, qk_draws
+from massmech.studies.quant.config import QuantSpec
+
+N, DRAWS = 40, 4
+
+
+def _run(tmp_path, p_massive: dict[str, float], p_random: dict[str, float], *, evaluable=True):
+    """A quant run folder by hand: per task, keep-massive right with p_massive, keep-random with p_random."""
+    rng = np.random.default_rng(0)
+    res, ex = [], []
+    for task in p_massive:
+        res.append({"measure": "accuracy", "variant": "none", "method": "none", "sites": "qk", "layers": "all",
+                    "draw": 0, "task": task, "kind": "contextual", "evaluable": evaluable})
+        for d in range(1, DRAWS + 1):
+            for method, p in ((KEEP_MASSIVE, p_massive[task]), (KEEP_RANDOM, p_random[task]), (PLAIN, 0.1)):
+                label = QuantSpec(method, 4, None, draw=d).label
+                res.append({"measure": "accuracy", "variant": label, "method": method, "sites": "qk", "layers": "all",
+                            "draw": d, "task": task, "kind": "contextual", "evaluable": evaluable})
+                ex += [{"variant": label, "task": task, "uid": u, "correct": bool(rng.random() < p)} for u in range(N)]
+    pd.DataFrame(res).to_parquet(tmp_path / "results.parquet")
+    pd.DataFrame(ex).to_parquet(tmp_path / "examples.parquet")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("massive", "random", "verdict"), [
+    ({"passkey": 0.9, "kv_lookup": 0.8}, {"passkey": 0.2, "kv_lookup": 0.1}, "reproduces"),
+    ({"passkey": 0.9, "kv_lookup": 0.5}, {"passkey": 0.2, "kv_lookup": 0.5}, "partly"),
+    ({"passkey": 0.1, "kv_lookup": 0.5}, {"passkey": 0.9, "kv_lookup": 0.5}, "contradicted"),
+    ({"passkey": 0.5, "kv_lookup": 0.5}, {"passkey": 0.5, "kv_lookup": 0.5}, "no difference detected"),
+])
+def test_verdicts_follow_the_paired_draws(tmp_path, massive, random, verdict):
+    text, got = qk_draws(_run(tmp_path, massive, random), "m")
+    assert got == verdict and f"{DRAWS} stochastic roundings" in text and f"n = {N}" in text
+
+
+def test_nothing_evaluable_or_no_examples_is_not_evaluable(tmp_path):
+    run = _run(tmp_path, {"passkey": 0.9}, {"passkey": 0.1}, evaluable=False)
+    assert qk_draws(run, "m")[1] == "not evaluable"
+    (tmp_path / "examples.parquet").unlink()
+    assert "per-example verdicts not in" in qk_draws(run, "m")[0]
