@@ -345,7 +345,7 @@ CLAIMS: tuple[Claim, ...] = (
                       "The mean accuracy over draws (min–max) of none / massive / random rows kept and the mean "
                       "difference with its 95% bootstrap interval are shown",
                    rules_quant.qk_draws, "sign-flip test per task, Holm across the model's evaluable contextual tasks",
-                   fixed="", commit="",
+                   fixed="2026-12-05T06:55:12+00:00", commit="1b91e48",
                    why="new (issue 26, item 6): O3 rests on one rounding and one draw of rows (re-draws of keep-random "
                        "gave 4–8/20 on Gemma-3 passkey); fixed before any qk-draws run"),), ours=True),
 )
