@@ -46,3 +46,35 @@ def test_nothing_evaluable_or_no_examples_is_not_evaluable(tmp_path):
     assert qk_draws(run, "m")[1] == "not evaluable"
     (tmp_path / "examples.parquet").unlink()
     assert "per-example verdicts not in" in qk_draws(run, "m")[0]
+
+
+def _pairs_run(tmp_path, aware: float, blind: float, *, kind="contextual"):
+    """A quant run by hand holding every head-to-head pair: aware arms right with p ``aware``."""
+    from massmech.report.rules_quant import PAIRS
+
+    rng = np.random.default_rng(1)
+    res = [{"measure": "accuracy", "variant": "none", "task": "passkey", "kind": kind, "evaluable": True}]
+    ex = []
+    for pair in PAIRS:
+        for spec, p in zip(pair, (aware, blind)):
+            ex += [{"variant": spec.label, "task": "passkey", "uid": u, "correct": bool(rng.random() < p)}
+                   for u in range(N)]
+    pd.DataFrame(res).to_parquet(tmp_path / "results.parquet")
+    pd.DataFrame(ex).drop_duplicates(["variant", "uid"]).to_parquet(tmp_path / "examples.parquet")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("aware", "blind", "verdict"), [
+    (0.9, 0.1, "reproduces"), (0.1, 0.9, "contradicted"), (0.5, 0.5, "no difference detected")])
+def test_p7_head_to_head_at_equal_bits(tmp_path, aware, blind, verdict):
+    from massmech.report.rules_quant import head_to_head
+
+    text, got = head_to_head(_pairs_run(tmp_path, aware, blind), "m")
+    assert got == verdict and "awq-w4-g64 vs rtn-w4-g64 / passkey" in text
+    assert "kv-massive-aware-2b vs kv-per-token-2b" in text and "Holm across these 6" in text
+
+
+def test_p7_head_to_head_needs_a_contextual_task(tmp_path):
+    from massmech.report.rules_quant import head_to_head
+
+    assert head_to_head(_pairs_run(tmp_path, 0.9, 0.1, kind="parametric"), "m")[1] == "not evaluable"

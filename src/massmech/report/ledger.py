@@ -213,7 +213,20 @@ CLAIMS: tuple[Claim, ...] = (
         Rule(1, "only quantizers that do not protect outliers hurt contextual tasks (Holm): reproduces",
              rules.quant_protect, "Holm across this model's (whole-model variant, evaluable contextual task) pairs",
              fixed="2026-11-30T12:22:12+00:00", commit="e90a639",
-             why="its Holm family (the whole-model variants only) was redefined after the quant runs existed"),)),
+             why="its Holm family (the whole-model variants only) was redefined after the quant runs existed"),
+        Rule(2, "head to head at equal bits, each outlier-aware quantizer against its blind pair on the same examples: "
+                "AWQ vs RTN (4 bits, groups of 64), SmoothQuant vs naive W8A8, and the KV cache per channel and "
+                "massive-aware vs per token (at 4 and at 2 bits); exact McNemar per (pair, evaluable contextual task), "
+                "Holm across the model's such comparisons at 0.05. The aware arm above its pair on some and below on "
+                "none: reproduces; below on some and above on none: contradicted; both: partly; neither: no "
+                "difference detected; no comparison: not evaluable. Parametric comparisons are shown beside, outside "
+                "the family; on Gemma-3 AWQ leaves q/k/v/o as RTN and is named so",
+             rules_quant.head_to_head, "Holm across the model's (pair, evaluable contextual task) comparisons",
+             fixed="", commit="",
+             why=V2 + "version 1 asks whether any significant drop comes from a blind quantizer, not whether "
+                      "protecting outliers does better at equal bits; fixed before the quant reruns that write the "
+                      "per-example verdicts it needs (on Gemma-3 the pairs seen so far point the paper's way: knowledge "
+                      "conflict AWQ 0.78 vs RTN 0.05, n = 40)"),)),
     Claim("P8", "Massive values are induced by RoPE", PAPER, "twins", (
         Rule(1, "RoPE twin's Q/K max/mean > 1.5× every non-RoPE twin's, at the final step and at matched "
                 "in-context accuracy: reproduces; larger: partly", rules.rope_cause,

@@ -1,5 +1,6 @@
-"""The ledger's rules on quantization draws (issue 26, item 6: one rounding and one draw of rows
-is not a result): O11 judges the ``qk-draws`` grid, where W_q/W_k are quantized at 4 bits per row
+"""The ledger's rules on quantization (issue 26, item 6). P7 v2 compares quantizers head to head at
+equal bits (:data:`PAIRS`); O11 judges the ``qk-draws`` grid (one rounding and one draw of rows is
+not a result), where W_q/W_k are quantized at 4 bits per row
 with 10 stochastic roundings, and ``qk-rtn-keep-random`` draws its rows anew with each.
 
 Each example is the unit: per contextual task, its paired difference is the number of draws in
@@ -16,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from massmech.files.runs import read_manifest
 from massmech.report.rules import ALPHA
-from massmech.stats import bootstrap_ci, holm, sign_flip_exact
+from massmech.stats import bootstrap_ci, holm, mcnemar_exact, sign_flip_exact
 from massmech.studies.quant import EXAMPLES
+from massmech.studies.quant.config import QuantSpec
 
 KEEP_MASSIVE, KEEP_RANDOM, PLAIN = "qk-rtn-keep-massive", "qk-rtn-keep-random", "qk-rtn"
 
@@ -82,5 +85,71 @@ def qk_draws(path: Path, model: str) -> tuple[str, str]:
     sig = t.p_holm < ALPHA
     up, down = sig & (t.delta > 0), sig & (t.delta < 0)
     verdict = ("contradicted" if down.any() else "reproduces" if up.all() else "partly" if up.any()
+               else "no difference detected")
+    return text, verdict
+
+
+#: P7 v2's head-to-head pairs at equal bits: (protects outliers, does not), as quant study labels
+PAIRS = (
+    (QuantSpec("awq", 4, 64), QuantSpec("rtn", 4, 64)),
+    (QuantSpec("smoothquant", 8), QuantSpec("w8a8-naive", 8)),
+    *((QuantSpec(m, b), QuantSpec("kv-per-token", b)) for b in (4, 2) for m in ("kv-per-channel", "kv-massive-aware")),
+)
+
+
+def head_to_head_table(path: Path) -> pd.DataFrame:
+    """Per (pair of :data:`PAIRS` in the run, task): both arms' accuracy, the exact McNemar test of
+    the outlier-aware arm against the blind one on the same examples (``b``: aware right and blind
+    wrong), and Holm's p across the run's evaluable contextual comparisons (``p_holm``; NaN elsewhere)."""
+    res = pd.read_parquet(path / "results.parquet")
+    acc = res[res.measure == "accuracy"]
+    ref = acc[acc.variant == "none"].set_index("task")
+    examples = pd.read_parquet(path / EXAMPLES)
+    present = set(examples.variant)
+    rows = []
+    for aware, blind in PAIRS:
+        if aware.label not in present or blind.label not in present:
+            continue
+        for task in ref.index:
+            ex = examples[examples.task == task].pivot(index="uid", columns="variant", values="correct")
+            a, b = ex[aware.label].to_numpy(float), ex[blind.label].to_numpy(float)
+            up, down, p = mcnemar_exact(a, b)
+            rows.append({"aware": aware.label, "blind": blind.label, "task": task, "kind": ref.kind[task],
+                         "evaluable": bool(ref.evaluable.isin([True])[task]), "n": len(ex), "acc_aware": a.mean(),
+                         "acc_blind": b.mean(), "b": up, "c": down, "p_value": p})
+    t = pd.DataFrame(rows)
+    if t.empty:
+        return t
+    fam = (t.kind == "contextual") & t.evaluable
+    t["p_holm"] = np.nan
+    t.loc[fam, "p_holm"] = holm(t[fam].p_value.tolist())
+    return t
+
+
+def head_to_head(path: Path, model: str) -> tuple[str, str]:
+    """P7 v2: on evaluable contextual tasks, the outlier-aware arm significantly above its blind pair
+    at equal bits on some comparison and below on none: reproduces; below on some and above on none:
+    contradicted; both: partly; neither: no difference detected; no comparison: not evaluable."""
+    if not (path / EXAMPLES).exists():
+        return f"per-example verdicts not in {path / EXAMPLES} (the head-to-head tests need them)", "not evaluable"
+    t = head_to_head_table(path)
+    fam = t[(t.kind == "contextual") & t.evaluable] if len(t) else t
+    if fam.empty:
+        return "no head-to-head pair on an evaluable contextual task in this run", "not evaluable"
+
+    def line(r: dict) -> str:
+        return (f"{r['aware']} vs {r['blind']} / {r['task']}: {r['acc_aware']:.2f} vs {r['acc_blind']:.2f} "
+                f"(b/c {r['b']}/{r['c']}" + (f", Holm p {r['p_holm']:.2g})" if r["p_holm"] == r["p_holm"] else ")"))
+
+    par = t[(t.kind != "contextual") & t.evaluable]
+    text = (f"contextual, exact McNemar, Holm across these {len(fam)} (n = {int(fam.n.min())}–{int(fam.n.max())}): "
+            + "; ".join(line(r) for r in fam.to_dict("records"))
+            + ("; parametric (descriptive): " + "; ".join(line(r) for r in par.to_dict("records")) if len(par) else ""))
+    models = (read_manifest(path) or {}).get("model") or {}
+    if any("Gemma3" in str(info.get("architecture")) for info in models.values() if isinstance(info, dict)):
+        text += " (on Gemma-3 AWQ leaves q/k/v/o as RTN: it does not protect the Q/K outliers)"
+    sig = fam.p_holm < ALPHA
+    up, down = (sig & (fam.b > fam.c)).any(), (sig & (fam.c > fam.b)).any()
+    verdict = ("partly" if up and down else "reproduces" if up else "contradicted" if down
                else "no difference detected")
     return text, verdict
