@@ -56,7 +56,7 @@ def _pairs_run(tmp_path, aware: float, blind: float, *, kind="contextual"):
     res = [{"measure": "accuracy", "variant": "none", "task": "passkey", "kind": kind, "evaluable": True}]
     ex = []
     for pair in PAIRS:
-        for spec, p in zip(pair, (aware, blind)):
+        for spec, p in zip(pair, (aware, blind), strict=True):
             ex += [{"variant": spec.label, "task": "passkey", "uid": u, "correct": bool(rng.random() < p)}
                    for u in range(N)]
     pd.DataFrame(res).to_parquet(tmp_path / "results.parquet")

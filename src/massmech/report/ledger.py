@@ -222,7 +222,7 @@ CLAIMS: tuple[Claim, ...] = (
                 "difference detected; no comparison: not evaluable. Parametric comparisons are shown beside, outside "
                 "the family; on Gemma-3 AWQ leaves q/k/v/o as RTN and is named so",
              rules_quant.head_to_head, "Holm across the model's (pair, evaluable contextual task) comparisons",
-             fixed="", commit="",
+             fixed="2026-12-05T06:58:24+00:00", commit="d541cba",
              why=V2 + "version 1 asks whether any significant drop comes from a blind quantizer, not whether "
                       "protecting outliers does better at equal bits; fixed before the quant reruns that write the "
                       "per-example verdicts it needs (on Gemma-3 the pairs seen so far point the paper's way: knowledge "
