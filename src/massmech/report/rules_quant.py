@@ -44,10 +44,8 @@ def draws_table(path: Path) -> pd.DataFrame:
     ref = acc[(acc.variant == "none") & (acc.kind == "contextual") & acc.evaluable.isin([True])]
     examples = pd.read_parquet(path / EXAMPLES)
     rows = []
-    for task in ref.task:
+    for task in ref.task if draws else ():
         ex = examples[examples.task == task].pivot(index="uid", columns="variant", values="correct")
-        if not draws:
-            break
         diff = sum(ex[labels[KEEP_MASSIVE, d]].astype(int) - ex[labels[KEEP_RANDOM, d]].astype(int) for d in draws)
         row = {"task": task, "n": len(ex), "draws": len(draws), "p_value": sign_flip_exact(diff.to_numpy()),
                "delta": float(diff.mean()) / len(draws)}
