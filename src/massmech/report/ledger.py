@@ -361,6 +361,20 @@ CLAIMS: tuple[Claim, ...] = (
                    fixed="2026-12-05T06:55:12+00:00", commit="1b91e48",
                    why="new (issue 26, item 6): O3 rests on one rounding and one draw of rows (re-draws of keep-random "
                        "gave 4–8/20 on Gemma-3 passkey); fixed before any qk-draws run"),), ours=True),
+    Claim("O12", "Disrupting whole RoPE pairs hurts contextual tasks more than disrupting single coordinates, beyond "
+          "a control matched in effect", "massmech (issue 27, part 3)", "pairs-effect", (
+              Rule(1, "the pairs-effect sweep (kv_lookup and knowledge_conflict, scored by rank; top-k per head, k = 1 "
+                      "and 4, before RoPE, the prompt mean, prompt only): per evaluable contextual task and k, the "
+                      "whole-pair arm (both coordinates of each selected pair) against the coordinate arm on the same "
+                      "examples, exact McNemar, Holm across the model's (task, k) comparisons at 0.05. Pair below "
+                      "coordinate on some and above on none, and on at least one of those the pair arm also below its "
+                      "own KL-matched control (the sweep's Holm p < 0.05): reproduces; pair below coordinate but never "
+                      "beyond its KL-matched control, or below on some and above on others: partly; above on some and "
+                      "below on none: contradicted; none significant: no difference detected; no evaluable task: not "
+                      "evaluable. Each arm's neutral-text KL is shown beside it",
+                   rules_mechanism.pair_vs_coordinate, "exact McNemar per (task, k), Holm across the model's comparisons",
+                   fixed="", commit="",
+                   why="new (issue 27, part 3); fixed before any pairs-effect run"),), ours=True),
 )
 NOT_TESTABLE = (
     ("P10", "Pretrained models without RoPE show no such concentration", "Jin et al. 2025 (RoPE vs non-RoPE models)",

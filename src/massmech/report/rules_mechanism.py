@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from massmech.report.rules import NoData
+from massmech.report.rules import ALPHA, NoData, sweep_rows
+from massmech.stats import holm, mcnemar_exact
+from massmech.studies.ablation import EXAMPLES
 from massmech.studies.shift.study import CHANGES, SLOW
 
 BAND_LINE = ("high", "mid", "low")
@@ -173,3 +175,52 @@ def band_prediction(path: Path, model: str) -> tuple[str, str]:
         ok = all(t["hit"] >= 0.5 for t, q in zip(tests, adjusted, strict=True) if q is not None and q < 0.05)
         return text, "reproduces" if ok else "partly"
     return text, "partly" if 1 in signs else "no difference detected"
+
+
+def pair_vs_coordinate_table(path: Path, model: str) -> pd.DataFrame:
+    """Per evaluable contextual task and k: the whole-pair massive arm against the coordinate arm on
+    the same examples (exact McNemar; ``b``: pair right, coordinate wrong), Holm across them, and each
+    arm's accuracy and its test against its own KL-matched control (the sweep's ``p_vs_kl_holm``)."""
+    t = sweep_rows(path, model, "contextual")
+    arms = t[(t.role == "massive") & t.evaluable.isin([True]) & t.granularity.isin(["dim", "pair"])]
+    examples = pd.read_parquet(path / EXAMPLES)
+    examples = examples[examples.model == model]
+    rows = []
+    for (task, k), g in arms.groupby(["task", "k"]):
+        by = g.set_index("granularity")
+        if not {"dim", "pair"} <= set(by.index):
+            continue
+        ex = examples[examples.task == task].pivot(index="uid", columns="condition", values="correct")
+        up, down, p = mcnemar_exact(ex[by.condition["pair"]].to_numpy(float), ex[by.condition["dim"]].to_numpy(float))
+        rows.append({"task": task, "k": int(k), "n": len(ex), "pair": by.accuracy["pair"], "dim": by.accuracy["dim"],
+                     "b": up, "c": down, "p_value": p, "pair_vs_kl": by.p_vs_kl_holm["pair"],
+                     "pair_below_kl": bool(by.c_vs_kl["pair"] > by.b_vs_kl["pair"]),
+                     "dim_vs_kl": by.p_vs_kl_holm["dim"], "kl_pair": by.kl_massive["pair"], "kl_dim": by.kl_massive["dim"]})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_holm"] = holm(out.p_value.tolist())
+    return out
+
+
+def pair_vs_coordinate(path: Path, model: str) -> tuple[str, str]:
+    """O12 v1 (see its rule in the ledger)."""
+    if not (path / EXAMPLES).exists():
+        return f"per-example verdicts not in {path / EXAMPLES} (the paired test needs them)", "not evaluable"
+    t = pair_vs_coordinate_table(path, model)
+    if t.empty:
+        return "no evaluable contextual task with both a coordinate and a whole-pair arm", "not evaluable"
+    parts = [f"{r['task']} top-{r['k']}: pair {r['pair']:.2f} vs coordinate {r['dim']:.2f} (b/c {r['b']}/{r['c']}, "
+             f"Holm p {r['p_holm']:.2g}; neutral-text KL {r['kl_pair']:.3f} vs {r['kl_dim']:.3f}; pair vs its KL-matched "
+             f"control Holm p {r['pair_vs_kl']:.2g}{', below it' if r['pair_below_kl'] else ''})"
+             for r in t.to_dict("records")]
+    text = f"exact McNemar, Holm across these {len(t)} (n = {int(t.n.min())}–{int(t.n.max())}): " + "; ".join(parts)
+    sig = t.p_holm < ALPHA
+    below, above = sig & (t.c > t.b), sig & (t.b > t.c)
+    beyond = below & (t.pair_vs_kl < ALPHA) & t.pair_below_kl
+    if below.any() and above.any():
+        verdict = "partly"
+    elif below.any():
+        verdict = "reproduces" if beyond.any() else "partly"
+    else:
+        verdict = "contradicted" if above.any() else "no difference detected"
+    return text, verdict

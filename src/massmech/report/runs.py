@@ -77,6 +77,8 @@ RUNS: dict[str, LedgerRun] = {
     # issue 26, item 2: controls matched in effect (KL on neutral text), with the mean and with zero
     "effect": LedgerRun("ablation", "effect", overrides={"n": LEDGER_N}),
     "effect-zero": LedgerRun("ablation", "effect-zero", overrides={"n": LEDGER_N}),
+    # issue 27, part 3: whole RoPE pairs vs single coordinates, against the KL-matched control
+    "pairs-effect": LedgerRun("ablation", "pairs-effect", overrides={"n": LEDGER_N}),
     # n = 100 (issue 26, items 4 and 6): the head-to-head pairs of P7 v2 need more than the 40 of before
     "quant": LedgerRun("quant", "full", presets={"gemma3-270m": "core"}, overrides={"n": 100}),
     # issue 26, item 6: O3 over 10 stochastic roundings and random-row draws, n = 100

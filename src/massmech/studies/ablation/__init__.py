@@ -28,6 +28,8 @@ SPEC = register_study(StudySpec(
         "layers": "lambda=5 on all / early / middle / late layers, three tasks",
         "dose": "dose-response: top-k, k = 1 ... 16, against the matched control at each k",
         "pairs": "top-k, k = 1 and 4, by coordinate and by whole RoPE pair, each against its matched control",
+        "pairs-effect": "pairs on the contextual rank tasks, scored by rank, each arm against its matched and its "
+                        "KL-matched control (O12)",
     },
     build="massmech.studies.ablation.config:preset",
     run="massmech.studies.ablation.study:run_sweep",

@@ -183,6 +183,7 @@ FOCUS_TASKS = ("country_capital", "kv_lookup", "passkey")
 # `rank` sweep's tasks (its contextual ones and its parametric ones, with and without demonstrations).
 RANK_TASKS = ("kv_lookup", "knowledge_conflict", "country_capital", "city_country", "nba_team_city",
               "country_capital_0shot", "city_country_0shot", "nba_team_city_0shot")
+CONTEXT_RANK_TASKS = ("kv_lookup", "knowledge_conflict")  # RANK_TASKS' contextual ones
 # The controls of the `effect` sweeps: matched in size, in size within the same RoPE bands, in effect.
 EFFECT_CONTROLS = ("matched", "band-matched", "kl")
 # The paper's code scores `label in answer` over up to 512 generated tokens (run_experiment.py, Llama
@@ -234,6 +235,9 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
         "dose": dict(tasks=FOCUS_TASKS, rules=("topk",), ks=(1, 2, 4, 8, 16), controls=("matched",)),
         "pairs": dict(tasks=FOCUS_TASKS, rules=("topk",), ks=(1, 4), granularities=("dim", "pair"),
                       controls=("matched",)),
+        # issue 27, part 3: coordinate vs whole pair on the contextual tasks, each against its KL-matched control
+        "pairs-effect": dict(tasks=CONTEXT_RANK_TASKS, scorer="rank", rules=("topk",), ks=(1, 4),
+                             granularities=("dim", "pair"), controls=("matched", "kl")),
     }
     if name not in base:
         raise ConfigError(f"unknown sweep preset {name!r}; presets are {', '.join(base)}")
