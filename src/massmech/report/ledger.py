@@ -373,7 +373,7 @@ CLAIMS: tuple[Claim, ...] = (
                       "below on none: contradicted; none significant: no difference detected; no evaluable task: not "
                       "evaluable. Each arm's neutral-text KL is shown beside it",
                    rules_mechanism.pair_vs_coordinate, "exact McNemar per (task, k), Holm across the model's comparisons",
-                   fixed="", commit="",
+                   fixed="2026-12-05T07:03:45+00:00", commit="3e068da",
                    why="new (issue 27, part 3); fixed before any pairs-effect run"),), ours=True),
 )
 NOT_TESTABLE = (
