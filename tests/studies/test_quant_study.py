@@ -23,7 +23,7 @@ CALIB = torch.randint(0, 200, (4, 64), generator=torch.Generator().manual_seed(1
 SMALL = dict(model="tiny-llama", tasks=("country_capital", "kv_lookup"), n=4, calib_tokens=512, eval_tokens=512, seq_len=128)
 COLUMNS = ["model", "variant", "method", "family", "bits", "group_size", "alpha", "sites", "layers", "draw",
            "outlier_aware", "base",
-           "same_as_base", "measure", "site", "stage", "task", "kind", "value", "ci_low", "ci_high", "n",
+           "same_as_base", "measure", "site", "stage", "task", "kind", "scorer", "value", "ci_low", "ci_high", "n",
            "b", "c", "p_value", "chance", "acc_norm", "evaluable", "p_holm"]
 
 
@@ -328,3 +328,25 @@ def test_stochastic_rounding_is_unbiased():
     assert rtn(w, 4)[0, 1:].abs().max() == 0
     mean = rtn(w, 4, generator=torch.Generator().manual_seed(3))[0, 1:].mean()
     assert abs(float(mean) - 0.03) < 0.004  # 4095 draws: standard error 0.0007
+
+
+def test_each_task_is_scored_by_every_scorer_that_applies(tmp_path):
+    """Issue 26, items 1 and 6: a quant table names its scorer per row; rank only where distractors exist."""
+    base = dict(SMALL, tasks=("passkey", "kv_lookup"), variants=(QuantSpec.of("rtn", group_size=16),))
+    strict_only = QuantStudyConfig(**base)
+    assert "scorers" not in strict_only.key_dict()  # the cells of configs from before scorers keep their keys
+    cfg = QuantStudyConfig(**base, scorers=("strict", "rank", "contains"), max_new_tokens=4)
+    t = run_quant_study(cfg, tmp_path / "run", progress=False)
+    acc = t[t.measure == "accuracy"]
+    got = set(zip(acc.variant, acc.task, acc.scorer, strict=True))
+    want = {(v, task, s) for v in ("none", "rtn-w4-g16") for task, ss in (("passkey", ("strict", "contains")),
+                                                                         ("kv_lookup", ("strict", "rank", "contains")))
+            for s in ss}
+    assert got == want
+    assert (acc[acc.scorer == "rank"].chance > 0).all() and (acc[acc.scorer != "rank"].chance == 0).all()
+    examples = pd.read_parquet(tmp_path / "run" / "examples.parquet")
+    assert set(examples.scorer) == {"strict", "rank", "contains"} and len(examples) == 2 * 5 * 4
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary["variants"]["none"]["tasks"]) == {"passkey", "kv_lookup"}  # the first scorer's
+    with pytest.raises(QuantError, match="scorers must be"):
+        QuantStudyConfig(**base, scorers=("bleu",))

@@ -8,7 +8,12 @@ from it without importing torch.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from massmech.errors import DisruptionError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TARGETS = {"q": ("q",), "k": ("k",), "qk": ("q", "k")}
 STAGES = ("pre", "post")
@@ -83,3 +88,18 @@ def paper_setting(architecture: str) -> tuple[int, str, str]:
             "--no-paper-settings --ks K --replace R) and name the rows for what they are"
         )
     return PAPER_SETTINGS[architecture]
+
+
+def primary_scorer(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a quant table scored by its first scorer (tables from before scorers: all of them);
+    rows of other measures are kept. Figures and wide tables draw these.
+
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"measure": ["accuracy"] * 2 + ["perplexity"], "scorer": ["rank", "strict", None]})
+    >>> primary_scorer(t).measure.tolist()
+    ['accuracy', 'perplexity']
+    """
+    if "scorer" not in table or table.scorer.isna().all():
+        return table
+    first = table.scorer.dropna().iloc[0]
+    return table[table.scorer.isna() | (table.scorer == first)]

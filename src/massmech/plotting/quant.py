@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from massmech.causal.vocabulary import primary_scorer
 from massmech.errors import AnalysisError
 from massmech.plotting.style import ci_err, save, select_model, use_style
 
 
 # ------------------------------------------------------------------ quantization
 def _quant_model(table: pd.DataFrame, model: str | None):
-    t, model = select_model(table, model)
+    t, model = select_model(primary_scorer(table), model)
     if not (t.variant == "none").any():
         raise AnalysisError(f"no reference ('none') rows for {model!r}: is this a quant study table?")
     return t, f"{model} (base: {t.base.iloc[0]})"

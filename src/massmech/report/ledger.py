@@ -137,6 +137,7 @@ FIRST = dict(fixed="2026-11-30T06:30:43+00:00", commit="74d10f0",
              why="the ledger's first commit; SmolLM2's results (its V count, the ablation tables) were in the README "
                  "(3bd9c35), so this version was not fixed before those numbers")
 ONE = "one measurement per model (no test, no family)"
+SIGN_FLIP = "sign-flip test per task, Holm across the model's evaluable contextual tasks"
 SWEEP = ("Holm across the run's evaluable comparisons with the baseline; a second Holm family for the massive rows "
          "against their variance-matched controls")
 ISSUE_26 = dict(fixed="2026-12-04T10:29:09+00:00", commit="299924d")  # the version-2 rules
@@ -357,10 +358,14 @@ CLAIMS: tuple[Claim, ...] = (
                       "difference detected; no evaluable contextual task or fewer than 2 paired draws: not evaluable. "
                       "The mean accuracy over draws (min–max) of none / massive / random rows kept and the mean "
                       "difference with its 95% bootstrap interval are shown",
-                   rules_quant.qk_draws, "sign-flip test per task, Holm across the model's evaluable contextual tasks",
-                   fixed="2026-12-05T06:55:12+00:00", commit="1b91e48",
+                   rules_quant.qk_draws, SIGN_FLIP, fixed="2026-12-05T06:55:12+00:00", commit="1b91e48",
                    why="new (issue 26, item 6): O3 rests on one rounding and one draw of rows (re-draws of keep-random "
-                       "gave 4–8/20 on Gemma-3 passkey); fixed before any qk-draws run"),), ours=True),
+                       "gave 4–8/20 on Gemma-3 passkey); fixed before any qk-draws run"),
+              Rule(2, "as version 1, on the contains scorer's verdicts (the gold answer anywhere in 32 greedy tokens, "
+                      "the paper's scoring), which a bare-space first token cannot fail",
+                   rules_quant.qk_draws_contains, SIGN_FLIP, fixed="", commit="",
+                   why="issue 26, item 1: exact match scored Gemma-3's ' the 99139' wrong on passkey; fixed before any "
+                       "qk-draws run")), ours=True),
     Claim("O12", "Disrupting whole RoPE pairs hurts contextual tasks more than disrupting single coordinates, beyond "
           "a control matched in effect", "massmech (issue 27, part 3)", "pairs-effect", (
               Rule(1, "the pairs-effect sweep (kv_lookup and knowledge_conflict, scored by rank; top-k per head, k = 1 "

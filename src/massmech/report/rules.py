@@ -169,6 +169,8 @@ def quant_protect(path: Path, model: str, *, qk_arm: bool = False) -> tuple[str,
     t = pd.read_parquet(path / "results.parquet")
     acc = t[(t.measure == "accuracy") & (t.kind == "contextual") & (t.variant != "none")]
     acc = acc[acc.method.isin(QK_METHODS) == qk_arm]
+    if "scorer" in acc:  # version 1 was fixed on exact match: the strict scorer's rows, Holm across them
+        acc = acc[acc.scorer.fillna("strict") == "strict"]
     ev = acc[acc.evaluable.isin([True])]
     if ev.empty:
         return "no contextual task is evaluable" if len(acc) else "no such variant in this run", "not evaluable"

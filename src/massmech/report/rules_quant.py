@@ -33,16 +33,21 @@ def _draw_labels(acc: pd.DataFrame) -> dict[tuple[str, int], str]:
     return {(r.method, int(r.draw)): r.variant for r in rows.itertuples()}
 
 
-def draws_table(path: Path) -> pd.DataFrame:
+def _scored(frame: pd.DataFrame, scorer: str) -> pd.DataFrame:
+    """The rows of one scorer (a run from before scorers: exact match, ``strict``)."""
+    return frame[frame.scorer.fillna("strict") == scorer] if "scorer" in frame else frame
+
+
+def draws_table(path: Path, scorer: str = "strict") -> pd.DataFrame:
     """Per evaluable contextual task: each method's accuracy over the draws (mean, min, max), the
     paired massive-minus-random difference per example averaged over draws (mean and 95% bootstrap
     interval), its exact sign-flip p, Holm's p across the tasks, n and the draws used."""
     res = pd.read_parquet(path / "results.parquet")
-    acc = res[res.measure == "accuracy"]
+    acc = _scored(res[res.measure == "accuracy"], scorer)
     labels = _draw_labels(acc)
     draws = sorted({d for m, d in labels if (KEEP_MASSIVE, d) in labels and (KEEP_RANDOM, d) in labels})
     ref = acc[(acc.variant == "none") & (acc.kind == "contextual") & acc.evaluable.isin([True])]
-    examples = pd.read_parquet(path / EXAMPLES)
+    examples = _scored(pd.read_parquet(path / EXAMPLES), scorer)
     rows = []
     for task in ref.task if draws else ():
         ex = examples[examples.task == task].pivot(index="uid", columns="variant", values="correct")
@@ -60,16 +65,16 @@ def draws_table(path: Path) -> pd.DataFrame:
     return table
 
 
-def qk_draws(path: Path, model: str) -> tuple[str, str]:
+def qk_draws(path: Path, model: str, *, scorer: str = "strict") -> tuple[str, str]:
     """O11 v1: keep-massive above keep-random (Holm) on every evaluable contextual task: reproduces;
     below on some: contradicted; above on some, the rest not significant: partly; none significant:
     no difference detected; no evaluable contextual task or fewer than 2 paired draws: not evaluable."""
     if not (path / EXAMPLES).exists():
         return f"per-example verdicts not in {path / EXAMPLES} (the paired draws need them)", "not evaluable"
-    t = draws_table(path)
+    t = draws_table(path, scorer)
     if t.empty:
-        return "no evaluable contextual task, or no paired stochastic draws of keep-massive and keep-random", \
-            "not evaluable"
+        return (f"no evaluable contextual task scored {scorer}, or no paired stochastic draws of keep-massive and "
+                "keep-random"), "not evaluable"
 
     def acc(v: tuple[float, float, float] | None) -> str:
         return "-" if v is None else f"{v[0]:.2f} ({v[1]:.2f}–{v[2]:.2f})"
@@ -78,8 +83,8 @@ def qk_draws(path: Path, model: str) -> tuple[str, str]:
              f"{acc(r[KEEP_RANDOM])}; massive − random {r['delta']:+.3f} [{r['delta_ci_low']:+.3f}, "
              f"{r['delta_ci_high']:+.3f}], sign-flip p {r['p_value']:.2g} (Holm {r['p_holm']:.2g}), n = {r['n']}"
              for r in t.to_dict("records")]
-    text = (f"W_q/W_k at 4 bits per row, {int(t.draws.iloc[0])} stochastic roundings (mean accuracy over draws, "
-            "min–max): " + "; ".join(parts))
+    text = (f"W_q/W_k at 4 bits per row, {int(t.draws.iloc[0])} stochastic roundings, scored {scorer} (mean "
+            "accuracy over draws, min–max): " + "; ".join(parts))
     sig = t.p_holm < ALPHA
     up, down = sig & (t.delta > 0), sig & (t.delta < 0)
     verdict = ("contradicted" if down.any() else "reproduces" if up.all() else "partly" if up.any()
@@ -100,9 +105,9 @@ def head_to_head_table(path: Path) -> pd.DataFrame:
     the outlier-aware arm against the blind one on the same examples (``b``: aware right and blind
     wrong), and Holm's p across the run's evaluable contextual comparisons (``p_holm``; NaN elsewhere)."""
     res = pd.read_parquet(path / "results.parquet")
-    acc = res[res.measure == "accuracy"]
+    acc = _scored(res[res.measure == "accuracy"], "strict")  # version 2 was fixed on exact match
     ref = acc[acc.variant == "none"].set_index("task")
-    examples = pd.read_parquet(path / EXAMPLES)
+    examples = _scored(pd.read_parquet(path / EXAMPLES), "strict")
     present = set(examples.variant)
     rows = []
     for aware, blind in PAIRS:
@@ -151,3 +156,8 @@ def head_to_head(path: Path, model: str) -> tuple[str, str]:
     verdict = ("partly" if up and down else "reproduces" if up else "contradicted" if down
                else "no difference detected")
     return text, verdict
+
+
+def qk_draws_contains(path: Path, model: str) -> tuple[str, str]:
+    """O11 v2: version 1 on the ``contains`` scorer's verdicts."""
+    return qk_draws(path, model, scorer="contains")

@@ -49,10 +49,12 @@ def quant_markdown(table: pd.DataFrame) -> str:
     Q/K massive-set recall, K post-RoPE relative errors (massive / other dims), and each task's
     accuracy [95% CI], bold where the exact McNemar test against the unquantized model survives
     Holm on an evaluable task."""
+    from massmech.causal.vocabulary import primary_scorer
     from massmech.studies.quant.study import wide
 
     w = wide(table)
-    acc = table[table.measure == "accuracy"]
+    acc = primary_scorer(table)
+    acc = acc[acc.measure == "accuracy"]
     tasks = list(dict.fromkeys(acc.task))
     head = ["variant", "bits", "ppl", "recall Q pre/post, K pre/post", "K post err. massive / other", *tasks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

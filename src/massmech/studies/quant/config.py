@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from massmech.causal.tasks.builtin import TASKS, is_task_name
+from massmech.causal.vocabulary import SCORERS
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.errors import QuantError
 
@@ -230,6 +231,11 @@ class QuantStudyConfig:
         seq_len: Window length.
         lam: Lambda of the massive rule.
         batch_size: Sequences per forward pass in the task evaluation.
+        scorers: How the tasks are scored (:data:`massmech.causal.vocabulary.SCORERS`): ``strict``
+            (every answer token the argmax), ``contains`` (the gold answer in the greedy
+            continuation, the paper's), ``first-line``, ``rank`` (gold vs the task's distractors;
+            skipped for a task without them, e.g. passkey). Each table row names its scorer.
+        max_new_tokens: Greedy tokens of the generating scorers.
     """
 
     model: str = DEFAULT_MODEL
@@ -242,13 +248,28 @@ class QuantStudyConfig:
     seq_len: int = 512
     lam: float = 5.0
     batch_size: int = 8
+    scorers: tuple[str, ...] = ("strict",)
+    max_new_tokens: int = 32
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if not is_task_name(t)]
         if unknown:
             raise QuantError(f"unknown tasks {unknown}; tasks are {', '.join(TASKS)}")
+        bad = [s for s in self.scorers if s not in SCORERS]
+        if bad or not self.scorers or self.max_new_tokens < 1:
+            raise QuantError(f"scorers must be a non-empty subset of {SCORERS} (got {self.scorers}) and "
+                             f"max_new_tokens >= 1 (got {self.max_new_tokens})")
         if self.n < 1 or self.calib_tokens < self.seq_len or self.eval_tokens < 2:
             raise QuantError("need n >= 1, calib_tokens >= seq_len and eval_tokens >= 2")
+
+    def key_dict(self) -> dict[str, Any]:
+        """The config less its variants, for cell keys: ``scorers`` and ``max_new_tokens`` only when
+        not their defaults, so the cells of configs from before them keep their keys."""
+        out = asdict(replace(self, variants=()))
+        if self.scorers == ("strict",):
+            out.pop("scorers")
+            out.pop("max_new_tokens")
+        return out
 
     def all_variants(self) -> list[QuantSpec]:
         """``none`` first, then the configured variants, without duplicates."""
@@ -266,6 +287,7 @@ class QuantStudyConfig:
         raw = json.loads(text)
         raw["variants"] = tuple(QuantSpec(**v) for v in raw.get("variants", ()))
         raw["tasks"] = tuple(raw.get("tasks", DEFAULT_TASKS))
+        raw["scorers"] = tuple(raw.get("scorers", ("strict",)))
         return cls(**raw)
 
 

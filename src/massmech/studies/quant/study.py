@@ -16,7 +16,6 @@ Methods and grids: :mod:`massmech.studies.quant.config`.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from massmech.causal.evaluate import encode, evaluate, perplexity, summarize
+from massmech.causal.evaluate import encode, perplexity, score, summarize
 from massmech.causal.tasks.builtin import get_task
+from massmech.causal.vocabulary import primary_scorer
 from massmech.core import decoder
 from massmech.core.models import LoadedModel
-from massmech.errors import QuantError
+from massmech.errors import QuantError, TaskError
 from massmech.infra.cells import cell_key, data_hash
 from massmech.infra.study import CellSpec, Context, run_study
 from massmech.stats import chance_normalised, evaluable, holm, mcnemar_exact
@@ -85,23 +85,59 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
         rows.append({"measure": "nll", "value": ppl["nll"], "n": ppl["n_tokens"]})
         for name in cfg.tasks:
             task = get_task(name)
-            df = evaluate(model, task, {"baseline": None}, n=cfg.n, seed=cfg.seed, batch_size=bs, progress=False)
-            s = summarize(df, seed=cfg.seed).iloc[0]
-            rows.append({"measure": "accuracy", "task": name, "kind": task.kind, "value": float(s.accuracy),
-                         "ci_low": float(s.ci_low), "ci_high": float(s.ci_high), "n": int(s.n)})
-            verdicts.append(df.assign(task=name)[["task", "uid", "correct"]])
+            for scorer in scorers_of(task, cfg):
+                df = score(model, task, {"baseline": None}, scorer=scorer, max_new_tokens=cfg.max_new_tokens, n=cfg.n,
+                           seed=cfg.seed, batch_size=bs, progress=False)
+                s = summarize(df, seed=cfg.seed).iloc[0]
+                rows.append({"measure": "accuracy", "task": name, "kind": task.kind, "scorer": df.scorer.iloc[0],
+                             "value": float(s.accuracy), "ci_low": float(s.ci_low), "ci_high": float(s.ci_high),
+                             "n": int(s.n)})
+                verdicts.append(df.assign(task=name)[["task", "scorer", "uid", "correct"]])
             if spec.family == "kv":  # bits per cached K value at this task's real prompt lengths
                 lengths = [len(encode(model, ex)[0]) for ex in task.examples(cfg.n, cfg.seed)]
                 rows.append({"measure": "bits_per_value", "task": name, "kind": task.kind,
                              "value": float(np.mean([kv_bits(model, spec, data, n) for n in lengths])),
                              "n": len(lengths)})
     out = pd.DataFrame([common | r for r in rows])
-    for col in ("site", "stage", "task", "kind"):
+    for col in ("site", "stage", "task", "kind", "scorer"):
         out[col] = out[col] if col in out else None
     for col in ("ci_low", "ci_high", "n"):
         out[col] = out[col] if col in out else np.nan
-    return (out[[*common, "measure", "site", "stage", "task", "kind", "value", "ci_low", "ci_high", "n"]],
-            pd.concat(verdicts, ignore_index=True) if verdicts else pd.DataFrame(columns=["task", "uid", "correct"]))
+    return (out[[*common, "measure", "site", "stage", "task", "kind", "scorer", "value", "ci_low", "ci_high", "n"]],
+            pd.concat(verdicts, ignore_index=True) if verdicts else pd.DataFrame(columns=VERDICT_COLUMNS))
+
+
+VERDICT_COLUMNS = ["task", "scorer", "uid", "correct"]
+
+
+def scorers_of(task: Any, cfg: QuantStudyConfig) -> list[str]:
+    """The config's scorers that apply to ``task`` (``rank`` needs distractors: none on passkey).
+
+    >>> from massmech.causal.tasks.builtin import get_task
+    >>> cfg = QuantStudyConfig(model="tiny-llama", scorers=("strict", "rank"))
+    >>> scorers_of(get_task("passkey"), cfg), scorers_of(get_task("kv_lookup"), cfg)
+    (['strict'], ['strict', 'rank'])
+    """
+    def applies(scorer: str) -> bool:
+        if scorer != "rank":
+            return True
+        try:
+            task.distractors(task.examples(1, cfg.seed)[0])
+        except TaskError:
+            return False
+        return True
+
+    return [s for s in cfg.scorers if applies(s)]
+
+
+def with_scorer(frame: pd.DataFrame, *, accuracy_only: bool = False) -> pd.DataFrame:
+    """A results or verdicts table of a cell from before scorers, with its scorer (``strict``) filled in."""
+    out = frame.copy()
+    if "scorer" not in out:
+        out["scorer"] = None
+    rows = (out.measure == "accuracy") if accuracy_only else slice(None)
+    out.loc[rows, "scorer"] = out.loc[rows, "scorer"].fillna("strict")
+    return out
 
 
 def paired_tests(results: pd.DataFrame, verdicts: dict[str, pd.DataFrame], *, seed: int = 0,
@@ -115,20 +151,23 @@ def paired_tests(results: pd.DataFrame, verdicts: dict[str, pd.DataFrame], *, se
     out["evaluable"] = None
     ref = verdicts.get(reference)
     for i, r in out[out.measure == "accuracy"].iterrows():
-        chance = get_task(r.task).chance(int(r.n), seed)
+        chance = get_task(r.task).chance(int(r.n), seed, scorer=r.scorer)
         out.loc[i, ["chance", "acc_norm"]] = [chance, chance_normalised(r.value, chance)]
         if ref is None:
             continue
-        base = ref[ref.task == r.task].set_index("uid").correct
+        base = ref[(ref.task == r.task) & (ref.scorer == r.scorer)].set_index("uid").correct
         out.loc[i, "evaluable"] = evaluable(int(base.sum()), len(base), chance)
         if r.variant == reference:
             continue
         mine = verdicts[r.variant]
-        mine = mine[mine.task == r.task].set_index("uid").correct.reindex(base.index)
+        mine = mine[(mine.task == r.task) & (mine.scorer == r.scorer)].set_index("uid").correct.reindex(base.index)
         b, c, p = mcnemar_exact(mine.to_numpy(float), base.to_numpy(float))
         out.loc[i, ["b", "c", "p_value"]] = [b, c, p]
     ok = out.evaluable.fillna(False).astype(bool)
-    out["p_holm"] = holm([p if e and p == p else None for p, e in zip(out.p_value, ok, strict=True)])
+    out["p_holm"] = np.nan
+    for _, rows in out.groupby(out.scorer.fillna("")):  # one Holm family per scorer (same examples, other scoring)
+        fam = [p if ok[i] and p == p else None for i, p in rows.p_value.items()]
+        out.loc[rows.index, "p_holm"] = pd.Series(holm(fam), index=rows.index, dtype=float)
     out["p_holm"] = out.p_holm.astype(float)
     return out
 
@@ -151,7 +190,7 @@ def summary_json(table: pd.DataFrame, variant: str) -> dict:
                       "p_value": _num(r.p_value), "p_holm": _num(r.p_holm), "b": _num(r.b), "c": _num(r.c),
                       "chance": _num(r.chance), "evaluable": None if r.evaluable is None else bool(r.evaluable),
                       "bits_per_value": _num(task_bits.get(r.task))}
-             for r in t[t.measure == "accuracy"].itertuples()}
+             for r in primary_scorer(t[t.measure == "accuracy"]).itertuples()}
     return {
         "model": first.model, "variant": variant, "method": first.method, "bits": _num(first.bits),
         "group_size": _num(first.group_size), "alpha": _num(first.alpha), "base": first.base,
@@ -197,7 +236,7 @@ class QuantStudy:
         examples = data_hash({name: repr(get_task(name).examples(cfg.n, cfg.seed)) for name in cfg.tasks})
         cells = []
         for spec in variants:
-            parts = {"spec": spec.key_dict(), "cfg": asdict(replace(cfg, variants=())), "examples": examples}
+            parts = {"spec": spec.key_dict(), "cfg": cfg.key_dict(), "examples": examples}
             if ctx.model_id(cfg.model) != cfg.model:  # another dtype: cells of its own (float32 keys unchanged)
                 parts["model_id"] = ctx.model_id(cfg.model)
             cells.append(CellSpec(cell_key(self.name, parts, version=self.version), parts, group=cfg.model,
@@ -215,17 +254,17 @@ class QuantStudy:
         return out
 
     def consolidate(self, cfg: QuantStudyConfig, cells: dict) -> pd.DataFrame:
-        results = pd.concat([c.tables["results"] for c in cells.values()], ignore_index=True)
+        results = pd.concat([with_scorer(c.tables["results"], accuracy_only=True) for c in cells.values()],
+                            ignore_index=True)
         base = next(iter(cells.values())).data["base"]  # a property of the model: set on every row here
         results["base"] = base
         results["same_as_base"] = results.method.map(lambda m: same_as_base_format(m, base))
-        verdicts = {c.data["variant"]: c.tables["verdicts"] for c in cells.values()}
+        verdicts = {c.data["variant"]: with_scorer(c.tables["verdicts"]) for c in cells.values()}
         return paired_tests(results, verdicts, seed=cfg.seed)
 
     def finish(self, cfg: QuantStudyConfig, table: pd.DataFrame, out: Path, ctx: Context) -> dict:
-        verdicts = [c.tables["verdicts"].assign(variant=c.data["variant"]) for c in ctx.cells.values()]
-        pd.concat(verdicts, ignore_index=True)[["variant", "task", "uid", "correct"]].to_parquet(out / EXAMPLES,
-                                                                                                  index=False)
+        verdicts = [with_scorer(c.tables["verdicts"]).assign(variant=c.data["variant"]) for c in ctx.cells.values()]
+        pd.concat(verdicts, ignore_index=True)[["variant", *VERDICT_COLUMNS]].to_parquet(out / EXAMPLES, index=False)
         return {"study": self.name, "model": cfg.model, "base": str(table.base.iloc[0]),
                 "variants": {v: summary_json(table, v) for v in dict.fromkeys(table.variant)}}
 
@@ -269,7 +308,7 @@ def wide(table: pd.DataFrame) -> pd.DataFrame:
             row[meas] = float(t[(t.measure == meas) & t.task.isna()].value.iloc[0])
         for r in t[t.measure.isin(["recall", "rel_error_massive", "rel_error_other"])].itertuples():
             row[f"{r.measure}_{r.site}_{r.stage}"] = r.value
-        acc = t[t.measure == "accuracy"]
+        acc = primary_scorer(t[t.measure == "accuracy"])
         for r in acc.itertuples():
             row[r.task] = r.value
         for kind in ("parametric", "contextual"):
