@@ -363,7 +363,7 @@ CLAIMS: tuple[Claim, ...] = (
                        "gave 4–8/20 on Gemma-3 passkey); fixed before any qk-draws run"),
               Rule(2, "as version 1, on the contains scorer's verdicts (the gold answer anywhere in 32 greedy tokens, "
                       "the paper's scoring), which a bare-space first token cannot fail",
-                   rules_quant.qk_draws_contains, SIGN_FLIP, fixed="", commit="",
+                   rules_quant.qk_draws_contains, SIGN_FLIP, fixed="2026-12-05T07:13:30+00:00", commit="557b042",
                    why="issue 26, item 1: exact match scored Gemma-3's ' the 99139' wrong on passkey; fixed before any "
                        "qk-draws run")), ours=True),
     Claim("O12", "Disrupting whole RoPE pairs hurts contextual tasks more than disrupting single coordinates, beyond "
