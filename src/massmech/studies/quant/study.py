@@ -111,13 +111,19 @@ VERDICT_COLUMNS = ["task", "scorer", "uid", "correct"]
 
 
 def scorers_of(task: Any, cfg: QuantStudyConfig) -> list[str]:
-    """The config's scorers that apply to ``task`` (``rank`` needs distractors: none on passkey).
+    """The config's scorers that apply to ``task`` (``rank`` needs distractors: none on passkey); a
+    choice task is scored by its options whatever the scorer, so once.
 
     >>> from massmech.causal.tasks.builtin import get_task
     >>> cfg = QuantStudyConfig(model="tiny-llama", scorers=("strict", "rank"))
     >>> scorers_of(get_task("passkey"), cfg), scorers_of(get_task("kv_lookup"), cfg)
     (['strict'], ['strict', 'rank'])
+    >>> scorers_of(get_task("capital_yesno"), cfg)
+    ['strict']
     """
+    if task.scoring == "choice":
+        return list(cfg.scorers[:1])
+
     def applies(scorer: str) -> bool:
         if scorer != "rank":
             return True
