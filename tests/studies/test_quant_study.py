@@ -346,6 +346,7 @@ def test_each_task_is_scored_by_every_scorer_that_applies(tmp_path):
     assert (acc[acc.scorer == "rank"].chance > 0).all() and (acc[acc.scorer != "rank"].chance == 0).all()
     examples = pd.read_parquet(tmp_path / "run" / "examples.parquet")
     assert set(examples.scorer) == {"strict", "rank", "contains"} and len(examples) == 2 * 5 * 4
+    assert examples.pred.map(lambda p: isinstance(p, str)).all()  # what the model answered, to read
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary["variants"]["none"]["tasks"]) == {"passkey", "kv_lookup"}  # the first scorer's
     with pytest.raises(QuantError, match="scorers must be"):

@@ -92,7 +92,7 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
                 rows.append({"measure": "accuracy", "task": name, "kind": task.kind, "scorer": df.scorer.iloc[0],
                              "value": float(s.accuracy), "ci_low": float(s.ci_low), "ci_high": float(s.ci_high),
                              "n": int(s.n)})
-                verdicts.append(df.assign(task=name)[["task", "scorer", "uid", "correct"]])
+                verdicts.append(df.assign(task=name, pred=df.pred.astype(str))[VERDICT_COLUMNS])  # pred: to read
             if spec.family == "kv":  # bits per cached K value at this task's real prompt lengths
                 lengths = [len(encode(model, ex)[0]) for ex in task.examples(cfg.n, cfg.seed)]
                 rows.append({"measure": "bits_per_value", "task": name, "kind": task.kind,
@@ -107,7 +107,7 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
             pd.concat(verdicts, ignore_index=True) if verdicts else pd.DataFrame(columns=VERDICT_COLUMNS))
 
 
-VERDICT_COLUMNS = ["task", "scorer", "uid", "correct"]
+VERDICT_COLUMNS = ["task", "scorer", "uid", "correct", "pred"]  # pred: what the model answered (generated text)
 
 
 def scorers_of(task: Any, cfg: QuantStudyConfig) -> list[str]:
@@ -137,10 +137,20 @@ def scorers_of(task: Any, cfg: QuantStudyConfig) -> list[str]:
 
 
 def with_scorer(frame: pd.DataFrame, *, accuracy_only: bool = False) -> pd.DataFrame:
-    """A results or verdicts table of a cell from before scorers, with its scorer (``strict``) filled in."""
+    """A results or verdicts table of a cell from before scorers, with its scorer (``strict``) filled in
+    (and no ``pred``: those cells did not keep what the model answered).
+
+    >>> old = pd.DataFrame({"task": ["passkey"], "uid": [3], "correct": [True]})
+    >>> with_scorer(old)[["scorer", "pred"]].values.tolist()
+    [['strict', None]]
+    >>> rows = pd.DataFrame({"measure": ["accuracy", "perplexity"], "value": [0.5, 9.0]})
+    >>> with_scorer(rows, accuracy_only=True).scorer.tolist()
+    ['strict', None]
+    """
     out = frame.copy()
-    if "scorer" not in out:
-        out["scorer"] = None
+    for col in ("scorer",) if accuracy_only else ("scorer", "pred"):
+        if col not in out:
+            out[col] = None
     rows = (out.measure == "accuracy") if accuracy_only else slice(None)
     out.loc[rows, "scorer"] = out.loc[rows, "scorer"].fillna("strict")
     return out
