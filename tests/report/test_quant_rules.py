@@ -12,14 +12,14 @@ from massmech.studies.quant.config import QuantSpec
 N, DRAWS = 40, 4
 
 
-def _run(tmp_path, p_massive: dict[str, float], p_random: dict[str, float], *, evaluable=True):
+def _run(tmp_path, p_massive: dict[str, float], p_random: dict[str, float], *, evaluable=True, draws=DRAWS):
     """A quant run folder by hand: per task, keep-massive right with p_massive, keep-random with p_random."""
     rng = np.random.default_rng(0)
     res, ex = [], []
     for task in p_massive:
         res.append({"measure": "accuracy", "variant": "none", "method": "none", "sites": "qk", "layers": "all",
                     "draw": 0, "task": task, "kind": "contextual", "evaluable": evaluable})
-        for d in range(1, DRAWS + 1):
+        for d in range(1, draws + 1):
             for method, p in ((KEEP_MASSIVE, p_massive[task]), (KEEP_RANDOM, p_random[task]), (PLAIN, 0.1)):
                 label = QuantSpec(method, 4, None, draw=d).label
                 res.append({"measure": "accuracy", "variant": label, "method": method, "sites": "qk", "layers": "all",
@@ -39,6 +39,11 @@ def _run(tmp_path, p_massive: dict[str, float], p_random: dict[str, float], *, e
 def test_verdicts_follow_the_paired_draws(tmp_path, massive, random, verdict):
     text, got = qk_draws(_run(tmp_path, massive, random), "m")
     assert got == verdict and f"{DRAWS} stochastic roundings" in text and f"n = {N}" in text
+
+
+def test_one_draw_is_not_a_result(tmp_path):
+    text, verdict = qk_draws(_run(tmp_path, {"passkey": 0.9}, {"passkey": 0.1}, draws=1), "m")
+    assert verdict == "not evaluable" and "paired stochastic draws" in text
 
 
 def test_nothing_evaluable_or_no_examples_is_not_evaluable(tmp_path):

@@ -46,6 +46,7 @@ def draws_table(path: Path, scorer: str = "strict") -> pd.DataFrame:
     acc = _scored(res[res.measure == "accuracy"], scorer)
     labels = _draw_labels(acc)
     draws = sorted({d for m, d in labels if (KEEP_MASSIVE, d) in labels and (KEEP_RANDOM, d) in labels})
+    draws = draws if len(draws) >= 2 else []  # one draw is not a result (the rule: at least 2 paired draws)
     ref = acc[(acc.variant == "none") & (acc.kind == "contextual") & acc.evaluable.isin([True])]
     examples = _scored(pd.read_parquet(path / EXAMPLES), scorer)
     rows = []
