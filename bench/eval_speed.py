@@ -13,7 +13,12 @@ Both comparisons run on the same examples in one process (SmolLM2-135M by defaul
    small; it grows with the budget and on accelerators, where decode steps are latency-bound.
 2. **Folded vs sequential conditions.** k conditions (baseline, massive, two controls) of B
    examples in one pass of k x B rows, against k passes of B rows. Reported for several B.
-3. **Issue 16's ratios** on the same examples and conditions (measured by
+3. **Shared prompt passes** (issue 28, ``--sections share``): ``rank`` scoring of kv_lookup (8
+   options) and city_country_0shot (5) under the baseline, the massive arm and its matched
+   control, each option read after a shared prompt pass (:mod:`massmech.causal.choice`) against
+   one sequence per option: ``shared_prompt_speedup``, ``shared_verdict_agreement`` and the largest
+   log-probability difference.
+4. **Issue 16's ratios** on the same examples and conditions (measured by
    ``_harness.eval_ratios``, shared with ``bench/gpu_check.py``): ``prefill_efficiency`` = a bare
    batched forward of the same rows ÷ ``evaluate`` (goal >= 0.85); ``upstream_style_speedup`` =
    per-example batch-size-1 greedy generation of up to 32 new tokens with the disruption at
@@ -22,12 +27,13 @@ Both comparisons run on the same examples in one process (SmolLM2-135M by defaul
 
 Timings are medians of ``--repeats`` rounds on a warm model (part 3: best of ``--repeats``; its
 generation path once). The machine may be shared: run it alone. ``--sections`` runs a subset
-(``generate,fold,ratios``). The last line is one JSON object with ``teacher_forced_speedup``,
+(``generate,fold,share,ratios``). The last line is one JSON object with ``teacher_forced_speedup``,
 ``verdict_agreement`` and ``batched_conditions_ratio`` (at ``--fold-examples``) from parts 1-2,
-and ``prefill_efficiency``, ``upstream_style_speedup`` and ``upstream_verdict_agreement`` (details
-under ``eval_ratios``) from part 3; a part not run is absent.
+``shared_prompt_speedup`` and ``shared_verdict_agreement`` from part 3, and ``prefill_efficiency``,
+``upstream_style_speedup`` and ``upstream_verdict_agreement`` (details under ``eval_ratios``) from
+part 4; a part not run is absent.
 
-    python bench/eval_speed.py [--model smollm2-135m] [--n 100] [--sections generate,fold,ratios]
+    python bench/eval_speed.py [--model smollm2-135m] [--n 100] [--sections generate,fold,share,ratios]
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ from _harness import eval_ratios
 
 import massmech as mm
 from massmech.causal.disruption import Disruption
-from massmech.causal.evaluate import evaluate, generate_exact
+from massmech.causal.evaluate import evaluate, generate_exact, score
 from massmech.causal.tasks.builtin import get_task
+
+SECTIONS = {"generate", "fold", "share", "ratios"}
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -66,12 +74,13 @@ def main() -> None:
     ap.add_argument("--fold-examples", type=int, nargs="+", default=[4, 1, 16], help="B values; the first is reported")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--topk", type=int, default=0, help="disrupt the top-k dims per head instead of lambda=5")
-    ap.add_argument("--sections", default="generate,fold,ratios", help="comma-separated subset of: generate, fold, ratios")
+    ap.add_argument("--sections", default="generate,fold,share,ratios",
+                    help="comma-separated subset of: generate, fold, share, ratios")
     ap.add_argument("--upstream-tokens", type=int, default=32, help="new tokens of the upstream-style generation")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
-    if sections - {"generate", "fold", "ratios"}:
-        ap.error(f"unknown sections {sorted(sections - {'generate', 'fold', 'ratios'})}")
+    if sections - SECTIONS:
+        ap.error(f"unknown sections {sorted(sections - SECTIONS)}")
 
     torch.manual_seed(0)
     model = mm.load_model(args.model)
@@ -85,6 +94,8 @@ def main() -> None:
         result |= _generate(model, examples, conds, args)
     if "fold" in sections:
         result |= _fold(model, massive, args)
+    if "share" in sections:
+        result |= _share(model, massive, args)
     if "ratios" in sections:
         r = eval_ratios(model, examples, conds, batch_size=args.batch_size, max_new_tokens=args.upstream_tokens,
                         repeats=args.repeats)
@@ -124,6 +135,27 @@ def _generate(model, examples, conds, args) -> dict:
     first = budgets[next(iter(budgets))]
     return {"teacher_forced_speedup": first["speedup"], "verdict_agreement": first["agreement"],
             "generate_by_budget": budgets, "teacher_forced_s": round(t_tf, 2)}
+
+
+def _share(model, massive, args) -> dict:
+    """Part 3: rank scoring with one prompt pass per (example, condition) against one sequence per option."""
+    conds = {"baseline": None, "massive": massive, "matched": massive.as_control("matched")}
+    tasks, one_s, shared_s, agree, total, worst = {}, 0.0, 0.0, 0, 0, 0.0
+    for name in ("kv_lookup", "city_country_0shot"):
+        task = get_task(name)
+        t_one, one = timed(lambda task=task: score(model, task, conds, scorer="rank", n=args.n, share_prompt=False,
+                                                   batch_size=args.batch_size, progress=False), args.repeats)
+        t_sh, sh = timed(lambda task=task: score(model, task, conds, scorer="rank", n=args.n,
+                                                 batch_size=args.batch_size, progress=False), args.repeats)
+        same = int((one.correct.to_numpy() == sh.correct.to_numpy()).sum())
+        diff = max(abs(a - b) for x, y in zip(one.logprobs, sh.logprobs, strict=True) for a, b in zip(x, y, strict=True))
+        print(f"share {name}: one sequence per option {t_one:.1f} s, shared prompt {t_sh:.1f} s, "
+              f"speedup {t_one / t_sh:.2f}x, verdicts equal {same}/{len(one)}, max |d logprob| {diff:.1e}")
+        tasks[name] = {"one_s": round(t_one, 2), "shared_s": round(t_sh, 2), "speedup": round(t_one / t_sh, 2),
+                       "verdicts_equal": same, "n_verdicts": len(one), "max_logprob_diff": float(f"{diff:.2e}")}
+        one_s, shared_s, agree, total, worst = one_s + t_one, shared_s + t_sh, agree + same, total + len(one), max(worst, diff)
+    return {"shared_prompt_speedup": round(one_s / shared_s, 2), "shared_verdict_agreement": round(agree / total, 4),
+            "shared_max_logprob_diff": float(f"{worst:.2e}"), "shared_by_task": tasks}
 
 
 def _fold(model, massive, args) -> dict:

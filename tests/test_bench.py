@@ -72,6 +72,14 @@ def test_eval_speed_ratios_run_tiny():
     assert "teacher_forced_speedup" not in r  # only the section asked for ran
 
 
+def test_eval_speed_share_section_runs_tiny():
+    r = _last_json(["bench/eval_speed.py", "--model", "tiny-llama", "--n", "3", "--topk", "2", "--sections", "share",
+                    "--repeats", "1"])
+    assert r["shared_prompt_speedup"] > 0 and r["shared_verdict_agreement"] == 1.0
+    assert set(r["shared_by_task"]) == {"kv_lookup", "city_country_0shot"}
+    assert all(t["n_verdicts"] == 3 * 3 for t in r["shared_by_task"].values()) and r["shared_max_logprob_diff"] < 1e-3
+
+
 def test_ledger_time_splits_reproduce_by_study():
     r = _last_json(["bench/ledger_time.py", "--quick", "--only", "analyze", "--models", "tiny-llama", "--no-docs"])
     assert set(r["studies_seconds"]) == {"analyze"} and r["total_seconds"] >= r["studies_seconds"]["analyze"] > 0

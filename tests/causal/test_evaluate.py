@@ -235,3 +235,45 @@ def test_rank_scores_the_gold_answer_against_the_prompts_distractors(tiny_models
     with pytest.raises(TaskError, match="no distractors"):  # passkey's prompt holds one number
         score(model, get_task("passkey"), {"b": None}, scorer="rank", n=2, progress=False)
     assert get_task("knowledge_conflict").distractors(get_task("knowledge_conflict").examples(1)[0]) == (" Oslo",)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "tiny-gemma3", "tiny-gpt2"])
+def test_a_shared_prompt_pass_scores_options_as_one_sequence_each_does(tiny_models, name):
+    """Issue 28: choice scoring reads each (example, condition) prompt once and continues its KV
+    cache with every option; same logprobs (float rounding), verdicts and accounting as one
+    sequence per option, at any batch width (batch invariance), with disruptions that select and
+    place their values from the prompt (rotated mean: positions must be the unpadded ones)."""
+    from massmech.causal.choice import ranked
+
+    model = tiny_models[name]
+    task = get_task("kv_lookup", n_pairs=4)
+    examples = ranked(task, task.examples(6))
+    d = Disruption(rule="topk", k=2)
+    conds = {"baseline": None, "m": d, "v": d.as_control("matched")}
+    if model.rope_or_none is not None:
+        conds["rot"] = dataclasses.replace(d, stage="post", replace="rotated_mean")
+    one = evaluate(model, examples, conds, batch_size=4, share_prompt=False, progress=False)
+    for width in (1, 5):
+        shared = evaluate(model, examples, conds, batch_size=width, progress=False)
+        exact = ["condition", "uid", "group", "correct", "pred", "n_dims"]
+        assert shared[exact].equals(one[exact])
+        np.testing.assert_allclose(np.stack(shared.logprobs), np.stack(one.logprobs), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(shared.removed_variance, one.removed_variance, rtol=1e-4)
+    assert (one[one.condition == "m"].n_dims > 0).all()
+
+
+def test_a_shared_prompt_pass_is_used_only_where_the_answer_is_undisturbed(tiny_models, monkeypatch):
+    """Under kv_cache="every_step" the options' positions are disrupted too: one sequence per
+    option, never the shared prompt pass (which runs them without the intervention's hooks)."""
+    import massmech.causal.evaluate as ev
+
+    model, calls = tiny_models["tiny-llama"], []
+    real = ev.option_logprobs
+    monkeypatch.setattr(ev, "option_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ex = [Example(uid=0, prompt="ab cd", options=(" a b", " c"), label=0)]
+    d = Disruption(rule="topk", k=1)
+    evaluate(model, ex, {"b": None, "m": d}, progress=False)
+    assert calls == [1]
+    evaluate(model, ex, {"b": None, "m": dataclasses.replace(d, kv_cache="every_step")}, progress=False)
+    evaluate(model, ex, {"b": None, "m": d}, share_prompt=False, progress=False)
+    assert calls == [1]

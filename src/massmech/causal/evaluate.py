@@ -32,7 +32,7 @@ scores natural text.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from massmech.causal.batch import batch_masks
+from massmech.causal.choice import option_logprobs, ranked
 from massmech.causal.disruption import Disruption
 from massmech.causal.intervention import Intervention
 from massmech.causal.tasks.base import Example, Task
@@ -114,6 +115,7 @@ def evaluate(
     batch_size: int = 16,
     calibration: QKVStats | None = None,
     fold: bool = True,
+    share_prompt: bool = True,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Score examples under each condition.
@@ -129,6 +131,9 @@ def evaluate(
         calibration: Statistics for calibration-based disruptions.
         fold: Fold all conditions into shared batches (default). ``False`` runs each condition
             in its own passes (same results; for benchmarks).
+        share_prompt: Choice scoring reads each (example, condition) prompt once and continues its
+            KV cache with every option (:mod:`massmech.causal.choice`; same results) where every
+            condition is ``kv_cache="prefill"``. ``False``: one sequence per option.
         progress: Progress bar over batches.
 
     Returns:
@@ -158,6 +163,10 @@ def evaluate(
     names = list(conditions)
     iv = Intervention(model, [conditions[k] for k in names], calibration=calibration)
     encoded = [encode(model, ex) for ex in examples]
+    if share_prompt and scoring == "choice" and all(c is None or c.kv_cache == "prefill" for c in conditions.values()):
+        scores, dims = option_logprobs(model, iv, [c if conditions[k] is not None else -1 for c, k in enumerate(names)],
+                                       [ex.uid for ex in examples], encoded, batch_size=batch_size, progress=progress)
+        return _table(names, examples, scoring, scores, dims)
     rows = [
         _Row(i, c, o if scoring == "choice" else -1, tuple(p + cont), len(p))
         for c in range(len(names))
@@ -199,6 +208,10 @@ def evaluate(
                 else:
                     lp = torch.log_softmax(lg, -1).gather(-1, gold[:, None]).sum().item()
                     scores.setdefault((r.ex, r.cond), [None] * len(examples[r.ex].options))[r.option] = lp
+    return _table(names, examples, scoring, scores, dims)
+
+
+def _table(names: list[str], examples: list[Example], scoring: str, scores: dict, dims: dict) -> pd.DataFrame:
     return pd.DataFrame([_row(name, ex, scoring, scores[(i, c)], dims[(i, c)])
                          for c, name in enumerate(names) for i, ex in enumerate(examples)])
 
@@ -300,13 +313,13 @@ def generate_exact(
 def score(
     model: LoadedModel, task: Task, conditions: Mapping[str, Disruption | None], *, scorer: str = "strict",
     max_new_tokens: int = 16, n: int | None = None, seed: int = 0, batch_size: int = 16,
-    calibration: QKVStats | None = None, progress: bool = True,
+    calibration: QKVStats | None = None, share_prompt: bool = True, progress: bool = True,
 ) -> pd.DataFrame:
     """Score a task under each condition with a named scorer (the module docstring lists them).
 
     ``strict`` is :func:`evaluate`; ``contains`` and ``first-line`` generate ``max_new_tokens``
     greedy tokens per example (:func:`generate_exact`); ``rank`` scores the gold answer against
-    the task's distractors as multiple choice (:func:`ranked`). A choice task is always scored by
+    the task's distractors as multiple choice (:func:`~massmech.causal.choice.ranked`). A choice task is always scored by
     its options (a scorer of exact answers does not apply); the table's ``scorer`` column says
     which scorer each row used.
 
@@ -326,31 +339,16 @@ def score(
         raise TaskError(f"unknown scorer {scorer!r}; scorers are {', '.join(SCORERS)}")
     if task.scoring == "choice" or scorer == "strict":
         df = evaluate(model, task, conditions, n=n, seed=seed, batch_size=batch_size, calibration=calibration,
-                      progress=progress)
+                      share_prompt=share_prompt, progress=progress)
         return df.assign(scorer="choice" if task.scoring == "choice" else "strict")
     if scorer == "rank":
         examples = ranked(task, task.examples(n if n is not None else task.max_n(), seed))
         df = evaluate(model, examples, conditions, scoring="choice", batch_size=batch_size, calibration=calibration,
-                      progress=progress)
+                      share_prompt=share_prompt, progress=progress)
         return df.assign(scorer="rank")
     df = generate_exact(model, task, conditions, n=n, seed=seed, batch_size=batch_size, calibration=calibration,
                         max_new_tokens=max_new_tokens, match=scorer, progress=progress)
     return df.assign(scorer=scorer)
-
-
-def ranked(task: Task, examples: Sequence[Example]) -> list[Example]:
-    """``examples`` as multiple choice for the ``rank`` scorer: the gold answer (option 0) and the
-    task's distractors, same uid, prompt and group.
-
-    Raises:
-        TaskError: The task has no distractors (:meth:`~massmech.causal.tasks.base.Task.distractors`).
-
-    >>> from massmech.causal.tasks.builtin import get_task
-    >>> task = get_task("kv_lookup", n_pairs=3)
-    >>> ex = ranked(task, task.examples(1))[0]; ex.options, ex.label
-    ((' 886', ' 678', ' 347'), 0)
-    """
-    return [replace(ex, answer="", options=(ex.answer, *task.distractors(ex)), label=0) for ex in examples]
 
 
 def _resolve(examples, scoring, n, seed) -> tuple[list[Example], str]:

@@ -295,13 +295,71 @@ def final_logits(bridge: Any, ids: Any, mask: Any, rows: Any, cols: Any) -> Any:
     >>> out.shape, torch.allclose(out[0], full.float(), atol=1e-5)
     (torch.Size([1, 259]), True)
     """
-    import torch
-
     hf = hf_model(bridge)
     hidden = hf.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [b, pos, d]
-    logits = hf.get_output_embeddings()(hidden[rows.to(hidden.device), cols.to(hidden.device)]).float()
+    return _unembed(hf, hidden[rows.to(hidden.device), cols.to(hidden.device)])
+
+
+def _unembed(hf: Any, hidden: Any) -> Any:
+    """fp32 logits of final hidden states ``[n, d]``, with the model's final logit softcap."""
+    import torch
+
+    logits = hf.get_output_embeddings()(hidden).float()
     cap = getattr(hf.config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def prefill(bridge: Any, ids: Any, mask: Any) -> tuple[Any, Any]:
+    """One pass over left-padded prompts: fp32 logits ``[batch, vocab]`` at each last position,
+    and the KV cache to continue them with :func:`continue_prompts`.
+
+    Positions count real tokens only (``cumsum(mask) - 1``), so a padded prompt is read at the
+    positions it has alone. Every bridge hook fires, as in :func:`final_logits`.
+
+    >>> import massmech as mm, torch
+    >>> model = mm.load_model("tiny-llama")
+    >>> last, cache = prefill(model.bridge, torch.tensor([[0, 5, 6], [7, 8, 9]]), torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    >>> torch.allclose(last[0], model.logits(torch.tensor([[5, 6]]))[0, -1].float(), atol=1e-5)
+    True
+    """
+    mask = mask.long()
+    out = hf_model(bridge).base_model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                                      use_cache=True)
+    return _unembed(hf_model(bridge), out.last_hidden_state[:, -1]), out.cache
+
+
+def continue_prompts(bridge: Any, cache: Any, mask: Any, index: Any, tails: Any, tail_mask: Any, rows: Any,
+                     cols: Any) -> Any:
+    """Teacher-forced continuations of prefilled prompts: fp32 logits ``[len(rows), vocab]`` at
+    ``(rows[i], cols[i])`` of right-padded ``tails`` ``[n, m]``, tail ``j`` read after prompt
+    ``index[j]`` of :func:`prefill`'s cache (``mask``: the prompts' mask). Several tails may
+    continue one prompt; the cache is consumed.
+
+    >>> import massmech as mm, torch
+    >>> model = mm.load_model("tiny-llama")
+    >>> mask = torch.tensor([[0, 1, 1]])
+    >>> _, cache = prefill(model.bridge, torch.tensor([[0, 5, 6]]), mask)
+    >>> tails, tail_mask = torch.tensor([[7, 8], [9, 0]]), torch.tensor([[1, 1], [1, 0]])
+    >>> out = continue_prompts(model.bridge, cache, mask, torch.tensor([0, 0]), tails, tail_mask,
+    ...                        torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0]))
+    >>> full = model.logits(torch.tensor([[5, 6, 7, 8], [5, 6, 9, 9]])).float()
+    >>> torch.allclose(out, torch.stack([full[0, 2], full[0, 3], full[1, 2]]), atol=1e-5)
+    True
+    """
+    import torch
+
+    cache.reorder_cache(index.to(tails.device))
+    before = mask.long()[index]
+    full = torch.cat([before, tail_mask.long()], 1)
+    hf = hf_model(bridge)
+    hidden = hf.base_model(input_ids=tails, attention_mask=full, position_ids=_positions(full)[:, before.shape[1]:],
+                           cache=cache, use_cache=True).last_hidden_state
+    return _unembed(hf, hidden[rows.to(hidden.device), cols.to(hidden.device)])
+
+
+def _positions(mask: Any) -> Any:
+    """Position ids that count real tokens only (0 at padding before them)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def greedy_generate(bridge: Any, ids: Any, mask: Any, *, max_new_tokens: int, pad_id: int) -> Any:

@@ -74,6 +74,8 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
     # per-sequence activation scales and prompt-only KV ranges (padding masked): results do not
     # depend on the batch (tests/studies/test_quant_study.py::test_every_variant_is_batch_invariant)
     bs = cfg.batch_size
+    # options continue a shared prompt pass (causal.choice) unless hooks read whole sequences' masks
+    weights_only = spec.family not in ("kv", "w8a8")
     with apply_variant(model, spec, weights, data.keep_k):
         stats = clean_stats(model, data.held, batch_size=bs)
         pres = massive_preservation(data.clean, stats, lam=cfg.lam)
@@ -87,7 +89,7 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
             task = get_task(name)
             for scorer in scorers_of(task, cfg):
                 df = score(model, task, {"baseline": None}, scorer=scorer, max_new_tokens=cfg.max_new_tokens, n=cfg.n,
-                           seed=cfg.seed, batch_size=bs, progress=False)
+                           seed=cfg.seed, batch_size=bs, share_prompt=weights_only, progress=False)
                 s = summarize(df, seed=cfg.seed).iloc[0]
                 rows.append({"measure": "accuracy", "task": name, "kind": task.kind, "scorer": df.scorer.iloc[0],
                              "value": float(s.accuracy), "ci_low": float(s.ci_low), "ci_high": float(s.ci_high),
