@@ -155,7 +155,7 @@ def test_bad_inputs(tiny_models):
 
 def test_perplexity_against_a_hand_computation():
     from massmech import load_model
-    from massmech.causal.evaluate import perplexity
+    from massmech.causal.perplexity import perplexity
 
     model = load_model("tiny-llama")  # a fresh copy: its LM head is zeroed below
     windows = [[5, 9, 12, 7, 3], [8, 2, 4]]  # unequal lengths: padding must not count
@@ -277,3 +277,26 @@ def test_a_shared_prompt_pass_is_used_only_where_the_answer_is_undisturbed(tiny_
     evaluate(model, ex, {"b": None, "m": dataclasses.replace(d, kv_cache="every_step")}, progress=False)
     evaluate(model, ex, {"b": None, "m": d}, share_prompt=False, progress=False)
     assert calls == [1]
+
+
+def test_a_generated_reply_ends_at_its_first_stop_token(tiny_models, monkeypatch):
+    """``contains`` reads the reply up to its EOS / end of turn, where the paper's generate() stops:
+    text the model goes on to produce after it (a new turn it invents) is not its answer."""
+    import massmech.causal.evaluate as ev
+    from massmech.core import bridge
+
+    model = tiny_models["tiny-llama"]
+    ex = Example(uid=0, prompt="The key is 12345. What is the key?", answer=" ?")
+    prompt = encode(model, ex)[0]
+    with torch.inference_mode():
+        free = model.generate(torch.tensor([prompt]), torch.ones(1, len(prompt)), 12, stop=False)[0].tolist()
+    stop = free[2]
+    after = model.tokenizer.decode(free[free.index(stop) + 1 :]).strip()
+    before = model.tokenizer.decode(free[: free.index(stop)])
+    gold = next(after[i : i + 2] for i in range(len(after) - 1) if after[i : i + 2].strip() and after[i : i + 2] not in before)
+    ex = dataclasses.replace(ex, answer=" " + gold)
+    assert ev.generate_exact(model, [ex], {"b": None}, max_new_tokens=12, match="contains", progress=False).correct[0]
+    monkeypatch.setattr(bridge, "stop_ids", lambda *a: (stop,))  # as if that token ended the reply
+    monkeypatch.setattr(ev, "stop_ids", lambda *a: (stop,))
+    df = ev.generate_exact(model, [ex], {"b": None}, max_new_tokens=12, match="contains", progress=False)
+    assert not df.correct[0] and df.pred[0] == model.tokenizer.decode(free[: free.index(stop)], skip_special_tokens=True)

@@ -98,8 +98,8 @@ def test_cells_command(tmp_path, capsys):
 # If a change alters what a measure computes, this fails: bump the study's version (old cells
 # are then recomputed, never reused) and re-pin both numbers together, with a changelog line.
 PINS = {
-    "ablation": (4, "1ca42ca7f8ddb472"),
-    "quant": (4, "a1035405c0512227"),  # 4: keep-massive rows before QK-norm (tiny-llama has none: same digest)
+    "ablation": (5, "1ca42ca7f8ddb472"),  # 5: replies end at EOS (the pinned measure is teacher-forced: same digest)
+    "quant": (5, "a1035405c0512227"),  # 5: replies end at EOS; 4: keep-massive rows before QK-norm (same digest)
     "twins": (2, ("9311ce6e33ad4242", "215d13e7ba933388")),  # 2: the training cells moved into this store
     "analyze": (3, "5cc60f7e49833f5e"),  # 3: raw Q/K on QK-norm models (tiny-llama has none: same digest)
     "shift": (1, "c998e619b654827a"),

@@ -351,3 +351,24 @@ def test_each_task_is_scored_by_every_scorer_that_applies(tmp_path):
     assert set(summary["variants"]["none"]["tasks"]) == {"passkey", "kv_lookup"}  # the first scorer's
     with pytest.raises(QuantError, match="scorers must be"):
         QuantStudyConfig(**base, scorers=("bleu",))
+
+
+def test_first_line_reads_the_contains_replies_without_a_second_generation(tmp_path, monkeypatch):
+    """first-line is the contains generation read to its first line: its verdicts come from the same
+    stored replies, and the model generates once per (variant, task), not twice."""
+    import massmech.causal.evaluate as ev
+    from massmech.causal.evaluate import holds
+    from massmech.causal.tasks.builtin import get_task
+
+    calls = []
+    real = ev.generate_exact
+    monkeypatch.setattr(ev, "generate_exact", lambda *a, **k: calls.append(k.get("match")) or real(*a, **k))
+    cfg = QuantStudyConfig(**dict(SMALL, tasks=("kv_lookup",), variants=()), scorers=("contains", "first-line"),
+                           max_new_tokens=6)
+    run_quant_study(cfg, tmp_path / "run", progress=False)
+    assert calls == ["contains"]  # one variant (the reference), one generation
+    ex = pd.read_parquet(tmp_path / "run" / "examples.parquet")
+    wide = ex.pivot(index="uid", columns="scorer", values=["correct", "pred"])
+    assert (wide["pred"]["contains"] == wide["pred"]["first-line"]).all()
+    gold = {e.uid: e.answer for e in get_task("kv_lookup").examples(SMALL["n"], cfg.seed)}
+    assert [holds(gold[u], p, "first-line") for u, p in wide["pred"]["first-line"].items()] == wide["correct"]["first-line"].tolist()

@@ -3,7 +3,7 @@
 Code that transforms activations batch-wide (fake-quantized activations with one scale per
 sequence, per-channel KV ranges) must take its statistics from each row's own real tokens, or an
 example's result would depend on its batch-mates and on padding. The evaluation loops
-(:func:`massmech.causal.evaluate.evaluate`, :func:`~massmech.causal.evaluate.perplexity`, ...)
+(:func:`massmech.causal.evaluate.evaluate`, :func:`~massmech.causal.perplexity.perplexity`, ...)
 announce each batch's masks with :func:`batch_masks`; such hooks read them with
 :func:`current_masks`. Outside of these loops there is no announcement and every position counts
 as a real prompt token (equal-length inputs, as :func:`massmech.capture_stats` uses).

@@ -9,9 +9,9 @@
   is the token-by-token generation path (KV cache) kept to prove that both agree.
 * **Multiple choice**: the option with the highest summed log-probability of its tokens.
 * **Scorers** of exact-answer tasks (:data:`~massmech.causal.vocabulary.SCORERS`, :func:`score`):
-  ``strict`` is the teacher-forced exact match above; ``contains`` generates greedily and asks
-  whether the gold answer (stripped) appears anywhere in the continuation, as the paper's code
-  does with its generated text (``if label in answer``, ``run_experiment.py`` of
+  ``strict`` is the teacher-forced exact match above; ``contains`` generates greedily until the
+  reply ends (EOS or end of turn, where the paper's ``generate`` stops) and asks whether the gold
+  answer (stripped) appears anywhere in it, as the paper's code does with its generated text (``if label in answer``, ``run_experiment.py`` of
   MingyuJ666/Rope_with_LLM); ``first-line`` asks the same of its first line. A digit answer that
   tokenizes as ``' '``, ``'9'``, ... fails ``strict`` when the model answers ``" the 99139"``;
   the generating scorers see it. ``rank`` asks no generation: the gold answer is one option
@@ -25,7 +25,7 @@ row's own condition. Logits are computed only at the scored positions (the final
 are gathered before the unembedding), so memory does not scale with ``pos x vocab``.
 
 :func:`summarize` gives accuracy with its Wilson interval and, against the baseline, Newcombe's
-paired interval and the exact McNemar test (:mod:`massmech.stats.paired`). :func:`perplexity`
+paired interval and the exact McNemar test (:mod:`massmech.stats.paired`). :func:`~massmech.causal.perplexity.perplexity`
 scores natural text.
 """
 
@@ -44,10 +44,11 @@ from massmech.causal.choice import option_logprobs, ranked
 from massmech.causal.disruption import Disruption
 from massmech.causal.intervention import Intervention
 from massmech.causal.tasks.base import Example, Task
+from massmech.core.bridge import stop_ids
 from massmech.core.models import LoadedModel, pad_batch
 from massmech.core.qkvstats import QKVStats
 from massmech.errors import TaskError
-from massmech.stats import describe, token_nll
+from massmech.stats import describe
 
 BASELINE = "baseline"
 
@@ -276,7 +277,7 @@ def generate_exact(
     encoded = [encode(model, ex) for ex in examples]
     units = [(i, c) for c in range(len(names)) for i in range(len(examples))]
     units.sort(key=lambda u: -len(encoded[u[0]][0]))
-    device = model.device
+    device, stops = model.device, set(stop_ids(model.bridge, model.tokenizer))
     out = []
     with torch.inference_mode(), iv.active():
         for s in tqdm(range(0, len(units), batch_size), desc="generate", disable=not progress):
@@ -295,10 +296,11 @@ def generate_exact(
                 if match == "exact":
                     g = gen[k, : len(golds[k])].tolist()
                     pred, correct = model.tokenizer.decode(g), g == golds[k]
-                else:
-                    pred = model.tokenizer.decode(gen[k].tolist(), skip_special_tokens=True)
-                    seen = pred.lstrip().split("\n", 1)[0] if match == "first-line" else pred
-                    correct = examples[i].answer.strip() in seen
+                else:  # the reply ends at its first EOS / end of turn, where the paper's generate() stops
+                    row = gen[k].tolist()
+                    pred = model.tokenizer.decode(row[: next((j for j, t in enumerate(row) if t in stops), len(row))],
+                                                  skip_special_tokens=True)
+                    correct = holds(examples[i].answer, pred, match)
                 out.append(
                     {"condition": names[c], "uid": examples[i].uid, "group": examples[i].group,
                      "correct": correct, "pred": pred, "n_dims": int(iv.prompt_selected[k]),
@@ -351,6 +353,39 @@ def score(
     return df.assign(scorer=scorer)
 
 
+def holds(answer: str, reply: str, scorer: str) -> bool:
+    r"""Whether a generated ``reply`` holds the gold ``answer`` (stripped) under a generating scorer:
+    anywhere in it (``contains``) or in its first line (``first-line``).
+
+    >>> holds(" 99139", " the 99139.", "contains"), holds(" 909", " 867.\nThe number of pebble is 909.", "first-line")
+    (True, False)
+    """
+    if scorer not in ("contains", "first-line"):
+        raise TaskError(f"holds() reads replies of the generating scorers contains and first-line, not {scorer!r}")
+    return answer.strip() in (reply.lstrip().split("\n", 1)[0] if scorer == "first-line" else reply)
+
+
+def rescore(df: pd.DataFrame, examples: Sequence[Example] | Task, scorer: str, *, n: int | None = None,
+            seed: int = 0) -> pd.DataFrame:
+    """A ``contains`` table (:func:`score`) scored again from its stored replies (``pred``), no compute:
+    ``first-line`` reads each reply to its first line, so an answer recited after a wrong one does not count.
+
+    >>> import massmech as mm
+    >>> from massmech.causal.tasks.builtin import get_task
+    >>> model, task = mm.load_model("tiny-llama"), get_task("kv_lookup", n_pairs=2)
+    >>> df = score(model, task, {"baseline": None}, scorer="contains", max_new_tokens=4, n=2, progress=False)
+    >>> rescore(df, task, "first-line", n=2).scorer.unique().tolist()
+    ['first-line']
+    """
+    if set(df.get("scorer", pd.Series(["contains"]))) != {"contains"} or scorer != "first-line":
+        raise TaskError(f"rescore reads contains replies as first-line, got {sorted(set(df.get('scorer', [])))} -> {scorer!r}")
+    examples, _ = _resolve(examples, "exact", n, seed)
+    gold = {ex.uid: ex.answer for ex in examples}
+    if set(df.uid) - set(gold):
+        raise TaskError(f"rescore: uids {sorted(set(df.uid) - set(gold))[:5]} are not among the examples")
+    return df.assign(correct=[holds(gold[u], p, scorer) for u, p in zip(df.uid, df.pred, strict=True)], scorer=scorer)
+
+
 def _resolve(examples, scoring, n, seed) -> tuple[list[Example], str]:
     if isinstance(examples, Task):
         task = examples
@@ -367,50 +402,6 @@ def _resolve(examples, scoring, n, seed) -> tuple[list[Example], str]:
     if any(bool(ex.options) != (scoring == "choice") for ex in examples):
         raise TaskError(f"scoring={scoring!r} needs {'options' if scoring == 'choice' else 'answers'} on every example")
     return examples, scoring
-
-
-def perplexity(
-    model: LoadedModel,
-    windows: Sequence[Sequence[int]],
-    *,
-    batch_size: int = 4,
-    progress: bool = False,
-) -> dict[str, float]:
-    """Perplexity of ``model`` on token windows (e.g. :func:`massmech.core.corpus.default_corpus`).
-
-    Every token after a window's first is predicted from the ones before it; the mean negative
-    log-likelihood is taken over all predicted tokens of all windows (fp32 log-softmax).
-
-    Returns:
-        ``{"perplexity", "nll", "n_tokens"}``.
-
-    Raises:
-        ValueError: No window has two tokens.
-
-    >>> import massmech as mm
-    >>> out = perplexity(mm.load_model("tiny-llama"), [[5, 6, 7, 8], [9, 10]])
-    >>> out["n_tokens"], round(out["perplexity"])  # a random model: about the vocabulary size
-    (4, 257)
-    """
-    windows = [list(w) for w in windows if len(w) >= 2]
-    if not windows:
-        raise TaskError("perplexity needs at least one window of two or more tokens")
-    device = model.device
-    total, count = 0.0, 0
-    order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))  # equal lengths batch together
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc="perplexity", disable=not progress):
-            rows = [windows[i] for i in order[start : start + batch_size]]
-            ids, mask = pad_batch(rows, model.pad_id)  # right padding: positions stay 0..len-1
-            mask = mask.long()
-            with batch_masks(mask.to(device)):
-                logits = model.logits(ids.to(device), mask.to(device))
-            nll = token_nll(logits, ids.to(device))  # [b, pos-1], fp32
-            keep = mask[:, 1:].bool().to(device)
-            total += float(nll[keep].double().sum())
-            count += int(keep.sum())
-    nll_mean = total / count
-    return {"perplexity": float(np.exp(nll_mean)), "nll": nll_mean, "n_tokens": count}
 
 
 # ------------------------------------------------------------------------ statistics

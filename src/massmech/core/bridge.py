@@ -362,9 +362,11 @@ def _positions(mask: Any) -> Any:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def greedy_generate(bridge: Any, ids: Any, mask: Any, *, max_new_tokens: int, pad_id: int) -> Any:
+def greedy_generate(bridge: Any, ids: Any, mask: Any, *, max_new_tokens: int, pad_id: int,
+                    stop_ids: tuple[int, ...] = ()) -> Any:
     """Greedy continuations ``[batch, max_new_tokens]`` of left-padded ``ids`` (the bridge's hooks
-    fire on the prefill and on every decode step; no early stop at EOS).
+    fire on the prefill and on every decode step). With ``stop_ids`` a row ends at its first stop
+    token (kept; ``pad_id`` after it) and generation ends when every row has; without, it never stops.
 
     >>> import massmech as mm, torch
     >>> model = mm.load_model("tiny-llama")
@@ -372,9 +374,32 @@ def greedy_generate(bridge: Any, ids: Any, mask: Any, *, max_new_tokens: int, pa
     >>> new = greedy_generate(model.bridge, ids, torch.ones_like(ids), max_new_tokens=1, pad_id=0)
     >>> new.item() == model.logits(ids)[0, -1].argmax().item()  # one greedy step: the last logit's argmax
     True
+    >>> out = greedy_generate(model.bridge, ids, torch.ones_like(ids), max_new_tokens=3, pad_id=0, stop_ids=(new.item(),))
+    >>> out[0, 0].item() == new.item(), out[0, 1:].tolist()  # stopped at once, padded to the width asked for
+    (True, [0, 0])
     """
-    return hf_model(bridge).generate(
-        input_ids=ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-        repetition_penalty=1.0, pad_token_id=pad_id, eos_token_id=None, temperature=None, top_p=None, top_k=None,
-    )[:, ids.shape[1]:]
+    import torch
 
+    out = hf_model(bridge).generate(
+        input_ids=ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        repetition_penalty=1.0, pad_token_id=pad_id, eos_token_id=list(stop_ids) or None, temperature=None,
+        top_p=None, top_k=None,
+    )[:, ids.shape[1]:]
+    short = max_new_tokens - out.shape[1]  # every row stopped early
+    return torch.nn.functional.pad(out, (0, short), value=pad_id) if short > 0 else out
+
+
+def stop_ids(bridge: Any, tokenizer: Any) -> tuple[int, ...]:
+    """The tokens that end a reply: the tokenizer's EOS and the model's generation config's (e.g.
+    a chat template's end of turn), as ``generate`` stops at them by default.
+
+    >>> import massmech as mm
+    >>> model = mm.load_model("tiny-llama")
+    >>> stop_ids(model.bridge, model.tokenizer)  # the byte-level test tokenizer's EOS
+    (258,)
+    """
+    ids = [tokenizer.eos_token_id]
+    config = getattr(hf_model(bridge), "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    ids += extra if isinstance(extra, (list, tuple)) else [extra]
+    return tuple(dict.fromkeys(int(i) for i in ids if i is not None))

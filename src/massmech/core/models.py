@@ -290,8 +290,10 @@ class LoadedModel:
         """
         return _bridge.final_logits(self.bridge, ids, attention_mask, rows, cols)
 
-    def generate(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor, max_new_tokens: int) -> Int[Tensor, "batch new"]:
-        """Greedy continuations of left-padded ``ids`` (hooks fire on every step; no early stop).
+    def generate(self, ids: Int[Tensor, "batch pos"], attention_mask: Tensor, max_new_tokens: int, *,
+                 stop: bool = True) -> Int[Tensor, "batch new"]:
+        """Greedy continuations of left-padded ``ids`` (hooks fire on every step); ``stop``: a row
+        ends at its first EOS or end-of-turn token (:func:`massmech.core.bridge.stop_ids`), padded after.
 
         >>> import massmech as mm
         >>> model = mm.load_model("tiny-llama")
@@ -299,8 +301,8 @@ class LoadedModel:
         >>> model.generate(ids, mask, 4).shape
         torch.Size([2, 4])
         """
-        return _bridge.greedy_generate(self.bridge, ids, attention_mask, max_new_tokens=max_new_tokens,
-                                       pad_id=self.pad_id)
+        return _bridge.greedy_generate(self.bridge, ids, attention_mask, max_new_tokens=max_new_tokens, pad_id=self.pad_id,
+                                       stop_ids=_bridge.stop_ids(self.bridge, self.tokenizer) if stop else ())
 
     def run_hooks(
         self,

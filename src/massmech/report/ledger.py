@@ -37,6 +37,7 @@ from massmech.report import rules, rules_mechanism, rules_quant, rules_v2
 from massmech.report.pages import GENERATED
 from massmech.report.rules import NoData, run_finished
 from massmech.report.runs import MODELS, command, models_of, run_folder
+from massmech.report.why import EFFECT_WHY, RANK_FIRST_LOOKS
 
 Judge = Callable[[Path, str], tuple[str, str]]  # (run folder, model) -> (measured, verdict)
 
@@ -154,18 +155,6 @@ P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one
                                            "counted as a non-difference")
 RANK_RULES = dict(fixed="2026-12-04T21:27:40+00:00", commit="07dfff5")  # O7 and O8 version 1
 EFFECT_RULES = dict(fixed="2026-12-05T00:57:41+00:00", commit="7b52ea2")  # O9 and O10 version 1
-EFFECT_WHY = ("new (issue 26, item 2): a change in a massive K dim is multiplied by a huge Q value in the same dim, so "
-              "a control of equal removed variance is not a control of equal effect; fixed before any run of the "
-              "{run} sweep, after first looks in earlier sessions (massmech ablate --kl-match and "
-              "analyses/kl_matched.py, strict scorer), e.g. SmolLM2 kv_lookup, n = 300, lambda = 5 pre-RoPE mean: "
-              "baseline 0.40 / massive 0.11 / KL-matched control 0.06 (KL 0.64 vs 0.61, control scale 2); the judge "
-              "is P5 version 2's, unchanged, so nothing in it was chosen from them; first committed in 8a68150 with "
-              "the same content built from a template, re-fixed as literal text (which the ledger's test reads) "
-              "before any run")
-RANK_FIRST_LOOKS = ("fixed after first looks on SmolLM2 only (massmech ablate, lambda = 5 pre-RoPE, n = 150-200, "
-                    "runs/rank): kv_lookup 0.49 / massive 0.41 / control 0.35, knowledge_conflict 0.98 / 0.79 / 0.91, "
-                    "country_capital_0shot 0.83 / 0.68 / 0.51; the judge is the earlier version's, unchanged, so "
-                    "nothing in it was chosen from them; no run of the rank sweep existed")
 CLAIMS: tuple[Claim, ...] = (
     Claim("P1", "Massive values are concentrated in low-frequency dimensions", PAPER, "analyze", (
         Rule(1, "≥ 90% of Q and K λ-massive dims in the low band (wavelength beyond the context): reproduces; "
@@ -365,7 +354,15 @@ CLAIMS: tuple[Claim, ...] = (
                       "the paper's scoring), which a bare-space first token cannot fail",
                    rules_quant.qk_draws_contains, SIGN_FLIP, fixed="2026-12-05T07:13:30+00:00", commit="557b042",
                    why="issue 26, item 1: exact match scored Gemma-3's ' the 99139' wrong on passkey; fixed before any "
-                       "qk-draws run")), ours=True),
+                       "qk-draws run"),
+              Rule(3, "as version 1, on the first-line scorer's verdicts (the gold answer in the first line of the "
+                      "greedy reply, read up to its first EOS or end of turn within 32 tokens)",
+                   rules_quant.qk_draws_first_line, SIGN_FLIP,
+                   why="contains credits a reply that gives a wrong value and then recites the prompt's lines, the "
+                       "gold among them (SmolLM2 unquantized, kv_lookup, n = 40: contains 0.45, first-line 0.375, 3 "
+                       "replies right only after their first line; seen on the baseline, no quantized variant); "
+                       "fixed before any qk-draws run; the judge is version 1's on another scorer's verdicts")),
+          ours=True),
     Claim("O12", "Disrupting whole RoPE pairs hurts contextual tasks more than disrupting single coordinates, beyond "
           "a control matched in effect", "massmech (issue 27, part 3)", "pairs-effect", (
               Rule(1, "the pairs-effect sweep (kv_lookup and knowledge_conflict, scored by rank; top-k per head, k = 1 "

@@ -162,3 +162,8 @@ def head_to_head(path: Path, model: str) -> tuple[str, str]:
 def qk_draws_contains(path: Path, model: str) -> tuple[str, str]:
     """O11 v2: version 1 on the ``contains`` scorer's verdicts."""
     return qk_draws(path, model, scorer="contains")
+
+
+def qk_draws_first_line(path: Path, model: str) -> tuple[str, str]:
+    """O11 v3: version 1 on the ``first-line`` scorer's verdicts."""
+    return qk_draws(path, model, scorer="first-line")

@@ -82,7 +82,8 @@ RUNS: dict[str, LedgerRun] = {
     # n = 100 (issue 26, items 4 and 6): the head-to-head pairs of P7 v2 need more than the 40 of before
     "quant": LedgerRun("quant", "full", presets={"gemma3-270m": "core"}, overrides={"n": 100}),
     # issue 26, item 6: O3 over 10 stochastic roundings and random-row draws, n = 100
-    "quant-draws": LedgerRun("quant", "qk-draws", overrides={"n": 100, "scorers": ("strict", "contains", "rank")}),
+    "quant-draws": LedgerRun("quant", "qk-draws", overrides={"n": 100, "scorers": ("strict", "contains", "first-line",
+                                                                                   "rank")}),
     "shift": LedgerRun("shift", "ledger"),
     "heads": LedgerRun("heads", "ledger"),
     "attribute": LedgerRun("attribute", "ledger"),  # no claim of its own: the band heat maps of the gallery

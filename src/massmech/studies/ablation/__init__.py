@@ -11,9 +11,10 @@ EXAMPLES = "examples.parquet"  # a sweep's per-example verdicts: model, task, co
 
 SPEC = register_study(StudySpec(
     name="ablation",
-    # 4: the matched control sized exactly under pooled_mean and topped up with the closest dim;
-    # 3: removed_variance per cell, matched control, pooled_mean; 2: keys carry study + version
-    version=4,
+    # 5: a generated reply ends at its first EOS / end of turn (contains, first-line), as the paper's
+    # generate() does; 4: the matched control sized exactly under pooled_mean and topped up with the
+    # closest dim; 3: removed_variance per cell, matched control, pooled_mean; 2: keys carry study + version
+    version=5,
     help="an ablation grid (models x tasks x conditions) into one resumable table",
     study="massmech.studies.ablation.study:ABLATION",
     config="massmech.studies.ablation.config:SweepConfig",

@@ -11,8 +11,8 @@ EXAMPLES = "examples.parquet"  # per variant, task and example: correct (what pa
 
 SPEC = register_study(StudySpec(
     name="quant",
-    version=4,  # 4: keep-massive rows read before QK-norm; 3: W8A8 scales per sequence, KV per-channel
-    # ranges from the prompt; 2: zero dims
+    version=5,  # 5: a generated reply ends at its first EOS / end of turn; 4: keep-massive rows read
+    # before QK-norm; 3: W8A8 scales per sequence, KV per-channel ranges from the prompt; 2: zero dims
     help="a grid of quantized variants of one model into one resumable table",
     study="massmech.studies.quant.study:QUANT",
     config="massmech.studies.quant.config:QuantStudyConfig",

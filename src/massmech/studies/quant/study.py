@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from massmech.causal.evaluate import encode, perplexity, score, summarize
+from massmech.causal.evaluate import encode, rescore, score, summarize
+from massmech.causal.perplexity import perplexity
 from massmech.causal.tasks.builtin import get_task
 from massmech.causal.vocabulary import primary_scorer
 from massmech.core import decoder
@@ -87,9 +88,14 @@ def measure(model: LoadedModel, spec: QuantSpec, cfg: QuantStudyConfig, data: St
         rows.append({"measure": "nll", "value": ppl["nll"], "n": ppl["n_tokens"]})
         for name in cfg.tasks:
             task = get_task(name)
+            replies = None  # the contains scorer's generation, read again by first-line (no second generation)
             for scorer in scorers_of(task, cfg):
-                df = score(model, task, {"baseline": None}, scorer=scorer, max_new_tokens=cfg.max_new_tokens, n=cfg.n,
-                           seed=cfg.seed, batch_size=bs, share_prompt=weights_only, progress=False)
+                if scorer == "first-line" and replies is not None:
+                    df = rescore(replies, task, scorer, n=cfg.n, seed=cfg.seed)
+                else:
+                    df = score(model, task, {"baseline": None}, scorer=scorer, max_new_tokens=cfg.max_new_tokens,
+                               n=cfg.n, seed=cfg.seed, batch_size=bs, share_prompt=weights_only, progress=False)
+                replies = df if scorer == "contains" else replies
                 s = summarize(df, seed=cfg.seed).iloc[0]
                 rows.append({"measure": "accuracy", "task": name, "kind": task.kind, "scorer": df.scorer.iloc[0],
                              "value": float(s.accuracy), "ci_low": float(s.ci_low), "ci_high": float(s.ci_high),
