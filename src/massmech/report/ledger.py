@@ -357,7 +357,7 @@ CLAIMS: tuple[Claim, ...] = (
                        "qk-draws run"),
               Rule(3, "as version 1, on the first-line scorer's verdicts (the gold answer in the first line of the "
                       "greedy reply, read up to its first EOS or end of turn within 32 tokens)",
-                   rules_quant.qk_draws_first_line, SIGN_FLIP,
+                   rules_quant.qk_draws_first_line, SIGN_FLIP, fixed="2026-12-05T11:54:08+00:00", commit="cde2d0a",
                    why="contains credits a reply that gives a wrong value and then recites the prompt's lines, the "
                        "gold among them (SmolLM2 unquantized, kv_lookup, n = 40: contains 0.45, first-line 0.375, 3 "
                        "replies right only after their first line; seen on the baseline, no quantized variant); "
