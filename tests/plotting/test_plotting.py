@@ -88,3 +88,22 @@ def test_ablation_figures(tmp_path):
     with pytest.raises(ValueError, match="not in the table"):
         plotting.ablation_bars(main, model="other")
     plotting.close_all()
+
+
+def test_pairs_effect_figure_draws_both_granularities_beside_their_kl_controls(tmp_path):
+    """Issue 27, part 4: pair vs coordinate bars with intervals, from a real (tiny) pairs-effect sweep."""
+    import pytest
+
+    from massmech import plotting
+    from massmech.errors import AnalysisError
+    from massmech.studies.ablation import preset, run_sweep
+
+    table = run_sweep(preset("pairs-effect", models=("tiny-llama",), n=4, ks=(1,), tasks=("kv_lookup",)),
+                      tmp_path / "sweep", progress=False)
+    fig = plotting.pairs_effect(table, out=tmp_path / "pairs")
+    assert (tmp_path / "pairs.pdf").stat().st_size > 1000 and (tmp_path / "pairs.png").exists()
+    ax = fig.axes[0]
+    assert len(ax.patches) == 4 and "KL" in ax.get_xticklabels()[0].get_text()  # 2 granularities x (massive, KL control)
+    with pytest.raises(AnalysisError, match="pairs-effect"):
+        plotting.pairs_effect(table[table.control != "kl"])  # no KL-matched controls: refused, not drawn half
+    plotting.close_all()

@@ -9,6 +9,7 @@ from massmech.plotting.ablation import (
     ablation_curve,
     ablation_layers,
     dose_response,
+    pairs_effect,
 )
 from massmech.plotting.analyze import (
     bars_from_frame,
@@ -29,7 +30,7 @@ from massmech.plotting.twins import twins_bands, twins_disruption, twins_traject
 
 __all__ = [
     "MAGNITUDE_CMAP", "SITE_LABEL", "ablation_bars", "ablation_curve", "ablation_layers", "band_heatmap", "bars_from_frame", "compare_emergence",
-    "compare_spectrum", "dose_response", "emergence", "massive_heatmap", "panels_frame", "qk_head_bars", "qk_head_panels", "quant_kv", "quant_preservation",
+    "compare_spectrum", "dose_response", "emergence", "massive_heatmap", "pairs_effect", "panels_frame", "qk_head_bars", "qk_head_panels", "quant_kv", "quant_preservation",
     "quant_tasks", "close_all", "save", "heads_figure", "shift_curve", "spectrum", "token_dim_bars", "twins_bands", "twins_disruption", "twins_trajectory",
     "use_style",
 ]

@@ -167,6 +167,64 @@ def dose_response(table: pd.DataFrame, *, model: str | None = None, out: str | o
     return save(fig, out)
 
 
+def pairs_effect(table: pd.DataFrame, *, model: str | None = None, out: str | os.PathLike | None = None) -> plt.Figure:
+    """Whole RoPE pairs vs single coordinates: accuracy of each massive arm beside its control
+    matched in neutral-text KL, per task and k, with 95% Wilson intervals and the baseline as a line.
+
+    Each massive arm's next-token KL on neutral text (coordinate | pair) is written under its k, so
+    a reader sees whether a larger drop comes with a larger disturbance.
+
+    Args:
+        table: A sweep results table with both granularities and ``kl`` controls (preset ``pairs-effect``).
+        model: The model to draw (default: the only one in the table).
+
+    >>> import pandas as pd
+    >>> rows = [dict(model="m", task="kv_lookup", role="baseline", control=None, k=None, granularity=None,
+    ...              accuracy=0.5, ci_low=0.4, ci_high=0.6, n=100, kl_massive=None, scorer="rank")]
+    >>> rows += [dict(model="m", task="kv_lookup", role=r, control=c, k=k, granularity=g, accuracy=a, ci_low=a - 0.1,
+    ...               ci_high=a + 0.1, n=100, kl_massive=0.5, scorer="rank")
+    ...          for k in (1, 4) for g in ("dim", "pair") for r, c, a in (("massive", None, 0.3), ("control", "kl", 0.4))]
+    >>> len(pairs_effect(pd.DataFrame(rows)).axes)
+    1
+    """
+    use_style()
+    t = _one_model(table, model)
+    arms = t[(t.role == "massive") | (t.control == "kl")]
+    if arms.empty or set(arms.granularity.dropna()) != {"dim", "pair"} or not (arms.control == "kl").any():
+        raise AnalysisError("pairs_effect needs massive rows by coordinate and by pair with their KL-matched "
+                            "controls (sweep preset 'pairs-effect')")
+    tasks, ks = list(dict.fromkeys(arms.task)), sorted(int(k) for k in arms.k.dropna().unique())
+    bars = [(g, kind) for g in ("dim", "pair") for kind in ("massive", "kl")]
+    palette = sns.color_palette("colorblind", 2)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.9 * len(tasks) + 0.4, 2.8), sharey=True, squeeze=False)
+    w = 0.8 / len(bars)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        d = arms[arms.task == task]
+        base = t[(t.task == task) & (t.role == "baseline")]
+        if len(base):
+            ax.axhline(float(base.accuracy.iloc[0]), color="grey", lw=0.8, ls="--", label="baseline")
+        for j, (g, kind) in enumerate(bars):
+            rows = d[(d.granularity == g) & ((d.role == "massive") if kind == "massive" else (d.control == "kl"))]
+            rows = rows.set_index(rows.k.astype(int)).reindex(ks)
+            x = np.arange(len(ks)) + (j - (len(bars) - 1) / 2) * w
+            label = ("coordinate" if g == "dim" else "whole pair") + (" (massive)" if kind == "massive" else ", KL-matched control")
+            ax.bar(x, rows.accuracy, w, color=palette[g == "pair"], alpha=1.0 if kind == "massive" else 0.45,
+                   hatch=None if kind == "massive" else "///", edgecolor="white", lw=0.3, label=label)
+            ax.errorbar(x, rows.accuracy, yerr=ci_err(rows.accuracy, rows.ci_low, rows.ci_high), fmt="none",
+                        ecolor="black", elinewidth=0.8, capsize=2)
+        kl = {g: d[(d.granularity == g) & (d.role == "massive")].set_index("k").kl_massive for g in ("dim", "pair")}
+        ax.set_xticks(np.arange(len(ks)))
+        ax.set_xticklabels([f"top-{k}\nKL {kl['dim'].get(k, np.nan):.2g} | {kl['pair'].get(k, np.nan):.2g}" for k in ks],
+                           fontsize=7)
+        ax.set_title(f"{task} (n={int(d.n.iloc[0])})")
+        ax.set_ylim(0, 1.05)
+    axes[0][0].set_ylabel(f"accuracy ({t.scorer.dropna().iloc[0]})" if "scorer" in t and t.scorer.notna().any() else "accuracy")
+    axes[0][-1].legend(fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(f"{t.model.iloc[0]}: massive values replaced by whole RoPE pair vs by coordinate, each beside a "
+                 "control matched in neutral-text KL", fontsize=8, y=1.04)
+    return save(fig, out)
+
+
 def _task_panels(table: pd.DataFrame, model: str | None):
     """One model's rows (with a ``what`` label), its tasks, and one panel per task."""
     use_style()

@@ -122,6 +122,7 @@ FIGURES: dict[str, Figure] = {
     "ablation_k": Figure("k", _from_table("k", plotting.ablation_curve)),
     "ablation_layers": Figure("layers", _from_table("layers", plotting.ablation_layers)),
     "dose_response": Figure("dose", _from_table("dose", plotting.dose_response)),
+    "pairs_effect": Figure("pairs-effect", _from_table("pairs-effect", plotting.pairs_effect)),
     "quant_tasks": Figure("quant", _from_table("quant", plotting.quant_tasks)),
     "quant_preservation": Figure("quant", _from_table("quant", plotting.quant_preservation)),
     "quant_kv": Figure("quant", _from_table("quant", plotting.quant_kv)),
