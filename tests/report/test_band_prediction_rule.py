@@ -59,3 +59,45 @@ def test_every_embedded_model_has_a_cited_context():
     for m in EMBEDDED_MODELS:
         tokens, source = TRAIN_CONTEXTS[m]
         assert tokens >= 512 and len(source) > 40
+
+
+# ------------------------------------------------------------------ O13: the saved-tensor path, over heads
+def _saved(path, q_heads: list[float], k_heads: list[float], context: int | None = 8192):
+    """One layer (the saved one, after RoPE); per head four massive dims whose share beyond k* is given."""
+    import json
+
+    path.mkdir()
+    pairs, massive = [], []
+    for site, shares in (("q", q_heads), ("k", k_heads)):
+        for head, share in enumerate(shares):
+            pairs += [dict(site=site, stage="post", layer=10, head=head, pair=p, wavelength=w, energy=10.0 if p == 3 else 1.0)
+                      for p, w in enumerate(WAVELENGTHS)]
+            beyond = round(4 * share)
+            massive += [dict(site=site, stage="post", layer=10, head=head, dim=i, pair=3 if i < beyond else 0,
+                             wavelength=1e5 if i < beyond else 10.0) for i in range(4)]
+    pd.DataFrame(pairs).to_parquet(path / "pairs.parquet")
+    pd.DataFrame(massive).to_parquet(path / "massive.parquet")
+    config = {"train_context": context, "train_context_source": "a cited card"} if context else {}
+    (path / "manifest.json").write_text(json.dumps({"config": config}))
+    return path
+
+
+@pytest.mark.parametrize(("q", "k", "verdict"), [
+    ([1.0] * 32, [1.0] * 8, "reproduces"),
+    ([0.0] * 32, [1.0] * 8, "contradicted"),
+    ([1.0] * 32, [1.0, 0.0] * 4, "partly"),  # K: 4 up, 4 down
+    ([1.0, 0.0] * 16, [1.0, 0.0] * 4, "no difference detected"),
+    ([1.0] * 6, [1.0] * 6, "not evaluable"),  # 6 heads: 2 * 0.5**6 = 0.03 > 0.025, Holm's first step
+])
+def test_o13_counts_heads_of_the_one_saved_layer(tmp_path, q, k, verdict):
+    from massmech.report.rules_mechanism import saved_band_prediction
+
+    text, got = saved_band_prediction(_saved(tmp_path / "run", q, k), "llama3-8b-instruct")
+    assert got == verdict, text
+    assert "training context 8192" in text and "source: a cited card" in text and "heads above/below" in text
+
+
+def test_o13_without_a_stated_context_is_not_evaluable(tmp_path):
+    from massmech.report.rules_mechanism import saved_band_prediction
+
+    assert saved_band_prediction(_saved(tmp_path / "run", [1.0] * 8, [1.0] * 8, context=None), "m")[1] == "not evaluable"

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from massmech.report import rules, rules_v2
-from massmech.report.ledger import CLAIMS, Rule, ledger, ledger_markdown
+from massmech.report.ledger import CLAIMS, Rule, ledger
+from massmech.report.ledger_page import ledger_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,13 +6,14 @@ import pytest
 
 from massmech.cli import main
 from massmech.errors import RunDirError
-from massmech.report.ledger import CLAIMS, ledger, ledger_markdown
+from massmech.report.ledger import CLAIMS, ledger
+from massmech.report.ledger_page import ledger_markdown
 from massmech.report.pages import GENERATED, render_run, write_page
 from massmech.report.runs import run_folder
 from massmech.studies.ablation import SweepConfig, run_sweep
 from massmech.studies.analyze import AnalyzeConfig, run_analyze
 
-VERDICTS = {"reproduces", "partly", "contradicted", "not evaluable", "not run", "not testable offline"}
+VERDICTS = {"reproduces", "partly", "contradicted", "not evaluable", "not run", "not testable offline", "needs files"}
 
 
 @pytest.fixture(scope="module")

@@ -31,3 +31,53 @@ def test_a_run_made_by_hand_is_resumed_from_its_own_cells(tmp_path, monkeypatch,
     monkeypatch.setattr(sweeps, "score", lambda *a, **k: pytest.fail("recomputed a cell the run holds"))
     seconds, _, _ = run_all(root, quick=True, models=(MODEL,), only=("rank",), progress=False)
     assert list(seconds) == [folder] and not (root / "cells").exists()
+
+
+def test_a_run_of_files_massmech_does_not_ship_is_skipped_and_the_ledger_says_how_to_get_them(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """The saved-tensor run (the paper's own tensors, not redistributed): without its files reproduce
+    skips it, says so, and the ledger's rows read "needs files" (not "not run", which fails reproduce)."""
+    from massmech.report.ledger import ledger
+
+    monkeypatch.chdir(tmp_path)  # no data/paper-tensors here
+    seconds, _, _ = run_all(tmp_path / "runs", quick=True, models=(MODEL,), only=("saved",), progress=False)
+    assert seconds == {} and "skipped: it reads the paper's saved tensors" in capsys.readouterr().err
+    rows = ledger(tmp_path / "runs", (MODEL,))
+    o13 = rows[rows.key == "O13"]
+    assert set(o13.model) == {"llama2-7b-chat", "llama3-8b-instruct"} and set(o13.verdict) == {"needs files"}
+    assert o13.measured.str.contains("analyses/paper_tensors.py --from CLONE").all()
+
+
+def test_the_paper_tensors_are_copied_only_with_their_pinned_bytes(tmp_path, monkeypatch):
+    """analyses/paper_tensors.py: every file checked before any is written; a right file already there
+    is kept, a different one is refused, never overwritten."""
+    import hashlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("paper_tensors", Path(__file__).parents[2] / "analyses" / "paper_tensors.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    clone = tmp_path / "clone"
+    for folder, site in mod.SHA256:
+        f = clone / "saved_attn_scores" / "meta-llama" / folder / f"{site}_merged_attn_weights_layer10.pt"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(f"{folder} {site}".encode())
+    pins = {key: hashlib.sha256(f"{key[0]} {key[1]}".encode()).hexdigest() for key in mod.SHA256}
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "argv", ["paper_tensors.py", "--from", str(clone)])
+    with pytest.raises(SystemExit, match="sha256"):  # the real pins: these bytes are not the paper's
+        mod.main()
+    assert not (work / "data").exists()  # nothing written before every file checked
+    monkeypatch.setattr(mod, "SHA256", pins)
+    mod.main()
+    target = work / "data" / "paper-tensors" / "Llama-2-7b-chat-hf" / "q_merged_attn_weights_layer10.pt"
+    assert target.read_bytes() == b"Llama-2-7b-chat-hf q"
+    mod.main()  # again: kept
+    target.write_bytes(b"someone else's file")
+    with pytest.raises(SystemExit, match="not overwritten"):
+        mod.main()
+    assert target.read_bytes() == b"someone else's file"

@@ -360,7 +360,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
             print(path)
         return 0
     if args.ledger:
-        from massmech.report.ledger import MODELS, ledger_markdown
+        from massmech.report.ledger import MODELS
+        from massmech.report.ledger_page import ledger_markdown
 
         text = ledger_markdown(args.ledger, tuple(args.models.split(",")) if args.models else MODELS)
     else:

@@ -19,7 +19,8 @@ from pathlib import Path
 from massmech.errors import RunDirError
 from massmech.files.io import atomic_write
 from massmech.report.figures import FIGURES, make_figures
-from massmech.report.ledger import ledger, ledger_markdown, run_finished
+from massmech.report.ledger import ledger, run_finished
+from massmech.report.ledger_page import ledger_markdown
 from massmech.report.pages import GENERATED, figures, provenance, render_run, write_page
 from massmech.report.runs import MODELS, RUNS, TWINS_MODEL, command, models_of, run_folder
 

@@ -11,13 +11,15 @@ model, what was measured and a verdict:
   smallest difference it could have shown (never read as "survives");
 * **not evaluable**: the run exists but cannot decide (tasks at chance or floor, nothing moves);
 * **not run**: the run folder is missing; the command makes it;
-* **not testable offline**: what is needed (e.g. a pretrained non-RoPE model) is not available.
+* **not testable offline**: what is needed (e.g. a pretrained non-RoPE model) is not available;
+* **needs files**: the run reads files massmech does not ship (the paper's saved tensors); the
+  measured text says how to get them, then the command.
 
 A rule is a versioned entry with the date and commit that fixed it and the family its error rate
 holds over; a changed rule is a new version, never an edit, and the ledger shows the verdict of
 every version, and whether each run was made after its rule was fixed (the manifest's time).
-:func:`ledger_markdown` renders the page ``docs/ledger.md`` from the run folders, so rerunning the
-studies regenerates it.
+:func:`massmech.report.ledger_page.ledger_markdown` renders the page ``docs/ledger.md`` from the run
+folders, so rerunning the studies regenerates it.
 Source of the paper's claims: the abstract of Jin et al., ICML 2025 (arXiv 2502.01563), as quoted
 in the README of the official code (github.com/MingyuJ666/Rope_with_LLM).
 """
@@ -34,9 +36,8 @@ from pathlib import Path
 import pandas as pd
 
 from massmech.report import rules, rules_mechanism, rules_quant, rules_v2
-from massmech.report.pages import GENERATED
 from massmech.report.rules import NoData, run_finished
-from massmech.report.runs import MODELS, command, models_of, run_folder
+from massmech.report.runs import MODELS, RUNS, command, missing_inputs, models_of, run_folder
 from massmech.report.why import EFFECT_WHY, RANK_FIRST_LOOKS
 
 Judge = Callable[[Path, str], tuple[str, str]]  # (run folder, model) -> (measured, verdict)
@@ -121,7 +122,9 @@ class Claim:
             folder, cmd = run_folder(self.run, model), command(self.run, model, str(root))
             path = root / folder
             if not (path / "manifest.json").is_file() or not run_finished(path):
-                out += [Finding(model, f"`{cmd}`", "not run", folder, r.version) for r in self.rules]
+                needs = missing_inputs(self.run, model)  # files massmech does not ship: how to get them, then the run
+                out += [Finding(model, f"it reads {RUNS[self.run].needs}; then `{cmd}`" if needs else f"`{cmd}`",
+                                "needs files" if needs else "not run", folder, r.version) for r in self.rules]
                 continue
             created = json.loads((path / "manifest.json").read_text()).get("created")
             for r in self.rules:
@@ -377,6 +380,23 @@ CLAIMS: tuple[Claim, ...] = (
                    rules_mechanism.pair_vs_coordinate, "exact McNemar per (task, k), Holm across the model's comparisons",
                    fixed="2026-12-05T07:03:45+00:00", commit="3e068da",
                    why="new (issue 27, part 3); fixed before any pairs-effect run"),), ours=True),
+    Claim("O13", "O6 on the user-supplied saved-tensor path: the massive dims of the paper's own saved Llama tensors "
+          "sit at or beyond the critical RoPE pair k*", "massmech (issue 27, part 1)", "saved", (
+              Rule(1, "per model (Llama-2-7B-chat and Llama-3-8B-Instruct: the paper's saved Q/K/V of layer 10, after "
+                      "RoPE, one prompt of 66 and 45 tokens, read by massmech analyze --activations), the training "
+                      "context T given with its cited source (runs.PAPER_TENSORS: 4096 and 8192 tokens); the λ = 5 "
+                      "massive Q and K dims of the tensors (per-head mean). Per site, each head with massive dims "
+                      "counts above or below when the share of its massive dims with a wavelength >= T exceeds or "
+                      "falls short of the share of its pairs there (the base rate); exact two-sided sign test over "
+                      "those heads, Holm across the model's two sites at 0.05; a test is decidable when its heads "
+                      "can reach Holm's first step. Every decidable test significant upward with a pooled share >= "
+                      "0.5: reproduces; some significant downward: contradicted; none significant: no difference "
+                      "detected; none decidable: not evaluable; otherwise partly. Where each head's highest-energy "
+                      "pair sits relative to k* is shown beside it",
+                   rules_mechanism.saved_band_prediction, "sign test over heads per site, Holm across the model's two sites",
+                   why="new (issue 27, part 1: the prediction on the saved-tensor path); O6's rule counts layers, and "
+                       "saved tensors of one layer have one; fixed before any analysis of these tensors (only their "
+                       "shapes and dtypes were read)"),), ours=True),
 )
 NOT_TESTABLE = (
     ("P10", "Pretrained models without RoPE show no such concentration", "Jin et al. 2025 (RoPE vs non-RoPE models)",
@@ -411,37 +431,3 @@ def ledger(root: str | os.PathLike = "runs", models: tuple[str, ...] = MODELS, *
         rows.append({"key": key, "claim": claim, "source": source, "ours": False, "rule": "-", "model": "-",
                      "measured": why, "verdict": "not testable offline", "run": "-", "version": 0, "earlier": ""})
     return pd.DataFrame(rows)
-
-
-def _rule_lines() -> list[str]:
-    lines = ["## Rules and their versions", "",
-             "A rule is fixed in a commit and never edited; a change is a new version, and the tables above show "
-             "the newest version's verdict with the older ones beside it. *timing* says whether the run was made "
-             "after the rule was fixed (a rule fixed after its run was written knowing the numbers).", ""]
-    for c in CLAIMS:
-        for r in c.rules:
-            when = f"fixed {r.fixed[:10]} in `{r.commit}`" if r.commit else "not yet committed"
-            lines.append(f"- **{c.key} v{r.version}** ({when}; scope: {r.scope}): {r.text}."
-                         + (f" *Why:* {r.why}." if r.why else ""))
-    return lines
-
-
-def ledger_markdown(root: str | os.PathLike = "runs", models: tuple[str, ...] = MODELS) -> str:
-    """The ledger page (``docs/ledger.md``), generated from the run folders under ``root``."""
-    t = ledger(root, models)
-    lines = [GENERATED, "# Claim ledger", "",
-             "Every claim of the paper (Jin et al., ICML 2025; the abstract's claims as quoted in the official "
-             "code's README) and of massmech, the run that tests it, what was measured and a verdict by the "
-             "newest version of the claim's rule (every version, its date, commit and family-wise scope are listed "
-             "below). Regenerate with `massmech report --ledger runs --out docs/ledger.md`.", ""]
-    for part, ours in (("The paper's claims", False), ("massmech's own findings", True)):
-        lines += [f"## {part}", "", "| # | claim | model | measured | verdict | earlier versions | timing |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in t[t.ours == ours].itertuples():
-            version = f" (v{r.version})" if r.version else ""
-            lines.append(f"| {r.key} | {r.claim} | {r.model} | {r.measured} | **{r.verdict}**{version} | "
-                         f"{r.earlier or '-'} | {r.timing if isinstance(r.timing, str) and r.timing else '-'} |")
-        lines.append("")
-    counts = t.verdict.value_counts()
-    lines += ["Verdicts (newest rules): " + ", ".join(f"{v} {n}" for v, n in counts.items()) + ".", ""]
-    return "\n".join(lines + _rule_lines()) + "\n"

@@ -25,7 +25,7 @@ from pathlib import Path
 from massmech.errors import ConfigError, RunDirError
 from massmech.files.io import write_json
 from massmech.files.runs import cells_of
-from massmech.report.runs import MODELS, RUNS, config_of, models_of, run_folder
+from massmech.report.runs import MODELS, RUNS, config_of, missing_inputs, models_of, run_folder
 
 
 @dataclass
@@ -83,6 +83,9 @@ def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str
     seconds, forward, hooks = {}, {}, {}
     for (run, model), cfg in configs.items():
         folder = run_folder(run, model)
+        if missing_inputs(run, model):  # files massmech does not make: the ledger shows how to get them
+            print(f"reproduce: {folder} skipped: it reads {RUNS[run].needs}", file=sys.stderr, flush=True)
+            continue
         if progress:
             print(f"reproduce: {folder}", file=sys.stderr, flush=True)
         start, clock = time.perf_counter(), FORWARDS.snapshot()

@@ -128,7 +128,7 @@ def band_prediction(path: Path, model: str) -> tuple[str, str]:
     test over the layers with massive dims (their share beyond k* above or below their pairs' share),
     Holm across the model's (group, site) family; see the claim's rule for the verdicts."""
     from massmech.core.catalog import TRAIN_CONTEXTS
-    from massmech.stats import holm, sign_test
+    from massmech.stats import sign_test
 
     if not (path / "massive.parquet").is_file() or not (path / "pairs.parquet").is_file():
         raise NoData(f"no massive.parquet / pairs.parquet in {path}")
@@ -152,6 +152,12 @@ def band_prediction(path: Path, model: str) -> tuple[str, str]:
                           "dims": int(g.n_massive.sum()), "peak": f"{int(g.peak_beyond.sum())}/{len(g)}"})
     if not tests:
         raise NoData(f"no pre-RoPE Q/K rows in {path / 'pairs.parquet'}")
+    return _sign_verdict(tests, context, "layers", lambda t: f"layers whose slowest pair turns in {t['slowest']:.3g} tokens")
+
+
+def _sign_verdict(tests: list[dict], context: int, unit: str, where) -> tuple[str, str]:
+    """O6's verdict from its sign tests (one per site and group; ``unit``: what each test counts),
+    Holm across them; a test decides when its units can reach Holm's first step."""
     adjusted = holm([t["p"] for t in tests])
     level = 0.05 / len(tests)  # Holm's first step: a test whose smallest p cannot reach it cannot decide
     parts, signs = [], []
@@ -160,12 +166,11 @@ def band_prediction(path: Path, model: str) -> tuple[str, str]:
         sign = 0 if q is None or q >= 0.05 else (1 if t["up"] > t["down"] else -1)
         if decidable:
             signs.append(sign)
-        parts.append(f"{t['site'].upper()}, layers whose slowest pair turns in {t['slowest']:.3g} tokens: {t['dims']} "
-                     f"massive dims, {t['hit']:.2f} beyond k* vs {t['base']:.2f} of the pairs; layers above/below their "
-                     f"base rate {t['up']}/{t['down']} of {t['layers']}"
-                     + (f" (Holm p = {q:.2g})" if q is not None else "")
-                     + ("" if decidable else " (not decidable: too few layers)")
-                     + f"; peak pair beyond k* in {t['peak']} layers")
+        parts.append(f"{t['site'].upper()}, {where(t)}: {t['dims']} massive dims, {t['hit']:.2f} beyond k* vs "
+                     f"{t['base']:.2f} of the pairs; {unit} above/below their base rate {t['up']}/{t['down']} of "
+                     f"{t[unit]}" + (f" (Holm p = {q:.2g})" if q is not None else "")
+                     + ("" if decidable else f" (not decidable: too few {unit})")
+                     + f"; peak pair beyond k* in {t['peak']} {unit}")
     text = f"training context {context} tokens (k*: wavelength >= {context}); " + "; ".join(parts)
     if not signs:
         return text, "not evaluable"
@@ -175,6 +180,46 @@ def band_prediction(path: Path, model: str) -> tuple[str, str]:
         ok = all(t["hit"] >= 0.5 for t, q in zip(tests, adjusted, strict=True) if q is not None and q < 0.05)
         return text, "reproduces" if ok else "partly"
     return text, "partly" if 1 in signs else "no difference detected"
+
+
+def saved_band_prediction(path: Path, model: str) -> tuple[str, str]:
+    """O13 v1: O6 on saved tensors of one layer: per site, a sign test over the heads with massive
+    dims (their share beyond k* above or below their pairs' share), Holm across the two sites, at
+    the training context the run states with its source; see the claim's rule for the verdicts."""
+    import json
+
+    from massmech.stats import sign_test
+
+    if not (path / "massive.parquet").is_file() or not (path / "pairs.parquet").is_file():
+        raise NoData(f"no massive.parquet / pairs.parquet in {path}")
+    config = json.loads((path / "manifest.json").read_text()).get("config", {})
+    context, source = config.get("train_context"), config.get("train_context_source")
+    if not context:
+        return "the run states no training context (--train-context with its source)", "not evaluable"
+    massive, pairs = pd.read_parquet(path / "massive.parquet"), pd.read_parquet(path / "pairs.parquet")
+    tests = []
+    for site in ("q", "k"):
+        p, m = pairs[pairs.site == site], massive[(massive.site == site) & (massive.pair >= 0)]
+        rows = []
+        for (stage, layer, head), g in p.groupby(["stage", "layer", "head"]):
+            hits = m[(m.stage == stage) & (m.layer == layer) & (m["head"] == head)]
+            rows.append({"base_rate": float((g.wavelength >= context).mean()), "n_massive": len(hits),
+                         "hits": int((hits.wavelength >= context).sum()),
+                         "peak": bool(g.wavelength.loc[g.energy.idxmax()] >= context)})
+        heads = pd.DataFrame(rows)
+        g = heads[heads.n_massive > 0] if len(heads) else heads
+        if g.empty:
+            continue
+        rate = g.hits / g.n_massive
+        up, down = int((rate > g.base_rate).sum()), int((rate < g.base_rate).sum())
+        tests.append({"site": site, "heads": len(g), "up": up, "down": down, "p": sign_test(up, down) if up + down else None,
+                      "hit": float(g.hits.sum() / g.n_massive.sum()),
+                      "base": float((g.base_rate * g.n_massive).sum() / g.n_massive.sum()),
+                      "dims": int(g.n_massive.sum()), "peak": f"{int(g.peak.sum())}/{len(g)}"})
+    if not tests:
+        raise NoData(f"no Q/K rows with massive dims in {path / 'massive.parquet'}")
+    text, verdict = _sign_verdict(tests, context, "heads", lambda t: "heads with massive dims")
+    return f"{text} (source: {source})", verdict
 
 
 def pair_vs_coordinate_table(path: Path, model: str) -> pd.DataFrame:
