@@ -394,7 +394,7 @@ CLAIMS: tuple[Claim, ...] = (
                       "detected; none decidable: not evaluable; otherwise partly. Where each head's highest-energy "
                       "pair sits relative to k* is shown beside it",
                    rules_mechanism.saved_band_prediction, "sign test over heads per site, Holm across the model's two sites",
-                   why="new (issue 27, part 1: the prediction on the saved-tensor path); O6's rule counts layers, and "
+                   fixed="2026-12-05T12:03:13+00:00", commit="e00eade", why="new (issue 27, part 1: the prediction on the saved-tensor path); O6's rule counts layers, and "
                        "saved tensors of one layer have one; fixed before any analysis of these tensors (only their "
                        "shapes and dtypes were read)"),), ours=True),
 )
