@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -81,3 +82,21 @@ def test_the_paper_tensors_are_copied_only_with_their_pinned_bytes(tmp_path, mon
     with pytest.raises(SystemExit, match="not overwritten"):
         mod.main()
     assert target.read_bytes() == b"someone else's file"
+
+
+def test_a_run_folder_of_another_config_is_refused_unless_overwrite(tmp_path):
+    """After the ledger's runs change, reproduce refuses the old folder (never replaces it silently);
+    --overwrite replaces it, and its cells are not recomputed."""
+    from massmech.errors import MassmechError
+    from massmech.studies.analyze import run_analyze
+
+    root = tmp_path / "runs"
+    folder = run_folder("analyze", MODEL)
+    cfg = config_of("analyze", MODEL, quick=True)
+    other = dataclasses.replace(cfg, lam=4.0)  # another config in the run's folder
+    run_analyze(other, root / folder, progress=False)
+    with pytest.raises(MassmechError, match="another config"):
+        run_all(root, quick=True, models=(MODEL,), only=("analyze",), progress=False)
+    seconds, _, _ = run_all(root, quick=True, models=(MODEL,), only=("analyze",), progress=False, overwrite=True)
+    assert list(seconds) == [folder]
+    assert json.loads((root / folder / MANIFEST).read_text())["config"]["lam"] == cfg.lam == 5.0

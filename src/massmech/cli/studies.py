@@ -136,6 +136,8 @@ def add_reproduce(sub: Any, formatter: type) -> None:
     r.add_argument("--no-docs", action="store_true", help="make the runs only (no figures, ledger, docs or site)")
     r.add_argument("--executor", default="serial", choices=["serial", "processes", "ray"], help="who computes the cells")
     r.add_argument("--json", action="store_true", help="print what ran, its seconds and the ledger rows left unjudged")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace a run folder of another config (e.g. after the ledger's runs changed); cells are kept")
     r.set_defaults(func=cmd_reproduce)
 
 
@@ -146,7 +148,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     models = tuple(args.models.split(",")) if args.models else MODELS
     only = tuple(args.only.split(",")) if args.only else ()
     done = reproduce(args.runs, quick=args.quick, models=models, only=only, docs=not args.no_docs,
-                     progress=not args.json, executor=args.executor)
+                     progress=not args.json, executor=args.executor, overwrite=args.overwrite)
     if args.json:
         print(json.dumps({"seconds": done.seconds, "not_judged": done.not_judged,
                           "docs": str(done.docs) if done.docs else None}, indent=2))

@@ -67,7 +67,7 @@ def _cells(root: Path, folder: str) -> Path:
 
 
 def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str, ...] = (),
-            progress: bool = True, executor: str | None = None
+            progress: bool = True, executor: str | None = None, overwrite: bool = False
             ) -> tuple[dict[str, float], dict[str, float | None], dict[str, float | None]]:
     """Make (or resume) every ledger run under ``root``; returns folder -> seconds, folder ->
     seconds inside forward passes, and folder -> the part of those in massmech's hooks (both
@@ -90,7 +90,7 @@ def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str
             print(f"reproduce: {folder}", file=sys.stderr, flush=True)
         start, clock = time.perf_counter(), FORWARDS.snapshot()
         get_study(RUNS[run].study).runner()(cfg, root / folder, cells=_cells(root, folder), executor=executor,
-                                            progress=progress)
+                                            overwrite=overwrite, progress=progress)
         seconds[folder] = round(time.perf_counter() - start, 1)
         spent = FORWARDS.since(clock) if executor in (None, "serial") else None
         forward[folder] = None if spent is None else round(spent.seconds, 3)
@@ -145,6 +145,7 @@ def reproduce(
     docs: bool = True,
     progress: bool = True,
     executor: str | None = None,
+    overwrite: bool = False,
 ) -> Reproduction:
     """Make every run the ledger reads, then the figures, the ledger, the docs and the site.
 
@@ -155,6 +156,9 @@ def reproduce(
         only: Only these runs (keys of :data:`~massmech.report.runs.RUNS`); the docs still read all.
         docs: Regenerate the docs and build the site (needs the project folder: a source checkout).
         executor: Who computes the cells (``serial``, ``processes``, ``ray``).
+        overwrite: Replace a run folder that holds a run of another config (an older massmech's, or
+            one made before the ledger's runs changed); its cells stay in their store. Without it
+            such a folder is refused, never replaced silently.
 
     Returns:
         :class:`Reproduction`; its ``not_judged`` lists the ledger rows left without a verdict.
@@ -165,7 +169,7 @@ def reproduce(
     root = Path(root or ("runs/quick" if quick else "runs"))
     root.mkdir(parents=True, exist_ok=True)
     result = Reproduction(root, *run_all(root, quick=quick, models=models, only=only, progress=progress,
-                                         executor=executor))
+                                         executor=executor, overwrite=overwrite))
     table = ledger(root, models)
     result.ledger = table
     result.not_judged = [f"{r.key} / {r.model}" for r in table.itertuples() if r.verdict == "not run"]
