@@ -64,5 +64,7 @@ bench: setup
 docs: setup
 	$(PY) -m mkdocs build --strict --site-dir site
 
+# Outputs go; runs/cells stays (the ledger's committed cells: `git status` shows what a run added).
 clean:
-	rm -rf $(VENV) runs figures .pytest_cache site
+	rm -rf $(VENV) figures .pytest_cache site
+	test ! -d runs || find runs -mindepth 1 -maxdepth 1 ! -name cells -exec rm -rf {} +

@@ -100,3 +100,15 @@ def test_a_run_folder_of_another_config_is_refused_unless_overwrite(tmp_path):
     seconds, _, _ = run_all(root, quick=True, models=(MODEL,), only=("analyze",), progress=False, overwrite=True)
     assert list(seconds) == [folder]
     assert json.loads((root / folder / MANIFEST).read_text())["config"]["lam"] == cfg.lam == 5.0
+
+
+def test_a_shown_command_quotes_its_values_so_it_runs_as_printed():
+    import shlex
+
+    from massmech.report.runs import command
+
+    cmd = command("saved", "llama2-7b-chat")
+    args = shlex.split(cmd)
+    source = args[args.index("--train-context-source") + 1]
+    assert source.startswith("Touvron et al. 2023") and "Table 1" in source  # one argument, spaces and all
+    assert args[:3] == ["massmech", "analyze", "--preset"] and "--model" in args and args[args.index("--model") + 1] == "activations"
