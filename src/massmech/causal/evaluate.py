@@ -134,7 +134,7 @@ def evaluate(
             in its own passes (same results; for benchmarks).
         share_prompt: Choice scoring reads each (example, condition) prompt once and continues its
             KV cache with every option (:mod:`massmech.causal.choice`; same results) where every
-            condition is ``kv_cache="prefill"``. ``False``: one sequence per option.
+            condition is ``kv_cache="prefill"`` and ``fold`` is on. ``False``: one sequence per option.
         progress: Progress bar over batches.
 
     Returns:
@@ -164,7 +164,7 @@ def evaluate(
     names = list(conditions)
     iv = Intervention(model, [conditions[k] for k in names], calibration=calibration)
     encoded = [encode(model, ex) for ex in examples]
-    if share_prompt and scoring == "choice" and all(c is None or c.kv_cache == "prefill" for c in conditions.values()):
+    if fold and share_prompt and scoring == "choice" and all(c is None or c.kv_cache == "prefill" for c in conditions.values()):
         scores, dims = option_logprobs(model, iv, [c if conditions[k] is not None else -1 for c, k in enumerate(names)],
                                        [ex.uid for ex in examples], encoded, batch_size=batch_size, progress=progress)
         return _table(names, examples, scoring, scores, dims)
