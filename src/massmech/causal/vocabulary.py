@@ -34,9 +34,9 @@ GRANULARITY_HELP = {
 SCORERS = ("strict", "contains", "first-line", "rank")
 SCORER_HELP = {
     "strict": "every answer token is the argmax, teacher-forced (one pass; equal to greedy generation)",
-    "contains": "the gold answer appears anywhere in the greedy continuation (the paper's code: "
-                "`label in answer` in run_experiment.py)",
-    "first-line": "the gold answer appears in the first line of the greedy continuation",
+    "contains": "the gold answer appears anywhere in the greedy reply, up to its EOS or end of turn (the paper's "
+                "code: `label in answer` in run_experiment.py)",
+    "first-line": "the gold answer appears in the first line of the greedy reply",
     "rank": "the gold answer's summed log-probability is the highest among it and the task's distractors "
             "(kv_lookup: the prompt's other values; knowledge_conflict: the memorised capital); chance 1/(1 + distractors)",
 }
