@@ -128,7 +128,6 @@ def band_prediction(path: Path, model: str) -> tuple[str, str]:
     test over the layers with massive dims (their share beyond k* above or below their pairs' share),
     Holm across the model's (group, site) family; see the claim's rule for the verdicts."""
     from massmech.core.catalog import TRAIN_CONTEXTS
-    from massmech.stats import sign_test
 
     if not (path / "massive.parquet").is_file() or not (path / "pairs.parquet").is_file():
         raise NoData(f"no massive.parquet / pairs.parquet in {path}")
@@ -142,17 +141,25 @@ def band_prediction(path: Path, model: str) -> tuple[str, str]:
         if layers.empty:
             continue
         for slowest, g in layers.groupby(layers.slowest.round(-1), sort=True):
-            g = g[g.n_massive > 0]
-            hit_rate = g.hits / g.n_massive
-            up, down = int((hit_rate > g.base_rate).sum()), int((hit_rate < g.base_rate).sum())
-            tests.append({"site": site, "slowest": slowest, "layers": len(g), "up": up, "down": down,
-                          "p": sign_test(up, down) if up + down else None,
-                          "hit": float(g.hits.sum() / g.n_massive.sum()) if len(g) else float("nan"),
-                          "base": float((g.base_rate * g.n_massive).sum() / g.n_massive.sum()) if len(g) else float("nan"),
-                          "dims": int(g.n_massive.sum()), "peak": f"{int(g.peak_beyond.sum())}/{len(g)}"})
+            tests.append(_sign_test(g, "layers", site=site, slowest=slowest))
     if not tests:
         raise NoData(f"no pre-RoPE Q/K rows in {path / 'pairs.parquet'}")
     return _sign_verdict(tests, context, "layers", lambda t: f"layers whose slowest pair turns in {t['slowest']:.3g} tokens")
+
+
+def _sign_test(units: pd.DataFrame, unit: str, **keys) -> dict:
+    """One O6 sign test over ``units`` (layers or heads; ``n_massive``, ``hits``, ``base_rate`` and
+    ``peak_beyond`` each): those with massive dims count up or down by their share beyond k*."""
+    from massmech.stats import sign_test
+
+    g = units[units.n_massive > 0]
+    rate = g.hits / g.n_massive
+    up, down = int((rate > g.base_rate).sum()), int((rate < g.base_rate).sum())
+    total = g.n_massive.sum()
+    return {**keys, unit: len(g), "up": up, "down": down, "p": sign_test(up, down) if up + down else None,
+            "hit": float(g.hits.sum() / total) if total else float("nan"),
+            "base": float((g.base_rate * g.n_massive).sum() / total) if total else float("nan"),
+            "dims": int(total), "peak": f"{int(g.peak_beyond.sum())}/{len(g)}"}
 
 
 def _sign_verdict(tests: list[dict], context: int, unit: str, where) -> tuple[str, str]:
@@ -188,8 +195,6 @@ def saved_band_prediction(path: Path, model: str) -> tuple[str, str]:
     the training context the run states with its source; see the claim's rule for the verdicts."""
     import json
 
-    from massmech.stats import sign_test
-
     if not (path / "massive.parquet").is_file() or not (path / "pairs.parquet").is_file():
         raise NoData(f"no massive.parquet / pairs.parquet in {path}")
     config = json.loads((path / "manifest.json").read_text()).get("config", {})
@@ -205,17 +210,10 @@ def saved_band_prediction(path: Path, model: str) -> tuple[str, str]:
             hits = m[(m.stage == stage) & (m.layer == layer) & (m["head"] == head)]
             rows.append({"base_rate": float((g.wavelength >= context).mean()), "n_massive": len(hits),
                          "hits": int((hits.wavelength >= context).sum()),
-                         "peak": bool(g.wavelength.loc[g.energy.idxmax()] >= context)})
+                         "peak_beyond": bool(g.wavelength.loc[g.energy.idxmax()] >= context)})
         heads = pd.DataFrame(rows)
-        g = heads[heads.n_massive > 0] if len(heads) else heads
-        if g.empty:
-            continue
-        rate = g.hits / g.n_massive
-        up, down = int((rate > g.base_rate).sum()), int((rate < g.base_rate).sum())
-        tests.append({"site": site, "heads": len(g), "up": up, "down": down, "p": sign_test(up, down) if up + down else None,
-                      "hit": float(g.hits.sum() / g.n_massive.sum()),
-                      "base": float((g.base_rate * g.n_massive).sum() / g.n_massive.sum()),
-                      "dims": int(g.n_massive.sum()), "peak": f"{int(g.peak.sum())}/{len(g)}"})
+        if len(heads) and (heads.n_massive > 0).any():
+            tests.append(_sign_test(heads, "heads", site=site))
     if not tests:
         raise NoData(f"no Q/K rows with massive dims in {path / 'massive.parquet'}")
     text, verdict = _sign_verdict(tests, context, "heads", lambda t: "heads with massive dims")
