@@ -59,6 +59,7 @@ def test_scale_ray_sweep_runs_tiny():
     r = _last_json(["bench/scale.py", "--size", "tiny", "--sections", "ray", "--ray-n", "2"])
     assert r["ray_speedup"] == r["ray"]["ray_speedup"] > 0, r["ray"]
     assert r["ray"]["ray_table_equal"] and r["ray"]["cells"] == 52 and r["ray"]["workers"] == 2
+    assert r["ray"]["ray_speedup_session"] > 0  # the same sweep again in one session, on warm workers
 
 
 def test_eval_speed_ratios_run_tiny():

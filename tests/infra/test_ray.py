@@ -141,3 +141,29 @@ def test_twins_train_one_variant_per_ray_worker_like_one_process(tmp_path, local
                        device="cpu", progress=False)
     here = train_all(cfg, tmp_path / "here", variants=["rope", "nope"], device="cpu", progress=False)
     assert on_ray == here and len(on_ray["nope"]) == 4
+
+
+def _pids(out: Path, n: int) -> set[int]:
+    store = CellStore(out / "cells", "squares", version=1)
+    assert len(store.keys()) == n
+    return {store.get(k).data["pid"] for k in store.keys()}
+
+
+def test_a_session_keeps_its_workers_from_run_to_run_and_ends_them_at_its_end(tmp_path, local_ray):
+    """`with executor:` (what reproduce and a study's phases use): the second run is computed by
+    the first run's actors, not new ones; outside a session every run starts its own."""
+    squares = _squares()
+    serial = run_study(squares, {"n": 6}, tmp_path / "serial", progress=False)
+    ex = RayExecutor(workers=2)
+    with ex:
+        first = run_study(squares, {"n": 6}, tmp_path / "a", executor=ex, progress=False)
+        second = run_study(squares, {"n": 6}, tmp_path / "b", executor=ex, progress=False)
+        pool = list(ex._pool)
+        assert len(pool) == 2 and _pids(tmp_path / "b", 6) <= set(ray.get([a.pid.remote() for a in pool]))
+    assert first.equals(serial) and second.equals(serial)
+    assert _pids(tmp_path / "a", 6) == _pids(tmp_path / "b", 6)
+    assert ex._pool == [] and ray.is_initialized()  # actors gone; the Ray this session did not start is left running
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(pool[0].pid.remote(), timeout=30)
+    run_study(squares, {"n": 6}, tmp_path / "c", executor=ex, progress=False)  # no session: fresh actors
+    assert not _pids(tmp_path / "c", 6) & _pids(tmp_path / "a", 6)

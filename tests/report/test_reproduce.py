@@ -112,3 +112,34 @@ def test_a_shown_command_quotes_its_values_so_it_runs_as_printed():
     source = args[args.index("--train-context-source") + 1]
     assert source.startswith("Touvron et al. 2023") and "Table 1" in source  # one argument, spaces and all
     assert args[:3] == ["massmech", "analyze", "--preset"] and "--model" in args and args[args.index("--model") + 1] == "activations"
+
+
+def test_one_executor_session_serves_every_run(tmp_path, monkeypatch):
+    """An executor with a session (Ray's) is made once and entered once around all the runs, so its
+    workers and their models carry from run to run; each run's cells are still computed by it."""
+    import massmech.infra.executors as executors
+    from massmech.infra.executors import SerialExecutor
+
+    class Session(SerialExecutor):
+        made, entered, runs = 0, 0, 0
+
+        def __init__(self):
+            Session.made += 1
+
+        def __enter__(self):
+            Session.entered += 1
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def run(self, *args, **kwargs):
+            Session.runs += 1
+            return super().run(*args, **kwargs)
+
+    real = executors.resolve_executor
+    monkeypatch.setattr(executors, "resolve_executor", lambda e=None, **o: Session() if e == "ray" else real(e, **o))
+    seconds, forward, _ = run_all(tmp_path / "runs", quick=True, models=(MODEL,), only=("shift", "rank"),
+                                  progress=False, executor="ray")
+    assert len(seconds) == 2 and set(forward.values()) == {None}
+    assert Session.made == 1 and Session.entered >= 1 and Session.runs >= 2

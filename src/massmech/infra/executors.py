@@ -22,14 +22,15 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
-from collections import deque
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from massmech.errors import ConfigError
 from massmech.infra.cells import CellStore
+from massmech.infra.scheduling import UnitScheduler
 from massmech.infra.study import CellSpec, Context, run_units
 
 EXECUTORS = ("serial", "processes", "ray")
@@ -71,81 +72,6 @@ def _assign(units: Sequence[Sequence[CellSpec]], workers: int) -> list[list[list
     for chunk in sorted(_chunks(units, workers), key=lambda c: -sum(map(len, c))):
         min(plan, key=lambda p: sum(map(len, p))).extend(chunk)
     return [p for p in plan if p]
-
-
-class UnitScheduler:
-    """Which unit a free worker computes next: units of the model it holds while any are left,
-    then another model's.
-
-    A worker whose model has no units left takes a model nobody holds (the most cells first);
-    failing that it joins a model that others hold when that pays: with ``m`` workers on it,
-    ``W`` seconds of its cells left and ``L`` seconds to load it, one more worker ends it sooner
-    iff ``L < W / m``. ``L`` and the seconds per cell are measured as units finish
-    (:meth:`record`), else taken from ``prior`` (:meth:`CellStore.timings`); while neither is
-    known, a model is split by its share of the cells (``workers x cells / all cells``). A worker
-    given nothing is done: units are only ever taken, so nothing worth joining appears later.
-
-    >>> from massmech.infra.study import CellSpec
-    >>> units = [[CellSpec(f"{g}{i}", {}, group=g, unit=str(i))] for g, n in (("a", 3), ("b", 1)) for i in range(n)]
-    >>> s = UnitScheduler(units, workers=2)
-    >>> [s.next(None)[0], s.next(None)[0]]  # one worker per model
-    ['a', 'b']
-    >>> s.record("b", cells=1, seconds=10.0, load_seconds=0.1); s.record("a", cells=1, seconds=10.0, load_seconds=0.1)
-    >>> s.next("b")[0]  # b is done; a has 2 units (20 s) left and loads in 0.1 s: join it
-    'a'
-    """
-
-    def __init__(self, units: Sequence[Sequence[CellSpec]], workers: int,
-                 prior: Mapping[str, Mapping[str, float]] | None = None) -> None:
-        self.queues: dict[str, deque[list[CellSpec]]] = {}
-        for unit in sorted(units, key=len, reverse=True):
-            self.queues.setdefault(unit[0].group, deque()).append(list(unit))
-        self.workers, self.total = workers, sum(map(len, units))
-        self.on: dict[str, int] = dict.fromkeys(self.queues, 0)
-        prior = prior or {}
-        self.load = {g: prior[g]["load_seconds"] for g in self.queues if "load_seconds" in prior.get(g, {})}
-        self.cell = {g: prior[g]["cell_seconds"] for g in self.queues if "cell_seconds" in prior.get(g, {})}
-        self._measured: dict[str, list[float]] = {}
-
-    def __repr__(self) -> str:
-        left = {g: sum(map(len, q)) for g, q in self.queues.items()}
-        return f"UnitScheduler(workers={self.workers}, cells_left={left})"
-
-    def record(self, group: str, *, cells: int, seconds: float, load_seconds: float | None) -> None:
-        """A unit of ``cells`` cells of ``group`` took ``seconds`` (less its load); the model took
-        ``load_seconds`` to load, if it was loaded for it."""
-        sums = self._measured.setdefault(group, [0.0, 0.0])
-        sums[0] += seconds
-        sums[1] += cells
-        self.cell[group] = sums[0] / max(sums[1], 1)
-        if load_seconds is not None:
-            self.load[group] = load_seconds
-
-    def next(self, holding: str | None) -> tuple[str, list[CellSpec]] | None:
-        """``(group, unit)`` for a worker holding ``holding``'s model (or none), or ``None``: done."""
-        if holding is not None and self.queues.get(holding):
-            return holding, self.queues[holding].popleft()
-        left = {g: sum(map(len, q)) for g, q in self.queues.items() if q}
-        if not left:
-            return None
-        nobody = [g for g in left if not self.on[g]]
-        if nobody:
-            group = max(nobody, key=left.__getitem__)
-        else:
-            worth = [g for g in left if self._worth_joining(g, left[g])]
-            if not worth:
-                return None
-            group = max(worth, key=lambda g: left[g] * self.cell.get(g, 1.0) / self.on[g])
-        if holding is not None:
-            self.on[holding] -= 1
-        self.on[group] += 1
-        return group, self.queues[group].popleft()
-
-    def _worth_joining(self, group: str, cells_left: int) -> bool:
-        load, cell, m = self.load.get(group), self.cell.get(group), self.on[group]
-        if load is None or cell is None:
-            return round(self.workers * cells_left / self.total) > m
-        return load < cells_left * cell / m
 
 
 def _check_shareable(ctx: Context, workers: str) -> None:
@@ -242,27 +168,37 @@ def _ray() -> Any:
 
 
 class _CellWorker:
-    """A Ray actor's state: one study, one store, one context (its model loaded once)."""
+    """A Ray actor's state: the models it holds (loaded once) and the stores it writes.
 
-    def __init__(self, study: Any, config: Any, root: str, version: int, threads: int, ctx: Context) -> None:
+    Each call carries its study, config, store and context, so one actor serves every run of an
+    executor's session, and a restarted actor (built from its constructor's arguments alone) can
+    take any call. A run (``token``) gets a fresh context holding the models already loaded.
+    """
+
+    def __init__(self, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.study, self.config, self.ctx = study, config, ctx
-        self.store = CellStore(root, study.name, version=version)
+        self.ctx: Context | None = None
+        self.token: str | None = None
+        self.stores: dict[tuple[str, str, int], CellStore] = {}
 
-    def run(self, unit: list[CellSpec]) -> dict:
+    def run(self, token: str, ctx: Context, study: Any, config: Any, root: str, version: int,
+            unit: list[CellSpec]) -> dict:
         """Compute a unit (its model loaded here if not yet; other models dropped) and say how long it took."""
         import time
 
+        if token != self.token:
+            self.ctx, self.token = ctx if self.ctx is None else ctx.carry(self.ctx), token
+        store = self.stores.setdefault((root, study.name, version), CellStore(root, study.name, version=version))
         group = unit[0].group
         self.ctx.release(keep=group)
         loaded = group in self.ctx.models
         # a retried unit (its worker was killed) skips the cells it had already written
-        todo = [c for c in unit if c.key not in self.store]
+        todo = [c for c in unit if c.key not in store]
         start = time.perf_counter()
         if todo:
-            run_units(self.study, self.config, [todo], self.store, self.ctx)
+            run_units(study, config, [todo], store, self.ctx)
         load = None if loaded or group not in self.ctx.load_seconds else self.ctx.load_seconds[group]
         return {"keys": [c.key for c in unit], "cells": len(todo), "load_seconds": load,
                 "seconds": max(0.0, time.perf_counter() - start - (load or 0.0))}
@@ -285,6 +221,12 @@ class RayExecutor:
     atomically, so nothing is lost or duplicated. Workers write their cells to the store
     themselves: on a cluster the store (``--cells``) must be on a filesystem every node sees.
 
+    A session (``with executor:``) keeps the actors, and the models they hold, from one ``run`` to
+    the next: the phases of a study (a control planned after the arm it matches), and every study
+    of ``massmech reproduce``, start on warm workers instead of paying each worker's start, imports
+    and model load again. The session ends at the ``with``'s end: its actors are killed, and Ray is
+    shut down if the session started it. A ``run`` outside a session is a session of its own.
+
     Args:
         address: Ray cluster address (``"auto"``, ``"HOST:PORT"``, ``"ray://HOST:10001"``);
             default: a Ray already initialised in this process, else a local one (shut down at the end).
@@ -301,9 +243,40 @@ class RayExecutor:
         if cpus <= 0 or (gpus is not None and gpus < 0):
             raise ConfigError(f"cpus must be > 0 and gpus >= 0; got cpus={cpus}, gpus={gpus}")
         self.address, self.workers, self.cpus, self.gpus, self.retries = address, workers, cpus, gpus, retries
+        self._depth, self._started, self._live = 0, False, False
+        self._pool: list[Any] = []  # the session's actors
+        self._pool_key: str | None = None  # what they were made for (their context's options, CPUs, GPUs)
+        self._held: dict[Any, str | None] = {}  # the model each actor was last handed
 
     def __repr__(self) -> str:
         return f"RayExecutor(address={self.address!r}, workers={self.workers}, cpus={self.cpus}, gpus={self.gpus})"
+
+    def __enter__(self) -> RayExecutor:
+        self._depth += 1  # Ray itself starts with the session's first run (a run with nothing to do needs none)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._live:
+            self._drop_pool()
+            if self._started:
+                _ray().shutdown()
+            self._live = self._started = False
+
+    def _start(self) -> Any:
+        ray = _ray()
+        if not self._live:
+            self._started = not ray.is_initialized()
+            if self._started:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+            self._live = True
+        return ray
+
+    def _drop_pool(self) -> None:
+        ray = _ray()
+        for a in self._pool:
+            ray.kill(a, no_restart=True)
+        self._pool, self._pool_key, self._held = [], None, {}
 
     def _gpus(self, config: Any, ctx: Context) -> float:
         if self.gpus is not None:
@@ -317,15 +290,32 @@ class RayExecutor:
         if not units:
             return
         _check_shareable(ctx, "Ray workers")
-        ray = _ray()
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
-        try:
-            self._run(ray, study, config, units, store, ctx, total=total, done=done, progress=progress)
-        finally:
-            if started:
-                ray.shutdown()
+        with self:
+            self._run(self._start(), study, config, units, store, ctx, total=total, done=done, progress=progress)
+
+    def _actors(self, ray: Any, ctx: Context, workers: int, fit: int, gpus: float) -> list[Any]:
+        """``workers`` actors: the session's own where they were made for the same context, new ones
+        for the rest."""
+        threads = max(1, int(self.cpus))
+        key = repr((sorted(ctx.load_options.items()), self.cpus, gpus))
+        if key != self._pool_key:
+            self._drop_pool()
+            self._pool_key = key
+        actor = ray.remote(_CellWorker).options(num_cpus=self.cpus, num_gpus=gpus, max_restarts=self.retries,
+                                               max_task_retries=self.retries)
+        while len(self._pool) < workers:
+            a = actor.remote(threads)
+            self._pool.append(a)
+            self._held[a] = None
+        return self._pool[:workers]
+
+    def _retire(self, ray: Any, a: Any, fit: int) -> None:
+        """An actor with nothing more to do in this run: kept for the session's next run, unless the
+        session holds more actors than the cluster runs at once (then its resources go to one that waits)."""
+        if len(self._pool) > fit:
+            ray.kill(a, no_restart=True)
+            self._pool.remove(a)
+            self._held.pop(a, None)
 
     def _run(self, ray: Any, study: Any, config: Any, units: Sequence[Sequence[CellSpec]], store: CellStore,
              ctx: Context, *, total: int, done: int, progress: bool) -> None:
@@ -336,24 +326,20 @@ class RayExecutor:
                               f"{have.get('CPU', 0)} CPUs and {have.get('GPU', 0)} GPUs")
         fit = int(have["GPU"] // gpus) if gpus else int(have["CPU"] // self.cpus)
         workers = min(self.workers or max(1, fit), len(units))
-        actor = ray.remote(_CellWorker).options(num_cpus=self.cpus, num_gpus=gpus, max_restarts=self.retries,
-                                               max_task_retries=self.retries)
-        threads = max(1, int(self.cpus))
         schedule = UnitScheduler(units, workers, prior=store.timings())
+        root, version, token, wctx = str(store.root), store.version, uuid.uuid4().hex, ctx.worker()
         pending: dict[Any, tuple[Any, list[CellSpec]]] = {}
-        holding: dict[Any, str | None] = {}
+        holding = {a: schedule.attach(self._held.get(a)) for a in self._actors(ray, ctx, workers, fit, gpus)}
 
         def feed(a: Any) -> None:
             nxt = schedule.next(holding[a])
             if nxt is None:
-                ray.kill(a, no_restart=True)  # its resources go to whoever still waits
+                self._retire(ray, a, fit)
                 return
-            holding[a] = nxt[0]
-            pending[a.run.remote(nxt[1])] = (a, nxt[1])
+            holding[a] = self._held[a] = nxt[0]
+            pending[a.run.remote(token, wctx, study, config, root, version, nxt[1])] = (a, nxt[1])
 
-        for _ in range(workers):
-            a = actor.remote(study, config, str(store.root), store.version, threads, ctx.worker())
-            holding[a] = None
+        for a in list(holding):
             feed(a)
         wanted = {c.key for u in units for c in u}
         errors: list[BaseException] = []
@@ -366,6 +352,7 @@ class RayExecutor:
                         report = ray.get(ref)
                     except Exception as e:  # a unit's error (or its actor gone for good): keep the others going
                         errors.append(getattr(e, "cause", None) or e)
+                        self._held[a] = None  # what it holds is unknown now
                     else:
                         if report["cells"]:
                             schedule.record(unit[0].group, cells=report["cells"], seconds=report["seconds"],
@@ -379,4 +366,5 @@ class RayExecutor:
                 bar.n = done + sum(k in store for k in wanted)
                 bar.refresh()
         if errors:
+            self._drop_pool()  # an actor that failed may be gone: the next run starts a fresh pool
             raise errors[0]  # finished cells are kept; a rerun resumes

@@ -26,6 +26,7 @@ local processes or on a cluster, stopped and resumed anywhere, gives the same ta
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -139,6 +140,16 @@ class Context:
         """A fresh context for a worker process: the same load options and run folder, no models yet."""
         return Context(load_options=self.load_options, out=self.out)
 
+    def carry(self, held: Context) -> Context:
+        """This (fresh) context, holding the models ``held`` has loaded: a worker's next run keeps its
+        models, and nothing else (its cache is per run). Returns ``self``.
+
+        >>> old = Context(models={"m": object()}); Context().carry(old).models.keys()
+        dict_keys(['m'])
+        """
+        self._models, self.load_seconds = held._models, held.load_seconds
+        return self
+
     @property
     def models(self) -> dict[str, Any]:
         return dict(self._models)
@@ -231,23 +242,25 @@ def compute_cells(
     from massmech.infra.executors import resolve_executor
 
     executor, ctx = resolve_executor(executor), ctx or Context()
-    for phase in range(MAX_PHASES):
-        planned = list(planned) if phase == 0 and planned is not None else study.plan(config, ctx)
-        keys = [c.key for c in planned]
-        if len(set(keys)) != len(keys):
-            raise ConfigError(f"{study.name}: the plan holds the same cell twice")
-        pending = [c for c in planned if c.key not in store]
-        if not pending:
-            break
-        try:
-            executor.run(study, config, units_of(pending), store, ctx, total=len(planned),
-                         done=len(planned) - len(pending), progress=progress)
-        except KeyboardInterrupt:
-            saved = sum(k in store for k in keys)
-            raise StudyInterrupted(f"interrupted: {saved} of {len(keys)} cells saved in {store.folder}; rerun the "
-                                   "same command to resume") from None
-    else:
-        raise RuntimeError(f"{study.name}: the plan still grew after {MAX_PHASES} rounds")  # a bug
+    # an executor with a session (Ray) keeps its workers from one phase to the next
+    with executor if hasattr(executor, "__enter__") else contextlib.nullcontext():
+        for phase in range(MAX_PHASES):
+            planned = list(planned) if phase == 0 and planned is not None else study.plan(config, ctx)
+            keys = [c.key for c in planned]
+            if len(set(keys)) != len(keys):
+                raise ConfigError(f"{study.name}: the plan holds the same cell twice")
+            pending = [c for c in planned if c.key not in store]
+            if not pending:
+                break
+            try:
+                executor.run(study, config, units_of(pending), store, ctx, total=len(planned),
+                             done=len(planned) - len(pending), progress=progress)
+            except KeyboardInterrupt:
+                saved = sum(k in store for k in keys)
+                raise StudyInterrupted(f"interrupted: {saved} of {len(keys)} cells saved in {store.folder}; rerun the "
+                                       "same command to resume") from None
+        else:
+            raise RuntimeError(f"{study.name}: the plan still grew after {MAX_PHASES} rounds")  # a bug
     stored = {k: cell for k in keys if (cell := store.get(k)) is not None}
     if len(stored) != len(keys):
         raise RuntimeError(f"{study.name}: {len(keys) - len(stored)} cells missing after the run")  # a bug

@@ -13,6 +13,7 @@ into a copy (``ROOT/docs``), never into the project's: what CI runs end to end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -73,6 +74,7 @@ def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str
     seconds inside forward passes, and folder -> the part of those in massmech's hooks (both
     ``None`` when an executor other than serial ran them elsewhere)."""
     from massmech.core.clock import FORWARDS
+    from massmech.infra.executors import resolve_executor
     from massmech.studies.registry import get_study
 
     unknown = sorted(set(only) - set(RUNS))
@@ -81,20 +83,25 @@ def run_all(root: Path, *, quick: bool, models: tuple[str, ...], only: tuple[str
     plan = [(run, model) for run in RUNS if not only or run in only for model in models_of(run, models)]
     configs = {(run, m): config_of(run, m, quick=quick) for run, m in plan}  # every config checked before any work
     seconds, forward, hooks = {}, {}, {}
-    for (run, model), cfg in configs.items():
-        folder = run_folder(run, model)
-        if missing_inputs(run, model):  # files massmech does not make: the ledger shows how to get them
-            print(f"reproduce: {folder} skipped: it reads {RUNS[run].needs}", file=sys.stderr, flush=True)
-            continue
-        if progress:
-            print(f"reproduce: {folder}", file=sys.stderr, flush=True)
-        start, clock = time.perf_counter(), FORWARDS.snapshot()
-        get_study(RUNS[run].study).runner()(cfg, root / folder, cells=_cells(root, folder), executor=executor,
-                                            overwrite=overwrite, progress=progress)
-        seconds[folder] = round(time.perf_counter() - start, 1)
-        spent = FORWARDS.since(clock) if executor in (None, "serial") else None
-        forward[folder] = None if spent is None else round(spent.seconds, 3)
-        hooks[folder] = None if spent is None else round(spent.hook_seconds, 3)
+    # an executor with a session (Ray) is made once, so its workers and their models serve every run;
+    # the others are passed by name, as each study's default options for them apply (twins: processes)
+    session = resolve_executor(executor)
+    computes = session if hasattr(session, "__enter__") else executor
+    with session if computes is session else contextlib.nullcontext():
+        for (run, model), cfg in configs.items():
+            folder = run_folder(run, model)
+            if missing_inputs(run, model):  # files massmech does not make: the ledger shows how to get them
+                print(f"reproduce: {folder} skipped: it reads {RUNS[run].needs}", file=sys.stderr, flush=True)
+                continue
+            if progress:
+                print(f"reproduce: {folder}", file=sys.stderr, flush=True)
+            start, clock = time.perf_counter(), FORWARDS.snapshot()
+            get_study(RUNS[run].study).runner()(cfg, root / folder, cells=_cells(root, folder), executor=computes,
+                                                overwrite=overwrite, progress=progress)
+            seconds[folder] = round(time.perf_counter() - start, 1)
+            spent = FORWARDS.since(clock) if executor in (None, "serial") else None
+            forward[folder] = None if spent is None else round(spent.seconds, 3)
+            hooks[folder] = None if spent is None else round(spent.hook_seconds, 3)
     return seconds, forward, hooks
 
 
