@@ -101,3 +101,14 @@ def test_o13_without_a_stated_context_is_not_evaluable(tmp_path):
     from massmech.report.rules_mechanism import saved_band_prediction
 
     assert saved_band_prediction(_saved(tmp_path / "run", [1.0] * 8, [1.0] * 8, context=None), "m")[1] == "not evaluable"
+
+
+def test_o13_v2_a_holm_significant_test_decides_even_below_the_first_step(tmp_path):
+    """20 heads up, 6 down: the 6 cannot reach Holm's first step (2 * 0.5**6 = 0.031 > 0.025) but are
+    significant at its second (0.031 < 0.05). Version 1 sets them aside; version 2 counts them."""
+    from massmech.report.rules_mechanism import saved_band_prediction
+
+    run = _saved(tmp_path / "run", [1.0] * 20, [0.0] * 6)
+    assert saved_band_prediction(run, "m")[1] == "partly"
+    text, verdict = saved_band_prediction(run, "m", version=2)
+    assert verdict == "contradicted" and "not decidable" not in text

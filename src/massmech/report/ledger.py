@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -38,7 +39,7 @@ import pandas as pd
 from massmech.report import rules, rules_mechanism, rules_quant, rules_v2
 from massmech.report.rules import NoData, run_finished
 from massmech.report.runs import MODELS, RUNS, command, missing_inputs, models_of, run_folder
-from massmech.report.why import EFFECT_WHY, RANK_FIRST_LOOKS
+from massmech.report.why import EFFECT_WHY, RANK_FIRST_LOOKS, SIGNIFICANT_DECIDES, SIGNIFICANT_WHY
 
 Judge = Callable[[Path, str], tuple[str, str]]  # (run folder, model) -> (measured, verdict)
 
@@ -306,7 +307,9 @@ CLAIMS: tuple[Claim, ...] = (
                    "sign test over layers per (RoPE base, site), Holm across the model's tests",
                    fixed="2026-12-04T21:09:16+00:00", commit="984849d",
                    why="new (issue 27, part 1); fixed after the analyze runs existed, before any k* hit rate was "
-                       "computed on them (their tables hold every wavelength, so the verdict needs no new run)"),),
+                       "computed on them (their tables hold every wavelength, so the verdict needs no new run)"),
+              Rule(2, SIGNIFICANT_DECIDES, functools.partial(rules_mechanism.band_prediction, version=2),
+                   "sign test over layers per (RoPE base, site), Holm across the model's tests", why=SIGNIFICANT_WHY),),
           ours=True),
     Claim("O7", "P5 scored by rank: disrupting massive values wrecks contextual tasks when no answer can fail on how "
           "its first token is spelled", "massmech (issue 26, item 1)", "rank", (
@@ -396,7 +399,9 @@ CLAIMS: tuple[Claim, ...] = (
                    rules_mechanism.saved_band_prediction, "sign test over heads per site, Holm across the model's two sites",
                    fixed="2026-12-05T12:03:13+00:00", commit="e00eade", why="new (issue 27, part 1: the prediction on the saved-tensor path); O6's rule counts layers, and "
                        "saved tensors of one layer have one; fixed before any analysis of these tensors (only their "
-                       "shapes and dtypes were read)"),), ours=True),
+                       "shapes and dtypes were read)"),
+              Rule(2, SIGNIFICANT_DECIDES, functools.partial(rules_mechanism.saved_band_prediction, version=2),
+                   "sign test over heads per site, Holm across the model's two sites", why=SIGNIFICANT_WHY),), ours=True),
 )
 NOT_TESTABLE = (
     ("P10", "Pretrained models without RoPE show no such concentration", "Jin et al. 2025 (RoPE vs non-RoPE models)",

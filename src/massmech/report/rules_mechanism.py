@@ -122,8 +122,8 @@ def _layer_predictions(massive: pd.DataFrame, pairs: pd.DataFrame, site: str, co
     return pd.DataFrame(rows)
 
 
-def band_prediction(path: Path, model: str) -> tuple[str, str]:
-    """O6 v1: the massive dims sit at or beyond Liu et al.'s critical pair k* (wavelength >= the cited
+def band_prediction(path: Path, model: str, *, version: int = 1) -> tuple[str, str]:
+    """O6 (``version`` 1 or 2): the massive dims sit at or beyond Liu et al.'s critical pair k* (wavelength >= the cited
     training context). Per group of layers sharing a RoPE base and per site (Q, K before RoPE), a sign
     test over the layers with massive dims (their share beyond k* above or below their pairs' share),
     Holm across the model's (group, site) family; see the claim's rule for the verdicts."""
@@ -144,7 +144,8 @@ def band_prediction(path: Path, model: str) -> tuple[str, str]:
             tests.append(_sign_test(g, "layers", site=site, slowest=slowest))
     if not tests:
         raise NoData(f"no pre-RoPE Q/K rows in {path / 'pairs.parquet'}")
-    return _sign_verdict(tests, context, "layers", lambda t: f"layers whose slowest pair turns in {t['slowest']:.3g} tokens")
+    return _sign_verdict(tests, context, "layers", lambda t: f"layers whose slowest pair turns in {t['slowest']:.3g} tokens",
+                         version=version)
 
 
 def _sign_test(units: pd.DataFrame, unit: str, **keys) -> dict:
@@ -162,15 +163,16 @@ def _sign_test(units: pd.DataFrame, unit: str, **keys) -> dict:
             "dims": int(total), "peak": f"{int(g.peak_beyond.sum())}/{len(g)}"}
 
 
-def _sign_verdict(tests: list[dict], context: int, unit: str, where) -> tuple[str, str]:
+def _sign_verdict(tests: list[dict], context: int, unit: str, where, *, version: int = 1) -> tuple[str, str]:
     """O6's verdict from its sign tests (one per site and group; ``unit``: what each test counts),
-    Holm across them; a test decides when its units can reach Holm's first step."""
+    Holm across them; a test decides when its units can reach Holm's first step (version 2: or
+    when Holm finds it significant at a later step)."""
     adjusted = holm([t["p"] for t in tests])
     level = 0.05 / len(tests)  # Holm's first step: a test whose smallest p cannot reach it cannot decide
     parts, signs = [], []
     for t, q in zip(tests, adjusted, strict=True):
-        decidable = t["up"] + t["down"] > 0 and 2 * 0.5 ** (t["up"] + t["down"]) <= level
         sign = 0 if q is None or q >= 0.05 else (1 if t["up"] > t["down"] else -1)
+        decidable = (t["up"] + t["down"] > 0 and 2 * 0.5 ** (t["up"] + t["down"]) <= level) or (version >= 2 and sign != 0)
         if decidable:
             signs.append(sign)
         parts.append(f"{t['site'].upper()}, {where(t)}: {t['dims']} massive dims, {t['hit']:.2f} beyond k* vs "
@@ -189,8 +191,8 @@ def _sign_verdict(tests: list[dict], context: int, unit: str, where) -> tuple[st
     return text, "partly" if 1 in signs else "no difference detected"
 
 
-def saved_band_prediction(path: Path, model: str) -> tuple[str, str]:
-    """O13 v1: O6 on saved tensors of one layer: per site, a sign test over the heads with massive
+def saved_band_prediction(path: Path, model: str, *, version: int = 1) -> tuple[str, str]:
+    """O13 (``version`` 1 or 2): O6 on saved tensors of one layer: per site, a sign test over the heads with massive
     dims (their share beyond k* above or below their pairs' share), Holm across the two sites, at
     the training context the run states with its source; see the claim's rule for the verdicts."""
     import json
@@ -216,7 +218,7 @@ def saved_band_prediction(path: Path, model: str) -> tuple[str, str]:
             tests.append(_sign_test(heads, "heads", site=site))
     if not tests:
         raise NoData(f"no Q/K rows with massive dims in {path / 'massive.parquet'}")
-    text, verdict = _sign_verdict(tests, context, "heads", lambda t: "heads with massive dims")
+    text, verdict = _sign_verdict(tests, context, "heads", lambda t: "heads with massive dims", version=version)
     return f"{text} (source: {source})", verdict
 
 

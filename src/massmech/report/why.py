@@ -19,3 +19,10 @@ RANK_FIRST_LOOKS = ("fixed after first looks on SmolLM2 only (massmech ablate, l
                     "runs/rank): kv_lookup 0.49 / massive 0.41 / control 0.35, knowledge_conflict 0.98 / 0.79 / 0.91, "
                     "country_capital_0shot 0.83 / 0.68 / 0.51; the judge is the earlier version's, unchanged, so "
                     "nothing in it was chosen from them; no run of the rank sweep existed")
+SIGNIFICANT_DECIDES = ("as version 1, but a test that Holm finds significant always decides: version 1 set a test aside "
+                       "as not decidable when its units could not reach Holm's first step, even when Holm's later, "
+                       "looser step found it significant")
+SIGNIFICANT_WHY = ("a review (2026-12-05, 16:50 UTC) found that version 1 could set a significant downward test aside "
+                   "(e.g. 20/0 and 0/6 units: the second is Holm-significant at p = 0.031 but cannot reach 0.025), "
+                   "so 'some significant downward: contradicted' would not be reached; fixed after every version-1 "
+                   "verdict was known, none of which has such a test")
