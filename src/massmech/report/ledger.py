@@ -309,7 +309,8 @@ CLAIMS: tuple[Claim, ...] = (
                    why="new (issue 27, part 1); fixed after the analyze runs existed, before any k* hit rate was "
                        "computed on them (their tables hold every wavelength, so the verdict needs no new run)"),
               Rule(2, SIGNIFICANT_DECIDES, functools.partial(rules_mechanism.band_prediction, version=2),
-                   "sign test over layers per (RoPE base, site), Holm across the model's tests", why=SIGNIFICANT_WHY),),
+                   "sign test over layers per (RoPE base, site), Holm across the model's tests", fixed="2026-12-05T16:48:00+00:00", commit="1426335",
+                   why=SIGNIFICANT_WHY),),
           ours=True),
     Claim("O7", "P5 scored by rank: disrupting massive values wrecks contextual tasks when no answer can fail on how "
           "its first token is spelled", "massmech (issue 26, item 1)", "rank", (
@@ -401,7 +402,8 @@ CLAIMS: tuple[Claim, ...] = (
                        "saved tensors of one layer have one; fixed before any analysis of these tensors (only their "
                        "shapes and dtypes were read)"),
               Rule(2, SIGNIFICANT_DECIDES, functools.partial(rules_mechanism.saved_band_prediction, version=2),
-                   "sign test over heads per site, Holm across the model's two sites", why=SIGNIFICANT_WHY),), ours=True),
+                   "sign test over heads per site, Holm across the model's two sites", fixed="2026-12-05T16:48:00+00:00", commit="1426335",
+                   why=SIGNIFICANT_WHY),), ours=True),
 )
 NOT_TESTABLE = (
     ("P10", "Pretrained models without RoPE show no such concentration", "Jin et al. 2025 (RoPE vs non-RoPE models)",
