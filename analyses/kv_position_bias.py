@@ -44,15 +44,16 @@ def listed(uid: int) -> list[str]:
 
 
 df["slot"] = df.uid.map(lambda u: int(examples[u].group.split("=")[1]))
-df["chosen"] = [listed(u).index(p) for u, p in zip(df.uid, df.pred, strict=True)]
+# values are drawn with replacement: where the chosen value sits on two lines its position is unknown (-1)
+df["chosen"] = [listed(u).index(p) if listed(u).count(p) == 1 else -1 for u, p in zip(df.uid, df.pred, strict=True)]
 n_pairs = len(listed(df.uid.iloc[0]))
 out = {}
 for name, g in df.groupby("condition", sort=False):
     by_slot = g.groupby("slot").correct.mean()
-    counts = np.bincount(g.chosen, minlength=n_pairs).tolist()
+    counts = np.bincount(g.chosen[g.chosen >= 0], minlength=n_pairs).tolist()
     out[name] = {"accuracy": round(float(g.correct.mean()), 3), "n": len(g),
                  "accuracy_by_slot": [round(float(by_slot.get(s, np.nan)), 2) for s in range(n_pairs)],
-                 "chosen_position_counts": counts}
+                 "chosen_position_counts": counts, "chosen_position_unknown": int((g.chosen < 0).sum())}
     print(f"{name:16s} accuracy {g.correct.mean():.2f} (n = {len(g)}); by gold slot {out[name]['accuracy_by_slot']}; "
-          f"chosen position {counts}")
+          f"chosen position {counts} ({out[name]['chosen_position_unknown']} on two lines)")
 print(json.dumps({"model": args.model, "task": "kv_lookup", "scorer": "rank", "lam": args.lam, "conditions": out}))

@@ -87,7 +87,7 @@ def main() -> None:
     with pd.option_context("display.width", 200, "display.max_rows", None, "display.max_colwidth", 30):
         print(table.astype(object).where(table.notna(), "-").to_string(index=False))
     print(f"{int(table['changed'].sum())} verdicts changed under the same rule version; "
-          f"{int(table['newest'].isin(['not run']).sum())} rows not run yet", flush=True)
+          f"{int(table['newest'].isin(['not run', 'needs files']).sum())} rows not run yet (or needing files)", flush=True)
     if args.out is not None:
         table.to_csv(args.out, index=False)
 

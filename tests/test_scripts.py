@@ -55,7 +55,7 @@ def test_analyses_scripts_run_on_tiny_models(tmp_path):
     assert [(r["task"], r["k"]) for r in pairs] == [("kv_lookup", 1)] and pairs[0]["n_dims_pair"] == 2 * pairs[0]["n_dims_dim"]
     bias = json.loads(_run(["analyses/kv_position_bias.py", "--model", m, "--n", "8", "--lam", "1.2"]).splitlines()[-1])["conditions"]
     assert list(bias) == ["baseline", "massive", "matched control"]
-    assert all(sum(c["chosen_position_counts"]) == c["n"] == 8 and len(c["accuracy_by_slot"]) == 8 for c in bias.values())
+    assert all(sum(c["chosen_position_counts"]) + c["chosen_position_unknown"] == c["n"] == 8 and len(c["accuracy_by_slot"]) == 8 for c in bias.values())
     bands = json.loads(_run(["analyses/band_attribution.py", "--model", m, "--n", "2", "--tasks", "passkey",
                              "--out", str(runs / "attribute")]).splitlines()[-1])
     assert {(r["edge"], r["grouping"]) for r in bands} == {(e, g) for e in ("needle", "sink") for g in ("band", "massive")}

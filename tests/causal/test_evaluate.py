@@ -279,6 +279,25 @@ def test_a_shared_prompt_pass_is_used_only_where_the_answer_is_undisturbed(tiny_
     assert calls == [1]
 
 
+def test_a_hook_that_reads_whole_sequences_refuses_the_shared_prompt_pass(tiny_models):
+    """W8A8's per-sequence activation scale (and KV ranges) in the options' pass of a shared prompt
+    would come from the options' tokens alone: a clear error, not other numbers; one sequence per
+    option scores it."""
+    from massmech.errors import HookError
+    from massmech.studies.quant.kv import quantize_activations
+
+    model = tiny_models["tiny-llama"]
+    ex = [Example(uid=0, prompt="ab cd", options=(" a b", " c"), label=0)]
+    handles = quantize_activations(model)
+    try:
+        with pytest.raises(HookError, match="share_prompt=False"):
+            evaluate(model, ex, {"b": None}, progress=False)
+        assert len(evaluate(model, ex, {"b": None}, share_prompt=False, progress=False)) == 1
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def test_a_generated_reply_ends_at_its_first_stop_token(tiny_models, monkeypatch):
     """``contains`` reads the reply up to its EOS / end of turn, where the paper's generate() stops:
     text the model goes on to produce after it (a new turn it invents) is not its answer."""

@@ -42,12 +42,16 @@ class Masks:
 
     full: Bool[Tensor, "batch pos"]
     prompt: Bool[Tensor, "batch pos"]
+    #: ``False`` in a pass that continues cached prompts (multiple choice's shared prompt pass):
+    #: its rows hold only the options' tokens, so no statistic over a whole sequence can be taken
+    whole: bool = True
 
     def at(self, which: str, batch: int, pos: int) -> Tensor | None:
         """The ``which`` mask for an activation of ``batch`` rows and ``pos`` positions.
 
         ``None`` for a one-token decode step of a generation (its only position is real); an
-        activation of another shape is an error (a hook sees a batch it was not told about).
+        activation of another shape is an error (a hook sees a batch it was not told about), and so
+        is any read in a pass whose rows are not whole sequences (``whole=False``).
 
         >>> import torch
         >>> Masks(torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool)).at("full", 4, 3)
@@ -55,6 +59,10 @@ class Masks:
         ...
         massmech.errors.HookError: the announced batch masks are (2, 3), the activation is (4, 3)
         """
+        if not self.whole:
+            raise HookError("a hook reads statistics over whole sequences (W8A8 activations, KV ranges) in a pass that "
+                            "continues cached prompts, whose rows hold only the options' tokens: score with "
+                            "share_prompt=False")
         mask = getattr(self, which)
         if mask.shape == (batch, pos):
             return mask
@@ -67,8 +75,9 @@ _CURRENT: contextvars.ContextVar[Masks | None] = contextvars.ContextVar("massmec
 
 
 @contextlib.contextmanager
-def batch_masks(full: Tensor, prompt: Tensor | None = None) -> Iterator[Masks]:
-    """Announce the masks of the forward passes inside the block (see the module docstring).
+def batch_masks(full: Tensor, prompt: Tensor | None = None, *, whole: bool = True) -> Iterator[Masks]:
+    """Announce the masks of the forward passes inside the block (see the module docstring);
+    ``whole=False``: its rows continue cached prompts (:attr:`Masks.whole`).
 
     >>> import torch
     >>> with batch_masks(torch.tensor([[1, 1, 0]])) as masks:  # no prompt mask: the prompt is every real token
@@ -76,7 +85,7 @@ def batch_masks(full: Tensor, prompt: Tensor | None = None) -> Iterator[Masks]:
     ([[True, True, False]], True)
     """
     full = full.bool()
-    masks = Masks(full, full if prompt is None else prompt.bool())
+    masks = Masks(full, full if prompt is None else prompt.bool(), whole)
     token = _CURRENT.set(masks)
     try:
         yield masks

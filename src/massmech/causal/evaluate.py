@@ -128,7 +128,9 @@ def evaluate(
         scoring: ``"exact"`` or ``"choice"``; defaults to the task's, or for bare examples to
             ``"choice"`` when they carry options. Examples that mix both are an error.
         batch_size: Sequences per forward pass (an example under C conditions with O options
-            takes C x O sequences).
+            takes C x O sequences; with ``share_prompt``, C prompts per pass, then one pass of all
+            their options, each row holding a copy of its prompt's KV cache: see
+            :func:`~massmech.causal.choice.option_logprobs` on memory).
         calibration: Statistics for calibration-based disruptions.
         fold: Fold all conditions into shared batches (default). ``False`` runs each condition
             in its own passes (same results; for benchmarks).

@@ -390,8 +390,10 @@ def greedy_generate(bridge: Any, ids: Any, mask: Any, *, max_new_tokens: int, pa
 
 
 def stop_ids(bridge: Any, tokenizer: Any) -> tuple[int, ...]:
-    """The tokens that end a reply: the tokenizer's EOS and the model's generation config's (e.g.
-    a chat template's end of turn), as ``generate`` stops at them by default.
+    """The tokens that end a reply: the tokenizer's EOS and the model's generation config's
+    ``eos_token_id`` (which lists a chat template's end of turn where the model's config does, as
+    SmolLM2-Instruct's ``<|im_end|>``), as ``generate`` stops at them by default. A token the
+    config does not list (Gemma-3-270M base: ``<end_of_turn>``) does not end a reply.
 
     >>> import massmech as mm
     >>> model = mm.load_model("tiny-llama")
