@@ -21,7 +21,16 @@ names one to resume, and reads the per-run seconds that ``reproduce`` records in
   Training passes of the twins (forward and backward) are not forward passes of a loaded model and
   count as overhead here.
 
+``--cells DIR`` runs nothing: the full ledger takes more than a working session on 2 cores, so
+its runs are made over several (each resuming from the committed cells). What its cells cost
+is read from the store instead: each current-version cell records the seconds of its share of
+the unit that computed it, model loads excluded (``timing.cell_seconds``). ``cell_seconds``
+sums them per study and model, with the cell counts; these are compute seconds as recorded
+where the cells were computed (here: two sweeps at once on 2 cores, niced beside other work),
+not one uninterrupted wall time, and a run not yet finished has only its finished cells.
+
 Usage: python bench/ledger_time.py [--quick] [--only RUN,RUN] [--models M1,M2] [--no-docs] [--runs DIR]
+       python bench/ledger_time.py --cells runs/cells
 The last line printed is one JSON object.
 """
 
@@ -37,6 +46,30 @@ import time
 from pathlib import Path
 
 
+def from_cells(cells: Path) -> dict:
+    """Recorded compute seconds of the current-version cells under ``cells``, per study and model."""
+    from massmech.studies.registry import get_study
+
+    by: dict[str, dict[str, list[float]]] = {}
+    for meta_file in sorted(cells.glob("*/*/cell.json")):
+        meta = json.loads(meta_file.read_text())
+        study, timing = meta.get("study"), meta.get("timing") or {}
+        try:
+            current = get_study(study).version
+        except Exception:  # a store folder of no registered study: not the ledger's
+            continue
+        if meta.get("version") != current or not isinstance(timing.get("cell_seconds"), int | float):
+            continue
+        by.setdefault(study, {}).setdefault(str(timing.get("group")), []).append(float(timing["cell_seconds"]))
+    out = {study: {g: {"cells": len(v), "seconds": round(sum(v), 1)} for g, v in sorted(groups.items())}
+           for study, groups in sorted(by.items())}
+    for study, groups in out.items():
+        print(f"{study:10s} " + "; ".join(f"{g}: {r['cells']} cells, {r['seconds']:.0f} s" for g, r in groups.items()))
+    total = sum(r["seconds"] for groups in out.values() for r in groups.values())
+    return {"cells_dir": str(cells), "cell_seconds": out, "total_cell_seconds": round(total, 1),
+            "total_cells": sum(r["cells"] for groups in out.values() for r in groups.values()), "cpus": os.cpu_count()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="each study's quick config (what CI runs)")
@@ -44,7 +77,13 @@ def main() -> None:
     ap.add_argument("--no-docs", action="store_true", help="the runs only")
     ap.add_argument("--runs", default=None, help="a runs root to use (default: a fresh temp folder)")
     ap.add_argument("--models", default=None, help="the ledger's models (reproduce --models; default: the embedded)")
+    ap.add_argument("--cells", type=Path, default=None, help="run nothing: the recorded seconds of the cells in this store")
     args = ap.parse_args()
+    if args.cells is not None:
+        if not args.cells.is_dir():
+            sys.exit(f"ledger_time: no cell store at {args.cells}")
+        print(json.dumps(from_cells(args.cells)))
+        return
     with tempfile.TemporaryDirectory(prefix="massmech-ledger-time-") as tmp:
         root = Path(args.runs or Path(tmp) / "runs")
         cmd = [sys.executable, "-m", "massmech", "reproduce", "--runs", str(root), "--json"]

@@ -99,3 +99,22 @@ def test_load_time_runs_tiny():
     tiny = r["models"]["tiny-llama"]
     assert r["warm_seconds"] == tiny["warm_seconds"] > 0 and tiny["imports_seconds"] > 0
     assert r["goal"] == {"warm_seconds": 5.0, "cold_over_warm": 8.0}
+
+
+def test_ledger_time_reads_the_recorded_seconds_of_current_cells_only(tmp_path):
+    from massmech.studies.registry import get_study
+
+    current = get_study("ablation").version
+
+    def cell(name: str, version: int, seconds: float, group: str = "m", study: str = "ablation") -> None:
+        (tmp_path / study / name).mkdir(parents=True)
+        (tmp_path / study / name / "cell.json").write_text(json.dumps(
+            {"study": study, "version": version, "timing": {"group": group, "cell_seconds": seconds}}))
+
+    cell("a", current, 2.0)
+    cell("b", current, 3.5)
+    cell("c", current - 1, 100.0)  # an older version's cell: not what the ledger reads now
+    cell("d", 1, 7.0, study="no-such-study")
+    r = _last_json(["bench/ledger_time.py", "--cells", str(tmp_path)])
+    assert r["cell_seconds"] == {"ablation": {"m": {"cells": 2, "seconds": 5.5}}}
+    assert r["total_cell_seconds"] == 5.5 and r["total_cells"] == 2
