@@ -52,6 +52,8 @@ def from_cells(cells: Path) -> dict:
 
     by: dict[str, dict[str, list[float]]] = {}
     for meta_file in sorted(cells.glob("*/*/cell.json")):
+        if meta_file.parent.name.startswith("."):  # a cell being written (or left by a killed writer)
+            continue
         meta = json.loads(meta_file.read_text())
         study, timing = meta.get("study"), meta.get("timing") or {}
         try:

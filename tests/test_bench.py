@@ -115,6 +115,7 @@ def test_ledger_time_reads_the_recorded_seconds_of_current_cells_only(tmp_path):
     cell("b", current, 3.5)
     cell("c", current - 1, 100.0)  # an older version's cell: not what the ledger reads now
     cell("d", 1, 7.0, study="no-such-study")
+    cell(".tmp-a-123-x", current, 2.0)  # a cell being written
     r = _last_json(["bench/ledger_time.py", "--cells", str(tmp_path)])
     assert r["cell_seconds"] == {"ablation": {"m": {"cells": 2, "seconds": 5.5}}}
     assert r["total_cell_seconds"] == 5.5 and r["total_cells"] == 2

@@ -167,3 +167,29 @@ def test_a_session_keeps_its_workers_from_run_to_run_and_ends_them_at_its_end(tm
         ray.get(pool[0].pid.remote(), timeout=30)
     run_study(squares, {"n": 6}, tmp_path / "c", executor=ex, progress=False)  # no session: fresh actors
     assert not _pids(tmp_path / "c", 6) & _pids(tmp_path / "a", 6)
+
+
+def test_more_workers_than_the_cluster_places_never_hang_a_session(tmp_path):
+    """4 actors asked of a 2-CPU Ray: two wait for resources. An actor with nothing left is killed
+    while one of this run may still wait (else the waiting ones would never be placed), and the
+    session's runs all finish."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(HERE)!r})
+        import ray
+        from test_study import SQUARES, Squares
+        from massmech.infra.executors import RayExecutor
+        from massmech.infra.study import run_study
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        with RayExecutor(workers=4) as ex:
+            for name in ("a", "b"):
+                table = run_study(SQUARES, {{"n": 8}}, {str(tmp_path)!r} + "/" + name, executor=ex, progress=False)
+                assert table.square.tolist() == [i * i for i in range(8)]
+        print("FINISHED")
+    """)
+    (tmp_path / "run.py").write_text(script)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(tmp_path / "run.py")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "FINISHED" in done.stdout, done.stderr[-3000:]

@@ -203,6 +203,11 @@ class _CellWorker:
         return {"keys": [c.key for c in unit], "cells": len(todo), "load_seconds": load,
                 "seconds": max(0.0, time.perf_counter() - start - (load or 0.0))}
 
+    def rest(self) -> None:
+        """The run is over: drop its cached data (a fresh context), keep the models."""
+        if self.ctx is not None:
+            self.ctx, self.token = self.ctx.worker().carry(self.ctx), None
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -247,6 +252,8 @@ class RayExecutor:
         self._pool: list[Any] = []  # the session's actors
         self._pool_key: str | None = None  # what they were made for (their context's options, CPUs, GPUs)
         self._held: dict[Any, str | None] = {}  # the model each actor was last handed
+        self._placed: set[Any] = set()  # actors that have answered a call: Ray has placed them
+        self._probes: dict[Any, Any] = {}
 
     def __repr__(self) -> str:
         return f"RayExecutor(address={self.address!r}, workers={self.workers}, cpus={self.cpus}, gpus={self.gpus})"
@@ -258,10 +265,12 @@ class RayExecutor:
     def __exit__(self, *exc: Any) -> None:
         self._depth -= 1
         if self._depth == 0 and self._live:
-            self._drop_pool()
-            if self._started:
-                _ray().shutdown()
-            self._live = self._started = False
+            try:
+                self._drop_pool()
+                if self._started:
+                    _ray().shutdown()
+            finally:
+                self._live = self._started = False
 
     def _start(self) -> Any:
         ray = _ray()
@@ -276,7 +285,7 @@ class RayExecutor:
         ray = _ray()
         for a in self._pool:
             ray.kill(a, no_restart=True)
-        self._pool, self._pool_key, self._held = [], None, {}
+        self._pool, self._pool_key, self._held, self._placed, self._probes = [], None, {}, set(), {}
 
     def _gpus(self, config: Any, ctx: Context) -> float:
         if self.gpus is not None:
@@ -291,9 +300,13 @@ class RayExecutor:
             return
         _check_shareable(ctx, "Ray workers")
         with self:
-            self._run(self._start(), study, config, units, store, ctx, total=total, done=done, progress=progress)
+            try:
+                self._run(self._start(), study, config, units, store, ctx, total=total, done=done, progress=progress)
+            except BaseException:
+                self._drop_pool()  # calls may still be in flight: the session's next run starts a fresh pool
+                raise
 
-    def _actors(self, ray: Any, ctx: Context, workers: int, fit: int, gpus: float) -> list[Any]:
+    def _actors(self, ray: Any, ctx: Context, workers: int, gpus: float) -> list[Any]:
         """``workers`` actors: the session's own where they were made for the same context, new ones
         for the rest."""
         threads = max(1, int(self.cpus))
@@ -306,16 +319,22 @@ class RayExecutor:
         while len(self._pool) < workers:
             a = actor.remote(threads)
             self._pool.append(a)
-            self._held[a] = None
+            self._held[a], self._probes[a] = None, a.pid.remote()  # the probe answers once Ray has placed it
         return self._pool[:workers]
 
-    def _retire(self, ray: Any, a: Any, fit: int) -> None:
-        """An actor with nothing more to do in this run: kept for the session's next run, unless the
-        session holds more actors than the cluster runs at once (then its resources go to one that waits)."""
-        if len(self._pool) > fit:
+    def _retire(self, ray: Any, a: Any, waiting: bool) -> None:
+        """An actor with nothing more to do in this run: kept for the session's next run, unless an
+        actor of this run may still wait for resources (``waiting``: one not yet placed has a call
+        pending); then it is killed and its resources go to that one."""
+        if waiting:
             ray.kill(a, no_restart=True)
             self._pool.remove(a)
             self._held.pop(a, None)
+
+    def _is_placed(self, ray: Any, a: Any) -> bool:
+        if a not in self._placed and a in self._probes and ray.wait([self._probes[a]], timeout=0)[0]:
+            self._placed.add(a)
+        return a in self._placed
 
     def _run(self, ray: Any, study: Any, config: Any, units: Sequence[Sequence[CellSpec]], store: CellStore,
              ctx: Context, *, total: int, done: int, progress: bool) -> None:
@@ -324,17 +343,17 @@ class RayExecutor:
         if gpus > have.get("GPU", 0) or self.cpus > have.get("CPU", 0):
             raise ConfigError(f"each Ray worker asks for {self.cpus} CPUs and {gpus} GPUs, but the cluster has "
                               f"{have.get('CPU', 0)} CPUs and {have.get('GPU', 0)} GPUs")
-        fit = int(have["GPU"] // gpus) if gpus else int(have["CPU"] // self.cpus)
+        fit = min([int(have["CPU"] // self.cpus)] + ([int(have["GPU"] // gpus)] if gpus else []))  # what the cluster holds
         workers = min(self.workers or max(1, fit), len(units))
         schedule = UnitScheduler(units, workers, prior=store.timings())
         root, version, token, wctx = str(store.root), store.version, uuid.uuid4().hex, ctx.worker()
         pending: dict[Any, tuple[Any, list[CellSpec]]] = {}
-        holding = {a: schedule.attach(self._held.get(a)) for a in self._actors(ray, ctx, workers, fit, gpus)}
+        holding = {a: schedule.attach(self._held.get(a)) for a in self._actors(ray, ctx, workers, gpus)}
 
         def feed(a: Any) -> None:
             nxt = schedule.next(holding[a])
             if nxt is None:
-                self._retire(ray, a, fit)
+                self._retire(ray, a, waiting=not all(self._is_placed(ray, b) for b, _ in pending.values()))
                 return
             holding[a] = self._held[a] = nxt[0]
             pending[a.run.remote(token, wctx, study, config, root, version, nxt[1])] = (a, nxt[1])
@@ -348,9 +367,15 @@ class RayExecutor:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in ready:
                     a, unit = pending.pop(ref)
+                    self._placed.add(a)
                     try:
                         report = ray.get(ref)
-                    except Exception as e:  # a unit's error (or its actor gone for good): keep the others going
+                    except ray.exceptions.RayActorError as e:  # gone for good: no more units for it
+                        errors.append(e)
+                        self._pool.remove(a)
+                        self._held.pop(a, None)
+                        continue
+                    except Exception as e:  # a unit's error: keep the others going
                         errors.append(getattr(e, "cause", None) or e)
                         self._held[a] = None  # what it holds is unknown now
                     else:
@@ -368,3 +393,5 @@ class RayExecutor:
         if errors:
             self._drop_pool()  # an actor that failed may be gone: the next run starts a fresh pool
             raise errors[0]  # finished cells are kept; a rerun resumes
+        for a in self._pool:
+            a.rest.remote()  # this run's cached data goes; the models stay for the next run
