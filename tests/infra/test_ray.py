@@ -153,11 +153,12 @@ def test_a_session_keeps_its_workers_from_run_to_run_and_ends_them_at_its_end(tm
     """`with executor:` (what reproduce and a study's phases use): the second run is computed by
     the first run's actors, not new ones; outside a session every run starts its own."""
     squares = _squares()
-    serial = run_study(squares, {"n": 6}, tmp_path / "serial", progress=False)
+    config = {"n": 6, "sleep": 0.5}  # units long enough that both actors start before either is done
+    serial = run_study(squares, config, tmp_path / "serial", progress=False)
     ex = RayExecutor(workers=2)
     with ex:
-        first = run_study(squares, {"n": 6}, tmp_path / "a", executor=ex, progress=False)
-        second = run_study(squares, {"n": 6}, tmp_path / "b", executor=ex, progress=False)
+        first = run_study(squares, config, tmp_path / "a", executor=ex, progress=False)
+        second = run_study(squares, config, tmp_path / "b", executor=ex, progress=False)
         pool = list(ex._pool)
         assert len(pool) == 2 and _pids(tmp_path / "b", 6) <= set(ray.get([a.pid.remote() for a in pool]))
     assert first.equals(serial) and second.equals(serial)

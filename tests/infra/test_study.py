@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +38,7 @@ class Squares:
             if c.payload == config.get("kill_at") and not Path(config["marker"]).exists():
                 Path(config["marker"]).write_text("killed once")
                 os._exit(1)  # a worker killed in the middle of a unit
+            time.sleep(config.get("sleep", 0))
             out[c.key] = ({"i": c.payload, "square": c.payload ** 2, "pid": os.getpid()}, {})
         return out
 

@@ -176,9 +176,7 @@ class _CellWorker:
     """
 
     def __init__(self, threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(threads)
+        self.threads = threads  # set on the first call: construction stays instant, so a probe answers on placement
         self.ctx: Context | None = None
         self.token: str | None = None
         self.stores: dict[tuple[str, str, int], CellStore] = {}
@@ -188,6 +186,10 @@ class _CellWorker:
         """Compute a unit (its model loaded here if not yet; other models dropped) and say how long it took."""
         import time
 
+        if self.ctx is None:
+            import torch
+
+            torch.set_num_threads(self.threads)
         if token != self.token:
             self.ctx, self.token = ctx if self.ctx is None else ctx.carry(self.ctx), token
         store = self.stores.setdefault((root, study.name, version), CellStore(root, study.name, version=version))
