@@ -36,9 +36,15 @@ def _copy_figures(run: Path, dest: Path) -> None:
 
 
 def headline(root: str | os.PathLike = "runs", models: tuple[str, ...] = MODELS) -> str:
-    """The README's headline table: one line per claim, the verdict per model (details in the ledger)."""
+    """The README's headline table: one line per claim, the verdict per model (details in the ledger).
+
+    Columns: the ledger's models, the toy twins, any other model a claim was judged on (the paper's
+    saved Llama tensors of O13), then claims not testable offline.
+    """
     t = ledger(root, models)
-    models = [m for m in (*models, TWINS_MODEL, "-") if m in set(t.model)]
+    seen = list(dict.fromkeys(t.model))
+    first = [m for m in (*models, TWINS_MODEL) if m in seen]
+    models = first + [m for m in seen if m not in (*first, "-")] + ["-"] * ("-" in seen)
     lines = ["| claim | " + " | ".join(m if m != "-" else "offline" for m in models) + " |",
              "|---|" + "---|" * len(models)]
     for key, g in t.groupby("key", sort=False):

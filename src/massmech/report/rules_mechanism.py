@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from massmech.report.rules import ALPHA, NoData, sweep_rows
+from massmech.report.rules import ALPHA, NoData, n_text, sweep_rows
 from massmech.stats import holm, mcnemar_exact
 from massmech.studies.ablation import EXAMPLES
 from massmech.studies.shift.study import CHANGES, SLOW
@@ -258,7 +258,7 @@ def pair_vs_coordinate(path: Path, model: str) -> tuple[str, str]:
              f"Holm p {r['p_holm']:.2g}; neutral-text KL {r['kl_pair']:.3f} vs {r['kl_dim']:.3f}; pair vs its KL-matched "
              f"control Holm p {r['pair_vs_kl']:.2g}{', below it' if r['pair_below_kl'] else ''})"
              for r in t.to_dict("records")]
-    text = f"exact McNemar, Holm across these {len(t)} (n = {int(t.n.min())}–{int(t.n.max())}): " + "; ".join(parts)
+    text = f"exact McNemar, Holm across these {len(t)} ({n_text(t)}): " + "; ".join(parts)
     sig = t.p_holm < ALPHA
     below, above = sig & (t.c > t.b), sig & (t.b > t.c)
     beyond = below & (t.pair_vs_kl < ALPHA) & t.pair_below_kl

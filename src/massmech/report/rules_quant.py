@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from massmech.files.runs import read_manifest
-from massmech.report.rules import ALPHA
+from massmech.report.rules import ALPHA, n_text
 from massmech.stats import bootstrap_ci, holm, mcnemar_exact, sign_flip_exact
 from massmech.studies.quant import EXAMPLES
 from massmech.studies.quant.config import QuantSpec
@@ -146,7 +146,7 @@ def head_to_head(path: Path, model: str) -> tuple[str, str]:
                 f"(b/c {r['b']}/{r['c']}" + (f", Holm p {r['p_holm']:.2g})" if r["p_holm"] == r["p_holm"] else ")"))
 
     par = t[(t.kind != "contextual") & t.evaluable]
-    text = (f"contextual, exact McNemar, Holm across these {len(fam)} (n = {int(fam.n.min())}–{int(fam.n.max())}): "
+    text = (f"contextual, exact McNemar, Holm across these {len(fam)} ({n_text(fam)}): "
             + "; ".join(line(r) for r in fam.to_dict("records"))
             + ("; parametric (descriptive): " + "; ".join(line(r) for r in par.to_dict("records")) if len(par) else ""))
     models = (read_manifest(path) or {}).get("model") or {}

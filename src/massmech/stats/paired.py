@@ -234,6 +234,8 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
 
     >>> holm([0.01, 0.04, None, 0.03])
     [0.03, 0.06, None, 0.06]
+    >>> holm([1e-17, 0.5])
+    [2e-17, 0.5]
     """
     idx = [i for i, p in enumerate(p_values) if p is not None and not np.isnan(p)]
     m = len(idx)
@@ -241,7 +243,7 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
     running = 0.0
     for rank, i in enumerate(sorted(idx, key=lambda i: p_values[i])):
         running = max(running, min(1.0, (m - rank) * float(p_values[i])))
-        out[i] = round(running, 12)
+        out[i] = float(f"{running:.12g}")  # 12 significant digits: a p of 1e-17 stays 1e-17, not 0
     return out
 
 
