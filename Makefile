@@ -46,11 +46,15 @@ reproduce-quick: setup
 doctor: setup
 	$(PY) -m massmech doctor --model smollm2-135m --json
 
+# Two pytest-xdist workers (each with its share of the cores, tests/conftest.py); PYTEST_WORKERS=0: serial.
+PYTEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
+
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not integration"
+	$(PYTEST) -m "not integration"
 
 lint: setup
 	$(PY) -m ruff check src tests bench analyses

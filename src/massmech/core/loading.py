@@ -432,5 +432,6 @@ def _gemma3_gguf(assemble: bool = False) -> tuple[Path, str]:
 
     path, sha = cache_dir() / g.MODEL_NAME, g.EXPECTED_SHA256
     if assemble or not (converted_dir(path, sha) / "config.json").is_file():
-        path = Path(g.assemble(path))  # sha256-checked, reused when present
+        assemble_atomically(g, path)
     return path, sha
+
