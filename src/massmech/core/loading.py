@@ -28,6 +28,7 @@ from massmech.core.catalog import (
     DTYPE_NAMES,
     EMBEDDED_MODELS,
     TINY_MODELS,
+    assemble_atomically,
     available_models,
     cache_dir,
 )
