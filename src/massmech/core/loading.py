@@ -435,4 +435,3 @@ def _gemma3_gguf(assemble: bool = False) -> tuple[Path, str]:
     if assemble or not (converted_dir(path, sha) / "config.json").is_file():
         assemble_atomically(g, path)
     return path, sha
-
