@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import uuid
 from pathlib import Path
 from typing import Any
+
+from massmech.files.io import atomic_write
 
 TINY_MODELS = ("tiny-llama", "tiny-qwen2", "tiny-gemma3", "tiny-gpt2")
 ARCH_MODELS = ("tiny-mistral", "tiny-qwen3", "tiny-gemma2", "tiny-phi3", "tiny-olmo2", "tiny-neox", "tiny-opt")
@@ -80,7 +81,8 @@ def cache_dir() -> Path:
 
 
 def assemble_atomically(package: Any, path: Path) -> None:
-    """The chunk package's ``assemble`` (sha256-checked), into a temporary name renamed into place.
+    """The chunk package's ``assemble`` (sha256-checked), written with
+    :func:`~massmech.files.io.atomic_write`.
 
     Two processes loading on a fresh machine (two pytest workers, two studies) never read each
     other's half-written file, and an interrupted assembly leaves nothing at ``path``.
@@ -101,9 +103,4 @@ def assemble_atomically(package: Any, path: Path) -> None:
                                  "delete it, and the next load assembles it again") from None
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        package.assemble(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, package.assemble)
