@@ -107,3 +107,34 @@ def test_pairs_effect_figure_draws_both_granularities_beside_their_kl_controls(t
     with pytest.raises(AnalysisError, match="pairs-effect"):
         plotting.pairs_effect(table[table.control != "kl"])  # no KL-matched controls: refused, not drawn half
     plotting.close_all()
+
+
+def test_the_qk_figure_draws_the_mean_over_roundings_by_part(tmp_path):
+    import pandas as pd
+
+    from massmech import plotting
+
+    rows = [("none", "none", "qk", "all", 0, 0.9)]
+    rows += [(f"{m}-{p}-d{d}", m, s, lay, d, v) for m, s, lay, p, vals in (
+        ("qk-rtn", "qk", "all", "a", (0.5, 0.2, 0.4)), ("qk-rtn-keep-massive", "qk", "all", "a", (0.7, 0.6, 0.8)),
+        ("qk-rtn-keep-random", "qk", "all", "a", (0.3, 0.1, 0.3)), ("qk-rtn", "k", "all", "k", (0.6,)),
+        ("qk-rtn-keep-massive", "k", "all", "k", (0.65,)), ("qk-rtn-keep-random", "k", "all", "k", (0.55,)))
+        for d, v in enumerate(vals)]
+    table = pd.DataFrame([{"model": "m", "base": "fp32", "variant": var, "method": m, "sites": s, "layers": lay, "draw": d,
+                           "measure": "accuracy", "task": "passkey", "kind": "contextual", "scorer": sc,
+                           "value": v if sc == "first-line" else 0.0}
+                          for var, m, s, lay, d, v in rows for sc in ("strict", "first-line")])
+    arms = plotting.qk_arms(table, scorer="first-line").set_index(["part", "method"])
+    assert arms.loc[("Q and K", "qk-rtn-keep-massive"), "mean"] == pytest.approx(0.7)  # draws 1, 2; not draw 0
+    assert arms.loc[("Q and K", "qk-rtn-keep-random"), ["low", "high", "draws", "nearest"]].tolist() == [0.1, 0.3, 2, 0.3]
+    assert arms.loc[("K only", "qk-rtn"), "mean"] == 0.6 and arms.loc[("K only", "qk-rtn"), "draws"] == 0
+    fig = plotting.quant_qk(table, scorer="first-line", out=tmp_path / "qk")
+    _written(tmp_path / "qk")
+    ax = fig.axes[0]
+    heights = sorted(round(p.get_height(), 6) for p in ax.patches)
+    assert heights == sorted([0.3, 0.7, 0.2, 0.6, 0.65, 0.55])  # one bar per method and part
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Q and K", "K only"]
+    assert "scored first-line" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="no 'rank' rows"):
+        plotting.qk_arms(table, scorer="rank")
+    plotting.close_all()

@@ -143,3 +143,12 @@ def test_one_executor_session_serves_every_run(tmp_path, monkeypatch):
                                   progress=False, executor="ray")
     assert len(seconds) == 2 and set(forward.values()) == {None}
     assert Session.made == 1 and Session.entered >= 1 and Session.runs >= 2
+
+
+@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
+def test_the_qk_parts_run_shares_its_round_to_nearest_cells_and_asks_only_for_layers_the_model_has(model):
+    parts, draws = config_of("quant-parts", model), config_of("quant-draws", model)
+    assert parts.key_dict() == draws.key_dict()  # the cells of the three whole-model variants are computed once
+    assert {v.sites for v in parts.variants} == {"qk", "q", "k"}
+    local = {"smollm2-135m": set(), "gemma3-270m": {"local", "global"}}[model]  # SmolLM2: every layer is global
+    assert {v.layers for v in parts.variants} == {"all"} | local

@@ -24,13 +24,13 @@ from massmech.plotting.analyze import (
     token_dim_bars,
 )
 from massmech.plotting.mechanism import band_heatmap, heads_figure, shift_curve
-from massmech.plotting.quant import quant_kv, quant_preservation, quant_tasks
+from massmech.plotting.quant import qk_arms, quant_kv, quant_preservation, quant_qk, quant_tasks
 from massmech.plotting.style import MAGNITUDE_CMAP, SITE_LABEL, close_all, save, use_style
 from massmech.plotting.twins import twins_bands, twins_disruption, twins_trajectory
 
 __all__ = [
     "MAGNITUDE_CMAP", "SITE_LABEL", "ablation_bars", "ablation_curve", "ablation_layers", "band_heatmap", "bars_from_frame", "compare_emergence",
     "compare_spectrum", "dose_response", "emergence", "massive_heatmap", "pairs_effect", "panels_frame", "qk_head_bars", "qk_head_panels", "quant_kv", "quant_preservation",
-    "quant_tasks", "close_all", "save", "heads_figure", "shift_curve", "spectrum", "token_dim_bars", "twins_bands", "twins_disruption", "twins_trajectory",
+    "quant_tasks", "qk_arms", "quant_qk", "close_all", "save", "heads_figure", "shift_curve", "spectrum", "token_dim_bars", "twins_bands", "twins_disruption", "twins_trajectory",
     "use_style",
 ]

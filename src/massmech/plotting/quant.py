@@ -122,3 +122,107 @@ def quant_kv(table: pd.DataFrame, *, model: str | None = None, out: str | os.Pat
     fig.suptitle(f"{title}: KV-cache quantization of K (post-RoPE) and V", fontsize=9, y=1.03)
     fig.tight_layout()
     return save(fig, out)
+
+
+# ------------------------------------------------------------------ W_q/W_k only: by draw and by part
+QK_ARMS = {"qk-rtn": "all rows rounded", "qk-rtn-keep-massive": "massive rows kept", "qk-rtn-keep-random": "random rows kept"}
+QK_PARTS = {("qk", "all"): "Q and K", ("q", "all"): "Q only", ("k", "all"): "K only", ("qk", "local"): "local layers",
+            ("qk", "global"): "global layers"}
+
+
+def _with_part(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(part=[QK_PARTS.get((s, lay), f"{s} {lay}") for s, lay in zip(frame.sites, frame.layers, strict=True)])
+
+
+def qk_arms(table: pd.DataFrame, *, scorer: str | None = None) -> pd.DataFrame:
+    """The W_q/W_k-only variants' accuracy per task, part and method: the mean, min and max over
+    the stochastic roundings (draw >= 1), their count, and the round-to-nearest value (draw 0).
+
+    Args:
+        table: A quant study table with ``qk-*`` variants (grids ``qk-draws``, ``qk-parts``).
+        scorer: Whose verdicts (default: the table's first scorer).
+
+    Returns:
+        One row per ``task, kind, part, method``: ``mean, low, high, draws, nearest``
+        (``mean``: the nearest value where there is no stochastic draw).
+
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"measure": "accuracy", "task": "passkey", "kind": "contextual", "scorer": "strict",
+    ...                   "method": "qk-rtn-keep-massive", "sites": "qk", "layers": "all", "draw": [0, 1, 2],
+    ...                   "value": [0.5, 0.6, 0.8]})
+    >>> qk_arms(t)[["part", "mean", "low", "high", "draws", "nearest"]].to_dict("records")
+    [{'part': 'Q and K', 'mean': 0.7, 'low': 0.6, 'high': 0.8, 'draws': 2, 'nearest': 0.5}]
+    """
+    scorers = list(dict.fromkeys(table.scorer.dropna())) if "scorer" in table else []
+    scorer = scorer or (scorers[0] if scorers else None)
+    if scorer is not None and scorer not in scorers:
+        raise AnalysisError(f"the table has no {scorer!r} rows; its scorers are {scorers}")
+    acc = table[(table.measure == "accuracy") & table.method.isin(list(QK_ARMS))]
+    acc = acc[acc.scorer == scorer] if scorer is not None else acc
+    if acc.empty:
+        raise AnalysisError(f"the table has no W_q/W_k-only ({', '.join(QK_ARMS)}) accuracy rows")
+    rows = []
+    for (task, kind, part, method), d in _with_part(acc).groupby(["task", "kind", "part", "method"], sort=False):
+        drawn, nearest = d[d.draw >= 1].value, d[d.draw == 0].value
+        rows.append({"task": task, "kind": kind, "part": part, "method": method, "mean": float(drawn.mean()) if len(drawn) else float(nearest.mean()),
+                     "low": float(drawn.min()) if len(drawn) else float("nan"),
+                     "high": float(drawn.max()) if len(drawn) else float("nan"), "draws": len(drawn),
+                     "nearest": float(nearest.iloc[0]) if len(nearest) else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def quant_qk(table: pd.DataFrame, *, model: str | None = None, scorer: str | None = None,
+             out: str | os.PathLike | None = None) -> plt.Figure:
+    """W_q/W_k only at 4 bits, per task: all rows rounded vs the massive rows kept exact vs as many
+    random rows kept, by part (Q and K, Q only, K only, local or global layers); bars are the mean
+    over stochastic roundings (dots: each rounding), crosses the round-to-nearest value, the dashed
+    line the unquantized model (:func:`qk_arms`).
+
+    Args:
+        table: A quant study table with ``qk-*`` variants.
+        model: The model to draw (default: the only one in the table).
+        scorer: Whose verdicts (default: the table's first scorer); named in the title.
+    """
+    use_style()
+    t, model = select_model(table, model)
+    if not (t.variant == "none").any():
+        raise AnalysisError(f"no reference ('none') rows for {model!r}: is this a quant study table?")
+    scorer = scorer or next(iter(t.scorer.dropna()), None)
+    arms = qk_arms(t, scorer=scorer)
+    ref = t[(t.variant == "none") & (t.measure == "accuracy") & ((t.scorer == scorer) if scorer else True)]
+    ref = ref.set_index("task").value
+    tasks = list(dict.fromkeys(arms.sort_values("kind", key=lambda k: k != "parametric", kind="stable").task))
+    parts = [p for p in QK_PARTS.values() if p in set(arms.part)] + sorted(set(arms.part) - set(QK_PARTS.values()))
+    pal = dict(zip(QK_ARMS, sns.color_palette("colorblind", len(QK_ARMS)), strict=True))
+    acc = t[(t.measure == "accuracy") & t.method.isin(list(QK_ARMS)) & (t.draw >= 1)]
+    acc = _with_part(acc[acc.scorer == scorer] if scorer else acc)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(1.0 + max(1.5, 0.6 + 0.55 * len(parts)) * len(tasks), 3.0), sharey=True,
+                             squeeze=False)
+    width = 0.8 / len(QK_ARMS)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        a = arms[arms.task == task].set_index(["part", "method"])
+        for j, method in enumerate(QK_ARMS):
+            x = np.arange(len(parts)) + (j - 1) * width
+            rows = a.reindex([(p, method) for p in parts])
+            ax.bar(x, rows["mean"], width, color=pal[method], label=QK_ARMS[method])
+            ax.plot(x, rows["nearest"], "x", color="black", ms=4, mew=0.8)
+            for i, part in enumerate(parts):
+                pts = acc[(acc.task == task) & (acc.method == method) & (acc.part == part)]
+                ax.plot(np.full(len(pts), x[i]), pts.value, ".", color="black", ms=2, alpha=0.6)
+        if task in ref.index:
+            ax.axhline(float(ref[task]), color="gray", lw=0.8, ls="--")
+        ax.set_xticks(np.arange(len(parts)))
+        ax.set_xticklabels(parts, rotation=30, ha="right", fontsize=7)
+        kind = a.reset_index().kind.iloc[0]
+        ax.set_title(f"{task}\n({kind})", fontsize=8)
+        ax.set_ylim(0, 1.05)
+    axes[0][0].set_ylabel("accuracy")
+    handles = [matplotlib.patches.Patch(color=pal[m], label=lab) for m, lab in QK_ARMS.items()]
+    handles += [plt.Line2D([], [], marker=".", ls="", color="black", label="one stochastic rounding"),
+                plt.Line2D([], [], marker="x", ls="", color="black", label="round to nearest"),
+                plt.Line2D([], [], ls="--", color="gray", label="unquantized")]
+    axes[0][-1].legend(handles=handles, fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(f"{model} (base: {t.base.iloc[0]}): W_q/W_k only at 4 bits per row, scored {scorer or 'strict'}",
+                 fontsize=9)
+    fig.tight_layout()
+    return save(fig, out)

@@ -126,6 +126,9 @@ FIGURES: dict[str, Figure] = {
     "quant_tasks": Figure("quant", _from_table("quant", plotting.quant_tasks)),
     "quant_preservation": Figure("quant", _from_table("quant", plotting.quant_preservation)),
     "quant_kv": Figure("quant", _from_table("quant", plotting.quant_kv)),
+    # scored first-line, as O11's newest rule (v3) reads them
+    **{f"quant_{part}": Figure(f"quant-{part}", lambda root, model, path, part=part: plotting.quant_qk(
+        _table(root, f"quant-{part}", model), scorer="first-line", out=path)) for part in ("draws", "parts")},
     "shift": Figure("shift", _shift),
     **{f"heads_{task}": Figure("heads", lambda root, model, path, task=task: _heads(root, model, path, task))
        for task in ("passkey", "kv_lookup")},

@@ -124,6 +124,10 @@ RUNS: dict[str, LedgerRun] = {
     # issue 26, item 6: O3 over 10 stochastic roundings and random-row draws, n = 100
     "quant-draws": LedgerRun("quant", "qk-draws", overrides={"n": 100, "scorers": ("strict", "contains", "first-line",
                                                                                    "rank")}),
+    # issue 26, item 6, by part: W_q only, W_k only, local or global layers only (round to nearest, one draw of
+    # rows; no claim of its own: a results page and a figure); SmolLM2 has no local layers, so Q and K only
+    "quant-parts": LedgerRun("quant", "qk-parts", presets={"smollm2-135m": "qk-sites"},
+                             overrides={"n": 100, "scorers": ("strict", "contains", "first-line", "rank")}),
     "shift": LedgerRun("shift", "ledger"),
     "heads": LedgerRun("heads", "ledger"),
     "attribute": LedgerRun("attribute", "ledger"),  # no claim of its own: the band heat maps of the gallery

@@ -24,6 +24,7 @@ SPEC = register_study(StudySpec(
         "qk": "W_q/W_k only at 4 bits: massive rows kept exact, random rows kept, none",
         "qk-draws": "qk, then 10 stochastic roundings of it, keep-random's rows drawn anew each time (O11)",
         "qk-parts": "qk on W_q only, W_k only, local layers only, global layers only (round to nearest)",
+        "qk-sites": "qk on W_q only and W_k only (qk-parts for a model without local layers, e.g. Llama-style)",
     },
     build="massmech.studies.quant.config:preset",
     run="massmech.studies.quant.study:run_quant_study",

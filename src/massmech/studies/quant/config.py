@@ -79,13 +79,16 @@ QK_DRAWS_GRID = tuple((m, 4, None, {"draw": d}) for d in range(1, QK_DRAWS + 1) 
 # O3 by part: Q only, K only, local only, global only (round to nearest)
 QK_PARTS_GRID = tuple((m, 4, None, part) for part in ({"sites": "q"}, {"sites": "k"}, {"layers": "local"},
                                                       {"layers": "global"}) for m in QK_METHODS)
+# by part on a model whose layers are all global (Llama-style, no local layers): Q only, K only
+QK_SITES_GRID = QK_GRID + tuple(v for v in QK_PARTS_GRID if "sites" in v[3])
 # "core": the questions' variants, most telling first (outlier-aware vs blind at 4 and 8 bits, KV
 # at 4 then 2 bits); what 2 CPU cores could run on Gemma-3-270M in the time we had
 CORE_GRID = (("awq", 4, 64), ("rtn", 4, 64), ("smoothquant", 8, None), ("w8a8-naive", 8, None),
              *((m, 4, None) for m in KV_METHODS), ("gptq", 4, 64), *((m, 2, None) for m in KV_METHODS),
              ("rtn", 8, None), ("gguf-q4_0", None, None))
 GRIDS = {"full": WEIGHT_GRID + KV_GRID + QK_GRID, "core": CORE_GRID + QK_GRID, "weights": WEIGHT_GRID, "kv": KV_GRID,
-         "qk": QK_GRID, "qk-draws": QK_GRID + QK_DRAWS_GRID, "qk-parts": QK_GRID + QK_PARTS_GRID}
+         "qk": QK_GRID, "qk-draws": QK_GRID + QK_DRAWS_GRID, "qk-parts": QK_GRID + QK_PARTS_GRID,
+         "qk-sites": QK_SITES_GRID}
 
 
 # What each method protects from its own rounding (see the module docstring); None: nothing.
@@ -293,10 +296,12 @@ class QuantStudyConfig:
 
 def preset(grid: str = "full", **overrides: Any) -> QuantStudyConfig:
     """The study over a named grid (:data:`GRIDS`: ``full``, ``core``, ``weights``, ``kv``, ``qk``,
-    ``qk-draws``, ``qk-parts``).
+    ``qk-draws``, ``qk-parts``, ``qk-sites``).
 
     >>> len(preset("qk", model="tiny-llama").variants), len(preset("qk-draws").variants)
     (3, 33)
+    >>> len(preset("qk-parts").variants), len(preset("qk-sites").variants)
+    (15, 9)
     """
     if grid not in GRIDS:
         raise QuantError(f"unknown grid {grid!r}; grids are {', '.join(GRIDS)}")
