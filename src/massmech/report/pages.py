@@ -21,6 +21,7 @@ from massmech.report.tables import (
     ablation_markdown,
     emergence_lines,
     frame_markdown,
+    qk_markdown,
     quant_markdown,
 )
 
@@ -141,6 +142,9 @@ def render_run(run_dir: str | os.PathLike, *, title: str | None = None, link_bas
     elif kind == "quant" and table is not None:
         lines += ["One row per quantized variant; accuracy bold where the exact McNemar test against the "
                   "unquantized model survives Holm." + _gguf_base(p["model"]), "", quant_markdown(table)]
+        if qk := qk_markdown(table):
+            lines += ["", "W_q/W_k only, under every scorer: each method's mean accuracy over the stochastic "
+                      "roundings (min–max, how many) and round to nearest, per task and part.", "", qk]
     elif kind == "analyze" and "by_stage" in summary:
         lines += [f"{summary.get('n_tokens')} tokens of {summary.get('corpus')}, context {summary.get('context_len')}.",
                   "", _analyze_table(summary)]

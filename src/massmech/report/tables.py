@@ -74,6 +74,40 @@ def quant_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def qk_markdown(table: pd.DataFrame) -> str:
+    """The W_q/W_k-only variants of a quant table under every scorer it has, one row per scorer, task
+    and part: each method's mean accuracy over the stochastic roundings (min–max, how many) and its
+    round-to-nearest value (:func:`massmech.plotting.qk_arms`); ``""`` for a table without them.
+
+    >>> t = pd.DataFrame({"measure": "accuracy", "task": "passkey", "kind": "contextual", "scorer": "strict",
+    ...                   "method": "qk-rtn-keep-massive", "sites": "qk", "layers": "all", "draw": [0, 1, 2],
+    ...                   "value": [0.5, 0.6, 0.8]})
+    >>> print(qk_markdown(t).splitlines()[-1])
+    | strict | passkey | Q and K | - | 0.70 (0.60–0.80, 2 draws; nearest 0.50) | - |
+    """
+    from massmech.plotting.quant import QK_ARMS, qk_arms
+
+    if "method" not in table or not table.method.isin(list(QK_ARMS)).any():
+        return ""
+    scorers = list(dict.fromkeys(table.scorer.dropna())) if "scorer" in table else []
+    head = ["scorer", "task", "part", *QK_ARMS.values()]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(r: pd.Series | None) -> str:
+        if r is None:
+            return "-"
+        if not r.draws:
+            return f"{r['mean']:.2f} (nearest)"
+        return f"{r['mean']:.2f} ({r.low:.2f}–{r.high:.2f}, {r.draws} draw{'s' * (r.draws != 1)}; nearest {r.nearest:.2f})"
+
+    for scorer in scorers or [None]:
+        arms = qk_arms(table, scorer=scorer)
+        for (task, part), d in arms.groupby(["task", "part"], sort=False):
+            by = {r.method: r for _, r in d.iterrows()}
+            lines.append("| " + " | ".join([scorer or "-", task, part, *(cell(by.get(m)) for m in QK_ARMS)]) + " |")
+    return "\n".join(lines)
+
+
 def frame_markdown(frame: pd.DataFrame, floatfmt: str = ".3g") -> str:
     """Any small table as markdown (no extra dependency).
 
