@@ -187,7 +187,8 @@ def quant_qk(table: pd.DataFrame, *, model: str | None = None, scorer: str | Non
     t, model = select_model(table, model)
     if not (t.variant == "none").any():
         raise AnalysisError(f"no reference ('none') rows for {model!r}: is this a quant study table?")
-    scorer = scorer or next(iter(t.scorer.dropna()), None)
+    if scorer is None and "scorer" in t:
+        scorer = next(iter(t.scorer.dropna()), None)
     arms = qk_arms(t, scorer=scorer)
     ref = t[(t.variant == "none") & (t.measure == "accuracy") & ((t.scorer == scorer) if scorer else True)]
     ref = ref.set_index("task").value

@@ -77,19 +77,23 @@ def quant_markdown(table: pd.DataFrame) -> str:
 def qk_markdown(table: pd.DataFrame) -> str:
     """The W_q/W_k-only variants of a quant table under every scorer it has, one row per scorer, task
     and part: each method's mean accuracy over the stochastic roundings (min–max, how many) and its
-    round-to-nearest value (:func:`massmech.plotting.qk_arms`); ``""`` for a table without them.
+    round-to-nearest value (:func:`massmech.plotting.qk_arms`); ``""`` for a table without them, or
+    where they add nothing to :func:`quant_markdown` (one scorer, no stochastic rounding, no part).
 
     >>> t = pd.DataFrame({"measure": "accuracy", "task": "passkey", "kind": "contextual", "scorer": "strict",
     ...                   "method": "qk-rtn-keep-massive", "sites": "qk", "layers": "all", "draw": [0, 1, 2],
     ...                   "value": [0.5, 0.6, 0.8]})
     >>> print(qk_markdown(t).splitlines()[-1])
     | strict | passkey | Q and K | - | 0.70 (0.60–0.80, 2 draws; nearest 0.50) | - |
+    >>> qk_markdown(t[t.draw == 0])  # round to nearest, one scorer: the variants table says it all
+    ''
     """
     from massmech.plotting.quant import QK_ARMS, qk_arms
 
-    if "method" not in table or not table.method.isin(list(QK_ARMS)).any():
-        return ""
+    qk = table[table.method.isin(list(QK_ARMS))] if "method" in table else table.iloc[:0]
     scorers = list(dict.fromkeys(table.scorer.dropna())) if "scorer" in table else []
+    if qk.empty or (len(scorers) <= 1 and not (qk.draw >= 1).any() and set(zip(qk.sites, qk.layers, strict=True)) == {("qk", "all")}):
+        return ""
     head = ["scorer", "task", "part", *QK_ARMS.values()]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
