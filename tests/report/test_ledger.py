@@ -134,6 +134,17 @@ def test_p5_v2_counts_a_decidable_control(tmp_path):
     assert "control 50/100 right" in text and "control 35/100 right" in text
 
 
+def test_p5_v2_shows_how_much_variance_the_matched_control_removed(tmp_path):
+    """Gemma-3 at k = 22 with zero: even every other dim cannot remove as much as the massive ones."""
+    rows = [{**_row("passkey", 0.2, 0, 60, 1e-18, 0, 30, 1e-9), "control": None, "removed_variance": 2.2},
+            {"task": "passkey", "role": "control", "control": "matched", "removed_variance": 0.77,
+             "condition": "qk.post.top22.zero.ctrl-matched-s0", "evaluable": True},
+            {"task": "passkey", "role": "control", "control": "lowest", "removed_variance": 0.01,
+             "condition": "qk.post.top22.zero.ctrl-lowest", "evaluable": True}]
+    text, _ = rules_v2.contextual_v2(_sweep(tmp_path, rows), "m")
+    assert "control 50/100 right" in text and "its removed variance 0.35x the massive's" in text
+
+
 def test_o9_judges_against_the_kl_matched_control_not_the_size_matched_one(tmp_path):
     """The same massive rows: below the variance-matched control, level with the KL-matched one (they drop
     vs baseline, so P5 version 2 reads partly)."""

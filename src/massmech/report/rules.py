@@ -142,6 +142,26 @@ def parametric(path: Path, model: str) -> tuple[str, str]:
     return text, verdict
 
 
+def matched_variance_ratio(t: pd.DataFrame, model: str, task: str, condition: str) -> float | None:
+    """The removed variance of a massive condition's variance-matched control ÷ its own, on one task
+    (``None`` where there is no such control or the massive condition removed none): near 1 when the
+    control matched; below it when even every other allowed dim could not remove as much.
+
+    >>> t = pd.DataFrame({"model": "m", "task": "t", "control": [None, "matched"], "removed_variance": [2.0, 0.5],
+    ...                   "condition": ["qk.post.top22.zero", "qk.post.top22.zero.ctrl-matched-s0"]})
+    >>> matched_variance_ratio(t, "m", "t", "qk.post.top22.zero")
+    0.25
+    """
+    if not {"control", "removed_variance"} <= set(t.columns):
+        return None
+    own = t[(t.model == model) & (t.task == task) & (t.condition == condition)].removed_variance
+    ctrl = t[(t.model == model) & (t.task == task) & (t.control == "matched")
+             & t.condition.str.startswith(condition + ".ctrl-")].removed_variance
+    if len(own) != 1 or len(ctrl) != 1 or not own.iloc[0] > 0:
+        return None
+    return float(ctrl.iloc[0] / own.iloc[0])
+
+
 def matched(path: Path, model: str) -> tuple[str, str]:
     t = pd.read_parquet(path / "results.parquet")
     if not (t.model == model).any():
@@ -155,10 +175,9 @@ def matched(path: Path, model: str) -> tuple[str, str]:
     above = ev[(ev.p_vs_matched_holm < 0.05) & (ev.b_vs_matched > ev.c_vs_matched)]
     if len(above):  # the other direction: the same variance taken from random dims hurts more
         text += f"; above it on {len(above)}: " + ", ".join(f"{r.task} ({r.kind})" for r in above.itertuples())
-    ratio = (ev.set_index("task").removed_variance
-             / t[(t.model == model) & (t.control == "matched")].set_index("task").removed_variance).dropna()
-    if len(ratio):
-        text += f" (control's removed variance ÷ massive's: {1 / ratio.max():.2f}–{1 / ratio.min():.2f})"
+    ratio = [v for r in ev.itertuples() if (v := matched_variance_ratio(t, model, r.task, r.condition)) is not None]
+    if ratio:
+        text += f" (control's removed variance ÷ massive's: {min(ratio):.2f}–{max(ratio):.2f})"
     verdict = "reproduces" if len(sep) == len(ev) else "partly" if len(sep) else "contradicted"
     return text, verdict
 

@@ -22,6 +22,7 @@ from massmech.report.rules import (
     across_heads,
     evaluable_rows,
     low_frequency,
+    matched_variance_ratio,
     n_text,
     rope_cause,
     rope_verdict,
@@ -143,7 +144,9 @@ def _contextual(path: Path, t: pd.DataFrame, model: str, against: str) -> tuple[
 
     def one(r) -> str:
         mde = min_detectable_effect(int(r.n), r.s_baseline / r.n, alpha=ALPHA, n_tests=m_base)
+        ratio = matched_variance_ratio(t, model, r.task, r.condition) if against == "matched" else None
         ctrl = (f"control {r.s_control}/{r.n} right, b/c {getattr(r, f'b_vs_{against}')}/{getattr(r, f'c_vs_{against}')}"
+                + ("" if ratio is None else f", its removed variance {ratio:.2f}x the massive's")
                 + ("" if r.dec_ctrl else ", undecidable"))
         return f"{r.task} {r.delta:+.2f} (MDE {'-' if mde is None else f'{mde:.2f}'}; {ctrl})"
 
