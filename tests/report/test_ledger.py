@@ -149,7 +149,7 @@ def test_o9_judges_against_the_kl_matched_control_not_the_size_matched_one(tmp_p
     """The same massive rows: below the variance-matched control, level with the KL-matched one (they drop
     vs baseline, so P5 version 2 reads partly)."""
     kl = dict(kl_massive=0.64, kl_control=0.61, kl_scale=2.0, kl_matched=True, removed_energy_massive=0.0086,
-              removed_energy_control=0.018)
+              removed_energy_control=0.018, neutral_variance_massive=0.041, neutral_variance_control=0.086)
     rows = [{**_row("passkey", 0.2, 0, 60, 1e-18, 0, 30, 1e-9), **kl, "b_vs_kl": 10, "c_vs_kl": 12, "p_vs_kl": 0.8,
              "p_vs_kl_holm": 0.8},
             {**_row("kv", 0.1, 0, 20, 1e-6, 5, 30, 1e-5), **kl, "b_vs_kl": 9, "c_vs_kl": 7, "p_vs_kl": 0.8,
@@ -159,6 +159,7 @@ def test_o9_judges_against_the_kl_matched_control_not_the_size_matched_one(tmp_p
     text, verdict = rules_v2.contextual_kl(p, "m")
     assert verdict == "partly" and "0 of 2 with a decidable control comparison below the KL-matched" in text
     assert "KL massive 0.64 vs control 0.61" in text and "scale 2x" in text and "within a tenth" in text
+    assert "removed variance 0.041 vs 0.086; removed energy 0.0086 vs 0.018 (on the neutral text)" in text
     # successes of the KL-matched control: 20 - 10 + 12 = 22 and 10 - 9 + 7 = 8
     assert "control 22/100 right, b/c 10/12" in text and "control 8/100 right" in text
     p = _sweep(tmp_path / "old", [_row("passkey", 0.2, 0, 60, 1e-18, 0, 30, 1e-9)])  # a run without a kl control

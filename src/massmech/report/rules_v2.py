@@ -114,7 +114,8 @@ def contextual_kl(path: Path, model: str) -> tuple[str, str]:
     """O9 and O10: P5 version 2's judge with the control matched in effect (``kl``: the variance-matched
     control scaled to the massive condition's next-token KL on neutral text) instead of in size.
     The text shows each massive condition's KL on the neutral windows against its control's, the
-    control's scale, and whether the match came within a tenth."""
+    control's scale, whether the match came within a tenth, and the removed variance and energy of both
+    arms on those windows, side by side."""
     t = pd.read_parquet(path / "results.parquet")
     rows = t[(t.model == model) & (t.role == "massive") & t.kl_massive.notna()] if "kl_massive" in t else t[:0]
     if rows.empty:
@@ -122,8 +123,9 @@ def contextual_kl(path: Path, model: str) -> tuple[str, str]:
     r = rows.iloc[0]
     text, verdict = _contextual(path, t, model, "kl")
     return (f"neutral-text KL massive {r.kl_massive:.3g} vs control {r.kl_control:.3g} nats/token (control scale "
-            f"{r.kl_scale:.3g}x the matched one, {'within' if r.kl_matched else 'NOT within'} a tenth); removed energy "
-            f"{r.removed_energy_massive:.3g} vs {r.removed_energy_control:.3g}; {text}"), verdict
+            f"{r.kl_scale:.3g}x the matched one, {'within' if r.kl_matched else 'NOT within'} a tenth); removed variance "
+            f"{r.neutral_variance_massive:.3g} vs {r.neutral_variance_control:.3g}; removed energy "
+            f"{r.removed_energy_massive:.3g} vs {r.removed_energy_control:.3g} (on the neutral text); {text}"), verdict
 
 
 def _contextual(path: Path, t: pd.DataFrame, model: str, against: str) -> tuple[str, str]:
