@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from massmech.errors import DisruptionError
+from massmech.errors import AnalysisError, DisruptionError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,16 +90,21 @@ def paper_setting(architecture: str) -> tuple[int, str, str]:
     return PAPER_SETTINGS[architecture]
 
 
-def primary_scorer(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows of a quant table scored by its first scorer (tables from before scorers: all of them);
-    rows of other measures are kept. Figures and wide tables draw these.
+def primary_scorer(table: pd.DataFrame, scorer: str | None = None) -> pd.DataFrame:
+    """The rows of a quant table scored by ``scorer`` (default: its first scorer; tables from before
+    scorers: all of them); rows of other measures are kept. Figures and wide tables draw these.
+
+    Raises:
+        AnalysisError: ``scorer`` is not one of the table's (names those it has).
 
     >>> import pandas as pd
     >>> t = pd.DataFrame({"measure": ["accuracy"] * 2 + ["perplexity"], "scorer": ["rank", "strict", None]})
-    >>> primary_scorer(t).measure.tolist()
-    ['accuracy', 'perplexity']
+    >>> primary_scorer(t).scorer.dropna().tolist(), primary_scorer(t, "strict").scorer.dropna().tolist()
+    (['rank'], ['strict'])
     """
-    if "scorer" not in table or table.scorer.isna().all():
+    scorers = list(dict.fromkeys(table.scorer.dropna())) if "scorer" in table else []
+    if scorer is not None and scorer not in scorers:
+        raise AnalysisError(f"the table has no {scorer!r} rows; its scorers are {scorers}")
+    if not scorers:
         return table
-    first = table.scorer.dropna().iloc[0]
-    return table[table.scorer.isna() | (table.scorer == first)]
+    return table[table.scorer.isna() | (table.scorer == (scorer or scorers[0]))]

@@ -16,8 +16,8 @@ from massmech.plotting.style import ci_err, save, select_model, use_style
 
 
 # ------------------------------------------------------------------ quantization
-def _quant_model(table: pd.DataFrame, model: str | None):
-    t, model = select_model(primary_scorer(table), model)
+def _quant_model(table: pd.DataFrame, model: str | None, scorer: str | None = None):
+    t, model = select_model(primary_scorer(table, scorer), model)
     if not (t.variant == "none").any():
         raise AnalysisError(f"no reference ('none') rows for {model!r}: is this a quant study table?")
     return t, f"{model} (base: {t.base.iloc[0]})"
@@ -153,12 +153,8 @@ def qk_arms(table: pd.DataFrame, *, scorer: str | None = None) -> pd.DataFrame:
     >>> qk_arms(t)[["part", "mean", "low", "high", "draws", "nearest"]].to_dict("records")
     [{'part': 'Q and K', 'mean': 0.7, 'low': 0.6, 'high': 0.8, 'draws': 2, 'nearest': 0.5}]
     """
-    scorers = list(dict.fromkeys(table.scorer.dropna())) if "scorer" in table else []
-    scorer = scorer or (scorers[0] if scorers else None)
-    if scorer is not None and scorer not in scorers:
-        raise AnalysisError(f"the table has no {scorer!r} rows; its scorers are {scorers}")
-    acc = table[(table.measure == "accuracy") & table.method.isin(list(QK_ARMS))]
-    acc = acc[acc.scorer == scorer] if scorer is not None else acc
+    acc = primary_scorer(table, scorer)
+    acc = acc[(acc.measure == "accuracy") & acc.method.isin(list(QK_ARMS))]
     if acc.empty:
         raise AnalysisError(f"the table has no W_q/W_k-only ({', '.join(QK_ARMS)}) accuracy rows")
     rows = []
@@ -184,19 +180,13 @@ def quant_qk(table: pd.DataFrame, *, model: str | None = None, scorer: str | Non
         scorer: Whose verdicts (default: the table's first scorer); named in the title.
     """
     use_style()
-    t, model = select_model(table, model)
-    if not (t.variant == "none").any():
-        raise AnalysisError(f"no reference ('none') rows for {model!r}: is this a quant study table?")
-    if scorer is None and "scorer" in t:
-        scorer = next(iter(t.scorer.dropna()), None)
-    arms = qk_arms(t, scorer=scorer)
-    ref = t[(t.variant == "none") & (t.measure == "accuracy") & ((t.scorer == scorer) if scorer else True)]
-    ref = ref.set_index("task").value
+    t, title = _quant_model(table, model, scorer)  # the rows of one scorer
+    arms = qk_arms(t)
+    ref = t[(t.variant == "none") & (t.measure == "accuracy")].set_index("task").value
     tasks = list(dict.fromkeys(arms.sort_values("kind", key=lambda k: k != "parametric", kind="stable").task))
     parts = [p for p in QK_PARTS.values() if p in set(arms.part)] + sorted(set(arms.part) - set(QK_PARTS.values()))
     pal = dict(zip(QK_ARMS, sns.color_palette("colorblind", len(QK_ARMS)), strict=True))
-    acc = t[(t.measure == "accuracy") & t.method.isin(list(QK_ARMS)) & (t.draw >= 1)]
-    acc = _with_part(acc[acc.scorer == scorer] if scorer else acc)
+    acc = _with_part(t[(t.measure == "accuracy") & t.method.isin(list(QK_ARMS)) & (t.draw >= 1)])
     fig, axes = plt.subplots(1, len(tasks), figsize=(1.0 + max(1.5, 0.6 + 0.55 * len(parts)) * len(tasks), 3.0), sharey=True,
                              squeeze=False)
     width = 0.8 / len(QK_ARMS)
@@ -223,7 +213,7 @@ def quant_qk(table: pd.DataFrame, *, model: str | None = None, scorer: str | Non
                 plt.Line2D([], [], marker="x", ls="", color="black", label="round to nearest"),
                 plt.Line2D([], [], ls="--", color="gray", label="unquantized")]
     axes[0][-1].legend(handles=handles, fontsize=6, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(f"{model} (base: {t.base.iloc[0]}): W_q/W_k only at 4 bits per row, scored {scorer or 'strict'}",
-                 fontsize=9)
+    scored = next(iter(t.scorer.dropna()), "strict") if "scorer" in t else "strict"
+    fig.suptitle(f"{title}: W_q/W_k only at 4 bits per row, scored {scored}", fontsize=9)
     fig.tight_layout()
     return save(fig, out)
