@@ -32,6 +32,9 @@ GRANULARITY_HELP = {
 }
 
 SCORERS = ("strict", "contains", "first-line", "rank")
+#: Greedy tokens of the generating scorers in ``massmech reproduce --quick`` (the same code on little
+#: data; generation is most of a quick run's time): the full runs generate 32
+QUICK_NEW_TOKENS = 12
 SCORER_HELP = {
     "strict": "every answer token is the argmax, teacher-forced (one pass; equal to greedy generation)",
     "contains": "the gold answer appears anywhere in the greedy reply, up to its EOS or end of turn (the paper's "

@@ -16,6 +16,7 @@ from massmech.causal.tasks.builtin import TASKS, is_task_name
 from massmech.causal.vocabulary import (
     GRANULARITIES,
     KV_CACHE,
+    QUICK_NEW_TOKENS,
     REPLACEMENTS,
     RULES,
     SCORERS,
@@ -246,11 +247,12 @@ def preset(name: str, models: tuple[str, ...] = (DEFAULT_MODEL,), n: int = 100, 
 
 def quick(config: SweepConfig) -> SweepConfig:
     """The ``massmech reproduce --quick`` version of a sweep: the same grid on 8 examples per task,
-    with k capped at 4 (the tiny test models have 8 dims a head).
+    with k capped at 4 (the tiny test models have 8 dims a head) and at most
+    :data:`~massmech.causal.vocabulary.QUICK_NEW_TOKENS` generated tokens.
 
-    >>> q = quick(preset("k"))
-    >>> q.n, q.ks
-    (8, (1, 4))
+    >>> q, paper = quick(preset("k")), quick(preset("paper"))
+    >>> q.n, q.ks, paper.max_new_tokens
+    (8, (1, 4), 12)
     """
     ks = tuple(sorted({min(k, 4) for k in config.ks}))
-    return replace(config, n=min(config.n, 8), ks=ks)
+    return replace(config, n=min(config.n, 8), ks=ks, max_new_tokens=min(config.max_new_tokens, QUICK_NEW_TOKENS))

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from massmech.causal.tasks.builtin import TASKS, is_task_name
-from massmech.causal.vocabulary import SCORERS
+from massmech.causal.vocabulary import QUICK_NEW_TOKENS, SCORERS
 from massmech.core.catalog import DEFAULT_MODEL
 from massmech.errors import QuantError
 
@@ -324,10 +324,12 @@ QUICK_GRID = (("rtn", 4, 64), ("kv-per-token", 2, None), *QK_GRID)  # one of eac
 def quick(config: QuantStudyConfig) -> QuantStudyConfig:
     """The ``massmech reproduce --quick`` version: one variant of each family the config has
     (:data:`QUICK_GRID`), the ``qk-*`` variants of the first other part or draw it has, 8 examples
-    per task, less calibration and held-out text.
+    per task, less calibration and held-out text, and at most
+    :data:`~massmech.causal.vocabulary.QUICK_NEW_TOKENS` generated tokens.
 
-    >>> [v.label for v in quick(preset("full")).variants][:2], quick(preset("full")).n
-    (['rtn-w4-g64', 'kv-per-token-2b'], 8)
+    >>> q = quick(preset("qk-draws", scorers=("contains",)))
+    >>> [v.label for v in quick(preset("full")).variants][:2], q.n, q.max_new_tokens
+    (['rtn-w4-g64', 'kv-per-token-2b'], 8, 12)
     >>> [v.label for v in quick(preset("qk-draws")).variants][-1]
     'qk-rtn-keep-random-w4-pc-d1'
     """
@@ -336,4 +338,5 @@ def quick(config: QuantStudyConfig) -> QuantStudyConfig:
     parts = [v.part for v in config.variants if v.part != ("qk", "all", 0)]
     keep += tuple(v for v in config.variants if parts and v.part == parts[0])
     return replace(config, variants=keep, n=min(config.n, 8), calib_tokens=min(config.calib_tokens, 1024),
-                   eval_tokens=min(config.eval_tokens, 1024), seq_len=min(config.seq_len, 256))
+                   eval_tokens=min(config.eval_tokens, 1024), seq_len=min(config.seq_len, 256),
+                   max_new_tokens=min(config.max_new_tokens, QUICK_NEW_TOKENS))
