@@ -33,7 +33,8 @@ GRANULARITY_HELP = {
 
 SCORERS = ("strict", "contains", "first-line", "rank")
 #: Greedy tokens of the generating scorers in ``massmech reproduce --quick`` (the same code on little
-#: data; generation is most of a quick run's time): the full runs generate 32
+#: data; generation is most of a quick run's time). The full runs keep their own: 32 (the paper preset,
+#: the quant study) or 16 (other sweeps)
 QUICK_NEW_TOKENS = 12
 SCORER_HELP = {
     "strict": "every answer token is the argmax, teacher-forced (one pass; equal to greedy generation)",
