@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -146,6 +147,16 @@ def test_the_unit_scheduler_hands_out_every_unit_once_and_loads_a_model_twice_on
     assert s.next(None)[0] == "big" and s.next(None) is None
     s = UnitScheduler(units("big", 8), 2)  # nothing measured: split by share of the cells, as before
     assert s.next(None)[0] == "big" and s.next(None)[0] == "big"
+
+
+def test_the_manifest_says_when_the_numbers_were_made_and_a_rebuild_keeps_it(tmp_path):
+    run_study(SQUARES, {"n": 3}, tmp_path / "first", progress=False)
+    made = json.loads((tmp_path / "first" / "manifest.json").read_text())["cells_created"]
+    assert made["first"] <= made["last"]
+    time.sleep(1.1)  # manifests record seconds
+    run_study(SQUARES, {"n": 3}, tmp_path / "rebuilt", cells=tmp_path / "first" / "cells", progress=False)
+    again = json.loads((tmp_path / "rebuilt" / "manifest.json").read_text())
+    assert again["cells_created"] == made and again["created"] > made["last"]
 
 
 def test_cells_keep_their_timing_for_the_next_plan(tmp_path):

@@ -16,6 +16,7 @@ import pytest
 from massmech.report import rules, rules_v2
 from massmech.report.ledger import CLAIMS, Rule, ledger
 from massmech.report.ledger_page import ledger_markdown
+from massmech.report.runs import models_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,6 +73,27 @@ def test_timing_says_whether_a_run_came_after_its_rule():
     assert r.timing("2026-11-30T06:30:44+00:00") == "run after rule"
     assert r.timing("2026-11-30T06:30:42+00:00") == "rule after run"
     assert Rule(2, "t", rules.qk_not_v, "s").timing("2030-01-01T00:00:00+00:00") == "rule not committed"
+
+
+def test_a_run_rebuilt_after_its_rule_keeps_the_time_its_numbers_were_made(tmp_path):
+    """A rebuild from stored cells writes a new manifest, not new numbers: O6's runs were rebuilt after
+    its version-2 rule and were then called 'run after rule', though the rule was fixed knowing them."""
+    r = Rule(1, "t", rules.qk_not_v, "s", fixed="2026-12-05T16:48:00+00:00", commit="1426335")
+    rebuilt = {"created": "2026-12-06T12:19:06+00:00", "cells_created": {"first": "2026-12-05T12:00:00+00:00"}}
+    assert r.timing(rules.made_at(rebuilt)) == "rule after run"
+    assert r.timing(rules.made_at({"created": rebuilt["created"]})) == "run after rule"  # no cells: its own time
+    seen = dataclasses.replace(r, seen=("smollm2-135m",))  # its run existed, its cells were not kept
+    assert seen.timing("2026-12-06T12:19:06+00:00", "smollm2-135m") == "rule after run"
+    assert seen.timing("2026-12-06T12:19:06+00:00", "gemma3-270m") == "run after rule"
+    o6 = next(c for c in CLAIMS if c.key == "O6")
+    assert all(v.timing("2030-01-01T00:00:00+00:00", m) == "rule after run" for v in o6.rules for m in models_of(o6.run))
+
+
+def test_every_seen_model_is_a_model_of_its_claims_run():
+    """``seen`` names models as strings: a misspelt one would never match and say nothing."""
+    for c in CLAIMS:
+        for r in c.rules:
+            assert set(r.seen) <= set(models_of(c.run)), (c.key, r.version, r.seen)
 
 
 def _analyze(path: Path, q: int, k: int, v: int, massive: list[tuple[str, int]], n_layers: int = 16,

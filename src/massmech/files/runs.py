@@ -253,6 +253,9 @@ def open_study_dir(out: str | os.PathLike, kind: Kind, config: Any = None, *, ov
 
 #: the manifest key of the cell store a study run uses, relative to its folder
 CELLS_KEY = "cells"
+#: the manifest key of when the run's numbers were computed: the oldest and newest ``created`` of the
+#: cells it read (a run rebuilt from stored cells keeps the time its numbers first existed)
+CELLS_CREATED_KEY = "cells_created"
 
 
 def cells_of(out: str | os.PathLike) -> Path | None:

@@ -40,6 +40,7 @@ from massmech.errors import ConfigError, StudyInterrupted
 from massmech.files.io import write_json
 from massmech.files.provenance import manifest
 from massmech.files.runs import (
+    CELLS_CREATED_KEY,
     CELLS_KEY,
     check_out,
     check_study_config,
@@ -282,7 +283,8 @@ def run_study(
     """Run (or resume) a study into ``out/``; returns its table.
 
     Writes ``out/results.parquet`` and ``.csv`` (when the table is a DataFrame), the study's own
-    files (``finish``), ``out/summary.json`` and ``out/manifest.json``; the cells live in
+    files (``finish``), ``out/summary.json`` and ``out/manifest.json`` (with the oldest and newest
+    ``created`` of the cells read, under ``cells_created``: when the numbers were computed); the cells live in
     ``out/cells`` or in a shared store (``cells=``: a store folder, or another run's ``RUN/cells``). ``executor`` is ``"serial"`` (default),
     ``"processes"``, ``"ray"`` or an executor object (see :mod:`massmech.infra.executors`).
 
@@ -317,8 +319,10 @@ def run_study(
             summary = study.finish(config, table, tmp.path, ctx)
             write_json(tmp / SUMMARY, summary)
         info = {s: m.info_dict() for s, m in ctx.models.items() if hasattr(m, "info_dict")} or None
+        made = sorted(c.meta["created"] for c in stored.values() if c.meta.get("created"))
         finish_study_dir(out, study.name, manifest(config, model_info=info, seed=getattr(config, "seed", None))
-                         | {"cell_version": {study.name: study.version}, CELLS_KEY: (read_manifest(out) or {}).get(CELLS_KEY)},
+                         | {"cell_version": {study.name: study.version}, CELLS_KEY: (read_manifest(out) or {}).get(CELLS_KEY),
+                            CELLS_CREATED_KEY: {"first": made[0], "last": made[-1]} if made else None},
                          files=tmp.files)
     return table
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from massmech.report import rules, rules_mechanism, rules_quant, rules_v2
-from massmech.report.rules import NoData, run_finished
+from massmech.report.rules import NoData, made_at, run_finished
 from massmech.report.runs import MODELS, RUNS, command, missing_inputs, models_of, run_folder
 from massmech.report.why import EFFECT_WHY, RANK_FIRST_LOOKS, SIGNIFICANT_DECIDES, SIGNIFICANT_WHY
 
@@ -61,6 +61,8 @@ class Rule:
         fixed: ISO time of the commit that fixed this version.
         commit: That commit (short hash).
         why: What changed from the version before, and what was known when it was fixed.
+        seen: The models whose run of this claim (this config) existed when the version was fixed.
+            Provenance, added to a committed version when found missing; never a change of the rule.
     """
 
     version: int
@@ -70,18 +72,26 @@ class Rule:
     fixed: str = ""
     commit: str = ""
     why: str = ""
+    seen: tuple[str, ...] = ()
 
-    def timing(self, created: str | None) -> str:
-        """Whether a run made at ``created`` (its manifest's ISO time) came after this rule was fixed.
+    def timing(self, created: str | None, model: str = "") -> str:
+        """Whether a run whose numbers were made at ``created`` (:func:`made_at`) came after this rule was fixed.
+
+        A model in ``seen`` had a run of this config when the rule was fixed: its rule came after its
+        run whatever ``created`` says (a rerun remakes numbers the rule's author had seen).
 
         >>> r = Rule(1, "t", lambda p, m: ("", ""), "s", fixed="2026-11-30T06:30:43+00:00", commit="74d10f0")
         >>> r.timing("2026-12-01T00:00:00+00:00"), r.timing("2026-11-29T00:00:00+00:00")
         ('run after rule', 'rule after run')
         >>> Rule(2, "t", lambda p, m: ("", ""), "s").timing("2026-12-01T00:00:00+00:00")
         'rule not committed'
+        >>> dataclasses.replace(r, seen=("m",)).timing("2026-12-01T00:00:00+00:00", "m")
+        'rule after run'
         """
         if not self.commit:
             return "rule not committed"
+        if model in self.seen:
+            return "rule after run"
         if not created:
             return "run time unknown"
         after = dt.datetime.fromisoformat(created) > dt.datetime.fromisoformat(self.fixed)
@@ -127,13 +137,13 @@ class Claim:
                 out += [Finding(model, f"it reads {RUNS[self.run].needs}; then `{cmd}`" if needs else f"`{cmd}`",
                                 "needs files" if needs else "not run", folder, r.version) for r in self.rules]
                 continue
-            created = json.loads((path / "manifest.json").read_text()).get("created")
+            created = made_at(json.loads((path / "manifest.json").read_text()))
             for r in self.rules:
                 try:
                     measured, verdict = r.judge(path, model)
                 except NoData as why:
                     measured, verdict = f"{why}; `{cmd}`", "not run"
-                out.append(Finding(model, measured, verdict, folder, r.version, r.timing(created)))
+                out.append(Finding(model, measured, verdict, folder, r.version, r.timing(created, model)))
         return out
 
 
@@ -225,10 +235,10 @@ CLAIMS: tuple[Claim, ...] = (
         Rule(1, "RoPE twin's Q/K max/mean > 1.5× every non-RoPE twin's, at the final step and at matched "
                 "in-context accuracy: reproduces; larger: partly", rules.rope_cause,
              "descriptive (ratios; seeds with t intervals); no test", fixed="2026-11-30T10:36:32+00:00",
-             commit="06d17c4", why="tightened (the matched-accuracy check) after the twins' data existed"),
+             commit="06d17c4", seen=("toy twins",), why="tightened (the matched-accuracy check) after the twins' data existed"),
         Rule(2, "as version 1, but a check at floor accuracy (matched level < 0.05) is not evaluable and the "
                 "remaining checks decide", rules_v2.rope_cause_v2, "descriptive (ratios; seeds with t intervals); no test",
-             **ISSUE_26, why=V2 + "the matched level was 0.01: a comparison at floor says nothing about RoPE"))),
+             **ISSUE_26, seen=("toy twins",), why=V2 + "the matched level was 0.01: a comparison at floor says nothing about RoPE"))),
     Claim("P9", "The values of low-frequency dimensions are less affected by position information", PAPER, "shift", (
         Rule(1, "64 BBC texts of 128 tokens moved 16, 64 and 256 positions later by a prefix of unrelated BBC text "
                 "(RoPE itself is shift-invariant, so what changes is the model's own Q/K); per layer, the relative "
@@ -285,7 +295,7 @@ CLAIMS: tuple[Claim, ...] = (
                       "is left for some tasks above 0 and the rest holding 0",
                    rules_mechanism.retrieval_heads_v2,
                    "paired bootstrap per task, Bonferroni over the tasks (each interval at 1 - 0.05/2)",
-                   fixed="2026-12-04T17:50:27+00:00", commit="a9b732e",
+                   fixed="2026-12-04T17:50:27+00:00", commit="a9b732e", seen=("smollm2-135m",),
                    why="version 1 calls a null 'partly'; fixed after SmolLM2's v1 verdict (no difference: +0.00 "
                        "[-0.02, +0.02] on kv_lookup) was known, while Gemma-3's run was in progress with no result seen")),
           ours=True),
@@ -305,12 +315,12 @@ CLAIMS: tuple[Claim, ...] = (
                       "highest-energy pair sits relative to k* is shown beside it",
                    rules_mechanism.band_prediction,
                    "sign test over layers per (RoPE base, site), Holm across the model's tests",
-                   fixed="2026-12-04T21:09:16+00:00", commit="984849d",
+                   fixed="2026-12-04T21:09:16+00:00", commit="984849d", seen=MODELS,
                    why="new (issue 27, part 1); fixed after the analyze runs existed, before any k* hit rate was "
                        "computed on them (their tables hold every wavelength, so the verdict needs no new run)"),
               Rule(2, SIGNIFICANT_DECIDES, functools.partial(rules_mechanism.band_prediction, version=2),
                    "sign test over layers per (RoPE base, site), Holm across the model's tests", fixed="2026-12-05T16:48:00+00:00", commit="1426335",
-                   why=SIGNIFICANT_WHY),),
+                   seen=MODELS, why=SIGNIFICANT_WHY),),
           ours=True),
     Claim("O7", "P5 scored by rank: disrupting massive values wrecks contextual tasks when no answer can fail on how "
           "its first token is spelled", "massmech (issue 26, item 1)", "rank", (
@@ -403,7 +413,7 @@ CLAIMS: tuple[Claim, ...] = (
                        "shapes and dtypes were read)"),
               Rule(2, SIGNIFICANT_DECIDES, functools.partial(rules_mechanism.saved_band_prediction, version=2),
                    "sign test over heads per site, Holm across the model's two sites", fixed="2026-12-05T16:48:00+00:00", commit="1426335",
-                   why=SIGNIFICANT_WHY),), ours=True),
+                   seen=("llama2-7b-chat", "llama3-8b-instruct"), why=SIGNIFICANT_WHY),), ours=True),
 )
 NOT_TESTABLE = (
     ("P10", "Pretrained models without RoPE show no such concentration", "Jin et al. 2025 (RoPE vs non-RoPE models)",

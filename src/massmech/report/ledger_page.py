@@ -17,8 +17,10 @@ from massmech.report.runs import MODELS
 def _rule_lines() -> list[str]:
     lines = ["## Rules and their versions", "",
              "A rule is fixed in a commit and never edited; a change is a new version, and the tables above show "
-             "the newest version's verdict with the older ones beside it. *timing* says whether the run was made "
-             "after the rule was fixed (a rule fixed after its run was written knowing the numbers).", ""]
+             "the newest version's verdict with the older ones beside it. *timing* says whether the run's numbers "
+             "were made after the rule was fixed (a rule fixed after its run was written knowing the numbers): a run "
+             "rebuilt from stored cells counts from its oldest cell, and a model whose run of that config existed "
+             "when the rule was fixed (the rule's `seen`) stays 'rule after run' whenever it is rerun.", ""]
     for c in CLAIMS:
         for r in c.rules:
             when = f"fixed {r.fixed[:10]} in `{r.commit}`" if r.commit else "not yet committed"

@@ -9,11 +9,13 @@ ledger shows the verdicts of every version.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import pandas as pd
 
+from massmech.files.runs import CELLS_CREATED_KEY
 from massmech.report.tables import emergence_lines
 from massmech.stats import holm
 from massmech.studies.quant.config import QK_METHODS
@@ -32,6 +34,20 @@ def run_finished(path: Path) -> bool:
     False
     """
     return any((path / f).is_file() for f in ("summary.json", "analysis/summary.json", "results.parquet"))
+
+
+def made_at(manifest: dict) -> str | None:
+    """When a run's numbers were made: the older of its manifest's ``created`` and its oldest cell's.
+
+    A run rebuilt from stored cells is written now, but its numbers are as old as its cells.
+
+    >>> made_at({"created": "2026-12-06T12:00:00+00:00", "cells_created": {"first": "2026-12-05T16:27:50+00:00"}})
+    '2026-12-05T16:27:50+00:00'
+    >>> made_at({"created": "2026-12-06T12:00:00+00:00"})
+    '2026-12-06T12:00:00+00:00'
+    """
+    times = [t for t in (manifest.get("created"), (manifest.get(CELLS_CREATED_KEY) or {}).get("first")) if t]
+    return min(times, key=dt.datetime.fromisoformat) if times else None
 
 
 def summary_of(path: Path) -> dict:
