@@ -158,7 +158,7 @@ SWEEP = ("Holm across the run's evaluable comparisons with the baseline; a secon
 ISSUE_26 = dict(fixed="2026-12-04T10:29:09+00:00", commit="299924d")  # the version-2 rules
 V2 = "issue 26's audit, after the version-1 verdicts were known: "
 WEIGHTS = Rule(2, "", rules_v2.low_frequency_v2, ONE,  # each claim states its text in full
-               fixed="2026-12-04T11:17:36+00:00", commit="8c26763",
+               fixed="2026-12-04T11:17:36+00:00", commit="8c26763", seen=("smollm2-135m",),  # no QK-norm: same numbers
                why=V2 + "on Gemma-3 the pre-RoPE site is after QK-norm, whose gains (6.4 on Q, 8.9 on K in the "
                         "massive dims against 1.8-2.1 elsewhere) make dims massive that the projection did not")
 P5_V2 = Rule(2, "every evaluable contextual task drops vs baseline and every one is below the variance-matched "
@@ -186,7 +186,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("P3", "... exclusively in Q and K, absent in V", PAPER, "analyze", (
         Rule(1, "V has no λ-massive dim: reproduces; fewer than 10% of Q's or K's: partly", rules.qk_not_v, ONE, **FIRST),
         Rule(2, "V's λ-massive dims fewer than 10% of the fewer of Q's and K's: reproduces; fewer than 25%: partly",
-             rules_v2.qk_not_v_v2, ONE, **ISSUE_26, why=V2 + "SmolLM2's V has 2 λ-massive dims, at layer 0; 'absent' read as 'below "
+             rules_v2.qk_not_v_v2, ONE, **ISSUE_26, seen=MODELS, why=V2 + "SmolLM2's V has 2 λ-massive dims, at layer 0; 'absent' read as 'below "
                                        "10% of Q and K'"),
         dataclasses.replace(WEIGHTS, version=3, judge=rules_v2.qk_not_v_v3,
                             text="as version 2, judged before QK-norm where the model has one (the site W_q and "
@@ -197,7 +197,7 @@ CLAIMS: tuple[Claim, ...] = (
                       "layers for Q and K: reproduces; one of them: partly", rules.early, ONE, **FIRST),
               Rule(2, "first layer with a λ-massive Q dim and K dim in the first quarter of the layers, and the "
                       "robust concentration layer too: reproduces; first layers only, or one of Q and K: partly",
-                   rules_v2.early_v2, ONE, **ISSUE_26, why=V2 + "the claim is where massive values appear; version 1 read where they "
+                   rules_v2.early_v2, ONE, **ISSUE_26, seen=MODELS, why=V2 + "the claim is where massive values appear; version 1 read where they "
                                            "concentrate (Gemma-3's Q: layer 14 of 18)"))),
     Claim("P5", "Disrupting massive values wrecks contextual knowledge understanding", PAPER, "main", (
         Rule(1, "every evaluable contextual task drops vs baseline and vs the variance-matched control (Holm): "
@@ -274,7 +274,7 @@ CLAIMS: tuple[Claim, ...] = (
                       "contexts, every peak ≥ its context and m = ln(peak wavelength ratio) / ln(context ratio) "
                       "≥ 0.5: reproduces; m > 0: partly; else contradicted; one context: not evaluable",
                    rules_v2.wavelength_v2, "descriptive, one training run per variant",
-                   **ISSUE_26, why=V2 + "62% of the pairs already exceed a 128-token context: version 1 passes at the base "
+                   **ISSUE_26, seen=("toy twins",), why=V2 + "62% of the pairs already exceed a 128-token context: version 1 passes at the base "
                             "rate")), ours=True),
     Claim("O5", "The heads whose massive RoPE pairs carry the needle's attention are where replacing massive values "
           "hurts retrieval", "massmech (issue 27)", "heads", (
