@@ -178,6 +178,22 @@ def test_perplexity_against_a_hand_computation():
         perplexity(model, [[1]])
 
 
+def test_perplexity_holds_one_rows_logits_at_a_time(monkeypatch):
+    """Gemma-3's 262k vocabulary at 8 x 512 tokens is 4.3 GB of fp32 logits, twice with their
+    log-softmax: two sweeps beside each other were killed for memory (2026-12-06). Perplexity
+    unembeds one row at a time."""
+    from massmech import load_model
+    from massmech.causal.perplexity import perplexity
+    from massmech.core import bridge
+
+    model = load_model("tiny-llama")
+    seen, unembed = [], bridge._unembed
+    monkeypatch.setattr(bridge, "_unembed", lambda hf, h: seen.append(tuple(h.shape[:-1])) or unembed(hf, h))
+    monkeypatch.setattr(type(model), "logits", lambda *a, **k: pytest.fail("the whole batch's logits were made"))
+    perplexity(model, [[5, 9, 12, 7, 3], [8, 2, 4], [6, 6, 1, 2]], batch_size=3)
+    assert seen == [(5,)] * 3  # one padded row of 5 positions per call
+
+
 def test_scorers_read_what_the_model_generated(tiny_models):
     """Issue 26: ``contains`` finds the gold answer anywhere in the greedy continuation (the paper's
     ``label in answer``), ``first-line`` only before the first newline, ``strict`` needs the exact

@@ -14,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from massmech.causal.batch import batch_masks
+from massmech.core import bridge as _bridge
 from massmech.core.models import LoadedModel, pad_batch
 from massmech.errors import TaskError
-from massmech.stats import token_nll
 
 
 def perplexity(
@@ -53,9 +53,8 @@ def perplexity(
             rows = [windows[i] for i in order[start : start + batch_size]]
             ids, mask = pad_batch(rows, model.pad_id)  # right padding: positions stay 0..len-1
             mask = mask.long()
-            with batch_masks(mask.to(device)):
-                logits = model.logits(ids.to(device), mask.to(device))
-            nll = token_nll(logits, ids.to(device))  # [b, pos-1], fp32
+            with batch_masks(mask.to(device)):  # one row's logits held at a time, not the batch's
+                nll = _bridge.next_token_nll(model.bridge, ids.to(device), mask.to(device))  # [b, pos-1], fp32
             keep = mask[:, 1:].bool().to(device)
             total += float(nll[keep].double().sum())
             count += int(keep.sum())

@@ -300,6 +300,31 @@ def final_logits(bridge: Any, ids: Any, mask: Any, rows: Any, cols: Any) -> Any:
     return _unembed(hf, hidden[rows.to(hidden.device), cols.to(hidden.device)])
 
 
+def next_token_nll(bridge: Any, ids: Any, mask: Any) -> Any:
+    """Negative log-likelihood ``[batch, pos - 1]`` (fp32) of each next token, from one forward pass.
+
+    Unembeds one row at a time, so that one row's fp32 logits (``pos x vocab``) are held at once,
+    not the batch's: Gemma-3's 262k vocabulary at 8 x 512 tokens would hold 4.3 GB of logits and as
+    much again for their log-softmax. Every bridge hook fires, as in :func:`final_logits`; padding
+    is not masked here (mask ``mask[:, 1:]`` yourself).
+
+    >>> import massmech as mm, torch
+    >>> model = mm.load_model("tiny-llama")
+    >>> ids = torch.tensor([[5, 6, 7], [8, 9, 9]])
+    >>> nll = next_token_nll(model.bridge, ids, torch.ones_like(ids))
+    >>> full = torch.log_softmax(model.logits(ids).float(), -1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    >>> nll.shape, torch.allclose(nll, -full, atol=1e-5)
+    (torch.Size([2, 2]), True)
+    """
+    import torch
+
+    from massmech.stats import token_nll
+
+    hf = hf_model(bridge)
+    hidden = hf.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [b, pos, d]
+    return torch.cat([token_nll(_unembed(hf, h)[None], row[None]) for h, row in zip(hidden, ids, strict=True)])
+
+
 def _unembed(hf: Any, hidden: Any) -> Any:
     """fp32 logits of final hidden states ``[n, d]``, with the model's final logit softcap."""
     import torch
