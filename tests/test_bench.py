@@ -119,3 +119,8 @@ def test_ledger_time_reads_the_recorded_seconds_of_current_cells_only(tmp_path):
     r = _last_json(["bench/ledger_time.py", "--cells", str(tmp_path)])
     assert r["cell_seconds"] == {"ablation": {"m": {"cells": 2, "seconds": 5.5}}}
     assert r["total_cell_seconds"] == 5.5 and r["total_cells"] == 2
+
+
+def test_perplexity_memory_runs_tiny():
+    r = _last_json(["bench/perplexity_memory.py", "--model", "tiny-llama", "--batch", "4", "--seq", "64"])
+    assert r["nll_ok"] and r["peak_gb_rows"] > 0 and {"peak_ratio", "peak_ok", "peak_gb_whole"} <= set(r)
